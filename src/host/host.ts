@@ -1,0 +1,499 @@
+// The host: physical frames and their bytes, refcounts, the VMM's mapping of guest memory, swap, KSM, frame reuse, MMU-notifier calls.
+//
+// The VMM maps guest memory at "host virtual pages" (hvpn 0..nPages-1); KVM's
+// memslots translate gfn -> hvpn. The host owns which frame backs each hvpn.
+//
+// Meta regions (Int32 words):
+//   host.lock      LOCK_WORDS   the mm lock: serializes mapping changes (faults, swap, KSM)
+//   host.freeLock  LOCK_WORDS   protects the free-frame stack (taken inside host.lock, never around it)
+//   host.frames    nFrames * 4  per frame: [0] refcount, [1] flags (FRAME_*), [2] last hvpn + 1, [3] spare
+//   host.free      nFrames + 1  [0] stack depth, [1..] free pfns; the top is reused first (LIFO), so a
+//                               freed frame comes back at the next allocation — the seed's pfn reuse
+//   host.map       nPages       mapping word: MAP_PRESENT | MAP_WRITABLE | pfn << MAP_PFN_SHIFT
+//   host.swapOf    nPages       swap slot + 1 holding a valid copy of the page, or 0 (kept after swap-in: a swap cache)
+//   host.swapFree  nSwap + 1    [0] depth, [1..] free swap slots (under host.lock)
+//   host.stats     HOST_STAT_*  counters (Atomics.add; not race-relevant)
+// Data regions: host.frameData (nFrames * 4 KiB), host.swapData (nSwap * 4 KiB).
+//
+// Refcounts: each mapping of a frame holds one reference, each pin (a fault
+// path's get_user_pages) one more. A frame is freed when its count reaches 0,
+// so a pinned frame cannot be freed and reused — the seed's fix 1 relies on it.
+//
+// Dirty: a frame's DIRTY flag says its bytes differ from its swap copy. The
+// host sets it for its own writes through the mapping; KVM sets it
+// (kvmSetPfnDirty) when it drops an SPTE whose D bit is set. Guest writes
+// through an SPTE leave only the D bit, so a lost D bit means swap-out skips
+// the write-back and the guest's write is lost (the seed's race 3, end to end).
+
+import { LOCK_WORDS, type Mem } from '../shm/access';
+import { KvmmuError } from '../shm/errors';
+import { region, type Layout, type LayoutBuilder } from '../shm/layout';
+
+export const FRAME_DIRTY = 1 << 0;
+export const FRAME_ACCESSED = 1 << 1;
+/** A KSM-merged frame: shared read-only by several mappings; a write breaks it (copy on write). */
+export const FRAME_KSM = 1 << 2;
+export const FRAME_FREE = 1 << 3;
+
+export const MAP_PRESENT = 1 << 0;
+export const MAP_WRITABLE = 1 << 1;
+export const MAP_PFN_SHIFT = 2;
+
+const FRAME_WORDS = 4;
+const FR_REF = 0;
+const FR_FLAGS = 1;
+const FR_LAST = 2;
+
+export const HOST_STAT = {
+  swapOuts: 0,
+  writebacks: 0,
+  swapIns: 0,
+  zeroFills: 0,
+  ksmMerges: 0,
+  cowBreaks: 0,
+  frameReuses: 0,
+  frameAllocs: 0,
+  frameFrees: 0,
+  notifierCalls: 0,
+} as const;
+const HOST_STAT_COUNT = Object.keys(HOST_STAT).length;
+
+export interface HostParams {
+  /** Host virtual pages the VMM maps for guest memory. */
+  readonly nPages: number;
+  /** Physical frames. */
+  readonly nFrames: number;
+  /** Swap slots (0: no swap). */
+  readonly nSwap: number;
+}
+
+/**
+ * The MMU-notifier callbacks the host calls (KVM implements them). Ranges are
+ * [start, end) in host virtual pages. Called with the host mm lock held.
+ */
+export interface MmuNotifier {
+  invalidateRangeStart(start: number, end: number): void;
+  invalidateRangeEnd(start: number, end: number): void;
+  /** Clear the accessed state of the range; true if any of it was young. No TLB flush (x86 skips it for aging). */
+  clearFlushYoung(start: number, end: number): boolean;
+}
+
+export function reserveHost(b: LayoutBuilder, p: HostParams): void {
+  b.meta('host.lock', LOCK_WORDS * 4);
+  b.meta('host.freeLock', LOCK_WORDS * 4);
+  b.meta('host.frames', p.nFrames * FRAME_WORDS * 4);
+  b.meta('host.free', (p.nFrames + 1) * 4);
+  b.meta('host.map', p.nPages * 4);
+  b.meta('host.swapOf', p.nPages * 4);
+  b.meta('host.swapFree', (p.nSwap + 1) * 4);
+  b.meta('host.stats', HOST_STAT_COUNT * 4);
+  b.data('host.frameData', p.nFrames * 4096);
+  b.data('host.swapData', p.nSwap * 4096);
+}
+
+const ZERO_PAGE = new Uint8Array(4096);
+
+/** A per-thread handle on the host's shared state. */
+export class Host {
+  readonly lockWord: number;
+  private readonly freeLockWord: number;
+  private readonly frames: number;
+  private readonly freeStack: number;
+  private readonly map: number;
+  private readonly swapOf: number;
+  private readonly swapFree: number;
+  private readonly stats: number;
+  /** Byte offset of frame 0's bytes in the data buffer. */
+  readonly frameDataByte: number;
+  private readonly swapDataByte: number;
+  /** Whether the last getUserPage / gupFast returned a writable mapping. */
+  lastWritable = false;
+  /** KVM's notifier for this thread's handle, or null before a VM registers. */
+  notifier: MmuNotifier | null = null;
+
+  constructor(
+    readonly mem: Mem,
+    layout: Layout,
+    readonly p: HostParams,
+  ) {
+    this.lockWord = region(layout, 'host.lock').off / 4;
+    this.freeLockWord = region(layout, 'host.freeLock').off / 4;
+    this.frames = region(layout, 'host.frames').off / 4;
+    this.freeStack = region(layout, 'host.free').off / 4;
+    this.map = region(layout, 'host.map').off / 4;
+    this.swapOf = region(layout, 'host.swapOf').off / 4;
+    this.swapFree = region(layout, 'host.swapFree').off / 4;
+    this.stats = region(layout, 'host.stats').off / 4;
+    this.frameDataByte = region(layout, 'host.frameData').off;
+    this.swapDataByte = region(layout, 'host.swapData').off;
+  }
+
+  /** Put every frame and swap slot on its free stack, lowest number on top. Single-threaded setup. */
+  init(): void {
+    const a = this.mem.i32;
+    const n = this.p.nFrames;
+    a[this.freeStack] = n;
+    for (let k = 0; k < n; k++) {
+      a[this.freeStack + 1 + k] = n - 1 - k;
+      a[this.frames + k * FRAME_WORDS + FR_FLAGS] = FRAME_FREE;
+    }
+    const s = this.p.nSwap;
+    a[this.swapFree] = s;
+    for (let k = 0; k < s; k++) a[this.swapFree + 1 + k] = s - 1 - k;
+  }
+
+  // ---- reading state (monitors, displays, tests) ----
+
+  /** The mapping word of `hvpn` (an access-layer load). */
+  mapping(hvpn: number): number {
+    return this.mem.load32(this.map + hvpn);
+  }
+
+  /** The pfn mapping `hvpn`, or -1 (not a scheduling point: for monitors and tests). */
+  peekPfn(hvpn: number): number {
+    const w = Atomics.load(this.mem.i32, this.map + hvpn);
+    return (w & MAP_PRESENT) !== 0 ? w >>> MAP_PFN_SHIFT : -1;
+  }
+
+  peekMapping(hvpn: number): number {
+    return Atomics.load(this.mem.i32, this.map + hvpn);
+  }
+
+  peekRefcount(pfn: number): number {
+    return Atomics.load(this.mem.i32, this.frames + pfn * FRAME_WORDS + FR_REF);
+  }
+
+  peekFrameFlags(pfn: number): number {
+    return Atomics.load(this.mem.i32, this.frames + pfn * FRAME_WORDS + FR_FLAGS);
+  }
+
+  peekSwapSlot(hvpn: number): number {
+    return Atomics.load(this.mem.i32, this.swapOf + hvpn) - 1;
+  }
+
+  stat(name: keyof typeof HOST_STAT): number {
+    return Atomics.load(this.mem.i32, this.stats + HOST_STAT[name]);
+  }
+
+  freeFrames(): number {
+    return Atomics.load(this.mem.i32, this.freeStack);
+  }
+
+  /** Byte offset of frame `pfn` in the data buffer. */
+  frameByte(pfn: number): number {
+    return this.frameDataByte + pfn * 4096;
+  }
+
+  // ---- refcounts and pins ----
+
+  /**
+   * GUP-fast: pin the frame mapping `hvpn` without the mm lock (KVM's
+   * gfn_to_pfn_atomic). Fails (-1) if the page is not present, or not writable
+   * for a write. Takes a reference with get-unless-zero, then re-reads the
+   * mapping: if it moved meanwhile, drops the reference and fails.
+   */
+  gupFast(hvpn: number, write: boolean): number {
+    const w = this.mem.load32(this.map + hvpn);
+    if ((w & MAP_PRESENT) === 0) return -1;
+    if (write && (w & MAP_WRITABLE) === 0) return -1;
+    const pfn = w >>> MAP_PFN_SHIFT;
+    if (!this.getPageUnlessZero(pfn)) return -1;
+    if (this.mem.load32(this.map + hvpn) !== w) {
+      this.putPage(pfn);
+      return -1;
+    }
+    this.lastWritable = (w & MAP_WRITABLE) !== 0;
+    return pfn;
+  }
+
+  private getPageUnlessZero(pfn: number): boolean {
+    const ref = this.frames + pfn * FRAME_WORDS + FR_REF;
+    let c = this.mem.load32(ref);
+    for (;;) {
+      if (c === 0) return false;
+      const old = this.mem.cmpxchg32(ref, c, c + 1);
+      if (old === c) return true;
+      c = old;
+    }
+  }
+
+  /** Drop a reference; the last one frees the frame. */
+  putPage(pfn: number): void {
+    const old = this.mem.fetchAdd32(this.frames + pfn * FRAME_WORDS + FR_REF, -1);
+    if (old === 1) this.freeFrame(pfn);
+    else if (old <= 0) throw new Error(`host: refcount of pfn ${pfn} was ${old} at put`);
+  }
+
+  /**
+   * Pin the frame backing `hvpn`, faulting it in (swap-in, zero-fill, COW break)
+   * as the host's page-fault handler would (KVM's hva_to_pfn). For a read, a
+   * writable mapping is reported as such (`lastWritable`) so KVM can map it
+   * writable. Returns the pfn; the caller must putPage it.
+   */
+  getUserPage(hvpn: number, write: boolean): number {
+    const fast = this.gupFast(hvpn, write);
+    if (fast >= 0) return fast;
+    this.mem.lock(this.lockWord);
+    const pfn = this.faultInLocked(hvpn, write);
+    // The mm lock keeps the mapping's own reference alive, so a plain increment is safe here.
+    this.mem.fetchAdd32(this.frames + pfn * FRAME_WORDS + FR_REF, 1);
+    this.lastWritable = (this.mem.load32(this.map + hvpn) & MAP_WRITABLE) !== 0;
+    this.mem.unlock(this.lockWord);
+    return pfn;
+  }
+
+  /** Make `hvpn` present (and writable for a write); mm lock held. Returns the pfn. */
+  private faultInLocked(hvpn: number, write: boolean): number {
+    const w = this.mem.load32(this.map + hvpn);
+    if ((w & MAP_PRESENT) === 0) return this.swapInLocked(hvpn);
+    const pfn = w >>> MAP_PFN_SHIFT;
+    if (!write || (w & MAP_WRITABLE) !== 0) return pfn;
+    const flags = this.mem.load32(this.frames + pfn * FRAME_WORDS + FR_FLAGS);
+    if ((flags & FRAME_KSM) === 0) {
+      // Only this mapping uses the frame: reuse it, just writable again (do_wp_page's reuse case).
+      // Raising a permission needs no invalidation: no SPTE can grant more than the old mapping did.
+      this.mem.store32(this.map + hvpn, w | MAP_WRITABLE);
+      return pfn;
+    }
+    return this.breakCowLocked(hvpn, pfn);
+  }
+
+  /** Copy a KSM-shared frame into a private one for `hvpn`; mm lock held. */
+  private breakCowLocked(hvpn: number, oldPfn: number): number {
+    const pfn = this.allocFrame(hvpn);
+    this.mem.copyData(this.frameByte(pfn), this.frameByte(oldPfn), 4096);
+    this.notifyStart(hvpn);
+    this.mem.store32(this.map + hvpn, (pfn << MAP_PFN_SHIFT) | MAP_PRESENT | MAP_WRITABLE);
+    this.notifyEnd(hvpn);
+    this.dropSwapSlotLocked(hvpn);
+    this.putPage(oldPfn);
+    this.count('cowBreaks');
+    return pfn;
+  }
+
+  private swapInLocked(hvpn: number): number {
+    const pfn = this.allocFrame(hvpn);
+    const slot = this.mem.load32(this.swapOf + hvpn) - 1;
+    if (slot >= 0) {
+      this.mem.copyData(this.frameByte(pfn), this.swapDataByte + slot * 4096, 4096);
+      this.count('swapIns');
+    } else {
+      this.mem.writeData(this.frameByte(pfn), ZERO_PAGE, 0, 4096);
+      this.count('zeroFills');
+    }
+    // A fresh frame is clean: it equals its swap copy, or has none (then swap-out always writes it).
+    this.mem.store32(this.map + hvpn, (pfn << MAP_PFN_SHIFT) | MAP_PRESENT | MAP_WRITABLE);
+    return pfn;
+  }
+
+  /** Take a frame off the free stack for `hvpn` with refcount 1 (the mapping's reference). */
+  private allocFrame(hvpn: number): number {
+    this.mem.lock(this.freeLockWord);
+    const depth = this.mem.load32(this.freeStack);
+    if (depth === 0) {
+      this.mem.unlock(this.freeLockWord);
+      throw new KvmmuError('host: out of physical frames; give the host more frames than guest pages');
+    }
+    const pfn = this.mem.load32(this.freeStack + depth);
+    this.mem.store32(this.freeStack, depth - 1);
+    this.mem.unlock(this.freeLockWord);
+    const base = this.frames + pfn * FRAME_WORDS;
+    this.mem.store32(base + FR_FLAGS, 0);
+    this.mem.store32(base + FR_REF, 1);
+    const last = this.mem.xchg32(base + FR_LAST, hvpn + 1);
+    if (last !== 0 && last !== hvpn + 1) this.count('frameReuses');
+    this.count('frameAllocs');
+    return pfn;
+  }
+
+  private freeFrame(pfn: number): void {
+    this.mem.store32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_FREE);
+    this.mem.lock(this.freeLockWord);
+    const depth = this.mem.load32(this.freeStack);
+    this.mem.store32(this.freeStack + depth + 1, pfn);
+    this.mem.store32(this.freeStack, depth + 1);
+    this.mem.unlock(this.freeLockWord);
+    this.count('frameFrees');
+  }
+
+  // ---- frame state KVM reports ----
+
+  /** KVM's kvm_set_pfn_dirty: the frame's bytes changed through an SPTE. */
+  setPfnDirty(pfn: number): void {
+    this.mem.fetchOr32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_DIRTY);
+  }
+
+  /** KVM's kvm_set_pfn_accessed. */
+  setPfnAccessed(pfn: number): void {
+    this.mem.fetchOr32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_ACCESSED);
+  }
+
+  // ---- the VMM's own accesses to guest memory (copy_to/from_user) ----
+
+  /** Read the 64-bit word at byte `off` of page `hvpn`, faulting it in. */
+  readUser64(hvpn: number, off: number): bigint {
+    const pfn = this.getUserPage(hvpn, false);
+    const v = this.mem.loadData64((this.frameByte(pfn) + off) / 8);
+    this.putPage(pfn);
+    return v;
+  }
+
+  /** Write the 64-bit word at byte `off` of page `hvpn`; the host's own write dirties the frame. */
+  writeUser64(hvpn: number, off: number, v: bigint): void {
+    const pfn = this.getUserPage(hvpn, true);
+    this.mem.storeData64((this.frameByte(pfn) + off) / 8, v);
+    this.setPfnDirty(pfn);
+    this.putPage(pfn);
+  }
+
+  /** Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space cmpxchg); returns the old value. */
+  cmpxchgUser64(hvpn: number, off: number, expected: bigint, v: bigint): bigint {
+    const pfn = this.getUserPage(hvpn, true);
+    const old = this.mem.cmpxchgData64((this.frameByte(pfn) + off) / 8, expected, v);
+    if (old === expected) this.setPfnDirty(pfn);
+    this.putPage(pfn);
+    return old;
+  }
+
+  /** Copy page `hvpn` as the VMM sees it (frame, else swap copy, else zeros) into `dst` at `dstOff`, without faulting it in. */
+  readPage(hvpn: number, dst: Uint8Array, dstOff: number): void {
+    this.mem.lock(this.lockWord);
+    const w = this.mem.load32(this.map + hvpn);
+    if ((w & MAP_PRESENT) !== 0) {
+      this.mem.readData(this.frameByte(w >>> MAP_PFN_SHIFT), dst, dstOff, 4096);
+    } else {
+      const slot = this.mem.load32(this.swapOf + hvpn) - 1;
+      if (slot >= 0) this.mem.readData(this.swapDataByte + slot * 4096, dst, dstOff, 4096);
+      else dst.fill(0, dstOff, dstOff + 4096);
+    }
+    this.mem.unlock(this.lockWord);
+  }
+
+  // ---- memory pressure: swap, KSM, aging ----
+
+  /**
+   * Swap page `hvpn` out: invalidate KVM's mappings (KVM zaps its SPTEs and
+   * reports D bits as frame dirtiness), unmap, write the bytes to swap if the
+   * frame is dirty or has no swap copy, and drop the mapping's reference — the
+   * frame is freed unless someone pins it. Returns false if the page was not
+   * present, is KSM-shared, or swap is full.
+   */
+  swapOut(hvpn: number): boolean {
+    this.mem.lock(this.lockWord);
+    const w = this.mem.load32(this.map + hvpn);
+    if ((w & MAP_PRESENT) === 0) return this.unlockAnd(false);
+    const pfn = w >>> MAP_PFN_SHIFT;
+    const fl = this.frames + pfn * FRAME_WORDS + FR_FLAGS;
+    if ((this.mem.load32(fl) & FRAME_KSM) !== 0) return this.unlockAnd(false);
+    let slot = this.mem.load32(this.swapOf + hvpn) - 1;
+    const hadCopy = slot >= 0;
+    if (!hadCopy) {
+      slot = this.allocSwapSlotLocked();
+      if (slot < 0) return this.unlockAnd(false);
+    }
+    this.notifyStart(hvpn);
+    this.mem.store32(this.map + hvpn, 0);
+    this.notifyEnd(hvpn);
+    // After the invalidation no SPTE maps the frame, so its DIRTY flag is final.
+    const wasDirty = (this.mem.fetchAnd32(fl, ~FRAME_DIRTY) & FRAME_DIRTY) !== 0;
+    if (!hadCopy || wasDirty) {
+      this.mem.copyData(this.swapDataByte + slot * 4096, this.frameByte(pfn), 4096);
+      this.count('writebacks');
+    }
+    this.mem.store32(this.swapOf + hvpn, slot + 1);
+    this.count('swapOuts');
+    this.mem.unlock(this.lockWord);
+    this.putPage(pfn);
+    return true;
+  }
+
+  /** Bring page `hvpn` back (swap-in or zero-fill) if it is not present; returns its pfn. */
+  swapIn(hvpn: number): number {
+    const pfn = this.getUserPage(hvpn, false);
+    this.putPage(pfn);
+    return pfn;
+  }
+
+  /**
+   * KSM: merge page `b` into page `a` if their bytes are equal. Both are first
+   * write-protected (with invalidation, so no SPTE can write them while they are
+   * compared), then compared; if equal, `b` is remapped read-only to `a`'s frame,
+   * which becomes KSM-shared, and `b`'s frame is released. Returns true if merged.
+   */
+  ksmMerge(a: number, b: number): boolean {
+    if (a === b) return false;
+    this.mem.lock(this.lockWord);
+    const wa = this.mem.load32(this.map + a);
+    const wb = this.mem.load32(this.map + b);
+    if ((wa & MAP_PRESENT) === 0 || (wb & MAP_PRESENT) === 0) return this.unlockAnd(false);
+    const pa = wa >>> MAP_PFN_SHIFT;
+    const pb = wb >>> MAP_PFN_SHIFT;
+    if (pa === pb || (this.mem.load32(this.frames + pb * FRAME_WORDS + FR_FLAGS) & FRAME_KSM) !== 0)
+      return this.unlockAnd(false);
+    this.writeProtectLocked(a, wa);
+    this.writeProtectLocked(b, wb);
+    if (!this.mem.compareData(this.frameByte(pa), this.frameByte(pb), 4096)) return this.unlockAnd(false);
+    this.mem.fetchOr32(this.frames + pa * FRAME_WORDS + FR_FLAGS, FRAME_KSM);
+    this.mem.fetchAdd32(this.frames + pa * FRAME_WORDS + FR_REF, 1);
+    this.notifyStart(b);
+    this.mem.store32(this.map + b, (pa << MAP_PFN_SHIFT) | MAP_PRESENT);
+    this.notifyEnd(b);
+    this.dropSwapSlotLocked(b);
+    this.count('ksmMerges');
+    this.mem.unlock(this.lockWord);
+    this.putPage(pb);
+    return true;
+  }
+
+  private writeProtectLocked(hvpn: number, w: number): void {
+    if ((w & MAP_WRITABLE) === 0) return;
+    this.notifyStart(hvpn);
+    this.mem.store32(this.map + hvpn, w & ~MAP_WRITABLE);
+    this.notifyEnd(hvpn);
+  }
+
+  /** Page aging: ask KVM whether the page was accessed since the last call, clearing that state. */
+  clearYoung(hvpn: number): boolean {
+    this.mem.lock(this.lockWord);
+    const young = this.notifier !== null && this.notifier.clearFlushYoung(hvpn, hvpn + 1);
+    this.mem.unlock(this.lockWord);
+    return young;
+  }
+
+  // ---- helpers ----
+
+  private allocSwapSlotLocked(): number {
+    const depth = this.mem.load32(this.swapFree);
+    if (depth === 0) return -1;
+    const slot = this.mem.load32(this.swapFree + depth);
+    this.mem.store32(this.swapFree, depth - 1);
+    return slot;
+  }
+
+  private dropSwapSlotLocked(hvpn: number): void {
+    const slot = this.mem.xchg32(this.swapOf + hvpn, 0) - 1;
+    if (slot < 0) return;
+    const depth = this.mem.load32(this.swapFree);
+    this.mem.store32(this.swapFree + depth + 1, slot);
+    this.mem.store32(this.swapFree, depth + 1);
+  }
+
+  private notifyStart(hvpn: number): void {
+    this.count('notifierCalls');
+    if (this.notifier !== null) this.notifier.invalidateRangeStart(hvpn, hvpn + 1);
+  }
+
+  private notifyEnd(hvpn: number): void {
+    if (this.notifier !== null) this.notifier.invalidateRangeEnd(hvpn, hvpn + 1);
+  }
+
+  private unlockAnd(v: boolean): boolean {
+    this.mem.unlock(this.lockWord);
+    return v;
+  }
+
+  /** Statistics: plain atomic adds, not race-relevant, so not scheduling points. */
+  private count(name: keyof typeof HOST_STAT): void {
+    Atomics.add(this.mem.i32, this.stats + HOST_STAT[name], 1);
+  }
+}

@@ -1,0 +1,172 @@
+// A VM's configuration: MMU mode, sizes, the five guards and the indirect fast-path setting; validation with errors a user can act on.
+
+import { KvmmuError } from '../shm/errors';
+
+/**
+ * The guards: each protection from the locking document (and its neighbours),
+ * on by default; switching one off gives the unfixed code path. Names are part
+ * of the interface (DESIGN.md).
+ */
+export const GUARDS = {
+  /** Fast path on an indirect shadow page pins gfn->pfn before its cmpxchg (seed 1: the ABA on pfn reuse). */
+  'pin-indirect': 1 << 0,
+  /** Write-protection flushes TLBs for a read-only but MMU-writable SPTE (seed 2). */
+  'flush-mmu-writable': 1 << 1,
+  /** An SPTE the fast path can change is cleared or updated atomically (seed 3: the lost Dirty bit). */
+  'atomic-volatile-clear': 1 << 2,
+  /** A page fault retries when an MMU-notifier invalidation ran since it looked up the pfn. */
+  'notifier-retry': 1 << 3,
+  /** A lockless walker announces itself so shadow pages are not freed under it. */
+  'lockless-walk-sync': 1 << 4,
+} as const;
+
+export type GuardName = keyof typeof GUARDS;
+export const GUARD_NAMES = Object.keys(GUARDS) as GuardName[];
+export const ALL_GUARDS = GUARD_NAMES.reduce((m, n) => m | GUARDS[n], 0);
+
+export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
+  'pin-indirect': 'fast path on an indirect shadow page marks the wrong gfn dirty after pfn reuse (ABA)',
+  'flush-mmu-writable': 'write-protection skips the TLB flush for a read-only but MMU-writable SPTE',
+  'atomic-volatile-clear': 'a non-atomic clear of an SPTE the fast path can change loses the Dirty bit',
+  'notifier-retry': 'a page fault installs a pfn that an MMU-notifier invalidation has just removed',
+  'lockless-walk-sync': 'a shadow page is freed and reused while a lockless walker still reads it',
+};
+
+export type MmuMode = 'direct' | 'shadow';
+export const MMU_MODES: readonly MmuMode[] = ['direct', 'shadow'];
+
+/** Fast path on indirect shadow pages: the seed's pinning design, KVM today (never), or no protection. */
+export type IndirectFastPath = 'pin' | 'off' | 'unsafe';
+export const INDIRECT_FAST_PATH: readonly IndirectFastPath[] = ['pin', 'off', 'unsafe'];
+
+export interface MemslotConfig {
+  readonly baseGfn: number;
+  readonly npages: number;
+}
+
+/** A fully resolved configuration (every field set); what workers receive. */
+export interface VmConfig {
+  readonly mode: MmuMode;
+  readonly vcpus: number;
+  /** Memslots; their pages are numbered consecutively as host virtual pages. */
+  readonly slots: readonly MemslotConfig[];
+  readonly hostFrames: number;
+  readonly swapSlots: number;
+  /** Shadow pages in the pool (KVM's n_max_mmu_pages). */
+  readonly spPages: number;
+  /** TLB entries per vCPU (a power of two). */
+  readonly tlbEntries: number;
+  /** Bitmask of GUARDS that are on. */
+  readonly guards: number;
+  /** The lockless fast page fault (KVM's fast_page_fault); off sends every fault to the slow path. */
+  readonly fastPath: boolean;
+  readonly indirectFastPath: IndirectFastPath;
+}
+
+/** What a user may set; everything else gets a default sized from it. */
+export interface VmOptions {
+  mode?: MmuMode;
+  vcpus?: number;
+  /** Guest memory in bytes (one memslot at gfn 0), unless `slots` is given. */
+  memBytes?: number;
+  slots?: MemslotConfig[];
+  hostFrames?: number;
+  swapSlots?: number;
+  spPages?: number;
+  tlbEntries?: number;
+  guards?: number;
+  fastPath?: boolean;
+  indirectFastPath?: IndirectFastPath;
+}
+
+export const MAX_VCPUS = 64;
+export const MAX_SLOTS = 8;
+/** Frames above the guest's pages, for copy-on-write breaks and frames pinned while being freed. */
+export const SPARE_FRAMES = 64;
+
+export function resolveConfig(o: VmOptions = {}): VmConfig {
+  const mode = o.mode ?? 'direct';
+  if (!MMU_MODES.includes(mode)) throw new KvmmuError(`unknown mode '${String(mode)}': use direct or shadow`);
+  const vcpus = o.vcpus ?? 1;
+  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > MAX_VCPUS)
+    throw new KvmmuError(`--vcpus must be an integer from 1 to ${MAX_VCPUS}, not ${vcpus}`);
+  let slots: MemslotConfig[];
+  if (o.slots !== undefined) {
+    slots = o.slots;
+  } else {
+    const memBytes = o.memBytes ?? 16 * 1024 * 1024;
+    if (!Number.isSafeInteger(memBytes) || memBytes < 4096 * 16)
+      throw new KvmmuError(`guest memory must be at least 64 KiB, not ${memBytes} bytes`);
+    if (memBytes % 4096 !== 0) throw new KvmmuError(`guest memory must be a multiple of 4 KiB, not ${memBytes} bytes`);
+    slots = [{ baseGfn: 0, npages: memBytes / 4096 }];
+  }
+  validateSlots(slots);
+  const pages = slots.reduce((n, s) => n + s.npages, 0);
+  const hostFrames = o.hostFrames ?? pages + SPARE_FRAMES;
+  const swapSlots = o.swapSlots ?? 0;
+  // Direct mode needs one leaf shadow page per 512 pages plus the levels above; shadow mode
+  // shadows the guest's tables, which map each page once or twice: leave room for both, and a floor.
+  const spPages = o.spPages ?? Math.max(64, Math.ceil(pages / 512) * (mode === 'direct' ? 1 : 3) + 32);
+  const tlbEntries = o.tlbEntries ?? 64;
+  if (!Number.isInteger(hostFrames) || hostFrames < 16) throw new KvmmuError(`host frames must be at least 16, not ${hostFrames}`);
+  if (!Number.isInteger(swapSlots) || swapSlots < 0) throw new KvmmuError(`swap slots must be 0 or more, not ${swapSlots}`);
+  if (!Number.isInteger(spPages) || spPages < 8) throw new KvmmuError(`the shadow-page pool needs at least 8 pages, not ${spPages}`);
+  if (!Number.isInteger(tlbEntries) || tlbEntries < 1 || (tlbEntries & (tlbEntries - 1)) !== 0)
+    throw new KvmmuError(`TLB entries must be a power of two, not ${tlbEntries}`);
+  const indirectFastPath = o.indirectFastPath ?? 'pin';
+  if (!INDIRECT_FAST_PATH.includes(indirectFastPath))
+    throw new KvmmuError(`unknown indirect fast-path setting '${String(indirectFastPath)}': use pin, off or unsafe`);
+  return {
+    mode,
+    vcpus,
+    slots,
+    hostFrames,
+    swapSlots,
+    spPages,
+    tlbEntries,
+    guards: o.guards ?? ALL_GUARDS,
+    fastPath: o.fastPath ?? true,
+    indirectFastPath,
+  };
+}
+
+function validateSlots(slots: readonly MemslotConfig[]): void {
+  if (slots.length < 1 || slots.length > MAX_SLOTS) throw new KvmmuError(`a VM has 1 to ${MAX_SLOTS} memslots, not ${slots.length}`);
+  const sorted = [...slots].sort((a, b) => a.baseGfn - b.baseGfn);
+  for (let i = 0; i < sorted.length; i++) {
+    const s = sorted[i]!;
+    if (!Number.isInteger(s.baseGfn) || s.baseGfn < 0 || !Number.isInteger(s.npages) || s.npages < 1)
+      throw new KvmmuError(`memslot ${i} has bad geometry (base gfn ${s.baseGfn}, ${s.npages} pages)`);
+    if (s.baseGfn + s.npages > 2 ** 31) throw new KvmmuError(`memslot ${i} ends beyond gfn 2^31`);
+    if (i > 0 && sorted[i - 1]!.baseGfn + sorted[i - 1]!.npages > s.baseGfn)
+      throw new KvmmuError(`memslots overlap at gfn ${s.baseGfn}`);
+  }
+}
+
+/** Parse `NAME=off` / `NAME=on` settings onto a guard mask (all on to start with). */
+export function parseGuards(settings: readonly string[], start = ALL_GUARDS): number {
+  let mask = start;
+  for (const s of settings) {
+    const m = /^([a-z-]+)=(on|off)$/.exec(s);
+    if (m === null) throw new KvmmuError(`bad guard setting '${s}': write NAME=off or NAME=on`);
+    const name = m[1] as GuardName;
+    if (!(name in GUARDS)) throw new KvmmuError(`unknown guard '${m[1]}': the guards are ${GUARD_NAMES.join(', ')}`);
+    mask = m[2] === 'off' ? mask & ~GUARDS[name] : mask | GUARDS[name];
+  }
+  return mask;
+}
+
+/** Names of the guards that are off in `mask`. */
+export function guardsOff(mask: number): GuardName[] {
+  return GUARD_NAMES.filter((n) => (mask & GUARDS[n]) === 0);
+}
+
+/** Parse a size such as 64M, 1G, 4096, 2MiB into bytes. */
+export function parseSize(s: string): number {
+  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
+  if (m === null) throw new KvmmuError(`bad size '${s}': write a number with an optional K, M, G or T suffix`);
+  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+  const v = Number(m[1]) * mult[m[2]!.toLowerCase()]!;
+  if (!Number.isSafeInteger(v)) throw new KvmmuError(`size '${s}' is too large`);
+  return v;
+}

@@ -1,0 +1,172 @@
+// Dirty logging: enable/disable on a memslot, KVM_GET_DIRTY_LOG (take, write-protect, flush, then hand over) and KVM_CLEAR_DIRTY_LOG.
+
+import { KvmmuError } from '../shm/errors';
+import { SLOT_DIRTY_LOG, type Kvm } from './kvm';
+
+export class DirtyLog {
+  constructor(private readonly kvm: Kvm) {}
+
+  words(slot: number): number {
+    return Math.ceil(this.kvm.slotPages[slot]! / 32);
+  }
+
+  isEnabled(slot: number): boolean {
+    return (this.kvm.mem.load32(this.kvm.slotFlagsWord(slot)) & SLOT_DIRTY_LOG) !== 0;
+  }
+
+  /**
+   * Turn on dirty logging for `slot` (KVM_MEM_LOG_DIRTY_PAGES): start from an
+   * empty bitmap (or, with `initiallySet`, KVM_DIRTY_LOG_INITIALLY_SET: all bits
+   * set and nothing write-protected until the first clear), set the flag so new
+   * writable SPTEs are logged, then write-protect every SPTE of the slot
+   * (clearing W only) and flush.
+   */
+  enable(slot: number, initiallySet = false): void {
+    const k = this.kvm;
+    this.checkSlot(slot);
+    const bm = k.slotBitmap[slot]!;
+    const n = this.words(slot);
+    const pages = k.slotPages[slot]!;
+    for (let i = 0; i < n; i++) {
+      const bits = initiallySet ? (i === n - 1 && pages % 32 !== 0 ? (1 << pages % 32) - 1 : -1) : 0;
+      k.mem.store32(bm + i, bits);
+    }
+    k.mem.fetchOr32(k.slotFlagsWord(slot), SLOT_DIRTY_LOG);
+    if (initiallySet) return;
+    k.mem.lock(k.mmuLock);
+    let flush = false;
+    const base = k.slotHvpn[slot]!;
+    for (let p = 0; p < pages; p++) if (k.spte.rmapWriteProtectHvpn(base + p, false)) flush = true;
+    k.mem.unlock(k.mmuLock);
+    if (flush) k.kvmFlushRemoteTlbs();
+  }
+
+  /** Turn dirty logging off; SPTEs regain W through later faults (the fast path among them). */
+  disable(slot: number): void {
+    this.checkSlot(slot);
+    this.kvm.mem.fetchAnd32(this.kvm.slotFlagsWord(slot), ~SLOT_DIRTY_LOG);
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG without manual protection: under mmu_lock take each
+   * bitmap word (xchg to 0) into `out` and write-protect the gfns it names; after
+   * the loop flush TLBs, and only then hand `out` to the caller — so a write made
+   * after the caller sees the bitmap either faults (and is logged) or happened
+   * before the flush (and is in `out`). Returns the number of dirty pages.
+   */
+  get(slot: number, out: Int32Array): number {
+    const k = this.kvm;
+    this.checkLogging(slot, out);
+    const bm = k.slotBitmap[slot]!;
+    const n = this.words(slot);
+    let flush = false;
+    let dirty = 0;
+    k.mem.lock(k.mmuLock);
+    for (let i = 0; i < n; i++) {
+      if (k.mem.load32(bm + i) === 0) {
+        out[i] = 0;
+        continue;
+      }
+      const mask = k.mem.xchg32(bm + i, 0);
+      out[i] = mask;
+      if (mask === 0) continue;
+      flush = true;
+      dirty += this.protectMask(slot, i, mask);
+    }
+    k.mem.unlock(k.mmuLock);
+    if (flush) k.kvmFlushRemoteTlbs();
+    this.noteHandedOver(slot, out, n);
+    k.count('dirtyLogGets');
+    return dirty;
+  }
+
+  /** KVM_GET_DIRTY_LOG with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: copy the bitmap, change nothing. */
+  getManual(slot: number, out: Int32Array): number {
+    const k = this.kvm;
+    this.checkLogging(slot, out);
+    const bm = k.slotBitmap[slot]!;
+    let dirty = 0;
+    for (let i = 0; i < this.words(slot); i++) {
+      const v = k.mem.load32(bm + i);
+      out[i] = v;
+      dirty += popcount(v);
+    }
+    k.count('dirtyLogGets');
+    return dirty;
+  }
+
+  /**
+   * KVM_CLEAR_DIRTY_LOG: for each set bit of `bits` (covering pages from
+   * `firstPage`, a multiple of 32), clear it in the bitmap if set there and
+   * write-protect that gfn; flush once at the end. Returns pages cleared.
+   */
+  clear(slot: number, firstPage: number, bits: Int32Array): number {
+    const k = this.kvm;
+    this.checkSlot(slot);
+    if (firstPage % 32 !== 0) throw new KvmmuError(`clear-dirty-log: first page ${firstPage} is not a multiple of 32`);
+    const n = this.words(slot);
+    const w0 = firstPage / 32;
+    if (w0 + bits.length > n) throw new KvmmuError('clear-dirty-log: range runs past the end of the memslot');
+    const bm = k.slotBitmap[slot]!;
+    let flush = false;
+    let cleared = 0;
+    k.mem.lock(k.mmuLock);
+    for (let i = 0; i < bits.length; i++) {
+      let mask = bits[i]!;
+      if (mask === 0) continue;
+      mask &= k.mem.fetchAnd32(bm + w0 + i, ~mask);
+      bits[i] = mask;
+      if (mask === 0) continue;
+      flush = true;
+      cleared += this.protectMask(slot, w0 + i, mask);
+    }
+    k.mem.unlock(k.mmuLock);
+    if (flush) k.kvmFlushRemoteTlbs();
+    for (let i = 0; i < bits.length; i++) this.noteWord(slot, w0 + i, bits[i]!);
+    k.count('dirtyLogClears');
+    return cleared;
+  }
+
+  /** Write-protect (dirty-logging kind: W only) the gfns named by `mask` in bitmap word `word`. Contract: mmu_lock held. */
+  private protectMask(slot: number, word: number, mask: number): number {
+    const k = this.kvm;
+    const base = k.slotHvpn[slot]! + word * 32;
+    let n = 0;
+    for (let m = mask; m !== 0; m &= m - 1) {
+      const b = 31 - Math.clz32(m & -m);
+      k.spte.rmapWriteProtectHvpn(base + b, false);
+      n++;
+    }
+    return n;
+  }
+
+  private noteHandedOver(slot: number, out: Int32Array, n: number): void {
+    for (let i = 0; i < n; i++) this.noteWord(slot, i, out[i]!);
+  }
+
+  private noteWord(slot: number, word: number, mask: number): void {
+    const k = this.kvm;
+    if (k.mem.hook === null) return;
+    for (let m = mask; m !== 0; m &= m - 1) {
+      const b = 31 - Math.clz32(m & -m);
+      k.spte.noteWriteProtected(k.slotGfn[slot]! + word * 32 + b, false);
+    }
+  }
+
+  private checkSlot(slot: number): void {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.kvm.nSlots) throw new KvmmuError(`no memslot ${slot}`);
+  }
+
+  private checkLogging(slot: number, out: Int32Array): void {
+    this.checkSlot(slot);
+    if (!this.isEnabled(slot)) throw new KvmmuError(`memslot ${slot} does not log dirty pages`);
+    if (out.length < this.words(slot)) throw new KvmmuError(`dirty bitmap buffer too small: ${out.length} words for ${this.words(slot)}`);
+  }
+}
+
+export function popcount(v: number): number {
+  let x = v >>> 0;
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}

@@ -1,0 +1,368 @@
+// The VM: its shared regions, memslots and dirty bitmaps, vCPU mode/request words, remote TLB flush, and the per-thread handle tying the MMU together.
+//
+// Meta regions (Int32 words unless noted):
+//   kvm.mmuLock    LOCK_WORDS          mmu_lock (a fair ticket spinlock)
+//   kvm.mmu        MMU_WORDS           [SEQ] mmu_invalidate_seq, [IN_PROGRESS] mmu_invalidate_in_progress,
+//                                      [RANGE_START, RANGE_END) the hvpn range being invalidated,
+//                                      [LRU_HEAD, LRU_TAIL] active shadow-page list (sp + 1), [SP_FREE] free count
+//   kvm.slots      MAX_SLOTS * 4       per memslot: [0] flags (SLOT_DIRTY_LOG); geometry is in VmConfig, fixed
+//   kvm.bitmap     sum(npages / 32)    dirty bitmaps, one bit per page, word per 32 pages
+//   kvm.vcpus      vcpus * VCPU_WORDS  per vCPU: [MODE] generation << 2 | mode, [REQUESTS] KVM_REQ_* bits,
+//                                      [ROOT] root shadow page + 1, [CR3_GFN], [CPU] CPU_* control bits,
+//                                      [TLB_GEN] TLB generation (owner-written)
+//   kvm.vcpuStats  vcpus * 32 doubles  per-vCPU counters (owner-written, plain stores)
+//   kvm.stats      KVM_STAT_*          VM-wide counters (Atomics.add, not race-relevant)
+// Shadow pages and rmaps add their own regions (mmu-page.ts, rmap.ts).
+//
+// vCPU modes (KVM's vcpu->mode): OUTSIDE_GUEST_MODE 0, IN_GUEST_MODE 1,
+// EXITING_GUEST_MODE 2, READING_SHADOW_PAGE_TABLES 3. The mode word also
+// counts changes (generation << 2), so a flusher waiting for "this vCPU left
+// the mode I saw" cannot miss a quick exit and re-entry.
+
+import { LOCK_WORDS, NOTE, type Mem } from '../shm/access';
+import { KvmmuError } from '../shm/errors';
+import { region, type Layout, type LayoutBuilder } from '../shm/layout';
+import { Host } from '../host/host';
+import { GuestWalker } from '../x86/walker';
+import { CPU_CR0_WP, CPU_EFER_NX } from '../x86/pte';
+import { GUARDS, MAX_SLOTS, type VmConfig } from './config';
+import { MmuPages, reserveMmuPages } from './mmu-page';
+import { Rmaps, reserveRmaps } from './rmap';
+import { Mmu } from './mmu';
+import { SpteUpdate } from './spte-update';
+import { DirtyLog } from './dirty-log';
+import { KvmNotifier } from './notifier';
+
+export const OUTSIDE_GUEST_MODE = 0;
+export const IN_GUEST_MODE = 1;
+export const EXITING_GUEST_MODE = 2;
+export const READING_SHADOW_PAGE_TABLES = 3;
+export const MODE_NAMES = ['OUTSIDE_GUEST_MODE', 'IN_GUEST_MODE', 'EXITING_GUEST_MODE', 'READING_SHADOW_PAGE_TABLES'];
+
+/** vCPU request bits (KVM_REQ_*). */
+export const KVM_REQ_TLB_FLUSH = 1 << 0;
+
+export const SLOT_DIRTY_LOG = 1 << 0;
+
+const MMU_WORDS = 16;
+export const MMU_SEQ = 0;
+export const MMU_IN_PROGRESS = 1;
+export const MMU_RANGE_START = 2;
+export const MMU_RANGE_END = 3;
+export const MMU_LRU_HEAD = 4;
+export const MMU_LRU_TAIL = 5;
+export const MMU_SP_FREE = 6;
+
+const SLOT_WORDS = 4;
+
+export const VCPU_WORDS = 16;
+export const VCPU_MODE = 0;
+export const VCPU_REQUESTS = 1;
+export const VCPU_ROOT = 2;
+export const VCPU_CR3_GFN = 3;
+export const VCPU_CPU = 4;
+export const VCPU_TLB_GEN = 5;
+
+const VCPU_STAT_WORDS = 32;
+/** Per-vCPU counters; pf_* as KVM's kvm_vcpu_stat. */
+export const VCPU_STAT = {
+  pfFast: 0,
+  pfFixed: 1,
+  pfSpurious: 2,
+  pfRetry: 3,
+  pfEmulate: 4,
+  pfGuest: 5,
+  pfFastRetry: 6,
+  exits: 7,
+  tlbFlushes: 8,
+  tlbMisses: 9,
+  accesses: 10,
+  invlpg: 11,
+} as const;
+export type VcpuStatName = keyof typeof VCPU_STAT;
+
+export const KVM_STAT = {
+  remoteFlushes: 0,
+  spAlloc: 1,
+  spZapped: 2,
+  spFreed: 3,
+  spRecycled: 4,
+  writeProtects: 5,
+  invalidations: 6,
+  emulatedPteWrites: 7,
+  dirtyLogGets: 8,
+  dirtyLogClears: 9,
+  rmapRecycles: 10,
+} as const;
+export type KvmStatName = keyof typeof KVM_STAT;
+const KVM_STAT_COUNT = Object.keys(KVM_STAT).length;
+
+let debugLocks = false;
+
+/** Check on every mmu_lock-protected plain access that the lock is held (tests turn it on). */
+export function setDebugLocks(on: boolean): void {
+  debugLocks = on;
+}
+
+/** Total pages across memslots (= host virtual pages). */
+export function totalPages(c: VmConfig): number {
+  return c.slots.reduce((n, s) => n + s.npages, 0);
+}
+
+export function reserveKvm(b: LayoutBuilder, c: VmConfig): void {
+  b.meta('kvm.mmuLock', LOCK_WORDS * 4);
+  b.meta('kvm.mmu', MMU_WORDS * 4);
+  b.meta('kvm.slots', MAX_SLOTS * SLOT_WORDS * 4);
+  b.meta('kvm.bitmap', c.slots.reduce((n, s) => n + Math.ceil(s.npages / 32), 0) * 4);
+  b.meta('kvm.vcpus', c.vcpus * VCPU_WORDS * 4);
+  b.meta('kvm.vcpuStats', c.vcpus * VCPU_STAT_WORDS * 8);
+  b.meta('kvm.stats', KVM_STAT_COUNT * 4);
+  reserveMmuPages(b, c);
+  reserveRmaps(b, c);
+}
+
+/**
+ * The KVM side of one vCPU, owned by the thread that runs it. Holds the
+ * private half of its state (mode generation, walker scratch, control
+ * registers); the shared half is in kvm.vcpus.
+ */
+export class KvmVcpu {
+  readonly modeWord: number;
+  readonly reqWord: number;
+  private modeGen = 0;
+  /** Guest control bits (CPU_* in x86/pte.ts). */
+  cpu = CPU_CR0_WP | CPU_EFER_NX;
+  /** Guest-physical address of the guest's PML4 (shadow mode). */
+  cr3 = 0;
+  /** Root shadow page. */
+  root = -1;
+  readonly walker = new GuestWalker();
+  private readonly statBase: number;
+
+  constructor(
+    readonly kvm: Kvm,
+    readonly idx: number,
+  ) {
+    this.modeWord = kvm.vcpuWord(idx, VCPU_MODE);
+    this.reqWord = kvm.vcpuWord(idx, VCPU_REQUESTS);
+    this.statBase = kvm.vcpuStatBase + idx * VCPU_STAT_WORDS;
+    this.modeGen = Atomics.load(kvm.mem.i32, this.modeWord) >>> 2;
+  }
+
+  /** Publish a new vCPU mode (one store; the generation makes every change visible). */
+  setMode(mode: number): void {
+    this.modeGen = (this.modeGen + 1) & 0x1fffffff;
+    this.kvm.mem.store32(this.modeWord, (this.modeGen << 2) | mode);
+  }
+
+  /** Counters are owned by this vCPU's thread: plain stores, not scheduling points. */
+  count(name: VcpuStatName): void {
+    this.kvm.mem.f64[this.statBase + VCPU_STAT[name]]! += 1;
+  }
+
+  stat(name: VcpuStatName): number {
+    return this.kvm.mem.f64[this.statBase + VCPU_STAT[name]]!;
+  }
+}
+
+/** A per-thread handle on one VM: everything the MMU code needs, with region offsets resolved once. */
+export class Kvm {
+  readonly host: Host;
+  readonly mmuLock: number;
+  readonly mmuBase: number;
+  private readonly slotBase: number;
+  readonly vcpuBase: number;
+  readonly vcpuStatBase: number;
+  private readonly statBase: number;
+  readonly pages: MmuPages;
+  readonly rmaps: Rmaps;
+  readonly spte: SpteUpdate;
+  readonly mmu: Mmu;
+  readonly dirtyLog: DirtyLog;
+  readonly notifier: KvmNotifier;
+
+  // Memslot geometry, fixed at creation (so read without the access layer).
+  readonly nSlots: number;
+  readonly slotGfn: Int32Array;
+  readonly slotPages: Int32Array;
+  readonly slotHvpn: Int32Array;
+  readonly slotBitmap: Int32Array;
+
+  readonly guardPinIndirect: boolean;
+  readonly guardFlushMmuWritable: boolean;
+  readonly guardAtomicVolatileClear: boolean;
+  readonly guardNotifierRetry: boolean;
+  readonly guardLocklessWalkSync: boolean;
+
+  /** The vCPU this thread runs, or -1 (host, migration and test threads); a remote flush does not wait for itself. */
+  selfVcpu = -1;
+
+  constructor(
+    readonly mem: Mem,
+    readonly layout: Layout,
+    readonly config: VmConfig,
+  ) {
+    const pages = totalPages(config);
+    this.host = new Host(mem, layout, { nPages: pages, nFrames: config.hostFrames, nSwap: config.swapSlots });
+    this.mmuLock = region(layout, 'kvm.mmuLock').off / 4;
+    this.mmuBase = region(layout, 'kvm.mmu').off / 4;
+    this.slotBase = region(layout, 'kvm.slots').off / 4;
+    this.vcpuBase = region(layout, 'kvm.vcpus').off / 4;
+    this.vcpuStatBase = region(layout, 'kvm.vcpuStats').off / 8;
+    this.statBase = region(layout, 'kvm.stats').off / 4;
+    const bitmapBase = region(layout, 'kvm.bitmap').off / 4;
+
+    this.nSlots = config.slots.length;
+    this.slotGfn = new Int32Array(this.nSlots);
+    this.slotPages = new Int32Array(this.nSlots);
+    this.slotHvpn = new Int32Array(this.nSlots);
+    this.slotBitmap = new Int32Array(this.nSlots);
+    let hvpn = 0;
+    let bm = bitmapBase;
+    config.slots.forEach((s, i) => {
+      this.slotGfn[i] = s.baseGfn;
+      this.slotPages[i] = s.npages;
+      this.slotHvpn[i] = hvpn;
+      this.slotBitmap[i] = bm;
+      hvpn += s.npages;
+      bm += Math.ceil(s.npages / 32);
+    });
+
+    const g = config.guards;
+    this.guardPinIndirect = (g & GUARDS['pin-indirect']) !== 0;
+    this.guardFlushMmuWritable = (g & GUARDS['flush-mmu-writable']) !== 0;
+    this.guardAtomicVolatileClear = (g & GUARDS['atomic-volatile-clear']) !== 0;
+    this.guardNotifierRetry = (g & GUARDS['notifier-retry']) !== 0;
+    this.guardLocklessWalkSync = (g & GUARDS['lockless-walk-sync']) !== 0;
+
+    this.pages = new MmuPages(this);
+    this.rmaps = new Rmaps(this);
+    this.spte = new SpteUpdate(this);
+    this.mmu = new Mmu(this);
+    this.dirtyLog = new DirtyLog(this);
+    this.notifier = new KvmNotifier(this);
+    this.host.notifier = this.notifier;
+  }
+
+  /** One-time setup of a fresh machine (single-threaded, before any worker starts). */
+  init(): void {
+    this.host.init();
+    this.pages.init();
+    this.rmaps.init();
+  }
+
+  // ---- memslots ----
+
+  /** Memslot holding `gfn`, or -1. */
+  slotOf(gfn: number): number {
+    for (let s = 0; s < this.nSlots; s++) {
+      const rel = gfn - this.slotGfn[s]!;
+      if (rel >= 0 && rel < this.slotPages[s]!) return s;
+    }
+    return -1;
+  }
+
+  /** Host virtual page backing `gfn` (also the index of its rmap head); throws for a gfn outside every memslot. */
+  gfnToHvpn(gfn: number): number {
+    const s = this.slotOf(gfn);
+    if (s < 0) throw new GuestMemoryError(gfn);
+    return this.slotHvpn[s]! + gfn - this.slotGfn[s]!;
+  }
+
+  hvpnToGfn(hvpn: number): number {
+    for (let s = 0; s < this.nSlots; s++) {
+      const rel = hvpn - this.slotHvpn[s]!;
+      if (rel >= 0 && rel < this.slotPages[s]!) return this.slotGfn[s]! + rel;
+    }
+    throw new Error(`kvm: hvpn ${hvpn} is outside every memslot`);
+  }
+
+  slotFlagsWord(slot: number): number {
+    return this.slotBase + slot * SLOT_WORDS;
+  }
+
+  /**
+   * KVM's mark_page_dirty: set `gfn`'s bit in its memslot's dirty bitmap if the
+   * slot logs dirty pages. Lockless (an atomic or), so the fast path may call it.
+   */
+  markPageDirty(gfn: number): void {
+    const s = this.slotOf(gfn);
+    if (s < 0) return;
+    if ((this.mem.load32(this.slotFlagsWord(s)) & SLOT_DIRTY_LOG) === 0) return;
+    const rel = gfn - this.slotGfn[s]!;
+    this.mem.fetchOr32(this.slotBitmap[s]! + (rel >>> 5), 1 << (rel & 31));
+  }
+
+  // ---- vCPUs and remote TLB flush ----
+
+  vcpuWord(v: number, field: number): number {
+    return this.vcpuBase + v * VCPU_WORDS + field;
+  }
+
+  /**
+   * KVM's kvm_flush_remote_tlbs: set KVM_REQ_TLB_FLUSH on every vCPU, then wait
+   * for each vCPU that was in guest mode or reading shadow page tables to leave
+   * that mode. A vCPU in guest mode leaves it at its next instruction boundary
+   * (the IPI); a lockless walker leaves it when its walk ends (interrupts were
+   * off). So when this returns, no vCPU uses a TLB entry from before the call,
+   * and no lockless walk that began before it is still running — which is what
+   * lets a zapped shadow page be freed afterwards.
+   *
+   * Contract: callers may hold mmu_lock; vCPUs never wait for mmu_lock while
+   * in guest mode or in a lockless walk, so this cannot deadlock.
+   */
+  kvmFlushRemoteTlbs(): void {
+    const n = this.config.vcpus;
+    for (let v = 0; v < n; v++) this.mem.fetchOr32(this.vcpuWord(v, VCPU_REQUESTS), KVM_REQ_TLB_FLUSH);
+    for (let v = 0; v < n; v++) {
+      if (v === this.selfVcpu) continue;
+      const w = this.mem.load32(this.vcpuWord(v, VCPU_MODE));
+      if ((w & 3) !== OUTSIDE_GUEST_MODE) this.mem.waitWhile32(this.vcpuWord(v, VCPU_MODE), w);
+    }
+    this.count('remoteFlushes');
+    this.mem.note(NOTE.flushDone, 0, 0);
+  }
+
+  // ---- words only mmu_lock holders touch ----
+
+  /**
+   * Plain read of a word that only mmu_lock holders read or write (hash links,
+   * rmaps, free lists...). The lock orders these accesses, so they need not be
+   * atomic or scheduling points; with debugLocks on, each checks the lock is held.
+   */
+  lockedLoad(i: number): number {
+    if (debugLocks) this.assertMmuLockHeld();
+    return this.mem.i32[i]!;
+  }
+
+  lockedStore(i: number, v: number): void {
+    if (debugLocks) this.assertMmuLockHeld();
+    this.mem.i32[i] = v;
+  }
+
+  assertMmuLockHeld(): void {
+    if (this.mem.lockHolder(this.mmuLock) !== this.mem.tid)
+      throw new Error(`mmu_lock is not held by thread ${this.mem.tid} (holder: ${this.mem.lockHolder(this.mmuLock)})`);
+  }
+
+  // ---- statistics ----
+
+  count(name: KvmStatName): void {
+    Atomics.add(this.mem.i32, this.statBase + KVM_STAT[name], 1);
+  }
+
+  stat(name: KvmStatName): number {
+    return Atomics.load(this.mem.i32, this.statBase + KVM_STAT[name]);
+  }
+
+  vcpuStat(v: number, name: VcpuStatName): number {
+    return this.mem.f64[this.vcpuStatBase + v * VCPU_STAT_WORDS + VCPU_STAT[name]]!;
+  }
+}
+
+/** A guest access to a gfn no memslot covers (kvmmu models no MMIO). */
+export class GuestMemoryError extends KvmmuError {
+  constructor(readonly gfn: number) {
+    super(`guest accessed gfn 0x${gfn.toString(16)}, which no memslot covers (kvmmu models no MMIO)`);
+  }
+}

@@ -1,0 +1,551 @@
+// The page-fault paths: the lockless fast path, the slow path under mmu_lock (direct and shadow), roots, invlpg, and emulated page-table writes.
+
+import { NOTE } from '../shm/access';
+import {
+  ACC_ALL,
+  ACC_WRITE_MASK,
+  PFERR_FETCH_MASK,
+  PFERR_PRESENT_MASK,
+  PFERR_RSVD_MASK,
+  PFERR_USER_MASK,
+  PFERR_WRITE_MASK,
+  PT_DIRTY_MASK,
+  pteIndex,
+  type AccessKind,
+} from '../x86/pte';
+import {
+  SPTE_WRITABLE_MASK,
+  isLastSpte,
+  isMmuWritableSpte,
+  isShadowPresentPte,
+  isWritablePte,
+  makeSpte,
+  spteToChild,
+  spteToPfn,
+} from '../x86/spte';
+import type { GuestPtAccess } from '../x86/walker';
+import { KvmmuError } from '../shm/errors';
+import {
+  MMU_IN_PROGRESS,
+  MMU_RANGE_END,
+  MMU_RANGE_START,
+  MMU_SEQ,
+  OUTSIDE_GUEST_MODE,
+  READING_SHADOW_PAGE_TABLES,
+  VCPU_ROOT,
+  type Kvm,
+  type KvmVcpu,
+} from './kvm';
+import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleIsDirect } from './mmu-page';
+import { SpteUpdate } from './spte-update';
+import { CPU_CR0_WP } from '../x86/pte';
+
+/** Page-fault results (KVM's RET_PF_*), plus RET_PF_GUEST: the guest's own tables fault; inject #PF. */
+export const RET_PF_RETRY = 1;
+export const RET_PF_EMULATE = 2;
+export const RET_PF_INVALID = 3;
+export const RET_PF_FIXED = 4;
+export const RET_PF_SPURIOUS = 5;
+export const RET_PF_GUEST = 6;
+export const RET_PF_NAMES = ['', 'RETRY', 'EMULATE', 'INVALID', 'FIXED', 'SPURIOUS', 'GUEST'];
+
+/** KVM's fast_page_fault tries its cmpxchg at most this many times before leaving it to the slow path. */
+const FAST_PF_ATTEMPTS = 5;
+
+export function accessFromErrorCode(ec: number): AccessKind {
+  return {
+    write: (ec & PFERR_WRITE_MASK) !== 0,
+    user: (ec & PFERR_USER_MASK) !== 0,
+    fetch: (ec & PFERR_FETCH_MASK) !== 0,
+  };
+}
+
+/**
+ * KVM's page_fault_can_be_fast: only a write to a present SPTE (a write-protect
+ * fault) can be fixed by setting W. kvmmu has no access-tracked SPTEs (it models
+ * SPTEs with A/D bits), the other case KVM fixes there today.
+ */
+export function pageFaultCanBeFast(ec: number): boolean {
+  return (ec & PFERR_RSVD_MASK) === 0 && (ec & PFERR_PRESENT_MASK) !== 0 && (ec & PFERR_WRITE_MASK) !== 0;
+}
+
+export class Mmu implements GuestPtAccess {
+  private readonly invalid: number[] = [];
+  private readonly scratch: number[] = [];
+
+  constructor(private readonly kvm: Kvm) {}
+
+  // ---- roots ----
+
+  /**
+   * KVM's kvm_mmu_load: give the vCPU its root shadow page — shared by every
+   * vCPU in direct mode, keyed by the guest's CR3 in shadow mode (whose table
+   * then becomes write-tracked). Roots stay pinned while used.
+   */
+  kvmMmuLoad(vcpu: KvmVcpu): void {
+    const k = this.kvm;
+    const direct = k.config.mode === 'direct';
+    if (!direct && (vcpu.cpu & CPU_CR0_WP) === 0)
+      throw new KvmmuError('kvmmu models shadow paging with CR0.WP set only');
+    k.mem.lock(k.mmuLock);
+    k.pages.makeMmuPagesAvailable();
+    const root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL));
+    const rc = k.pages.hdr(root, SP_ROOT_COUNT);
+    k.lockedStore(rc, k.lockedLoad(rc) + 1);
+    vcpu.root = root;
+    k.mem.store32(k.vcpuWord(vcpu.idx, VCPU_ROOT), root + 1);
+    k.mem.unlock(k.mmuLock);
+  }
+
+  // ---- the fault entry point ----
+
+  /**
+   * KVM's kvm_mmu_page_fault: handle a VM exit for a page fault at `gva`
+   * (a gpa in direct mode) with hardware error code `ec`. Returns RET_PF_*;
+   * for RET_PF_GUEST the guest's error code is in vcpu.walker.errorCode.
+   */
+  kvmMmuPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
+    const ret = this.kvm.config.mode === 'direct' ? this.directPageFault(vcpu, gva, ec) : this.shadowPageFault(vcpu, gva, ec);
+    switch (ret) {
+      case RET_PF_FIXED:
+        vcpu.count('pfFixed');
+        break;
+      case RET_PF_SPURIOUS:
+        vcpu.count('pfSpurious');
+        break;
+      case RET_PF_RETRY:
+        vcpu.count('pfRetry');
+        break;
+      case RET_PF_EMULATE:
+        vcpu.count('pfEmulate');
+        break;
+      case RET_PF_GUEST:
+        vcpu.count('pfGuest');
+        break;
+    }
+    return ret;
+  }
+
+  // ---- the lockless fast path ----
+
+  /**
+   * KVM's walk_shadow_page_lockless_begin: announce a lockless walk by entering
+   * READING_SHADOW_PAGE_TABLES (with interrupts off in KVM). A remote TLB flush
+   * waits until the walk ends, and shadow pages are freed only after a flush,
+   * so no page this walk reads can be freed under it (guard `lockless-walk-sync`).
+   */
+  walkShadowPageLocklessBegin(vcpu: KvmVcpu): void {
+    if (this.kvm.guardLocklessWalkSync) vcpu.setMode(READING_SHADOW_PAGE_TABLES);
+    this.kvm.mem.note(NOTE.walkBegin, vcpu.idx, 0);
+  }
+
+  walkShadowPageLocklessEnd(vcpu: KvmVcpu): void {
+    this.kvm.mem.note(NOTE.walkEnd, vcpu.idx, 0);
+    if (this.kvm.guardLocklessWalkSync) vcpu.setMode(OUTSIDE_GUEST_MODE);
+  }
+
+  /**
+   * KVM's fast_page_fault: fix a write-protect fault without mmu_lock by setting
+   * W with one cmpxchg, then mark the gfn dirty.
+   *
+   * Why it is safe: every change another thread makes to the SPTE — zap, pfn
+   * change, write-protection for shadow paging (which clears MMU_WRITABLE) —
+   * changes its value, so the cmpxchg fails and we walk again (up to
+   * FAST_PF_ATTEMPTS in all). The value alone cannot tell one gfn from another,
+   * though: on an indirect page the gfn comes from the per-entry record, and the
+   * pfn may have been freed and reused for another gfn that now sits in the same
+   * entry with the same bits (seed 1, the ABA):
+   *
+   *    vCPU 0 (fast path)                   elsewhere
+   *    spte = *sptep  (pfn1, gfn1)
+   *                                         host swaps gfn1 out: spte = 0, pfn1 freed
+   *                                         pfn1 reused for gfn2; guest points the
+   *                                         gpte at gfn2: spte = pfn1 again
+   *    cmpxchg succeeds; marks gfn1 dirty   -> gfn2's write is missing from the log
+   *
+   * Settings for indirect pages (config.indirectFastPath): `pin`, the seed's fix —
+   * pin gfn->pfn with gupFast (the reference stops pfn1 being freed and reused;
+   * a writable mapping cannot be KSM-shared) and require the pinned pfn to equal
+   * the SPTE's (guard `pin-indirect`; with it off, as `unsafe`); `off`, KVM today:
+   * indirect pages go to the slow path. Direct pages map a fixed gfn: no ABA.
+   *
+   * Contract: called without mmu_lock. Returns RET_PF_FIXED, RET_PF_SPURIOUS or
+   * RET_PF_INVALID (take the slow path).
+   */
+  fastPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
+    if (!pageFaultCanBeFast(ec)) return RET_PF_INVALID;
+    const k = this.kvm;
+    const mem = k.mem;
+    const pages = k.pages;
+    const pin = k.config.indirectFastPath === 'pin' && k.guardPinIndirect;
+    let ret = RET_PF_INVALID;
+    this.walkShadowPageLocklessBegin(vcpu);
+    for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
+      let sp = vcpu.root;
+      let level = 4;
+      let sptep = pages.sptep(sp, pteIndex(gva, level));
+      let spte = mem.load64(sptep);
+      while (isShadowPresentPte(spte) && !isLastSpte(spte, level)) {
+        sp = spteToChild(spte);
+        level--;
+        sptep = pages.sptep(sp, pteIndex(gva, level));
+        spte = mem.load64(sptep);
+      }
+      if (!isShadowPresentPte(spte)) break;
+      // Another vCPU fixed it, or this is a stale TLB entry: nothing to do (KVM's is_access_allowed).
+      if (isWritablePte(spte)) {
+        ret = RET_PF_SPURIOUS;
+        break;
+      }
+      if (!isMmuWritableSpte(spte)) break;
+      const role = pages.role(sp);
+      const gfn = pages.entryGfn(sp, pages.indexOf(sptep), role);
+      if (k.slotOf(gfn) < 0) break;
+      let pinned = -1;
+      if (!roleIsDirect(role)) {
+        if (k.config.indirectFastPath === 'off') break;
+        if (pin) {
+          pinned = k.host.gupFast(k.gfnToHvpn(gfn), true);
+          if (pinned !== spteToPfn(spte)) {
+            if (pinned >= 0) k.host.putPage(pinned);
+            break;
+          }
+        }
+      }
+      const old = mem.cmpxchg64(sptep, spte, spte | SPTE_WRITABLE_MASK);
+      if (old === spte) {
+        k.markPageDirty(gfn);
+        mem.note(NOTE.fastFixed, sptep, gfn);
+        ret = RET_PF_FIXED;
+      }
+      if (pinned >= 0) k.host.putPage(pinned);
+      if (ret === RET_PF_FIXED) break;
+      vcpu.count('pfFastRetry');
+    }
+    this.walkShadowPageLocklessEnd(vcpu);
+    if (ret === RET_PF_FIXED) vcpu.count('pfFast');
+    return ret;
+  }
+
+  // ---- the slow path, direct mode ----
+
+  /**
+   * KVM's direct_page_fault: fast path first; else look up the pfn without the
+   * lock (after taking the notifier sequence), then under mmu_lock retry if an
+   * invalidation ran meanwhile (guard `notifier-retry`), build the path of
+   * shadow pages and install the SPTE.
+   */
+  directPageFault(vcpu: KvmVcpu, gpa: number, ec: number): number {
+    const k = this.kvm;
+    if (k.config.fastPath) {
+      const r = this.fastPageFault(vcpu, gpa, ec);
+      if (r !== RET_PF_INVALID) return r;
+    }
+    const gfn = Math.floor(gpa / 4096);
+    const hvpn = k.gfnToHvpn(gfn);
+    const write = (ec & PFERR_WRITE_MASK) !== 0;
+    const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
+    const pfn = k.host.getUserPage(hvpn, write);
+    const hostWritable = k.host.lastWritable;
+    k.mem.lock(k.mmuLock);
+    if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
+      k.mem.unlock(k.mmuLock);
+      k.host.putPage(pfn);
+      return RET_PF_RETRY;
+    }
+    k.pages.makeMmuPagesAvailable();
+    const ret = this.directMap(vcpu, gfn, pfn, hostWritable, write);
+    k.mem.unlock(k.mmuLock);
+    k.host.putPage(pfn);
+    return ret;
+  }
+
+  /**
+   * KVM's mmu_invalidate_retry_gfn: did an MMU-notifier invalidation start or
+   * finish since the fault read `mmuSeq`, or is one covering `hvpn` running?
+   * Without this check (guard `notifier-retry` off) a fault can install a pfn
+   * the host has just unmapped and will free. Contract: mmu_lock held.
+   */
+  isPageFaultStale(mmuSeq: number, hvpn: number): boolean {
+    const k = this.kvm;
+    if (
+      k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) > 0 &&
+      hvpn >= k.lockedLoad(k.mmuBase + MMU_RANGE_START) &&
+      hvpn < k.lockedLoad(k.mmuBase + MMU_RANGE_END)
+    )
+      return true;
+    return k.mem.load32(k.mmuBase + MMU_SEQ) !== mmuSeq;
+  }
+
+  /** KVM's direct_map: walk from the root, creating direct shadow pages, and map gfn -> pfn. Contract: mmu_lock held. */
+  private directMap(vcpu: KvmVcpu, gfn: number, pfn: number, hostWritable: boolean, write: boolean): number {
+    const k = this.kvm;
+    const gpa = gfn * 4096;
+    let sp = vcpu.root;
+    for (let level = 4; level > 1; level--) {
+      const sptep = k.pages.sptep(sp, pteIndex(gpa, level));
+      const spte = k.mem.load64(sptep);
+      if (isShadowPresentPte(spte)) {
+        sp = spteToChild(spte);
+        continue;
+      }
+      const span = 2 ** (9 * (level - 1));
+      const child = k.pages.getShadowPage(Math.floor(gfn / span) * span, makeRole(level - 1, true, ACC_ALL));
+      k.spte.linkShadowPage(sptep, child);
+      sp = child;
+    }
+    return this.mmuSetSpte(sp, k.pages.sptep(sp, pteIndex(gpa, 1)), ACC_ALL, gfn, pfn, hostWritable, write);
+  }
+
+  /**
+   * KVM's mmu_set_spte: install or update the leaf SPTE for gfn -> pfn with
+   * rights `acc`. A gfn that holds a shadowed guest page table is mapped without
+   * W or MMU_WRITABLE (KVM's mmu_try_to_unsync_pages refusing), and a write to it
+   * is emulated. A writable SPTE marks the gfn dirty. Contract: mmu_lock held.
+   */
+  private mmuSetSpte(
+    sp: number,
+    sptep: number,
+    acc: number,
+    gfn: number,
+    pfn: number,
+    hostWritable: boolean,
+    write: boolean,
+  ): number {
+    const k = this.kvm;
+    let wrprot = false;
+    if ((acc & ACC_WRITE_MASK) !== 0 && k.pages.gfnTrackCount(k.gfnToHvpn(gfn)) > 0) {
+      acc &= ~ACC_WRITE_MASK;
+      wrprot = true;
+    }
+    let newSpte = makeSpte(acc, pfn, hostWritable, true, write);
+    let old = k.mem.load64(sptep);
+    let flush = false;
+    let ret = RET_PF_FIXED;
+    if (isShadowPresentPte(old) && spteToPfn(old) !== pfn) {
+      k.spte.dropSpte(sptep);
+      flush = true;
+      old = 0n;
+    }
+    if (isShadowPresentPte(old)) {
+      newSpte = SpteUpdate.keepDirty(old, newSpte);
+      if (old === newSpte) ret = RET_PF_SPURIOUS;
+      else if (k.spte.mmuSpteUpdate(sptep, newSpte)) flush = true;
+    } else {
+      // Record the gfn before the SPTE becomes present, so a lockless reader never pairs it with a stale gfn.
+      if (!roleIsDirect(k.lockedLoad(k.pages.hdr(sp, SP_ROLE)))) k.pages.setEntryGfn(sp, k.pages.indexOf(sptep), gfn);
+      k.spte.mmuSpteSet(sptep, newSpte);
+      k.spte.rmapAdd(gfn, sptep);
+    }
+    if (isWritablePte(newSpte)) k.markPageDirty(gfn);
+    if (flush) k.kvmFlushRemoteTlbs();
+    if (wrprot && write) return RET_PF_EMULATE;
+    return ret;
+  }
+
+  // ---- the slow path, shadow mode ----
+
+  /**
+   * KVM's FNAME(page_fault) for 64-bit guests: the fast path (only with the
+   * `pin`/`unsafe` settings: KVM today never calls it for shadow paging), then
+   * walk the guest's tables (a guest fault is injected), look up the pfn, and
+   * under mmu_lock build the shadow path (FNAME(fetch)).
+   */
+  shadowPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
+    const k = this.kvm;
+    if (k.config.fastPath && k.config.indirectFastPath !== 'off') {
+      const r = this.fastPageFault(vcpu, gva, ec);
+      if (r !== RET_PF_INVALID) return r;
+    }
+    const w = vcpu.walker;
+    if (!w.walk(this, vcpu.cr3, gva, accessFromErrorCode(ec), vcpu.cpu)) return RET_PF_GUEST;
+    const write = (ec & PFERR_WRITE_MASK) !== 0;
+    const hvpn = k.gfnToHvpn(w.gfn);
+    const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
+    const pfn = k.host.getUserPage(hvpn, write);
+    const hostWritable = k.host.lastWritable;
+    k.mem.lock(k.mmuLock);
+    if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
+      k.mem.unlock(k.mmuLock);
+      k.host.putPage(pfn);
+      return RET_PF_RETRY;
+    }
+    k.pages.makeMmuPagesAvailable();
+    const ret = this.fetch(vcpu, gva, pfn, hostWritable, write);
+    k.mem.unlock(k.mmuLock);
+    k.host.putPage(pfn);
+    return ret;
+  }
+
+  /**
+   * KVM's FNAME(fetch): walk the shadow tables for `gva`, creating an indirect
+   * shadow page for each guest table on the way (which write-tracks it), and
+   * direct pages below a guest large page. After write-protecting each guest
+   * table, re-read its entry: if the guest changed it since the walk, retry.
+   * Contract: mmu_lock held.
+   */
+  private fetch(vcpu: KvmVcpu, gva: number, pfn: number, hostWritable: boolean, write: boolean): number {
+    const k = this.kvm;
+    const w = vcpu.walker;
+    if (this.gpteChanged(vcpu, 4)) return RET_PF_RETRY;
+    let sp = vcpu.root;
+    for (let level = 4; level > w.level; level--) {
+      k.lockedStore(k.pages.hdr(sp, SP_FLOOD), 0);
+      const sptep = k.pages.sptep(sp, pteIndex(gva, level));
+      const spte = k.mem.load64(sptep);
+      const present = isShadowPresentPte(spte);
+      const child = present
+        ? spteToChild(spte)
+        : k.pages.getShadowPage(w.tableGfn[level - 1]!, makeRole(level - 1, false, w.tableAccess[level - 1]!));
+      if (this.gpteChanged(vcpu, level - 1)) return RET_PF_RETRY;
+      if (!present) k.spte.linkShadowPage(sptep, child);
+      sp = child;
+    }
+    for (let level = w.level; level > 1; level--) {
+      const sptep = k.pages.sptep(sp, pteIndex(gva, level));
+      const spte = k.mem.load64(sptep);
+      if (isShadowPresentPte(spte)) {
+        sp = spteToChild(spte);
+        continue;
+      }
+      const span = 2 ** (9 * (level - 1));
+      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, w.pteAccess));
+      k.spte.linkShadowPage(sptep, child);
+      sp = child;
+    }
+    k.lockedStore(k.pages.hdr(sp, SP_FLOOD), 0);
+    let acc = w.pteAccess;
+    // A clean guest PTE is mapped read-only, so the first write faults and the walker sets its D bit.
+    if (!write && (w.ptes[w.level]! & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
+    return this.mmuSetSpte(sp, k.pages.sptep(sp, pteIndex(gva, 1)), acc, w.gfn, pfn, hostWritable, write);
+  }
+
+  /** KVM's FNAME(gpte_changed): re-read the walker's entry at `level` without faulting; true if it differs (or cannot be read). */
+  private gpteChanged(vcpu: KvmVcpu, level: number): boolean {
+    const w = vcpu.walker;
+    return this.readGpteAtomic(w.pteGpa[level]!) !== w.ptes[level]!;
+  }
+
+  // ---- guest memory for the walker (KVM's kvm_vcpu_read_guest / cmpxchg_gpte) ----
+
+  readGpte(gpa: number): bigint {
+    const k = this.kvm;
+    const gfn = Math.floor(gpa / 4096);
+    return k.host.readUser64(k.gfnToHvpn(gfn), gpa % 4096);
+  }
+
+  /** Set A/D in a guest PTE; the table's page is then dirty for migration (KVM marks it). */
+  cmpxchgGpte(gpa: number, expected: bigint, v: bigint): bigint {
+    const k = this.kvm;
+    const gfn = Math.floor(gpa / 4096);
+    const old = k.host.cmpxchgUser64(k.gfnToHvpn(gfn), gpa % 4096, expected, v);
+    if (old === expected) k.markPageDirty(gfn);
+    return old;
+  }
+
+  /** Read a guest PTE without faulting the page in (safe under mmu_lock); -1n if not present. */
+  readGpteAtomic(gpa: number): bigint {
+    const k = this.kvm;
+    const gfn = Math.floor(gpa / 4096);
+    if (k.slotOf(gfn) < 0) return -1n;
+    const pfn = k.host.gupFast(k.gfnToHvpn(gfn), false);
+    if (pfn < 0) return -1n;
+    const v = k.mem.loadData64((k.host.frameByte(pfn) + (gpa % 4096)) / 8);
+    k.host.putPage(pfn);
+    return v;
+  }
+
+  // ---- emulated writes to write-tracked guest page tables ----
+
+  /**
+   * Emulate a guest write of the 64-bit `value` at `gpa` that faulted because
+   * the page holds a shadowed guest page table: write guest memory as the
+   * emulator does (the host's write dirties the frame), log it, then let the
+   * MMU drop the shadow entries the write made stale (KVM's kvm_mmu_track_write).
+   */
+  emulateWrite(gpa: number, value: bigint): void {
+    const k = this.kvm;
+    const gfn = Math.floor(gpa / 4096);
+    k.host.writeUser64(k.gfnToHvpn(gfn), gpa % 4096 & ~7, value);
+    k.markPageDirty(gfn);
+    this.kvmMmuPteWrite(gpa);
+  }
+
+  /**
+   * KVM's kvm_mmu_track_write: for each indirect shadow page of the written
+   * table, zap the entry the write hit — or the whole page if the table is
+   * written again and again without being used (write flooding) — and flush.
+   */
+  kvmMmuPteWrite(gpa: number): void {
+    const k = this.kvm;
+    const gfn = Math.floor(gpa / 4096);
+    const hvpn = k.gfnToHvpn(gfn);
+    const idx = (gpa % 4096) >>> 3;
+    k.mem.lock(k.mmuLock);
+    if (k.pages.gfnTrackCount(hvpn) === 0) {
+      k.mem.unlock(k.mmuLock);
+      return;
+    }
+    k.count('emulatedPteWrites');
+    const n = k.pages.collectShadowsOf(gfn, this.scratch);
+    let flush = false;
+    for (let i = 0; i < n; i++) {
+      const sp = this.scratch[i]!;
+      const floods = k.lockedLoad(k.pages.hdr(sp, SP_FLOOD)) + 1;
+      k.lockedStore(k.pages.hdr(sp, SP_FLOOD), floods);
+      if (floods >= WRITE_FLOOD_LIMIT && k.lockedLoad(k.pages.hdr(sp, SP_ROOT_COUNT)) === 0) {
+        k.pages.prepareZap(sp, this.invalid);
+        continue;
+      }
+      if (k.spte.mmuPageZapPte(k.pages.sptep(sp, idx))) flush = true;
+    }
+    if (this.invalid.length > 0) k.pages.commitZap(this.invalid);
+    else if (flush) k.kvmFlushRemoteTlbs();
+    k.mem.unlock(k.mmuLock);
+  }
+
+  // ---- invlpg ----
+
+  /**
+   * The guest invalidated its translation of `gva`. In shadow mode KVM
+   * intercepts invlpg and drops the shadow entry (which the guest may have
+   * changed without a trapped write, e.g. a non-present to present change is
+   * trapped too, so this only matters for prefetched entries); the vCPU layer
+   * drops its own TLB entry. Direct mode does not intercept invlpg.
+   */
+  kvmMmuInvlpg(vcpu: KvmVcpu, gva: number): void {
+    const k = this.kvm;
+    if (k.config.mode === 'direct') return;
+    k.mem.lock(k.mmuLock);
+    let sp = vcpu.root;
+    let zapped = false;
+    for (let level = 4; level >= 1; level--) {
+      const sptep = k.pages.sptep(sp, pteIndex(gva, level));
+      const spte = k.mem.load64(sptep);
+      if (!isShadowPresentPte(spte)) break;
+      if (isLastSpte(spte, level)) {
+        zapped = k.spte.mmuPageZapPte(sptep);
+        break;
+      }
+      sp = spteToChild(spte);
+    }
+    if (zapped) k.kvmFlushRemoteTlbs();
+    k.mem.unlock(k.mmuLock);
+  }
+
+  /** The valid indirect shadow pages of guest table `gfn` (for monitors and tests); takes mmu_lock. */
+  shadowPagesOf(gfn: number): number[] {
+    const k = this.kvm;
+    k.mem.lock(k.mmuLock);
+    const out: number[] = [];
+    const n = k.pages.collectShadowsOf(gfn, out);
+    out.length = n;
+    k.mem.unlock(k.mmuLock);
+    return out;
+  }
+
+  /** Read a shadow page's gfn (lock holders; for tests and displays). */
+  spGfn(sp: number): number {
+    return this.kvm.mem.i32[this.kvm.pages.hdr(sp, SP_GFN)]!;
+  }
+}

@@ -1,0 +1,299 @@
+// The access layer: every access to shared state that can race, as one Atomics call behind an optional hook.
+//
+// MMU code never touches a SharedArrayBuffer word that another thread may touch
+// except through a `Mem` method. In a normal run each method is a plain
+// `Atomics` call (plus one null check). A scheduler or a test attaches an
+// `AccessHook`; `hook.before` then runs before every operation with the
+// operation's code and operands, and may block (a controlled scheduler waiting
+// for its grant) or run other threads' operations first (a sequential replay of
+// a documented race). Blocking operations — taking a held lock, waiting until a
+// word changes — are single operations here, so a scheduler can treat a thread
+// as not runnable instead of letting it spin.
+//
+// Words only their owner thread touches (a vCPU's TLB, statistics) and words
+// fixed after setup (memslot geometry) are read through the public views
+// directly; the comment at each such use says so.
+//
+// Index units: `*64` methods take an index into a BigUint64Array (byte offset / 8),
+// `*32` methods an index into an Int32Array (byte offset / 4); `*Data*` methods
+// address the data buffer (frame and swap bytes), the others the meta buffer.
+
+import type { Shm } from './layout';
+
+/** Operation codes passed to `AccessHook.before`; part of the checker's trace format. */
+export const OP = {
+  load64: 1,
+  store64: 2,
+  cmpxchg64: 3,
+  xchg64: 4,
+  load32: 5,
+  store32: 6,
+  cmpxchg32: 7,
+  xchg32: 8,
+  fetchAdd32: 9,
+  fetchOr32: 10,
+  fetchAnd32: 11,
+  lock: 12,
+  unlock: 13,
+  waitWhile32: 14,
+  loadData64: 15,
+  storeData64: 16,
+  cmpxchgData64: 17,
+  copyData: 18,
+  readData: 19,
+  writeData: 20,
+  compareData: 21,
+} as const;
+
+export const OP_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(OP).map(([k, v]) => [v, k]),
+);
+
+/**
+ * A hook on the access layer.
+ *
+ * `before(op, a, b, c)`: a is the word index (or, for data-range operations, the
+ * first byte), b and c are operation-specific: for cmpxchg/xchg/store the value
+ * written is not passed (the hook reads the word itself if it needs values);
+ * for `waitWhile32` b is the value being waited out; for range operations b is
+ * the length in bytes and c the second range's first byte (or -1).
+ *
+ * `note(kind, a, b)`: a ghost event (see NOTE) that changes no state; schedulers
+ * and invariant monitors use them, normal runs ignore them.
+ */
+export interface AccessHook {
+  before(op: number, a: number, b: number, c: number): void;
+  note(kind: number, a: number, b: number): void;
+}
+
+/** Ghost events: annotations for monitors, never scheduling points. */
+export const NOTE = {
+  /** A vCPU (a) began a lockless shadow walk. */
+  walkBegin: 1,
+  /** A vCPU (a) ended a lockless shadow walk. */
+  walkEnd: 2,
+  /** Shadow page a was freed (b = its new generation). */
+  spFree: 3,
+  /** Shadow page a was allocated (b = its new generation). */
+  spAlloc: 4,
+  /** A write-protection of gfn a returned (b = 1 if it was for shadow paging). */
+  wpDone: 5,
+  /** A remote TLB flush returned. */
+  flushDone: 6,
+  /** The fast path set W on sptep a (b = gfn it marked dirty, -1 if none). */
+  fastFixed: 7,
+  /** A dirty-log get/clear handed gfn bits to userspace: a = slot, b = word index. */
+  dirtyLogTaken: 8,
+  /** A guest write of gfn a completed through pfn b. */
+  guestWrite: 9,
+} as const;
+
+/** How many times a waiter re-reads a word before it sleeps. */
+const SPIN_LIMIT = 1 << 10;
+/** How long (ms) a sleeping waiter sleeps before it looks again; bounds the cost of a missed wake-up. */
+const WAIT_SLICE_MS = 0.2;
+
+/** Lock word layout (four Int32 words): next ticket, owner ticket, sleepers, holder id + 1. */
+export const LOCK_WORDS = 4;
+const LOCK_NEXT = 0;
+const LOCK_OWNER = 1;
+const LOCK_SLEEPERS = 2;
+const LOCK_HOLDER = 3;
+
+export class Mem {
+  /** Meta buffer as 32-bit words. */
+  readonly i32: Int32Array;
+  /** Meta buffer as 64-bit words (SPTEs). */
+  readonly u64: BigUint64Array;
+  /** Meta buffer as doubles (statistics owned by one thread; never through the layer). */
+  readonly f64: Float64Array;
+  /** Data buffer as bytes. */
+  readonly d8: Uint8Array;
+  /** Data buffer as 64-bit words. */
+  readonly d64: BigUint64Array;
+  /** Data buffer as 32-bit words (page comparison). */
+  readonly d32: Int32Array;
+  /** The scheduler's or test's hook; null in a normal run. */
+  hook: AccessHook | null = null;
+  /** Identity of the logical thread using this handle (shown as a lock holder). */
+  tid = 0;
+
+  constructor(readonly shm: Shm) {
+    this.i32 = new Int32Array(shm.meta);
+    this.u64 = new BigUint64Array(shm.meta);
+    this.f64 = new Float64Array(shm.meta);
+    this.d8 = new Uint8Array(shm.data);
+    this.d64 = new BigUint64Array(shm.data);
+    this.d32 = new Int32Array(shm.data);
+  }
+
+  // ---- 64-bit meta words (SPTEs) ----
+
+  load64(i: number): bigint {
+    if (this.hook !== null) this.hook.before(OP.load64, i, 0, 0);
+    return Atomics.load(this.u64, i);
+  }
+
+  store64(i: number, v: bigint): void {
+    if (this.hook !== null) this.hook.before(OP.store64, i, 0, 0);
+    Atomics.store(this.u64, i, v);
+  }
+
+  /** Returns the old value; the exchange happened iff it equals `expected`. */
+  cmpxchg64(i: number, expected: bigint, v: bigint): bigint {
+    if (this.hook !== null) this.hook.before(OP.cmpxchg64, i, 0, 0);
+    return Atomics.compareExchange(this.u64, i, expected, v);
+  }
+
+  xchg64(i: number, v: bigint): bigint {
+    if (this.hook !== null) this.hook.before(OP.xchg64, i, 0, 0);
+    return Atomics.exchange(this.u64, i, v);
+  }
+
+  // ---- 32-bit meta words ----
+
+  load32(i: number): number {
+    if (this.hook !== null) this.hook.before(OP.load32, i, 0, 0);
+    return Atomics.load(this.i32, i);
+  }
+
+  store32(i: number, v: number): void {
+    if (this.hook !== null) this.hook.before(OP.store32, i, 0, 0);
+    Atomics.store(this.i32, i, v);
+  }
+
+  cmpxchg32(i: number, expected: number, v: number): number {
+    if (this.hook !== null) this.hook.before(OP.cmpxchg32, i, 0, 0);
+    return Atomics.compareExchange(this.i32, i, expected, v);
+  }
+
+  xchg32(i: number, v: number): number {
+    if (this.hook !== null) this.hook.before(OP.xchg32, i, 0, 0);
+    return Atomics.exchange(this.i32, i, v);
+  }
+
+  /** Returns the old value. */
+  fetchAdd32(i: number, v: number): number {
+    if (this.hook !== null) this.hook.before(OP.fetchAdd32, i, 0, 0);
+    return Atomics.add(this.i32, i, v);
+  }
+
+  fetchOr32(i: number, v: number): number {
+    if (this.hook !== null) this.hook.before(OP.fetchOr32, i, 0, 0);
+    return Atomics.or(this.i32, i, v);
+  }
+
+  fetchAnd32(i: number, v: number): number {
+    if (this.hook !== null) this.hook.before(OP.fetchAnd32, i, 0, 0);
+    return Atomics.and(this.i32, i, v);
+  }
+
+  // ---- blocking operations ----
+
+  /**
+   * Take the ticket spinlock at `i` (LOCK_WORDS words). Fair: tickets are served
+   * in order, so a vCPU cannot be starved by a stream of other takers.
+   * Under a scheduler this is one operation, granted only when the lock is free.
+   */
+  lock(i: number): void {
+    if (this.hook !== null) this.hook.before(OP.lock, i, 0, 0);
+    const a = this.i32;
+    const ticket = Atomics.add(a, i + LOCK_NEXT, 1);
+    let spins = 0;
+    for (;;) {
+      const owner = Atomics.load(a, i + LOCK_OWNER);
+      if (owner === ticket) break;
+      if (++spins < SPIN_LIMIT) continue;
+      Atomics.add(a, i + LOCK_SLEEPERS, 1);
+      Atomics.wait(a, i + LOCK_OWNER, owner, WAIT_SLICE_MS);
+      Atomics.sub(a, i + LOCK_SLEEPERS, 1);
+    }
+    Atomics.store(a, i + LOCK_HOLDER, this.tid + 1);
+  }
+
+  unlock(i: number): void {
+    if (this.hook !== null) this.hook.before(OP.unlock, i, 0, 0);
+    const a = this.i32;
+    Atomics.store(a, i + LOCK_HOLDER, 0);
+    Atomics.add(a, i + LOCK_OWNER, 1);
+    if (Atomics.load(a, i + LOCK_SLEEPERS) !== 0) Atomics.notify(a, i + LOCK_OWNER);
+  }
+
+  /** True when the lock at `i` is held (for assertions and monitors; not a scheduling point). */
+  isLocked(i: number): boolean {
+    return Atomics.load(this.i32, i + LOCK_NEXT) !== Atomics.load(this.i32, i + LOCK_OWNER);
+  }
+
+  /** Logical thread id holding the lock at `i`, or -1 (for displays; not a scheduling point). */
+  lockHolder(i: number): number {
+    return Atomics.load(this.i32, i + LOCK_HOLDER) - 1;
+  }
+
+  /**
+   * Return once the word at `i` no longer equals `v` (returns the new value).
+   * Writers need not notify: a sleeper looks again every WAIT_SLICE_MS.
+   * Under a scheduler the thread is not runnable while the word equals `v`.
+   */
+  waitWhile32(i: number, v: number): number {
+    if (this.hook !== null) this.hook.before(OP.waitWhile32, i, v, 0);
+    const a = this.i32;
+    let spins = 0;
+    for (;;) {
+      const cur = Atomics.load(a, i);
+      if (cur !== v) return cur;
+      if (++spins < SPIN_LIMIT) continue;
+      Atomics.wait(a, i, v, WAIT_SLICE_MS);
+    }
+  }
+
+  // ---- data buffer (frame and swap bytes) ----
+
+  loadData64(i: number): bigint {
+    if (this.hook !== null) this.hook.before(OP.loadData64, i, 0, 0);
+    return Atomics.load(this.d64, i);
+  }
+
+  storeData64(i: number, v: bigint): void {
+    if (this.hook !== null) this.hook.before(OP.storeData64, i, 0, 0);
+    Atomics.store(this.d64, i, v);
+  }
+
+  cmpxchgData64(i: number, expected: bigint, v: bigint): bigint {
+    if (this.hook !== null) this.hook.before(OP.cmpxchgData64, i, 0, 0);
+    return Atomics.compareExchange(this.d64, i, expected, v);
+  }
+
+  /** Copy `len` bytes inside the data buffer (one operation: a page copy is not split). */
+  copyData(dstByte: number, srcByte: number, len: number): void {
+    if (this.hook !== null) this.hook.before(OP.copyData, dstByte, len, srcByte);
+    this.d8.copyWithin(dstByte, srcByte, srcByte + len);
+  }
+
+  /** Copy `len` bytes from the data buffer into a private buffer. */
+  readData(srcByte: number, dst: Uint8Array, dstOff: number, len: number): void {
+    if (this.hook !== null) this.hook.before(OP.readData, srcByte, len, -1);
+    dst.set(this.d8.subarray(srcByte, srcByte + len), dstOff);
+  }
+
+  /** Copy `len` bytes from a private buffer into the data buffer. */
+  writeData(dstByte: number, src: Uint8Array, srcOff: number, len: number): void {
+    if (this.hook !== null) this.hook.before(OP.writeData, dstByte, len, -1);
+    this.d8.set(src.subarray(srcOff, srcOff + len), dstByte);
+  }
+
+  /** True when two ranges of the data buffer hold the same bytes. */
+  compareData(aByte: number, bByte: number, len: number): boolean {
+    if (this.hook !== null) this.hook.before(OP.compareData, aByte, len, bByte);
+    const d = this.d32;
+    const a = aByte / 4;
+    const b = bByte / 4;
+    for (let k = 0; k < len / 4; k++) if (d[a + k] !== d[b + k]) return false;
+    return true;
+  }
+
+  // ---- ghost events ----
+
+  note(kind: number, a: number, b: number): void {
+    if (this.hook !== null) this.hook.note(kind, a, b);
+  }
+}

@@ -1,0 +1,355 @@
+// A vCPU: its TLB in shared memory, the hardware walk over SPTEs (setting A/D atomically), guest reads/writes/fetches, VM exits and requests.
+//
+// Region vcpu.tlb: per vCPU `tlbEntries` entries of TLB_WORDS Int32 words,
+// direct-mapped by virtual page number:
+//   [0] tag: vpn + 1 (0 = empty)   [1] TLB generation at fill (valid iff equal to the vCPU's)
+//   [2] pfn                        [3] flags: ACC_* rights | TLB_DIRTY (D was set when filled)
+//   [4] gfn (for monitors)         [5] sptep it was filled from (for monitors)
+// Only the owning vCPU's thread writes its TLB, so entries are read and written
+// with plain accesses (not scheduling points); other threads only inspect them.
+// A flush bumps the generation (kvm.vcpus[TLB_GEN]) instead of clearing entries.
+//
+// The vCPU's guest code runs in IN_GUEST_MODE. At every instruction boundary
+// it looks at its request word; a pending request is the model's IPI: the vCPU
+// exits, handles it (KVM_REQ_TLB_FLUSH empties the TLB) and re-enters. Because
+// the vCPU publishes IN_GUEST_MODE before it checks requests and a flusher sets
+// the request before it reads the mode, one of them always sees the other.
+
+import { region, type LayoutBuilder } from '../shm/layout';
+import { NOTE } from '../shm/access';
+import {
+  CPU_CR0_WP,
+  CPU_EFER_NX,
+  PFERR_PRESENT_MASK,
+  accessErrorCode,
+  isPermissionFault,
+  pteIndex,
+  type AccessKind,
+} from '../x86/pte';
+import {
+  SPTE_ACCESSED_MASK,
+  SPTE_DIRTY_MASK,
+  SPTE_PRESENT_MASK,
+  isLastSpte,
+  spteAccess,
+  spteToChild,
+  spteToPfn,
+} from '../x86/spte';
+import type { VmConfig } from '../kvm/config';
+import {
+  IN_GUEST_MODE,
+  KVM_REQ_TLB_FLUSH,
+  KvmVcpu,
+  OUTSIDE_GUEST_MODE,
+  VCPU_CPU,
+  VCPU_CR3_GFN,
+  VCPU_TLB_GEN,
+  type Kvm,
+} from '../kvm/kvm';
+import { RET_PF_EMULATE, RET_PF_GUEST } from '../kvm/mmu';
+import { SP_GFN, SP_ROLE, roleIsDirect, roleLevel } from '../kvm/mmu-page';
+
+export const TLB_WORDS = 8;
+export const TLB_TAG = 0;
+export const TLB_GEN = 1;
+export const TLB_PFN = 2;
+export const TLB_FLAGS = 3;
+export const TLB_GFN = 4;
+export const TLB_SPTEP = 5;
+/** Flag: the SPTE's D bit was set at fill, so a write needs no walk to set it. */
+export const TLB_DIRTY = 1 << 8;
+
+export const READ: AccessKind = { write: false, user: false, fetch: false };
+export const WRITE: AccessKind = { write: true, user: false, fetch: false };
+export const FETCH: AccessKind = { write: false, user: false, fetch: true };
+export const USER_READ: AccessKind = { write: false, user: true, fetch: false };
+export const USER_WRITE: AccessKind = { write: true, user: true, fetch: false };
+export const USER_FETCH: AccessKind = { write: false, user: true, fetch: true };
+
+export function reserveVcpus(b: LayoutBuilder, c: VmConfig): void {
+  b.meta('vcpu.tlb', c.vcpus * c.tlbEntries * TLB_WORDS * 4);
+}
+
+/** A page fault the guest's own page tables cause: delivered to the guest (#PF). */
+export class GuestPageFault extends Error {
+  constructor(
+    readonly gva: number,
+    readonly errorCode: number,
+  ) {
+    super(`guest #PF at 0x${gva.toString(16)}, error code 0x${errorCode.toString(16)}`);
+  }
+}
+
+export class Vcpu {
+  readonly kv: KvmVcpu;
+  readonly mem: Kvm['mem'];
+  private readonly tlbBase: number;
+  private readonly tlbMask: number;
+  private readonly tlbGenWord: number;
+  private tlbGen: number;
+  /** CPL 3: guest accesses are user accesses. */
+  user = false;
+  /** Error code of the last hardware walk that faulted. */
+  private lastEc = 0;
+  private readonly direct: boolean;
+
+  constructor(
+    readonly kvm: Kvm,
+    readonly idx: number,
+  ) {
+    this.kv = new KvmVcpu(kvm, idx);
+    this.mem = kvm.mem;
+    this.tlbMask = kvm.config.tlbEntries - 1;
+    this.tlbBase = region(kvm.layout, 'vcpu.tlb').off / 4 + idx * kvm.config.tlbEntries * TLB_WORDS;
+    this.tlbGenWord = kvm.vcpuWord(idx, VCPU_TLB_GEN);
+    this.tlbGen = this.mem.i32[this.tlbGenWord]!;
+    this.direct = kvm.config.mode === 'direct';
+  }
+
+  /**
+   * Control bits the hardware walk applies to SPTE rights. Direct mode runs the
+   * guest with paging off, so no SMEP/SMAP; shadow paging runs the guest's
+   * paging on the shadow tables with CR0.WP forced on, as KVM does.
+   */
+  private cpuForWalk(): number {
+    return this.direct ? CPU_CR0_WP | CPU_EFER_NX : this.kv.cpu | CPU_CR0_WP;
+  }
+
+  /**
+   * Power on: set the guest's CR3 (shadow mode) and control bits, load the MMU
+   * root. Call once, on the thread that will run this vCPU, before entering the guest.
+   */
+  setup(cr3 = 0, cpu = this.kv.cpu): void {
+    this.kv.cr3 = cr3;
+    this.kv.cpu = cpu;
+    this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CR3_GFN)] = Math.floor(cr3 / 4096);
+    this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
+    this.kvm.selfVcpu = this.idx;
+    this.mem.tid = this.idx;
+    this.kvm.mmu.kvmMmuLoad(this.kv);
+  }
+
+  // ---- guest mode ----
+
+  /** KVM's vcpu_enter_guest: publish IN_GUEST_MODE, then handle requests that raced in (and try again). */
+  enterGuest(): void {
+    for (;;) {
+      this.kv.setMode(IN_GUEST_MODE);
+      if (this.mem.load32(this.kv.reqWord) === 0) return;
+      this.kv.setMode(OUTSIDE_GUEST_MODE);
+      this.handleRequests();
+    }
+  }
+
+  exitGuest(): void {
+    this.kv.setMode(OUTSIDE_GUEST_MODE);
+    this.kv.count('exits');
+  }
+
+  private handleRequests(): void {
+    const r = this.mem.xchg32(this.kv.reqWord, 0);
+    if ((r & KVM_REQ_TLB_FLUSH) !== 0) this.flushTlb();
+  }
+
+  /** Empty this vCPU's TLB (bump its generation: a plain store, the TLB is this thread's own). */
+  flushTlb(): void {
+    this.tlbGen = (this.tlbGen + 1) | 0;
+    this.mem.i32[this.tlbGenWord] = this.tlbGen;
+    this.kv.count('tlbFlushes');
+  }
+
+  /** An instruction boundary: a pending request interrupts the guest (the IPI), which exits, handles it and re-enters. */
+  private boundary(): void {
+    if (this.mem.load32(this.kv.reqWord) === 0) return;
+    this.exitGuest();
+    this.handleRequests();
+    this.enterGuest();
+  }
+
+  // ---- guest instructions (call between enterGuest and exitGuest) ----
+
+  read64(gva: number): bigint {
+    const kind = this.user ? USER_READ : READ;
+    for (;;) {
+      this.boundary();
+      const pfn = this.translate(gva, kind);
+      if (pfn >= 0) {
+        this.kv.count('accesses');
+        return this.mem.loadData64((this.kvm.host.frameByte(pfn) + (gva % 4096)) / 8);
+      }
+      this.pageFaultExit(gva, null);
+    }
+  }
+
+  write64(gva: number, value: bigint): void {
+    const kind = this.user ? USER_WRITE : WRITE;
+    for (;;) {
+      this.boundary();
+      const pfn = this.translate(gva, kind);
+      if (pfn >= 0) {
+        this.kv.count('accesses');
+        this.mem.storeData64((this.kvm.host.frameByte(pfn) + (gva % 4096)) / 8, value);
+        this.mem.note(NOTE.guestWrite, this.tlbGfn(gva), pfn);
+        return;
+      }
+      if (this.pageFaultExit(gva, value)) return;
+    }
+  }
+
+  /** An instruction fetch from `gva` (no bytes are executed; the translation and its rights are what matter). */
+  fetch(gva: number): void {
+    const kind = this.user ? USER_FETCH : FETCH;
+    for (;;) {
+      this.boundary();
+      if (this.translate(gva, kind) >= 0) {
+        this.kv.count('accesses');
+        return;
+      }
+      this.pageFaultExit(gva, null);
+    }
+  }
+
+  /** The guest's invlpg: shadow mode intercepts it (KVM drops the shadow entry); the local TLB entry goes either way. */
+  invlpg(gva: number): void {
+    this.kv.count('invlpg');
+    if (this.kvm.config.mode === 'shadow') {
+      this.exitGuest();
+      this.kvm.mmu.kvmMmuInvlpg(this.kv, gva);
+      this.tlbInvalidate(gva);
+      this.enterGuest();
+      return;
+    }
+    this.tlbInvalidate(gva);
+  }
+
+  /**
+   * A VM exit for a page fault: run KVM's handler outside guest mode, emulate
+   * the write if it asks (`value` is what the instruction writes), re-enter.
+   * Returns true when emulation completed the instruction; throws GuestPageFault
+   * when the guest's own tables fault.
+   */
+  private pageFaultExit(gva: number, value: bigint | null): boolean {
+    this.exitGuest();
+    const r = this.kvm.mmu.kvmMmuPageFault(this.kv, gva, this.lastEc);
+    let done = false;
+    if (r === RET_PF_EMULATE) {
+      if (value === null) throw new Error('vcpu: KVM asked to emulate an access that writes nothing');
+      const w = this.kv.walker;
+      this.kvm.mmu.emulateWrite(w.gfn * 4096 + (gva % 4096), value);
+      done = true;
+    }
+    this.enterGuest();
+    if (r === RET_PF_GUEST) throw new GuestPageFault(gva, this.kv.walker.errorCode);
+    return done;
+  }
+
+  // ---- translation: TLB, then the hardware walk ----
+
+  /** The pfn `gva` translates to for `kind`, from the TLB or a hardware walk; -1 on a fault (error code in lastEc). */
+  private translate(gva: number, kind: AccessKind): number {
+    const vpn = Math.floor(gva / 4096);
+    const e = this.tlbBase + (vpn & this.tlbMask) * TLB_WORDS;
+    const t = this.mem.i32;
+    if (t[e + TLB_TAG] === vpn + 1 && t[e + TLB_GEN] === this.tlbGen) {
+      const flags = t[e + TLB_FLAGS]!;
+      if (!isPermissionFault(flags & 7, kind, this.cpuForWalk()) && (!kind.write || (flags & TLB_DIRTY) !== 0))
+        return t[e + TLB_PFN]!;
+    }
+    this.kv.count('tlbMisses');
+    return this.hwWalk(gva, kind, e);
+  }
+
+  /**
+   * The processor's walk over the shadow tables: from the root, follow present
+   * non-leaf SPTEs; at the leaf check the rights, then set A (and D for a write)
+   * with a locked cmpxchg as x86 does — if the SPTE changed under us, walk again.
+   * Fills TLB entry `e`. Returns the pfn, or -1 with `lastEc` set.
+   */
+  private hwWalk(gva: number, kind: AccessKind, e: number): number {
+    const pages = this.kvm.pages;
+    const cpu = this.cpuForWalk();
+    for (;;) {
+      let sp = this.kv.root;
+      let level = 4;
+      let sptep = pages.sptep(sp, pteIndex(gva, level));
+      let spte = this.mem.load64(sptep);
+      while ((spte & SPTE_PRESENT_MASK) !== 0n && !isLastSpte(spte, level)) {
+        sp = spteToChild(spte);
+        level--;
+        sptep = pages.sptep(sp, pteIndex(gva, level));
+        spte = this.mem.load64(sptep);
+      }
+      if ((spte & SPTE_PRESENT_MASK) === 0n) {
+        this.lastEc = accessErrorCode(kind, cpu);
+        return -1;
+      }
+      const acc = spteAccess(spte);
+      if (isPermissionFault(acc, kind, cpu)) {
+        this.lastEc = PFERR_PRESENT_MASK | accessErrorCode(kind, cpu);
+        return -1;
+      }
+      let want = spte | SPTE_ACCESSED_MASK;
+      if (kind.write) want |= SPTE_DIRTY_MASK;
+      if (want !== spte && this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
+      const pfn = spteToPfn(want);
+      const t = this.mem.i32;
+      t[e + TLB_TAG] = Math.floor(gva / 4096) + 1;
+      t[e + TLB_GEN] = this.tlbGen;
+      t[e + TLB_PFN] = pfn;
+      t[e + TLB_FLAGS] = acc | ((want & SPTE_DIRTY_MASK) !== 0n ? TLB_DIRTY : 0);
+      t[e + TLB_GFN] = this.peekEntryGfn(sp, pages.indexOf(sptep));
+      t[e + TLB_SPTEP] = sptep;
+      return pfn;
+    }
+  }
+
+  /** The gfn an SPTE maps, read plainly (monitor data for the TLB entry, not part of the walk). */
+  private peekEntryGfn(sp: number, idx: number): number {
+    const pages = this.kvm.pages;
+    const t = this.mem.i32;
+    const role = t[pages.hdr(sp, SP_ROLE)]!;
+    if (roleIsDirect(role)) return t[pages.hdr(sp, SP_GFN)]! + idx * 2 ** (9 * (roleLevel(role) - 1));
+    return t[pages.gfnsBase + sp * 512 + idx]!;
+  }
+
+  private tlbGfn(gva: number): number {
+    const e = this.tlbBase + (Math.floor(gva / 4096) & this.tlbMask) * TLB_WORDS;
+    return this.mem.i32[e + TLB_GFN]!;
+  }
+
+  private tlbInvalidate(gva: number): void {
+    const vpn = Math.floor(gva / 4096);
+    const e = this.tlbBase + (vpn & this.tlbMask) * TLB_WORDS;
+    if (this.mem.i32[e + TLB_TAG] === vpn + 1) this.mem.i32[e + TLB_TAG] = 0;
+  }
+}
+
+/** Valid TLB entries of vCPU `idx` (for monitors, displays and tests; plain reads). */
+export interface TlbEntry {
+  vpn: number;
+  pfn: number;
+  gfn: number;
+  sptep: number;
+  acc: number;
+  dirty: boolean;
+}
+
+export function readTlb(kvm: Kvm, idx: number): TlbEntry[] {
+  const base = region(kvm.layout, 'vcpu.tlb').off / 4 + idx * kvm.config.tlbEntries * TLB_WORDS;
+  const t = kvm.mem.i32;
+  const gen = t[kvm.vcpuWord(idx, VCPU_TLB_GEN)];
+  const out: TlbEntry[] = [];
+  for (let i = 0; i < kvm.config.tlbEntries; i++) {
+    const e = base + i * TLB_WORDS;
+    if (t[e + TLB_TAG] === 0 || t[e + TLB_GEN] !== gen) continue;
+    out.push({
+      vpn: t[e + TLB_TAG]! - 1,
+      pfn: t[e + TLB_PFN]!,
+      gfn: t[e + TLB_GFN]!,
+      sptep: t[e + TLB_SPTEP]!,
+      acc: t[e + TLB_FLAGS]! & 7,
+      dirty: (t[e + TLB_FLAGS]! & TLB_DIRTY) !== 0,
+    });
+  }
+  return out;
+}

@@ -1,0 +1,127 @@
+// x86 guest page-table entry bits (4-level, 64-bit PTEs), page-fault error codes, access masks and the SDM permission rule.
+
+// ---- guest PTE bits (Intel SDM vol. 3, 4.5) ----
+export const PT_PRESENT_MASK = 1n << 0n;
+export const PT_WRITABLE_MASK = 1n << 1n;
+export const PT_USER_MASK = 1n << 2n;
+export const PT_PWT_MASK = 1n << 3n;
+export const PT_PCD_MASK = 1n << 4n;
+export const PT_ACCESSED_MASK = 1n << 5n;
+export const PT_DIRTY_MASK = 1n << 6n;
+/** PS: in a PDE (level 2) maps a 2 MiB page, in a PDPTE (level 3) a 1 GiB page; reserved in a PML4E. */
+export const PT_PAGE_SIZE_MASK = 1n << 7n;
+export const PT_GLOBAL_MASK = 1n << 8n;
+export const PT64_NX_MASK = 1n << 63n;
+
+export const PAGE_SHIFT = 12;
+export const PAGE_SIZE = 4096;
+/** Address bits of a 4 KiB-table entry: 12..51. */
+export const PT64_BASE_ADDR_MASK = ((1n << 52n) - 1n) & ~0xfffn;
+/** Levels: 4 = PML4, 3 = PDPT, 2 = PD, 1 = PT. */
+export const PT64_ROOT_LEVEL = 4;
+export const PT64_ENT_PER_PAGE = 512;
+
+/** Physical-address width kvmmu's guest CPU reports (CPUID.80000008H:EAX[7:0]); address bits at and above it are reserved. */
+export const MAXPHYADDR = 46;
+const RSVD_ADDR_MASK = ((1n << 52n) - 1n) & ~((1n << BigInt(MAXPHYADDR)) - 1n);
+
+// ---- page-fault error code (SDM 4.7) ----
+export const PFERR_PRESENT_MASK = 1 << 0;
+export const PFERR_WRITE_MASK = 1 << 1;
+export const PFERR_USER_MASK = 1 << 2;
+export const PFERR_RSVD_MASK = 1 << 3;
+export const PFERR_FETCH_MASK = 1 << 4;
+export const PFERR_PK_MASK = 1 << 5;
+
+// ---- access rights as KVM combines them (ACC_*): the bits a translation grants ----
+export const ACC_EXEC_MASK = 1;
+export const ACC_WRITE_MASK = 2;
+export const ACC_USER_MASK = 4;
+export const ACC_ALL = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK;
+
+// ---- guest CPU control bits that change the permission rule, packed in one number ----
+export const CPU_CR0_WP = 1 << 0;
+export const CPU_EFER_NX = 1 << 1;
+export const CPU_CR4_SMEP = 1 << 2;
+export const CPU_CR4_SMAP = 1 << 3;
+/** RFLAGS.AC: with SMAP, lets an explicit supervisor data access reach a user page. */
+export const CPU_RFLAGS_AC = 1 << 4;
+
+/** An access the guest makes: write / user / fetch as in the error code, plus `implicit` (a supervisor access by the CPU itself, never AC-exempt). */
+export interface AccessKind {
+  readonly write: boolean;
+  readonly user: boolean;
+  readonly fetch: boolean;
+  readonly implicit?: boolean;
+}
+
+/** The error-code bits that describe an access (without P or RSVD). FETCH is reported only when NX or SMEP is on (SDM 4.7). */
+export function accessErrorCode(a: AccessKind, cpu: number): number {
+  let ec = 0;
+  if (a.write) ec |= PFERR_WRITE_MASK;
+  if (a.user) ec |= PFERR_USER_MASK;
+  if (a.fetch && (cpu & (CPU_EFER_NX | CPU_CR4_SMEP)) !== 0) ec |= PFERR_FETCH_MASK;
+  return ec;
+}
+
+/**
+ * Does an access with rights `acc` (ACC_* bits combined over all levels) fault?
+ * The SDM rule (4.6): user accesses need U, and W for writes; supervisor writes
+ * need W only when CR0.WP is set; fetches need X (when EFER.NX) and, from
+ * supervisor mode, SMEP forbids user pages; SMAP forbids supervisor data
+ * accesses to user pages unless the access is explicit and RFLAGS.AC is set.
+ */
+export function isPermissionFault(acc: number, a: AccessKind, cpu: number): boolean {
+  const userPage = (acc & ACC_USER_MASK) !== 0;
+  if (a.fetch) {
+    if ((cpu & CPU_EFER_NX) !== 0 && (acc & ACC_EXEC_MASK) === 0) return true;
+    if (a.user) return !userPage;
+    return (cpu & CPU_CR4_SMEP) !== 0 && userPage;
+  }
+  if (a.user) {
+    if (!userPage) return true;
+    return a.write && (acc & ACC_WRITE_MASK) === 0;
+  }
+  if (userPage && (cpu & CPU_CR4_SMAP) !== 0 && (a.implicit === true || (cpu & CPU_RFLAGS_AC) === 0)) return true;
+  return a.write && (acc & ACC_WRITE_MASK) === 0 && (cpu & CPU_CR0_WP) !== 0;
+}
+
+/** The ACC_* rights one guest PTE grants (NX counts only when EFER.NX is on). */
+export function gpteAccess(pte: bigint, cpu: number): number {
+  let acc = 0;
+  if ((pte & PT_WRITABLE_MASK) !== 0n) acc |= ACC_WRITE_MASK;
+  if ((pte & PT_USER_MASK) !== 0n) acc |= ACC_USER_MASK;
+  if ((cpu & CPU_EFER_NX) === 0 || (pte & PT64_NX_MASK) === 0n) acc |= ACC_EXEC_MASK;
+  return acc;
+}
+
+/** True when a present guest PTE at `level` sets a bit the SDM reserves (a #PF with RSVD). */
+export function isRsvdGpte(pte: bigint, level: number, cpu: number): boolean {
+  if ((cpu & CPU_EFER_NX) === 0 && (pte & PT64_NX_MASK) !== 0n) return true;
+  if ((pte & RSVD_ADDR_MASK) !== 0n) return true;
+  const ps = (pte & PT_PAGE_SIZE_MASK) !== 0n;
+  if (level === 4 && ps) return true;
+  if (ps && (level === 2 || level === 3)) {
+    // A large page's frame must be aligned to its size; bit 12 is PAT, bits 13..(shift-1) are reserved.
+    const shift = BigInt(PAGE_SHIFT + 9 * (level - 1));
+    const rsvd = ((1n << shift) - 1n) & ~((1n << 13n) - 1n);
+    if ((pte & rsvd) !== 0n) return true;
+  }
+  return false;
+}
+
+/** Index of `gva` in the table at `level`. */
+export function pteIndex(gva: number, level: number): number {
+  return Math.floor(gva / 2 ** (PAGE_SHIFT + 9 * (level - 1))) % 512;
+}
+
+/** Frame number a non-leaf or 4 KiB guest PTE points to. */
+export function gpteGfn(pte: bigint): number {
+  return Number((pte & PT64_BASE_ADDR_MASK) >> 12n);
+}
+
+/** First frame number of a large page mapped by a PS entry at `level` (bit 12, PAT, is not an address bit there). */
+export function largeGpteGfn(pte: bigint, level: number): number {
+  const shift = BigInt(PAGE_SHIFT + 9 * (level - 1));
+  return Number(((pte & PT64_BASE_ADDR_MASK) >> shift) << (shift - 12n));
+}

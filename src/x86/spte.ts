@@ -1,0 +1,201 @@
+// Shadow PTE (SPTE) bit layout, one-line predicates, and constructors (makeSpte, makeNonleafSpte).
+//
+// kvmmu's SPTEs use the x86 (non-EPT) layout of recent kernels, for both the
+// direct and the shadow MMU:
+//
+//   bit 0     P              present to the hardware walk
+//   bit 1     W              writable
+//   bit 2     U              user
+//   bit 5     A              accessed (hardware sets it)
+//   bit 6     D              dirty (hardware sets it on a write)
+//   bit 7     PS             large page (kvmmu maps 4 KiB SPTEs only; kept for the walker)
+//   bit 9     HOST_WRITABLE  the host mapping of the pfn is writable
+//   bit 10    MMU_WRITABLE   the guest's and KVM's view allow writes
+//   bit 11    MMU_PRESENT    a shadow-present SPTE (KVM's test for "present")
+//   bits 12-51               pfn; in a non-leaf SPTE, the index of the child shadow page
+//   bit 63    NX             no execute
+//
+// In 2012 (the seed's time) the two software bits were HOST_WRITEABLE = bit 10
+// and MMU_WRITEABLE = bit 11; only the positions moved.
+//
+// Invariants on the writable bits (KVM spte.h):
+//   HOST_WRITABLE clear  =>  W clear
+//   MMU_WRITABLE  clear  =>  W clear
+//   MMU_WRITABLE  set    =>  HOST_WRITABLE set
+// so the allowed (HOST_WRITABLE, MMU_WRITABLE, W) states are:
+//   1,1,1 writable
+//   1,1,0 write-tracked for dirty logging: the fast path may set W without mmu_lock
+//   1,0,0 maps a shadowed guest page table (writes are emulated)
+//   0,0,0 read-only memslot or host mapping
+//
+// Two kinds of write-protection:
+//   (a) for shadow paging: clear W and MMU_WRITABLE under mmu_lock and flush TLBs
+//       before dropping the lock — flushing even when W was already clear, because
+//       (b) or the fast path may have left a writable TLB entry behind (the seed's
+//       race 2, guard `flush-mmu-writable`);
+//   (b) for dirty logging: clear W only; the TLB flush may be batched, but must
+//       happen before the dirty bitmap reaches userspace.
+
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK } from './pte';
+
+export const SPTE_PRESENT_MASK = 1n << 0n;
+export const SPTE_WRITABLE_MASK = 1n << 1n;
+export const SPTE_USER_MASK = 1n << 2n;
+export const SPTE_ACCESSED_MASK = 1n << 5n;
+export const SPTE_DIRTY_MASK = 1n << 6n;
+export const SPTE_PAGE_SIZE_MASK = 1n << 7n;
+export const SPTE_HOST_WRITABLE = 1n << 9n;
+export const SPTE_MMU_WRITABLE = 1n << 10n;
+export const SPTE_MMU_PRESENT_MASK = 1n << 11n;
+export const SPTE_BASE_ADDR_MASK = ((1n << 52n) - 1n) & ~0xfffn;
+export const SPTE_NX_MASK = 1n << 63n;
+
+/**
+ * The value the TDP MMU writes while one thread owns an SPTE for a multi-step
+ * change (KVM's FROZEN_SPTE, formerly REMOVED_SPTE). kvmmu keeps it for the
+ * later TDP MMU; it is never shadow-present.
+ */
+export const FROZEN_SPTE = 0x5a0n;
+
+/** Bits a non-leaf SPTE always carries, as KVM's make_nonleaf_spte: present, W, U, A. */
+const NONLEAF_BITS =
+  SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK | SPTE_WRITABLE_MASK | SPTE_USER_MASK | SPTE_ACCESSED_MASK;
+
+// Build-time checks, as KVM's static asserts: no two masks overlap, FROZEN is not present.
+{
+  const masks: Array<[string, bigint]> = [
+    ['P', SPTE_PRESENT_MASK],
+    ['W', SPTE_WRITABLE_MASK],
+    ['U', SPTE_USER_MASK],
+    ['A', SPTE_ACCESSED_MASK],
+    ['D', SPTE_DIRTY_MASK],
+    ['PS', SPTE_PAGE_SIZE_MASK],
+    ['HOST_WRITABLE', SPTE_HOST_WRITABLE],
+    ['MMU_WRITABLE', SPTE_MMU_WRITABLE],
+    ['MMU_PRESENT', SPTE_MMU_PRESENT_MASK],
+    ['addr', SPTE_BASE_ADDR_MASK],
+    ['NX', SPTE_NX_MASK],
+  ];
+  for (let i = 0; i < masks.length; i++)
+    for (let j = i + 1; j < masks.length; j++)
+      if ((masks[i]![1] & masks[j]![1]) !== 0n) throw new Error(`spte: masks ${masks[i]![0]} and ${masks[j]![0]} overlap`);
+  if ((FROZEN_SPTE & SPTE_MMU_PRESENT_MASK) !== 0n) throw new Error('spte: FROZEN_SPTE is shadow-present');
+}
+
+export function isShadowPresentPte(spte: bigint): boolean {
+  return (spte & SPTE_MMU_PRESENT_MASK) !== 0n;
+}
+
+export function isWritablePte(spte: bigint): boolean {
+  return (spte & SPTE_WRITABLE_MASK) !== 0n;
+}
+
+/** KVM's is_mmu_writable_spte (was spte_can_locklessly_be_made_writable / spte_is_locklessly_modifiable). */
+export function isMmuWritableSpte(spte: bigint): boolean {
+  return (spte & SPTE_MMU_WRITABLE) !== 0n;
+}
+
+export function isHostWritableSpte(spte: bigint): boolean {
+  return (spte & SPTE_HOST_WRITABLE) !== 0n;
+}
+
+export function isAccessedSpte(spte: bigint): boolean {
+  return (spte & SPTE_ACCESSED_MASK) !== 0n;
+}
+
+export function isDirtySpte(spte: bigint): boolean {
+  return (spte & SPTE_DIRTY_MASK) !== 0n;
+}
+
+/** A leaf: the last level, or a large page. kvmmu's shadow pages are 4 KiB leaves, so level 1. */
+export function isLastSpte(spte: bigint, level: number): boolean {
+  return level === 1 || (spte & SPTE_PAGE_SIZE_MASK) !== 0n;
+}
+
+export function spteToPfn(spte: bigint): number {
+  return Number((spte & SPTE_BASE_ADDR_MASK) >> 12n);
+}
+
+/** Index of the child shadow page a non-leaf SPTE points to. */
+export function spteToChild(spte: bigint): number {
+  return Number((spte & SPTE_BASE_ADDR_MASK) >> 12n);
+}
+
+/** The ACC_* rights a leaf SPTE grants. */
+export function spteAccess(spte: bigint): number {
+  let acc = 0;
+  if ((spte & SPTE_WRITABLE_MASK) !== 0n) acc |= ACC_WRITE_MASK;
+  if ((spte & SPTE_USER_MASK) !== 0n) acc |= ACC_USER_MASK;
+  if ((spte & SPTE_NX_MASK) === 0n) acc |= ACC_EXEC_MASK;
+  return acc;
+}
+
+/**
+ * Can a bit of this SPTE change while mmu_lock is held (KVM's spte_has_volatile_bits)?
+ * If so it must be updated or cleared with xchg/cmpxchg, not a plain store.
+ * Volatile when:
+ *   - the fast path may set W locklessly (MMU_WRITABLE) — the seed's fix for
+ *     race 3, dropped when the `atomic-volatile-clear` guard is off, which gives
+ *     the 2012 rule before the fix;
+ *   - the hardware walk may still set A (A clear), or D (W set, D clear).
+ */
+export function spteHasVolatileBits(spte: bigint, atomicVolatileClear: boolean): boolean {
+  if (!isShadowPresentPte(spte)) return false;
+  if (atomicVolatileClear && isMmuWritableSpte(spte)) return true;
+  if (!isAccessedSpte(spte)) return true;
+  return isWritablePte(spte) && !isDirtySpte(spte);
+}
+
+/**
+ * Build a leaf SPTE (KVM's make_spte).
+ * `acc`: ACC_* rights to grant; write is dropped unless the host mapping is writable.
+ * `accessed`: set A (a real fault, not a prefetch). `dirty`: set D with W (the fault is a write).
+ * Returns the SPTE; writable SPTEs carry MMU_WRITABLE and HOST_WRITABLE.
+ */
+export function makeSpte(acc: number, pfn: number, hostWritable: boolean, accessed: boolean, dirty: boolean): bigint {
+  let spte = SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK;
+  if (accessed) spte |= SPTE_ACCESSED_MASK;
+  if ((acc & ACC_EXEC_MASK) === 0) spte |= SPTE_NX_MASK;
+  if ((acc & ACC_USER_MASK) !== 0) spte |= SPTE_USER_MASK;
+  if (hostWritable) spte |= SPTE_HOST_WRITABLE;
+  spte |= BigInt(pfn) << 12n;
+  if (hostWritable && (acc & ACC_WRITE_MASK) !== 0) {
+    spte |= SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE;
+    if (dirty) spte |= SPTE_DIRTY_MASK;
+  }
+  return spte;
+}
+
+/** A non-leaf SPTE pointing to shadow page `child` (KVM's make_nonleaf_spte). */
+export function makeNonleafSpte(child: number): bigint {
+  return NONLEAF_BITS | (BigInt(child) << 12n);
+}
+
+/** Null when the writable bits are in one of the four allowed states, else what is wrong. */
+export function checkWritableBits(spte: bigint): string | null {
+  if (!isShadowPresentPte(spte)) return null;
+  const w = isWritablePte(spte);
+  const mmu = isMmuWritableSpte(spte);
+  const host = isHostWritableSpte(spte);
+  if (w && !host) return 'W set without HOST_WRITABLE';
+  if (w && !mmu) return 'W set without MMU_WRITABLE';
+  if (mmu && !host) return 'MMU_WRITABLE set without HOST_WRITABLE';
+  return null;
+}
+
+/** A readable rendering: "pfn=0x1f P W A D HW MW" (for traces and errors). */
+export function formatSpte(spte: bigint): string {
+  if (spte === 0n) return '0';
+  if (spte === FROZEN_SPTE) return 'FROZEN';
+  const bits: string[] = [];
+  if (isShadowPresentPte(spte)) bits.push('SP');
+  if ((spte & SPTE_PRESENT_MASK) !== 0n) bits.push('P');
+  if (isWritablePte(spte)) bits.push('W');
+  if ((spte & SPTE_USER_MASK) !== 0n) bits.push('U');
+  if (isAccessedSpte(spte)) bits.push('A');
+  if (isDirtySpte(spte)) bits.push('D');
+  if (isHostWritableSpte(spte)) bits.push('HW');
+  if (isMmuWritableSpte(spte)) bits.push('MW');
+  if ((spte & SPTE_NX_MASK) !== 0n) bits.push('NX');
+  return `pfn=0x${spteToPfn(spte).toString(16)} ${bits.join(' ')}`;
+}
