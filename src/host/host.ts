@@ -46,15 +46,15 @@ const FR_LAST = 2;
 
 export const HOST_STAT = {
   swapOuts: 0,
-  writebacks: 0,
-  swapIns: 0,
-  zeroFills: 0,
-  ksmMerges: 0,
-  cowBreaks: 0,
-  frameReuses: 0,
-  frameAllocs: 0,
-  frameFrees: 0,
-  notifierCalls: 0,
+  writebacks: 1,
+  swapIns: 2,
+  zeroFills: 3,
+  ksmMerges: 4,
+  cowBreaks: 5,
+  frameReuses: 6,
+  frameAllocs: 7,
+  frameFrees: 8,
+  notifierCalls: 9,
 } as const;
 const HOST_STAT_COUNT = Object.keys(HOST_STAT).length;
 

@@ -15,9 +15,10 @@
 // Shadow pages and rmaps add their own regions (mmu-page.ts, rmap.ts).
 //
 // vCPU modes (KVM's vcpu->mode): OUTSIDE_GUEST_MODE 0, IN_GUEST_MODE 1,
-// EXITING_GUEST_MODE 2, READING_SHADOW_PAGE_TABLES 3. The mode word also
-// counts changes (generation << 2), so a flusher waiting for "this vCPU left
-// the mode I saw" cannot miss a quick exit and re-entry.
+// EXITING_GUEST_MODE 2, READING_SHADOW_PAGE_TABLES 3. Only the vCPU itself
+// stores its mode; a flusher only cmpxchg's IN_GUEST_MODE to EXITING_GUEST_MODE.
+// The word also counts the vCPU's own changes (generation << 2), so a flusher
+// waiting for "this vCPU left the state I saw" cannot miss a quick exit and re-entry.
 
 import { LOCK_WORDS, NOTE, type Mem } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
@@ -78,6 +79,8 @@ export const VCPU_STAT = {
   tlbMisses: 9,
   accesses: 10,
   invlpg: 11,
+  /** Faults the slow path fixed (KVM's pf_fixed counts fast ones too). */
+  pfSlow: 12,
 } as const;
 export type VcpuStatName = keyof typeof VCPU_STAT;
 
@@ -300,13 +303,20 @@ export class Kvm {
   }
 
   /**
-   * KVM's kvm_flush_remote_tlbs: set KVM_REQ_TLB_FLUSH on every vCPU, then wait
-   * for each vCPU that was in guest mode or reading shadow page tables to leave
-   * that mode. A vCPU in guest mode leaves it at its next instruction boundary
-   * (the IPI); a lockless walker leaves it when its walk ends (interrupts were
-   * off). So when this returns, no vCPU uses a TLB entry from before the call,
-   * and no lockless walk that began before it is still running — which is what
-   * lets a zapped shadow page be freed afterwards.
+   * KVM's kvm_flush_remote_tlbs: set KVM_REQ_TLB_FLUSH on every vCPU, then
+   * make each vCPU that may be using its TLB acknowledge, as KVM's IPI does:
+   *   - IN_GUEST_MODE: cmpxchg it to EXITING_GUEST_MODE (the kick); the vCPU
+   *     sees that at its next instruction boundary, exits, and handles the
+   *     request before it re-enters. Wait until it has left EXITING.
+   *   - READING_SHADOW_PAGE_TABLES: a lockless walk with interrupts off; wait
+   *     until the walk ends.
+   *   - OUTSIDE_GUEST_MODE: nothing to wait for; it checks requests on entry.
+   * So when this returns no vCPU uses a TLB entry from before the call, and no
+   * lockless walk that began before it is still running — which is what lets a
+   * zapped shadow page be freed afterwards. Waiting for an acknowledgement
+   * rather than for "some mode change" matters: a vCPU may already have exited,
+   * flushed and re-entered before we read its mode, and then nothing else
+   * would make it exit again.
    *
    * Contract: callers may hold mmu_lock; vCPUs never wait for mmu_lock while
    * in guest mode or in a lockless walk, so this cannot deadlock.
@@ -316,8 +326,23 @@ export class Kvm {
     for (let v = 0; v < n; v++) this.mem.fetchOr32(this.vcpuWord(v, VCPU_REQUESTS), KVM_REQ_TLB_FLUSH);
     for (let v = 0; v < n; v++) {
       if (v === this.selfVcpu) continue;
-      const w = this.mem.load32(this.vcpuWord(v, VCPU_MODE));
-      if ((w & 3) !== OUTSIDE_GUEST_MODE) this.mem.waitWhile32(this.vcpuWord(v, VCPU_MODE), w);
+      const word = this.vcpuWord(v, VCPU_MODE);
+      let w = this.mem.load32(word);
+      for (;;) {
+        const mode = w & 3;
+        if (mode === OUTSIDE_GUEST_MODE) break;
+        if (mode === IN_GUEST_MODE) {
+          const kicked = (w & ~3) | EXITING_GUEST_MODE;
+          const old = this.mem.cmpxchg32(word, w, kicked);
+          if (old !== w) {
+            w = old;
+            continue;
+          }
+          w = kicked;
+        }
+        this.mem.waitWhile32(word, w);
+        break;
+      }
     }
     this.count('remoteFlushes');
     this.mem.note(NOTE.flushDone, 0, 0);

@@ -181,25 +181,33 @@ export class Mmu implements GuestPtAccess {
     let ret = RET_PF_INVALID;
     this.walkShadowPageLocklessBegin(vcpu);
     for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
+      // Walk to the leaf. On reaching the last-level page, learn which gfn its entry maps before reading the
+      // SPTE (for an indirect page, the gfn the guest PTE named when the entry was made: the seed's gfn1).
       let sp = vcpu.root;
       let level = 4;
-      let sptep = pages.sptep(sp, pteIndex(gva, level));
-      let spte = mem.load64(sptep);
-      while (isShadowPresentPte(spte) && !isLastSpte(spte, level)) {
+      let role = 0;
+      let gfn = -1;
+      let sptep = -1;
+      let spte = 0n;
+      for (;;) {
+        const idx = pteIndex(gva, level);
+        if (level === 1) {
+          role = pages.role(sp);
+          gfn = pages.entryGfn(sp, idx, role);
+        }
+        sptep = pages.sptep(sp, idx);
+        spte = mem.load64(sptep);
+        if (!isShadowPresentPte(spte) || isLastSpte(spte, level)) break;
         sp = spteToChild(spte);
         level--;
-        sptep = pages.sptep(sp, pteIndex(gva, level));
-        spte = mem.load64(sptep);
       }
-      if (!isShadowPresentPte(spte)) break;
+      if (!isShadowPresentPte(spte) || level !== 1) break;
       // Another vCPU fixed it, or this is a stale TLB entry: nothing to do (KVM's is_access_allowed).
       if (isWritablePte(spte)) {
         ret = RET_PF_SPURIOUS;
         break;
       }
       if (!isMmuWritableSpte(spte)) break;
-      const role = pages.role(sp);
-      const gfn = pages.entryGfn(sp, pages.indexOf(sptep), role);
       if (k.slotOf(gfn) < 0) break;
       let pinned = -1;
       if (!roleIsDirect(role)) {
@@ -257,6 +265,7 @@ export class Mmu implements GuestPtAccess {
     const ret = this.directMap(vcpu, gfn, pfn, hostWritable, write);
     k.mem.unlock(k.mmuLock);
     k.host.putPage(pfn);
+    if (ret === RET_PF_FIXED) vcpu.count('pfSlow');
     return ret;
   }
 
@@ -374,6 +383,7 @@ export class Mmu implements GuestPtAccess {
     const ret = this.fetch(vcpu, gva, pfn, hostWritable, write);
     k.mem.unlock(k.mmuLock);
     k.host.putPage(pfn);
+    if (ret === RET_PF_FIXED) vcpu.count('pfSlow');
     return ret;
   }
 

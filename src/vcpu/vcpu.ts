@@ -10,10 +10,12 @@
 // A flush bumps the generation (kvm.vcpus[TLB_GEN]) instead of clearing entries.
 //
 // The vCPU's guest code runs in IN_GUEST_MODE. At every instruction boundary
-// it looks at its request word; a pending request is the model's IPI: the vCPU
-// exits, handles it (KVM_REQ_TLB_FLUSH empties the TLB) and re-enters. Because
-// the vCPU publishes IN_GUEST_MODE before it checks requests and a flusher sets
-// the request before it reads the mode, one of them always sees the other.
+// it looks at its mode word: a flusher that found it in guest mode has
+// cmpxchg'd it to EXITING_GUEST_MODE (the model's IPI), so the vCPU exits,
+// handles its requests (KVM_REQ_TLB_FLUSH empties the TLB) and re-enters.
+// Because the vCPU publishes IN_GUEST_MODE before it checks requests and a
+// flusher sets the request before it reads the mode, one of them always sees
+// the other.
 
 import { region, type LayoutBuilder } from '../shm/layout';
 import { NOTE } from '../shm/access';
@@ -37,6 +39,7 @@ import {
 } from '../x86/spte';
 import type { VmConfig } from '../kvm/config';
 import {
+  EXITING_GUEST_MODE,
   IN_GUEST_MODE,
   KVM_REQ_TLB_FLUSH,
   KvmVcpu,
@@ -158,9 +161,12 @@ export class Vcpu {
     this.kv.count('tlbFlushes');
   }
 
-  /** An instruction boundary: a pending request interrupts the guest (the IPI), which exits, handles it and re-enters. */
+  /**
+   * An instruction boundary: if a flusher kicked this vCPU (its mode is now
+   * EXITING_GUEST_MODE: the model's IPI), exit, handle requests and re-enter.
+   */
   private boundary(): void {
-    if (this.mem.load32(this.kv.reqWord) === 0) return;
+    if ((this.mem.load32(this.kv.modeWord) & 3) !== EXITING_GUEST_MODE) return;
     this.exitGuest();
     this.handleRequests();
     this.enterGuest();

@@ -1,0 +1,194 @@
+#!/usr/bin/env node
+// The `kvmmu` command: parses arguments, runs a subcommand, and maps outcomes to exit codes (0 ok, 1 failure found, 2 bad usage).
+
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { KvmmuError } from '../shm/errors';
+import { fmtBytes } from '../shm/layout';
+import {
+  ALL_GUARDS,
+  GUARD_HELP,
+  GUARD_NAMES,
+  INDIRECT_FAST_PATH,
+  MMU_MODES,
+  parseGuards,
+  parseSize,
+  type IndirectFastPath,
+  type MmuMode,
+} from '../kvm/config';
+import { runVm, type RunReport } from '../runtime/run';
+import { ProgressLine } from './progress';
+
+const EXIT_OK = 0;
+const EXIT_FOUND = 1;
+const EXIT_USAGE = 2;
+
+function int(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => number {
+  return (v: string) => {
+    if (!/^-?\d+$/.test(v.trim())) throw new InvalidArgumentError(`${name} must be an integer, not '${v}'`);
+    const n = Number(v);
+    if (n < min || n > max) throw new InvalidArgumentError(`${name} must be from ${min} to ${max}, not ${n}`);
+    return n;
+  };
+}
+
+function positive(name: string): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number above 0, not '${v}'`);
+    return n;
+  };
+}
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+function size(v: string): number {
+  try {
+    return parseSize(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('kvmmu')
+    .description('An executable model of the Linux KVM x86 MMU and its lockless fast page fault.')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('run')
+    .description('run a VM on real threads: vCPUs write known patterns while the host swaps, merges and migrates; then verify')
+    .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default('direct'))
+    .option('--vcpus <n>', 'vCPUs, one worker thread each', int('--vcpus', 1, 64), 2)
+    .option('--mem <size>', 'guest memory (e.g. 64M, 1G)', size, 64 * 1024 * 1024)
+    .option('--seconds <s>', 'how long the vCPUs write before the final checks', positive('--seconds'), 10)
+    .option('--migrate', 'live-migrate by pre-copy into a destination and compare it with the source', false)
+    .option('--swap', 'a host thread swaps pages out and in while the guest runs', false)
+    .option('--ksm', 'a host thread merges identical pages (KSM); guest writes break them', false)
+    .option('--guard <name=off>', `switch a guard off (repeatable): ${GUARD_NAMES.join(', ')}`, collect, [])
+    .addOption(new Option('--fast-path <on|off>', 'the lockless fast page fault').choices(['on', 'off']).default('on'))
+    .addOption(
+      new Option('--indirect-fast-path <setting>', 'fast path on indirect shadow pages: pin (the seed), off (KVM today), unsafe')
+        .choices(INDIRECT_FAST_PATH as string[])
+        .default('pin'),
+    )
+    .option('--seed <n>', 'random seed for the workload and host pressure', int('--seed', 0, 2 ** 31 - 1), 1)
+    .option('--json', 'print one JSON object instead of text', false)
+    .action(async (opts: RunCliOptions) => {
+      process.exitCode = await runCommand(opts);
+    });
+
+  program
+    .command('guards')
+    .description('list the guards: the protections that can be switched off')
+    .option('--json', 'print JSON', false)
+    .action((opts: { json: boolean }) => {
+      if (opts.json) {
+        process.stdout.write(JSON.stringify(GUARD_NAMES.map((name) => ({ name, protectsAgainst: GUARD_HELP[name] }))) + '\n');
+        return;
+      }
+      for (const n of GUARD_NAMES) process.stdout.write(`${n.padEnd(22)} ${GUARD_HELP[n]}\n`);
+    });
+
+  return program;
+}
+
+interface RunCliOptions {
+  mode: MmuMode;
+  vcpus: number;
+  mem: number;
+  seconds: number;
+  migrate: boolean;
+  swap: boolean;
+  ksm: boolean;
+  guard: string[];
+  fastPath: 'on' | 'off';
+  indirectFastPath: IndirectFastPath;
+  seed: number;
+  json: boolean;
+}
+
+async function runCommand(o: RunCliOptions): Promise<number> {
+  const guards = parseGuards(o.guard, ALL_GUARDS);
+  const progress = !o.json && process.stderr.isTTY ? new ProgressLine('run', o.seconds) : null;
+  const report = await runVm({
+    mode: o.mode,
+    vcpus: o.vcpus,
+    memBytes: o.mem,
+    seconds: o.seconds,
+    migrate: o.migrate,
+    swap: o.swap,
+    ksm: o.ksm,
+    guards,
+    fastPath: o.fastPath === 'on',
+    indirectFastPath: o.indirectFastPath,
+    seed: o.seed,
+    onProgress: progress === null ? undefined : (p) => progress.update(p.elapsed, `${p.passes} passes, ${p.fastFaults} fast / ${p.slowFaults} slow faults`),
+  });
+  progress?.done();
+  process.stdout.write(o.json ? JSON.stringify(report) + '\n' : formatRunReport(report));
+  return report.ok ? EXIT_OK : EXIT_FOUND;
+}
+
+export function formatRunReport(r: RunReport): string {
+  const f = r.faults;
+  const h = r.host;
+  const lines = [
+    `kvmmu run: ${r.mode} mode, ${r.vcpus} vCPU(s), ${fmtBytes(r.memBytes)} guest memory, ` +
+      (r.guardsOff.length === 0 ? 'all guards on' : `guards off: ${r.guardsOff.join(', ')}`),
+    `faults:    ${f.pfFast} fast, ${f.pfSlow} slow, ${f.pfSpurious} spurious, ${f.pfRetry} retried, ` +
+      `${f.pfEmulate} emulated, ${f.pfGuest} guest #PF; ${f.exits} exits, ${f.tlbFlushes} TLB flushes`,
+    `guest:     ${r.workload.passes} passes, ${r.workload.writes} writes, ${r.workload.remaps} remaps`,
+    `host:      ${h.swapOuts} swap-outs (${h.writebacks} written back), ${h.swapIns} swap-ins, ${h.zeroFills} zero-fills, ` +
+      `${h.ksmMerges} KSM merges, ${h.cowBreaks} COW breaks, ${h.frameReuses} frames reused`,
+    `mmu:       ${r.kvm.spAlloc} shadow pages allocated, ${r.kvm.spFreed} freed; ${r.kvm.remoteFlushes} remote flushes; ` +
+      `${r.kvm.invalidations} notifier invalidations; ${r.kvm.emulatedPteWrites} emulated PTE writes`,
+  ];
+  if (r.migration !== null) {
+    const m = r.migration;
+    const rounds = m.pagesPerRound;
+    const shown = rounds.length <= 12 ? rounds.join(', ') : `${rounds.slice(0, 6).join(', ')}, ... ${rounds.slice(-3).join(', ')}`;
+    lines.push(
+      `migration: ${rounds.length} rounds; pages sent per round: ${shown} (last: final round, vCPUs paused); ` +
+        `downtime ${m.downtimeMs.toFixed(1)} ms; ${m.mismatches === 0 ? 'destination equals source' : `${m.mismatches} pages differ`}`,
+    );
+  }
+  lines.push(`verdict:   ${r.ok ? 'OK' : 'LOST'}: ${r.verdict}`);
+  lines.push(`wall time: ${r.wallSeconds.toFixed(2)} s`);
+  return lines.join('\n') + '\n';
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  if (argv.length <= 2) {
+    program.outputHelp();
+    return EXIT_USAGE;
+  }
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT_OK;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version are not errors; commander has already printed its one-line message otherwise.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help' || e.code === 'commander.version') return EXIT_OK;
+      return EXIT_USAGE;
+    }
+    if (e instanceof KvmmuError) {
+      process.stderr.write(`kvmmu: ${e.message}\n`);
+      return EXIT_USAGE;
+    }
+    process.stderr.write(`kvmmu: internal error: ${(e as Error).stack ?? String(e)}\n`);
+    return EXIT_FOUND;
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}
