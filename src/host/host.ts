@@ -234,7 +234,14 @@ export class Host {
     const fast = this.gupFast(hvpn, write);
     if (fast >= 0) return fast;
     this.mem.lock(this.lockWord);
-    const pfn = this.faultInLocked(hvpn, write);
+    let pfn: number;
+    try {
+      pfn = this.faultInLocked(hvpn, write);
+    } catch (e) {
+      // Out of frames (allocFrame throws before it changes anything): do not leave the mm lock held.
+      this.mem.unlock(this.lockWord);
+      throw e;
+    }
     // The mm lock keeps the mapping's own reference alive, so a plain increment is safe here.
     this.mem.fetchAdd32(this.frames + pfn * FRAME_WORDS + FR_REF, 1);
     this.lastWritable = (this.mem.load32(this.map + hvpn) & MAP_WRITABLE) !== 0;

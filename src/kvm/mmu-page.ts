@@ -314,9 +314,7 @@ export class MmuPages {
     const k = this.kvm;
     const role = k.lockedLoad(this.hdr(sp, SP_ROLE));
     if ((role & ROLE_INVALID) !== 0) return;
-    const scratch = this.scratch;
-    const n = this.presentEntries(sp, scratch);
-    for (let i = 0; i < n; i++) k.spte.mmuPageZapPte(this.sptep(sp, scratch[i]!));
+    this.unlinkChildren(sp);
     k.spte.unlinkParents(sp);
     if (!roleIsDirect(role)) {
       const hvpn = k.gfnToHvpn(k.lockedLoad(this.hdr(sp, SP_GFN)));
@@ -327,6 +325,21 @@ export class MmuPages {
     k.mem.store32(this.hdr(sp, SP_ROLE), role | ROLE_INVALID);
     k.count('spZapped');
     if (k.lockedLoad(this.hdr(sp, SP_ROOT_COUNT)) === 0) invalid.push(sp);
+  }
+
+  /** KVM's kvm_mmu_page_unlink_children: zap every present entry of `sp`. Contract: mmu_lock held. */
+  unlinkChildren(sp: number): void {
+    const n = this.presentEntries(sp, this.scratch);
+    for (let i = 0; i < n; i++) this.kvm.spte.mmuPageZapPte(this.sptep(sp, this.scratch[i]!));
+  }
+
+  /** Every allocated, valid shadow page, newest first (as KVM walks active_mmu_pages), into `out`; returns how many. Contract: mmu_lock held. */
+  collectInUse(out: number[]): number {
+    const k = this.kvm;
+    let n = 0;
+    for (let sp = k.lockedLoad(k.mmuBase + MMU_LRU_HEAD) - 1; sp >= 0; sp = k.lockedLoad(this.hdr(sp, SP_LRU_NEXT)) - 1)
+      out[n++] = sp;
+    return n;
   }
 
   /**

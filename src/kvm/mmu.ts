@@ -135,8 +135,8 @@ export class Mmu implements GuestPtAccess {
    * so no page this walk reads can be freed under it (guard `lockless-walk-sync`).
    */
   walkShadowPageLocklessBegin(vcpu: KvmVcpu): void {
-    if (this.kvm.guardLocklessWalkSync) vcpu.setMode(READING_SHADOW_PAGE_TABLES);
     this.kvm.mem.note(NOTE.walkBegin, vcpu.idx, 0);
+    if (this.kvm.guardLocklessWalkSync) vcpu.setMode(READING_SHADOW_PAGE_TABLES);
   }
 
   walkShadowPageLocklessEnd(vcpu: KvmVcpu): void {
@@ -152,27 +152,31 @@ export class Mmu implements GuestPtAccess {
    * change, write-protection for shadow paging (which clears MMU_WRITABLE) —
    * changes its value, so the cmpxchg fails and we walk again (up to
    * FAST_PF_ATTEMPTS in all). The value alone cannot tell one gfn from another,
-   * though: on an indirect page the gfn comes from the per-entry record, and the
-   * pfn may have been freed and reused for another gfn that now sits in the same
-   * entry with the same bits (seed 1, the ABA):
+   * though: the gfn marked dirty is the fault's `gfn` (KVM's fault->gfn) — the
+   * faulting address in direct mode, what the guest walk found before this
+   * lockless walk began in shadow mode (the seed's design). A direct page maps
+   * that gfn by construction; on an indirect page, between the guest walk and
+   * the cmpxchg the pfn may have been freed and reused for another gfn that now
+   * sits in the same entry with the same bits (seed 1, the ABA):
    *
-   *    vCPU 0 (fast path)                   elsewhere
-   *    spte = *sptep  (pfn1, gfn1)
+   *    vCPU 0                               elsewhere
+   *    guest walk: gpte = gfn1
    *                                         host swaps gfn1 out: spte = 0, pfn1 freed
    *                                         pfn1 reused for gfn2; guest points the
    *                                         gpte at gfn2: spte = pfn1 again
+   *    spte = *sptep  (pfn1)
    *    cmpxchg succeeds; marks gfn1 dirty   -> gfn2's write is missing from the log
    *
    * Settings for indirect pages (config.indirectFastPath): `pin`, the seed's fix —
-   * pin gfn->pfn with gupFast (the reference stops pfn1 being freed and reused;
-   * a writable mapping cannot be KSM-shared) and require the pinned pfn to equal
-   * the SPTE's (guard `pin-indirect`; with it off, as `unsafe`); `off`, KVM today:
-   * indirect pages go to the slow path. Direct pages map a fixed gfn: no ABA.
+   * pin gfn1->pfn with gupFast (the reference stops the frame being freed and
+   * reused; a writable mapping cannot be KSM-shared) and require the pinned pfn
+   * to equal the SPTE's (guard `pin-indirect`; with it off, as `unsafe`); `off`,
+   * KVM today: indirect pages go to the slow path.
    *
    * Contract: called without mmu_lock. Returns RET_PF_FIXED, RET_PF_SPURIOUS or
    * RET_PF_INVALID (take the slow path).
    */
-  fastPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
+  fastPageFault(vcpu: KvmVcpu, gva: number, ec: number, gfn: number): number {
     if (!pageFaultCanBeFast(ec)) return RET_PF_INVALID;
     const k = this.kvm;
     const mem = k.mem;
@@ -181,36 +185,25 @@ export class Mmu implements GuestPtAccess {
     let ret = RET_PF_INVALID;
     this.walkShadowPageLocklessBegin(vcpu);
     for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
-      // Walk to the leaf. On reaching the last-level page, learn which gfn its entry maps before reading the
-      // SPTE (for an indirect page, the gfn the guest PTE named when the entry was made: the seed's gfn1).
       let sp = vcpu.root;
       let level = 4;
-      let role = 0;
-      let gfn = -1;
-      let sptep = -1;
-      let spte = 0n;
-      for (;;) {
-        const idx = pteIndex(gva, level);
-        if (level === 1) {
-          role = pages.role(sp);
-          gfn = pages.entryGfn(sp, idx, role);
-        }
-        sptep = pages.sptep(sp, idx);
-        spte = mem.load64(sptep);
-        if (!isShadowPresentPte(spte) || isLastSpte(spte, level)) break;
+      let sptep = pages.sptep(sp, pteIndex(gva, level));
+      let spte = mem.load64(sptep);
+      while (isShadowPresentPte(spte) && !isLastSpte(spte, level)) {
         sp = spteToChild(spte);
         level--;
+        sptep = pages.sptep(sp, pteIndex(gva, level));
+        spte = mem.load64(sptep);
       }
-      if (!isShadowPresentPte(spte) || level !== 1) break;
+      if (!isShadowPresentPte(spte)) break;
       // Another vCPU fixed it, or this is a stale TLB entry: nothing to do (KVM's is_access_allowed).
       if (isWritablePte(spte)) {
         ret = RET_PF_SPURIOUS;
         break;
       }
       if (!isMmuWritableSpte(spte)) break;
-      if (k.slotOf(gfn) < 0) break;
       let pinned = -1;
-      if (!roleIsDirect(role)) {
+      if (!roleIsDirect(pages.role(sp))) {
         if (k.config.indirectFastPath === 'off') break;
         if (pin) {
           pinned = k.host.gupFast(k.gfnToHvpn(gfn), true);
@@ -246,7 +239,7 @@ export class Mmu implements GuestPtAccess {
   directPageFault(vcpu: KvmVcpu, gpa: number, ec: number): number {
     const k = this.kvm;
     if (k.config.fastPath) {
-      const r = this.fastPageFault(vcpu, gpa, ec);
+      const r = this.fastPageFault(vcpu, gpa, ec, Math.floor(gpa / 4096));
       if (r !== RET_PF_INVALID) return r;
     }
     const gfn = Math.floor(gpa / 4096);
@@ -355,19 +348,20 @@ export class Mmu implements GuestPtAccess {
   // ---- the slow path, shadow mode ----
 
   /**
-   * KVM's FNAME(page_fault) for 64-bit guests: the fast path (only with the
-   * `pin`/`unsafe` settings: KVM today never calls it for shadow paging), then
-   * walk the guest's tables (a guest fault is injected), look up the pfn, and
-   * under mmu_lock build the shadow path (FNAME(fetch)).
+   * KVM's FNAME(page_fault) for 64-bit guests: walk the guest's tables (a guest
+   * fault is injected), try the fast path with the gfn the walk found (only
+   * with the `pin`/`unsafe` settings, as the seed proposed: KVM today never calls
+   * it for shadow paging), else look up the pfn and under mmu_lock build the
+   * shadow path (FNAME(fetch)).
    */
   shadowPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
     const k = this.kvm;
-    if (k.config.fastPath && k.config.indirectFastPath !== 'off') {
-      const r = this.fastPageFault(vcpu, gva, ec);
-      if (r !== RET_PF_INVALID) return r;
-    }
     const w = vcpu.walker;
     if (!w.walk(this, vcpu.cr3, gva, accessFromErrorCode(ec), vcpu.cpu)) return RET_PF_GUEST;
+    if (k.config.fastPath && k.config.indirectFastPath !== 'off') {
+      const r = this.fastPageFault(vcpu, gva, ec, w.gfn);
+      if (r !== RET_PF_INVALID) return r;
+    }
     const write = (ec & PFERR_WRITE_MASK) !== 0;
     const hvpn = k.gfnToHvpn(w.gfn);
     const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
@@ -540,6 +534,24 @@ export class Mmu implements GuestPtAccess {
       sp = spteToChild(spte);
     }
     if (zapped) k.kvmFlushRemoteTlbs();
+    k.mem.unlock(k.mmuLock);
+  }
+
+  /**
+   * KVM's kvm_mmu_zap_all (memslot changes, VM teardown): zap every shadow
+   * page and free it after the remote flush. Roots in use are emptied but kept
+   * (kvmmu's vCPUs hold one root for life; KVM would reload them).
+   */
+  kvmMmuZapAll(): void {
+    const k = this.kvm;
+    k.mem.lock(k.mmuLock);
+    const n = k.pages.collectInUse(this.scratch);
+    const pages = this.scratch.slice(0, n);
+    for (const sp of pages) {
+      if (k.lockedLoad(k.pages.hdr(sp, SP_ROOT_COUNT)) > 0) k.pages.unlinkChildren(sp);
+      else k.pages.prepareZap(sp, this.invalid);
+    }
+    k.pages.commitZap(this.invalid);
     k.mem.unlock(k.mmuLock);
   }
 

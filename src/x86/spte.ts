@@ -158,7 +158,7 @@ export function makeSpte(acc: number, pfn: number, hostWritable: boolean, access
   if ((acc & ACC_EXEC_MASK) === 0) spte |= SPTE_NX_MASK;
   if ((acc & ACC_USER_MASK) !== 0) spte |= SPTE_USER_MASK;
   if (hostWritable) spte |= SPTE_HOST_WRITABLE;
-  spte |= BigInt(pfn) << 12n;
+  spte |= (BigInt(pfn) << 12n) & SPTE_BASE_ADDR_MASK;
   if (hostWritable && (acc & ACC_WRITE_MASK) !== 0) {
     spte |= SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE;
     if (dirty) spte |= SPTE_DIRTY_MASK;
@@ -171,7 +171,7 @@ export function makeNonleafSpte(child: number): bigint {
   return NONLEAF_BITS | (BigInt(child) << 12n);
 }
 
-/** Null when the writable bits are in one of the four allowed states, else what is wrong. */
+/** For a leaf SPTE: null when the writable bits are in one of the four allowed states, else what is wrong. (Non-leaf SPTEs carry W without the software bits, as in KVM.) */
 export function checkWritableBits(spte: bigint): string | null {
   if (!isShadowPresentPte(spte)) return null;
   const w = isWritablePte(spte);

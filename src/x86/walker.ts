@@ -31,9 +31,6 @@ export interface GuestPtAccess {
   cmpxchgGpte(gpa: number, expected: bigint, v: bigint): bigint;
 }
 
-/** At most this many restarts when another agent changes an entry under the walker (then the walk reports a fault-free retry). */
-const MAX_WALK_RETRIES = 64;
-
 /**
  * One walk's result (KVM's struct guest_walker). A vCPU reuses one object.
  * Arrays are indexed by level (1..4); entries below `level` are not used.
@@ -65,7 +62,9 @@ export class GuestWalker {
    */
   walk(pt: GuestPtAccess, cr3: number, gva: number, a: AccessKind, cpu: number): boolean {
     const accessEc = accessErrorCode(a, cpu);
-    for (let attempt = 0; attempt < MAX_WALK_RETRIES; attempt++) {
+    // As KVM's walk_addr_generic: if an entry changed under us before our A/D update, walk again (no bound:
+    // only a guest rewriting its own tables endlessly keeps this going).
+    for (;;) {
       let acc = ACC_ALL;
       let table = Math.floor(cr3 / 4096);
       let level = 4;
@@ -105,7 +104,6 @@ export class GuestWalker {
       }
       if (this.setAccessedDirty(pt, a.write)) return true;
     }
-    throw new Error(`walker: guest page tables for gva 0x${gva.toString(16)} changed under ${MAX_WALK_RETRIES} walks in a row`);
   }
 
   /** Set A in every entry used and D in the leaf (on a write), each by cmpxchg; false if an entry changed (walk again). */
