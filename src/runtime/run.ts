@@ -3,6 +3,7 @@
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
+import { fmtBytes } from '../shm/layout';
 import { HOST_STAT, type Host } from '../host/host';
 import { resolveConfig, guardsOff, type IndirectFastPath, type MmuMode, type VmConfig } from '../kvm/config';
 import { KVM_STAT, MODE_NAMES, VCPU_MODE, VCPU_REQUESTS, VCPU_STAT, type Kvm } from '../kvm/kvm';
@@ -66,19 +67,20 @@ const FINISH_TIMEOUT_MS = 15_000;
 
 export async function runVm(o: RunOptions): Promise<RunReport> {
   if (!(o.seconds > 0) || o.seconds > 24 * 3600) throw new KvmmuError(`--seconds must be above 0 and at most a day, not ${o.seconds}`);
-  const totalPagesWanted = o.memBytes / 4096;
-  const tablePages = o.mode === 'shadow' ? tablePagesFor(totalPagesWanted) : 0;
-  const dataPages = totalPagesWanted - tablePages;
-  if (dataPages < o.vcpus * 2) throw new KvmmuError(`--mem ${o.memBytes} bytes is too small for ${o.vcpus} vCPUs`);
   const config: VmConfig = resolveConfig({
     mode: o.mode,
     vcpus: o.vcpus,
     memBytes: o.memBytes,
-    swapSlots: o.swap ? totalPagesWanted : 0,
+    swapSlots: o.swap ? Math.floor(o.memBytes / 4096) : 0,
     guards: o.guards,
     fastPath: o.fastPath,
     indirectFastPath: o.indirectFastPath,
   });
+  const totalPagesWanted = o.memBytes / 4096;
+  const tablePages = o.mode === 'shadow' ? tablePagesFor(totalPagesWanted) : 0;
+  const dataPages = totalPagesWanted - tablePages;
+  if (dataPages < o.vcpus * 2)
+    throw new KvmmuError(`--mem ${fmtBytes(o.memBytes)} is too small for ${o.vcpus} vCPUs: give each at least 2 pages of data`);
   const spec = createMachineFrom(config);
   const kvm = openKvm(spec, -1);
   const base = o.mode === 'shadow' ? 2 ** 39 : 0;

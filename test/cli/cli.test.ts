@@ -1,0 +1,70 @@
+// The kvmmu command: usage errors exit 2 with one line, a short real-thread run reports in text and JSON.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
+
+function kvmmu(...args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 120_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+for (const [args, pattern] of [
+  [['run', '--mem', '0'], /at least 64 KiB/],
+  [['run', '--vcpus', '-1'], /--vcpus must be from 1/],
+  [['run', '--guard', 'no-such-guard=off'], /unknown guard 'no-such-guard'/],
+  [['run', '--mode', 'nested'], /Allowed choices are direct, shadow/],
+  [['run', '--mem', 'lots'], /bad size 'lots'/],
+  [['run', '--seconds', '0'], /--seconds must be a number above 0/],
+  [['run', '--no-such-flag'], /unknown option '--no-such-flag'/],
+  [['frobnicate'], /unknown command 'frobnicate'/],
+] as const) {
+  test(`'kvmmu ${args.join(' ')}' is a usage error: exit 2, one error line`, () => {
+    const r = kvmmu(...args);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, pattern);
+    assert.equal(r.stdout, '');
+    assert.equal(r.stderr.split('\n').filter((l) => /^(kvmmu: |error: )/.test(l)).length, 1, r.stderr);
+  });
+}
+
+test('--help lists the run options the issue names', () => {
+  const r = kvmmu('run', '--help');
+  assert.equal(r.code, 0);
+  for (const o of ['--mode', '--vcpus', '--mem', '--seconds', '--migrate', '--swap', '--ksm', '--guard', '--json'])
+    assert.ok(r.stdout.includes(o), o);
+});
+
+test('a short run with migration, swap and KSM loses nothing and says so in JSON', () => {
+  const r = kvmmu('run', '--vcpus', '2', '--mem', '4M', '--seconds', '1', '--migrate', '--swap', '--ksm', '--json');
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as Record<string, unknown>;
+  assert.equal(j.ok, true);
+  assert.equal(j.lostWrites, 0);
+  const m = j.migration as { mismatches: number; pagesPerRound: number[] };
+  assert.equal(m.mismatches, 0);
+  assert.ok(m.pagesPerRound.length >= 3);
+  const f = j.faults as Record<string, number>;
+  assert.ok(f.pfFast! > 0 && f.pfSlow! > 0, JSON.stringify(f));
+  const h = j.host as Record<string, number>;
+  assert.ok(h.swapOuts! > 0 && h.ksmMerges! > 0 && h.frameReuses! > 0, JSON.stringify(h));
+});
+
+test('a short shadow-mode run remaps pages through emulated PTE writes and loses nothing', () => {
+  const r = kvmmu('run', '--mode', 'shadow', '--vcpus', '2', '--mem', '4M', '--seconds', '1', '--swap', '--json');
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as { ok: boolean; workload: { remaps: number }; faults: Record<string, number> };
+  assert.equal(j.ok, true);
+  assert.ok(j.workload.remaps > 0);
+  assert.ok(j.faults.pfEmulate! > 0);
+});
+
+test('the text report names the fault counts and the verdict', () => {
+  const r = kvmmu('run', '--vcpus', '1', '--mem', '1M', '--seconds', '0.5');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /faults: +\d+ fast, \d+ slow/);
+  assert.match(r.stdout, /verdict: +OK/);
+});
