@@ -17,6 +17,8 @@ import {
 } from '../kvm/config';
 import { runVm, type RunReport } from '../runtime/run';
 import { ProgressLine } from './progress';
+import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
+import { STRATEGIES } from '../check/explore';
 
 const EXIT_OK = 0;
 const EXIT_FOUND = 1;
@@ -81,6 +83,34 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object instead of text', false)
     .action(async (opts: RunCliOptions) => {
       process.exitCode = await runCommand(opts);
+    });
+
+  program
+    .command('check')
+    .description('explore the interleavings of a scenario under a controlled scheduler and report the first invariant broken')
+    .option('--scenario <name>', 'a built-in scenario (see kvmmu scenarios), or one in --file')
+    .option('--file <path>', 'a scenario file (.ts or .js importing kvmmu/scenario)')
+    .option('--all', 'every built-in scenario', false)
+    .option('--guard <name=off>', `switch a guard off (repeatable): ${GUARD_NAMES.join(', ')}`, collect, [])
+    .addOption(new Option('--mode <mode>', "MMU mode (default: the scenario's)").choices(MMU_MODES as string[]))
+    .addOption(new Option('--indirect-fast-path <setting>', 'fast path on indirect shadow pages').choices(INDIRECT_FAST_PATH as string[]))
+    .addOption(new Option('--strategy <s>', 'exploration strategy').choices(STRATEGIES as string[]).default('dpor'))
+    .option('--preemptions <k>', 'explore only schedules with at most K preemptions', int('--preemptions', 0, 1000))
+    .option('--executions <n>', 'stop after N executions', int('--executions', 1))
+    .option('--seconds <s>', 'stop after S seconds', positive('--seconds'))
+    .option('--seed <n>', 'random seed (random and pct)', int('--seed', 0, 2 ** 31 - 1), 1)
+    .option('--replay <string>', 'replay a schedule printed by an earlier check')
+    .option('--json', 'print one JSON object', false)
+    .action((opts: CheckCliOptions) => {
+      process.exitCode = checkCommand(opts);
+    });
+
+  program
+    .command('scenarios')
+    .description("list the checker's scenarios")
+    .option('--json', 'print JSON', false)
+    .action((opts: { json: boolean }) => {
+      process.exitCode = scenariosCommand(opts.json);
     });
 
   program

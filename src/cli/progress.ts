@@ -27,3 +27,21 @@ export class ProgressLine {
     this.bar.stop();
   }
 }
+
+/** A one-line status on stderr, rewritten in place (for work whose total is unknown). */
+export class StatusLine {
+  private last = '';
+
+  show(text: string): void {
+    const width = process.stderr.columns ?? 100;
+    const t = text.length > width - 1 ? text.slice(0, width - 1) : text;
+    process.stderr.write(`\r${t}${' '.repeat(Math.max(0, this.last.length - t.length))}`);
+    this.last = t;
+  }
+
+  clear(): void {
+    if (this.last === '') return;
+    process.stderr.write(`\r${' '.repeat(this.last.length)}\r`);
+    this.last = '';
+  }
+}

@@ -9,7 +9,9 @@
 //   host.frames    nFrames * 4  per frame: [0] refcount, [1] flags (FRAME_*), [2] last hvpn + 1, [3] spare
 //   host.free      nFrames + 1  [0] stack depth, [1..] free pfns; the top is reused first (LIFO), so a
 //                               freed frame comes back at the next allocation — the seed's pfn reuse
-//   host.map       nPages       mapping word: MAP_PRESENT | MAP_WRITABLE | pfn << MAP_PFN_SHIFT
+//   host.map       nPages       mapping word: generation << MAP_GEN_SHIFT | pfn << MAP_PFN_SHIFT | MAP_WRITABLE | MAP_PRESENT;
+//                               every change bumps the 10-bit generation, so a reader that sees the same word
+//                               twice knows the mapping did not change in between (no ABA in practice)
 //   host.swapOf    nPages       swap slot + 1 holding a valid copy of the page, or 0 (kept after swap-in: a swap cache)
 //   host.swapFree  nSwap + 1    [0] depth, [1..] free swap slots (under host.lock)
 //   host.stats     HOST_STAT_*  counters (Atomics.add; not race-relevant)
@@ -25,7 +27,7 @@
 // through an SPTE leave only the D bit, so a lost D bit means swap-out skips
 // the write-back and the guest's write is lost (the seed's race 3, end to end).
 
-import { LOCK_WORDS, type Mem } from '../shm/access';
+import { LOCK_WORDS, NOTE, type Mem } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import { region, type Layout, type LayoutBuilder } from '../shm/layout';
 
@@ -38,6 +40,21 @@ export const FRAME_FREE = 1 << 3;
 export const MAP_PRESENT = 1 << 0;
 export const MAP_WRITABLE = 1 << 1;
 export const MAP_PFN_SHIFT = 2;
+const MAP_PFN_MASK = (1 << 20) - 1;
+const MAP_GEN_SHIFT = 22;
+/** At most 2^20 frames: a 4 GiB data buffer, Node's limit anyway. */
+export const MAX_FRAMES = 1 << 20;
+
+/** The frame a present mapping word names. */
+export function mapPfn(w: number): number {
+  return (w >>> MAP_PFN_SHIFT) & MAP_PFN_MASK;
+}
+
+/** A mapping word replacing `old`: `pfn` with `flags` (MAP_*), one generation later. */
+function nextMapWord(old: number, pfn: number, flags: number): number {
+  const gen = ((old >>> MAP_GEN_SHIFT) + 1) & 0x3ff;
+  return (gen << MAP_GEN_SHIFT) | (pfn << MAP_PFN_SHIFT) | flags;
+}
 
 const FRAME_WORDS = 4;
 const FR_REF = 0;
@@ -79,6 +96,7 @@ export interface MmuNotifier {
 }
 
 export function reserveHost(b: LayoutBuilder, p: HostParams): void {
+  if (p.nFrames > MAX_FRAMES) throw new KvmmuError(`at most ${MAX_FRAMES} host frames (4 GiB), not ${p.nFrames}`);
   b.meta('host.lock', LOCK_WORDS * 4);
   b.meta('host.freeLock', LOCK_WORDS * 4);
   b.meta('host.frames', p.nFrames * FRAME_WORDS * 4);
@@ -152,7 +170,7 @@ export class Host {
   /** The pfn mapping `hvpn`, or -1 (not a scheduling point: for monitors and tests). */
   peekPfn(hvpn: number): number {
     const w = Atomics.load(this.mem.i32, this.map + hvpn);
-    return (w & MAP_PRESENT) !== 0 ? w >>> MAP_PFN_SHIFT : -1;
+    return (w & MAP_PRESENT) !== 0 ? mapPfn(w) : -1;
   }
 
   peekMapping(hvpn: number): number {
@@ -196,7 +214,7 @@ export class Host {
     const w = this.mem.load32(this.map + hvpn);
     if ((w & MAP_PRESENT) === 0) return -1;
     if (write && (w & MAP_WRITABLE) === 0) return -1;
-    const pfn = w >>> MAP_PFN_SHIFT;
+    const pfn = mapPfn(w);
     if (!this.getPageUnlessZero(pfn)) return -1;
     if (this.mem.load32(this.map + hvpn) !== w) {
       this.putPage(pfn);
@@ -253,13 +271,13 @@ export class Host {
   private faultInLocked(hvpn: number, write: boolean): number {
     const w = this.mem.load32(this.map + hvpn);
     if ((w & MAP_PRESENT) === 0) return this.swapInLocked(hvpn);
-    const pfn = w >>> MAP_PFN_SHIFT;
+    const pfn = mapPfn(w);
     if (!write || (w & MAP_WRITABLE) !== 0) return pfn;
     const flags = this.mem.load32(this.frames + pfn * FRAME_WORDS + FR_FLAGS);
     if ((flags & FRAME_KSM) === 0) {
       // Only this mapping uses the frame: reuse it, just writable again (do_wp_page's reuse case).
       // Raising a permission needs no invalidation: no SPTE can grant more than the old mapping did.
-      this.mem.store32(this.map + hvpn, w | MAP_WRITABLE);
+      this.mem.store32(this.map + hvpn, nextMapWord(w, pfn, MAP_PRESENT | MAP_WRITABLE));
       return pfn;
     }
     return this.breakCowLocked(hvpn, pfn);
@@ -270,7 +288,7 @@ export class Host {
     const pfn = this.allocFrame(hvpn);
     this.mem.copyData(this.frameByte(pfn), this.frameByte(oldPfn), 4096);
     this.notifyStart(hvpn);
-    this.mem.store32(this.map + hvpn, (pfn << MAP_PFN_SHIFT) | MAP_PRESENT | MAP_WRITABLE);
+    this.mem.store32(this.map + hvpn, nextMapWord(this.mem.load32(this.map + hvpn), pfn, MAP_PRESENT | MAP_WRITABLE));
     this.notifyEnd(hvpn);
     this.dropSwapSlotLocked(hvpn);
     this.putPage(oldPfn);
@@ -289,7 +307,7 @@ export class Host {
       this.count('zeroFills');
     }
     // A fresh frame is clean: it equals its swap copy, or has none (then swap-out always writes it).
-    this.mem.store32(this.map + hvpn, (pfn << MAP_PFN_SHIFT) | MAP_PRESENT | MAP_WRITABLE);
+    this.mem.store32(this.map + hvpn, nextMapWord(this.mem.load32(this.map + hvpn), pfn, MAP_PRESENT | MAP_WRITABLE));
     return pfn;
   }
 
@@ -310,6 +328,7 @@ export class Host {
     const last = this.mem.xchg32(base + FR_LAST, hvpn + 1);
     if (last !== 0 && last !== hvpn + 1) this.count('frameReuses');
     this.count('frameAllocs');
+    this.mem.note(NOTE.frameAlloc, pfn, hvpn);
     return pfn;
   }
 
@@ -327,22 +346,40 @@ export class Host {
 
   /** KVM's kvm_set_pfn_dirty: the frame's bytes changed through an SPTE. */
   setPfnDirty(pfn: number): void {
-    this.mem.fetchOr32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_DIRTY);
+    this.mem.or32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_DIRTY);
   }
 
   /** KVM's kvm_set_pfn_accessed. */
   setPfnAccessed(pfn: number): void {
-    this.mem.fetchOr32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_ACCESSED);
+    this.mem.or32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_ACCESSED);
   }
 
   // ---- the VMM's own accesses to guest memory (copy_to/from_user) ----
 
-  /** Read the 64-bit word at byte `off` of page `hvpn`, faulting it in. */
+  /**
+   * Read the 64-bit word at byte `off` of page `hvpn`, faulting it in (KVM's
+   * kvm_vcpu_read_guest: a user copy, no pin). A CPU's load is atomic with its
+   * translation; here the translation is one read and the load another, so
+   * read the mapping again: if it changed, the frame may have been freed and
+   * reused meanwhile, and the load is repeated. Only reads: readers never
+   * conflict with each other.
+   */
   readUser64(hvpn: number, off: number): bigint {
-    const pfn = this.getUserPage(hvpn, false);
-    const v = this.mem.loadData64((this.frameByte(pfn) + off) / 8);
-    this.putPage(pfn);
-    return v;
+    for (;;) {
+      const v = this.readUserAtomic(hvpn, off);
+      if (v >= 0n) return v;
+      this.swapIn(hvpn);
+    }
+  }
+
+  /** As readUser64 without faulting: -1n if the page is not present (KVM's read_guest_atomic). */
+  readUserAtomic(hvpn: number, off: number): bigint {
+    for (;;) {
+      const w = this.mem.load32(this.map + hvpn);
+      if ((w & MAP_PRESENT) === 0) return -1n;
+      const v = this.mem.loadData64((this.frameByte(mapPfn(w)) + off) / 8);
+      if (this.mem.load32(this.map + hvpn) === w) return v;
+    }
   }
 
   /** Write the 64-bit word at byte `off` of page `hvpn`; the host's own write dirties the frame. */
@@ -367,13 +404,26 @@ export class Host {
     this.mem.lock(this.lockWord);
     const w = this.mem.load32(this.map + hvpn);
     if ((w & MAP_PRESENT) !== 0) {
-      this.mem.readData(this.frameByte(w >>> MAP_PFN_SHIFT), dst, dstOff, 4096);
+      this.mem.readData(this.frameByte(mapPfn(w)), dst, dstOff, 4096);
     } else {
       const slot = this.mem.load32(this.swapOf + hvpn) - 1;
       if (slot >= 0) this.mem.readData(this.swapDataByte + slot * 4096, dst, dstOff, 4096);
       else dst.fill(0, dstOff, dstOff + 4096);
     }
     this.mem.unlock(this.lockWord);
+  }
+
+  /**
+   * Byte offset in the data buffer where page `hvpn`'s bytes are as the VMM
+   * sees them (its frame, else its swap copy), or -1 for a never-touched page.
+   * Plain reads and no lock: for monitors and displays between steps, never for MMU code.
+   */
+  quietPageByte(hvpn: number): number {
+    const a = this.mem.i32;
+    const w = a[this.map + hvpn]!;
+    if ((w & MAP_PRESENT) !== 0) return this.frameByte(mapPfn(w));
+    const slot = a[this.swapOf + hvpn]! - 1;
+    return slot >= 0 ? this.swapDataByte + slot * 4096 : -1;
   }
 
   // ---- memory pressure: swap, KSM, aging ----
@@ -389,7 +439,7 @@ export class Host {
     this.mem.lock(this.lockWord);
     const w = this.mem.load32(this.map + hvpn);
     if ((w & MAP_PRESENT) === 0) return this.unlockAnd(false);
-    const pfn = w >>> MAP_PFN_SHIFT;
+    const pfn = mapPfn(w);
     const fl = this.frames + pfn * FRAME_WORDS + FR_FLAGS;
     if ((this.mem.load32(fl) & FRAME_KSM) !== 0) return this.unlockAnd(false);
     let slot = this.mem.load32(this.swapOf + hvpn) - 1;
@@ -399,13 +449,16 @@ export class Host {
       if (slot < 0) return this.unlockAnd(false);
     }
     this.notifyStart(hvpn);
-    this.mem.store32(this.map + hvpn, 0);
+    this.mem.store32(this.map + hvpn, nextMapWord(w, 0, 0));
     this.notifyEnd(hvpn);
     // After the invalidation no SPTE maps the frame, so its DIRTY flag is final.
     const wasDirty = (this.mem.fetchAnd32(fl, ~FRAME_DIRTY) & FRAME_DIRTY) !== 0;
     if (!hadCopy || wasDirty) {
       this.mem.copyData(this.swapDataByte + slot * 4096, this.frameByte(pfn), 4096);
       this.count('writebacks');
+      this.mem.note(NOTE.swapOutWriteback, pfn, hvpn);
+    } else {
+      this.mem.note(NOTE.swapOutClean, pfn, hvpn);
     }
     this.mem.store32(this.swapOf + hvpn, slot + 1);
     this.count('swapOuts');
@@ -433,8 +486,8 @@ export class Host {
     const wa = this.mem.load32(this.map + a);
     const wb = this.mem.load32(this.map + b);
     if ((wa & MAP_PRESENT) === 0 || (wb & MAP_PRESENT) === 0) return this.unlockAnd(false);
-    const pa = wa >>> MAP_PFN_SHIFT;
-    const pb = wb >>> MAP_PFN_SHIFT;
+    const pa = mapPfn(wa);
+    const pb = mapPfn(wb);
     if (pa === pb || (this.mem.load32(this.frames + pb * FRAME_WORDS + FR_FLAGS) & FRAME_KSM) !== 0)
       return this.unlockAnd(false);
     this.writeProtectLocked(a, wa);
@@ -443,7 +496,7 @@ export class Host {
     this.mem.fetchOr32(this.frames + pa * FRAME_WORDS + FR_FLAGS, FRAME_KSM);
     this.mem.fetchAdd32(this.frames + pa * FRAME_WORDS + FR_REF, 1);
     this.notifyStart(b);
-    this.mem.store32(this.map + b, (pa << MAP_PFN_SHIFT) | MAP_PRESENT);
+    this.mem.store32(this.map + b, nextMapWord(this.mem.load32(this.map + b), pa, MAP_PRESENT));
     this.notifyEnd(b);
     this.dropSwapSlotLocked(b);
     this.count('ksmMerges');
@@ -455,7 +508,7 @@ export class Host {
   private writeProtectLocked(hvpn: number, w: number): void {
     if ((w & MAP_WRITABLE) === 0) return;
     this.notifyStart(hvpn);
-    this.mem.store32(this.map + hvpn, w & ~MAP_WRITABLE);
+    this.mem.store32(this.map + hvpn, nextMapWord(w, mapPfn(w), MAP_PRESENT));
     this.notifyEnd(hvpn);
   }
 

@@ -1,5 +1,6 @@
 // Dirty logging: enable/disable on a memslot, KVM_GET_DIRTY_LOG (take, write-protect, flush, then hand over) and KVM_CLEAR_DIRTY_LOG.
 
+import { NOTE } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import { SLOT_DIRTY_LOG, type Kvm } from './kvm';
 
@@ -149,7 +150,7 @@ export class DirtyLog {
     if (k.mem.hook === null) return;
     for (let m = mask; m !== 0; m &= m - 1) {
       const b = 31 - Math.clz32(m & -m);
-      k.spte.noteWriteProtected(k.slotGfn[slot]! + word * 32 + b, false);
+      k.mem.note(NOTE.dirtyLogTaken, k.slotGfn[slot]! + word * 32 + b, 0);
     }
   }
 

@@ -293,7 +293,7 @@ export class Kvm {
     if (s < 0) return;
     if ((this.mem.load32(this.slotFlagsWord(s)) & SLOT_DIRTY_LOG) === 0) return;
     const rel = gfn - this.slotGfn[s]!;
-    this.mem.fetchOr32(this.slotBitmap[s]! + (rel >>> 5), 1 << (rel & 31));
+    this.mem.or32(this.slotBitmap[s]! + (rel >>> 5), 1 << (rel & 31));
   }
 
   // ---- vCPUs and remote TLB flush ----

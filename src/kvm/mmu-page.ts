@@ -226,7 +226,7 @@ export class MmuPages {
       k.lockedStore(this.trackBase + hvpn, n + 1);
       if (n === 0) {
         if (k.spte.rmapWriteProtect(gfn, true)) k.kvmFlushRemoteTlbs();
-        k.spte.noteWriteProtected(gfn, true);
+        k.spte.noteWriteProtected(gfn);
       }
     }
     return sp;

@@ -252,6 +252,7 @@ export class Mmu implements GuestPtAccess {
     if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
       k.mem.unlock(k.mmuLock);
       k.host.putPage(pfn);
+      this.waitForInvalidation();
       return RET_PF_RETRY;
     }
     k.pages.makeMmuPagesAvailable();
@@ -277,6 +278,19 @@ export class Mmu implements GuestPtAccess {
     )
       return true;
     return k.mem.load32(k.mmuBase + MMU_SEQ) !== mmuSeq;
+  }
+
+  /**
+   * Before retrying a fault that raced with an invalidation, wait until the
+   * invalidation in progress (if any) ends: retrying at once would only find
+   * it still running. KVM's vCPU re-enters the guest and faults again; here the
+   * wait is one access-layer operation, so the checker blocks the vCPU instead
+   * of spinning it.
+   */
+  private waitForInvalidation(): void {
+    const k = this.kvm;
+    const n = k.mem.load32(k.mmuBase + MMU_IN_PROGRESS);
+    if (n > 0) k.mem.waitWhile32(k.mmuBase + MMU_IN_PROGRESS, n);
   }
 
   /** KVM's direct_map: walk from the root, creating direct shadow pages, and map gfn -> pfn. Contract: mmu_lock held. */
@@ -371,6 +385,7 @@ export class Mmu implements GuestPtAccess {
     if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
       k.mem.unlock(k.mmuLock);
       k.host.putPage(pfn);
+      this.waitForInvalidation();
       return RET_PF_RETRY;
     }
     k.pages.makeMmuPagesAvailable();
@@ -452,11 +467,7 @@ export class Mmu implements GuestPtAccess {
     const k = this.kvm;
     const gfn = Math.floor(gpa / 4096);
     if (k.slotOf(gfn) < 0) return -1n;
-    const pfn = k.host.gupFast(k.gfnToHvpn(gfn), false);
-    if (pfn < 0) return -1n;
-    const v = k.mem.loadData64((k.host.frameByte(pfn) + (gpa % 4096)) / 8);
-    k.host.putPage(pfn);
-    return v;
+    return k.host.readUserAtomic(k.gfnToHvpn(gfn), gpa % 4096);
   }
 
   // ---- emulated writes to write-tracked guest page tables ----

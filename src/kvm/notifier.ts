@@ -24,7 +24,8 @@ export class KvmNotifier implements MmuNotifier {
       k.lockedStore(k.mmuBase + MMU_RANGE_START, Math.min(start, k.lockedLoad(k.mmuBase + MMU_RANGE_START)));
       k.lockedStore(k.mmuBase + MMU_RANGE_END, Math.max(end, k.lockedLoad(k.mmuBase + MMU_RANGE_END)));
     }
-    k.lockedStore(k.mmuBase + MMU_IN_PROGRESS, n + 1);
+    // Through the access layer: a retrying fault waits on this word (Mmu.waitForInvalidation).
+    k.mem.store32(k.mmuBase + MMU_IN_PROGRESS, n + 1);
     let flush = false;
     for (let hvpn = start; hvpn < end; hvpn++) if (k.spte.kvmZapRmap(hvpn)) flush = true;
     if (flush) k.kvmFlushRemoteTlbs();
@@ -41,7 +42,7 @@ export class KvmNotifier implements MmuNotifier {
     const k = this.kvm;
     k.mem.lock(k.mmuLock);
     k.mem.fetchAdd32(k.mmuBase + MMU_SEQ, 1);
-    k.lockedStore(k.mmuBase + MMU_IN_PROGRESS, k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) - 1);
+    k.mem.store32(k.mmuBase + MMU_IN_PROGRESS, k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) - 1);
     k.mem.unlock(k.mmuLock);
   }
 

@@ -263,8 +263,8 @@ export class SpteUpdate {
     return isWritablePte(newSpte) ? newSpte | (old & SPTE_DIRTY_MASK) : newSpte;
   }
 
-  /** Ghost note for monitors: a write-protection of `gfn` has returned (its flush done). */
-  noteWriteProtected(gfn: number, forShadowPaging: boolean): void {
-    this.kvm.mem.note(NOTE.wpDone, gfn, forShadowPaging ? 1 : 0);
+  /** Ghost note for monitors: a write-protection of `gfn` for shadow paging has returned (its flush done). */
+  noteWriteProtected(gfn: number): void {
+    this.kvm.mem.note(NOTE.wpDone, gfn, 0);
   }
 }

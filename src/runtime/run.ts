@@ -87,7 +87,7 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
   let cr3 = 0;
   let pt: GuestPageTables | null = null;
   if (o.mode === 'shadow') {
-    pt = new GuestPageTables(kvm, dataPages, tablePages);
+    pt = GuestPageTables.build(kvm, dataPages, tablePages);
     for (let i = 0; i < dataPages; i++) pt.map(base + i * 4096, i);
     pt.mapTablesIdentity();
     cr3 = pt.cr3;

@@ -43,6 +43,7 @@ export const OP = {
   readData: 19,
   writeData: 20,
   compareData: 21,
+  or32: 22,
 } as const;
 
 export const OP_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
@@ -76,16 +77,22 @@ export const NOTE = {
   spFree: 3,
   /** Shadow page a was allocated (b = its new generation). */
   spAlloc: 4,
-  /** A write-protection of gfn a returned (b = 1 if it was for shadow paging). */
+  /** A write-protection of gfn a for shadow paging returned (its TLB flush done). */
   wpDone: 5,
   /** A remote TLB flush returned. */
   flushDone: 6,
   /** The fast path set W on sptep a (b = gfn it marked dirty, -1 if none). */
   fastFixed: 7,
-  /** A dirty-log get/clear handed gfn bits to userspace: a = slot, b = word index. */
+  /** A dirty-log get/clear handed gfn a to userspace (after its TLB flush). */
   dirtyLogTaken: 8,
   /** A guest write of gfn a completed through pfn b. */
   guestWrite: 9,
+  /** Swap-out dropped frame a without writing it back (its swap copy was current, as far as the host knew). */
+  swapOutClean: 10,
+  /** Frame a was allocated (b = the hvpn it is for). */
+  frameAlloc: 11,
+  /** Swap-out wrote frame a back to swap. */
+  swapOutWriteback: 12,
 } as const;
 
 /** How many times a waiter re-reads a word before it sleeps. */
@@ -181,6 +188,16 @@ export class Mem {
   fetchOr32(i: number, v: number): number {
     if (this.hook !== null) this.hook.before(OP.fetchOr32, i, 0, 0);
     return Atomics.or(this.i32, i, v);
+  }
+
+  /**
+   * Atomically set bits, discarding the old value. Two of these on one word
+   * commute (whatever their order, the word ends the same and neither thread
+   * learns anything), so the checker does not explore both orders.
+   */
+  or32(i: number, v: number): void {
+    if (this.hook !== null) this.hook.before(OP.or32, i, 0, 0);
+    Atomics.or(this.i32, i, v);
   }
 
   fetchAnd32(i: number, v: number): number {

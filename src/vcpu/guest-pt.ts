@@ -21,15 +21,26 @@ const TABLE_FLAGS = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK;
  */
 export class GuestPageTables {
   private next: number;
-  readonly root: number;
+  private rootGfn = -1;
 
-  constructor(
+  private constructor(
     private readonly kvm: Kvm,
     readonly firstGfn: number,
     readonly count: number,
   ) {
     this.next = firstGfn;
-    this.root = this.allocTable();
+  }
+
+  /** Start a set of tables in [firstGfn, firstGfn + count): allocates the PML4. */
+  static build(kvm: Kvm, firstGfn: number, count: number): GuestPageTables {
+    const pt = new GuestPageTables(kvm, firstGfn, count);
+    pt.rootGfn = pt.allocTable();
+    return pt;
+  }
+
+  /** Guest frame of the PML4. */
+  get root(): number {
+    return this.rootGfn;
   }
 
   /** Guest-physical address of the PML4: the value for CR3. */

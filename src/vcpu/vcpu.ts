@@ -46,6 +46,7 @@ import {
   OUTSIDE_GUEST_MODE,
   VCPU_CPU,
   VCPU_CR3_GFN,
+  VCPU_ROOT,
   VCPU_TLB_GEN,
   type Kvm,
 } from '../kvm/kvm';
@@ -128,8 +129,22 @@ export class Vcpu {
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CR3_GFN)] = Math.floor(cr3 / 4096);
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
     this.kvm.selfVcpu = this.idx;
-    this.mem.tid = this.idx;
     this.kvm.mmu.kvmMmuLoad(this.kv);
+  }
+
+  /**
+   * Take over a vCPU that was set up earlier (possibly by another handle or
+   * thread): read its root, CR3 and control bits from shared memory. The vCPU
+   * must be outside guest mode.
+   */
+  attach(): this {
+    const t = this.mem.i32;
+    this.kv.root = t[this.kvm.vcpuWord(this.idx, VCPU_ROOT)]! - 1;
+    if (this.kv.root < 0) throw new Error(`vcpu ${this.idx}: attach before setup`);
+    this.kv.cr3 = t[this.kvm.vcpuWord(this.idx, VCPU_CR3_GFN)]! * 4096;
+    this.kv.cpu = t[this.kvm.vcpuWord(this.idx, VCPU_CPU)]!;
+    this.kvm.selfVcpu = this.idx;
+    return this;
   }
 
   // ---- guest mode ----

@@ -37,7 +37,7 @@ export function makeVm(o: VmOptions & { dataPages?: number; tablePages?: number 
   const host = openKvm(spec, -2);
   let pt: GuestPageTables | null = null;
   if (mode === 'shadow') {
-    pt = new GuestPageTables(host, dataPages, tablePages);
+    pt = GuestPageTables.build(host, dataPages, tablePages);
     for (let i = 0; i < dataPages; i++) pt.map(BASE + i * 4096, i, DATA_FLAGS);
     pt.mapTablesIdentity();
   }

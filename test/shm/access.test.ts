@@ -79,6 +79,8 @@ test('fetch-add, fetch-or and fetch-and return the old value and apply the opera
   assert.equal(mem.load32(7), 0b1111 | (1 << 31));
   assert.equal(mem.fetchAnd32(7, ~0b0110), 0b1111 | (1 << 31));
   assert.equal(mem.load32(7), 0b1001 | (1 << 31));
+  assert.equal(mem.or32(7, 0b0110), undefined, 'or32 returns nothing');
+  assert.equal(mem.load32(7), 0b1111 | (1 << 31));
 });
 
 test('64-bit and 32-bit views address the same meta bytes (index units are words of their width)', () => {
@@ -147,6 +149,7 @@ test('the hook sees every operation once, before it, with its op code and operan
   mem.fetchAdd32(9, 1);
   mem.fetchOr32(10, 1);
   mem.fetchAnd32(11, 1);
+  mem.or32(15, 2);
   mem.lock(lock);
   mem.unlock(lock);
   mem.waitWhile32(6, 0); // word 6 holds 1: returns at once
@@ -169,6 +172,7 @@ test('the hook sees every operation once, before it, with its op code and operan
     ['fetchAdd32', 9, 0, 0],
     ['fetchOr32', 10, 0, 0],
     ['fetchAnd32', 11, 0, 0],
+    ['or32', 15, 0, 0],
     ['lock', lock, 0, 0],
     ['unlock', lock, 0, 0],
     ['waitWhile32', 6, 0, 0],

@@ -1,0 +1,198 @@
+// The checker's front door: explore a scenario under a strategy, minimize the counterexample, render it, and replay a schedule string.
+
+import { KvmmuError } from '../shm/errors';
+import { ALL_GUARDS, GUARDS, GUARD_NAMES, guardsOff, type GuardName, type IndirectFastPath, type MmuMode } from '../kvm/config';
+import { Engine, type GenScenarioModule } from './engine';
+import { ReplayChooser, ScheduleMismatch, explore, replaySchedule, type ExploreProgress, type ExploreResult, type FoundViolation, type Strategy } from './explore';
+import { builtinMonitors } from './invariants';
+import { encodeReplay, renderTable, traceRows, type ReplaySpec, type TraceRow } from './trace';
+import type { ScenarioContext, ScenarioSpec } from './gen/scenario';
+
+export interface CheckOptions {
+  readonly mode?: MmuMode;
+  /** Mask of guards that are on (default: all). */
+  readonly guards?: number;
+  readonly indirectFastPath?: IndirectFastPath;
+  readonly strategy?: Strategy;
+  readonly preemptions?: number;
+  readonly executions?: number;
+  readonly seconds?: number;
+  readonly seed?: number;
+  readonly pctDepth?: number;
+  /** Search for a counterexample with fewer preemptions, then fewer steps (default true). */
+  readonly minimize?: boolean;
+  readonly onProgress?: (p: ExploreProgress) => void;
+  readonly now?: () => number;
+}
+
+export interface CheckViolation {
+  /** The invariant that broke (a monitor's name, or deadlock / livelock / crash / check). */
+  readonly invariant: string;
+  readonly statement: string;
+  readonly message: string;
+  /** What `--replay` takes. */
+  readonly schedule: string;
+  readonly preemptions: number;
+  readonly steps: number;
+  readonly trace: TraceRow[];
+  /** The trace as an N-column table. */
+  readonly table: string;
+}
+
+export interface CheckReport {
+  readonly scenario: string;
+  readonly mode: MmuMode | null;
+  readonly guards: { readonly on: GuardName[]; readonly off: GuardName[] };
+  readonly indirectFastPath: IndirectFastPath;
+  readonly strategy: Strategy | 'replay';
+  readonly preemptionBound: number | null;
+  /** Every schedule was explored (within the preemption bound, if one was given). */
+  readonly complete: boolean;
+  readonly boundReached: boolean;
+  readonly executions: number;
+  readonly redundant: number;
+  readonly seconds: number;
+  readonly maxSteps: number;
+  readonly threads: string[];
+  readonly violation: CheckViolation | null;
+}
+
+const STATEMENTS: Readonly<Record<string, string>> = {
+  deadlock: 'some thread can always make progress',
+  livelock: 'every execution ends within the step bound',
+  crash: 'no thread fails with an internal error',
+  check: "the scenario's end-to-end check holds",
+};
+
+export function contextFor(spec: ScenarioSpec, o: { mode?: MmuMode; guards?: number; indirectFastPath?: IndirectFastPath }): ScenarioContext {
+  return {
+    mode: o.mode ?? spec.modes?.[0] ?? 'direct',
+    guards: o.guards ?? ALL_GUARDS,
+    indirectFastPath: o.indirectFastPath ?? 'pin',
+  };
+}
+
+function engineFor(gen: GenScenarioModule, spec: ScenarioSpec, ctx: ScenarioContext): Engine {
+  return new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
+}
+
+/** Explore `spec`; on a violation, look for a simpler one and render it. */
+export function runCheck(gen: GenScenarioModule, spec: ScenarioSpec, o: CheckOptions = {}): CheckReport {
+  const ctx = contextFor(spec, o);
+  const engine = engineFor(gen, spec, ctx);
+  const strategy = o.strategy ?? 'dpor';
+  const result = explore(engine, {
+    strategy,
+    preemptions: o.preemptions,
+    maxExecutions: o.executions,
+    seconds: o.seconds,
+    seed: o.seed,
+    pctDepth: o.pctDepth,
+    onProgress: o.onProgress,
+    now: o.now,
+  });
+  let found = result.violation;
+  if (found !== null && o.minimize !== false) found = minimize(engine, found, o);
+  return report(engine, spec, ctx, strategy, o.preemptions ?? null, result, found);
+}
+
+/**
+ * Look for a counterexample with fewer preemptions (DPOR with bounds 0, 1, ...
+ * below the one found), then, at that bound, for a shorter one. Budgeted: a
+ * few seconds at most.
+ */
+function minimize(engine: Engine, found: FoundViolation, o: CheckOptions): FoundViolation {
+  let best = found;
+  for (let k = 0; k < best.preemptions; k++) {
+    const r = explore(engine, { strategy: 'dpor', preemptions: k, maxExecutions: 20_000, seconds: 3, now: o.now });
+    if (r.violation !== null) {
+      best = r.violation.preemptions <= best.preemptions ? r.violation : best;
+      break;
+    }
+  }
+  const r = explore(engine, {
+    strategy: 'dpor',
+    preemptions: best.preemptions,
+    maxExecutions: 3_000,
+    seconds: 2,
+    continueAfterViolation: true,
+    now: o.now,
+  });
+  if (r.violation !== null && r.violation.preemptions <= best.preemptions && r.violation.schedule.length < best.schedule.length) best = r.violation;
+  return best;
+}
+
+function report(
+  engine: Engine,
+  spec: ScenarioSpec,
+  ctx: ScenarioContext,
+  strategy: Strategy | 'replay',
+  bound: number | null,
+  r: Pick<ExploreResult, 'executions' | 'redundant' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps'>,
+  found: FoundViolation | null,
+): CheckReport {
+  const off = guardsOff(ctx.guards);
+  const isVm = engine.machine.config !== null;
+  let violation: CheckViolation | null = null;
+  if (found !== null) {
+    engine.recording = true;
+    const replayed = engine.execute(new ReplayChooser(found.schedule));
+    engine.recording = false;
+    const trace = traceRows(engine.machine.shm.layout, engine.machine.config, replayed.steps);
+    const v = replayed.violation ?? found.violation;
+    violation = {
+      invariant: v.invariant,
+      statement: engine.monitors.find((m) => m.name === v.invariant)?.statement ?? STATEMENTS[v.invariant] ?? '',
+      message: v.message,
+      schedule: encodeReplay({
+        scenario: spec.name,
+        mode: ctx.mode,
+        guardsOff: off,
+        indirectFastPath: ctx.indirectFastPath,
+        schedule: found.schedule,
+      }),
+      preemptions: found.preemptions,
+      steps: found.schedule.length,
+      trace,
+      table: renderTable(trace, engine.threadNames),
+    };
+  }
+  return {
+    scenario: spec.name,
+    mode: isVm ? ctx.mode : null,
+    guards: { on: GUARD_NAMES.filter((g) => (ctx.guards & GUARDS[g]) !== 0), off },
+    indirectFastPath: ctx.indirectFastPath,
+    strategy,
+    preemptionBound: bound,
+    complete: r.complete,
+    boundReached: r.boundReached,
+    executions: r.executions,
+    redundant: r.redundant,
+    seconds: r.seconds,
+    maxSteps: r.maxSteps,
+    threads: engine.threadNames,
+    violation,
+  };
+}
+
+/** Re-run exactly the schedule in `replay` (which names the scenario's settings) and report what happens. */
+export function replayCheck(gen: GenScenarioModule, spec: ScenarioSpec, replay: ReplaySpec, now: () => number = () => performance.now()): CheckReport {
+  if (replay.scenario !== spec.name) throw new KvmmuError(`the replay string is for scenario ${replay.scenario}, not ${spec.name}`);
+  let guards = ALL_GUARDS;
+  for (const g of replay.guardsOff) guards &= ~GUARDS[g];
+  const ctx = contextFor(spec, { mode: replay.mode, guards, indirectFastPath: replay.indirectFastPath });
+  const engine = engineFor(gen, spec, ctx);
+  const t0 = now();
+  let run;
+  try {
+    run = replaySchedule(engine, replay.schedule);
+  } catch (e) {
+    if (e instanceof ScheduleMismatch) throw new KvmmuError(`the schedule does not fit scenario ${spec.name}: ${e.message}`);
+    throw e;
+  }
+  const seconds = (now() - t0) / 1000;
+  const r = run.result;
+  const found: FoundViolation | null =
+    r.violation === null ? null : { violation: r.violation, schedule: [...replay.schedule], preemptions: run.preemptions };
+  return report(engine, spec, ctx, 'replay', null, { executions: 1, redundant: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length }, found);
+}

@@ -1,0 +1,475 @@
+// The execution engine: runs a scenario's threads (compiled to generators) from a memory snapshot, one access-layer operation per step, as a chooser directs.
+//
+// Each logical thread has its own Mem whose hook is a generator: before every
+// operation the thread records the operation as pending and yields. A step
+// resumes one thread: its pending operation executes, and the thread runs on
+// (local computation only) until its next operation. So the state between
+// steps is exactly "every thread paused before an operation", and the
+// engine knows each thread's next operation — what the exploration
+// strategies and the race analysis need.
+
+import type { AccessHook } from '../shm/access';
+import { OP } from '../shm/access';
+import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
+import { accessOf, isEnabled, type Access } from './ops';
+
+/** The generator-form module the engine drives (dist/gen/src/check/gen/scenario.js, or a bundle of it). */
+export interface GenScenarioModule {
+  createScenarioMachine(spec: ScenarioSpec, ctx: ScenarioContext): ScenarioMachine;
+  threadMem(machine: ScenarioMachine, tid: number): { hook: AccessHook | null; tid: number };
+  ScenarioVm: new (machine: ScenarioMachine, mem: never, handles?: Map<number, unknown>) => ScenarioVm;
+}
+
+export interface Step {
+  readonly thread: number;
+  readonly op: number;
+  readonly a: number;
+  readonly b: number;
+  readonly c: number;
+  readonly access: Access;
+  /** Filled when recording: value of the target word before and after (32/64-bit ops), and the calling functions. */
+  before?: bigint | number;
+  after?: bigint | number;
+  where?: string;
+}
+
+export interface Violation {
+  /** Name of the invariant (or `deadlock`, `livelock`, `crash`, `check`). */
+  readonly invariant: string;
+  readonly message: string;
+  /** Step index at which it was detected (the trace length for end-of-execution checks). */
+  readonly step: number;
+}
+
+/** An invariant monitor. Each method returns a violation message or null. */
+export interface Monitor {
+  readonly name: string;
+  /** One sentence stating the invariant. */
+  readonly statement: string;
+  reset?(ex: Execution): void;
+  onNote?(ex: Execution, thread: number, kind: number, a: number, b: number): string | null;
+  afterStep?(ex: Execution, step: Step): string | null;
+  atEnd?(ex: Execution): string | null;
+}
+
+/** Decides which thread runs at each state. */
+export interface Chooser {
+  /** Thread to run next (enabled), or -1 to abandon this execution. */
+  choose(ex: Execution): number;
+  /** Called after each step. */
+  stepped?(ex: Execution, step: Step): void;
+}
+
+export interface ExecutionResult {
+  readonly violation: Violation | null;
+  readonly steps: readonly Step[];
+  /** The execution was abandoned by the chooser (a redundant branch). */
+  readonly abandoned: boolean;
+}
+
+export interface EngineOptions {
+  /** Steps after which an execution is a livelock. */
+  readonly maxSteps?: number;
+  /** The invariants to watch, made for the scenario's machine. */
+  readonly monitorsFor?: (machine: ScenarioMachine) => Monitor[];
+}
+
+const DEFAULT_MAX_STEPS = 20_000;
+
+/** A thread's stack at an operation, as "callee ← caller ← ..." of kvmmu functions (recording only). */
+function whereNow(): string {
+  const stack = new Error().stack ?? '';
+  const names: string[] = [];
+  for (const line of stack.split('\n').slice(1)) {
+    const m = /at (?:Object\.)?(?:(\S+?)\.)?(\*?[\w$<>]+) \(/.exec(line.trim()) ?? /at (?:(\S+?)\.)?([\w$]+) \[as/.exec(line.trim());
+    if (m === null) continue;
+    const cls = m[1] ?? '';
+    const fn = m[2]!.replace(/^\*/, '');
+    if (cls === 'Mem' || fn === 'before' || fn === 'next' || fn === 'whereNow' || cls === 'Engine' || cls === 'Execution') continue;
+    if (/check[\\/](engine|explore|dpor)/.test(line)) continue;
+    names.push(fn);
+    if (names.length === 4) break;
+  }
+  return names.join(' ← ');
+}
+
+/** One execution's live state, as choosers and monitors see it. */
+export class Execution {
+  readonly steps: Step[] = [];
+  readonly pendOp: Int32Array;
+  readonly pendA: Float64Array;
+  readonly pendB: Float64Array;
+  readonly pendC: Float64Array;
+  readonly pendWhere: string[];
+  readonly done: boolean[];
+  /** Thread currently running a step (or -1 between steps). */
+  running = -1;
+  violation: Violation | null = null;
+
+  constructor(
+    readonly engine: Engine,
+    readonly i32: Int32Array,
+  ) {
+    const n = engine.threadNames.length;
+    this.pendOp = new Int32Array(n);
+    this.pendA = new Float64Array(n);
+    this.pendB = new Float64Array(n);
+    this.pendC = new Float64Array(n);
+    this.pendWhere = new Array<string>(n).fill('');
+    this.done = new Array<boolean>(n).fill(false);
+  }
+
+  get nThreads(): number {
+    return this.done.length;
+  }
+
+  isEnabled(t: number): boolean {
+    return !this.done[t] && isEnabled(this.i32, this.pendOp[t]!, this.pendA[t]!, this.pendB[t]!);
+  }
+
+  /** Bit mask of enabled threads. */
+  enabledMask(): number {
+    let m = 0;
+    for (let t = 0; t < this.nThreads; t++) if (this.isEnabled(t)) m |= 1 << t;
+    return m;
+  }
+
+  allDone(): boolean {
+    for (let t = 0; t < this.done.length; t++) if (!this.done[t]) return false;
+    return true;
+  }
+
+  /** The pending operation of thread `t` as an Access (allocates). */
+  pendingAccess(t: number): Access {
+    return accessOf(this.pendOp[t]!, this.pendA[t]!, this.pendB[t]!, this.pendC[t]!);
+  }
+
+  /** The thread that ran the previous step, or -1. */
+  get lastThread(): number {
+    return this.steps.length === 0 ? -1 : this.steps[this.steps.length - 1]!.thread;
+  }
+}
+
+/**
+ * Owns a scenario's machine and threads across executions. Construct once per
+ * (scenario, guards, mode); call `execute` once per execution.
+ */
+export class Engine {
+  readonly threadNames: string[];
+  readonly machine: ScenarioMachine;
+  private readonly meta8: Uint8Array;
+  private readonly data8: Uint8Array;
+  private readonly snapMeta: Uint8Array;
+  private readonly snapData: Uint8Array;
+  /** Meta-buffer ranges restored before every execution: regions written with plain stores too. */
+  private readonly alwaysRestore: [number, number][] = [];
+  /** 4 KiB chunks of the large regions written (through the access layer) since the last restore. */
+  private readonly dirtyMeta: Uint8Array;
+  private readonly dirtyData: Uint8Array;
+  private readonly dirtyList: number[] = [];
+  private readonly mems: { hook: AccessHook | null; tid: number }[] = [];
+  private readonly handles: Map<number, unknown>[] = [];
+  private readonly setupData: unknown;
+  private readonly maxSteps: number;
+  readonly monitors: readonly Monitor[];
+  private current: Execution | null = null;
+  /** Capture values and stacks for each step (for rendering a counterexample). */
+  recording = false;
+  /** A sequential hook that still records writes (for the end-of-execution check). */
+  private readonly trackingHook: AccessHook;
+
+  constructor(
+    readonly gen: GenScenarioModule,
+    readonly spec: ScenarioSpec,
+    readonly ctx: ScenarioContext,
+    o: EngineOptions = {},
+  ) {
+    this.threadNames = Object.keys(spec.threads);
+    if (this.threadNames.length === 0) throw new Error(`scenario ${spec.name} has no threads`);
+    if (this.threadNames.length > 30) throw new Error(`scenario ${spec.name} has more than 30 threads`);
+    this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
+    this.machine = gen.createScenarioMachine(spec, ctx);
+    this.monitors = o.monitorsFor?.(this.machine) ?? [];
+    this.meta8 = new Uint8Array(this.machine.shm.meta);
+    this.data8 = new Uint8Array(this.machine.shm.data);
+    // Setup runs sequentially on its own handle (thread id -1), with a hook that never yields.
+    const setupMem = gen.threadMem(this.machine, -1);
+    setupMem.hook = SEQUENTIAL_HOOK;
+    const setupVm = new gen.ScenarioVm(this.machine, setupMem as never);
+    setupVm.setupPhase = true;
+    this.setupData = spec.setup === undefined ? undefined : drain(spec.setup(setupVm));
+    if (this.machine.config !== null) drain(setupVm.settle());
+    this.snapMeta = this.meta8.slice();
+    this.snapData = this.data8.slice();
+    this.dirtyMeta = new Uint8Array(Math.ceil(this.meta8.length / CHUNK));
+    this.dirtyData = new Uint8Array(Math.ceil(this.data8.length / CHUNK));
+    // SPTE pages and per-entry gfns are written only through the access layer, so tracking those writes is
+    // enough to restore them; everything else in the meta buffer (headers, rmaps, locks, TLBs, counters) is small
+    // and may be written with plain stores, so it is copied back whole.
+    const layer = new Set(['kvm.spt', 'kvm.spGfns']);
+    const ranges = Object.entries(this.machine.shm.layout.regions)
+      .filter(([name, r]) => !layer.has(name) && !DATA_REGIONS.has(name) && r.bytes > 0)
+      .map(([, r]) => [r.off, r.off + r.bytes] as [number, number])
+      .sort((x, y) => x[0] - y[0]);
+    for (const r of ranges) {
+      const last = this.alwaysRestore[this.alwaysRestore.length - 1];
+      if (last !== undefined && r[0] <= last[1] + 64) last[1] = Math.max(last[1], r[1]);
+      else this.alwaysRestore.push([r[0], r[1]]);
+    }
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const engine = this;
+    this.trackingHook = {
+      *before(op: number, a: number, b: number, c: number) {
+        engine.noteWrite(op, a, b, c);
+      },
+      note() {},
+    } as unknown as AccessHook;
+    for (let t = 0; t < this.threadNames.length; t++) {
+      const mem = gen.threadMem(this.machine, t);
+      mem.hook = this.makeHook(t);
+      this.mems.push(mem);
+      this.handles.push(new Map());
+    }
+  }
+
+  /** Remember which chunks a write operation touches, so the next restore copies them back. */
+  noteWrite(op: number, a: number, b: number, c: number): void {
+    void c;
+    switch (op) {
+      case OP.store64:
+      case OP.cmpxchg64:
+      case OP.xchg64:
+        this.dirtyChunk(false, a * 8, 8);
+        break;
+      case OP.store32:
+      case OP.cmpxchg32:
+      case OP.xchg32:
+      case OP.fetchAdd32:
+      case OP.fetchOr32:
+      case OP.fetchAnd32:
+      case OP.or32:
+        this.dirtyChunk(false, a * 4, 4);
+        break;
+      case OP.storeData64:
+      case OP.cmpxchgData64:
+        this.dirtyChunk(true, a * 8, 8);
+        break;
+      case OP.copyData:
+      case OP.writeData:
+        this.dirtyChunk(true, a, b);
+        break;
+    }
+  }
+
+  private dirtyChunk(data: boolean, byte: number, len: number): void {
+    const marks = data ? this.dirtyData : this.dirtyMeta;
+    for (let ch = Math.floor(byte / CHUNK); ch <= Math.floor((byte + len - 1) / CHUNK); ch++) {
+      if (marks[ch] !== 0) continue;
+      marks[ch] = 1;
+      this.dirtyList.push(data ? -ch - 1 : ch);
+    }
+  }
+
+  /** Put memory back to the snapshot: the always-restored ranges and the chunks written since. */
+  private restore(): void {
+    for (const [lo, hi] of this.alwaysRestore) this.meta8.set(this.snapMeta.subarray(lo, hi), lo);
+    for (const e of this.dirtyList) {
+      if (e >= 0) {
+        this.meta8.set(this.snapMeta.subarray(e * CHUNK, (e + 1) * CHUNK), e * CHUNK);
+        this.dirtyMeta[e] = 0;
+      } else {
+        const ch = -e - 1;
+        this.data8.set(this.snapData.subarray(ch * CHUNK, (ch + 1) * CHUNK), ch * CHUNK);
+        this.dirtyData[ch] = 0;
+      }
+    }
+    this.dirtyList.length = 0;
+  }
+
+  private makeHook(t: number): AccessHook {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const engine = this;
+    const hook = {
+      *before(op: number, a: number, b: number, c: number) {
+        engine.noteWrite(op, a, b, c);
+        const ex = engine.current!;
+        ex.pendOp[t] = op;
+        ex.pendA[t] = a;
+        ex.pendB[t] = b;
+        ex.pendC[t] = c;
+        if (engine.recording) ex.pendWhere[t] = whereNow();
+        yield;
+      },
+      note(kind: number, a: number, b: number) {
+        const ex = engine.current;
+        if (ex === null || ex.violation !== null) return;
+        for (const m of engine.monitors) {
+          const msg = m.onNote?.(ex, t, kind, a, b) ?? null;
+          if (msg !== null) {
+            ex.violation = { invariant: m.name, message: msg, step: ex.steps.length };
+            return;
+          }
+        }
+      },
+    };
+    return hook as unknown as AccessHook;
+  }
+
+  /** Run one execution from the snapshot, asking `chooser` at every state. */
+  execute(chooser: Chooser): ExecutionResult {
+    this.restore();
+    const ex = new Execution(this, new Int32Array(this.machine.shm.meta));
+    this.current = ex;
+    const n = this.threadNames.length;
+    const gens: Generator[] = [];
+    for (let t = 0; t < n; t++) {
+      const vm = new this.gen.ScenarioVm(this.machine, this.mems[t] as never, this.handles[t]);
+      const body = this.spec.threads[this.threadNames[t]!]!;
+      gens.push(asGenerator(body(vm, this.setupData)));
+    }
+    for (const m of this.monitors) m.reset?.(ex);
+    for (let t = 0; t < n && ex.violation === null; t++) this.advance(ex, gens, t);
+    let abandoned = false;
+    while (ex.violation === null) {
+      if (ex.allDone()) break;
+      if (ex.enabledMask() === 0) {
+        ex.violation = { invariant: 'deadlock', message: this.describeDeadlock(ex), step: ex.steps.length };
+        break;
+      }
+      if (ex.steps.length >= this.maxSteps) {
+        ex.violation = {
+          invariant: 'livelock',
+          message: `no execution should take more than ${this.maxSteps} steps; threads are still running (a spin loop that never blocks?)`,
+          step: ex.steps.length,
+        };
+        break;
+      }
+      const t = chooser.choose(ex);
+      if (t < 0) {
+        abandoned = true;
+        break;
+      }
+      if (!ex.isEnabled(t)) throw new Error(`check: chooser picked thread ${t}, which is not enabled`);
+      const step: Step = {
+        thread: t,
+        op: ex.pendOp[t]!,
+        a: ex.pendA[t]!,
+        b: ex.pendB[t]!,
+        c: ex.pendC[t]!,
+        access: accessOf(ex.pendOp[t]!, ex.pendA[t]!, ex.pendB[t]!, ex.pendC[t]!),
+      };
+      if (this.recording) {
+        step.before = this.valueOf(step);
+        step.where = ex.pendWhere[t];
+      }
+      ex.steps.push(step);
+      this.advance(ex, gens, t);
+      if (this.recording) step.after = this.valueOf(step);
+      if (ex.violation === null) {
+        for (const m of this.monitors) {
+          const msg = m.afterStep?.(ex, step) ?? null;
+          if (msg !== null) {
+            ex.violation = { invariant: m.name, message: msg, step: ex.steps.length };
+            break;
+          }
+        }
+      }
+      chooser.stepped?.(ex, step);
+    }
+    if (ex.violation === null && !abandoned) this.finish(ex);
+    this.current = null;
+    return { violation: ex.violation, steps: ex.steps, abandoned };
+  }
+
+  /** End-of-execution checks: monitors, then the scenario's own oracle (run sequentially). */
+  private finish(ex: Execution): void {
+    for (const m of this.monitors) {
+      const msg = m.atEnd?.(ex) ?? null;
+      if (msg !== null) {
+        ex.violation = { invariant: m.name, message: msg, step: ex.steps.length };
+        return;
+      }
+    }
+    if (this.spec.check === undefined) return;
+    const mem = this.gen.threadMem(this.machine, -1);
+    mem.hook = this.trackingHook;
+    const vm = new this.gen.ScenarioVm(this.machine, mem as never);
+    try {
+      const msg = drain(this.spec.check(vm, this.setupData)) as string | null;
+      if (msg !== null) ex.violation = { invariant: 'check', message: msg, step: ex.steps.length };
+    } catch (e) {
+      ex.violation = { invariant: 'check', message: `the final check crashed: ${(e as Error).message}`, step: ex.steps.length };
+    }
+  }
+
+  private advance(ex: Execution, gens: Generator[], t: number): void {
+    ex.running = t;
+    try {
+      if (gens[t]!.next().done === true) ex.done[t] = true;
+    } catch (e) {
+      ex.done[t] = true;
+      ex.violation ??= {
+        invariant: 'crash',
+        message: `thread '${this.threadNames[t]}' failed: ${(e as Error).message}`,
+        step: ex.steps.length,
+      };
+    }
+    ex.running = -1;
+  }
+
+  private valueOf(s: Step): bigint | number | undefined {
+    const meta = this.machine.shm.meta;
+    switch (s.op) {
+      case OP.load64:
+      case OP.store64:
+      case OP.cmpxchg64:
+      case OP.xchg64:
+        return new BigUint64Array(meta)[s.a];
+      case OP.loadData64:
+      case OP.storeData64:
+      case OP.cmpxchgData64:
+        return new BigUint64Array(this.machine.shm.data)[s.a];
+      case OP.lock:
+      case OP.unlock:
+        return undefined;
+      default:
+        return (s.op >= OP.load32 && s.op <= OP.waitWhile32) || s.op === OP.or32 ? new Int32Array(meta)[s.a] : undefined;
+    }
+  }
+
+  private describeDeadlock(ex: Execution): string {
+    const parts: string[] = [];
+    for (let t = 0; t < ex.nThreads; t++) {
+      if (ex.done[t]) continue;
+      const op = ex.pendOp[t];
+      const what = op === OP.lock ? 'waits for a lock' : op === OP.waitWhile32 ? 'waits for a word to change' : 'is runnable';
+      parts.push(`'${this.threadNames[t]}' ${what} (word ${ex.pendA[t]})`);
+    }
+    return `no thread can run: ${parts.join('; ')}`;
+  }
+}
+
+/** Chunk size for tracking written memory between executions. */
+const CHUNK = 4096;
+const DATA_REGIONS = new Set(['host.frameData', 'host.swapData', 'scenario.data']);
+
+/** A hook for sequential phases: every operation proceeds at once. */
+const SEQUENTIAL_HOOK = {
+  *before() {},
+  note() {},
+} as unknown as AccessHook;
+
+function asGenerator(v: unknown): Generator {
+  if (v !== null && typeof v === 'object' && typeof (v as Generator).next === 'function') return v as Generator;
+  // A thread body that never touches shared memory was not compiled to a generator.
+  return (function* () {})();
+}
+
+/** Run a generator-form function's result to completion, without scheduling. */
+export function drain(v: unknown): unknown {
+  if (v === null || typeof v !== 'object' || typeof (v as Generator).next !== 'function') return v;
+  const g = v as Generator;
+  let r = g.next();
+  while (r.done !== true) r = g.next();
+  return r.value;
+}

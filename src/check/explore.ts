@@ -1,0 +1,502 @@
+// Exploration strategies over the engine: exhaustive DFS with dynamic partial-order reduction (DPOR + sleep sets), plain DFS, random walk, PCT; preemption bounds; replay.
+//
+// DPOR is Source-DPOR (Abdulla, Aronis, Jonsson, Sagonas, POPL 2014) with sleep
+// sets: explore one execution; for each race in it — a step e' and an earlier
+// step e of another thread that conflict, with no other happens-before chain
+// between them (vector clocks over memory locations) — take the steps after e
+// that do not depend on e, followed by e' (the reversed race, v); unless a
+// thread that can start v is already scheduled at e's state, schedule one.
+// Sleep sets (Godefroid) keep an alternative from being explored twice.
+// Executions are stateless: each one replays its prefix from the snapshot.
+
+import { conflicts, mayBeCoEnabled, type Access } from './ops';
+import type { Chooser, Engine, Execution, ExecutionResult, Step, Violation } from './engine';
+
+export type Strategy = 'dpor' | 'dfs' | 'random' | 'pct';
+export const STRATEGIES: readonly Strategy[] = ['dpor', 'dfs', 'random', 'pct'];
+
+export interface ExploreOptions {
+  readonly strategy: Strategy;
+  /** Preemption bound (DPOR/DFS): schedules with more preemptions are not explored. */
+  readonly preemptions?: number;
+  /** Stop after this many executions. */
+  readonly maxExecutions?: number;
+  /** Stop after this many seconds. */
+  readonly seconds?: number;
+  /** Random and PCT: the seed. */
+  readonly seed?: number;
+  /** PCT: the bug depth d (d-1 priority change points per execution). */
+  readonly pctDepth?: number;
+  /** Keep exploring after the first violation (to find a shorter one). */
+  readonly continueAfterViolation?: boolean;
+  /** Called about every 200 ms. */
+  readonly onProgress?: (p: ExploreProgress) => void;
+  /** Wall clock in ms (injectable for tests and the browser). */
+  readonly now?: () => number;
+}
+
+export interface ExploreProgress {
+  readonly executions: number;
+  readonly seconds: number;
+  /** DPOR/DFS: alternatives waiting at the current path's nodes. */
+  readonly pending: number | null;
+}
+
+export interface FoundViolation {
+  readonly violation: Violation;
+  /** The thread chosen at each step. */
+  readonly schedule: number[];
+  readonly preemptions: number;
+}
+
+export interface ExploreResult {
+  readonly strategy: Strategy;
+  readonly executions: number;
+  /** Executions cut short as redundant (sleep-set blocked). */
+  readonly redundant: number;
+  /** Every schedule (within the preemption bound, if any) was covered. */
+  readonly complete: boolean;
+  /** Schedules were skipped because of the preemption bound. */
+  readonly boundReached: boolean;
+  readonly seconds: number;
+  readonly maxSteps: number;
+  readonly violation: FoundViolation | null;
+}
+
+/** Preemptions in a schedule: switches away from a thread that could have continued. */
+export function countPreemptions(schedule: readonly number[], enabledBefore: readonly number[]): number {
+  let n = 0;
+  for (let k = 1; k < schedule.length; k++) {
+    const prev = schedule[k - 1]!;
+    if (schedule[k] !== prev && (enabledBefore[k]! & (1 << prev)) !== 0) n++;
+  }
+  return n;
+}
+
+/** A chooser wrapper that records the schedule and the enabled set at each choice. */
+class Recorder implements Chooser {
+  readonly schedule: number[] = [];
+  readonly enabled: number[] = [];
+  constructor(private readonly inner: Chooser) {}
+  choose(ex: Execution): number {
+    const en = ex.enabledMask();
+    const t = this.inner.choose(ex);
+    if (t >= 0) {
+      this.schedule.push(t);
+      this.enabled.push(en);
+    }
+    return t;
+  }
+  stepped(ex: Execution, step: Step): void {
+    this.inner.stepped?.(ex, step);
+  }
+}
+
+function better(a: FoundViolation, b: FoundViolation | null): boolean {
+  if (b === null) return true;
+  if (a.preemptions !== b.preemptions) return a.preemptions < b.preemptions;
+  return a.schedule.length < b.schedule.length;
+}
+
+// ---------------------------------------------------------------- DPOR / DFS
+
+interface Node {
+  enabled: number;
+  backtrack: number;
+  done: number;
+  sleep: number;
+  /** Sleep set handed to the child of the current choice. */
+  childSleep: number;
+  chosen: number;
+  /** Thread that ran the step before this state (-1 at the start). */
+  prev: number;
+  /** Preemptions on the path up to this state. */
+  preemptions: number;
+  /** Pending operation of each thread here (null when finished). */
+  pend: (Access | null)[];
+  pendOp: number[];
+  pendA: number[];
+}
+
+const bitsOf = (m: number): number[] => {
+  const out: number[] = [];
+  for (let t = 0; m !== 0; t++, m >>>= 1) if ((m & 1) !== 0) out.push(t);
+  return out;
+};
+const lowest = (m: number): number => 31 - Math.clz32(m & -m);
+
+/** Per location: the last plain write, and since it each thread's last read and last commutative or. */
+class LocState {
+  w = -1;
+  /** Execution this state belongs to; older states are stale and reset on first use (no reallocation). */
+  epoch = -1;
+  constructor(
+    readonly r: Int32Array,
+    readonly o: Int32Array,
+  ) {}
+}
+
+/** The systematic explorer: Source-DPOR with sleep sets (reduce = true) or plain DFS. */
+class Systematic implements Chooser {
+  nodes: Node[] = [];
+  boundReached = false;
+  /** Index of the first step of the current execution that is not a replay of the previous one. */
+  private fresh = 0;
+  // Happens-before tracking for the current execution (DPOR only). Step j's vector clock is
+  // vcs[j * n .. j * n + n): how many steps of each thread happen before it (itself included).
+  private vcs = new Int32Array(1024);
+  private lastOf!: Int32Array;
+  private local!: Int32Array;
+  private stepLocal: number[] = [];
+  private stepOf: Step[] = [];
+  private locs = new Map<number, LocState>();
+  private epoch = 0;
+  private readonly deps: number[] = [];
+
+  constructor(
+    private readonly n: number,
+    private readonly reduce: boolean,
+    private readonly bound: number,
+  ) {}
+
+  beginExecution(): void {
+    this.lastOf = new Int32Array(this.n).fill(-1);
+    this.local = new Int32Array(this.n);
+    this.stepLocal = [];
+    this.stepOf = [];
+    this.epoch++;
+  }
+
+  /** The state of location `key` in this execution, or undefined if untouched so far. */
+  private loc(key: number): LocState | undefined {
+    const ls = this.locs.get(key);
+    return ls !== undefined && ls.epoch === this.epoch ? ls : undefined;
+  }
+
+  private vcAt(k: number, q: number): number {
+    return this.vcs[k * this.n + q]!;
+  }
+
+  choose(ex: Execution): number {
+    const d = ex.steps.length;
+    if (d < this.nodes.length) return this.nodes[d]!.chosen;
+    const parent = d > 0 ? this.nodes[d - 1]! : null;
+    const pend: (Access | null)[] = [];
+    const pendOp: number[] = [];
+    const pendA: number[] = [];
+    for (let t = 0; t < this.n; t++) {
+      pend.push(ex.done[t] ? null : ex.pendingAccess(t));
+      pendOp.push(ex.pendOp[t]!);
+      pendA.push(ex.pendA[t]!);
+    }
+    const node: Node = {
+      enabled: ex.enabledMask(),
+      backtrack: 0,
+      done: 0,
+      sleep: this.reduce && parent !== null ? parent.childSleep : 0,
+      childSleep: 0,
+      chosen: -1,
+      prev: ex.lastThread,
+      preemptions: parent === null ? 0 : parent.preemptions + (this.preempts(parent, parent.chosen) ? 1 : 0),
+      pend,
+      pendOp,
+      pendA,
+    };
+    this.nodes.push(node);
+    if (!this.reduce) node.backtrack = node.enabled;
+    const cand = node.enabled & ~node.sleep;
+    if (cand === 0) return -1;
+    // Prefer continuing the thread that just ran: schedules with few preemptions first.
+    const q = node.prev >= 0 && (cand & (1 << node.prev)) !== 0 ? node.prev : lowest(cand);
+    if (this.bound >= 0 && node.preemptions + (this.preempts(node, q) ? 1 : 0) > this.bound) {
+      // Every other candidate preempts too (q is the running thread whenever it can continue).
+      this.boundReached = true;
+      return -1;
+    }
+    this.take(node, q);
+    return q;
+  }
+
+  /** Would running q at `node` be a preemption (switching away from a thread that could continue)? */
+  private preempts(node: Node, q: number): boolean {
+    return node.prev >= 0 && q !== node.prev && (node.enabled & (1 << node.prev)) !== 0;
+  }
+
+  private take(node: Node, q: number): void {
+    node.backtrack |= 1 << q;
+    if (this.reduce) {
+      let sl = node.sleep | node.done;
+      const pq = node.pend[q]!;
+      for (const p of bitsOf(sl)) if (node.pend[p] === null || conflicts(node.pend[p]!, pq)) sl &= ~(1 << p);
+      node.childSleep = sl & ~(1 << q);
+    }
+    node.done |= 1 << q;
+    node.chosen = q;
+  }
+
+  stepped(_ex: Execution, step: Step): void {
+    if (!this.reduce) return;
+    const n = this.n;
+    const j = this.stepOf.length;
+    const t = step.thread;
+    this.local[t]! += 1;
+    if ((j + 1) * n > this.vcs.length) {
+      const grown = new Int32Array(this.vcs.length * 2);
+      grown.set(this.vcs);
+      this.vcs = grown;
+    }
+    const vcs = this.vcs;
+    const base = j * n;
+    const prev = this.lastOf[t]!;
+    for (let x = 0; x < n; x++) vcs[base + x] = prev >= 0 ? vcs[prev * n + x]! : 0;
+    vcs[base + t] = this.local[t]!;
+    const acc = step.access;
+    // The steps this one depends on: the last write of each location; for a write the reads since; for a
+    // read or a plain write the commutative ors since (an or does not depend on another or).
+    const deps = this.deps;
+    deps.length = 0;
+    for (let k = 0; k < acc.keys.length; k++) {
+      const ls = this.loc(acc.keys[k]!);
+      if (ls === undefined) continue;
+      if (ls.w >= 0) deps.push(ls.w);
+      if (acc.writes[k]) for (let q = 0; q < n; q++) if (ls.r[q]! >= 0) deps.push(ls.r[q]!);
+      if (!acc.ors[k]) for (let q = 0; q < n; q++) if (ls.o[q]! >= 0) deps.push(ls.o[q]!);
+    }
+    // Newest first: a dependency already ordered before this step through a later one, or through this
+    // thread's own history, is not a race; each of the others is.
+    if (deps.length > 1) deps.sort((x, y) => y - x);
+    for (const i of deps) {
+      const s = this.stepOf[i]!;
+      if (vcs[base + s.thread]! >= this.stepLocal[i]!) continue;
+      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) this.reverse(i, j, t);
+      for (let x = 0; x < n; x++) if (vcs[i * n + x]! > vcs[base + x]!) vcs[base + x] = vcs[i * n + x]!;
+    }
+    for (let k = 0; k < acc.keys.length; k++) {
+      const key = acc.keys[k]!;
+      let ls = this.locs.get(key);
+      if (ls === undefined) {
+        ls = new LocState(new Int32Array(n), new Int32Array(n));
+        this.locs.set(key, ls);
+      }
+      if (ls.epoch !== this.epoch) {
+        ls.epoch = this.epoch;
+        ls.w = -1;
+        ls.r.fill(-1);
+        ls.o.fill(-1);
+      }
+      if (acc.ors[k]) {
+        ls.o[t] = j;
+      } else if (acc.writes[k]) {
+        ls.w = j;
+        ls.r.fill(-1);
+        ls.o.fill(-1);
+      } else ls.r[t] = j;
+    }
+    this.stepLocal.push(this.local[t]!);
+    this.stepOf.push(step);
+    this.lastOf[t] = j;
+  }
+
+  /**
+   * Step j (thread tj; its clock so far at row j of vcs) races with step i. Let v
+   * be the steps after i that do not depend on i, then tj's step. Its initials —
+   * threads whose first step in v depends on no earlier step of v — can each
+   * start the reversed race at i's state; if none is scheduled there, schedule one.
+   */
+  private reverse(i: number, j: number, tj: number): void {
+    const at = this.nodes[i]!;
+    const ti = this.stepOf[i]!.thread;
+    const li = this.stepLocal[i]!;
+    const started = new Array<boolean>(this.n).fill(false);
+    const inV: number[] = [];
+    let initials = 0;
+    const dependsOnV = (k: number): boolean => {
+      for (const k2 of inV) if (this.vcAt(k, this.stepOf[k2]!.thread) >= this.stepLocal[k2]!) return true;
+      return false;
+    };
+    for (let k = i + 1; k < j; k++) {
+      const s = this.stepOf[k]!;
+      if (this.vcAt(k, ti) >= li) continue; // depends on i: not in v
+      if (!started[s.thread]) {
+        started[s.thread] = true;
+        if (!dependsOnV(k)) initials |= 1 << s.thread;
+      }
+      inV.push(k);
+    }
+    if (!started[tj] && !dependsOnV(j)) initials |= 1 << tj;
+    if ((initials & at.backtrack) !== 0) return;
+    const runnable = initials & at.enabled & ~at.sleep;
+    // No initial can run there (blocked there, or asleep): fall back to every enabled thread.
+    at.backtrack |= runnable !== 0 ? 1 << lowest(runnable) : at.enabled;
+  }
+
+  /** Move to the next unexplored alternative; false when the exploration is complete. */
+  nextBranch(): boolean {
+    for (let d = this.nodes.length - 1; d >= 0; d--) {
+      const node = this.nodes[d]!;
+      let cand = node.backtrack & ~node.done & ~node.sleep & node.enabled;
+      while (cand !== 0) {
+        const q = lowest(cand);
+        cand &= ~(1 << q);
+        if (this.bound >= 0 && node.preemptions + (this.preempts(node, q) ? 1 : 0) > this.bound) {
+          node.done |= 1 << q;
+          this.boundReached = true;
+          continue;
+        }
+        this.take(node, q);
+        this.nodes.length = d + 1;
+        this.fresh = d;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  pending(): number {
+    let n = 0;
+    for (const node of this.nodes) {
+      let m = node.backtrack & ~node.done & ~node.sleep & node.enabled;
+      while (m !== 0) {
+        n++;
+        m &= m - 1;
+      }
+    }
+    return n;
+  }
+}
+
+// ---------------------------------------------------------------- random and PCT
+
+function makeRandom(seed: number): () => number {
+  let s = (seed >>> 0) || 0x9e3779b9;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+class RandomChooser implements Chooser {
+  constructor(private readonly rnd: () => number) {}
+  choose(ex: Execution): number {
+    const en = bitsOf(ex.enabledMask());
+    return en[Math.floor(this.rnd() * en.length)]!;
+  }
+}
+
+/** Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010): random priorities, d-1 change points. */
+class PctChooser implements Chooser {
+  private readonly prio: number[];
+  private readonly changeAt: number[];
+  constructor(n: number, depth: number, k: number, rnd: () => number) {
+    const order = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+      const j = Math.floor(rnd() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    this.prio = new Array<number>(n);
+    order.forEach((t, i) => (this.prio[t] = depth + i));
+    this.changeAt = Array.from({ length: Math.max(0, depth - 1) }, () => 1 + Math.floor(rnd() * Math.max(1, k)));
+  }
+  choose(ex: Execution): number {
+    let best = -1;
+    for (const t of bitsOf(ex.enabledMask())) if (best < 0 || this.prio[t]! > this.prio[best]!) best = t;
+    const step = ex.steps.length + 1;
+    const j = this.changeAt.indexOf(step);
+    if (j >= 0) {
+      // A change point: the thread about to run drops below every initial priority, once.
+      this.changeAt[j] = -1;
+      this.prio[best] = this.changeAt.length - j;
+      return this.choose(ex);
+    }
+    return best;
+  }
+}
+
+// ---------------------------------------------------------------- the driver
+
+export function explore(engine: Engine, o: ExploreOptions): ExploreResult {
+  const now = o.now ?? (() => performance.now());
+  const t0 = now();
+  const deadline = o.seconds !== undefined ? t0 + o.seconds * 1000 : Infinity;
+  const maxExec = o.maxExecutions ?? (o.strategy === 'random' || o.strategy === 'pct' ? 10_000 : Infinity);
+  const n = engine.threadNames.length;
+  let executions = 0;
+  let redundant = 0;
+  let maxSteps = 0;
+  let found: FoundViolation | null = null;
+  let complete = false;
+  let lastProgress = t0;
+  const bound = o.preemptions ?? -1;
+  const sys = o.strategy === 'dpor' || o.strategy === 'dfs' ? new Systematic(n, o.strategy === 'dpor', bound) : null;
+  const rnd = makeRandom(o.seed ?? 1);
+  for (;;) {
+    let inner: Chooser;
+    if (sys !== null) {
+      sys.beginExecution();
+      inner = sys;
+    } else if (o.strategy === 'random') inner = new RandomChooser(rnd);
+    else inner = new PctChooser(n, o.pctDepth ?? 3, Math.max(maxSteps, 50), rnd);
+    const rec = new Recorder(inner);
+    const r: ExecutionResult = engine.execute(rec);
+    executions++;
+    if (r.abandoned) redundant++;
+    maxSteps = Math.max(maxSteps, r.steps.length);
+    if (r.violation !== null) {
+      const fv: FoundViolation = {
+        violation: r.violation,
+        schedule: rec.schedule,
+        preemptions: countPreemptions(rec.schedule, rec.enabled),
+      };
+      if (better(fv, found)) found = fv;
+      if (o.continueAfterViolation !== true) break;
+    }
+    if (sys !== null && !sys.nextBranch()) {
+      complete = !sys.boundReached;
+      break;
+    }
+    const t = now();
+    if (executions >= maxExec || t >= deadline) break;
+    if (o.onProgress !== undefined && t - lastProgress >= 200) {
+      lastProgress = t;
+      o.onProgress({ executions, seconds: (t - t0) / 1000, pending: sys?.pending() ?? null });
+    }
+  }
+  return {
+    strategy: o.strategy,
+    executions,
+    redundant,
+    complete,
+    boundReached: sys?.boundReached ?? false,
+    seconds: (now() - t0) / 1000,
+    maxSteps,
+    violation: found,
+  };
+}
+
+/** Run exactly `schedule`; returns the execution and the schedule's preemption count. */
+export function replaySchedule(engine: Engine, schedule: readonly number[]): { result: ExecutionResult; preemptions: number } {
+  const rec = new Recorder(new ReplayChooser(schedule));
+  const result = engine.execute(rec);
+  return { result, preemptions: countPreemptions(rec.schedule, rec.enabled) };
+}
+
+/** Follows a given schedule; fails loudly if it does not fit. */
+export class ReplayChooser implements Chooser {
+  constructor(private readonly schedule: readonly number[]) {}
+  choose(ex: Execution): number {
+    const k = ex.steps.length;
+    if (k >= this.schedule.length) throw new ScheduleMismatch(`the schedule ends after ${this.schedule.length} steps but threads are still running`);
+    const t = this.schedule[k]!;
+    if (t >= ex.nThreads) throw new ScheduleMismatch(`step ${k + 1} names thread ${t}; the scenario has ${ex.nThreads}`);
+    if (!ex.isEnabled(t)) throw new ScheduleMismatch(`step ${k + 1} runs thread ${t}, which cannot run there`);
+    return t;
+  }
+}
+
+export class ScheduleMismatch extends Error {
+  override readonly name = 'ScheduleMismatch';
+}

@@ -1,0 +1,166 @@
+// `kvmmu check` and `kvmmu scenarios`: run the interleaving checker on built-in or user scenarios and report in text or JSON.
+
+import { KvmmuError } from '../shm/errors';
+import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode } from '../kvm/config';
+import { replayCheck, runCheck, type CheckReport } from '../check/check';
+import type { Strategy } from '../check/explore';
+import type { ScenarioSpec } from '../check/gen/scenario';
+import { decodeReplay } from '../check/trace';
+import { findScenario, loadCatalog, loadGenModule, loadScenarioFile } from './scenario-file';
+import { StatusLine } from './progress';
+
+export interface CheckCliOptions {
+  scenario?: string;
+  file?: string;
+  all: boolean;
+  guard: string[];
+  mode?: MmuMode;
+  indirectFastPath?: IndirectFastPath;
+  strategy: Strategy;
+  preemptions?: number;
+  executions?: number;
+  seconds?: number;
+  seed: number;
+  replay?: string;
+  json: boolean;
+}
+
+/** Run the check command; returns the exit code (0 clean, 1 violation). Usage errors throw KvmmuError. */
+export function checkCommand(o: CheckCliOptions): number {
+  const gen = loadGenModule();
+  const catalog = loadCatalog();
+  const chosen = [o.all, o.scenario !== undefined && o.file === undefined, o.file !== undefined, o.replay !== undefined].filter(Boolean).length;
+  if (o.all && (o.scenario !== undefined || o.file !== undefined)) throw new KvmmuError('give --all, or --scenario / --file, not both');
+  if (chosen === 0) throw new KvmmuError('say what to check: --scenario NAME, --file PATH, --all, or --replay STRING');
+
+  if (o.replay !== undefined) {
+    const r = decodeReplay(o.replay);
+    if (o.scenario !== undefined && o.file === undefined && o.scenario !== r.scenario)
+      throw new KvmmuError(`--scenario ${o.scenario} does not match the replay string's scenario ${r.scenario}`);
+    if (o.guard.length > 0) {
+      const off = guardsOff(parseGuards(o.guard));
+      if (off.join('+') !== [...r.guardsOff].sort((a, b) => GUARD_NAMES.indexOf(a) - GUARD_NAMES.indexOf(b)).join('+'))
+        throw new KvmmuError(`--guard settings do not match the replay string (guards off there: ${r.guardsOff.join(', ') || 'none'})`);
+    }
+    if (o.mode !== undefined && o.mode !== r.mode) throw new KvmmuError(`--mode ${o.mode} does not match the replay string's mode ${r.mode}`);
+    const spec = o.file !== undefined ? loadScenarioFile(o.file, r.scenario) : findScenario(catalog, r.scenario);
+    const report = replayCheck(gen, spec, r);
+    print(report, o.json);
+    return report.violation === null ? 0 : 1;
+  }
+
+  const guards = parseGuards(o.guard, ALL_GUARDS);
+  const specs: ScenarioSpec[] = o.all
+    ? [...catalog.builtin]
+    : [o.file !== undefined ? loadScenarioFile(o.file, o.scenario) : findScenario(catalog, o.scenario!)];
+  const reports: CheckReport[] = [];
+  for (const spec of specs) {
+    if (o.mode !== undefined && spec.modes !== undefined && !spec.modes.includes(o.mode)) {
+      if (o.all) continue;
+      throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${o.mode}`);
+    }
+    const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
+    const report = runCheck(gen, spec, {
+      mode: o.mode,
+      guards,
+      indirectFastPath: o.indirectFastPath,
+      strategy: o.strategy,
+      preemptions: o.preemptions,
+      executions: o.executions,
+      seconds: o.seconds,
+      seed: o.seed,
+      onProgress:
+        status === null
+          ? undefined
+          : (p) =>
+              status.show(
+                `check ${spec.name}: ${p.executions} executions, ${Math.round(p.executions / Math.max(p.seconds, 1e-3))}/s` +
+                  (p.pending !== null ? `, ${p.pending} alternatives pending` : ''),
+              ),
+    });
+    status?.clear();
+    reports.push(report);
+    if (!o.json) process.stdout.write(formatCheckReport(report) + '\n');
+  }
+  if (o.json) process.stdout.write(JSON.stringify(o.all ? reports.map(toJson) : toJson(reports[0]!)) + '\n');
+  return reports.some((r) => r.violation !== null) ? 1 : 0;
+}
+
+function print(report: CheckReport, json: boolean): void {
+  process.stdout.write(json ? JSON.stringify(toJson(report)) + '\n' : formatCheckReport(report) + '\n');
+}
+
+/** The documented JSON shape: {scenario, guards, strategy, complete, executions, seconds, violation}. */
+export function toJson(r: CheckReport): Record<string, unknown> {
+  return {
+    scenario: r.scenario,
+    mode: r.mode,
+    guards: r.guards,
+    indirectFastPath: r.indirectFastPath,
+    strategy: r.strategy,
+    preemptionBound: r.preemptionBound,
+    complete: r.complete,
+    boundReached: r.boundReached,
+    executions: r.executions,
+    seconds: r.seconds,
+    threads: r.threads,
+    violation:
+      r.violation === null
+        ? null
+        : {
+            invariant: r.violation.invariant,
+            statement: r.violation.statement,
+            message: r.violation.message,
+            schedule: r.violation.schedule,
+            preemptions: r.violation.preemptions,
+            steps: r.violation.steps,
+            trace: r.violation.trace,
+          },
+  };
+}
+
+export function formatCheckReport(r: CheckReport): string {
+  const lines: string[] = [];
+  const mode = r.mode === null ? '' : ` (${r.mode} mode)`;
+  const off = r.guards.off.length === 0 ? 'all guards on' : `guards off: ${r.guards.off.join(', ')}`;
+  lines.push(`scenario ${r.scenario}${mode}, ${off}`);
+  const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
+  lines.push(`${r.strategy}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
+  if (r.violation !== null) {
+    const v = r.violation;
+    lines.push(`VIOLATION of ${v.invariant}${v.statement !== '' ? ` (${v.statement})` : ''}:`);
+    lines.push(`  ${v.message}`);
+    lines.push(`  ${v.steps} steps, ${v.preemptions} preemption${v.preemptions === 1 ? '' : 's'}:`);
+    lines.push('');
+    lines.push(v.table);
+    lines.push('');
+    lines.push(`replay: kvmmu check --replay '${v.schedule}'`);
+  } else if (r.strategy === 'replay') {
+    lines.push('no violation on this schedule');
+  } else if (r.complete) {
+    lines.push(`no violation: every schedule was explored${r.preemptionBound !== null ? ` within ${r.preemptionBound} preemptions` : ' (exhaustive)'}`);
+  } else {
+    const why = r.boundReached ? `the preemption bound (${r.preemptionBound}) cut schedules off` : 'the execution or time budget ran out';
+    lines.push(`no violation found, but the exploration is NOT exhaustive: ${why}`);
+  }
+  return lines.join('\n');
+}
+
+/** `kvmmu scenarios`: the built-ins and examples, with the guard each exercises. */
+export function scenariosCommand(json: boolean): number {
+  const c = loadCatalog();
+  const rows = [
+    ...c.builtin.map((s) => ({ name: s.name, kind: 'built-in', guard: s.guard ?? null, modes: s.modes ?? ['direct', 'shadow'], threads: Object.keys(s.threads), description: s.description })),
+    ...c.examples.map((s) => ({ name: s.name, kind: 'example', guard: null, modes: [], threads: Object.keys(s.threads), description: s.description })),
+  ];
+  if (json) {
+    process.stdout.write(JSON.stringify(rows) + '\n');
+    return 0;
+  }
+  for (const r of rows) {
+    process.stdout.write(`${r.name.padEnd(18)} ${r.kind === 'example' ? 'example (not KVM)' : `guard ${r.guard}, ${r.modes.join('/')} mode`}; threads: ${r.threads.join(', ')}\n`);
+    process.stdout.write(`${''.padEnd(18)} ${r.description}\n`);
+  }
+  return 0;
+}
+

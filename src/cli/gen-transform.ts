@@ -1,0 +1,311 @@
+// Compiles the same TypeScript source into generator form for the checker: every function that can reach an access-layer operation becomes a generator, and every call to one a `yield*`.
+//
+// The access layer calls `hook.before(...)` before each operation; that
+// interface method is the one base "interruptible" function. A function is
+// interruptible if it calls an interruptible function (resolved with the type
+// checker), and an interface method is interruptible if a class implementing it
+// has an interruptible method of that name (so calls through MmuNotifier or
+// GuestPtAccess are followed). The emitted code is the compiled source with:
+//   - `function*` / `*method` for each interruptible function (an arrow
+//     function becomes a bound `function*` expression);
+//   - `(yield* f(...))` for each call to one.
+// The checker then supplies a hook whose `before` is a generator that yields
+// the operation, so each operation is a point where a single-threaded
+// scheduler can switch threads. Code the scheduler cannot follow is an error:
+// an interruptible function referenced other than by a direct call (a
+// callback) — except as a property value, the way a scenario names its
+// threads — or called from a constructor, getter or module top level.
+
+import * as path from 'node:path';
+import ts from 'typescript';
+
+export interface GenBuildResult {
+  /** Emitted files (absolute paths). */
+  readonly files: string[];
+  /** Qualified names of the interruptible functions, for inspection. */
+  readonly interruptible: string[];
+}
+
+export class GenTransformError extends Error {
+  override readonly name = 'GenTransformError';
+}
+
+type FnLike = ts.FunctionDeclaration | ts.MethodDeclaration | ts.FunctionExpression | ts.ArrowFunction;
+
+function isFnLike(n: ts.Node): n is FnLike {
+  return ts.isFunctionDeclaration(n) || ts.isMethodDeclaration(n) || ts.isFunctionExpression(n) || ts.isArrowFunction(n);
+}
+
+function isFnBoundary(n: ts.Node): boolean {
+  return ts.isFunctionLike(n) || ts.isClassStaticBlockDeclaration(n);
+}
+
+/**
+ * Transform `files` (and only those) of a program built from `rootNames` with
+ * `options`, writing JavaScript under `options.outDir`. `rewriteImport` may
+ * change a module specifier in the output (for user scenario files).
+ */
+export function buildGen(
+  rootNames: readonly string[],
+  options: ts.CompilerOptions,
+  files: readonly string[],
+  rewriteImport?: (specifier: string, fromFile: string) => string,
+): GenBuildResult {
+  const program = ts.createProgram(rootNames, options);
+  const diags = ts.getPreEmitDiagnostics(program).filter((d) => d.category === ts.DiagnosticCategory.Error);
+  if (diags.length > 0) throw new GenTransformError(ts.formatDiagnostics(diags, formatHost));
+  const checker = program.getTypeChecker();
+  const targets = new Set(files.map((f) => path.resolve(f)));
+  const sources = program.getSourceFiles().filter((sf) => targets.has(path.resolve(sf.fileName)));
+  if (sources.length !== targets.size) {
+    const found = new Set(sources.map((s) => path.resolve(s.fileName)));
+    throw new GenTransformError(`not in the program: ${[...targets].filter((t) => !found.has(t)).join(', ')}`);
+  }
+
+  // All function-likes in every program file we can see into (so interruptibility flows through imports).
+  const fnLikes: FnLike[] = [];
+  const classes: ts.ClassDeclaration[] = [];
+  let base: ts.Declaration | undefined;
+  for (const sf of program.getSourceFiles()) {
+    if (sf.isDeclarationFile) continue;
+    const visit = (n: ts.Node): void => {
+      if (isFnLike(n)) fnLikes.push(n);
+      if (ts.isClassDeclaration(n)) classes.push(n);
+      if (ts.isInterfaceDeclaration(n) && n.name.text === 'AccessHook' && sf.fileName.endsWith(path.join('shm', 'access.ts'))) {
+        for (const m of n.members) if (ts.isMethodSignature(m) && m.name.getText(sf) === 'before') base = m;
+      }
+      ts.forEachChild(n, visit);
+    };
+    visit(sf);
+  }
+  // A file that never reaches the access layer has no interruptible functions (base stays undefined).
+  const interruptible = new Set<ts.Declaration>(base === undefined ? [] : [base]);
+  const calleeOf = (call: ts.CallExpression): ts.Declaration | undefined => {
+    const sig = checker.getResolvedSignature(call);
+    const d = sig?.getDeclaration();
+    return d === undefined ? undefined : (ts.getOriginalNode(d) as ts.Declaration);
+  };
+  // Calls made directly in each function's own body (not in nested functions).
+  const ownCalls = new Map<FnLike, ts.CallExpression[]>();
+  for (const fn of fnLikes) {
+    const calls: ts.CallExpression[] = [];
+    const visit = (n: ts.Node): void => {
+      if (n !== fn && isFnBoundary(n)) return;
+      if (ts.isCallExpression(n)) calls.push(n);
+      ts.forEachChild(n, visit);
+    };
+    if (fn.body !== undefined) visit(fn.body);
+    ownCalls.set(fn, calls);
+  }
+  // Interface members each class method implements.
+  const implementsOf = new Map<ts.MethodDeclaration, ts.Declaration[]>();
+  for (const c of classes) {
+    for (const h of c.heritageClauses ?? []) {
+      if (h.token !== ts.SyntaxKind.ImplementsKeyword) continue;
+      for (const t of h.types) {
+        const type = checker.getTypeAtLocation(t);
+        for (const m of c.members) {
+          if (!ts.isMethodDeclaration(m) || m.name === undefined) continue;
+          const prop = type.getProperty(m.name.getText());
+          if (prop === undefined) continue;
+          const list = implementsOf.get(m) ?? [];
+          list.push(...(prop.getDeclarations() ?? []));
+          implementsOf.set(m, list);
+        }
+      }
+    }
+  }
+
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const fn of fnLikes) {
+      if (interruptible.has(fn)) continue;
+      const calls = ownCalls.get(fn)!;
+      const reaches = calls.some((c) => {
+        const d = calleeOf(c);
+        return d !== undefined && interruptible.has(d);
+      });
+      const viaInterface =
+        ts.isMethodDeclaration(fn) && (implementsOf.get(fn) ?? []).some((d) => interruptible.has(d));
+      if (reaches || viaInterface) {
+        interruptible.add(fn);
+        changed = true;
+      }
+    }
+    for (const [m, decls] of implementsOf) {
+      if (!interruptible.has(m)) continue;
+      for (const d of decls) {
+        if (!interruptible.has(d)) {
+          interruptible.add(d);
+          changed = true;
+        }
+      }
+    }
+  }
+
+  // Check what the transform cannot express, in the files it emits.
+  const problems: string[] = [];
+  const where = (n: ts.Node): string => {
+    const sf = n.getSourceFile();
+    const { line, character } = sf.getLineAndCharacterOfPosition(n.getStart(sf));
+    return `${path.relative(process.cwd(), sf.fileName)}:${line + 1}:${character + 1}`;
+  };
+  const wrap = new Set<ts.CallExpression>();
+  for (const sf of sources) {
+    const visit = (n: ts.Node): void => {
+      if (ts.isCallExpression(n)) {
+        const d = calleeOf(n);
+        if (d !== undefined && interruptible.has(d)) {
+          const encl = enclosingFn(n);
+          if (encl === undefined || !isFnLike(encl)) problems.push(`${where(n)}: call to an interruptible function outside a function (constructor, getter, initializer or top level)`);
+          else wrap.add(n);
+        }
+      }
+      // A function named as a property value (a scenario's thread, setup or check) is fine: the checker
+      // calls those knowing they are generators. Anywhere else a value use would be called as a plain function.
+      if ((ts.isIdentifier(n) || ts.isPrivateIdentifier(n)) && !isCallee(n) && !isDeclarationName(n) && !ts.isPropertyAssignment(n.parent)) {
+        const sym = checker.getSymbolAtLocation(n);
+        const decls = sym?.getDeclarations() ?? [];
+        if (decls.some((d) => interruptible.has(d) && isFnLike(d)) && !isTypePosition(n))
+          problems.push(`${where(n)}: interruptible function '${n.getText()}' used as a value (callbacks cannot be followed by the scheduler)`);
+      }
+      ts.forEachChild(n, visit);
+    };
+    visit(sf);
+  }
+  for (const fn of fnLikes) {
+    if (!interruptible.has(fn) || !targets.has(path.resolve(fn.getSourceFile().fileName))) continue;
+    if (ts.isArrowFunction(fn) && usesArguments(fn)) problems.push(`${where(fn)}: an interruptible arrow function uses 'arguments'`);
+    if (ts.isArrowFunction(fn) || ts.isFunctionExpression(fn)) {
+      let p: ts.Node = fn.parent;
+      while (ts.isParenthesizedExpression(p)) p = p.parent;
+      if (!ts.isPropertyAssignment(p) && !ts.isVariableDeclaration(p))
+        problems.push(`${where(fn)}: an interruptible function passed as a value (a callback the scheduler cannot follow); call kvmmu functions directly`);
+    }
+  }
+  if (problems.length > 0) throw new GenTransformError(`cannot compile to generator form:\n  ${problems.join('\n  ')}`);
+
+  const transformer: ts.TransformerFactory<ts.SourceFile> = (ctx) => {
+    const f = ctx.factory;
+    const visit = (node: ts.Node): ts.Node => {
+      const orig = ts.getOriginalNode(node);
+      if (ts.isCallExpression(node) && wrap.has(orig as ts.CallExpression)) {
+        const inner = ts.visitEachChild(node, visit, ctx);
+        return f.createParenthesizedExpression(f.createYieldExpression(f.createToken(ts.SyntaxKind.AsteriskToken), inner));
+      }
+      if (
+        rewriteImport !== undefined &&
+        ts.isCallExpression(node) &&
+        ts.isIdentifier(node.expression) &&
+        node.expression.text === 'require' &&
+        node.arguments.length === 1 &&
+        ts.isStringLiteral(node.arguments[0]!)
+      ) {
+        return f.updateCallExpression(node, node.expression, undefined, [f.createStringLiteral(rewriteImport(node.arguments[0].text, node.getSourceFile().fileName))]);
+      }
+      if (rewriteImport !== undefined && (ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier !== undefined && ts.isStringLiteral(node.moduleSpecifier)) {
+        const spec = rewriteImport(node.moduleSpecifier.text, node.getSourceFile().fileName);
+        if (ts.isImportDeclaration(node))
+          return f.updateImportDeclaration(node, node.modifiers, node.importClause, f.createStringLiteral(spec), node.attributes);
+        return f.updateExportDeclaration(node, node.modifiers, node.isTypeOnly, node.exportClause, f.createStringLiteral(spec), node.attributes);
+      }
+      if (isFnLike(node) && interruptible.has(orig as ts.Declaration)) {
+        const star = f.createToken(ts.SyntaxKind.AsteriskToken);
+        const body = ts.visitEachChild(node, visit, ctx);
+        if (ts.isFunctionDeclaration(body))
+          return f.updateFunctionDeclaration(body, body.modifiers, star, body.name, body.typeParameters, body.parameters, body.type, body.body);
+        if (ts.isMethodDeclaration(body))
+          return f.updateMethodDeclaration(body, body.modifiers, star, body.name, body.questionToken, body.typeParameters, body.parameters, body.type, body.body!);
+        if (ts.isFunctionExpression(body))
+          return f.updateFunctionExpression(body, body.modifiers, star, body.name, body.typeParameters, body.parameters, body.type, body.body);
+        if (ts.isArrowFunction(body)) {
+          const block = ts.isBlock(body.body) ? body.body : f.createBlock([f.createReturnStatement(body.body)], true);
+          const gen = f.createFunctionExpression(body.modifiers?.filter((m) => m.kind !== ts.SyntaxKind.AsyncKeyword) as ts.Modifier[] | undefined, star, undefined, body.typeParameters, body.parameters, body.type, block);
+          // Arrow functions see the enclosing `this`; bind it so the generator does too.
+          return usesThis(orig as ts.ArrowFunction)
+            ? f.createCallExpression(f.createPropertyAccessExpression(f.createParenthesizedExpression(gen), 'bind'), undefined, [f.createThis()])
+            : f.createParenthesizedExpression(gen);
+        }
+      }
+      return ts.visitEachChild(node, visit, ctx);
+    };
+    return (sf) => ts.visitNode(sf, visit) as ts.SourceFile;
+  };
+
+  const written: string[] = [];
+  for (const sf of sources) {
+    const r = program.emit(sf, (name, text) => {
+      ts.sys.writeFile(name, text);
+      written.push(path.resolve(name));
+    }, undefined, false, { before: [transformer] });
+    const errs = r.diagnostics.filter((d) => d.category === ts.DiagnosticCategory.Error);
+    if (errs.length > 0) throw new GenTransformError(ts.formatDiagnostics(errs, formatHost));
+  }
+  const names = [...interruptible].filter(isFnLike).map((d) => qualifiedName(d));
+  return { files: written, interruptible: names.sort() };
+}
+
+const formatHost: ts.FormatDiagnosticsHost = {
+  getCanonicalFileName: (f) => f,
+  getCurrentDirectory: () => process.cwd(),
+  getNewLine: () => '\n',
+};
+
+function enclosingFn(n: ts.Node): ts.Node | undefined {
+  for (let p = n.parent; p !== undefined; p = p.parent) if (isFnBoundary(p) || ts.isPropertyDeclaration(p)) return p;
+  return undefined;
+}
+
+function isCallee(n: ts.Node): boolean {
+  const p = n.parent;
+  if (ts.isCallExpression(p) && p.expression === n) return true;
+  if ((ts.isPropertyAccessExpression(p) || ts.isElementAccessExpression(p)) && p.parent !== undefined) {
+    const pa = p as ts.PropertyAccessExpression;
+    if ((ts.isPropertyAccessExpression(p) && p.name === n) && ts.isCallExpression(p.parent) && p.parent.expression === pa) return true;
+  }
+  return false;
+}
+
+function isDeclarationName(n: ts.Node): boolean {
+  const p = n.parent;
+  return (
+    (ts.isFunctionDeclaration(p) || ts.isMethodDeclaration(p) || ts.isMethodSignature(p) || ts.isFunctionExpression(p) || ts.isPropertyAssignment(p)) &&
+    (p as { name?: ts.Node }).name === n
+  );
+}
+
+function isTypePosition(n: ts.Node): boolean {
+  for (let p: ts.Node | undefined = n.parent; p !== undefined; p = p.parent) {
+    if (ts.isTypeNode(p) || ts.isHeritageClause(p) || ts.isImportSpecifier(p) || ts.isExportSpecifier(p)) return true;
+    if (ts.isExpression(p) || ts.isStatement(p)) return false;
+  }
+  return false;
+}
+
+function usesThis(fn: ts.ArrowFunction): boolean {
+  let found = false;
+  const visit = (n: ts.Node): void => {
+    if (found) return;
+    if (n.kind === ts.SyntaxKind.ThisKeyword) found = true;
+    else if (!(ts.isFunctionLike(n) && !ts.isArrowFunction(n))) ts.forEachChild(n, visit);
+  };
+  ts.forEachChild(fn, visit);
+  return found;
+}
+
+function usesArguments(fn: ts.ArrowFunction): boolean {
+  let found = false;
+  const visit = (n: ts.Node): void => {
+    if (found) return;
+    if (ts.isIdentifier(n) && n.text === 'arguments') found = true;
+    else if (!(ts.isFunctionLike(n) && !ts.isArrowFunction(n))) ts.forEachChild(n, visit);
+  };
+  ts.forEachChild(fn, visit);
+  return found;
+}
+
+function qualifiedName(d: FnLike): string {
+  const name = d.name !== undefined ? d.name.getText() : '<anonymous>';
+  const cls = d.parent !== undefined && ts.isClassDeclaration(d.parent) && d.parent.name !== undefined ? `${d.parent.name.text}.` : '';
+  return `${path.basename(d.getSourceFile().fileName, '.ts')}:${cls}${name}`;
+}

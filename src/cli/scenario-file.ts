@@ -1,0 +1,105 @@
+// Loading the checker's scenarios: the built-ins from the generator-form build, and a user's .ts or .js scenario file compiled to generator form on the fly.
+
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import ts from 'typescript';
+import { KvmmuError } from '../shm/errors';
+import type { GenScenarioModule } from '../check/engine';
+import type { ScenarioSpec } from '../check/gen/scenario';
+import { GenTransformError, buildGen } from './gen-transform';
+
+/** dist/ of this installation (this file is dist/src/cli/scenario-file.js). */
+const DIST = path.join(__dirname, '..', '..');
+/** The project root, where src/ lives. */
+const ROOT = path.join(DIST, '..');
+
+/** The generator-form scenario runtime the checker drives. */
+export function loadGenModule(): GenScenarioModule {
+  const file = path.join(DIST, 'gen', 'src', 'check', 'gen', 'scenario.js');
+  if (!fs.existsSync(file)) throw new KvmmuError(`the checker's generator build is missing (${file}): run npm run build`);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require(file) as GenScenarioModule;
+}
+
+export interface ScenarioCatalog {
+  readonly builtin: readonly ScenarioSpec[];
+  readonly examples: readonly ScenarioSpec[];
+}
+
+export function loadCatalog(): ScenarioCatalog {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const m = require(path.join(DIST, 'gen', 'src', 'check', 'gen', 'scenarios', 'index.js')) as {
+    BUILTIN_SCENARIOS: ScenarioSpec[];
+    EXAMPLE_SCENARIOS: ScenarioSpec[];
+  };
+  return { builtin: m.BUILTIN_SCENARIOS, examples: m.EXAMPLE_SCENARIOS };
+}
+
+export function findScenario(catalog: ScenarioCatalog, name: string): ScenarioSpec {
+  const all = [...catalog.builtin, ...catalog.examples];
+  const s = all.find((x) => x.name === name);
+  if (s === undefined) throw new KvmmuError(`unknown scenario '${name}': the scenarios are ${all.map((x) => x.name).join(', ')}`);
+  return s;
+}
+
+function isScenario(v: unknown): v is ScenarioSpec {
+  return v !== null && typeof v === 'object' && typeof (v as ScenarioSpec).name === 'string' && typeof (v as ScenarioSpec).threads === 'object';
+}
+
+/**
+ * Compile a user's scenario file (TypeScript or JavaScript importing
+ * 'kvmmu/scenario') to generator form and load the scenarios it exports. With
+ * several, `pick` names the one to use. Errors (missing file, type errors,
+ * code the checker cannot follow, no scenario exported) are KvmmuErrors.
+ */
+export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
+  const abs = path.resolve(file);
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isFile()) throw new KvmmuError(`cannot read scenario file ${file}: no such file`);
+  if (!/\.(ts|js|mts|cts|mjs|cjs)$/.test(abs)) throw new KvmmuError(`scenario file ${file} must be a .ts or .js file`);
+  const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-scenario-'));
+  const api = path.join(ROOT, 'src', 'check', 'gen', 'api.ts');
+  const options: ts.CompilerOptions = {
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.CommonJS,
+    moduleResolution: ts.ModuleResolutionKind.Node10,
+    lib: ['lib.es2022.d.ts'],
+    types: [],
+    strict: true,
+    allowJs: true,
+    checkJs: false,
+    esModuleInterop: true,
+    skipLibCheck: true,
+    baseUrl: ROOT,
+    paths: { 'kvmmu/scenario': [api] },
+    outDir,
+    sourceMap: false,
+    declaration: false,
+  };
+  let emitted: string[];
+  try {
+    const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
+    emitted = buildGen([abs], options, [abs], (spec) => (spec === 'kvmmu/scenario' ? genApi : spec)).files;
+  } catch (e) {
+    if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
+    throw e;
+  }
+  const js = emitted.find((f) => f.endsWith('.js'));
+  if (js === undefined) throw new KvmmuError(`scenario file ${file} produced no JavaScript`);
+  let mod: Record<string, unknown>;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    mod = require(js) as Record<string, unknown>;
+  } catch (e) {
+    throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message}`);
+  }
+  const found = Object.values(mod).filter(isScenario);
+  if (found.length === 0) throw new KvmmuError(`scenario file ${file} exports no scenario (export the result of defineScenario)`);
+  if (pick !== undefined) {
+    const s = found.find((x) => x.name === pick);
+    if (s === undefined) throw new KvmmuError(`scenario file ${file} has no scenario '${pick}' (it has ${found.map((x) => x.name).join(', ')})`);
+    return s;
+  }
+  if (found.length > 1) throw new KvmmuError(`scenario file ${file} exports ${found.length} scenarios: pick one with --scenario (${found.map((x) => x.name).join(', ')})`);
+  return found[0]!;
+}

@@ -1,0 +1,262 @@
+// Shadow paging: write-protection of shadowed guest tables, emulated table writes and write flooding, invlpg, 2 MiB guest pages, page recycling and zap-all.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Kvm } from '../../src/kvm/kvm';
+import { KVM_REQ_TLB_FLUSH, VCPU_REQUESTS } from '../../src/kvm/kvm';
+import { SP_ROOT_COUNT, makeRole, roleIsDirect, roleLevel } from '../../src/kvm/mmu-page';
+import { readTlb, type Vcpu } from '../../src/vcpu/vcpu';
+import { pteIndex } from '../../src/x86/pte';
+import {
+  SPTE_HOST_WRITABLE,
+  SPTE_MMU_WRITABLE,
+  SPTE_WRITABLE_MASK,
+  isShadowPresentPte,
+  spteToChild,
+  spteToPfn,
+} from '../../src/x86/spte';
+import { DATA_FLAGS, NOTE, OP, inGuest, leafSptep, makeVm, spteAt, type TestVm } from '../helpers/vm';
+
+const WBITS = SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE | SPTE_HOST_WRITABLE;
+
+function locked<T>(k: Kvm, f: () => T): T {
+  k.mem.lock(k.mmuLock);
+  try {
+    return f();
+  } finally {
+    k.mem.unlock(k.mmuLock);
+  }
+}
+
+function trackCount(k: Kvm, gfn: number): number {
+  return locked(k, () => k.pages.gfnTrackCount(k.gfnToHvpn(gfn)));
+}
+
+function inUse(k: Kvm): number[] {
+  return locked(k, () => {
+    const out: number[] = [];
+    out.length = k.pages.collectInUse(out);
+    return out;
+  });
+}
+
+/** The guest frame of the page table that maps data page 0 (level 1). */
+function dataTableGfn(vm: TestVm): number {
+  return Math.floor(vm.pt!.pteGpa(vm.addr(0), 1) / 4096);
+}
+
+function readGpa(vm: TestVm, gpa: number): bigint {
+  return vm.host.host.readUser64(vm.host.gfnToHvpn(Math.floor(gpa / 4096)), gpa % 4096);
+}
+
+test('shadowing a guest page table write-protects the SPTEs mapping it (W and MMU_WRITABLE clear), write-tracks its gfn and flushes', () => {
+  const vm = makeVm({ mode: 'shadow' });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const T = dataTableGfn(vm);
+  // The guest first uses T as data through its identity mapping: a writable SPTE.
+  inGuest(v, () => v.write64(T * 4096 + 511 * 8, 0n));
+  const sptepT = leafSptep(v, T * 4096);
+  assert.equal(spteAt(vm, sptepT) & WBITS, WBITS, 'setup: T mapped writable');
+  assert.equal(trackCount(k, T), 0);
+  assert.deepEqual(k.mmu.shadowPagesOf(T), []);
+  const flushes = k.stat('remoteFlushes');
+  inGuest(v, () => v.read64(vm.addr(0))); // walks through T: T gets a shadow page
+  assert.equal(spteAt(vm, sptepT) & WBITS, SPTE_HOST_WRITABLE, 'W and MMU_WRITABLE cleared, HOST_WRITABLE kept');
+  assert.ok(trackCount(k, T) > 0, 'T is write-tracked');
+  const shadows = k.mmu.shadowPagesOf(T);
+  assert.equal(shadows.length, 1);
+  assert.equal(roleLevel(k.pages.role(shadows[0]!)), 1);
+  assert.equal(roleIsDirect(k.pages.role(shadows[0]!)), false);
+  assert.ok(k.stat('remoteFlushes') > flushes, 'TLBs flushed for the write-protection');
+  // The root's table (CR3) is tracked from the start.
+  assert.ok(trackCount(k, vm.pt!.root) > 0);
+});
+
+test("a guest write to its own page table faults, is emulated into guest memory, and zaps the stale shadow entry", () => {
+  const vm = makeVm({ mode: 'shadow' });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  k.host.writeUser64(0, 0, 0x1000n);
+  k.host.writeUser64(7, 0, 0x7000n);
+  assert.equal(inGuest(v, () => v.read64(vm.addr(0))), 0x1000n);
+  const sptep = leafSptep(v, vm.addr(0));
+  assert.ok(isShadowPresentPte(spteAt(vm, sptep)));
+  const pteGpa = vm.pt!.pteGpa(vm.addr(0)); // identity-mapped: also its guest virtual address
+  const newPte = (7n << 12n) | DATA_FLAGS;
+  const emulated = k.stat('emulatedPteWrites');
+  inGuest(v, () => v.write64(pteGpa, newPte));
+  assert.equal(v.kv.stat('pfEmulate'), 1);
+  assert.equal(k.stat('emulatedPteWrites'), emulated + 1);
+  assert.equal(readGpa(vm, pteGpa), newPte, 'the write reached guest memory');
+  assert.equal(spteAt(vm, sptep), 0n, 'the shadow entry for the old translation is gone');
+  assert.equal(inGuest(v, () => v.read64(vm.addr(0))), 0x7000n, 'the next access sees the new mapping');
+  assert.equal(spteToPfn(spteAt(vm, leafSptep(v, vm.addr(0)))), k.host.peekPfn(7));
+});
+
+test('repeated emulated writes to a table no fault uses zap its shadow page (write flooding); the VM keeps working', () => {
+  const vm = makeVm({ mode: 'shadow' });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const T = dataTableGfn(vm);
+  k.host.writeUser64(0, 0, 0xaan);
+  inGuest(v, () => v.read64(vm.addr(0)));
+  assert.equal(k.mmu.shadowPagesOf(T).length, 1);
+  const zapped = k.stat('spZapped');
+  inGuest(v, () => {
+    v.write64(T * 4096 + 500 * 8, 0n);
+    v.write64(T * 4096 + 501 * 8, 0n);
+  });
+  assert.equal(k.stat('spZapped'), zapped, 'two writes: not yet flooding');
+  assert.equal(k.mmu.shadowPagesOf(T).length, 1);
+  inGuest(v, () => v.write64(T * 4096 + 502 * 8, 0n));
+  assert.equal(v.kv.stat('pfEmulate'), 3);
+  assert.equal(k.stat('spZapped'), zapped + 1, 'the third write zaps it');
+  assert.deepEqual(k.mmu.shadowPagesOf(T), []);
+  assert.equal(trackCount(k, T), 0, 'no longer write-tracked');
+  assert.equal(inGuest(v, () => v.read64(vm.addr(0))), 0xaan);
+  assert.equal(k.mmu.shadowPagesOf(T).length, 1, 'shadowed again by the next fault');
+});
+
+test('a fault through the table resets its flood count: writes interleaved with uses do not zap it', () => {
+  const vm = makeVm({ mode: 'shadow' });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const T = dataTableGfn(vm);
+  inGuest(v, () => v.read64(vm.addr(0)));
+  const zapped = k.stat('spZapped');
+  for (let i = 0; i < 4; i++) {
+    inGuest(v, () => {
+      v.write64(T * 4096 + (500 + i) * 8, 0n);
+      v.write64(T * 4096 + (500 + i) * 8, 0n);
+      v.read64(vm.addr(10 + i)); // a fault that walks through T
+    });
+  }
+  assert.equal(k.stat('spZapped'), zapped);
+  assert.equal(k.mmu.shadowPagesOf(T).length, 1);
+});
+
+test('invlpg in shadow mode drops the shadow entry and the TLB entry for the address', () => {
+  const vm = makeVm({ mode: 'shadow' });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const gva = vm.addr(3);
+  inGuest(v, () => v.read64(gva));
+  const sptep = leafSptep(v, gva);
+  assert.ok(isShadowPresentPte(spteAt(vm, sptep)));
+  assert.ok(readTlb(v.kvm, 0).some((e) => e.vpn === gva / 4096));
+  inGuest(v, () => v.invlpg(gva));
+  assert.equal(spteAt(vm, sptep), 0n);
+  assert.equal(locked(k, () => k.rmaps.collect(k.rmaps.rmapHead(3), [])), 0, "gfn 3's rmap is empty");
+  assert.equal(v.kv.stat('invlpg'), 1);
+  assert.ok(!readTlb(v.kvm, 0).some((e) => e.vpn === gva / 4096));
+  inGuest(v, () => v.read64(gva)); // and it comes back on the next access
+  assert.ok(isShadowPresentPte(spteAt(vm, sptep)));
+});
+
+test('invlpg in direct mode leaves the SPTE alone', () => {
+  const vm = makeVm();
+  const v = vm.vcpus[0]!;
+  inGuest(v, () => v.read64(vm.addr(3)));
+  const sptep = leafSptep(v, vm.addr(3));
+  const before = spteAt(vm, sptep);
+  inGuest(v, () => v.invlpg(vm.addr(3)));
+  assert.equal(spteAt(vm, sptep), before);
+});
+
+test('a 2 MiB guest page is mapped through a direct level-1 shadow page whose entries map the right gfns', () => {
+  const vm = makeVm({ mode: 'shadow', dataPages: 1024 });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const G = vm.addr(0) + 2 * (2 << 20); // a 2 MiB-aligned region past the 4 KiB data mappings
+  vm.pt!.mapLarge(G, 512, DATA_FLAGS);
+  k.host.writeUser64(517, 8, 0x517n);
+  k.host.writeUser64(612, 0, 0x612n);
+  assert.equal(inGuest(v, () => v.read64(G + 5 * 4096 + 8)), 0x517n);
+  assert.equal(inGuest(v, () => v.read64(G + 100 * 4096)), 0x612n);
+  // Walk the shadow tables: levels 4..2 shadow guest tables, level 1 is a direct page for the large page.
+  let sp = v.kv.root;
+  for (let level = 4; level > 1; level--) {
+    assert.equal(roleIsDirect(k.pages.role(sp)), false, `level ${level}: indirect`);
+    sp = spteToChild(spteAt(vm, k.pages.sptep(sp, pteIndex(G, level))));
+  }
+  const role = k.pages.role(sp);
+  assert.equal(role, makeRole(1, true, v.kv.walker.pteAccess), 'a valid direct level-1 page with the guest rights');
+  assert.equal(k.mmu.spGfn(sp), 512, 'its first gfn is the large page base');
+  for (const [i, gfn] of [
+    [5, 517],
+    [100, 612],
+  ] as const) {
+    assert.equal(k.pages.entryGfn(sp, i, role), gfn);
+    const spte = spteAt(vm, k.pages.sptep(sp, i));
+    assert.equal(spteToPfn(spte), k.host.peekPfn(gfn), `entry ${i} maps gfn ${gfn}'s frame`);
+    assert.equal(k.pages.sptep(sp, i), leafSptep(v, G + i * 4096));
+  }
+  inGuest(v, () => v.write64(G + 5 * 4096, 9n));
+  assert.equal(k.host.readUser64(517, 0), 9n);
+});
+
+test('with a small shadow-page pool pages are recycled and guest memory still reads back what was written', () => {
+  const vm = makeVm({ mode: 'shadow', dataPages: 1024, spPages: 8 });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const pages = [0, 1, 511, 512, 700, 1023, 3, 600, 100, 900];
+  inGuest(v, () => pages.forEach((p) => v.write64(vm.addr(p) + 16, BigInt(p) * 3n + 1n)));
+  const reads = inGuest(v, () => pages.map((p) => v.read64(vm.addr(p) + 16)));
+  assert.deepEqual(
+    reads,
+    pages.map((p) => BigInt(p) * 3n + 1n),
+  );
+  assert.ok(k.stat('spRecycled') > 0, 'pages were recycled');
+  assert.ok(inUse(k).length <= 8);
+  for (const p of pages) assert.equal(k.host.readUser64(p, 16), BigInt(p) * 3n + 1n);
+});
+
+test('kvmMmuZapAll flushes, then frees every shadow page but the roots in use; the VM keeps working', () => {
+  const vm = makeVm({ mode: 'shadow', vcpus: 2 });
+  const k = vm.host;
+  const [v0, v1] = vm.vcpus as [Vcpu, Vcpu];
+  inGuest(v0, () => [0, 5, 9].forEach((p) => v0.write64(vm.addr(p), BigInt(p) + 100n)));
+  inGuest(v1, () => v1.write64(vm.addr(20), 120n));
+  const before = inUse(k);
+  const roots = new Set([v0.kv.root, v1.kv.root]);
+  assert.ok(before.length > roots.size, 'setup: non-root pages exist');
+  const events: string[] = [];
+  const reqWords = new Set([k.vcpuWord(0, VCPU_REQUESTS), k.vcpuWord(1, VCPU_REQUESTS)]);
+  k.mem.hook = {
+    before(op, a) {
+      if (op === OP.fetchOr32 && reqWords.has(a)) events.push('request');
+    },
+    note(kind, a) {
+      if (kind === NOTE.flushDone) events.push('flushDone');
+      if (kind === NOTE.spFree) events.push(`free ${a}`);
+    },
+  };
+  const freed = k.stat('spFreed');
+  try {
+    k.mmu.kvmMmuZapAll();
+  } finally {
+    k.mem.hook = null;
+  }
+  const firstFree = events.findIndex((e) => e.startsWith('free'));
+  assert.ok(firstFree > 0);
+  assert.deepEqual(events.slice(0, firstFree), ['request', 'request', 'flushDone'], 'the flush completes before any page is freed');
+  const freedPages = events.slice(firstFree).map((e) => Number(e.split(' ')[1]));
+  assert.deepEqual(
+    [...freedPages].sort((a, b) => a - b),
+    before.filter((sp) => !roots.has(sp)).sort((a, b) => a - b),
+    'exactly the non-root pages',
+  );
+  assert.equal(k.stat('spFreed'), freed + freedPages.length);
+  assert.deepEqual(inUse(k).sort(), [...roots].sort(), 'only the roots remain');
+  assert.equal(locked(k, () => k.pages.freeCount()), k.pages.nSp - roots.size);
+  for (const r of roots) assert.ok(k.mem.i32[k.pages.hdr(r, SP_ROOT_COUNT)]! > 0);
+  for (let v = 0; v < 2; v++) assert.ok((k.mem.i32[k.vcpuWord(v, VCPU_REQUESTS)]! & KVM_REQ_TLB_FLUSH) !== 0);
+  assert.deepEqual(
+    inGuest(v1, () => [0, 5, 9, 20].map((p) => v1.read64(vm.addr(p)))),
+    [100n, 105n, 109n, 120n],
+  );
+  inGuest(v0, () => v0.write64(vm.addr(5), 7n));
+  assert.equal(inGuest(v1, () => v1.read64(vm.addr(5))), 7n);
+  assert.ok(inUse(k).length > roots.size);
+});
