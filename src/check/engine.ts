@@ -127,12 +127,18 @@ export class Execution {
     return !this.done[t] && isEnabled(this.i32, this.pendOp[t]!, this.pendA[t]!, this.pendB[t]!);
   }
 
-  /** Bit mask of enabled threads. */
+  /** Bit mask of enabled threads (computed once per state). */
   enabledMask(): number {
+    if (this.enabledAt === this.steps.length) return this.enabledCache;
     let m = 0;
     for (let t = 0; t < this.nThreads; t++) if (this.isEnabled(t)) m |= 1 << t;
+    this.enabledCache = m;
+    this.enabledAt = this.steps.length;
     return m;
   }
+
+  private enabledCache = 0;
+  private enabledAt = -1;
 
   allDone(): boolean {
     for (let t = 0; t < this.done.length; t++) if (!this.done[t]) return false;

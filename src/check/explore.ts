@@ -440,16 +440,19 @@ export function explore(engine: Engine, o: ExploreOptions): ExploreResult {
       inner = sys;
     } else if (o.strategy === 'random') inner = new RandomChooser(rnd);
     else inner = new PctChooser(n, o.pctDepth ?? 3, Math.max(maxSteps, 50), rnd);
-    const rec = new Recorder(inner);
-    const r: ExecutionResult = engine.execute(rec);
+    // The systematic explorer records each state's enabled set and choice in its nodes already.
+    const rec = sys === null ? new Recorder(inner) : null;
+    const r: ExecutionResult = engine.execute(rec ?? inner);
     executions++;
     if (r.abandoned) redundant++;
     maxSteps = Math.max(maxSteps, r.steps.length);
     if (r.violation !== null) {
+      const schedule = rec !== null ? rec.schedule : r.steps.map((s) => s.thread);
+      const enabled = rec !== null ? rec.enabled : sys!.nodes.slice(0, schedule.length).map((nd) => nd.enabled);
       const fv: FoundViolation = {
         violation: r.violation,
-        schedule: rec.schedule,
-        preemptions: countPreemptions(rec.schedule, rec.enabled),
+        schedule,
+        preemptions: countPreemptions(schedule, enabled),
       };
       if (better(fv, found)) found = fv;
       if (o.continueAfterViolation !== true) break;

@@ -80,6 +80,20 @@ export class Observer {
     return out;
   }
 
+  /** The leaf SPTE at `sptep` if it is present in an allocated last-level page, else null. */
+  leafAt(sptep: number): LeafSpte | null {
+    const k = this.kvm;
+    const sp = k.pages.spOf(sptep);
+    if (!this.spInUse(sp)) return null;
+    const role = this.i32[k.pages.hdr(sp, SP_ROLE)]!;
+    if (roleLevel(role) !== 1) return null;
+    const spte = k.mem.u64[sptep]!;
+    if (!isShadowPresentPte(spte)) return null;
+    const idx = k.pages.indexOf(sptep);
+    const gfn = roleIsDirect(role) ? this.i32[k.pages.hdr(sp, SP_GFN)]! + idx : this.i32[k.pages.gfnsBase + sp * 512 + idx]!;
+    return { sp, idx, sptep, spte, gfn };
+  }
+
   /** Every present leaf SPTE in allocated shadow pages. */
   leafSptes(): LeafSpte[] {
     const k = this.kvm;
@@ -302,17 +316,27 @@ class SpteWithinHostMapping implements Monitor {
   afterStep(ex: Execution, s: Step): string | null {
     const writesSpte = (s.op === OP.store64 || s.op === OP.xchg64 || s.op === OP.cmpxchg64) && s.a >= this.o.sptLo && s.a < this.o.sptHi;
     const writesMap = (s.op === OP.store32 || s.op === OP.cmpxchg32) && s.a >= this.o.mapLo && s.a < this.o.mapHi;
-    if (!writesSpte && !writesMap) return null;
-    const k = this.o.kvm;
-    for (const l of this.o.leafSptes()) {
-      const hvpn = k.gfnToHvpn(l.gfn);
-      const m = k.host.peekMapping(hvpn);
-      const pfn = spteToPfn(l.spte);
-      if ((m & MAP_PRESENT) === 0 || mapPfn(m) !== pfn)
-        return `an SPTE maps gfn ${hex(l.gfn)} to frame ${hex(pfn)}, but the host ${(m & MAP_PRESENT) === 0 ? 'no longer maps that gfn' : `maps it to frame ${hex(mapPfn(m))}`} (step ${ex.steps.length}): the guest reaches a frame it does not own`;
-      if (isWritablePte(l.spte) && (m & MAP_WRITABLE) === 0)
-        return `an SPTE lets the guest write gfn ${hex(l.gfn)} while the host maps it read-only (step ${ex.steps.length})`;
+    if (writesSpte) {
+      // Only the SPTE this step wrote can have changed.
+      const l = this.o.leafAt(s.a);
+      return l === null ? null : this.verify(ex, l);
     }
+    if (!writesMap) return null;
+    for (const l of this.o.leafSptes()) {
+      const msg = this.verify(ex, l);
+      if (msg !== null) return msg;
+    }
+    return null;
+  }
+
+  private verify(ex: Execution, l: LeafSpte): string | null {
+    const k = this.o.kvm;
+    const m = k.host.peekMapping(k.gfnToHvpn(l.gfn));
+    const pfn = spteToPfn(l.spte);
+    if ((m & MAP_PRESENT) === 0 || mapPfn(m) !== pfn)
+      return `an SPTE maps gfn ${hex(l.gfn)} to frame ${hex(pfn)}, but the host ${(m & MAP_PRESENT) === 0 ? 'no longer maps that gfn' : `maps it to frame ${hex(mapPfn(m))}`} (step ${ex.steps.length}): the guest reaches a frame it does not own`;
+    if (isWritablePte(l.spte) && (m & MAP_WRITABLE) === 0)
+      return `an SPTE lets the guest write gfn ${hex(l.gfn)} while the host maps it read-only (step ${ex.steps.length})`;
     return null;
   }
 }

@@ -18,6 +18,7 @@ import {
 import { runVm, type RunReport } from '../runtime/run';
 import { ProgressLine } from './progress';
 import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
+import { tourCommand } from './tour';
 import { STRATEGIES } from '../check/explore';
 
 const EXIT_OK = 0;
@@ -103,6 +104,14 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object', false)
     .action((opts: CheckCliOptions) => {
       process.exitCode = checkCommand(opts);
+    });
+
+  program
+    .command('tour')
+    .description('the checker finds each documented race with its guard off and none with all guards on; then a short real-thread run')
+    .option('--seconds <s>', 'length of the real-thread run', positive('--seconds'), 5)
+    .action(async (opts: { seconds: number }) => {
+      process.exitCode = await tourCommand(opts);
     });
 
   program
