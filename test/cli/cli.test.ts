@@ -68,3 +68,30 @@ test('the text report names the fault counts and the verdict', () => {
   assert.match(r.stdout, /faults: +\d+ fast, \d+ slow/);
   assert.match(r.stdout, /verdict: +OK/);
 });
+
+test("'kvmmu check' exits 1 with a replayable counterexample when a guard is off, and 0 when every guard is on", () => {
+  const off = kvmmu('check', '--scenario', 'notifier-race', '--guard', 'notifier-retry=off', '--json');
+  assert.equal(off.code, 1, off.stderr);
+  const j = JSON.parse(off.stdout) as { complete: boolean; violation: { invariant: string; schedule: string; trace: unknown[] } };
+  assert.equal(j.violation.invariant, 'spte-within-host-mapping');
+  const replay = kvmmu('check', '--replay', j.violation.schedule);
+  assert.equal(replay.code, 1);
+  assert.match(replay.stdout, /VIOLATION of spte-within-host-mapping/);
+  const on = kvmmu('check', '--scenario', 'notifier-race');
+  assert.equal(on.code, 0, on.stderr);
+  assert.match(on.stdout, /no violation: every schedule was explored \(exhaustive\)/);
+});
+
+test("'kvmmu check' usage errors: nothing to check, an unknown scenario, a malformed replay string", () => {
+  for (const [args, pattern] of [
+    [['check'], /say what to check/],
+    [['check', '--scenario', 'nope'], /unknown scenario 'nope'/],
+    [['check', '--replay', 'x:y'], /malformed replay string/],
+    [['check', '--scenario', 'wp-tlb-flush', '--mode', 'direct'], /runs in shadow mode, not direct/],
+    [['check', '--scenario', 'lost-update', '--strategy', 'bfs'], /Allowed choices are dpor, dfs, random, pct/],
+  ] as const) {
+    const r = kvmmu(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+  }
+});
