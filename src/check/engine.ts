@@ -225,11 +225,11 @@ export class Engine {
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const engine = this;
     this.trackingHook = {
-      *before(op: number, a: number, b: number, c: number) {
+      before(op: number, a: number, b: number, c: number) {
         engine.noteWrite(op, a, b, c);
       },
       note() {},
-    } as unknown as AccessHook;
+    };
     for (let t = 0; t < this.threadNames.length; t++) {
       const mem = gen.threadMem(this.machine, t);
       mem.hook = this.makeHook(t);
@@ -295,8 +295,9 @@ export class Engine {
   private makeHook(t: number): AccessHook {
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const engine = this;
+    // In the generator build the access layer calls `before` and then yields: record the pending operation here.
     const hook = {
-      *before(op: number, a: number, b: number, c: number) {
+      before(op: number, a: number, b: number, c: number) {
         engine.noteWrite(op, a, b, c);
         const ex = engine.current!;
         ex.pendOp[t] = op;
@@ -304,7 +305,6 @@ export class Engine {
         ex.pendB[t] = b;
         ex.pendC[t] = c;
         if (engine.recording) ex.pendWhere[t] = whereNow();
-        yield;
       },
       note(kind: number, a: number, b: number) {
         const ex = engine.current;
@@ -318,7 +318,7 @@ export class Engine {
         }
       },
     };
-    return hook as unknown as AccessHook;
+    return hook;
   }
 
   /** Run one execution from the snapshot, asking `chooser` at every state. */
@@ -424,23 +424,7 @@ export class Engine {
   }
 
   private valueOf(s: Step): bigint | number | undefined {
-    const meta = this.machine.shm.meta;
-    switch (s.op) {
-      case OP.load64:
-      case OP.store64:
-      case OP.cmpxchg64:
-      case OP.xchg64:
-        return new BigUint64Array(meta)[s.a];
-      case OP.loadData64:
-      case OP.storeData64:
-      case OP.cmpxchgData64:
-        return new BigUint64Array(this.machine.shm.data)[s.a];
-      case OP.lock:
-      case OP.unlock:
-        return undefined;
-      default:
-        return (s.op >= OP.load32 && s.op <= OP.waitWhile32) || s.op === OP.or32 ? new Int32Array(meta)[s.a] : undefined;
-    }
+    return wordValue(this.machine.shm, s.op, s.a);
   }
 
   private describeDeadlock(ex: Execution): string {
@@ -459,16 +443,36 @@ export class Engine {
 const CHUNK = 4096;
 const DATA_REGIONS = new Set(['host.frameData', 'host.swapData', 'scenario.data']);
 
-/** A hook for sequential phases: every operation proceeds at once. */
-const SEQUENTIAL_HOOK = {
-  *before() {},
+/** A hook for sequential phases: every operation proceeds at once (drain() resumes through each yield). */
+const SEQUENTIAL_HOOK: AccessHook = {
+  before() {},
   note() {},
-} as unknown as AccessHook;
+};
 
 function asGenerator(v: unknown): Generator {
   if (v !== null && typeof v === 'object' && typeof (v as Generator).next === 'function') return v as Generator;
   // A thread body that never touches shared memory was not compiled to a generator.
   return (function* () {})();
+}
+
+/** The value of the word an operation targets (32/64-bit and data-word operations), for traces. */
+export function wordValue(shm: { meta: SharedArrayBuffer; data: SharedArrayBuffer }, op: number, a: number): bigint | number | undefined {
+  switch (op) {
+    case OP.load64:
+    case OP.store64:
+    case OP.cmpxchg64:
+    case OP.xchg64:
+      return new BigUint64Array(shm.meta)[a];
+    case OP.loadData64:
+    case OP.storeData64:
+    case OP.cmpxchgData64:
+      return new BigUint64Array(shm.data)[a];
+    case OP.lock:
+    case OP.unlock:
+      return undefined;
+    default:
+      return (op >= OP.load32 && op <= OP.waitWhile32) || op === OP.or32 ? new Int32Array(shm.meta)[a] : undefined;
+  }
 }
 
 /** Run a generator-form function's result to completion, without scheduling. */

@@ -114,8 +114,6 @@ interface Node {
   preemptions: number;
   /** Pending operation of each thread here (null when finished). */
   pend: (Access | null)[];
-  pendOp: number[];
-  pendA: number[];
 }
 
 const bitsOf = (m: number): number[] => {
@@ -181,14 +179,8 @@ class Systematic implements Chooser {
     const d = ex.steps.length;
     if (d < this.nodes.length) return this.nodes[d]!.chosen;
     const parent = d > 0 ? this.nodes[d - 1]! : null;
-    const pend: (Access | null)[] = [];
-    const pendOp: number[] = [];
-    const pendA: number[] = [];
-    for (let t = 0; t < this.n; t++) {
-      pend.push(ex.done[t] ? null : ex.pendingAccess(t));
-      pendOp.push(ex.pendOp[t]!);
-      pendA.push(ex.pendA[t]!);
-    }
+    const pend = new Array<Access | null>(this.n);
+    for (let t = 0; t < this.n; t++) pend[t] = ex.done[t] ? null : ex.pendingAccess(t);
     const node: Node = {
       enabled: ex.enabledMask(),
       backtrack: 0,
@@ -199,8 +191,6 @@ class Systematic implements Chooser {
       prev: ex.lastThread,
       preemptions: parent === null ? 0 : parent.preemptions + (this.preempts(parent, parent.chosen) ? 1 : 0),
       pend,
-      pendOp,
-      pendA,
     };
     this.nodes.push(node);
     if (!this.reduce) node.backtrack = node.enabled;
@@ -225,10 +215,14 @@ class Systematic implements Chooser {
   private take(node: Node, q: number): void {
     node.backtrack |= 1 << q;
     if (this.reduce) {
-      let sl = node.sleep | node.done;
+      let sl = (node.sleep | node.done) & ~(1 << q);
       const pq = node.pend[q]!;
-      for (const p of bitsOf(sl)) if (node.pend[p] === null || conflicts(node.pend[p]!, pq)) sl &= ~(1 << p);
-      node.childSleep = sl & ~(1 << q);
+      for (let m = sl; m !== 0; m &= m - 1) {
+        const p = lowest(m);
+        const pp = node.pend[p];
+        if (pp === null || pp === undefined || conflicts(pp, pq)) sl &= ~(1 << p);
+      }
+      node.childSleep = sl;
     }
     node.done |= 1 << q;
     node.chosen = q;

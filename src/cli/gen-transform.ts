@@ -8,10 +8,11 @@
 // GuestPtAccess are followed). The emitted code is the compiled source with:
 //   - `function*` / `*method` for each interruptible function (an arrow
 //     function becomes a bound `function*` expression);
-//   - `(yield* f(...))` for each call to one.
-// The checker then supplies a hook whose `before` is a generator that yields
-// the operation, so each operation is a point where a single-threaded
-// scheduler can switch threads. Code the scheduler cannot follow is an error:
+//   - `(yield* f(...))` for each call to one, and `(hook.before(...), yield)`
+//     for the access layer's call to its hook.
+// A call to `hook.before` itself becomes `(hook.before(...), yield)`: the
+// checker's hook records the operation, and the yield makes it a point where a
+// single-threaded scheduler can switch threads. Code the scheduler cannot follow is an error:
 // an interruptible function referenced other than by a direct call (a
 // callback) — except as a property value, the way a scenario names its
 // threads — or called from a constructor, getter or module top level.
@@ -191,6 +192,10 @@ export function buildGen(
       const orig = ts.getOriginalNode(node);
       if (ts.isCallExpression(node) && wrap.has(orig as ts.CallExpression)) {
         const inner = ts.visitEachChild(node, visit, ctx);
+        // The hook's `before` itself stays a plain call (it records the operation); the yield follows it.
+        // One generator fewer per operation than delegating to a generator `before`.
+        if (calleeOf(orig as ts.CallExpression) === base)
+          return f.createParenthesizedExpression(f.createCommaListExpression([inner, f.createYieldExpression(undefined, undefined)]));
         return f.createParenthesizedExpression(f.createYieldExpression(f.createToken(ts.SyntaxKind.AsteriskToken), inner));
       }
       if (

@@ -20,6 +20,7 @@ import { ProgressLine } from './progress';
 import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
 import { tourCommand } from './tour';
 import { STRATEGIES } from '../check/explore';
+import { registerServe } from './serve-command';
 
 const EXIT_OK = 0;
 const EXIT_FOUND = 1;
@@ -101,9 +102,14 @@ export function buildProgram(): Command {
     .option('--seconds <s>', 'stop after S seconds', positive('--seconds'))
     .option('--seed <n>', 'random seed (random and pct)', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--replay <string>', 'replay a schedule printed by an earlier check')
+    .addOption(
+      new Option('--engine <engine>', 'gen: threads as generators on one thread (explores); threads: one worker_thread each (replay only)')
+        .choices(['gen', 'threads'])
+        .default('gen'),
+    )
     .option('--json', 'print one JSON object', false)
-    .action((opts: CheckCliOptions) => {
-      process.exitCode = checkCommand(opts);
+    .action(async (opts: CheckCliOptions) => {
+      process.exitCode = await checkCommand(opts);
     });
 
   program
@@ -133,6 +139,8 @@ export function buildProgram(): Command {
       }
       for (const n of GUARD_NAMES) process.stdout.write(`${n.padEnd(22)} ${GUARD_HELP[n]}\n`);
     });
+
+  registerServe(program);
 
   return program;
 }

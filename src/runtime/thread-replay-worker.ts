@@ -1,0 +1,55 @@
+// Worker for thread-replay.ts: runs one scenario thread on the normal build, parking in the access-layer hook until the scheduler grants each operation.
+
+import { parentPort, workerData } from 'node:worker_threads';
+import type { AccessHook } from '../shm/access';
+import { ScenarioVm, threadMem } from '../check/gen/scenario';
+import { DONE, FAILED, PARKED, THREAD_SLOT, findNormalScenario } from './thread-replay';
+import type { Shm } from '../shm/layout';
+import type { VmConfig } from '../kvm/config';
+
+interface Init {
+  scenario: string;
+  thread: number;
+  shm: Shm;
+  config: VmConfig | null;
+  ctrl: Int32Array;
+  data: unknown;
+}
+
+const { SLOT_WORDS, S_STATE, S_GO, S_OP, S_A, S_B, S_C } = THREAD_SLOT;
+
+function main(): void {
+  const init = workerData as Init;
+  const { ctrl } = init;
+  const base = init.thread * SLOT_WORDS;
+  const spec = findNormalScenario(init.scenario);
+  const machine = { shm: init.shm, config: init.config };
+  const mem = threadMem(machine, init.thread);
+  const hook: AccessHook = {
+    before(op, a, b, c) {
+      // Read the go word first: the scheduler may bump it as soon as we park.
+      const go = Atomics.load(ctrl, base + S_GO);
+      Atomics.store(ctrl, base + S_OP, op);
+      Atomics.store(ctrl, base + S_A, a);
+      Atomics.store(ctrl, base + S_B, b);
+      Atomics.store(ctrl, base + S_C, c);
+      Atomics.store(ctrl, base + S_STATE, PARKED);
+      Atomics.notify(ctrl, base + S_STATE);
+      while (Atomics.load(ctrl, base + S_GO) === go) Atomics.wait(ctrl, base + S_GO, go, 1000);
+    },
+    note() {},
+  };
+  mem.hook = hook;
+  const vm = new ScenarioVm(machine, mem);
+  try {
+    const name = Object.keys(spec.threads)[init.thread]!;
+    spec.threads[name]!(vm, init.data);
+    Atomics.store(ctrl, base + S_STATE, DONE);
+  } catch (e) {
+    Atomics.store(ctrl, base + S_STATE, FAILED);
+    parentPort?.postMessage({ error: (e as Error).message });
+  }
+  Atomics.notify(ctrl, base + S_STATE);
+}
+
+main();
