@@ -240,30 +240,13 @@ export class Engine {
 
   /** Remember which chunks a write operation touches, so the next restore copies them back. */
   noteWrite(op: number, a: number, b: number, c: number): void {
-    void c;
-    switch (op) {
-      case OP.store64:
-      case OP.cmpxchg64:
-      case OP.xchg64:
-        this.dirtyChunk(false, a * 8, 8);
-        break;
-      case OP.store32:
-      case OP.cmpxchg32:
-      case OP.xchg32:
-      case OP.fetchAdd32:
-      case OP.fetchOr32:
-      case OP.fetchAnd32:
-      case OP.or32:
-        this.dirtyChunk(false, a * 4, 4);
-        break;
-      case OP.storeData64:
-      case OP.cmpxchgData64:
-        this.dirtyChunk(true, a * 8, 8);
-        break;
-      case OP.copyData:
-      case OP.writeData:
-        this.dirtyChunk(true, a, b);
-        break;
+    // The operation's locations (ops.ts): an even key is meta Int32 word key/2, an odd key data page (key-1)/2.
+    const acc = accessOf(op, a, b, c);
+    for (let k = 0; k < acc.keys.length; k++) {
+      if (!acc.writes[k]) continue;
+      const key = acc.keys[k]!;
+      if ((key & 1) === 0) this.dirtyChunk(false, key * 2, op === OP.store64 || op === OP.cmpxchg64 || op === OP.xchg64 ? 8 : 4);
+      else this.dirtyChunk(true, ((key - 1) / 2) * 4096, 4096);
     }
   }
 
