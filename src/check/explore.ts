@@ -299,30 +299,35 @@ class Systematic implements Chooser {
    */
   private reverse(i: number, j: number, tj: number): void {
     const at = this.nodes[i]!;
+    const n = this.n;
     const ti = this.stepOf[i]!.thread;
     const li = this.stepLocal[i]!;
-    const started = new Array<boolean>(this.n).fill(false);
-    const inV: number[] = [];
+    // A thread's steps in v are a prefix of its steps after i (once one depends on i, the rest do too), so a
+    // step depends on some step of v exactly when it happens after some thread's first step in v.
+    const firstLocal = this.firstLocal;
+    firstLocal.fill(0);
+    let started = 0;
     let initials = 0;
     const dependsOnV = (k: number): boolean => {
-      for (const k2 of inV) if (this.vcAt(k, this.stepOf[k2]!.thread) >= this.stepLocal[k2]!) return true;
+      for (let p = 0; p < n; p++) if (firstLocal[p]! > 0 && this.vcAt(k, p) >= firstLocal[p]!) return true;
       return false;
     };
     for (let k = i + 1; k < j; k++) {
-      const s = this.stepOf[k]!;
+      const q = this.stepOf[k]!.thread;
+      if ((started & (1 << q)) !== 0) continue;
       if (this.vcAt(k, ti) >= li) continue; // depends on i: not in v
-      if (!started[s.thread]) {
-        started[s.thread] = true;
-        if (!dependsOnV(k)) initials |= 1 << s.thread;
-      }
-      inV.push(k);
+      if (!dependsOnV(k)) initials |= 1 << q;
+      started |= 1 << q;
+      firstLocal[q] = this.stepLocal[k]!;
     }
-    if (!started[tj] && !dependsOnV(j)) initials |= 1 << tj;
+    if ((started & (1 << tj)) === 0 && !dependsOnV(j)) initials |= 1 << tj;
     if ((initials & at.backtrack) !== 0) return;
     const runnable = initials & at.enabled & ~at.sleep;
     // No initial can run there (blocked there, or asleep): fall back to every enabled thread.
     at.backtrack |= runnable !== 0 ? 1 << lowest(runnable) : at.enabled;
   }
+
+  private firstLocal = new Int32Array(32);
 
   /** Move to the next unexplored alternative; false when the exploration is complete. */
   nextBranch(): boolean {
