@@ -6,6 +6,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 const ORDER = ['shm', 'x86', 'host', 'kvm', 'vcpu', 'check', 'runtime', 'bench', 'cli', 'web'];
+/** DESIGN.md puts "cli, web" in one row: one layer, which may import itself both ways. */
+const rank = (layer: string): number => (layer === 'web' ? ORDER.indexOf('cli') : ORDER.indexOf(layer));
 /** Layers that make up the core: they must run unchanged in a browser or under the checker. */
 const CORE = new Set(['shm', 'x86', 'host', 'kvm', 'vcpu', 'check']);
 const SRC = path.join(__dirname, '..', '..', 'src');
@@ -34,7 +36,7 @@ test('no layer imports a higher one', () => {
       for (const spec of imports(file)) {
         if (!spec.startsWith('.')) continue;
         const target = path.relative(SRC, path.resolve(path.dirname(file), spec)).split(path.sep)[0]!;
-        if (ORDER.indexOf(target) > ORDER.indexOf(layer)) bad.push(`${path.relative(SRC, file)} imports ${spec}`);
+        if (rank(target) > rank(layer)) bad.push(`${path.relative(SRC, file)} imports ${spec}`);
       }
     }
   }

@@ -21,6 +21,7 @@ import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-co
 import { tourCommand } from './tour';
 import { STRATEGIES } from '../check/explore';
 import { registerServe } from './serve-command';
+import { registerBench } from './bench-command';
 
 const EXIT_OK = 0;
 const EXIT_FOUND = 1;
@@ -141,6 +142,7 @@ export function buildProgram(): Command {
     });
 
   registerServe(program);
+  registerBench(program);
 
   return program;
 }

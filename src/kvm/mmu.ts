@@ -10,7 +10,6 @@ import {
   PFERR_USER_MASK,
   PFERR_WRITE_MASK,
   PT_DIRTY_MASK,
-  pteIndex,
   type AccessKind,
 } from '../x86/pte';
 import {
@@ -20,6 +19,8 @@ import {
   isShadowPresentPte,
   isWritablePte,
   makeSpte,
+  pagesPerSpte,
+  spteIndex,
   spteToChild,
   spteToPfn,
 } from '../x86/spte';
@@ -181,18 +182,17 @@ export class Mmu implements GuestPtAccess {
     const k = this.kvm;
     const mem = k.mem;
     const pages = k.pages;
-    const pin = k.config.indirectFastPath === 'pin' && k.guardPinIndirect;
     let ret = RET_PF_INVALID;
     this.walkShadowPageLocklessBegin(vcpu);
     for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
       let sp = vcpu.root;
       let level = 4;
-      let sptep = pages.sptep(sp, pteIndex(gva, level));
+      let sptep = pages.sptep(sp, spteIndex(gva, level));
       let spte = mem.load64(sptep);
       while (isShadowPresentPte(spte) && !isLastSpte(spte, level)) {
         sp = spteToChild(spte);
         level--;
-        sptep = pages.sptep(sp, pteIndex(gva, level));
+        sptep = pages.sptep(sp, spteIndex(gva, level));
         spte = mem.load64(sptep);
       }
       if (!isShadowPresentPte(spte)) break;
@@ -205,7 +205,7 @@ export class Mmu implements GuestPtAccess {
       let pinned = -1;
       if (!roleIsDirect(pages.role(sp))) {
         if (k.config.indirectFastPath === 'off') break;
-        if (pin) {
+        if (k.config.indirectFastPath === 'pin' && k.guardPinIndirect) {
           pinned = k.host.gupFast(k.gfnToHvpn(gfn), true);
           if (pinned !== spteToPfn(spte)) {
             if (pinned >= 0) k.host.putPage(pinned);
@@ -299,18 +299,18 @@ export class Mmu implements GuestPtAccess {
     const gpa = gfn * 4096;
     let sp = vcpu.root;
     for (let level = 4; level > 1; level--) {
-      const sptep = k.pages.sptep(sp, pteIndex(gpa, level));
+      const sptep = k.pages.sptep(sp, spteIndex(gpa, level));
       const spte = k.mem.load64(sptep);
       if (isShadowPresentPte(spte)) {
         sp = spteToChild(spte);
         continue;
       }
-      const span = 2 ** (9 * (level - 1));
+      const span = pagesPerSpte(level);
       const child = k.pages.getShadowPage(Math.floor(gfn / span) * span, makeRole(level - 1, true, ACC_ALL));
       k.spte.linkShadowPage(sptep, child);
       sp = child;
     }
-    return this.mmuSetSpte(sp, k.pages.sptep(sp, pteIndex(gpa, 1)), ACC_ALL, gfn, pfn, hostWritable, write);
+    return this.mmuSetSpte(sp, k.pages.sptep(sp, spteIndex(gpa, 1)), ACC_ALL, gfn, pfn, hostWritable, write);
   }
 
   /**
@@ -410,7 +410,7 @@ export class Mmu implements GuestPtAccess {
     let sp = vcpu.root;
     for (let level = 4; level > w.level; level--) {
       k.lockedStore(k.pages.hdr(sp, SP_FLOOD), 0);
-      const sptep = k.pages.sptep(sp, pteIndex(gva, level));
+      const sptep = k.pages.sptep(sp, spteIndex(gva, level));
       const spte = k.mem.load64(sptep);
       const present = isShadowPresentPte(spte);
       const child = present
@@ -421,13 +421,13 @@ export class Mmu implements GuestPtAccess {
       sp = child;
     }
     for (let level = w.level; level > 1; level--) {
-      const sptep = k.pages.sptep(sp, pteIndex(gva, level));
+      const sptep = k.pages.sptep(sp, spteIndex(gva, level));
       const spte = k.mem.load64(sptep);
       if (isShadowPresentPte(spte)) {
         sp = spteToChild(spte);
         continue;
       }
-      const span = 2 ** (9 * (level - 1));
+      const span = pagesPerSpte(level);
       const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, w.pteAccess));
       k.spte.linkShadowPage(sptep, child);
       sp = child;
@@ -436,7 +436,7 @@ export class Mmu implements GuestPtAccess {
     let acc = w.pteAccess;
     // A clean guest PTE is mapped read-only, so the first write faults and the walker sets its D bit.
     if (!write && (w.ptes[w.level]! & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
-    return this.mmuSetSpte(sp, k.pages.sptep(sp, pteIndex(gva, 1)), acc, w.gfn, pfn, hostWritable, write);
+    return this.mmuSetSpte(sp, k.pages.sptep(sp, spteIndex(gva, 1)), acc, w.gfn, pfn, hostWritable, write);
   }
 
   /** KVM's FNAME(gpte_changed): re-read the walker's entry at `level` without faulting; true if it differs (or cannot be read). */
@@ -535,7 +535,7 @@ export class Mmu implements GuestPtAccess {
     let sp = vcpu.root;
     let zapped = false;
     for (let level = 4; level >= 1; level--) {
-      const sptep = k.pages.sptep(sp, pteIndex(gva, level));
+      const sptep = k.pages.sptep(sp, spteIndex(gva, level));
       const spte = k.mem.load64(sptep);
       if (!isShadowPresentPte(spte)) break;
       if (isLastSpte(spte, level)) {

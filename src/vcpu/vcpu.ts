@@ -25,7 +25,6 @@ import {
   PFERR_PRESENT_MASK,
   accessErrorCode,
   isPermissionFault,
-  pteIndex,
   type AccessKind,
 } from '../x86/pte';
 import {
@@ -33,7 +32,9 @@ import {
   SPTE_DIRTY_MASK,
   SPTE_PRESENT_MASK,
   isLastSpte,
+  pagesPerSpte,
   spteAccess,
+  spteIndex,
   spteToChild,
   spteToPfn,
 } from '../x86/spte';
@@ -292,12 +293,12 @@ export class Vcpu {
     for (;;) {
       let sp = this.kv.root;
       let level = 4;
-      let sptep = pages.sptep(sp, pteIndex(gva, level));
+      let sptep = pages.sptep(sp, spteIndex(gva, level));
       let spte = this.mem.load64(sptep);
       while ((spte & SPTE_PRESENT_MASK) !== 0n && !isLastSpte(spte, level)) {
         sp = spteToChild(spte);
         level--;
-        sptep = pages.sptep(sp, pteIndex(gva, level));
+        sptep = pages.sptep(sp, spteIndex(gva, level));
         spte = this.mem.load64(sptep);
       }
       if ((spte & SPTE_PRESENT_MASK) === 0n) {
@@ -309,15 +310,20 @@ export class Vcpu {
         this.lastEc = PFERR_PRESENT_MASK | accessErrorCode(kind, cpu);
         return -1;
       }
-      let want = spte | SPTE_ACCESSED_MASK;
-      if (kind.write) want |= SPTE_DIRTY_MASK;
-      if (want !== spte && this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
-      const pfn = spteToPfn(want);
+      // Usually A (and D for a write) are set already: test the bits before building a new value (no BigInt to allocate).
+      let dirty = (spte & SPTE_DIRTY_MASK) !== 0n;
+      if ((spte & SPTE_ACCESSED_MASK) === 0n || (kind.write && !dirty)) {
+        let want = spte | SPTE_ACCESSED_MASK;
+        if (kind.write) want |= SPTE_DIRTY_MASK;
+        if (this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
+        dirty ||= kind.write;
+      }
+      const pfn = spteToPfn(spte);
       const t = this.mem.i32;
       t[e + TLB_TAG] = Math.floor(gva / 4096) + 1;
       t[e + TLB_GEN] = this.tlbGen;
       t[e + TLB_PFN] = pfn;
-      t[e + TLB_FLAGS] = acc | ((want & SPTE_DIRTY_MASK) !== 0n ? TLB_DIRTY : 0);
+      t[e + TLB_FLAGS] = acc | (dirty ? TLB_DIRTY : 0);
       t[e + TLB_GFN] = this.peekEntryGfn(sp, pages.indexOf(sptep));
       t[e + TLB_SPTEP] = sptep;
       return pfn;
@@ -329,7 +335,7 @@ export class Vcpu {
     const pages = this.kvm.pages;
     const t = this.mem.i32;
     const role = t[pages.hdr(sp, SP_ROLE)]!;
-    if (roleIsDirect(role)) return t[pages.hdr(sp, SP_GFN)]! + idx * 2 ** (9 * (roleLevel(role) - 1));
+    if (roleIsDirect(role)) return t[pages.hdr(sp, SP_GFN)]! + idx * pagesPerSpte(roleLevel(role));
     return t[pages.gfnsBase + sp * 512 + idx]!;
   }
 

@@ -112,13 +112,36 @@ export function isLastSpte(spte: bigint, level: number): boolean {
   return level === 1 || (spte & SPTE_PAGE_SIZE_MASK) !== 0n;
 }
 
+// The address field is below 2^52, so it converts to a Number exactly and the
+// division by 4096 is exact. BigInt.asUintN(64, ...) changes no value here but
+// lets V8 do the mask on a machine word instead of allocating a BigInt (hot paths).
 export function spteToPfn(spte: bigint): number {
-  return Number((spte & SPTE_BASE_ADDR_MASK) >> 12n);
+  return Number(BigInt.asUintN(64, spte & SPTE_BASE_ADDR_MASK)) / 4096;
 }
 
 /** Index of the child shadow page a non-leaf SPTE points to. */
 export function spteToChild(spte: bigint): number {
-  return Number((spte & SPTE_BASE_ADDR_MASK) >> 12n);
+  return Number(BigInt.asUintN(64, spte & SPTE_BASE_ADDR_MASK)) / 4096;
+}
+
+/** Bytes one entry maps at each level (index = level; 1 is a 4 KiB page). */
+const SPTE_LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39];
+
+/**
+ * Index of `addr` in a shadow page at `level` 1..4 (KVM's SPTE_INDEX). The same
+ * value as x86's pteIndex for any address below 2^52 (dividing by a power of two
+ * is exact), without computing the power per call: the lockless fast path and
+ * the hardware walk call it at every level.
+ */
+export function spteIndex(addr: number, level: number): number {
+  return Math.floor(addr / SPTE_LEVEL_BYTES[level]!) & 511;
+}
+
+/** Pages one entry at `level` 1..4 maps (1, 512, 512^2, 512^3). */
+const SPTE_LEVEL_PAGES: readonly number[] = [0, 1, 512, 512 * 512, 512 * 512 * 512];
+
+export function pagesPerSpte(level: number): number {
+  return SPTE_LEVEL_PAGES[level]!;
 }
 
 /** The ACC_* rights a leaf SPTE grants. */

@@ -1,0 +1,83 @@
+// Benchmark options: what a user may set (each with its default), validation with one-line errors, and the resolved forms the runners take.
+
+import { KvmmuError } from '../shm/errors';
+import { MAX_VCPUS, MMU_MODES, type MmuMode } from '../kvm/config';
+import { benchDataPages } from './vm';
+
+export type FastPathSetting = 'on' | 'off' | 'both';
+export const FAST_PATH_SETTINGS: readonly FastPathSetting[] = ['on', 'off', 'both'];
+
+/** `kvmmu bench dirty-log`, resolved. */
+export interface DirtyLogConfig {
+  /** vCPUs, one worker thread each (default 1, the selftest's -v). */
+  readonly vcpus: number;
+  /** Guest memory each vCPU dirties (default 1 GiB, the selftest's -b). */
+  readonly bytesPerVcpu: number;
+  /** Dirty-memory iterations after populating (default 6; the selftest requires at least 2). */
+  readonly iterations: number;
+  readonly mode: MmuMode;
+  /** The fast page fault on, off, or both ways alternating in one process (default on). */
+  readonly fastPath: FastPathSetting;
+  /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + initially-set: get only copies, clear-dirty-log write-protects (default off: plain get). */
+  readonly clearDirtyLog: boolean;
+}
+
+/** `kvmmu bench scale`, resolved. */
+export interface ScaleConfig {
+  /** The sweep runs 1..maxVcpus vCPUs (default 2). */
+  readonly maxVcpus: number;
+  readonly bytesPerVcpu: number;
+  readonly mode: MmuMode;
+  /** Dirty-memory iterations per point; the first (after enabling) is not measured (default 20). */
+  readonly iterations: number;
+}
+
+export const DIRTY_LOG_DEFAULTS: DirtyLogConfig = {
+  vcpus: 1,
+  bytesPerVcpu: 1024 * 1024 * 1024,
+  iterations: 6,
+  mode: 'direct',
+  fastPath: 'on',
+  clearDirtyLog: false,
+};
+
+export const SCALE_DEFAULTS: ScaleConfig = {
+  maxVcpus: 2,
+  // Small enough that each vCPU's pages and SPTEs stay in cache: with 1 GiB per vCPU every write is a
+  // host TLB and cache miss, and this machine's memory system, not mmu_lock, caps what a second core adds.
+  bytesPerVcpu: 16 * 1024 * 1024,
+  mode: 'direct',
+  iterations: 20,
+};
+
+function checkVcpus(flag: string, n: number): void {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_VCPUS) throw new KvmmuError(`${flag} must be an integer from 1 to ${MAX_VCPUS}, not ${n}`);
+}
+
+function checkMode(mode: string): asserts mode is MmuMode {
+  if (!(MMU_MODES as readonly string[]).includes(mode)) throw new KvmmuError(`unknown mode '${mode}': use direct or shadow`);
+}
+
+function checkIterations(n: number): void {
+  if (!Number.isInteger(n) || n < 2 || n > 1000)
+    throw new KvmmuError(`-i must be an integer from 2 to 1000 (the selftest needs at least two iterations), not ${n}`);
+}
+
+export function resolveDirtyLog(o: Partial<DirtyLogConfig>): DirtyLogConfig {
+  const c = { ...DIRTY_LOG_DEFAULTS, ...o };
+  checkVcpus('-v', c.vcpus);
+  checkMode(c.mode);
+  checkIterations(c.iterations);
+  if (!FAST_PATH_SETTINGS.includes(c.fastPath)) throw new KvmmuError(`--fast-path must be on, off or both, not '${String(c.fastPath)}'`);
+  benchDataPages(c);
+  return c;
+}
+
+export function resolveScale(o: Partial<ScaleConfig>): ScaleConfig {
+  const c = { ...SCALE_DEFAULTS, ...o };
+  checkVcpus('-v', c.maxVcpus);
+  checkMode(c.mode);
+  checkIterations(c.iterations);
+  benchDataPages({ vcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu });
+  return c;
+}

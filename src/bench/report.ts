@@ -1,0 +1,252 @@
+// Benchmark reports: the text the CLI prints (dirty_log_perf_test's phase lines), and self-contained HTML pages with a Chart.js chart, written with the JSON to an output folder.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fmtBytes } from '../shm/layout';
+import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
+import type { ScaleOutcome, ScaleResult } from './scale';
+import { median } from './stats';
+
+// ---- text ----
+
+function secs(s: number): string {
+  return `${s.toFixed(6)}s`;
+}
+
+function times(x: number): string {
+  return `${x.toFixed(2)}x`;
+}
+
+function fmtPages(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0);
+}
+
+function runBlock(r: DirtyLogRun, clear: boolean): string[] {
+  const p = r.phases;
+  const lines = [
+    `== fast path ${r.fastPath ? 'on' : 'off'} ==`,
+    `Populate memory time: ${secs(p.populateSeconds)}`,
+    `Enabling dirty logging time: ${secs(p.enableSeconds)}`,
+    '',
+  ];
+  p.iterations.forEach((it, i) => {
+    lines.push(`Iteration ${i + 1} dirty memory time: ${secs(it.dirtySeconds)}`);
+    lines.push(`Iteration ${i + 1} get dirty log time: ${secs(it.getSeconds)}`);
+    if (it.clearSeconds !== null) lines.push(`Iteration ${i + 1} clear dirty log time: ${secs(it.clearSeconds)}`);
+  });
+  const n = p.iterations.length;
+  const getTotal = p.iterations.reduce((a, it) => a + it.getSeconds, 0);
+  lines.push(`Disabling dirty logging time: ${secs(p.disableSeconds)}`);
+  lines.push(`Get dirty log over ${n} iterations took ${secs(getTotal)}. (Avg ${secs(getTotal / n)}/iteration)`);
+  if (clear) {
+    const clearTotal = p.iterations.reduce((a, it) => a + (it.clearSeconds ?? 0), 0);
+    lines.push(`Clear dirty log over ${n} iterations took ${secs(clearTotal)}. (Avg ${secs(clearTotal / n)}/iteration)`);
+  }
+  lines.push(`Faults: ${r.faults.fast} fast, ${r.faults.slow} slow, ${r.faults.spurious} spurious (all vCPUs, populate included)`);
+  lines.push('');
+  return lines;
+}
+
+/** Median re-dirty time per page (iterations 2..) of a run, in microseconds. */
+function usPerPage(r: DirtyLogRun, pagesPerVcpu: number): number {
+  return (median(r.phases.iterations.slice(1).map((it) => it.dirtySeconds)) / pagesPerVcpu) * 1e6;
+}
+
+export function formatDirtyLog(o: DirtyLogOutcome): string {
+  const r = o.result;
+  const c = r.config;
+  const lines = [
+    `kvmmu bench dirty-log: ${c.mode} mode, ${c.vcpus} vCPU${c.vcpus === 1 ? '' : 's'}, ${fmtBytes(c.bytesPerVcpu)} per vCPU ` +
+      `(${o.pagesPerVcpu} pages), ${c.iterations} iterations, ` +
+      (c.clearDirtyLog ? 'manual protect: get-dirty-log copies, clear-dirty-log write-protects' : 'get-dirty-log write-protects') +
+      `, fast path ${c.fastPath}`,
+    '',
+  ];
+  for (const run of r.runs) lines.push(...runBlock(run, c.clearDirtyLog));
+  if (c.iterations >= 2) {
+    lines.push(
+      `re-dirty time per page (median of iterations 2-${c.iterations}, each vCPU): ` +
+        r.runs.map((run) => `fast path ${run.fastPath ? 'on' : 'off'} ${usPerPage(run, o.pagesPerVcpu).toFixed(3)} us`).join(', '),
+    );
+  }
+  if (r.ratio !== null) {
+    const s = r.ratio.slowOverFast;
+    lines.push(
+      `re-dirty after a dirty-log pass, fast path off / on (iterations 2-${c.iterations}): ` +
+        `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}`,
+    );
+  }
+  const f = o.floor;
+  lines.push(`floor: one Atomics.load + one Atomics.compareExchange on a BigUint64Array: ${f.nsPerOp.toFixed(1)} ns`);
+  lines.push(
+    `fast fault: kvm.mmu.fastPageFault fixing a write-protected SPTE (${f.mode} mode, ${f.pages} pages, median of ${f.rounds} rounds, ` +
+      `nothing subtracted): ${f.fastFaultNs.toFixed(1)} ns = ${times(f.multiple)} the floor`,
+  );
+  const b = r.bookkeeping;
+  const kinds = Object.entries(b.byKind)
+    .map(([k, v]) => `${k} ${fmtBytes(v)}`)
+    .join(', ');
+  lines.push(
+    `MMU bookkeeping: ${fmtBytes(b.bytes)} = ${(b.share * 100).toFixed(2)}% of ${fmtBytes(b.guestBytes)} guest memory (${kinds})`,
+  );
+  lines.push(
+    `machine: ${r.machine.cpus} CPUs, node ${r.machine.node}, load average ${o.loadAverage.toFixed(2)} at the start; ` +
+      `wall time ${o.wallSeconds.toFixed(1)} s`,
+  );
+  return lines.join('\n') + '\n';
+}
+
+export function formatScale(o: ScaleOutcome): string {
+  const r = o.result;
+  const c = r.config;
+  const lines = [
+    `kvmmu bench scale: ${c.mode} mode, ${fmtBytes(c.bytesPerVcpu)} per vCPU (${o.pagesPerVcpu} pages), 1-${c.maxVcpus} vCPUs, ` +
+      `${o.iterations} iterations of dirty memory + get dirty log (re-dirty time: median of iterations 2-${o.iterations})`,
+    '',
+    `${'vCPUs'.padEnd(7)}${'fast path on'.padEnd(46)}fast path off`,
+  ];
+  const at = (n: number, fast: boolean) => r.points.find((p) => p.vcpus === n && p.fastPath === fast);
+  for (let n = 1; n <= c.maxVcpus; n++) {
+    const cell = (fast: boolean): string => {
+      const p = at(n, fast)!;
+      const one = at(1, fast)!;
+      const scaling = n === 1 ? '' : `, ${times(p.pagesPerSecond / one.pagesPerSecond)} of 1 vCPU`;
+      return `${fmtPages(p.pagesPerSecond)} pages/s (${p.redirtySeconds.toFixed(3)} s${scaling})`;
+    };
+    lines.push(`${String(n).padEnd(7)}${cell(true).padEnd(46)}${cell(false)}`);
+  }
+  lines.push('');
+  if (c.maxVcpus >= 2) {
+    const n = c.maxVcpus;
+    const gain = (fast: boolean) => at(n, fast)!.pagesPerSecond / at(1, fast)!.pagesPerSecond;
+    lines.push(
+      `throughput at ${n} vCPUs over 1: fast path on ${times(gain(true))}, off ${times(gain(false))} ` +
+        `(faults under mmu_lock serialize; the lockless fast path does not)`,
+    );
+  }
+  lines.push(
+    `machine: ${r.machine.cpus} CPUs, node ${r.machine.node}; ${c.maxVcpus} threads of a CPU-bound loop ran at ` +
+      `${o.parallelism.toFixed(2)}x one before the sweep (other load on the machine lowers it); wall time ${o.wallSeconds.toFixed(1)} s`,
+  );
+  return lines.join('\n') + '\n';
+}
+
+// ---- HTML ----
+
+/** The Chart.js UMD build from node_modules (the version package.json pins), and its version. */
+function chartJs(): { source: string; version: string } {
+  const dist = path.dirname(require.resolve('chart.js'));
+  const source = fs.readFileSync(path.join(dist, 'chart.umd.min.js'), 'utf8');
+  const pkg = JSON.parse(fs.readFileSync(path.join(dist, '..', 'package.json'), 'utf8')) as { version: string };
+  return { source, version: pkg.version };
+}
+
+/** Text safe inside a <script> element. */
+function scriptSafe(s: string): string {
+  return s.replace(/<\/(script)/gi, '<\\/$1').replace(/<!--/g, '<\\!--');
+}
+
+function esc(s: string): string {
+  return s.replace(/[&<>"]/g, (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[ch]!);
+}
+
+interface ChartSpec {
+  readonly type: 'bar' | 'line';
+  readonly labels: string[];
+  readonly datasets: { label: string; data: number[] }[];
+  readonly yTitle: string;
+  readonly xTitle: string;
+}
+
+const COLORS = ['#2f6db5', '#d9822b', '#3a9b5d', '#b5445b', '#7d5ba6', '#8c8c8c'];
+
+function page(title: string, headline: string, summary: string, chart: ChartSpec, data: unknown): string {
+  const cj = chartJs();
+  const datasets = chart.datasets.map((d, i) => ({ ...d, backgroundColor: COLORS[i % COLORS.length], borderColor: COLORS[i % COLORS.length] }));
+  const config = {
+    type: chart.type,
+    data: { labels: chart.labels, datasets },
+    options: {
+      animation: false,
+      responsive: true,
+      scales: {
+        x: { title: { display: true, text: chart.xTitle } },
+        y: { beginAtZero: true, title: { display: true, text: chart.yTitle } },
+      },
+    },
+  };
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>${esc(title)}</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+pre { background: #f5f5f5; padding: 1em; overflow-x: auto; font-size: 12px; }
+.chart { position: relative; height: 24em; }
+</style>
+</head>
+<body>
+<h1>${esc(title)}</h1>
+<p>${esc(headline)}</p>
+<div class="chart"><canvas id="chart"></canvas></div>
+<pre>${esc(summary)}</pre>
+<p>Data: the JSON beside this file. Chart: Chart.js ${esc(cj.version)} (MIT), inlined so the page opens offline.</p>
+<script>${scriptSafe(cj.source)}</script>
+<script>
+const KVMMU_RESULT = ${scriptSafe(JSON.stringify(data))};
+new Chart(document.getElementById('chart'), ${scriptSafe(JSON.stringify(config))});
+</script>
+</body>
+</html>
+`;
+}
+
+export function dirtyLogHtml(o: DirtyLogOutcome): string {
+  const r: DirtyLogResult = o.result;
+  // Populate (first touch: every fault is a slow one either way) is in the text, not the chart, whose scale it would flatten.
+  const labels = r.runs[0]!.phases.iterations.map((_, i) => `iteration ${i + 1}`);
+  const datasets = r.runs.map((run) => ({
+    label: `fast path ${run.fastPath ? 'on' : 'off'}`,
+    data: run.phases.iterations.map((it) => it.dirtySeconds),
+  }));
+  const s = r.ratio?.slowOverFast;
+  const headline =
+    s === undefined
+      ? `Dirty memory time per iteration, fast path ${r.config.fastPath}.`
+      : `Re-dirty after a dirty-log pass (iterations 2-${r.config.iterations}), fast path off / on: ` +
+        `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}.`;
+  return page(
+    `kvmmu dirty-log benchmark: ${r.config.mode} mode, ${r.config.vcpus} vCPU(s), ${fmtBytes(r.config.bytesPerVcpu)} per vCPU`,
+    headline,
+    formatDirtyLog(o),
+    { type: 'bar', labels, datasets, xTitle: 'dirty-log iteration', yTitle: 'dirty memory time (s)' },
+    r,
+  );
+}
+
+export function scaleHtml(o: ScaleOutcome): string {
+  const r: ScaleResult = o.result;
+  const ns = [...new Set(r.points.map((p) => p.vcpus))];
+  const datasets = [true, false].map((fast) => ({
+    label: `fast path ${fast ? 'on' : 'off'}`,
+    data: ns.map((n) => r.points.find((p) => p.vcpus === n && p.fastPath === fast)!.pagesPerSecond),
+  }));
+  return page(
+    `kvmmu scaling benchmark: ${r.config.mode} mode, ${fmtBytes(r.config.bytesPerVcpu)} per vCPU`,
+    'Pages re-dirtied per second by all vCPUs together, each write a write-protect fault after a dirty-log pass.',
+    formatScale(o),
+    { type: 'bar', labels: ns.map(String), datasets, xTitle: 'vCPUs', yTitle: 're-dirty throughput (pages/s)' },
+    r,
+  );
+}
+
+/** Write `<dir>/<name>.json` and `<dir>/<name>.html` (creating dir); returns the paths written. */
+export function writeResults(dir: string, name: 'dirty-log' | 'scale', json: unknown, html: string): string[] {
+  fs.mkdirSync(dir, { recursive: true });
+  const j = path.join(dir, `${name}.json`);
+  const h = path.join(dir, `${name}.html`);
+  fs.writeFileSync(j, JSON.stringify(json, null, 2) + '\n');
+  fs.writeFileSync(h, html);
+  return [j, h];
+}

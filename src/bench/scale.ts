@@ -1,0 +1,136 @@
+// `kvmmu bench scale`: re-dirty throughput over 1..N vCPUs with the fast path on and off — faults under mmu_lock serialize, lockless ones do not.
+
+import { Worker } from 'node:worker_threads';
+import { median } from './stats';
+import { machineInfo, type MachineInfo, type ProgressFn } from './dirty-log';
+import { resolveScale, type ScaleConfig } from './options';
+import { BenchVm } from './vm';
+
+export interface ScalePoint {
+  readonly vcpus: number;
+  readonly fastPath: boolean;
+  /** Pages re-dirtied per second by all vCPUs together: vcpus * pagesPerVcpu / redirtySeconds. */
+  readonly pagesPerSecond: number;
+  /** Median dirty-memory time of the iterations after the first (each follows a get-dirty-log pass). */
+  readonly redirtySeconds: number;
+}
+
+/** The JSON written to <out>/scale.json (schema version 1). */
+export interface ScaleResult {
+  readonly kind: 'scale';
+  readonly version: 1;
+  readonly config: { readonly maxVcpus: number; readonly bytesPerVcpu: number; readonly mode: ScaleConfig['mode'] };
+  readonly points: ScalePoint[];
+  readonly machine: MachineInfo;
+}
+
+export interface ScaleOutcome {
+  readonly result: ScaleResult;
+  readonly iterations: number;
+  readonly pagesPerVcpu: number;
+  /** How many threads' worth of a CPU-bound loop the machine ran at once, measured before the sweep (other load lowers it). */
+  readonly parallelism: number;
+  readonly wallSeconds: number;
+}
+
+/**
+ * For n = 1..maxVcpus: two VMs of n vCPUs, fast path on and off, each
+ * populated, dirty logging enabled, then `iterations` rounds of dirty memory +
+ * get dirty log, alternating between the two VMs (order flipped every round).
+ * A point's time is the median dirty-memory time of rounds 2.. — the guest
+ * re-dirtying its memory after a dirty-log pass, every write a fault.
+ */
+export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: ProgressFn): Promise<ScaleOutcome> {
+  const c = resolveScale(options);
+  const t0 = performance.now();
+  const total = c.maxVcpus * 2 * (2 + c.iterations);
+  let done = 0;
+  const step = (what: string): void => {
+    done++;
+    onProgress?.(done, total, what);
+  };
+  onProgress?.(0, total, 'measuring parallelism');
+  const parallelism = await measureParallelism(c.maxVcpus);
+  const points: ScalePoint[] = [];
+  let pagesPerVcpu = 0;
+  for (let n = 1; n <= c.maxVcpus; n++) {
+    const vms: BenchVm[] = [];
+    try {
+      for (const fast of [true, false]) {
+        vms.push(await BenchVm.start({ mode: c.mode, vcpus: n, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast }));
+        step(`${n} vCPU(s), fast path ${fast ? 'on' : 'off'}: vCPUs ready`);
+      }
+      pagesPerVcpu = vms[0]!.pagesPerVcpu;
+      for (const vm of vms) {
+        await vm.runPass();
+        vm.kvm.dirtyLog.enable(0);
+        step(`${n} vCPU(s): populate, enable dirty logging`);
+      }
+      const times: number[][] = vms.map(() => []);
+      for (let it = 1; it <= c.iterations; it++) {
+        const order = it % 2 === 1 ? [0, 1] : [1, 0];
+        for (const k of order) {
+          const vm = vms[k]!;
+          times[k]!.push(await vm.runPass());
+          vm.kvm.dirtyLog.get(0, vm.bitmap);
+          const missing = vm.missingFromLog();
+          if (missing !== 0) throw new Error(`scale: the dirty log misses ${missing} of the pages the vCPUs wrote`);
+          step(`${n} vCPU(s): iteration ${it}`);
+        }
+      }
+      vms.forEach((vm, k) => {
+        const redirtySeconds = median(times[k]!.slice(1));
+        points.push({ vcpus: n, fastPath: vm.options.fastPath, pagesPerSecond: (n * vm.pagesPerVcpu) / redirtySeconds, redirtySeconds });
+      });
+    } finally {
+      await Promise.all(vms.map((vm) => vm.close()));
+    }
+  }
+  return {
+    result: {
+      kind: 'scale',
+      version: 1,
+      config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode },
+      points,
+      machine: machineInfo(),
+    },
+    iterations: c.iterations,
+    pagesPerVcpu,
+    parallelism,
+    wallSeconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** A CPU-bound loop (no shared memory) for measureParallelism's workers. */
+const SPIN_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+let x = 1;
+const t0 = performance.now();
+for (let i = 0; i < workerData; i++) x = (Math.imul(x, 1103515245) + 12345) | 0;
+parentPort.postMessage([performance.now() - t0, x]);
+`;
+
+/**
+ * How much the machine runs `n` threads at once: the same CPU-bound loop on
+ * one worker, then on `n` workers together; returns n * t(1) / t(n), the number
+ * of threads' worth of work done in parallel (n on an idle machine with n cores).
+ */
+export async function measureParallelism(n: number, loops = 60_000_000): Promise<number> {
+  const run = (k: number): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const t0 = performance.now();
+      let left = k;
+      for (let i = 0; i < k; i++) {
+        const w = new Worker(SPIN_WORKER, { eval: true, workerData: loops });
+        w.once('message', () => {
+          void w.terminate();
+          if (--left === 0) resolve(performance.now() - t0);
+        });
+        w.once('error', reject);
+      }
+    });
+  await run(1); // start-up and JIT warm-up
+  const one = await run(1);
+  const many = n === 1 ? one : await run(n);
+  return (n * one) / many;
+}

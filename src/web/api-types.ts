@@ -1,0 +1,131 @@
+// The JSON API between `kvmmu serve` and the browser page: request and response shapes (types only; the page imports them too).
+
+import type { CheckReport } from '../check/check';
+import type { MachineState, PrefixResult, SpteView, VcpuView, FrameView } from '../check/inspect';
+import type { TraceRow } from '../check/trace';
+import type { NextOperation } from '../check/web-api';
+
+export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation };
+
+/** GET /api/scenarios */
+export interface ScenarioInfo {
+  readonly name: string;
+  readonly kind: 'built-in' | 'example';
+  readonly description: string;
+  /** The guard the scenario exercises (null for examples). */
+  readonly guard: string | null;
+  /** Modes it runs in, its default first; [] for a scenario without a VM. */
+  readonly modes: string[];
+  readonly threads: string[];
+  /** It builds a VM (guards and modes apply). */
+  readonly vm: boolean;
+}
+
+export interface ScenarioList {
+  readonly scenarios: ScenarioInfo[];
+  readonly guards: { readonly name: string; readonly protectsAgainst: string }[];
+  readonly modes: string[];
+  readonly indirectFastPath: string[];
+  readonly strategies: string[];
+}
+
+/** The scenario settings every request names (all but `scenario` optional). */
+export interface SettingsRequest {
+  readonly scenario: string;
+  /** Guards switched off (default: none). */
+  readonly guardsOff?: string[];
+  /** Default: the scenario's first mode. */
+  readonly mode?: string;
+  /** Default: pin. */
+  readonly indirectFastPath?: string;
+}
+
+/** POST /api/check → CheckReport */
+export interface CheckRequest extends SettingsRequest {
+  /** Default dpor. */
+  readonly strategy?: string;
+  readonly preemptions?: number;
+  readonly executions?: number;
+  /** Time budget (default 30, at most 300). */
+  readonly seconds?: number;
+  readonly seed?: number;
+}
+
+/**
+ * POST /api/replay (also /api/step) → StepResponse. Either a replay string
+ * as `kvmmu check` prints it, or the settings plus a schedule: thread
+ * indices ([0,0,1]) or the run-length form ("0*2,1"). A schedule shorter than
+ * the execution stops there: the page sends the schedule so far plus one
+ * more thread to play the scheduler.
+ */
+export interface StepRequest extends Partial<SettingsRequest> {
+  readonly replay?: string;
+  readonly schedule?: number[] | string;
+  /** Also report what each thread would do next. */
+  readonly peek?: boolean;
+}
+
+export interface StepResponse extends PrefixResult {
+  readonly scenario: string;
+  /** null for a scenario without a VM. */
+  readonly mode: string | null;
+  readonly guardsOff: string[];
+  readonly indirectFastPath: string;
+  readonly schedule: number[];
+  /** The replay string for this schedule (`kvmmu check --replay` takes it). */
+  readonly replay: string;
+  /** With peek: each thread's next operation ([] once the execution ended). */
+  readonly next?: NextOperation[];
+}
+
+/** dirty-log.json as `kvmmu bench` writes it. */
+export interface DirtyLogBench {
+  readonly kind: 'dirty-log';
+  readonly version: 1;
+  readonly config: {
+    readonly vcpus: number;
+    readonly bytesPerVcpu: number;
+    readonly iterations: number;
+    readonly mode: string;
+    readonly fastPath: unknown;
+    readonly clearDirtyLog: boolean;
+  };
+  readonly runs: {
+    readonly fastPath: boolean;
+    readonly phases: {
+      readonly populateSeconds: number;
+      readonly enableSeconds: number;
+      readonly disableSeconds: number;
+      readonly iterations: { readonly dirtySeconds: number; readonly getSeconds: number; readonly clearSeconds: number | null }[];
+    };
+    readonly faults: { readonly fast: number; readonly slow: number; readonly spurious: number };
+  }[];
+  readonly ratio: { readonly slowOverFast: { readonly min: number; readonly median: number; readonly max: number } } | null;
+  readonly floor: { readonly nsPerOp: number; readonly fastFaultNs: number; readonly multiple: number };
+  readonly bookkeeping: { readonly bytes: number; readonly guestBytes: number; readonly share: number; readonly byKind: Record<string, number> };
+  readonly machine: { readonly cpus: number; readonly node: string; readonly [k: string]: unknown };
+}
+
+/** scale.json as `kvmmu bench` writes it. */
+export interface ScaleBench {
+  readonly kind: 'scale';
+  readonly version: 1;
+  readonly config: { readonly maxVcpus: number; readonly bytesPerVcpu: number; readonly mode: string };
+  readonly points: { readonly vcpus: number; readonly fastPath: boolean; readonly pagesPerSecond: number; readonly redirtySeconds: number }[];
+  readonly machine: { readonly [k: string]: unknown };
+}
+
+/** GET /api/bench */
+export interface BenchResponse {
+  /** The directory read (absolute). */
+  readonly dir: string;
+  readonly dirtyLog: DirtyLogBench | null;
+  readonly scale: ScaleBench | null;
+  /** Why a file is missing or was not used. */
+  readonly notes: string[];
+}
+
+/** Every 4xx/5xx answer. */
+export interface ErrorResponse {
+  readonly error: string;
+}

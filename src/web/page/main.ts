@@ -1,0 +1,226 @@
+// The page's entry point: the settings bar (scenario, mode, guards), the three views, the URL hash and the keyboard.
+
+import type { ScenarioInfo, ScenarioList } from '../api-types';
+import { api } from './api';
+import type { AppContext, Settings, ViewName } from './app';
+import { BenchView } from './bench-view';
+import { byId, h, fill } from './dom';
+import { PlayView } from './play-view';
+import { ReplayView } from './replay-view';
+
+const VIEWS: readonly ViewName[] = ['replay', 'play', 'bench'];
+
+class Page implements AppContext {
+  private scenario: ScenarioInfo;
+  private mode: string | null;
+  private guardsOff: string[] = [];
+  private view: ViewName = 'replay';
+  readonly replay: ReplayView;
+  readonly play: PlayView;
+  readonly bench: BenchView;
+  private readonly ui = {
+    scenario: h('select', { id: 'scenario', 'aria-label': 'scenario' }),
+    mode: h('select', { id: 'mode', 'aria-label': 'MMU mode' }),
+    guards: h('span', { id: 'guards', class: 'guards' }),
+    desc: h('p', { id: 'scenario-desc', class: 'desc' }),
+  };
+
+  constructor(readonly catalog: ScenarioList) {
+    this.scenario = catalog.scenarios.find((s) => s.name === 'dirty-bit-loss') ?? catalog.scenarios[0]!;
+    this.mode = this.scenario.modes[0] ?? null;
+    this.replay = new ReplayView(this);
+    this.play = new PlayView(this);
+    this.bench = new BenchView(this);
+    const settings = byId('settings');
+    fill(
+      settings,
+      h('label', null, 'Scenario ', this.ui.scenario),
+      h('label', null, 'Mode ', this.ui.mode),
+      h('span', { class: 'guards-label', title: 'each guard is a protection from the locking document; switch one off to get the unfixed code' }, 'Guards (uncheck to switch off):'),
+      this.ui.guards,
+      this.ui.desc,
+    );
+    fill(
+      this.ui.scenario,
+      h('optgroup', { label: 'KVM scenarios' }, ...catalog.scenarios.filter((s) => s.kind === 'built-in').map((s) => h('option', { value: s.name }, s.name))),
+      h('optgroup', { label: 'Examples (not KVM)' }, ...catalog.scenarios.filter((s) => s.kind !== 'built-in').map((s) => h('option', { value: s.name }, s.name))),
+    );
+    this.ui.scenario.addEventListener('change', () => {
+      const s = catalog.scenarios.find((x) => x.name === this.ui.scenario.value)!;
+      this.scenario = s;
+      this.mode = s.modes[0] ?? null;
+      this.guardsOff = [];
+      this.ui.scenario.blur();
+      this.settingsChanged();
+    });
+    this.ui.mode.addEventListener('change', () => {
+      this.mode = this.ui.mode.value;
+      this.ui.mode.blur();
+      this.settingsChanged();
+    });
+    const main = byId('main');
+    fill(main, this.replay.el, this.play.el, this.bench.el);
+    this.drawSettings();
+  }
+
+  settings(): Settings {
+    return { scenario: this.scenario, mode: this.scenario.vm ? this.mode : null, guardsOff: [...this.guardsOff] };
+  }
+
+  private drawSettings(): void {
+    const s = this.scenario;
+    this.ui.scenario.value = s.name;
+    fill(this.ui.mode, ...(s.modes.length === 0 ? [h('option', { value: '' }, 'no VM')] : s.modes.map((m) => h('option', { value: m }, m))));
+    this.ui.mode.value = this.mode ?? '';
+    this.ui.mode.disabled = s.modes.length <= 1;
+    if (!s.vm) {
+      fill(this.ui.guards, h('span', { class: 'muted' }, 'none: this example has no VM'));
+      fill(this.ui.desc, h('b', null, `example, threads ${s.threads.join(' · ')} — `), s.description);
+      this.ui.desc.title = s.description;
+      return;
+    }
+    fill(
+      this.ui.guards,
+      ...this.catalog.guards.map((g) => {
+        const box = h('input', {
+          type: 'checkbox',
+          id: `guard-${g.name}`,
+          checked: !this.guardsOff.includes(g.name),
+          onchange: (e: Event) => {
+            const on = (e.target as HTMLInputElement).checked;
+            this.guardsOff = on ? this.guardsOff.filter((x) => x !== g.name) : [...this.guardsOff, g.name];
+            this.settingsChanged();
+          },
+        });
+        return h(
+          'label',
+          { class: `guard${g.name === s.guard ? ' own' : ''}${this.guardsOff.includes(g.name) ? ' off' : ''}`, title: `protects against: ${g.protectsAgainst}${g.name === s.guard ? ' (this scenario exercises it)' : ''}` },
+          box,
+          g.name,
+        );
+      }),
+    );
+    fill(this.ui.desc, h('b', null, `${s.kind === 'built-in' ? '' : 'example, threads '}${s.threads.join(' · ')} — `), s.description);
+    this.ui.desc.title = s.description;
+  }
+
+  private settingsChanged(): void {
+    this.drawSettings();
+    this.writeHash();
+    this.replay.settingsChanged();
+    if (this.view === 'play') void this.play.activate();
+  }
+
+  applySettings(s: { scenario: string; mode: string | null; guardsOff: readonly string[] }): void {
+    const sc = this.catalog.scenarios.find((x) => x.name === s.scenario);
+    if (sc === undefined) return;
+    this.scenario = sc;
+    this.mode = s.mode ?? sc.modes[0] ?? null;
+    this.guardsOff = [...s.guardsOff];
+    this.drawSettings();
+    this.writeHash();
+  }
+
+  showError(e: unknown): void {
+    const box = byId('error');
+    byId('error-text').textContent = e instanceof Error ? e.message : String(e);
+    box.hidden = false;
+  }
+
+  clearError(): void {
+    byId('error').hidden = true;
+  }
+
+  showView(v: ViewName): void {
+    this.view = v;
+    this.replay.stop();
+    for (const name of VIEWS) {
+      byId(`view-${name}`).hidden = name !== v;
+      const tab = document.querySelector<HTMLElement>(`#tabs [data-view="${name}"]`)!;
+      tab.setAttribute('aria-selected', String(name === v));
+    }
+    byId('settings').hidden = v === 'bench';
+    this.writeHash();
+    if (v === 'play') void this.play.activate();
+    if (v === 'bench') void this.bench.activate();
+  }
+
+  openReplay(replay: string, source: string): void {
+    this.showView('replay');
+    void this.replay.loadReplay(replay, source);
+  }
+
+  /** #view=replay&scenario=dirty-bit-loss&mode=direct&off=atomic-volatile-clear */
+  private writeHash(): void {
+    const p = new URLSearchParams({ view: this.view, scenario: this.scenario.name });
+    if (this.scenario.vm && this.mode !== null) p.set('mode', this.mode);
+    if (this.guardsOff.length > 0) p.set('off', this.guardsOff.join(','));
+    history.replaceState(null, '', `#${p.toString()}`);
+  }
+
+  readHash(): { view: ViewName; replay: string | null } {
+    const p = new URLSearchParams(location.hash.slice(1));
+    const sc = this.catalog.scenarios.find((x) => x.name === p.get('scenario'));
+    if (sc !== undefined) {
+      const mode = p.get('mode');
+      const off = (p.get('off') ?? '').split(',').filter((g) => this.catalog.guards.some((x) => x.name === g));
+      this.applySettings({ scenario: sc.name, mode: mode !== null && sc.modes.includes(mode) ? mode : null, guardsOff: off });
+    }
+    const v = p.get('view') as ViewName | null;
+    return { view: v !== null && VIEWS.includes(v) ? v : 'replay', replay: p.get('replay') };
+  }
+
+  onKey(e: KeyboardEvent): boolean {
+    if (this.view === 'replay') return this.replay.onKey(e);
+    if (this.view === 'play') return this.play.onKey(e);
+    return false;
+  }
+}
+
+/** Keys go to the views unless the user is typing or choosing in a list. */
+function typing(e: KeyboardEvent): boolean {
+  const t = e.target;
+  if (t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement) return true;
+  return t instanceof HTMLInputElement && t.type !== 'checkbox' && t.type !== 'range' && t.type !== 'button';
+}
+
+async function start(): Promise<void> {
+  byId('error-close').addEventListener('click', () => (byId('error').hidden = true));
+  let catalog: ScenarioList;
+  try {
+    catalog = await api.scenarios();
+  } catch (e) {
+    byId('error-text').textContent = (e as Error).message;
+    byId('error').hidden = false;
+    return;
+  }
+  const page = new Page(catalog);
+  for (const tab of document.querySelectorAll<HTMLButtonElement>('#tabs [data-view]')) {
+    tab.addEventListener('click', () => {
+      page.showView(tab.dataset.view as ViewName);
+      tab.blur();
+    });
+  }
+  document.addEventListener(
+    'keydown',
+    (e) => {
+      if (e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
+      if (page.onKey(e)) e.preventDefault();
+    },
+    true,
+  );
+  // Space on a focused button or checkbox would click it on key-up; it plays/pauses instead.
+  document.addEventListener(
+    'keyup',
+    (e) => {
+      if (e.key === ' ' && !typing(e)) e.preventDefault();
+    },
+    true,
+  );
+  const { view, replay } = page.readHash();
+  page.showView(view);
+  if (replay !== null) page.openReplay(replay, 'link');
+  document.body.classList.add('ready');
+}
+
+void start();

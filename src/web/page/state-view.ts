@@ -1,0 +1,194 @@
+// The state that matters at one step, before and after it: SPTE bits, vCPU TLBs, the dirty bitmap, frames, host mappings and lock holders.
+
+import type { MachineState, SpteView, TraceRow } from '../api-types';
+import { h, fill, hex, type Child } from './dom';
+import { valueChange } from './trace-view';
+
+const BITS = ['P', 'W', 'U', 'A', 'D', 'HOST_WRITABLE', 'MMU_WRITABLE'] as const;
+type Bit = (typeof BITS)[number];
+
+const BIT_HELP: Readonly<Record<Bit, string>> = {
+  P: 'Present',
+  W: 'Writable: the guest can write through it',
+  U: 'User',
+  A: 'Accessed (set by the hardware walk)',
+  D: 'Dirty: set by the hardware on a write; a write-back of the frame depends on it',
+  HOST_WRITABLE: 'the host maps the page writable',
+  MMU_WRITABLE: 'KVM may make the SPTE writable (the fast path may set W without mmu_lock)',
+};
+
+/** The SPTE a trace row touched, if it names one ("spte (sp 3, #3)"). */
+function touchedSpte(row: TraceRow | null): { sp: number; index: number } | null {
+  const m = row === null ? null : /^spte \(sp (\d+), #(\d+)\)/.exec(row.target);
+  return m === null ? null : { sp: Number(m[1]), index: Number(m[2]) };
+}
+
+function section(title: string, help: string | null, ...body: Child[]): HTMLElement {
+  return h('section', { class: 'st-section' }, h('h3', { title: help }, title), ...body);
+}
+
+function spteRow(label: string, cls: string, s: SpteView | undefined, other: SpteView | undefined): HTMLElement {
+  if (s === undefined) return h('tr', { class: `${cls} absent` }, h('th', null, label), h('td', { colspan: BITS.length + 1, class: other !== undefined ? 'changed' : null }, 'not present'));
+  return h(
+    'tr',
+    { class: cls },
+    h('th', null, label),
+    ...BITS.map((b) =>
+      h(
+        'td',
+        { class: `bit ${s.bits[b] ? 'on' : 'off'}${other !== undefined && other.bits[b] !== s.bits[b] ? ' changed' : ''}`, 'data-bit': b, title: `${b}: ${BIT_HELP[b]}` },
+        s.bits[b] ? '1' : '0',
+      ),
+    ),
+    h('td', { class: `pfn${other !== undefined && other.pfn !== s.pfn ? ' changed' : ''}` }, hex(s.pfn)),
+  );
+}
+
+function sptesSection(before: MachineState | null, after: MachineState, row: TraceRow | null): HTMLElement {
+  const b = new Map((before?.sptes ?? []).map((s) => [s.sptep, s]));
+  const a = new Map(after.sptes.map((s) => [s.sptep, s]));
+  const keys = [...new Set([...b.keys(), ...a.keys()])].sort((x, y) => x - y);
+  const touched = touchedSpte(row);
+  if (keys.length === 0) return section('Leaf SPTEs', null, h('p', { class: 'muted' }, 'no present leaf SPTE'));
+  const cards = keys.map((k) => {
+    const sb = b.get(k);
+    const sa = a.get(k);
+    const s = (sa ?? sb)!;
+    const hit = touched !== null && touched.sp === s.sp && touched.index === s.index;
+    return h(
+      'div',
+      { class: `spte${hit ? ' touched' : ''}`, 'data-sptep': k, 'data-gfn': s.gfn },
+      h('div', { class: 'spte-title' }, h('b', null, `gfn ${hex(s.gfn)}`), ` · sp ${s.sp}, #${s.index}`, hit ? h('span', { class: 'tag' }, 'this step') : null),
+      h(
+        'table',
+        { class: 'bits' },
+        h('thead', null, h('tr', null, h('th', null, ''), ...BITS.map((x) => h('th', { title: BIT_HELP[x], class: x.length > 1 ? 'long' : null }, ...x.split('_').flatMap((w, i) => (i === 0 ? [w] : ['_', h('wbr'), w])))), h('th', null, 'pfn'))),
+        h('tbody', null, before === null ? null : spteRow('before', 'spte-before', sb, sa), spteRow(before === null ? 'now' : 'after', 'spte-after', sa, before === null ? undefined : sb)),
+      ),
+    );
+  });
+  return section('Leaf SPTEs', 'present leaf SPTEs, before and after this step; changed bits are marked', ...cards);
+}
+
+function change<T>(before: T | undefined, after: T, show: (v: T) => string): HTMLElement {
+  if (before === undefined || show(before) === show(after)) return h('span', null, show(after));
+  return h('span', { class: 'changed' }, h('s', null, show(before)), ' → ', show(after));
+}
+
+function vcpusSection(before: MachineState | null, after: MachineState): HTMLElement | null {
+  if (after.vcpus.length === 0) return null;
+  const items = after.vcpus.map((v) => {
+    const vb = before?.vcpus.find((x) => x.index === v.index);
+    const tb = new Map((vb?.tlb ?? []).map((e) => [e.vpn, e]));
+    const ta = new Map(v.tlb.map((e) => [e.vpn, e]));
+    const vpns = [...new Set([...tb.keys(), ...ta.keys()])].sort((x, y) => x - y);
+    const entry = (e: { gfn: number; pfn: number; writable: boolean; dirty: boolean }): string =>
+      `gfn ${hex(e.gfn)} → pfn ${hex(e.pfn)} ${e.writable ? 'W' : 'RO'}${e.dirty ? ' D' : ''}`;
+    const rows = vpns.map((vpn) => {
+      const eb = tb.get(vpn);
+      const ea = ta.get(vpn);
+      if (ea === undefined) return h('li', { class: 'gone' }, h('s', null, `vpn ${hex(vpn)}: ${entry(eb!)}`), ' (flushed)');
+      const cls = before === null ? null : eb === undefined ? 'came' : entry(eb) !== entry(ea) ? 'changed' : null;
+      return h('li', { class: cls }, `vpn ${hex(vpn)}: `, change(before === null ? undefined : eb, ea, entry));
+    });
+    return h(
+      'div',
+      { class: 'vcpu', 'data-vcpu': v.index },
+      h('div', null, h('b', null, `vCPU ${v.index}`), ' ', change(vb?.mode, v.mode, (m) => m), ' ', v.flushPending ? h('span', { class: 'tag warn' }, 'TLB flush pending') : null),
+      rows.length === 0 ? h('div', { class: 'muted' }, 'TLB empty') : h('ul', { class: 'tlb' }, ...rows),
+    );
+  });
+  return section('vCPUs and their TLBs', "each vCPU's mode, pending flush request and cached translations", ...items);
+}
+
+function dirtySection(before: MachineState | null, after: MachineState): HTMLElement | null {
+  if (after.vcpus.length === 0 && after.mappings.length === 0) return null;
+  const gfns = new Set<number>([...after.dirty, ...(before?.dirty ?? []), ...after.mappings.map((m) => m.gfn), ...after.sptes.map((s) => s.gfn)]);
+  const was = new Set(before?.dirty ?? []);
+  const is = new Set(after.dirty);
+  const chips = [...gfns]
+    .sort((x, y) => x - y)
+    .map((g) =>
+      h('span', { class: `gfn-bit ${is.has(g) ? 'on' : 'off'}${before !== null && was.has(g) !== is.has(g) ? ' changed' : ''}`, 'data-gfn': g, title: is.has(g) ? 'dirty' : 'clean' }, hex(g)),
+    );
+  return section(
+    'Dirty bitmap',
+    'gfns whose bit is set in the dirty bitmap (what the next get-dirty-log returns)',
+    h('div', null, `dirty logging ${after.dirtyLogging ? 'on' : 'off'}: `, ...chips),
+  );
+}
+
+function framesSection(before: MachineState | null, after: MachineState): HTMLElement | null {
+  if (after.frames.length === 0 && (before?.frames.length ?? 0) === 0) return null;
+  const fb = new Map((before?.frames ?? []).map((f) => [f.pfn, f]));
+  const fa = new Map(after.frames.map((f) => [f.pfn, f]));
+  const pfns = [...new Set([...fb.keys(), ...fa.keys()])].sort((x, y) => x - y);
+  const flagText = (f: { dirty: boolean; ksm: boolean }): string => [f.dirty ? 'dirty' : '', f.ksm ? 'KSM' : ''].filter((x) => x !== '').join(', ') || '–';
+  const rows = pfns.map((p) => {
+    const b = fb.get(p);
+    const a = fa.get(p);
+    if (a === undefined) return h('tr', { class: 'gone' }, h('td', null, hex(p)), h('td', { colspan: 2 }, 'freed'));
+    return h('tr', { 'data-pfn': p }, h('td', null, hex(p)), h('td', null, change(b, a, (f) => String(f.refcount))), h('td', null, change(b, a, flagText)));
+  });
+  return section('Frames', 'host frames in use: refcount, and whether the frame is marked dirty (written back on swap-out)', h('table', { class: 'plain' }, h('thead', null, h('tr', null, h('th', null, 'pfn'), h('th', null, 'refcount'), h('th', null, 'flags'))), h('tbody', null, ...rows)));
+}
+
+function mappingsSection(before: MachineState | null, after: MachineState): HTMLElement | null {
+  const mb = new Map((before?.mappings ?? []).map((m) => [m.gfn, m]));
+  const ma = new Map(after.mappings.map((m) => [m.gfn, m]));
+  const gfns = [...new Set([...mb.keys(), ...ma.keys()])].sort((x, y) => x - y);
+  if (gfns.length === 0) return null;
+  const text = (m: { pfn: number; writable: boolean } | undefined): string => (m === undefined ? 'not mapped' : `pfn ${hex(m.pfn)} ${m.writable ? 'W' : 'RO'}`);
+  const items = gfns.map((g) => h('li', null, `gfn ${hex(g)} → `, change(before === null ? undefined : text(mb.get(g)), text(ma.get(g)), (x) => x)));
+  return section('Host mappings', "the VMM's mapping gfn → pfn (what the MMU notifier protects)", h('ul', { class: 'plain' }, ...items));
+}
+
+function locksLine(before: MachineState | null, after: MachineState): HTMLElement | null {
+  if (after.vcpus.length === 0 && after.frames.length === 0) return null;
+  const who = (x: string | null): string => x ?? 'free';
+  return h(
+    'div',
+    { class: 'locks' },
+    h('span', { class: `lock${after.mmuLock !== null ? ' held' : ''}`, id: 'mmu-lock' }, 'mmu_lock: ', change(before === null ? undefined : who(before.mmuLock), who(after.mmuLock), (x) => x)),
+    h('span', { class: `lock${after.hostLock !== null ? ' held' : ''}` }, 'host mm lock: ', change(before === null ? undefined : who(before.hostLock), who(after.hostLock), (x) => x)),
+  );
+}
+
+function wordsSection(before: MachineState | null, after: MachineState): HTMLElement | null {
+  if (after.words.length === 0) return null;
+  const cells = after.words.map((w, i) =>
+    h('div', { class: `word${before !== null && before.words[i] !== w ? ' changed' : ''}` }, h('span', { class: 'muted' }, `word ${i}`), ' ', change(before?.words[i], w, String)),
+  );
+  return section('Shared words', 'the scenario\'s first 16 shared words', h('div', { class: 'words' }, ...cells));
+}
+
+/** Draw the state after a step next to the state before it (`before` null: the initial state). */
+export function renderState(root: HTMLElement, before: MachineState | null, after: MachineState, row: TraceRow | null): void {
+  const vm = after.words.length === 0;
+  fill(
+    root,
+    locksLine(before, after),
+    vm ? sptesSection(before, after, row) : null,
+    vcpusSection(before, after),
+    dirtySection(before, after),
+    framesSection(before, after),
+    mappingsSection(before, after),
+    wordsSection(before, after),
+  );
+}
+
+/** The line above the state: which step, which thread, which operation, and the value it changed. */
+export function renderStepHead(root: HTMLElement, row: TraceRow | null, threads: readonly string[], total: number | null): void {
+  fill(
+    root,
+    row === null
+      ? h('div', null, h('b', null, 'Before the first step'), ' — the state after the scenario’s setup')
+      : h(
+          'div',
+          null,
+          h('div', null, h('b', null, `Step ${row.step}`), total === null ? '' : ` of ${total}`, ' · ', h('span', { class: `thread-name t${row.thread % 6}` }, threads[row.thread] ?? `thread ${row.thread}`)),
+          h('div', { class: 'op' }, row.where === '' ? '' : `${row.where.split(' ← ')[0]}: `, h('b', null, row.op), ' ', row.target),
+          valueChange(row.before, row.after),
+        ),
+  );
+}

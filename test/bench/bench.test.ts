@@ -1,0 +1,193 @@
+// The benchmarks' output contract: the JSON schema of dirty-log.json and scale.json on tiny real-thread runs, the files --out writes, and usage errors. No timing assertions.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
+const ENTRY = path.join(__dirname, '..', '..', 'bench');
+
+function kvmmu(...args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 180_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-bench-'));
+}
+
+function isNum(x: unknown): x is number {
+  return typeof x === 'number' && Number.isFinite(x);
+}
+
+function assertKeys(o: unknown, keys: string[], where: string): asserts o is Record<string, unknown> {
+  assert.equal(typeof o, 'object', where);
+  assert.notEqual(o, null, where);
+  assert.deepEqual(Object.keys(o as object).sort(), [...keys].sort(), where);
+}
+
+function assertNums(o: Record<string, unknown>, keys: string[], where: string): void {
+  for (const k of keys) assert.ok(isNum(o[k]) && (o[k] as number) >= 0, `${where}.${k} = ${String(o[k])}`);
+}
+
+function assertMachine(m: unknown): void {
+  assertKeys(m, ['cpus', 'node'], 'machine');
+  assert.ok(Number.isInteger(m.cpus) && (m.cpus as number) >= 1);
+  assert.match(m.node as string, /^v\d+\./);
+}
+
+test('bench dirty-log --fast-path both --clear --json on a tiny VM prints the documented schema and writes the same JSON and a self-contained chart to --out', () => {
+  const out = tmpDir();
+  const r = kvmmu('bench', 'dirty-log', '-v', '2', '-b', '256K', '-i', '3', '--fast-path', 'both', '--clear', '--json', '--out', out);
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as Record<string, unknown>;
+  assertKeys(j, ['kind', 'version', 'config', 'runs', 'ratio', 'floor', 'bookkeeping', 'machine'], 'dirty-log');
+  assert.equal(j.kind, 'dirty-log');
+  assert.equal(j.version, 1);
+  assert.deepEqual(j.config, { vcpus: 2, bytesPerVcpu: 256 * 1024, iterations: 3, mode: 'direct', fastPath: 'both', clearDirtyLog: true });
+
+  const runs = j.runs as unknown[];
+  assert.equal(runs.length, 2);
+  assert.deepEqual(
+    runs.map((x) => (x as { fastPath: boolean }).fastPath),
+    [true, false],
+  );
+  for (const run of runs) {
+    assertKeys(run, ['fastPath', 'phases', 'faults'], 'run');
+    assertKeys(run.phases, ['populateSeconds', 'enableSeconds', 'disableSeconds', 'iterations'], 'phases');
+    assertNums(run.phases, ['populateSeconds', 'enableSeconds', 'disableSeconds'], 'phases');
+    const its = run.phases.iterations as unknown[];
+    assert.equal(its.length, 3);
+    for (const it of its) {
+      assertKeys(it, ['dirtySeconds', 'getSeconds', 'clearSeconds'], 'iteration');
+      assertNums(it, ['dirtySeconds', 'getSeconds', 'clearSeconds'], 'iteration');
+    }
+    assertKeys(run.faults, ['fast', 'slow', 'spurious'], 'faults');
+    assertNums(run.faults, ['fast', 'slow', 'spurious'], 'faults');
+  }
+  // 2 vCPUs x 64 pages: populate faults every page in the slow path; with initially-set, iteration 1 does not
+  // fault and iterations 2 and 3 fault every page — in the fast path when it is on.
+  const [on, off] = runs as { faults: Record<string, number> }[];
+  assert.deepEqual(on!.faults, { fast: 256, slow: 128, spurious: 0 });
+  assert.deepEqual(off!.faults, { fast: 0, slow: 384, spurious: 0 });
+
+  assertKeys(j.ratio, ['slowOverFast'], 'ratio');
+  assertKeys(j.ratio.slowOverFast, ['min', 'median', 'max'], 'ratio.slowOverFast');
+  assertNums(j.ratio.slowOverFast, ['min', 'median', 'max'], 'ratio.slowOverFast');
+  const s = j.ratio.slowOverFast as Record<string, number>;
+  assert.ok(s.min! <= s.median! && s.median! <= s.max!);
+
+  assertKeys(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple'], 'floor');
+  assertNums(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple'], 'floor');
+  const f = j.floor as Record<string, number>;
+  assert.ok(Math.abs(f.multiple! - f.fastFaultNs! / f.nsPerOp!) < 1e-9 * f.multiple!);
+
+  assertKeys(j.bookkeeping, ['bytes', 'guestBytes', 'share', 'byKind'], 'bookkeeping');
+  assertNums(j.bookkeeping, ['bytes', 'guestBytes', 'share'], 'bookkeeping');
+  const b = j.bookkeeping as { bytes: number; guestBytes: number; share: number; byKind: Record<string, number> };
+  assert.equal(b.guestBytes, 2 * 256 * 1024);
+  assert.equal(b.bytes, Object.values(b.byKind).reduce((x, y) => x + y, 0));
+  assert.ok(Math.abs(b.share - b.bytes / b.guestBytes) < 1e-12);
+  assertMachine(j.machine);
+
+  assert.deepEqual(fs.readdirSync(out).sort(), ['dirty-log.html', 'dirty-log.json']);
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, 'dirty-log.json'), 'utf8')), j);
+  const html = fs.readFileSync(path.join(out, 'dirty-log.html'), 'utf8');
+  assert.match(html, /new Chart\(/);
+  assert.doesNotMatch(html, /<script[^>]+src=/, 'the chart library is inlined, not loaded');
+  assert.match(html, /Iteration 2 dirty memory time/);
+});
+
+test('bench dirty-log without --clear reports null clear times and no ratio when only one way ran', () => {
+  const r = kvmmu('bench', 'dirty-log', '-b', '64K', '-i', '2', '--fast-path', 'off', '--json');
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as { ratio: unknown; runs: { fastPath: boolean; phases: { iterations: { clearSeconds: unknown }[] } }[] };
+  assert.equal(j.ratio, null);
+  assert.equal(j.runs.length, 1);
+  assert.equal(j.runs[0]!.fastPath, false);
+  for (const it of j.runs[0]!.phases.iterations) assert.equal(it.clearSeconds, null);
+});
+
+test('bench scale --json over 1..2 vCPUs prints the documented schema and writes scale.json and scale.html', () => {
+  const out = tmpDir();
+  const r = kvmmu('bench', 'scale', '-v', '2', '-b', '128K', '-i', '2', '--json', '--out', out);
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as Record<string, unknown>;
+  assertKeys(j, ['kind', 'version', 'config', 'points', 'machine'], 'scale');
+  assert.equal(j.kind, 'scale');
+  assert.equal(j.version, 1);
+  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, mode: 'direct' });
+  const points = j.points as Record<string, unknown>[];
+  assert.deepEqual(
+    points.map((p) => [p.vcpus, p.fastPath]),
+    [
+      [1, true],
+      [1, false],
+      [2, true],
+      [2, false],
+    ],
+  );
+  for (const p of points) {
+    assertKeys(p, ['vcpus', 'fastPath', 'pagesPerSecond', 'redirtySeconds'], 'point');
+    assertNums(p, ['pagesPerSecond', 'redirtySeconds'], 'point');
+    assert.ok(Math.abs((p.pagesPerSecond as number) * (p.redirtySeconds as number) - (p.vcpus as number) * 32) < 1e-6);
+  }
+  assertMachine(j.machine);
+  assert.deepEqual(fs.readdirSync(out).sort(), ['scale.html', 'scale.json']);
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, 'scale.json'), 'utf8')), j);
+});
+
+test('the text report prints the selftest phases, fault counts, the floor and the bookkeeping share', () => {
+  const r = kvmmu('bench', 'dirty-log', '-b', '64K', '-i', '2', '--fast-path', 'both', '--mode', 'shadow');
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  for (const line of [
+    /^Populate memory time: \d+\.\d+s$/m,
+    /^Enabling dirty logging time: /m,
+    /^Iteration 2 dirty memory time: /m,
+    /^Iteration 2 get dirty log time: /m,
+    /^Disabling dirty logging time: /m,
+    /^Faults: \d+ fast, \d+ slow, \d+ spurious/m,
+    /fast path off \/ on .*min [\d.]+x, median [\d.]+x, max [\d.]+x/,
+    /^floor: .* ns$/m,
+    /^fast fault: .*shadow mode.* = [\d.]+x the floor$/m,
+    /^MMU bookkeeping: .* = [\d.]+% of /m,
+  ])
+    assert.match(r.stdout, line);
+});
+
+for (const [args, pattern] of [
+  [['-i', '1'], /-i must be from 2/],
+  [['-b', '0'], /-b must be a multiple of 4 KiB and at least 64 KiB/],
+  [['-v', '0'], /-v must be from 1/],
+  [['-v', 'two'], /-v must be an integer/],
+  [['--mode', 'nested'], /Allowed choices are direct, shadow/],
+  [['--fast-path', 'maybe'], /Allowed choices are on, off, both/],
+  [['-v', '2', '-b', '3G'], /does not fit/],
+] as const) {
+  test(`'kvmmu bench dirty-log ${args.join(' ')}' is a usage error: exit 2, one error line, nothing written`, () => {
+    const out = path.join(tmpDir(), 'out');
+    const r = kvmmu('bench', 'dirty-log', ...args, '--out', out);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, pattern);
+    assert.equal(r.stdout, '');
+    assert.equal(r.stderr.split('\n').filter((l) => /^(kvmmu: |error: )/.test(l)).length, 1, r.stderr);
+    assert.equal(fs.existsSync(out), false);
+  });
+}
+
+test("'kvmmu bench scale -i 1' is a usage error too", () => {
+  const r = kvmmu('bench', 'scale', '-i', '1');
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /-i must be from 2/);
+});
+
+test('node dist/bench/dirty-log.js is the CLI command', () => {
+  const r = spawnSync(process.execPath, [path.join(ENTRY, 'dirty-log.js'), '-b', '64K', '-i', '2', '--json'], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal((JSON.parse(r.stdout) as { kind: string }).kind, 'dirty-log');
+  const e = spawnSync(process.execPath, [path.join(ENTRY, 'scale.js'), '-i', '1'], { encoding: 'utf8' });
+  assert.equal(e.status, 2);
+});

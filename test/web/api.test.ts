@@ -1,0 +1,226 @@
+// The browser view's server: its JSON API (scenarios, check, replay and step, benchmark results), 4xx answers for bad requests, and the loopback rule.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as net from 'node:net';
+import { spawnSync } from 'node:child_process';
+import { isLoopbackHost, startServer, type RunningServer } from '../../src/web/server';
+import type { BenchResponse, CheckReport, ScenarioList, StepResponse } from '../../src/web/api-types';
+import { CLI, benchFixtureDir, post, request, startServe } from './helpers';
+
+let server: RunningServer;
+let base: string;
+let benchDir: string;
+
+before(async () => {
+  benchDir = benchFixtureDir();
+  server = await startServer({ port: 0, benchDir });
+  base = server.url;
+});
+
+after(async () => {
+  await server.close();
+  fs.rmSync(benchDir, { recursive: true, force: true });
+});
+
+const OFF = ['atomic-volatile-clear'];
+
+test('the server listens on 127.0.0.1 by default and serves the built page', async () => {
+  assert.equal(server.host, '127.0.0.1');
+  assert.equal(server.loopback, true);
+  assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+  const page = await request(base, 'GET', '/');
+  assert.equal(page.status, 200);
+  assert.match(page.type, /text\/html/);
+  assert.match(page.body, /<script src="app.js">/);
+  const js = await request(base, 'GET', '/app.js');
+  assert.equal(js.status, 200);
+  assert.match(js.type, /javascript/);
+});
+
+test('the scenario list names each scenario with its description, guard, modes and threads', async () => {
+  const r = await request(base, 'GET', '/api/scenarios');
+  assert.equal(r.status, 200);
+  const list = r.json<ScenarioList>();
+  const d = list.scenarios.find((s) => s.name === 'dirty-bit-loss');
+  assert.ok(d !== undefined);
+  assert.equal(d.guard, 'atomic-volatile-clear');
+  assert.deepEqual(d.modes, ['direct', 'shadow']);
+  assert.deepEqual(d.threads, ['vCPU 0', 'host']);
+  assert.equal(d.vm, true);
+  assert.match(d.description, /Dirty bit/);
+  assert.equal(list.scenarios.find((s) => s.name === 'lost-update')?.vm, false);
+  assert.deepEqual(
+    list.guards.map((g) => g.name),
+    ['pin-indirect', 'flush-mmu-writable', 'atomic-volatile-clear', 'notifier-retry', 'lockless-walk-sync'],
+  );
+});
+
+test('a check with atomic-volatile-clear off returns the counterexample; replaying it shows the Dirty bit set just before the plain store', async () => {
+  const r = await post(base, '/api/check', { scenario: 'dirty-bit-loss', guardsOff: OFF });
+  assert.equal(r.status, 200, r.body);
+  const report = r.json<CheckReport>();
+  assert.deepEqual(report.guards.off, OFF);
+  const v = report.violation;
+  assert.ok(v !== null, 'the checker finds the lost Dirty bit');
+  assert.equal(v.invariant, 'frame-dirty-before-drop');
+
+  const s = await post(base, '/api/replay', { replay: v.schedule });
+  assert.equal(s.status, 200, s.body);
+  const step = s.json<StepResponse>();
+  assert.equal(step.rows.length, v.steps);
+  assert.equal(step.states.length, v.steps + 1);
+  assert.equal(step.violation?.invariant, v.invariant);
+  assert.equal(step.violation?.step, v.steps);
+  assert.equal(step.replay, v.schedule);
+  const store = step.rows.find((row) => step.threads[row.thread] === 'host' && row.op === 'store64' && row.target.startsWith('spte'));
+  assert.ok(store !== undefined, 'the host clears the SPTE with a plain store');
+  const spteBefore = step.states[store.step - 1]!.sptes;
+  assert.equal(spteBefore.length, 1);
+  assert.equal(spteBefore[0]!.bits.D, true, 'the D bit is set before the store');
+  assert.deepEqual(step.states[store.step]!.sptes, [], 'and the store drops the SPTE, D bit and all');
+});
+
+test('a step request runs a schedule prefix and says which threads can run next and what they would do', async () => {
+  const r = await post(base, '/api/step', { scenario: 'dirty-bit-loss', guardsOff: OFF, schedule: [], peek: true });
+  assert.equal(r.status, 200, r.body);
+  const s = r.json<StepResponse>();
+  assert.deepEqual(s.rows, []);
+  assert.equal(s.states.length, 1);
+  assert.deepEqual(s.enabled, [0, 1]);
+  assert.equal(s.finished, false);
+  assert.equal(s.next?.length, 2);
+  assert.equal(s.next![1]!.status, 'ready');
+  assert.equal(s.next![1]!.op, 'lock');
+  const r2 = await post(base, '/api/step', { scenario: 'dirty-bit-loss', guardsOff: OFF, schedule: '0*3,1' });
+  assert.equal(r2.status, 200, r2.body);
+  const s2 = r2.json<StepResponse>();
+  assert.deepEqual(s2.schedule, [0, 0, 0, 1]);
+  assert.equal(s2.rows.length, 4);
+  assert.equal(s2.rows[3]!.thread, 1);
+  assert.equal(s2.preemptions, 1);
+  assert.equal(s2.replay, 'dirty-bit-loss:direct:atomic-volatile-clear:pin:0*3,1');
+});
+
+const BAD: [string, string, unknown, number, RegExp][] = [
+  ['an unknown scenario', '/api/check', { scenario: 'no-such-scenario' }, 404, /unknown scenario 'no-such-scenario'/],
+  ['no scenario', '/api/check', {}, 400, /which scenario/],
+  ['an unknown guard', '/api/check', { scenario: 'dirty-bit-loss', guardsOff: ['no-such-guard'] }, 400, /unknown guard 'no-such-guard'/],
+  ['a mode the scenario does not run in', '/api/check', { scenario: 'wp-tlb-flush', mode: 'direct' }, 400, /runs in shadow mode, not direct/],
+  ['an unknown strategy', '/api/check', { scenario: 'dirty-bit-loss', strategy: 'guess' }, 400, /unknown strategy 'guess'/],
+  ['an unknown field', '/api/check', { scenario: 'dirty-bit-loss', guards: [] }, 400, /unknown field 'guards'/],
+  ['a malformed schedule string', '/api/replay', { scenario: 'dirty-bit-loss', schedule: '0*x' }, 400, /malformed schedule/],
+  ['a schedule that is not thread indices', '/api/replay', { scenario: 'dirty-bit-loss', schedule: [0, 'a'] }, 400, /malformed schedule: step 2/],
+  ['a malformed replay string', '/api/replay', { replay: 'dirty-bit-loss:direct' }, 400, /malformed replay string/],
+  ['a replay string for an unknown scenario', '/api/replay', { replay: 'nope:direct:none:pin:0' }, 404, /unknown scenario 'nope'/],
+  ['a step naming a thread that cannot run', '/api/step', { scenario: 'dirty-bit-loss', schedule: Array<number>(40).fill(1) }, 400, /thread 1 cannot run there/],
+  ['a thread the scenario does not have', '/api/step', { scenario: 'dirty-bit-loss', schedule: [5] }, 400, /thread 5 cannot run there/],
+  ['a schedule longer than the execution', '/api/step', { scenario: 'lost-update', schedule: [0, 0, 1, 1, 0] }, 400, /ended after 4 steps/],
+];
+
+for (const [what, url, body, status, pattern] of BAD) {
+  test(`${what} gets a ${status} with a JSON error`, async () => {
+    const r = await post(base, url, body);
+    assert.equal(r.status, status, r.body);
+    assert.match(r.type, /application\/json/);
+    assert.match(r.json<{ error: string }>().error, pattern);
+  });
+}
+
+test('a body that is not JSON, or not sent as JSON, is refused with a JSON error', async () => {
+  const notJson = await request(base, 'POST', '/api/check', '{scenario', { 'content-type': 'application/json' });
+  assert.equal(notJson.status, 400);
+  assert.match(notJson.json<{ error: string }>().error, /not JSON/);
+  const form = await request(base, 'POST', '/api/check', 'scenario=dirty-bit-loss', { 'content-type': 'application/x-www-form-urlencoded' });
+  assert.equal(form.status, 415);
+  assert.match(form.json<{ error: string }>().error, /application\/json/);
+});
+
+test('unknown API paths and methods get 404 and 405; paths outside the page are not served', async () => {
+  assert.equal((await request(base, 'GET', '/api/nothing')).status, 404);
+  assert.equal((await request(base, 'GET', '/api/check')).status, 405);
+  assert.equal((await request(base, 'GET', '/../../package.json')).status, 404);
+  assert.equal((await request(base, 'GET', '/%2e%2e/%2e%2e/package.json')).status, 404);
+});
+
+test('bound to loopback, the server refuses a request that names another host (DNS rebinding)', async () => {
+  const r = await request(base, 'GET', '/api/scenarios', undefined, { host: 'attacker.example:80' });
+  assert.equal(r.status, 403);
+  assert.match(r.json<{ error: string }>().error, /loopback/);
+  assert.equal((await request(base, 'GET', '/api/scenarios', undefined, { host: `localhost:${server.port}` })).status, 200);
+});
+
+test('benchmark results are read from the --bench directory; a missing or foreign file is a note, not an error', async () => {
+  const r = await request(base, 'GET', '/api/bench');
+  assert.equal(r.status, 200);
+  const b = r.json<BenchResponse>();
+  assert.equal(b.dir, path.resolve(benchDir));
+  assert.equal(b.dirtyLog?.runs.length, 2);
+  assert.equal(b.scale?.points.length, 8);
+  assert.deepEqual(b.notes, []);
+
+  const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-bench-empty-'));
+  fs.writeFileSync(path.join(empty, 'scale.json'), JSON.stringify({ kind: 'something-else', version: 1 }));
+  const s = await startServer({ port: 0, benchDir: empty });
+  try {
+    const e = (await request(s.url, 'GET', '/api/bench')).json<BenchResponse>();
+    assert.equal(e.dirtyLog, null);
+    assert.equal(e.scale, null);
+    assert.equal(e.notes.length, 2);
+    assert.match(e.notes.join('\n'), /dirty-log.json: not found/);
+    assert.match(e.notes.join('\n'), /scale.json: not a scale result/);
+  } finally {
+    await s.close();
+    fs.rmSync(empty, { recursive: true, force: true });
+  }
+});
+
+test('loopback addresses are told apart from the rest', () => {
+  for (const h of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '::ffff:127.0.0.1', '0:0:0:0:0:0:0:1']) assert.equal(isLoopbackHost(h), true, h);
+  for (const h of ['0.0.0.0', '::', '10.0.0.1', '192.168.1.2', '::ffff:10.0.0.1', 'example.com', '128.0.0.1']) assert.equal(isLoopbackHost(h), false, h);
+});
+
+test('kvmmu serve listens on 127.0.0.1 by default, prints its URL and no warning', async () => {
+  const s = await startServe(['--port', '0']);
+  try {
+    assert.match(s.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+    assert.equal((await request(s.url, 'GET', '/api/scenarios')).status, 200);
+    assert.doesNotMatch(s.stderr(), /warning/);
+  } finally {
+    await s.stop();
+  }
+});
+
+test('kvmmu serve --host with a non-loopback address says the server is reachable from the network', async () => {
+  const s = await startServe(['--port', '0', '--host', '0.0.0.0']);
+  try {
+    assert.match(s.url, /^http:\/\/0\.0\.0\.0:\d+\/$/);
+    assert.match(s.stderr(), /warning: listening on 0\.0\.0\.0, which is not loopback: the page and its API are reachable from the network/);
+    // Talk to it over loopback only.
+    const port = new URL(s.url).port;
+    assert.equal((await request(`http://127.0.0.1:${port}/`, 'GET', '/api/scenarios')).status, 200);
+  } finally {
+    await s.stop();
+  }
+});
+
+test('kvmmu serve usage errors exit 2 with one line: a bad port, a port in use', async () => {
+  const bad = spawnSync(process.execPath, [CLI, 'serve', '--port', '70000'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(bad.status, 2, bad.stderr);
+  assert.match(bad.stderr, /--port must be from 0 to 65535/);
+  const blocker = net.createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
+  try {
+    const port = (blocker.address() as net.AddressInfo).port;
+    // The port stays bound while the child runs: the kernel refuses its listen, no event loop needed here.
+    const busy = spawnSync(process.execPath, [CLI, 'serve', '--port', String(port)], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(busy.status, 2, busy.stderr);
+    assert.match(busy.stderr, new RegExp(`port ${port} on 127.0.0.1 is in use`));
+    assert.equal(busy.stderr.trim().split('\n').length, 1, busy.stderr);
+  } finally {
+    blocker.close();
+  }
+});
