@@ -230,21 +230,26 @@ export class Mmu implements GuestPtAccess {
 
   // ---- the slow path, direct mode ----
 
-  /**
-   * KVM's direct_page_fault: fast path first; else look up the pfn without the
-   * lock (after taking the notifier sequence), then under mmu_lock retry if an
-   * invalidation ran meanwhile (guard `notifier-retry`), build the path of
-   * shadow pages and install the SPTE.
-   */
+  /** KVM's direct_page_fault: the fast path first, else the slow path (faultInAndMap). */
   directPageFault(vcpu: KvmVcpu, gpa: number, ec: number): number {
     const k = this.kvm;
     if (k.config.fastPath) {
       const r = this.fastPageFault(vcpu, gpa, ec, Math.floor(gpa / 4096));
       if (r !== RET_PF_INVALID) return r;
     }
-    const gfn = Math.floor(gpa / 4096);
+    return this.faultInAndMap(vcpu, gpa, Math.floor(gpa / 4096), (ec & PFERR_WRITE_MASK) !== 0);
+  }
+
+  /**
+   * The slow path both MMUs share (KVM's kvm_faultin_pfn, the notifier check
+   * and the map under mmu_lock): snapshot the invalidation sequence, look up
+   * and pin the pfn without the lock, then under mmu_lock retry if an
+   * invalidation ran meanwhile (guard `notifier-retry`), else build the path
+   * of shadow pages and install the SPTE (direct_map or FNAME(fetch)).
+   */
+  private faultInAndMap(vcpu: KvmVcpu, gva: number, gfn: number, write: boolean): number {
+    const k = this.kvm;
     const hvpn = k.gfnToHvpn(gfn);
-    const write = (ec & PFERR_WRITE_MASK) !== 0;
     const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
     const pfn = k.host.getUserPage(hvpn, write);
     const hostWritable = k.host.lastWritable;
@@ -256,7 +261,10 @@ export class Mmu implements GuestPtAccess {
       return RET_PF_RETRY;
     }
     k.pages.makeMmuPagesAvailable();
-    const ret = this.directMap(vcpu, gfn, pfn, hostWritable, write);
+    const ret =
+      k.config.mode === 'direct'
+        ? this.directMap(vcpu, gfn, pfn, hostWritable, write)
+        : this.fetch(vcpu, gva, pfn, hostWritable, write);
     k.mem.unlock(k.mmuLock);
     k.host.putPage(pfn);
     if (ret === RET_PF_FIXED) vcpu.count('pfSlow');
@@ -376,24 +384,7 @@ export class Mmu implements GuestPtAccess {
       const r = this.fastPageFault(vcpu, gva, ec, w.gfn);
       if (r !== RET_PF_INVALID) return r;
     }
-    const write = (ec & PFERR_WRITE_MASK) !== 0;
-    const hvpn = k.gfnToHvpn(w.gfn);
-    const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
-    const pfn = k.host.getUserPage(hvpn, write);
-    const hostWritable = k.host.lastWritable;
-    k.mem.lock(k.mmuLock);
-    if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
-      k.mem.unlock(k.mmuLock);
-      k.host.putPage(pfn);
-      this.waitForInvalidation();
-      return RET_PF_RETRY;
-    }
-    k.pages.makeMmuPagesAvailable();
-    const ret = this.fetch(vcpu, gva, pfn, hostWritable, write);
-    k.mem.unlock(k.mmuLock);
-    k.host.putPage(pfn);
-    if (ret === RET_PF_FIXED) vcpu.count('pfSlow');
-    return ret;
+    return this.faultInAndMap(vcpu, gva, w.gfn, (ec & PFERR_WRITE_MASK) !== 0);
   }
 
   /**
