@@ -29,6 +29,7 @@
 // could still be reading it (guard `lockless-walk-sync`).
 
 import { NOTE } from '../shm/access';
+import { LEVEL_PAGES } from '../x86/pte';
 import { region, type LayoutBuilder } from '../shm/layout';
 import type { VmConfig } from './config';
 import { MMU_LRU_HEAD, MMU_LRU_TAIL, MMU_SP_FREE, totalPages, type Kvm } from './kvm';
@@ -150,7 +151,7 @@ export class MmuPages {
   entryGfn(sp: number, idx: number, role: number): number {
     if (roleIsDirect(role)) {
       const base = this.kvm.mem.load32(this.hdr(sp, SP_GFN));
-      return base + idx * 2 ** (9 * (roleLevel(role) - 1));
+      return base + idx * LEVEL_PAGES[roleLevel(role)]!;
     }
     return this.kvm.mem.load32(this.gfnsBase + sp * 512 + idx);
   }

@@ -112,8 +112,14 @@ export function isRsvdGpte(pte: bigint, level: number, cpu: number): boolean {
 
 /** Index of `gva` in the table at `level`. */
 export function pteIndex(gva: number, level: number): number {
-  return Math.floor(gva / 2 ** (PAGE_SHIFT + 9 * (level - 1))) % 512;
+  return Math.floor(gva / LEVEL_BYTES[level]!) & 511;
 }
+
+/** Bytes one entry at `level` 1..4 maps: 4 KiB, 2 MiB, 1 GiB, 512 GiB (a table, not a power: this is on every walk). */
+export const LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39];
+
+/** Pages one entry at `level` 1..4 maps: 1, 512, 512^2, 512^3. */
+export const LEVEL_PAGES: readonly number[] = [0, 1, 512, 512 ** 2, 512 ** 3];
 
 /** Frame number a non-leaf or 4 KiB guest PTE points to. */
 export function gpteGfn(pte: bigint): number {

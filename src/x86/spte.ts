@@ -36,7 +36,7 @@
 //   (b) for dirty logging: clear W only; the TLB flush may be batched, but must
 //       happen before the dirty bitmap reaches userspace.
 
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK } from './pte';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_BYTES, LEVEL_PAGES } from './pte';
 
 export const SPTE_PRESENT_MASK = 1n << 0n;
 export const SPTE_WRITABLE_MASK = 1n << 1n;
@@ -124,24 +124,19 @@ export function spteToChild(spte: bigint): number {
   return Number(BigInt.asUintN(64, spte & SPTE_BASE_ADDR_MASK)) / 4096;
 }
 
-/** Bytes one entry maps at each level (index = level; 1 is a 4 KiB page). */
-const SPTE_LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39];
-
 /**
- * Index of `addr` in a shadow page at `level` 1..4 (KVM's SPTE_INDEX). The same
- * value as x86's pteIndex for any address below 2^52 (dividing by a power of two
- * is exact), without computing the power per call: the lockless fast path and
+ * Index of `addr` in a shadow page at `level` 1..4 (KVM's SPTE_INDEX): the same
+ * split of the address as the guest's tables use (x86's pteIndex), from a table
+ * of level sizes rather than a power per call, since the lockless fast path and
  * the hardware walk call it at every level.
  */
 export function spteIndex(addr: number, level: number): number {
-  return Math.floor(addr / SPTE_LEVEL_BYTES[level]!) & 511;
+  return Math.floor(addr / LEVEL_BYTES[level]!) & 511;
 }
 
 /** Pages one entry at `level` 1..4 maps (1, 512, 512^2, 512^3). */
-const SPTE_LEVEL_PAGES: readonly number[] = [0, 1, 512, 512 * 512, 512 * 512 * 512];
-
 export function pagesPerSpte(level: number): number {
-  return SPTE_LEVEL_PAGES[level]!;
+  return LEVEL_PAGES[level]!;
 }
 
 /** The ACC_* rights a leaf SPTE grants. */

@@ -8,7 +8,8 @@ import {
   PT_DIRTY_MASK,
   PT_PAGE_SIZE_MASK,
   PT_PRESENT_MASK,
-  PAGE_SHIFT,
+  LEVEL_BYTES,
+  LEVEL_PAGES,
   accessErrorCode,
   gpteAccess,
   gpteGfn,
@@ -89,8 +90,7 @@ export class GuestWalker {
           break;
         }
         if (level <= 3 && (pte & PT_PAGE_SIZE_MASK) !== 0n) {
-          const pagesBelow = 2 ** (9 * (level - 1));
-          this.gfn = largeGpteGfn(pte, level) + (Math.floor(gva / 2 ** PAGE_SHIFT) % pagesBelow);
+          this.gfn = largeGpteGfn(pte, level) + (Math.floor(gva / LEVEL_BYTES[1]!) % LEVEL_PAGES[level]!);
           break;
         }
         table = gpteGfn(pte);
