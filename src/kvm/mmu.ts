@@ -37,7 +37,7 @@ import {
   type Kvm,
   type KvmVcpu,
 } from './kvm';
-import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleIsDirect } from './mmu-page';
+import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleIsDirect, roleLevel } from './mmu-page';
 import { SpteUpdate } from './spte-update';
 import { CPU_CR0_WP } from '../x86/pte';
 
@@ -497,9 +497,7 @@ export class Mmu implements GuestPtAccess {
     let flush = false;
     for (let i = 0; i < n; i++) {
       const sp = this.scratch[i]!;
-      const floods = k.lockedLoad(k.pages.hdr(sp, SP_FLOOD)) + 1;
-      k.lockedStore(k.pages.hdr(sp, SP_FLOOD), floods);
-      if (floods >= WRITE_FLOOD_LIMIT && k.lockedLoad(k.pages.hdr(sp, SP_ROOT_COUNT)) === 0) {
+      if (this.detectWriteFlooding(sp)) {
         k.pages.prepareZap(sp, this.invalid);
         continue;
       }
@@ -508,6 +506,21 @@ export class Mmu implements GuestPtAccess {
     if (this.invalid.length > 0) k.pages.commitZap(this.invalid);
     else if (flush) k.kvmFlushRemoteTlbs();
     k.mem.unlock(k.mmuLock);
+  }
+
+  /**
+   * KVM's detect_write_flooding: a shadowed table written again and again
+   * without a fault using it is probably no longer a page table; zap its shadow
+   * page. Last-level pages are exempt, as in KVM (there they would be unsynced
+   * instead; kvmmu keeps them write-protected), and so are roots in use.
+   * Contract: mmu_lock held.
+   */
+  private detectWriteFlooding(sp: number): boolean {
+    const k = this.kvm;
+    if (roleLevel(k.lockedLoad(k.pages.hdr(sp, SP_ROLE))) === 1) return false;
+    const floods = k.lockedLoad(k.pages.hdr(sp, SP_FLOOD)) + 1;
+    k.lockedStore(k.pages.hdr(sp, SP_FLOOD), floods);
+    return floods >= WRITE_FLOOD_LIMIT && k.lockedLoad(k.pages.hdr(sp, SP_ROOT_COUNT)) === 0;
   }
 
   // ---- invlpg ----
