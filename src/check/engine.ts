@@ -100,6 +100,8 @@ export class Execution {
   readonly pendA: Float64Array;
   readonly pendB: Float64Array;
   readonly pendC: Float64Array;
+  /** The locations each thread's pending operation touches (computed once, when it parks). */
+  readonly pendAcc: Access[];
   readonly pendWhere: string[];
   readonly done: boolean[];
   /** Thread currently running a step (or -1 between steps). */
@@ -115,6 +117,7 @@ export class Execution {
     this.pendA = new Float64Array(n);
     this.pendB = new Float64Array(n);
     this.pendC = new Float64Array(n);
+    this.pendAcc = new Array<Access>(n);
     this.pendWhere = new Array<string>(n).fill('');
     this.done = new Array<boolean>(n).fill(false);
   }
@@ -145,9 +148,9 @@ export class Execution {
     return true;
   }
 
-  /** The pending operation of thread `t` as an Access (allocates). */
+  /** The locations thread `t`'s pending operation touches. */
   pendingAccess(t: number): Access {
-    return accessOf(this.pendOp[t]!, this.pendA[t]!, this.pendB[t]!, this.pendC[t]!);
+    return this.pendAcc[t]!;
   }
 
   /** The thread that ran the previous step, or -1. */
@@ -178,6 +181,8 @@ export class Engine {
   private readonly setupData: unknown;
   private readonly maxSteps: number;
   readonly monitors: readonly Monitor[];
+  /** The monitors that look at every step (most only watch notes or the end). */
+  private readonly stepMonitors: readonly Monitor[];
   private current: Execution | null = null;
   /** Capture values and stacks for each step (for rendering a counterexample). */
   recording = false;
@@ -196,6 +201,7 @@ export class Engine {
     this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
     this.machine = gen.createScenarioMachine(spec, ctx);
     this.monitors = o.monitorsFor?.(this.machine) ?? [];
+    this.stepMonitors = this.monitors.filter((m) => m.afterStep !== undefined);
     this.meta8 = new Uint8Array(this.machine.shm.meta);
     this.data8 = new Uint8Array(this.machine.shm.data);
     // Setup runs sequentially on its own handle (thread id -1), with a hook that never yields.
@@ -226,7 +232,7 @@ export class Engine {
     const engine = this;
     this.trackingHook = {
       before(op: number, a: number, b: number, c: number) {
-        engine.noteWrite(op, a, b, c);
+        engine.noteWrite(op, accessOf(op, a, b, c));
       },
       note() {},
     };
@@ -239,9 +245,8 @@ export class Engine {
   }
 
   /** Remember which chunks a write operation touches, so the next restore copies them back. */
-  noteWrite(op: number, a: number, b: number, c: number): void {
+  noteWrite(op: number, acc: Access): void {
     // The operation's locations (ops.ts): an even key is meta Int32 word key/2, an odd key data page (key-1)/2.
-    const acc = accessOf(op, a, b, c);
     for (let k = 0; k < acc.keys.length; k++) {
       if (!acc.writes[k]) continue;
       const key = acc.keys[k]!;
@@ -281,12 +286,14 @@ export class Engine {
     // In the generator build the access layer calls `before` and then yields: record the pending operation here.
     const hook = {
       before(op: number, a: number, b: number, c: number) {
-        engine.noteWrite(op, a, b, c);
+        const acc = accessOf(op, a, b, c);
+        engine.noteWrite(op, acc);
         const ex = engine.current!;
         ex.pendOp[t] = op;
         ex.pendA[t] = a;
         ex.pendB[t] = b;
         ex.pendC[t] = c;
+        ex.pendAcc[t] = acc;
         if (engine.recording) ex.pendWhere[t] = whereNow();
       },
       note(kind: number, a: number, b: number) {
@@ -345,7 +352,7 @@ export class Engine {
         a: ex.pendA[t]!,
         b: ex.pendB[t]!,
         c: ex.pendC[t]!,
-        access: accessOf(ex.pendOp[t]!, ex.pendA[t]!, ex.pendB[t]!, ex.pendC[t]!),
+        access: ex.pendAcc[t]!,
       };
       if (this.recording) {
         step.before = this.valueOf(step);
@@ -355,8 +362,8 @@ export class Engine {
       this.advance(ex, gens, t);
       if (this.recording) step.after = this.valueOf(step);
       if (ex.violation === null) {
-        for (const m of this.monitors) {
-          const msg = m.afterStep?.(ex, step) ?? null;
+        for (const m of this.stepMonitors) {
+          const msg = m.afterStep!(ex, step);
           if (msg !== null) {
             ex.violation = { invariant: m.name, message: msg, step: ex.steps.length };
             break;

@@ -258,7 +258,16 @@ class Systematic implements Chooser {
     }
     // Newest first: a dependency already ordered before this step through a later one, or through this
     // thread's own history, is not a race; each of the others is.
-    if (deps.length > 1) deps.sort((x, y) => y - x);
+    // Few dependencies at a time: an insertion sort beats sort()'s comparator calls.
+    for (let x = 1; x < deps.length; x++) {
+      const v = deps[x]!;
+      let y = x - 1;
+      while (y >= 0 && deps[y]! < v) {
+        deps[y + 1] = deps[y]!;
+        y--;
+      }
+      deps[y + 1] = v;
+    }
     for (const i of deps) {
       const s = this.stepOf[i]!;
       if (vcs[base + s.thread]! >= this.stepLocal[i]!) continue;
