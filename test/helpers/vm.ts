@@ -50,6 +50,16 @@ export function makeVm(o: VmOptions & { dataPages?: number; tablePages?: number 
   return { spec, host, vcpus, pt, addr: (i) => (mode === 'shadow' ? BASE + i * 4096 : i * 4096) };
 }
 
+/** Run `f` holding mmu_lock (through `k`'s handle, so the debug lock checks see the right holder). */
+export function locked<T>(k: Kvm, f: () => T): T {
+  k.mem.lock(k.mmuLock);
+  try {
+    return f();
+  } finally {
+    k.mem.unlock(k.mmuLock);
+  }
+}
+
 /** Run `f` with `vcpu` in guest mode. */
 export function inGuest<T>(vcpu: Vcpu, f: () => T): T {
   vcpu.enterGuest();

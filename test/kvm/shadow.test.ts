@@ -15,18 +15,9 @@ import {
   spteToChild,
   spteToPfn,
 } from '../../src/x86/spte';
-import { DATA_FLAGS, NOTE, OP, inGuest, leafSptep, makeVm, spteAt, type TestVm } from '../helpers/vm';
+import { DATA_FLAGS, NOTE, OP, inGuest, leafSptep, makeVm, spteAt, type TestVm, locked } from '../helpers/vm';
 
 const WBITS = SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE | SPTE_HOST_WRITABLE;
-
-function locked<T>(k: Kvm, f: () => T): T {
-  k.mem.lock(k.mmuLock);
-  try {
-    return f();
-  } finally {
-    k.mem.unlock(k.mmuLock);
-  }
-}
 
 function trackCount(k: Kvm, gfn: number): number {
   return locked(k, () => k.pages.gfnTrackCount(k.gfnToHvpn(gfn)));

@@ -18,21 +18,12 @@ import {
   formatSpte,
   spteToPfn,
 } from '../../src/x86/spte';
-import { DATA_FLAGS, OP, inGuest, interleave, leafSptep, makeVm, spteAt, type TestVm } from '../helpers/vm';
+import { DATA_FLAGS, OP, inGuest, interleave, leafSptep, makeVm, spteAt, type TestVm, locked } from '../helpers/vm';
 
 const WRITE_PROTECT_FAULT = PFERR_PRESENT_MASK | PFERR_WRITE_MASK;
 const W = SPTE_WRITABLE_MASK;
 const MW = SPTE_MMU_WRITABLE;
 const without = (g: keyof typeof GUARDS): number => ALL_GUARDS & ~GUARDS[g];
-
-function locked<T>(k: Kvm, f: () => T): T {
-  k.mem.lock(k.mmuLock);
-  try {
-    return f();
-  } finally {
-    k.mem.unlock(k.mmuLock);
-  }
-}
 
 /** Every present leaf SPTE of the VM is in one of the four allowed (HOST_WRITABLE, MMU_WRITABLE, W) states. */
 function assertWritableInvariants(vm: TestVm, when: string): void {
