@@ -1,66 +1,14 @@
 // `kvmmu bench dirty-log`: KVM's dirty_log_perf_test on real threads — populate, enable dirty logging, dirty / get / clear per iteration, disable — fast path on, off, or both alternating.
 
 import * as os from 'node:os';
-import type { Summary } from './stats';
 import { summarize } from './stats';
 import { measureFloorAndFastFault, type FloorResult } from './floor';
 import { resolveDirtyLog, type DirtyLogConfig } from './options';
-import { BenchVm, type FaultCounts } from './vm';
+import { BenchVm } from './vm';
+import type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult, Summary } from './results';
 
-export interface IterationTimes {
-  /** Seconds from telling the vCPUs to write their memory until the last one finished. */
-  readonly dirtySeconds: number;
-  /** KVM_GET_DIRTY_LOG (plain: take the bitmap, write-protect, flush; manual protect: copy only). */
-  readonly getSeconds: number;
-  /** KVM_CLEAR_DIRTY_LOG of the whole slot (write-protect, flush), or null without --clear. */
-  readonly clearSeconds: number | null;
-}
+export type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult };
 
-export interface DirtyLogRun {
-  readonly fastPath: boolean;
-  readonly phases: {
-    readonly populateSeconds: number;
-    readonly enableSeconds: number;
-    readonly disableSeconds: number;
-    readonly iterations: IterationTimes[];
-  };
-  /** Summed over the vCPUs, for the whole run (populate included). */
-  readonly faults: FaultCounts;
-}
-
-export interface Bookkeeping {
-  /** The MMU's bookkeeping bytes: shadow pages, rmaps, dirty bitmaps, TLBs, vCPU words. */
-  readonly bytes: number;
-  readonly guestBytes: number;
-  /** bytes / guestBytes. */
-  readonly share: number;
-  readonly byKind: Record<string, number>;
-}
-
-export interface MachineInfo {
-  readonly cpus: number;
-  readonly node: string;
-}
-
-/** The JSON written to <out>/dirty-log.json (schema version 1). */
-export interface DirtyLogResult {
-  readonly kind: 'dirty-log';
-  readonly version: 1;
-  readonly config: {
-    readonly vcpus: number;
-    readonly bytesPerVcpu: number;
-    readonly iterations: number;
-    readonly mode: DirtyLogConfig['mode'];
-    readonly fastPath: DirtyLogConfig['fastPath'];
-    readonly clearDirtyLog: boolean;
-  };
-  readonly runs: DirtyLogRun[];
-  /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, per iteration; null unless both ran. */
-  readonly ratio: { readonly slowOverFast: Summary } | null;
-  readonly floor: { readonly nsPerOp: number; readonly fastFaultNs: number; readonly multiple: number };
-  readonly bookkeeping: Bookkeeping;
-  readonly machine: MachineInfo;
-}
 
 /** The result plus what only the text report shows. */
 export interface DirtyLogOutcome {

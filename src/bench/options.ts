@@ -3,15 +3,17 @@
 import { KvmmuError } from '../shm/errors';
 import { MAX_VCPUS, MMU_MODES, type MmuMode } from '../kvm/config';
 import { benchDataPages } from './vm';
+import type { FastPathSetting } from './results';
 
-export type FastPathSetting = 'on' | 'off' | 'both';
+export type { FastPathSetting };
+
 export const FAST_PATH_SETTINGS: readonly FastPathSetting[] = ['on', 'off', 'both'];
 
 /** `kvmmu bench dirty-log`, resolved. */
 export interface DirtyLogConfig {
-  /** vCPUs, one worker thread each (default 1, the selftest's -v). */
+  /** vCPUs, one worker thread each (default 2; the selftest's -v default is 1). */
   readonly vcpus: number;
-  /** Guest memory each vCPU dirties (default 1 GiB, the selftest's -b). */
+  /** Guest memory each vCPU dirties (default 512 MiB; the selftest's -b default is 1 GiB). */
   readonly bytesPerVcpu: number;
   /** Dirty-memory iterations after populating (default 6; the selftest requires at least 2). */
   readonly iterations: number;

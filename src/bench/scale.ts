@@ -2,27 +2,13 @@
 
 import { Worker } from 'node:worker_threads';
 import { median } from './stats';
-import { machineInfo, type MachineInfo, type ProgressFn } from './dirty-log';
+import { machineInfo, type ProgressFn } from './dirty-log';
 import { resolveScale, type ScaleConfig } from './options';
 import { BenchVm } from './vm';
+import type { ScalePoint, ScaleResult } from './results';
 
-export interface ScalePoint {
-  readonly vcpus: number;
-  readonly fastPath: boolean;
-  /** Pages re-dirtied per second by all vCPUs together: vcpus * pagesPerVcpu / redirtySeconds. */
-  readonly pagesPerSecond: number;
-  /** Median dirty-memory time of the iterations after the first (each follows a get-dirty-log pass). */
-  readonly redirtySeconds: number;
-}
+export type { ScalePoint, ScaleResult };
 
-/** The JSON written to <out>/scale.json (schema version 1). */
-export interface ScaleResult {
-  readonly kind: 'scale';
-  readonly version: 1;
-  readonly config: { readonly maxVcpus: number; readonly bytesPerVcpu: number; readonly mode: ScaleConfig['mode'] };
-  readonly points: ScalePoint[];
-  readonly machine: MachineInfo;
-}
 
 export interface ScaleOutcome {
   readonly result: ScaleResult;

@@ -1,10 +1,9 @@
 // Summary statistics for benchmark samples: min / median / max.
 
-export interface Summary {
-  readonly min: number;
-  readonly median: number;
-  readonly max: number;
-}
+import type { Summary } from './results';
+
+export type { Summary };
+
 
 export function median(xs: readonly number[]): number {
   if (xs.length === 0) throw new Error('median of no samples');

@@ -11,6 +11,9 @@ import { GuestPageTables, tablePagesFor } from '../vcpu/guest-pt';
 import { CMD, CMD_EXIT, DONE, FAIL, createBenchControl, waitWhileAsync } from './control';
 import type { GuestRegion } from './guest';
 import type { BenchWorkerInit } from './worker';
+import type { FaultCounts } from './results';
+
+export type { FaultCounts };
 
 export interface BenchVmOptions {
   readonly mode: MmuMode;
@@ -19,14 +22,6 @@ export interface BenchVmOptions {
   readonly fastPath: boolean;
 }
 
-export interface FaultCounts {
-  /** Faults the lockless fast path fixed (KVM's pf_fast). */
-  readonly fast: number;
-  /** Faults the slow path fixed under mmu_lock. */
-  readonly slow: number;
-  /** Faults that found the access already allowed (KVM's pf_spurious). */
-  readonly spurious: number;
-}
 
 /** Guest address of data page 0 in shadow mode (a canonical address above the tables' identity range). */
 const SHADOW_BASE = 2 ** 39;

@@ -16,7 +16,7 @@ import {
   VCPU_MODE,
   VCPU_REQUESTS,
 } from '../kvm/kvm';
-import { SP_GFN, SP_PRESENT, SP_ROLE, SP_STATE, roleAccess, roleIsDirect, roleLevel } from '../kvm/mmu-page';
+import { SP_GFN, SP_PRESENT, SP_ROLE, roleAccess, roleIsDirect, roleLevel } from '../kvm/mmu-page';
 import { ACC_USER_MASK, ACC_WRITE_MASK, PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, gpteGfn } from '../x86/pte';
 import {
   formatSpte,
@@ -64,7 +64,7 @@ export class Observer {
   }
 
   spInUse(sp: number): boolean {
-    return this.i32[this.kvm.pages.hdr(sp, SP_STATE)] === 1;
+    return this.kvm.pages.peekInUse(sp);
   }
 
   /** Indices of the entries marked present in shadow page `sp`. */
@@ -90,8 +90,7 @@ export class Observer {
     const spte = k.mem.u64[sptep]!;
     if (!isShadowPresentPte(spte)) return null;
     const idx = k.pages.indexOf(sptep);
-    const gfn = roleIsDirect(role) ? this.i32[k.pages.hdr(sp, SP_GFN)]! + idx : this.i32[k.pages.gfnsBase + sp * 512 + idx]!;
-    return { sp, idx, sptep, spte, gfn };
+    return { sp, idx, sptep, spte, gfn: k.pages.peekEntryGfn(sp, idx) };
   }
 
   /** Every present leaf SPTE in allocated shadow pages. */
@@ -110,8 +109,7 @@ export class Observer {
           const sptep = k.pages.sptep(sp, idx);
           const spte = k.mem.u64[sptep]!;
           if (!isShadowPresentPte(spte)) continue;
-          const gfn = roleIsDirect(role) ? this.i32[k.pages.hdr(sp, SP_GFN)]! + idx : this.i32[k.pages.gfnsBase + sp * 512 + idx]!;
-          out.push({ sp, idx, sptep, spte, gfn });
+          out.push({ sp, idx, sptep, spte, gfn: k.pages.peekEntryGfn(sp, idx) });
         }
       }
     }
@@ -235,16 +233,10 @@ class WritableSpteLogged implements Monitor {
     return null;
   }
   atEnd(): string | null {
-    const k = this.o.kvm;
     for (const [sptep, since] of this.writableSince) {
-      const spte = k.mem.u64[sptep]!;
-      if (!isShadowPresentPte(spte) || !isWritablePte(spte)) continue;
-      const sp = k.pages.spOf(sptep);
-      if (!this.o.spInUse(sp)) continue;
-      const role = k.mem.i32[k.pages.hdr(sp, SP_ROLE)]!;
-      if (roleLevel(role) !== 1) continue;
-      const idx = k.pages.indexOf(sptep);
-      const gfn = roleIsDirect(role) ? k.mem.i32[k.pages.hdr(sp, SP_GFN)]! + idx : k.mem.i32[k.pages.gfnsBase + sp * 512 + idx]!;
+      const leaf = this.o.leafAt(sptep);
+      if (leaf === null || !isWritablePte(leaf.spte)) continue;
+      const gfn = leaf.gfn;
       if (!this.o.loggingOn(gfn) || this.o.bitmapHas(gfn) || (this.reported.get(gfn) ?? -1) >= since) continue;
       return (
         `the SPTE for gfn ${hex(gfn)} became writable (step ${since}) while dirty logging was on, but gfn ${hex(gfn)} is neither ` +
@@ -362,7 +354,7 @@ class SpteWithinGuestPte implements Monitor {
         const where = `entry ${idx} of guest table gfn ${hex(table)}`;
         if ((gpte & PT_PRESENT_MASK) === 0n) return `the shadow of ${where} is present (${formatSpte(spte)}) but the guest PTE is not`;
         if (roleLevel(role) === 1) {
-          const gfn = t[k.pages.gfnsBase + sp * 512 + idx]!;
+          const gfn = k.pages.peekEntryGfn(sp, idx);
           if (gpteGfn(gpte) !== gfn) return `the shadow of ${where} maps gfn ${hex(gfn)}, the guest PTE maps ${hex(gpteGfn(gpte))}`;
           if (isWritablePte(spte) && ((gpte & PT_WRITABLE_MASK) === 0n || (roleAccess(role) & ACC_WRITE_MASK) === 0))
             return `the shadow of ${where} is writable but the guest's translation is not`;

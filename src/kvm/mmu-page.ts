@@ -98,8 +98,6 @@ export class MmuPages {
   private readonly freeBase: number;
   readonly trackBase: number;
   readonly nSp: number;
-  /** Set by getShadowPage: whether the page it returned was created by that call. */
-  lastCreated = false;
 
   constructor(private readonly kvm: Kvm) {
     const l = kvm.layout;
@@ -154,6 +152,14 @@ export class MmuPages {
       return base + idx * LEVEL_PAGES[roleLevel(role)]!;
     }
     return this.kvm.mem.load32(this.gfnsBase + sp * 512 + idx);
+  }
+
+  /** As entryGfn, with plain reads: for monitors, displays and TLB bookkeeping, never for MMU decisions. */
+  peekEntryGfn(sp: number, idx: number): number {
+    const t = this.kvm.mem.i32;
+    const role = t[this.hdr(sp, SP_ROLE)]!;
+    if (roleIsDirect(role)) return t[this.hdr(sp, SP_GFN)]! + idx * LEVEL_PAGES[roleLevel(role)]!;
+    return t[this.gfnsBase + sp * 512 + idx]!;
   }
 
   setEntryGfn(sp: number, idx: number, gfn: number): void {
@@ -211,7 +217,6 @@ export class MmuPages {
     const bucket = this.hashBase + (gfn & this.hashMask);
     for (let sp = k.lockedLoad(bucket) - 1; sp >= 0; sp = k.lockedLoad(this.hdr(sp, SP_HASH_NEXT)) - 1) {
       if (k.lockedLoad(this.hdr(sp, SP_GFN)) === gfn && k.lockedLoad(this.hdr(sp, SP_ROLE)) === role) {
-        this.lastCreated = false;
         return sp;
       }
     }
@@ -220,7 +225,6 @@ export class MmuPages {
     k.mem.store32(this.hdr(sp, SP_GFN), gfn);
     k.lockedStore(this.hdr(sp, SP_HASH_NEXT), k.lockedLoad(bucket));
     k.lockedStore(bucket, sp + 1);
-    this.lastCreated = true;
     if (!roleIsDirect(role)) {
       const hvpn = k.gfnToHvpn(gfn);
       const n = k.lockedLoad(this.trackBase + hvpn);
@@ -397,9 +401,6 @@ export class MmuPages {
     return this.kvm.mem.i32[this.hdr(sp, SP_STATE)] === 1;
   }
 
-  peekGen(sp: number): number {
-    return this.kvm.mem.i32[this.hdr(sp, SP_GEN)]!;
-  }
 
   private readonly scratch: number[] = [];
   private readonly invalidScratch: number[] = [];

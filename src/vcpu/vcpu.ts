@@ -32,7 +32,6 @@ import {
   SPTE_DIRTY_MASK,
   SPTE_PRESENT_MASK,
   isLastSpte,
-  pagesPerSpte,
   spteAccess,
   spteIndex,
   spteToChild,
@@ -52,7 +51,6 @@ import {
   type Kvm,
 } from '../kvm/kvm';
 import { RET_PF_EMULATE, RET_PF_GUEST } from '../kvm/mmu';
-import { SP_GFN, SP_ROLE, roleIsDirect, roleLevel } from '../kvm/mmu-page';
 
 export const TLB_WORDS = 8;
 export const TLB_TAG = 0;
@@ -324,19 +322,10 @@ export class Vcpu {
       t[e + TLB_GEN] = this.tlbGen;
       t[e + TLB_PFN] = pfn;
       t[e + TLB_FLAGS] = acc | (dirty ? TLB_DIRTY : 0);
-      t[e + TLB_GFN] = this.peekEntryGfn(sp, pages.indexOf(sptep));
+      t[e + TLB_GFN] = pages.peekEntryGfn(sp, pages.indexOf(sptep));
       t[e + TLB_SPTEP] = sptep;
       return pfn;
     }
-  }
-
-  /** The gfn an SPTE maps, read plainly (monitor data for the TLB entry, not part of the walk). */
-  private peekEntryGfn(sp: number, idx: number): number {
-    const pages = this.kvm.pages;
-    const t = this.mem.i32;
-    const role = t[pages.hdr(sp, SP_ROLE)]!;
-    if (roleIsDirect(role)) return t[pages.hdr(sp, SP_GFN)]! + idx * pagesPerSpte(roleLevel(role));
-    return t[pages.gfnsBase + sp * 512 + idx]!;
   }
 
   private tlbGfn(gva: number): number {

@@ -4,6 +4,7 @@ import type { CheckReport } from '../check/check';
 import type { MachineState, PrefixResult, SpteView, VcpuView, FrameView } from '../check/inspect';
 import type { TraceRow } from '../check/trace';
 import type { NextOperation } from '../check/web-api';
+import type { DirtyLogResult as DirtyLogBench, ScaleResult as ScaleBench } from '../bench/results';
 
 export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation };
 
@@ -78,42 +79,8 @@ export interface StepResponse extends PrefixResult {
   readonly next?: NextOperation[];
 }
 
-/** dirty-log.json as `kvmmu bench` writes it. */
-export interface DirtyLogBench {
-  readonly kind: 'dirty-log';
-  readonly version: 1;
-  readonly config: {
-    readonly vcpus: number;
-    readonly bytesPerVcpu: number;
-    readonly iterations: number;
-    readonly mode: string;
-    readonly fastPath: unknown;
-    readonly clearDirtyLog: boolean;
-  };
-  readonly runs: {
-    readonly fastPath: boolean;
-    readonly phases: {
-      readonly populateSeconds: number;
-      readonly enableSeconds: number;
-      readonly disableSeconds: number;
-      readonly iterations: { readonly dirtySeconds: number; readonly getSeconds: number; readonly clearSeconds: number | null }[];
-    };
-    readonly faults: { readonly fast: number; readonly slow: number; readonly spurious: number };
-  }[];
-  readonly ratio: { readonly slowOverFast: { readonly min: number; readonly median: number; readonly max: number } } | null;
-  readonly floor: { readonly nsPerOp: number; readonly fastFaultNs: number; readonly multiple: number };
-  readonly bookkeeping: { readonly bytes: number; readonly guestBytes: number; readonly share: number; readonly byKind: Record<string, number> };
-  readonly machine: { readonly cpus: number; readonly node: string; readonly [k: string]: unknown };
-}
-
-/** scale.json as `kvmmu bench` writes it. */
-export interface ScaleBench {
-  readonly kind: 'scale';
-  readonly version: 1;
-  readonly config: { readonly maxVcpus: number; readonly bytesPerVcpu: number; readonly mode: string };
-  readonly points: { readonly vcpus: number; readonly fastPath: boolean; readonly pagesPerSecond: number; readonly redirtySeconds: number }[];
-  readonly machine: { readonly [k: string]: unknown };
-}
+/** dirty-log.json and scale.json as `kvmmu bench` writes them (src/bench/results.ts). */
+export type { DirtyLogBench, ScaleBench };
 
 /** GET /api/bench */
 export interface BenchResponse {

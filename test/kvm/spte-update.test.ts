@@ -3,7 +3,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ALL_GUARDS, GUARDS } from '../../src/kvm/config';
-import type { Kvm } from '../../src/kvm/kvm';
 import { RET_PF_FIXED, RET_PF_INVALID } from '../../src/kvm/mmu';
 import { SP_ROLE, roleLevel } from '../../src/kvm/mmu-page';
 import { FRAME_ACCESSED, FRAME_DIRTY } from '../../src/host/host';

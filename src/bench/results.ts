@@ -1,0 +1,94 @@
+// The benchmarks' JSON results (schema version 1), with no runtime dependencies: the runners write them, the browser view reads them.
+
+import type { MmuMode } from '../kvm/config';
+
+export type FastPathSetting = 'on' | 'off' | 'both';
+
+/** min / median / max of a set of samples. */
+export interface Summary {
+  readonly min: number;
+  readonly median: number;
+  readonly max: number;
+}
+
+export interface FaultCounts {
+  /** Faults the lockless fast path fixed (KVM's pf_fast). */
+  readonly fast: number;
+  /** Faults the slow path fixed under mmu_lock. */
+  readonly slow: number;
+  /** Faults that found the access already allowed (KVM's pf_spurious). */
+  readonly spurious: number;
+}
+
+export interface IterationTimes {
+  /** Seconds from telling the vCPUs to write their memory until the last one finished. */
+  readonly dirtySeconds: number;
+  /** KVM_GET_DIRTY_LOG (plain: take the bitmap, write-protect, flush; manual protect: copy only). */
+  readonly getSeconds: number;
+  /** KVM_CLEAR_DIRTY_LOG of the whole slot (write-protect, flush), or null without --clear. */
+  readonly clearSeconds: number | null;
+}
+
+export interface DirtyLogRun {
+  readonly fastPath: boolean;
+  readonly phases: {
+    readonly populateSeconds: number;
+    readonly enableSeconds: number;
+    readonly disableSeconds: number;
+    readonly iterations: IterationTimes[];
+  };
+  /** Summed over the vCPUs, for the whole run (populate included). */
+  readonly faults: FaultCounts;
+}
+
+export interface Bookkeeping {
+  /** The MMU's bookkeeping bytes: shadow pages, rmaps, dirty bitmaps, TLBs, vCPU words. */
+  readonly bytes: number;
+  readonly guestBytes: number;
+  /** bytes / guestBytes. */
+  readonly share: number;
+  readonly byKind: Record<string, number>;
+}
+
+export interface MachineInfo {
+  readonly cpus: number;
+  readonly node: string;
+}
+
+/** The JSON written to <out>/dirty-log.json (schema version 1). */
+export interface DirtyLogResult {
+  readonly kind: 'dirty-log';
+  readonly version: 1;
+  readonly config: {
+    readonly vcpus: number;
+    readonly bytesPerVcpu: number;
+    readonly iterations: number;
+    readonly mode: MmuMode;
+    readonly fastPath: FastPathSetting;
+    readonly clearDirtyLog: boolean;
+  };
+  readonly runs: DirtyLogRun[];
+  /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, per iteration; null unless both ran. */
+  readonly ratio: { readonly slowOverFast: Summary } | null;
+  readonly floor: { readonly nsPerOp: number; readonly fastFaultNs: number; readonly multiple: number };
+  readonly bookkeeping: Bookkeeping;
+  readonly machine: MachineInfo;
+}
+
+export interface ScalePoint {
+  readonly vcpus: number;
+  readonly fastPath: boolean;
+  /** Pages re-dirtied per second by all vCPUs together: vcpus * pagesPerVcpu / redirtySeconds. */
+  readonly pagesPerSecond: number;
+  /** Median dirty-memory time of the iterations after the first (each follows a get-dirty-log pass). */
+  readonly redirtySeconds: number;
+}
+
+/** The JSON written to <out>/scale.json (schema version 1). */
+export interface ScaleResult {
+  readonly kind: 'scale';
+  readonly version: 1;
+  readonly config: { readonly maxVcpus: number; readonly bytesPerVcpu: number; readonly mode: MmuMode };
+  readonly points: ScalePoint[];
+  readonly machine: MachineInfo;
+}
