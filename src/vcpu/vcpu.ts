@@ -209,7 +209,8 @@ export class Vcpu {
       if (pfn >= 0) {
         this.kv.count('accesses');
         this.mem.storeData64((this.kvm.host.frameByte(pfn) + (gva % 4096)) / 8, value);
-        this.mem.note(NOTE.guestWrite, this.tlbGfn(gva), pfn);
+        // Ghost note for monitors; looking the gfn up costs a little, so only when one is attached.
+        if (this.mem.hook !== null) this.mem.note(NOTE.guestWrite, this.tlbGfn(gva), pfn);
         return;
       }
       if (this.pageFaultExit(gva, value)) return;
