@@ -292,7 +292,7 @@ export class Host {
     this.notifyEnd(hvpn);
     this.dropSwapSlotLocked(hvpn);
     this.putPage(oldPfn);
-    this.count('cowBreaks');
+    this.count(HOST_STAT.cowBreaks);
     return pfn;
   }
 
@@ -301,10 +301,10 @@ export class Host {
     const slot = this.mem.load32(this.swapOf + hvpn) - 1;
     if (slot >= 0) {
       this.mem.copyData(this.frameByte(pfn), this.swapDataByte + slot * 4096, 4096);
-      this.count('swapIns');
+      this.count(HOST_STAT.swapIns);
     } else {
       this.mem.writeData(this.frameByte(pfn), ZERO_PAGE, 0, 4096);
-      this.count('zeroFills');
+      this.count(HOST_STAT.zeroFills);
     }
     // A fresh frame is clean: it equals its swap copy, or has none (then swap-out always writes it).
     this.mem.store32(this.map + hvpn, nextMapWord(this.mem.load32(this.map + hvpn), pfn, MAP_PRESENT | MAP_WRITABLE));
@@ -326,8 +326,8 @@ export class Host {
     this.mem.store32(base + FR_FLAGS, 0);
     this.mem.store32(base + FR_REF, 1);
     const last = this.mem.xchg32(base + FR_LAST, hvpn + 1);
-    if (last !== 0 && last !== hvpn + 1) this.count('frameReuses');
-    this.count('frameAllocs');
+    if (last !== 0 && last !== hvpn + 1) this.count(HOST_STAT.frameReuses);
+    this.count(HOST_STAT.frameAllocs);
     this.mem.note(NOTE.frameAlloc, pfn, hvpn);
     return pfn;
   }
@@ -339,7 +339,7 @@ export class Host {
     this.mem.store32(this.freeStack + depth + 1, pfn);
     this.mem.store32(this.freeStack, depth + 1);
     this.mem.unlock(this.freeLockWord);
-    this.count('frameFrees');
+    this.count(HOST_STAT.frameFrees);
   }
 
   // ---- frame state KVM reports ----
@@ -455,13 +455,13 @@ export class Host {
     const wasDirty = (this.mem.fetchAnd32(fl, ~FRAME_DIRTY) & FRAME_DIRTY) !== 0;
     if (!hadCopy || wasDirty) {
       this.mem.copyData(this.swapDataByte + slot * 4096, this.frameByte(pfn), 4096);
-      this.count('writebacks');
+      this.count(HOST_STAT.writebacks);
       this.mem.note(NOTE.swapOutWriteback, pfn, hvpn);
     } else {
       this.mem.note(NOTE.swapOutClean, pfn, hvpn);
     }
     this.mem.store32(this.swapOf + hvpn, slot + 1);
-    this.count('swapOuts');
+    this.count(HOST_STAT.swapOuts);
     this.mem.unlock(this.lockWord);
     this.putPage(pfn);
     return true;
@@ -499,7 +499,7 @@ export class Host {
     this.mem.store32(this.map + b, nextMapWord(this.mem.load32(this.map + b), pa, MAP_PRESENT));
     this.notifyEnd(b);
     this.dropSwapSlotLocked(b);
-    this.count('ksmMerges');
+    this.count(HOST_STAT.ksmMerges);
     this.mem.unlock(this.lockWord);
     this.putPage(pb);
     return true;
@@ -539,7 +539,7 @@ export class Host {
   }
 
   private notifyStart(hvpn: number): void {
-    this.count('notifierCalls');
+    this.count(HOST_STAT.notifierCalls);
     if (this.notifier !== null) this.notifier.invalidateRangeStart(hvpn, hvpn + 1);
   }
 
@@ -553,7 +553,7 @@ export class Host {
   }
 
   /** Statistics: plain atomic adds, not race-relevant, so not scheduling points. */
-  private count(name: keyof typeof HOST_STAT): void {
-    Atomics.add(this.mem.i32, this.stats + HOST_STAT[name], 1);
+  private count(stat: (typeof HOST_STAT)[keyof typeof HOST_STAT]): void {
+    Atomics.add(this.mem.i32, this.stats + stat, 1);
   }
 }

@@ -2,7 +2,7 @@
 
 import { NOTE } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
-import { SLOT_DIRTY_LOG, type Kvm } from './kvm';
+import { KVM_STAT, SLOT_DIRTY_LOG, type Kvm } from './kvm';
 
 export class DirtyLog {
   constructor(private readonly kvm: Kvm) {}
@@ -77,7 +77,7 @@ export class DirtyLog {
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
     this.noteHandedOver(slot, out, n);
-    k.count('dirtyLogGets');
+    k.count(KVM_STAT.dirtyLogGets);
     return dirty;
   }
 
@@ -92,7 +92,7 @@ export class DirtyLog {
       out[i] = v;
       dirty += popcount(v);
     }
-    k.count('dirtyLogGets');
+    k.count(KVM_STAT.dirtyLogGets);
     return dirty;
   }
 
@@ -124,7 +124,7 @@ export class DirtyLog {
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
     for (let i = 0; i < bits.length; i++) this.noteWord(slot, w0 + i, bits[i]!);
-    k.count('dirtyLogClears');
+    k.count(KVM_STAT.dirtyLogClears);
     return cleared;
   }
 

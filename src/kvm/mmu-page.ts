@@ -32,7 +32,7 @@ import { NOTE } from '../shm/access';
 import { LEVEL_PAGES } from '../x86/pte';
 import { region, type LayoutBuilder } from '../shm/layout';
 import type { VmConfig } from './config';
-import { MMU_LRU_HEAD, MMU_LRU_TAIL, MMU_SP_FREE, totalPages, type Kvm } from './kvm';
+import { KVM_STAT, MMU_LRU_HEAD, MMU_LRU_TAIL, MMU_SP_FREE, totalPages, type Kvm } from './kvm';
 
 export const SP_WORDS = 32;
 export const SP_ROLE = 0;
@@ -261,7 +261,7 @@ export class MmuPages {
     const gen = k.lockedLoad(this.hdr(sp, SP_GEN)) + 1;
     k.lockedStore(this.hdr(sp, SP_GEN), gen);
     this.lruPushHead(sp);
-    k.count('spAlloc');
+    k.count(KVM_STAT.spAlloc);
     k.mem.note(NOTE.spAlloc, sp, gen);
     return sp;
   }
@@ -328,7 +328,7 @@ export class MmuPages {
     this.unhash(sp);
     this.lruRemove(sp);
     k.mem.store32(this.hdr(sp, SP_ROLE), role | ROLE_INVALID);
-    k.count('spZapped');
+    k.count(KVM_STAT.spZapped);
     if (k.lockedLoad(this.hdr(sp, SP_ROOT_COUNT)) === 0) invalid.push(sp);
   }
 
@@ -368,7 +368,7 @@ export class MmuPages {
     k.lockedStore(this.freeBase + depth + 1, sp);
     k.lockedStore(this.freeBase, depth + 1);
     k.lockedStore(k.mmuBase + MMU_SP_FREE, depth + 1);
-    k.count('spFreed');
+    k.count(KVM_STAT.spFreed);
     k.mem.note(NOTE.spFree, sp, gen);
   }
 
@@ -385,7 +385,7 @@ export class MmuPages {
       const prev = k.lockedLoad(this.hdr(sp, SP_LRU_PREV)) - 1;
       if (k.lockedLoad(this.hdr(sp, SP_ROOT_COUNT)) === 0) {
         this.prepareZap(sp, invalid);
-        k.count('spRecycled');
+        k.count(KVM_STAT.spRecycled);
         // Zapping unlinks children, which may have removed `prev` from the list too: restart from the tail.
         sp = k.lockedLoad(k.mmuBase + MMU_LRU_TAIL) - 1;
         continue;

@@ -32,8 +32,10 @@ import {
   MMU_RANGE_START,
   MMU_SEQ,
   OUTSIDE_GUEST_MODE,
+  KVM_STAT,
   READING_SHADOW_PAGE_TABLES,
   VCPU_ROOT,
+  VCPU_STAT,
   type Kvm,
   type KvmVcpu,
 } from './kvm';
@@ -52,6 +54,11 @@ export const RET_PF_NAMES = ['', 'RETRY', 'EMULATE', 'INVALID', 'FIXED', 'SPURIO
 
 /** KVM's fast_page_fault tries its cmpxchg at most this many times before leaving it to the slow path. */
 const FAST_PF_ATTEMPTS = 5;
+
+/** Outcomes of one fast-path fix attempt: W set; the cmpxchg lost (walk again); not allowed (take the slow path). */
+const FAST_FIX_DONE = 0;
+const FAST_FIX_LOST = 1;
+const FAST_FIX_REFUSED = 2;
 
 export function accessFromErrorCode(ec: number): AccessKind {
   return {
@@ -109,19 +116,19 @@ export class Mmu implements GuestPtAccess {
     const ret = this.kvm.config.mode === 'direct' ? this.directPageFault(vcpu, gva, ec) : this.shadowPageFault(vcpu, gva, ec);
     switch (ret) {
       case RET_PF_FIXED:
-        vcpu.count('pfFixed');
+        vcpu.count(VCPU_STAT.pfFixed);
         break;
       case RET_PF_SPURIOUS:
-        vcpu.count('pfSpurious');
+        vcpu.count(VCPU_STAT.pfSpurious);
         break;
       case RET_PF_RETRY:
-        vcpu.count('pfRetry');
+        vcpu.count(VCPU_STAT.pfRetry);
         break;
       case RET_PF_EMULATE:
-        vcpu.count('pfEmulate');
+        vcpu.count(VCPU_STAT.pfEmulate);
         break;
       case RET_PF_GUEST:
-        vcpu.count('pfGuest');
+        vcpu.count(VCPU_STAT.pfGuest);
         break;
     }
     return ret;
@@ -185,15 +192,17 @@ export class Mmu implements GuestPtAccess {
     let ret = RET_PF_INVALID;
     this.walkShadowPageLocklessBegin(vcpu);
     for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
+      // KVM's fast_pf_get_last_sptep: walk to the last shadow-present entry or the first absent one.
       let sp = vcpu.root;
       let level = 4;
-      let sptep = pages.sptep(sp, spteIndex(gva, level));
-      let spte = mem.load64(sptep);
-      while (isShadowPresentPte(spte) && !isLastSpte(spte, level)) {
-        sp = spteToChild(spte);
-        level--;
+      let sptep: number;
+      let spte: bigint;
+      for (;;) {
         sptep = pages.sptep(sp, spteIndex(gva, level));
         spte = mem.load64(sptep);
+        if (!isShadowPresentPte(spte) || isLastSpte(spte, level)) break;
+        sp = spteToChild(spte);
+        level--;
       }
       if (!isShadowPresentPte(spte)) break;
       // Another vCPU fixed it, or this is a stale TLB entry: nothing to do (KVM's is_access_allowed).
@@ -202,31 +211,56 @@ export class Mmu implements GuestPtAccess {
         break;
       }
       if (!isMmuWritableSpte(spte)) break;
-      let pinned = -1;
-      if (!roleIsDirect(pages.role(sp))) {
-        if (k.config.indirectFastPath === 'off') break;
-        if (k.config.indirectFastPath === 'pin' && k.guardPinIndirect) {
-          pinned = k.host.gupFast(k.gfnToHvpn(gfn), true);
-          if (pinned !== spteToPfn(spte)) {
-            if (pinned >= 0) k.host.putPage(pinned);
-            break;
-          }
-        }
-      }
-      const old = mem.cmpxchg64(sptep, spte, spte | SPTE_WRITABLE_MASK);
-      if (old === spte) {
-        k.markPageDirty(gfn);
-        mem.note(NOTE.fastFixed, sptep, gfn);
+      const fix = roleIsDirect(pages.role(sp))
+        ? this.fastPfFixDirectSpte(sptep, spte, gfn)
+        : this.fastPfFixIndirectSpte(sptep, spte, gfn);
+      if (fix === FAST_FIX_DONE) {
         ret = RET_PF_FIXED;
+        break;
       }
-      if (pinned >= 0) k.host.putPage(pinned);
-      if (ret === RET_PF_FIXED) break;
-      vcpu.count('pfFastRetry');
+      if (fix === FAST_FIX_REFUSED) break;
+      vcpu.count(VCPU_STAT.pfFastRetry);
     }
     this.walkShadowPageLocklessEnd(vcpu);
-    if (ret === RET_PF_FIXED) vcpu.count('pfFast');
+    if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfFast);
     return ret;
   }
+
+  /**
+   * KVM's fast_pf_fix_direct_spte: set W on `sptep` if it still holds `spte`,
+   * then mark `gfn` dirty. Returns FAST_FIX_DONE, or FAST_FIX_LOST when the
+   * cmpxchg found another value (walk again).
+   */
+  private fastPfFixDirectSpte(sptep: number, spte: bigint, gfn: number): number {
+    const k = this.kvm;
+    if (k.mem.cmpxchg64(sptep, spte, spte | SPTE_WRITABLE_MASK) !== spte) return FAST_FIX_LOST;
+    k.markPageDirty(gfn);
+    k.mem.note(NOTE.fastFixed, sptep, gfn);
+    return FAST_FIX_DONE;
+  }
+
+  /**
+   * The fast path on an indirect (shadow-paging) page, by config.indirectFastPath:
+   * `off` refuses (KVM today); `pin` (guard `pin-indirect` on) first pins the
+   * guest-walk gfn's pfn and refuses unless it is the SPTE's, holding the pin
+   * across the cmpxchg; `unsafe` (or `pin` with the guard off) fixes it as a
+   * direct SPTE. Returns FAST_FIX_DONE, FAST_FIX_LOST or FAST_FIX_REFUSED.
+   */
+  private fastPfFixIndirectSpte(sptep: number, spte: bigint, gfn: number): number {
+    const k = this.kvm;
+    const setting = k.config.indirectFastPath;
+    if (setting === 'off') return FAST_FIX_REFUSED;
+    if (setting === 'unsafe' || !k.guardPinIndirect) return this.fastPfFixDirectSpte(sptep, spte, gfn);
+    const pinned = k.host.gupFast(k.gfnToHvpn(gfn), true);
+    if (pinned !== spteToPfn(spte)) {
+      if (pinned >= 0) k.host.putPage(pinned);
+      return FAST_FIX_REFUSED;
+    }
+    const fix = this.fastPfFixDirectSpte(sptep, spte, gfn);
+    k.host.putPage(pinned);
+    return fix;
+  }
+
 
   // ---- the slow path, direct mode ----
 
@@ -267,7 +301,7 @@ export class Mmu implements GuestPtAccess {
         : this.fetch(vcpu, gva, pfn, hostWritable, write);
     k.mem.unlock(k.mmuLock);
     k.host.putPage(pfn);
-    if (ret === RET_PF_FIXED) vcpu.count('pfSlow');
+    if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfSlow);
     return ret;
   }
 
@@ -492,7 +526,7 @@ export class Mmu implements GuestPtAccess {
       k.mem.unlock(k.mmuLock);
       return;
     }
-    k.count('emulatedPteWrites');
+    k.count(KVM_STAT.emulatedPteWrites);
     const n = k.pages.collectShadowsOf(gfn, this.scratch);
     let flush = false;
     for (let i = 0; i < n; i++) {

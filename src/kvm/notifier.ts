@@ -1,7 +1,7 @@
 // KVM's MMU-notifier handlers: zap SPTEs for a host range being invalidated, bump the invalidation sequence, age pages.
 
 import type { MmuNotifier } from '../host/host';
-import { MMU_IN_PROGRESS, MMU_RANGE_END, MMU_RANGE_START, MMU_SEQ, type Kvm } from './kvm';
+import { KVM_STAT, MMU_IN_PROGRESS, MMU_RANGE_END, MMU_RANGE_START, MMU_SEQ, type Kvm } from './kvm';
 
 export class KvmNotifier implements MmuNotifier {
   constructor(private readonly kvm: Kvm) {}
@@ -30,7 +30,7 @@ export class KvmNotifier implements MmuNotifier {
     for (let hvpn = start; hvpn < end; hvpn++) if (k.spte.kvmZapRmap(hvpn)) flush = true;
     if (flush) k.kvmFlushRemoteTlbs();
     k.mem.unlock(k.mmuLock);
-    k.count('invalidations');
+    k.count(KVM_STAT.invalidations);
   }
 
   /**

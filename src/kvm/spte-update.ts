@@ -25,7 +25,7 @@ import {
   spteToChild,
   spteToPfn,
 } from '../x86/spte';
-import type { Kvm } from './kvm';
+import { KVM_STAT, type Kvm } from './kvm';
 import { SP_PARENTS, SP_ROLE, roleLevel } from './mmu-page';
 
 export class SpteUpdate {
@@ -134,7 +134,7 @@ export class SpteUpdate {
     const k = this.kvm;
     const head = k.rmaps.rmapHead(k.gfnToHvpn(gfn));
     if (k.rmaps.add(head, sptep)) return;
-    k.count('rmapRecycles');
+    k.count(KVM_STAT.rmapRecycles);
     if (this.kvmZapRmap(k.gfnToHvpn(gfn))) k.kvmFlushRemoteTlbs();
     if (!k.rmaps.add(head, sptep)) throw new Error('rmap: descriptor pool empty after recycling');
   }
@@ -217,7 +217,7 @@ export class SpteUpdate {
     const n = k.rmaps.collect(k.rmaps.rmapHead(hvpn), this.scratch);
     let flush = false;
     for (let i = 0; i < n; i++) if (this.spteWriteProtect(this.scratch[i]!, ptProtect)) flush = true;
-    k.count('writeProtects');
+    k.count(KVM_STAT.writeProtects);
     return flush;
   }
 

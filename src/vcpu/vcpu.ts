@@ -47,6 +47,7 @@ import {
   VCPU_CPU,
   VCPU_CR3_GFN,
   VCPU_ROOT,
+  VCPU_STAT,
   VCPU_TLB_GEN,
   type Kvm,
 } from '../kvm/kvm';
@@ -160,7 +161,7 @@ export class Vcpu {
 
   exitGuest(): void {
     this.kv.setMode(OUTSIDE_GUEST_MODE);
-    this.kv.count('exits');
+    this.kv.count(VCPU_STAT.exits);
   }
 
   private handleRequests(): void {
@@ -172,7 +173,7 @@ export class Vcpu {
   flushTlb(): void {
     this.tlbGen = (this.tlbGen + 1) | 0;
     this.mem.i32[this.tlbGenWord] = this.tlbGen;
-    this.kv.count('tlbFlushes');
+    this.kv.count(VCPU_STAT.tlbFlushes);
   }
 
   /**
@@ -194,7 +195,7 @@ export class Vcpu {
       this.boundary();
       const pfn = this.translate(gva, kind);
       if (pfn >= 0) {
-        this.kv.count('accesses');
+        this.kv.count(VCPU_STAT.accesses);
         return this.mem.loadData64((this.kvm.host.frameByte(pfn) + (gva % 4096)) / 8);
       }
       this.pageFaultExit(gva, null);
@@ -207,7 +208,7 @@ export class Vcpu {
       this.boundary();
       const pfn = this.translate(gva, kind);
       if (pfn >= 0) {
-        this.kv.count('accesses');
+        this.kv.count(VCPU_STAT.accesses);
         this.mem.storeData64((this.kvm.host.frameByte(pfn) + (gva % 4096)) / 8, value);
         // Ghost note for monitors; looking the gfn up costs a little, so only when one is attached.
         if (this.mem.hook !== null) this.mem.note(NOTE.guestWrite, this.tlbGfn(gva), pfn);
@@ -223,7 +224,7 @@ export class Vcpu {
     for (;;) {
       this.boundary();
       if (this.translate(gva, kind) >= 0) {
-        this.kv.count('accesses');
+        this.kv.count(VCPU_STAT.accesses);
         return;
       }
       this.pageFaultExit(gva, null);
@@ -232,7 +233,7 @@ export class Vcpu {
 
   /** The guest's invlpg: shadow mode intercepts it (KVM drops the shadow entry); the local TLB entry goes either way. */
   invlpg(gva: number): void {
-    this.kv.count('invlpg');
+    this.kv.count(VCPU_STAT.invlpg);
     if (this.kvm.config.mode === 'shadow') {
       this.exitGuest();
       this.kvm.mmu.kvmMmuInvlpg(this.kv, gva);
@@ -276,7 +277,7 @@ export class Vcpu {
       if (!isPermissionFault(flags & 7, kind, this.cpuForWalk()) && (!kind.write || (flags & TLB_DIRTY) !== 0))
         return t[e + TLB_PFN]!;
     }
-    this.kv.count('tlbMisses');
+    this.kv.count(VCPU_STAT.tlbMisses);
     return this.hwWalk(gva, kind, e);
   }
 
@@ -292,13 +293,14 @@ export class Vcpu {
     for (;;) {
       let sp = this.kv.root;
       let level = 4;
-      let sptep = pages.sptep(sp, spteIndex(gva, level));
-      let spte = this.mem.load64(sptep);
-      while ((spte & SPTE_PRESENT_MASK) !== 0n && !isLastSpte(spte, level)) {
-        sp = spteToChild(spte);
-        level--;
+      let sptep: number;
+      let spte: bigint;
+      for (;;) {
         sptep = pages.sptep(sp, spteIndex(gva, level));
         spte = this.mem.load64(sptep);
+        if ((spte & SPTE_PRESENT_MASK) === 0n || isLastSpte(spte, level)) break;
+        sp = spteToChild(spte);
+        level--;
       }
       if ((spte & SPTE_PRESENT_MASK) === 0n) {
         this.lastEc = accessErrorCode(kind, cpu);
