@@ -9,13 +9,23 @@
 //   host.frames    nFrames * 4  per frame: [0] refcount, [1] flags (FRAME_*), [2] last hvpn + 1, [3] spare
 //   host.free      nFrames + 1  [0] stack depth, [1..] free pfns; the top is reused first (LIFO), so a
 //                               freed frame comes back at the next allocation — the seed's pfn reuse
-//   host.map       nPages       mapping word: generation << MAP_GEN_SHIFT | pfn << MAP_PFN_SHIFT | MAP_WRITABLE | MAP_PRESENT;
+//   host.pgdir     (1 + nPud + nPmd) * 512   the upper levels of the host's page table for the VMM's
+//                               mapping of guest memory: the PGD page, then PUD pages, then PMD pages;
+//                               entry = next table's page number << 12 | PGDIR_PRESENT (PMD entries name
+//                               pages of host.map); built by init and never changed
+//   host.map       nPages       the PTE level (512 words a page); the PTE, a "mapping word":
+//                               generation << MAP_GEN_SHIFT | pfn << MAP_PFN_SHIFT | MAP_WRITABLE | MAP_PRESENT;
 //                               every change bumps the 10-bit generation, so a reader that sees the same word
 //                               twice knows the mapping did not change in between (no ABA in practice)
 //   host.swapOf    nPages       swap slot + 1 holding a valid copy of the page, or 0 (kept after swap-in: a swap cache)
 //   host.swapFree  nSwap + 1    [0] depth, [1..] free swap slots (under host.lock)
 //   host.stats     HOST_STAT_*  counters (Atomics.add; not race-relevant)
 // Data regions: host.frameData (nFrames * 4 KiB), host.swapData (nSwap * 4 KiB).
+//
+// Page tables: the VMM maps guest memory at HVA_BASE, so hvpn h is host virtual
+// page HVA_BASE / 4096 + h, and its PTE is found as x86's MMU and GUP-fast find
+// it: PGD, PUD, PMD, PTE, 9 bits of the page number each. The host never frees
+// page-table pages, so only the PTE changes after init.
 //
 // Refcounts: each mapping of a frame holds one reference, each pin (a fault
 // path's get_user_pages) one more. A frame is freed when its count reaches 0,
@@ -44,6 +54,20 @@ const MAP_PFN_MASK = (1 << 20) - 1;
 const MAP_GEN_SHIFT = 22;
 /** At most 2^20 frames: a 4 GiB data buffer, Node's limit anyway. */
 export const MAX_FRAMES = 1 << 20;
+
+/** Where the VMM maps guest memory in its address space: in the mmap area, 512 GiB aligned (one PGD entry). */
+export const HVA_BASE = 0x7f00_0000_0000;
+const HVA_BASE_PAGE = HVA_BASE / 4096;
+/** A present upper-level entry (x86's _PAGE_PRESENT); the next table's page number is in bits 12 and up. */
+const PGDIR_PRESENT = 1;
+const PT_ENTRIES = 512;
+
+/** Upper-level table pages for `nPages` host pages from HVA_BASE: [PUD pages, PMD pages] (the PGD is one page). */
+function pgdirPages(nPages: number): [number, number] {
+  const pte = Math.ceil(nPages / PT_ENTRIES);
+  const pmd = Math.ceil(pte / PT_ENTRIES);
+  return [Math.ceil(pmd / PT_ENTRIES), pmd];
+}
 
 /** The frame a present mapping word names. */
 export function mapPfn(w: number): number {
@@ -101,6 +125,8 @@ export function reserveHost(b: LayoutBuilder, p: HostParams): void {
   b.meta('host.freeLock', LOCK_WORDS * 4);
   b.meta('host.frames', p.nFrames * FRAME_WORDS * 4);
   b.meta('host.free', (p.nFrames + 1) * 4);
+  const [pud, pmd] = pgdirPages(p.nPages);
+  b.meta('host.pgdir', (1 + pud + pmd) * PT_ENTRIES * 4);
   b.meta('host.map', p.nPages * 4);
   b.meta('host.swapOf', p.nPages * 4);
   b.meta('host.swapFree', (p.nSwap + 1) * 4);
@@ -111,12 +137,24 @@ export function reserveHost(b: LayoutBuilder, p: HostParams): void {
 
 const ZERO_PAGE = new Uint8Array(4096);
 
+// Index of host virtual page `page` in its PGD, PUD and PMD (bits 39-47, 30-38, 21-29 of the address).
+function pgdIndex(page: number): number {
+  return Math.floor(page / PT_ENTRIES ** 3) & (PT_ENTRIES - 1);
+}
+function pudIndex(page: number): number {
+  return Math.floor(page / PT_ENTRIES ** 2) & (PT_ENTRIES - 1);
+}
+function pmdIndex(page: number): number {
+  return Math.floor(page / PT_ENTRIES) & (PT_ENTRIES - 1);
+}
+
 /** A per-thread handle on the host's shared state. */
 export class Host {
   readonly lockWord: number;
   private readonly freeLockWord: number;
   private readonly frames: number;
   private readonly freeStack: number;
+  private readonly pgdir: number;
   private readonly map: number;
   private readonly swapOf: number;
   private readonly swapFree: number;
@@ -138,6 +176,7 @@ export class Host {
     this.freeLockWord = region(layout, 'host.freeLock').off / 4;
     this.frames = region(layout, 'host.frames').off / 4;
     this.freeStack = region(layout, 'host.free').off / 4;
+    this.pgdir = region(layout, 'host.pgdir').off / 4;
     this.map = region(layout, 'host.map').off / 4;
     this.swapOf = region(layout, 'host.swapOf').off / 4;
     this.swapFree = region(layout, 'host.swapFree').off / 4;
@@ -158,23 +197,63 @@ export class Host {
     const s = this.p.nSwap;
     a[this.swapFree] = s;
     for (let k = 0; k < s; k++) a[this.swapFree + 1 + k] = s - 1 - k;
+    this.buildPageTables();
+  }
+
+  /**
+   * Link the upper levels of the page table over host.map: table page t of
+   * host.pgdir is the PGD (t = 0), a PUD (1..nPud) or a PMD (after those).
+   * Every table the mapping needs is allocated here, so a walk never meets a
+   * hole. Single-threaded setup.
+   */
+  private buildPageTables(): void {
+    const a = this.mem.i32;
+    const [nPud, nPmd] = pgdirPages(this.p.nPages);
+    const nPte = Math.ceil(this.p.nPages / PT_ENTRIES);
+    const link = (table: number, idx: number, next: number): void => {
+      a[this.pgdir + table * PT_ENTRIES + idx] = (next << 12) | PGDIR_PRESENT;
+    };
+    for (let t = 0; t < nPte; t++) {
+      const page = HVA_BASE_PAGE + t * PT_ENTRIES;
+      link(1 + nPud + Math.floor(t / PT_ENTRIES), pmdIndex(page), t);
+    }
+    for (let t = 0; t < nPmd; t++) link(1 + Math.floor(t / PT_ENTRIES), pudIndex(HVA_BASE_PAGE + t * PT_ENTRIES ** 2), 1 + nPud + t);
+    for (let t = 0; t < nPud; t++) link(0, pgdIndex(HVA_BASE_PAGE + t * PT_ENTRIES ** 3), 1 + t);
+  }
+
+  /**
+   * The word index of `hvpn`'s PTE in the meta buffer, found by walking the
+   * page table from the PGD. The upper levels never change after init, so they
+   * are read plainly; callers read and write the PTE itself through the access
+   * layer. Public for tests and displays.
+   */
+  ptep(hvpn: number): number {
+    const a = this.mem.i32;
+    const page = HVA_BASE_PAGE + hvpn;
+    const pgd = a[this.pgdir + pgdIndex(page)]!;
+    if ((pgd & PGDIR_PRESENT) === 0) throw new Error(`host: hvpn ${hvpn} is outside the VMM's mapping`);
+    const pud = a[this.pgdir + (pgd >>> 12) * PT_ENTRIES + pudIndex(page)]!;
+    if ((pud & PGDIR_PRESENT) === 0) throw new Error(`host: hvpn ${hvpn} is outside the VMM's mapping`);
+    const pmd = a[this.pgdir + (pud >>> 12) * PT_ENTRIES + pmdIndex(page)]!;
+    if ((pmd & PGDIR_PRESENT) === 0) throw new Error(`host: hvpn ${hvpn} is outside the VMM's mapping`);
+    return this.map + (pmd >>> 12) * PT_ENTRIES + (page & (PT_ENTRIES - 1));
   }
 
   // ---- reading state (monitors, displays, tests) ----
 
   /** The mapping word of `hvpn` (an access-layer load). */
   mapping(hvpn: number): number {
-    return this.mem.load32(this.map + hvpn);
+    return this.mem.load32(this.ptep(hvpn));
   }
 
   /** The pfn mapping `hvpn`, or -1 (not a scheduling point: for monitors and tests). */
   peekPfn(hvpn: number): number {
-    const w = Atomics.load(this.mem.i32, this.map + hvpn);
+    const w = Atomics.load(this.mem.i32, this.ptep(hvpn));
     return (w & MAP_PRESENT) !== 0 ? mapPfn(w) : -1;
   }
 
   peekMapping(hvpn: number): number {
-    return Atomics.load(this.mem.i32, this.map + hvpn);
+    return Atomics.load(this.mem.i32, this.ptep(hvpn));
   }
 
   peekRefcount(pfn: number): number {
@@ -206,17 +285,19 @@ export class Host {
 
   /**
    * GUP-fast: pin the frame mapping `hvpn` without the mm lock (KVM's
-   * gfn_to_pfn_atomic). Fails (-1) if the page is not present, or not writable
-   * for a write. Takes a reference with get-unless-zero, then re-reads the
-   * mapping: if it moved meanwhile, drops the reference and fails.
+   * gfn_to_pfn_atomic): walk the page table to the PTE, fail (-1) if the page
+   * is not present, or not writable for a write; take a reference with
+   * get-unless-zero, then re-read the PTE: if it moved meanwhile, drop the
+   * reference and fail.
    */
   gupFast(hvpn: number, write: boolean): number {
-    const w = this.mem.load32(this.map + hvpn);
+    const ptep = this.ptep(hvpn);
+    const w = this.mem.load32(ptep);
     if ((w & MAP_PRESENT) === 0) return -1;
     if (write && (w & MAP_WRITABLE) === 0) return -1;
     const pfn = mapPfn(w);
     if (!this.getPageUnlessZero(pfn)) return -1;
-    if (this.mem.load32(this.map + hvpn) !== w) {
+    if (this.mem.load32(ptep) !== w) {
       this.putPage(pfn);
       return -1;
     }
@@ -262,14 +343,15 @@ export class Host {
     }
     // The mm lock keeps the mapping's own reference alive, so a plain increment is safe here.
     this.mem.fetchAdd32(this.frames + pfn * FRAME_WORDS + FR_REF, 1);
-    this.lastWritable = (this.mem.load32(this.map + hvpn) & MAP_WRITABLE) !== 0;
+    this.lastWritable = (this.mem.load32(this.ptep(hvpn)) & MAP_WRITABLE) !== 0;
     this.mem.unlock(this.lockWord);
     return pfn;
   }
 
   /** Make `hvpn` present (and writable for a write); mm lock held. Returns the pfn. */
   private faultInLocked(hvpn: number, write: boolean): number {
-    const w = this.mem.load32(this.map + hvpn);
+    const ptep = this.ptep(hvpn);
+    const w = this.mem.load32(ptep);
     if ((w & MAP_PRESENT) === 0) return this.swapInLocked(hvpn);
     const pfn = mapPfn(w);
     if (!write || (w & MAP_WRITABLE) !== 0) return pfn;
@@ -277,7 +359,7 @@ export class Host {
     if ((flags & FRAME_KSM) === 0) {
       // Only this mapping uses the frame: reuse it, just writable again (do_wp_page's reuse case).
       // Raising a permission needs no invalidation: no SPTE can grant more than the old mapping did.
-      this.mem.store32(this.map + hvpn, nextMapWord(w, pfn, MAP_PRESENT | MAP_WRITABLE));
+      this.mem.store32(ptep, nextMapWord(w, pfn, MAP_PRESENT | MAP_WRITABLE));
       return pfn;
     }
     return this.breakCowLocked(hvpn, pfn);
@@ -287,8 +369,9 @@ export class Host {
   private breakCowLocked(hvpn: number, oldPfn: number): number {
     const pfn = this.allocFrame(hvpn);
     this.mem.copyData(this.frameByte(pfn), this.frameByte(oldPfn), 4096);
+    const ptep = this.ptep(hvpn);
     this.notifyStart(hvpn);
-    this.mem.store32(this.map + hvpn, nextMapWord(this.mem.load32(this.map + hvpn), pfn, MAP_PRESENT | MAP_WRITABLE));
+    this.mem.store32(ptep, nextMapWord(this.mem.load32(ptep), pfn, MAP_PRESENT | MAP_WRITABLE));
     this.notifyEnd(hvpn);
     this.dropSwapSlotLocked(hvpn);
     this.putPage(oldPfn);
@@ -307,7 +390,8 @@ export class Host {
       this.count(HOST_STAT.zeroFills);
     }
     // A fresh frame is clean: it equals its swap copy, or has none (then swap-out always writes it).
-    this.mem.store32(this.map + hvpn, nextMapWord(this.mem.load32(this.map + hvpn), pfn, MAP_PRESENT | MAP_WRITABLE));
+    const ptep = this.ptep(hvpn);
+    this.mem.store32(ptep, nextMapWord(this.mem.load32(ptep), pfn, MAP_PRESENT | MAP_WRITABLE));
     return pfn;
   }
 
@@ -374,11 +458,12 @@ export class Host {
 
   /** As readUser64 without faulting: -1n if the page is not present (KVM's read_guest_atomic). */
   readUserAtomic(hvpn: number, off: number): bigint {
+    const ptep = this.ptep(hvpn);
     for (;;) {
-      const w = this.mem.load32(this.map + hvpn);
+      const w = this.mem.load32(ptep);
       if ((w & MAP_PRESENT) === 0) return -1n;
       const v = this.mem.loadData64((this.frameByte(mapPfn(w)) + off) / 8);
-      if (this.mem.load32(this.map + hvpn) === w) return v;
+      if (this.mem.load32(ptep) === w) return v;
     }
   }
 
@@ -402,7 +487,7 @@ export class Host {
   /** Copy page `hvpn` as the VMM sees it (frame, else swap copy, else zeros) into `dst` at `dstOff`, without faulting it in. */
   readPage(hvpn: number, dst: Uint8Array, dstOff: number): void {
     this.mem.lock(this.lockWord);
-    const w = this.mem.load32(this.map + hvpn);
+    const w = this.mem.load32(this.ptep(hvpn));
     if ((w & MAP_PRESENT) !== 0) {
       this.mem.readData(this.frameByte(mapPfn(w)), dst, dstOff, 4096);
     } else {
@@ -420,7 +505,7 @@ export class Host {
    */
   quietPageByte(hvpn: number): number {
     const a = this.mem.i32;
-    const w = a[this.map + hvpn]!;
+    const w = a[this.ptep(hvpn)]!;
     if ((w & MAP_PRESENT) !== 0) return this.frameByte(mapPfn(w));
     const slot = a[this.swapOf + hvpn]! - 1;
     return slot >= 0 ? this.swapDataByte + slot * 4096 : -1;
@@ -437,7 +522,8 @@ export class Host {
    */
   swapOut(hvpn: number): boolean {
     this.mem.lock(this.lockWord);
-    const w = this.mem.load32(this.map + hvpn);
+    const ptep = this.ptep(hvpn);
+    const w = this.mem.load32(ptep);
     if ((w & MAP_PRESENT) === 0) return this.unlockAnd(false);
     const pfn = mapPfn(w);
     const fl = this.frames + pfn * FRAME_WORDS + FR_FLAGS;
@@ -449,7 +535,7 @@ export class Host {
       if (slot < 0) return this.unlockAnd(false);
     }
     this.notifyStart(hvpn);
-    this.mem.store32(this.map + hvpn, nextMapWord(w, 0, 0));
+    this.mem.store32(ptep, nextMapWord(w, 0, 0));
     this.notifyEnd(hvpn);
     // After the invalidation no SPTE maps the frame, so its DIRTY flag is final.
     const wasDirty = (this.mem.fetchAnd32(fl, ~FRAME_DIRTY) & FRAME_DIRTY) !== 0;
@@ -483,8 +569,8 @@ export class Host {
   ksmMerge(a: number, b: number): boolean {
     if (a === b) return false;
     this.mem.lock(this.lockWord);
-    const wa = this.mem.load32(this.map + a);
-    const wb = this.mem.load32(this.map + b);
+    const wa = this.mem.load32(this.ptep(a));
+    const wb = this.mem.load32(this.ptep(b));
     if ((wa & MAP_PRESENT) === 0 || (wb & MAP_PRESENT) === 0) return this.unlockAnd(false);
     const pa = mapPfn(wa);
     const pb = mapPfn(wb);
@@ -495,8 +581,9 @@ export class Host {
     if (!this.mem.compareData(this.frameByte(pa), this.frameByte(pb), 4096)) return this.unlockAnd(false);
     this.mem.fetchOr32(this.frames + pa * FRAME_WORDS + FR_FLAGS, FRAME_KSM);
     this.mem.fetchAdd32(this.frames + pa * FRAME_WORDS + FR_REF, 1);
+    const ptepB = this.ptep(b);
     this.notifyStart(b);
-    this.mem.store32(this.map + b, nextMapWord(this.mem.load32(this.map + b), pa, MAP_PRESENT));
+    this.mem.store32(ptepB, nextMapWord(this.mem.load32(ptepB), pa, MAP_PRESENT));
     this.notifyEnd(b);
     this.dropSwapSlotLocked(b);
     this.count(HOST_STAT.ksmMerges);
@@ -508,7 +595,7 @@ export class Host {
   private writeProtectLocked(hvpn: number, w: number): void {
     if ((w & MAP_WRITABLE) === 0) return;
     this.notifyStart(hvpn);
-    this.mem.store32(this.map + hvpn, nextMapWord(w, mapPfn(w), MAP_PRESENT));
+    this.mem.store32(this.ptep(hvpn), nextMapWord(w, mapPfn(w), MAP_PRESENT));
     this.notifyEnd(hvpn);
   }
 

@@ -1,14 +1,15 @@
-// Host layer without KVM: swap and write-back, notifier calls, LIFO frame reuse, pins, GUP-fast, KSM and copy-on-write, zero-fill, readPage, running out of frames.
+// Host layer without KVM: the page table, swap and write-back, notifier calls, LIFO frame reuse, pins, GUP-fast, KSM and copy-on-write, zero-fill, readPage, running out of frames.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Mem } from '../../src/shm/access';
 import { KvmmuError } from '../../src/shm/errors';
-import { LayoutBuilder, createShm } from '../../src/shm/layout';
+import { LayoutBuilder, createShm, region } from '../../src/shm/layout';
 import {
   FRAME_DIRTY,
   FRAME_FREE,
   FRAME_KSM,
+  HVA_BASE,
   Host,
   MAP_PRESENT,
   MAP_WRITABLE,
@@ -83,6 +84,36 @@ function cleanWithSwapCopy(host: Host, hvpn: number, v: bigint): number {
 
 const V1 = 0x8000_0000_1111_2222n;
 const V2 = 0x0123_4567_89ab_cdefn;
+
+// ---- the page table ----
+
+test('the PTE of every page is found by walking PGD, PUD and PMD, across a 1 GiB boundary too', () => {
+  const nPages = 512 * 512 + 600; // two PMD pages: the second GiB's PMD has two PTE pages
+  const { host } = makeHost({ nPages, nFrames: 8, nSwap: 0 });
+  const layout = host.mem.shm.layout;
+  const map = region(layout, 'host.map').off / 4;
+  for (const h of [0, 1, 511, 512, 262143, 262144, 262655, 262656, nPages - 1]) assert.equal(host.ptep(h), map + h, `hvpn ${h}`);
+  // The upper levels: PGD entry (HVA_BASE >> 39) & 511 present, PUD entries 0 and 1, 512 + 2 PMD entries.
+  const r = region(layout, 'host.pgdir');
+  const dir = host.mem.i32.subarray(r.off / 4, (r.off + r.bytes) / 4);
+  const present = (t: number): number[] => [...dir.subarray(t * 512, (t + 1) * 512)].flatMap((e, i) => ((e & 1) !== 0 ? [i] : []));
+  assert.deepEqual(present(0), [Math.floor(HVA_BASE / 2 ** 39) % 512]);
+  assert.deepEqual(present(1), [0, 1]);
+  assert.equal(present(2).length, 512);
+  assert.deepEqual(present(3), [0, 1]);
+  assert.throws(() => host.ptep(512 * 1024), /outside the VMM's mapping/);
+});
+
+test('pages on either side of a 1 GiB boundary fault in to their own frames', () => {
+  const { host } = makeHost({ nPages: 512 * 512 + 8, nFrames: 8, nSwap: 0 });
+  const a = host.swapIn(262143);
+  const b = host.swapIn(262144);
+  assert.notEqual(a, b);
+  assert.equal(host.peekPfn(262143), a);
+  assert.equal(host.peekPfn(262144), b);
+  assert.equal(host.peekPfn(262142), -1);
+  assert.equal(host.peekPfn(262145), -1);
+});
 
 // ---- swap ----
 
