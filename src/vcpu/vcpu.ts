@@ -16,12 +16,23 @@
 // Because the vCPU publishes IN_GUEST_MODE before it checks requests and a
 // flusher sets the request before it reads the mode, one of them always sees
 // the other.
+//
+// Besides the TLB, the processor keeps a PDE cache (one of the SDM's
+// paging-structure caches, 4.10.3): for a 2 MiB region, the leaf table its
+// last walk reached, so the next walk there reads only the leaf SPTE. It is
+// thread-private (plain fields), filled only from present entries, and valid
+// for the TLB generation and root it was filled under, so every TLB flush
+// empties it too, as INVEPT/INVVPID do. As the SDM says, invlpg drops it and a
+// fault drops the faulting address's entry, so the walk after a fault is a
+// full one. KVM relies on this: it frees a shadow page only after a remote TLB
+// flush, which is what keeps a cached pointer to it from outliving it.
 
 import { region, type LayoutBuilder } from '../shm/layout';
 import { NOTE } from '../shm/access';
 import {
   CPU_CR0_WP,
   CPU_EFER_NX,
+  LEVEL_BYTES,
   PFERR_PRESENT_MASK,
   accessErrorCode,
   isPermissionFault,
@@ -54,6 +65,9 @@ import {
 import { RET_PF_EMULATE, RET_PF_GUEST } from '../kvm/mmu';
 
 export const TLB_WORDS = 8;
+
+/** PDE-cache entries per vCPU, direct-mapped by 2 MiB region (processors keep a few dozen). */
+const PDE_CACHE_ENTRIES = 16;
 export const TLB_TAG = 0;
 export const TLB_GEN = 1;
 export const TLB_PFN = 2;
@@ -96,6 +110,12 @@ export class Vcpu {
   /** Error code of the last hardware walk that faulted. */
   private lastEc = 0;
   private readonly direct: boolean;
+  /** PDE cache: per entry the 2 MiB region number + 1 (0 = empty), the leaf table's shadow page, the TLB generation at fill. */
+  private readonly pdeTag = new Int32Array(PDE_CACHE_ENTRIES);
+  private readonly pdeSp = new Int32Array(PDE_CACHE_ENTRIES);
+  private readonly pdeGen = new Int32Array(PDE_CACHE_ENTRIES);
+  /** The root every valid PDE-cache entry was filled under. */
+  private pdeRoot = -1;
 
   constructor(
     readonly kvm: Kvm,
@@ -290,9 +310,18 @@ export class Vcpu {
   private hwWalk(gva: number, kind: AccessKind, e: number): number {
     const pages = this.kvm.pages;
     const cpu = this.cpuForWalk();
+    const region = Math.floor(gva / LEVEL_BYTES[2]!);
+    const pi = region & (PDE_CACHE_ENTRIES - 1);
     for (;;) {
-      let sp = this.kv.root;
-      let level = 4;
+      let sp: number;
+      let level: number;
+      if (this.pdeTag[pi] === region + 1 && this.pdeGen[pi] === this.tlbGen && this.pdeRoot === this.kv.root) {
+        sp = this.pdeSp[pi]!;
+        level = 1;
+      } else {
+        sp = this.kv.root;
+        level = 4;
+      }
       let sptep: number;
       let spte: bigint;
       for (;;) {
@@ -301,13 +330,16 @@ export class Vcpu {
         if ((spte & SPTE_PRESENT_MASK) === 0n || isLastSpte(spte, level)) break;
         sp = spteToChild(spte);
         level--;
+        if (level === 1) this.pdeFill(pi, region, sp);
       }
       if ((spte & SPTE_PRESENT_MASK) === 0n) {
+        this.pdeTag[pi] = 0;
         this.lastEc = accessErrorCode(kind, cpu);
         return -1;
       }
       const acc = spteAccess(spte);
       if (isPermissionFault(acc, kind, cpu)) {
+        this.pdeTag[pi] = 0;
         this.lastEc = PFERR_PRESENT_MASK | accessErrorCode(kind, cpu);
         return -1;
       }
@@ -331,12 +363,25 @@ export class Vcpu {
     }
   }
 
+  /** Cache `sp` as the leaf table of 2 MiB region `region` (entry `pi`); a new root empties the cache first. */
+  private pdeFill(pi: number, region: number, sp: number): void {
+    if (this.pdeRoot !== this.kv.root) {
+      this.pdeTag.fill(0);
+      this.pdeRoot = this.kv.root;
+    }
+    this.pdeTag[pi] = region + 1;
+    this.pdeSp[pi] = sp;
+    this.pdeGen[pi] = this.tlbGen;
+  }
+
   private tlbGfn(gva: number): number {
     const e = this.tlbBase + (Math.floor(gva / 4096) & this.tlbMask) * TLB_WORDS;
     return this.mem.i32[e + TLB_GFN]!;
   }
 
+  /** invlpg's effect on this vCPU: the TLB entry for `gva`, and (as the SDM has it) the whole PDE cache. */
   private tlbInvalidate(gva: number): void {
+    this.pdeTag.fill(0);
     const vpn = Math.floor(gva / 4096);
     const e = this.tlbBase + (vpn & this.tlbMask) * TLB_WORDS;
     if (this.mem.i32[e + TLB_TAG] === vpn + 1) this.mem.i32[e + TLB_TAG] = 0;
