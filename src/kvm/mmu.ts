@@ -34,6 +34,7 @@ import {
   OUTSIDE_GUEST_MODE,
   KVM_STAT,
   READING_SHADOW_PAGE_TABLES,
+  SLOT_DIRTY_LOG,
   VCPU_ROOT,
   VCPU_STAT,
   type Kvm,
@@ -60,6 +61,9 @@ const FAST_FIX_DONE = 0;
 const FAST_FIX_LOST = 1;
 const FAST_FIX_REFUSED = 2;
 
+/** KVM's PTE_PREFETCH_NUM: a direct fault looks at this aligned group of leaf SPTEs to map ahead. */
+const PTE_PREFETCH_NUM = 8;
+
 export function accessFromErrorCode(ec: number): AccessKind {
   return {
     write: (ec & PFERR_WRITE_MASK) !== 0,
@@ -80,6 +84,8 @@ export function pageFaultCanBeFast(ec: number): boolean {
 export class Mmu implements GuestPtAccess {
   private readonly invalid: number[] = [];
   private readonly scratch: number[] = [];
+  /** Frames directPtePrefetchMany has pinned. */
+  private readonly prefetchPfns = new Int32Array(PTE_PREFETCH_NUM);
 
   constructor(private readonly kvm: Kvm) {}
 
@@ -352,14 +358,75 @@ export class Mmu implements GuestPtAccess {
       k.spte.linkShadowPage(sptep, child);
       sp = child;
     }
-    return this.mmuSetSpte(sp, k.pages.sptep(sp, spteIndex(gpa, 1)), ACC_ALL, gfn, pfn, hostWritable, write);
+    const sptep = k.pages.sptep(sp, spteIndex(gpa, 1));
+    const ret = this.mmuSetSpte(sp, sptep, ACC_ALL, gfn, pfn, hostWritable, write, false);
+    if (ret !== RET_PF_SPURIOUS) this.directPtePrefetch(sptep, gfn);
+    return ret;
+  }
+
+  /**
+   * KVM's direct_pte_prefetch, run after a direct fault installs `sptep`
+   * (mapping `gfn`): read the aligned group of PTE_PREFETCH_NUM leaf SPTEs
+   * around it and map each run of absent neighbours ahead of use. Skipped while
+   * an invalidation is in progress. KVM does this because SPTEs have an
+   * Accessed bit (prefetched ones are made without it, so aging can tell them
+   * apart). During dirty logging the memslot refuses writable prefetches, so
+   * then it only reads the group — a cost of the slow path the fast path does
+   * not pay. Contract: mmu_lock held.
+   */
+  private directPtePrefetch(sptep: number, gfn: number): void {
+    const k = this.kvm;
+    if (k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) > 0) return;
+    const first = sptep - (k.pages.indexOf(sptep) & (PTE_PREFETCH_NUM - 1));
+    const end = first + PTE_PREFETCH_NUM;
+    let start = -1;
+    for (let p = first; p < end; p++) {
+      if (isShadowPresentPte(k.mem.load64(p)) || p === sptep) {
+        if (start < 0) continue;
+        if (!this.directPtePrefetchMany(start, p, gfn + (start - sptep))) return;
+        start = -1;
+      } else if (start < 0) start = p;
+    }
+    if (start >= 0) this.directPtePrefetchMany(start, end, gfn + (start - sptep));
+  }
+
+  /**
+   * KVM's direct_pte_prefetch_many: map the absent SPTEs [start, end) of a
+   * direct leaf page, which map consecutive gfns from `gfn`. The memslot must
+   * have dirty logging off (a writable prefetch would bypass the log: KVM's
+   * gfn_to_memslot_dirty_bitmap) and hold the whole run; then the host pages are
+   * pinned with GUP-fast, stopping at the first that is not present and
+   * writable (no host faults: KVM's kvm_prefetch_pages), and each is mapped
+   * without the Accessed bit and released. Returns false when nothing could be
+   * mapped, which ends the prefetch. Contract: mmu_lock held.
+   */
+  private directPtePrefetchMany(start: number, end: number, gfn: number): boolean {
+    const k = this.kvm;
+    const slot = k.slotOf(gfn);
+    if (slot < 0 || k.slotOf(gfn + (end - start) - 1) !== slot) return false;
+    if ((k.mem.load32(k.slotFlagsWord(slot)) & SLOT_DIRTY_LOG) !== 0) return false;
+    const pfns = this.prefetchPfns;
+    let n = 0;
+    while (n < end - start) {
+      const pfn = k.host.gupFast(k.gfnToHvpn(gfn + n), true);
+      if (pfn < 0) break;
+      pfns[n++] = pfn;
+    }
+    const sp = k.pages.spOf(start);
+    for (let i = 0; i < n; i++) {
+      this.mmuSetSpte(sp, start + i, ACC_ALL, gfn + i, pfns[i]!, true, false, true);
+      k.host.putPage(pfns[i]!);
+    }
+    return n > 0;
   }
 
   /**
    * KVM's mmu_set_spte: install or update the leaf SPTE for gfn -> pfn with
    * rights `acc`. A gfn that holds a shadowed guest page table is mapped without
    * W or MMU_WRITABLE (KVM's mmu_try_to_unsync_pages refusing), and a write to it
-   * is emulated. A writable SPTE marks the gfn dirty. Contract: mmu_lock held.
+   * is emulated. A writable SPTE marks the gfn dirty. A prefetched SPTE (no
+   * access asked for it yet) is made without the Accessed bit. Contract:
+   * mmu_lock held.
    */
   private mmuSetSpte(
     sp: number,
@@ -369,6 +436,7 @@ export class Mmu implements GuestPtAccess {
     pfn: number,
     hostWritable: boolean,
     write: boolean,
+    prefetch: boolean,
   ): number {
     const k = this.kvm;
     let wrprot = false;
@@ -376,7 +444,7 @@ export class Mmu implements GuestPtAccess {
       acc &= ~ACC_WRITE_MASK;
       wrprot = true;
     }
-    let newSpte = makeSpte(acc, pfn, hostWritable, true, write);
+    let newSpte = makeSpte(acc, pfn, hostWritable, !prefetch, write);
     let old = k.mem.load64(sptep);
     let flush = false;
     let ret = RET_PF_FIXED;
@@ -461,7 +529,7 @@ export class Mmu implements GuestPtAccess {
     let acc = w.pteAccess;
     // A clean guest PTE is mapped read-only, so the first write faults and the walker sets its D bit.
     if (!write && (w.ptes[w.level]! & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
-    return this.mmuSetSpte(sp, k.pages.sptep(sp, spteIndex(gva, 1)), acc, w.gfn, pfn, hostWritable, write);
+    return this.mmuSetSpte(sp, k.pages.sptep(sp, spteIndex(gva, 1)), acc, w.gfn, pfn, hostWritable, write, false);
   }
 
   /** KVM's FNAME(gpte_changed): re-read the walker's entry at `level` without faulting; true if it differs (or cannot be read). */

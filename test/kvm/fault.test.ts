@@ -133,6 +133,63 @@ test('direct: a read fault on a KSM-shared page (read-only host mapping) maps it
   assert.equal(checkWritableBits(spte), null);
 });
 
+test('direct: a fault prefetches the absent neighbours in its group of 8 whose host pages are present and writable, without A', () => {
+  const vm = makeVm();
+  const v = vm.vcpus[0]!;
+  const h = vm.host.host;
+  for (const gfn of [16, 17, 18, 20, 21, 23]) h.swapIn(gfn); // host-present; 19 is the faulting page; 22 never touched
+  assert.equal(v.kvm.mmu.kvmMmuPageFault(v.kv, vm.addr(19), 0), RET_PF_FIXED);
+  assert.equal(bits(leaf(vm, v, vm.addr(19))).A, true, 'the faulting page is accessed');
+  for (const gfn of [16, 17, 18, 20, 21]) {
+    const spte = leaf(vm, v, vm.addr(gfn));
+    assert.equal(spteToPfn(spte), h.peekPfn(gfn), `gfn ${gfn} prefetched`);
+    assert.deepEqual(bits(spte), { present: true, W: true, A: false, D: false, HOST_WRITABLE: true, MMU_WRITABLE: true });
+  }
+  assert.equal(leaf(vm, v, vm.addr(22)), 0n, 'a page the host has not faulted in stops the run (no host faults)');
+  assert.equal(leaf(vm, v, vm.addr(23)), 0n, 'and nothing after it is mapped');
+  assert.equal(leaf(vm, v, vm.addr(24)), 0n, 'nor anything outside the group');
+  assert.equal(v.kv.stat('pfSlow'), 1);
+  inGuest(v, () => v.read64(vm.addr(17)));
+  assert.equal(v.kv.stat('pfSlow'), 1, 'a prefetched page is read without a fault');
+  assert.equal(bits(leaf(vm, v, vm.addr(17))).A, true, 'and the hardware walk sets its A bit');
+});
+
+test('direct: with dirty logging on a fault prefetches nothing; once it is off the same group is prefetched', () => {
+  const vm = makeVm();
+  const v = vm.vcpus[0]!;
+  const h = vm.host.host;
+  for (let gfn = 0; gfn < 8; gfn++) h.swapIn(gfn);
+  vm.host.dirtyLog.enable(0);
+  assert.equal(v.kvm.mmu.kvmMmuPageFault(v.kv, vm.addr(3), PFERR_WRITE_MASK), RET_PF_FIXED);
+  for (let gfn = 0; gfn < 8; gfn++) if (gfn !== 3) assert.equal(leaf(vm, v, vm.addr(gfn)), 0n, `gfn ${gfn} (dirty logging)`);
+  assert.ok(bitmapHas(vm.host, 3) && !bitmapHas(vm.host, 2), 'only the faulting page is in the log');
+  vm.host.dirtyLog.disable(0);
+  const r = record(v);
+  assert.equal(v.kvm.mmu.kvmMmuPageFault(v.kv, vm.addr(5), 0), RET_PF_FIXED);
+  r.stop();
+  for (let gfn = 0; gfn < 8; gfn++) assert.notEqual(leaf(vm, v, vm.addr(gfn)), 0n, `gfn ${gfn} mapped once logging is off`);
+  assert.equal(
+    r.ops.filter(([op]) => op === OP.load64).length,
+    3 + 1 + 8 + 6,
+    'direct_map walks levels 4-2 and reads the leaf, then the group of 8, then each of the 6 it maps',
+  );
+});
+
+test('direct: a fault prefetches nothing while an MMU-notifier invalidation is in progress, even of other pages', () => {
+  const vm = makeVm();
+  const v = vm.vcpus[0]!;
+  const h = vm.host.host;
+  for (let gfn = 0; gfn < 8; gfn++) h.swapIn(gfn);
+  const n = h.notifier!;
+  n.invalidateRangeStart(40, 41);
+  const r = record(v);
+  assert.equal(v.kvm.mmu.kvmMmuPageFault(v.kv, vm.addr(5), 0), RET_PF_FIXED);
+  r.stop();
+  n.invalidateRangeEnd(40, 41);
+  for (let gfn = 0; gfn < 8; gfn++) if (gfn !== 5) assert.equal(leaf(vm, v, vm.addr(gfn)), 0n, `gfn ${gfn}`);
+  assert.equal(r.ops.filter(([op]) => op === OP.load64).length, 3 + 1, 'direct_map walks levels 4-2 and reads the leaf; no group scan');
+});
+
 test('direct: a fault builds four levels of direct shadow pages whose roles and gfns cover the faulting gfn', () => {
   // A memslot high enough that every level's page has its own non-zero first gfn.
   const base = 2 ** 27 + 3 * 2 ** 18 + 512;
