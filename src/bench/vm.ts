@@ -12,6 +12,7 @@ import { CMD, CMD_EXIT, DONE, FAIL, createBenchControl, waitWhileAsync } from '.
 import type { GuestRegion } from './guest';
 import type { BenchWorkerInit } from './worker';
 import type { FaultCounts } from './results';
+import { spinLimitFor } from '../runtime/spin';
 
 export type { FaultCounts };
 
@@ -85,7 +86,8 @@ export class BenchVm {
     const dataPages = benchDataPages(o);
     const tablePages = o.mode === 'shadow' ? tablePagesFor(dataPages) : 0;
     const config = resolveConfig({ mode: o.mode, vcpus: o.vcpus, memBytes: (dataPages + tablePages) * 4096, fastPath: o.fastPath });
-    const spec = createMachineFrom(config);
+    // Only the vCPU workers take mmu_lock while they run (the host's work is between passes).
+    const spec = { ...createMachineFrom(config), spinLimit: spinLimitFor(o.vcpus) };
     const per = dataPages / o.vcpus;
     let cr3 = 0;
     let base = 0;

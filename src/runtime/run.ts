@@ -18,6 +18,7 @@ import {
   setFlag,
 } from './control';
 import type { MigrationResult } from './migrate';
+import { spinLimitFor } from './spin';
 import type { WorkerInit, WorkerTask } from './worker';
 import type { WorkloadLayout, WorkloadResult } from './workload';
 
@@ -114,7 +115,8 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
   if (o.migrate) tasks.push({ role: 'migrate', vcpus: o.vcpus });
 
   const t0 = performance.now();
-  const workers = tasks.map((task, i) => startWorker({ spec, ctrl, seed: seed * 7919 + i, task }));
+  const running = { ...spec, spinLimit: spinLimitFor(tasks.length) };
+  const workers = tasks.map((task, i) => startWorker({ spec: running, ctrl, seed: seed * 7919 + i, task }));
   // Any worker failing fails the run at once (the others may be waiting for it forever).
   const anyFailure = new Promise<never>((_, rej) => {
     for (const w of workers) w.result.catch(rej);

@@ -95,20 +95,26 @@ export const NOTE = {
   swapOutWriteback: 12,
 } as const;
 
-/**
- * How many times a waiter re-reads a word before it sleeps: about 0.15 ms on
- * the 2-core machine this was tuned on (an Atomics.load loop runs at about
- * 9 ns an iteration). KVM's mmu_lock is a spinlock: its waiters never sleep,
- * and its holder cannot be preempted. Here a holder can be — by the OS or by
- * its isolate's garbage collector (a scavenge stops a thread for about
- * 0.1 ms) — so waiters must sleep eventually, or threads outnumbering cores
- * would burn the holder's time. But a ticket lock whose next ticket is asleep
- * stays unusable until that thread wakes (tens of µs), and then every waiter
- * behind it sleeps too. With 2^10 spins (about 10 µs) 3-16% of the
- * benchmark's mmu_lock acquisitions slept and the slow path's cost varied 2.5x
- * from run to run; with 2^14, fewer than 0.2% sleep.
- */
-const SPIN_LIMIT = 1 << 14;
+// How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).
+//
+// KVM's mmu_lock is a spinlock: its waiters never sleep, and its holder cannot
+// be preempted. Here a holder can be — by the OS, or by its isolate's garbage
+// collector (a scavenge stops a thread for about 0.1 ms) — so waiters must
+// sleep eventually. How soon depends on whether the holder has a core:
+//  - When every thread that takes the lock has a core of its own (the
+//    benchmarks), sleeping early is what hurts: a ticket lock whose next
+//    ticket is asleep stays unusable until that thread wakes (tens of µs), and
+//    every waiter behind it then sleeps too. With 2^10 spins (about 10 µs at
+//    ~9 ns an Atomics.load loop iteration) 3-16% of the dirty-log benchmark's
+//    mmu_lock acquisitions slept and the slow path's cost varied 2.5x from run
+//    to run; with 2^14 (about 0.15 ms) fewer than 0.2% sleep.
+//  - When threads outnumber cores (`kvmmu run` with its host threads), a long
+//    spin burns the time a descheduled holder needs: 2^14 cut that run's
+//    throughput 3.6x against 2^10.
+/** Spins before sleeping when every thread taking the lock has a core (the runner says so). */
+export const SPIN_LIMIT_DEDICATED = 1 << 14;
+/** Spins before sleeping when threads may outnumber cores (the default). */
+export const SPIN_LIMIT_SHARED = 1 << 10;
 /** How long (ms) a sleeping waiter sleeps before it looks again; bounds the cost of a missed wake-up. */
 const WAIT_SLICE_MS = 0.2;
 
@@ -136,6 +142,8 @@ export class Mem {
   hook: AccessHook | null = null;
   /** Identity of the logical thread using this handle (shown as a lock holder). */
   tid = 0;
+  /** Re-reads of a lock or waited-on word before sleeping: SPIN_LIMIT_SHARED or SPIN_LIMIT_DEDICATED. */
+  spinLimit = SPIN_LIMIT_SHARED;
 
   constructor(readonly shm: Shm) {
     this.i32 = new Int32Array(shm.meta);
@@ -232,7 +240,7 @@ export class Mem {
     for (;;) {
       const owner = Atomics.load(a, i + LOCK_OWNER);
       if (owner === ticket) break;
-      if (++spins < SPIN_LIMIT) continue;
+      if (++spins < this.spinLimit) continue;
       Atomics.add(a, i + LOCK_SLEEPERS, 1);
       Atomics.wait(a, i + LOCK_OWNER, owner, WAIT_SLICE_MS);
       Atomics.sub(a, i + LOCK_SLEEPERS, 1);
@@ -270,7 +278,7 @@ export class Mem {
     for (;;) {
       const cur = Atomics.load(a, i);
       if (cur !== v) return cur;
-      if (++spins < SPIN_LIMIT) continue;
+      if (++spins < this.spinLimit) continue;
       Atomics.wait(a, i, v, WAIT_SLICE_MS);
     }
   }

@@ -11,6 +11,11 @@ import { reserveVcpus } from './vcpu';
 export interface MachineSpec {
   readonly config: VmConfig;
   readonly shm: Shm;
+  /**
+   * How long lock waiters spin before sleeping (Mem.spinLimit); the runner
+   * that starts the threads knows whether each has a core. Default SPIN_LIMIT_SHARED.
+   */
+  readonly spinLimit?: number;
 }
 
 export function machineLayout(config: VmConfig): Layout {
@@ -37,6 +42,7 @@ export function createMachineFrom(config: VmConfig): MachineSpec {
 export function openKvm(spec: MachineSpec, tid: number): Kvm {
   const mem = new Mem(spec.shm);
   mem.tid = tid;
+  if (spec.spinLimit !== undefined) mem.spinLimit = spec.spinLimit;
   return new Kvm(mem, spec.shm.layout, spec.config);
 }
 
