@@ -467,6 +467,21 @@ export class Host {
     }
   }
 
+  /**
+   * As readUserAtomic for `len` bytes from byte `off` (within the page) into
+   * `dst`: one translation, one copy, the translation checked again (KVM's
+   * kvm_vcpu_read_guest_atomic of a range). False if the page is not present.
+   */
+  readUserRangeAtomic(hvpn: number, off: number, dst: Uint8Array, len: number): boolean {
+    const ptep = this.ptep(hvpn);
+    for (;;) {
+      const w = this.mem.load32(ptep);
+      if ((w & MAP_PRESENT) === 0) return false;
+      this.mem.readData(this.frameByte(mapPfn(w)) + off, dst, 0, len);
+      if (this.mem.load32(ptep) === w) return true;
+    }
+  }
+
   /** Write the 64-bit word at byte `off` of page `hvpn`; the host's own write dirties the frame. */
   writeUser64(hvpn: number, off: number, v: bigint): void {
     const pfn = this.getUserPage(hvpn, true);

@@ -9,7 +9,12 @@ import {
   PFERR_RSVD_MASK,
   PFERR_USER_MASK,
   PFERR_WRITE_MASK,
+  PT_ACCESSED_MASK,
   PT_DIRTY_MASK,
+  PT_PRESENT_MASK,
+  gpteAccess,
+  gpteGfn,
+  isRsvdGpte,
   type AccessKind,
 } from '../x86/pte';
 import {
@@ -40,7 +45,7 @@ import {
   type Kvm,
   type KvmVcpu,
 } from './kvm';
-import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleIsDirect, roleLevel } from './mmu-page';
+import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleAccess, roleIsDirect, roleLevel } from './mmu-page';
 import { SpteUpdate } from './spte-update';
 import { CPU_CR0_WP } from '../x86/pte';
 
@@ -86,6 +91,9 @@ export class Mmu implements GuestPtAccess {
   private readonly scratch: number[] = [];
   /** Frames directPtePrefetchMany has pinned. */
   private readonly prefetchPfns = new Int32Array(PTE_PREFETCH_NUM);
+  /** The aligned group of guest PTEs gpteChanged last read at the leaf level (KVM's gw->prefetch_ptes), for ptePrefetch. */
+  private readonly prefetchGptes = new BigUint64Array(PTE_PREFETCH_NUM);
+  private readonly prefetchGpteBytes = new Uint8Array(this.prefetchGptes.buffer);
 
   constructor(private readonly kvm: Kvm) {}
 
@@ -360,51 +368,67 @@ export class Mmu implements GuestPtAccess {
     }
     const sptep = k.pages.sptep(sp, spteIndex(gpa, 1));
     const ret = this.mmuSetSpte(sp, sptep, ACC_ALL, gfn, pfn, hostWritable, write, false);
-    if (ret !== RET_PF_SPURIOUS) this.directPtePrefetch(sptep, gfn);
+    if (ret !== RET_PF_SPURIOUS && !this.invalidationInProgress()) this.directPtePrefetch(sptep, gfn, ACC_ALL);
     return ret;
   }
 
+  /** Is an MMU-notifier invalidation running? Prefetching then could map what it is removing. Contract: mmu_lock held. */
+  private invalidationInProgress(): boolean {
+    return this.kvm.lockedLoad(this.kvm.mmuBase + MMU_IN_PROGRESS) > 0;
+  }
+
   /**
-   * KVM's direct_pte_prefetch, run after a direct fault installs `sptep`
-   * (mapping `gfn`): read the aligned group of PTE_PREFETCH_NUM leaf SPTEs
-   * around it and map each run of absent neighbours ahead of use. Skipped while
-   * an invalidation is in progress. KVM does this because SPTEs have an
+   * KVM's __direct_pte_prefetch, run after a fault installs `sptep` (mapping
+   * `gfn`) in a direct leaf page: read the aligned group of PTE_PREFETCH_NUM
+   * SPTEs around it and map each run of absent neighbours with rights `acc`
+   * (the page's role) ahead of use. KVM does this because SPTEs have an
    * Accessed bit (prefetched ones are made without it, so aging can tell them
    * apart). During dirty logging the memslot refuses writable prefetches, so
    * then it only reads the group — a cost of the slow path the fast path does
-   * not pay. Contract: mmu_lock held.
+   * not pay. The caller checks that no invalidation is running. Contract:
+   * mmu_lock held.
    */
-  private directPtePrefetch(sptep: number, gfn: number): void {
+  private directPtePrefetch(sptep: number, gfn: number, acc: number): void {
     const k = this.kvm;
-    if (k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) > 0) return;
     const first = sptep - (k.pages.indexOf(sptep) & (PTE_PREFETCH_NUM - 1));
     const end = first + PTE_PREFETCH_NUM;
     let start = -1;
     for (let p = first; p < end; p++) {
       if (isShadowPresentPte(k.mem.load64(p)) || p === sptep) {
         if (start < 0) continue;
-        if (!this.directPtePrefetchMany(start, p, gfn + (start - sptep))) return;
+        if (!this.directPtePrefetchMany(start, p, gfn + (start - sptep), acc)) return;
         start = -1;
       } else if (start < 0) start = p;
     }
-    if (start >= 0) this.directPtePrefetchMany(start, end, gfn + (start - sptep));
+    if (start >= 0) this.directPtePrefetchMany(start, end, gfn + (start - sptep), acc);
   }
 
   /**
    * KVM's direct_pte_prefetch_many: map the absent SPTEs [start, end) of a
-   * direct leaf page, which map consecutive gfns from `gfn`. The memslot must
-   * have dirty logging off (a writable prefetch would bypass the log: KVM's
-   * gfn_to_memslot_dirty_bitmap) and hold the whole run; then the host pages are
-   * pinned with GUP-fast, stopping at the first that is not present and
-   * writable (no host faults: KVM's kvm_prefetch_pages), and each is mapped
-   * without the Accessed bit and released. Returns false when nothing could be
-   * mapped, which ends the prefetch. Contract: mmu_lock held.
+   * direct leaf page, which map consecutive gfns from `gfn`, with rights
+   * `acc`. The memslot must hold the whole run and take the prefetch
+   * (slotTakesPrefetch); then the host pages are pinned with GUP-fast,
+   * stopping at the first that is not present and writable (no host faults:
+   * KVM's kvm_prefetch_pages), and each is mapped without the Accessed bit and
+   * released. Returns false when nothing could be mapped, which ends the
+   * prefetch. Contract: mmu_lock held.
    */
-  private directPtePrefetchMany(start: number, end: number, gfn: number): boolean {
+  /**
+   * KVM's gfn_to_memslot_dirty_bitmap: a prefetch with rights `acc` into
+   * memslot `slot` may go ahead unless it is writable and the slot logs dirty
+   * pages — a writable SPTE made without a write would let the guest's first
+   * write bypass the log.
+   */
+  private slotTakesPrefetch(slot: number, acc: number): boolean {
+    const k = this.kvm;
+    return (acc & ACC_WRITE_MASK) === 0 || (k.mem.load32(k.slotFlagsWord(slot)) & SLOT_DIRTY_LOG) === 0;
+  }
+
+  private directPtePrefetchMany(start: number, end: number, gfn: number, acc: number): boolean {
     const k = this.kvm;
     const slot = k.slotOf(gfn);
     if (slot < 0 || k.slotOf(gfn + (end - start) - 1) !== slot) return false;
-    if ((k.mem.load32(k.slotFlagsWord(slot)) & SLOT_DIRTY_LOG) !== 0) return false;
+    if (!this.slotTakesPrefetch(slot, acc)) return false;
     const pfns = this.prefetchPfns;
     let n = 0;
     while (n < end - start) {
@@ -414,7 +438,7 @@ export class Mmu implements GuestPtAccess {
     }
     const sp = k.pages.spOf(start);
     for (let i = 0; i < n; i++) {
-      this.mmuSetSpte(sp, start + i, ACC_ALL, gfn + i, pfns[i]!, true, false, true);
+      this.mmuSetSpte(sp, start + i, acc, gfn + i, pfns[i]!, true, false, true);
       k.host.putPage(pfns[i]!);
     }
     return n > 0;
@@ -529,13 +553,70 @@ export class Mmu implements GuestPtAccess {
     let acc = w.pteAccess;
     // A clean guest PTE is mapped read-only, so the first write faults and the walker sets its D bit.
     if (!write && (w.ptes[w.level]! & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
-    return this.mmuSetSpte(sp, k.pages.sptep(sp, spteIndex(gva, 1)), acc, w.gfn, pfn, hostWritable, write, false);
+    const sptep = k.pages.sptep(sp, spteIndex(gva, 1));
+    const ret = this.mmuSetSpte(sp, sptep, acc, w.gfn, pfn, hostWritable, write, false);
+    if (ret !== RET_PF_SPURIOUS && !this.invalidationInProgress()) this.ptePrefetch(vcpu, sp, sptep);
+    return ret;
+  }
+
+  /**
+   * KVM's FNAME(pte_prefetch), after FNAME(fetch) installs `sptep`: below a
+   * guest large page (a direct leaf page) as direct_pte_prefetch; otherwise
+   * for each absent SPTE of the aligned group, in order, map what its guest
+   * PTE (read with the group by gpteChanged) says, until one cannot be.
+   * Contract: mmu_lock held; no invalidation running.
+   */
+  private ptePrefetch(vcpu: KvmVcpu, sp: number, sptep: number): void {
+    const k = this.kvm;
+    const role = k.lockedLoad(k.pages.hdr(sp, SP_ROLE));
+    if (roleIsDirect(role)) {
+      this.directPtePrefetch(sptep, vcpu.walker.gfn, roleAccess(role));
+      return;
+    }
+    const first = sptep - (k.pages.indexOf(sptep) & (PTE_PREFETCH_NUM - 1));
+    for (let i = 0; i < PTE_PREFETCH_NUM; i++) {
+      const p = first + i;
+      if (p === sptep || isShadowPresentPte(k.mem.load64(p))) continue;
+      if (!this.prefetchGpte(vcpu, sp, role, p, this.prefetchGptes[i]!)) return;
+    }
+  }
+
+  /**
+   * KVM's FNAME(prefetch_gpte): map absent SPTE `sptep` of indirect page `sp`
+   * as guest PTE `gpte` says, without the Accessed bit — only a present,
+   * accessed, well-formed gpte; read-only if it is clean; never writable into a
+   * dirty-logged memslot; only if GUP-fast pins the frame. False stops the prefetch.
+   */
+  private prefetchGpte(vcpu: KvmVcpu, sp: number, role: number, sptep: number, gpte: bigint): boolean {
+    const k = this.kvm;
+    if ((gpte & PT_PRESENT_MASK) === 0n || (gpte & PT_ACCESSED_MASK) === 0n || isRsvdGpte(gpte, 1, vcpu.cpu)) return false;
+    const gfn = gpteGfn(gpte);
+    let acc = roleAccess(role) & gpteAccess(gpte, vcpu.cpu);
+    if ((gpte & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
+    const slot = k.slotOf(gfn);
+    if (slot < 0 || !this.slotTakesPrefetch(slot, acc)) return false;
+    const pfn = k.host.gupFast(k.gfnToHvpn(gfn), true);
+    if (pfn < 0) return false;
+    this.mmuSetSpte(sp, sptep, acc, gfn, pfn, true, false, true);
+    k.host.putPage(pfn);
+    return true;
   }
 
   /** KVM's FNAME(gpte_changed): re-read the walker's entry at `level` without faulting; true if it differs (or cannot be read). */
   private gpteChanged(vcpu: KvmVcpu, level: number): boolean {
     const w = vcpu.walker;
-    return this.readGpteAtomic(w.pteGpa[level]!) !== w.ptes[level]!;
+    const gpa = w.pteGpa[level]!;
+    if (level !== 1) return this.readGpteAtomic(gpa) !== w.ptes[level]!;
+    // At the leaf level KVM reads the whole aligned group, for FNAME(pte_prefetch).
+    const group = PTE_PREFETCH_NUM * 8;
+    const base = gpa - (gpa % group);
+    const gfn = Math.floor(base / 4096);
+    const k = this.kvm;
+    if (k.slotOf(gfn) < 0 || !k.host.readUserRangeAtomic(k.gfnToHvpn(gfn), base % 4096, this.prefetchGpteBytes, group)) {
+      this.prefetchGptes.fill(0n);
+      return true;
+    }
+    return this.prefetchGptes[(gpa - base) / 8] !== w.ptes[level]!;
   }
 
   // ---- guest memory for the walker (KVM's kvm_vcpu_read_guest / cmpxchg_gpte) ----

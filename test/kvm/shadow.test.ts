@@ -1,4 +1,4 @@
-// Shadow paging: write-protection of shadowed guest tables, emulated table writes and write flooding, invlpg, 2 MiB guest pages, page recycling and zap-all.
+// Shadow paging: write-protection of shadowed guest tables, emulated table writes and write flooding, invlpg, prefetch from guest PTEs, 2 MiB guest pages, page recycling and zap-all.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,6 +8,7 @@ import { SP_ROOT_COUNT, makeRole, roleIsDirect, roleLevel } from '../../src/kvm/
 import { readTlb, type Vcpu } from '../../src/vcpu/vcpu';
 import { pteIndex } from '../../src/x86/pte';
 import {
+  SPTE_ACCESSED_MASK,
   SPTE_HOST_WRITABLE,
   SPTE_MMU_WRITABLE,
   SPTE_WRITABLE_MASK,
@@ -169,6 +170,53 @@ test('invlpg in direct mode leaves the SPTE alone', () => {
   const before = spteAt(vm, sptep);
   inGuest(v, () => v.invlpg(vm.addr(3)));
   assert.equal(spteAt(vm, sptep), before);
+});
+
+/** The leaf SPTE mapping `gva` through vCPU 0, or 0n. */
+function leafOf(vm: TestVm, gva: number): bigint {
+  const sptep = leafSptep(vm.vcpus[0]!, gva);
+  return sptep < 0 ? 0n : spteAt(vm, sptep);
+}
+
+test('a shadow fault prefetches its group from the guest PTEs: accessed ones the host has, without A; a clean one read-only', () => {
+  const vm = makeVm({ mode: 'shadow', dataPages: 32 });
+  const v = vm.vcpus[0]!;
+  const h = vm.host.host;
+  for (let i = 8; i < 16; i++) if (i !== 13) h.swapIn(i); // page 13 is not in host memory
+  vm.pt!.map(vm.addr(9), 9, DATA_FLAGS & ~0x40n); // clean: present, writable, user, accessed
+  inGuest(v, () => v.read64(vm.addr(10)));
+  assert.equal(v.kv.stat('pfSlow'), 1);
+  const leaf = (i: number): bigint => leafOf(vm, vm.addr(i));
+  for (const i of [8, 11, 12]) {
+    assert.equal(spteToPfn(leaf(i)), h.peekPfn(i), `page ${i} prefetched`);
+    assert.equal(leaf(i) & SPTE_ACCESSED_MASK, 0n, `page ${i} without A`);
+    assert.equal(leaf(i) & WBITS, WBITS, `page ${i} writable (its gPTE is dirty)`);
+  }
+  assert.equal(leaf(9) & SPTE_WRITABLE_MASK, 0n, 'a clean gPTE is prefetched read-only');
+  assert.notEqual(leaf(9), 0n);
+  assert.equal(leaf(13), 0n, 'a page not in host memory stops the prefetch (no host faults)');
+  assert.equal(leaf(14), 0n, 'and nothing after it is mapped');
+  inGuest(v, () => v.read64(vm.addr(12)));
+  assert.equal(v.kv.stat('pfSlow'), 1, 'a prefetched page is read without a fault');
+});
+
+test('a shadow fault stops prefetching at a gPTE that is not accessed, and maps nothing writable into a dirty-logged memslot', () => {
+  const vm = makeVm({ mode: 'shadow', dataPages: 32 });
+  const v = vm.vcpus[0]!;
+  const h = vm.host.host;
+  for (let i = 16; i < 24; i++) h.swapIn(i);
+  vm.pt!.map(vm.addr(18), 18, DATA_FLAGS & ~0x20n); // not accessed
+  inGuest(v, () => v.read64(vm.addr(17)));
+  assert.notEqual(leafOf(vm, vm.addr(16)), 0n, 'the page before it is prefetched');
+  for (const i of [18, 19, 20]) assert.equal(leafOf(vm, vm.addr(i)), 0n, `page ${i}`);
+  // With dirty logging on: a clean gPTE is still prefetched (read-only), a dirty one is not.
+  for (let i = 24; i < 32; i++) h.swapIn(i);
+  vm.pt!.map(vm.addr(24), 24, DATA_FLAGS & ~0x40n);
+  vm.host.dirtyLog.enable(0);
+  inGuest(v, () => v.read64(vm.addr(25)));
+  assert.notEqual(leafOf(vm, vm.addr(24)), 0n, 'page 24 (clean gPTE) prefetched');
+  assert.equal(leafOf(vm, vm.addr(24)) & SPTE_WRITABLE_MASK, 0n);
+  for (let i = 26; i < 32; i++) assert.equal(leafOf(vm, vm.addr(i)), 0n, `page ${i} (dirty gPTE, dirty logging)`);
 });
 
 test('a 2 MiB guest page is mapped through a direct level-1 shadow page whose entries map the right gfns', () => {
