@@ -117,7 +117,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
       result: {
         ...result,
         ratio: redirtyRatio(result.runs),
-        floor: { nsPerOp: floor.nsPerOp, fastFaultNs: floor.fastFaultNs, multiple: floor.multiple },
+        floor: { nsPerOp: floor.nsPerOp, fastFaultNs: floor.fastFaultNs, multiple: floor.multiple, handlerNs: floor.handlerNs },
       },
       floor,
       pagesPerVcpu,

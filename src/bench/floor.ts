@@ -1,4 +1,4 @@
-// The floor under one fast page fault (a 64-bit Atomics.load plus Atomics.compareExchange) and the cost of kvm.mmu.fastPageFault itself, measured in the same run.
+// The floor under one fast page fault (a 64-bit Atomics.load plus Atomics.compareExchange), the cost of kvm.mmu.fastPageFault itself, and of the whole fault handler with the fast path on and off, measured in the same run.
 
 import type { MmuMode } from '../kvm/config';
 import type { Kvm, KvmVcpu } from '../kvm/kvm';
@@ -16,6 +16,8 @@ export interface FloorResult {
   readonly fastFaultNs: number;
   /** fastFaultNs / nsPerOp. */
   readonly multiple: number;
+  /** Median ns of one kvm.mmu.kvmMmuPageFault call (the whole handler) fixing a write-protected SPTE, fast path on and off. */
+  readonly handlerNs: { readonly fastPathOn: number; readonly fastPathOff: number };
   /** MMU mode the fast faults ran in, and how many pages each round fixed. */
   readonly mode: MmuMode;
   readonly pages: number;
@@ -64,11 +66,20 @@ function fastFaultLoop(mmu: Mmu, kv: KvmVcpu, base: number, pages: number): numb
   return fixed;
 }
 
+/** Calls kvm.mmu.kvmMmuPageFault (the VM exit's handler) once for each page, in address order; returns how many it fixed. */
+function handlerLoop(mmu: Mmu, kv: KvmVcpu, base: number, pages: number): number {
+  const ec = PFERR_PRESENT_MASK | PFERR_WRITE_MASK;
+  let fixed = 0;
+  for (let i = 0; i < pages; i++) if (mmu.kvmMmuPageFault(kv, base + i * 4096, ec) === RET_PF_FIXED) fixed++;
+  return fixed;
+}
+
 /**
- * A VM on this thread for timing fast faults: `pages` pages, one vCPU that has
- * written every page (so every SPTE is present and MMU-writable), dirty logging on.
+ * A VM on this thread for timing faults: `pages` pages, one vCPU that has
+ * written every page (so every SPTE is present and MMU-writable), dirty
+ * logging on, the fast path on or off.
  */
-class FastFaultRig {
+class FaultRig {
   private readonly host: Kvm;
   private readonly vcpu: Vcpu;
   private readonly bitmap: Int32Array;
@@ -77,9 +88,10 @@ class FastFaultRig {
   constructor(
     mode: MmuMode,
     readonly pages: number,
+    fastPath: boolean,
   ) {
     const tablePages = mode === 'shadow' ? tablePagesFor(pages) : 0;
-    const spec = createMachine({ mode, vcpus: 1, memBytes: (pages + tablePages) * 4096 });
+    const spec = createMachine({ mode, vcpus: 1, memBytes: (pages + tablePages) * 4096, fastPath });
     this.host = openKvm(spec, -2);
     let cr3 = 0;
     this.base = mode === 'shadow' ? SHADOW_BASE : 0;
@@ -99,50 +111,71 @@ class FastFaultRig {
 
   /**
    * One round: write-protect every page as dirty logging does (KVM_GET_DIRTY_LOG:
-   * clear W, flush TLBs; not timed), then time a loop calling
-   * kvm.mmu.fastPageFault once for each page, in address order. Returns ns per call.
+   * clear W, flush TLBs; not timed), then time a loop calling `loop`'s function
+   * (kvm.mmu.fastPageFault or kvmMmuPageFault) once for each page, in address
+   * order. Returns ns per call.
    */
-  round(): number {
+  round(loop: typeof fastFaultLoop): number {
     const { host, vcpu, base, pages } = this;
     host.dirtyLog.get(0, this.bitmap);
     // The flush request get left is the vCPU's to handle before it re-enters; handle it as entry would.
     vcpu.enterGuest();
     vcpu.exitGuest();
     const t0 = now();
-    const fixed = fastFaultLoop(vcpu.kvm.mmu, vcpu.kv, base, pages);
+    const fixed = loop(vcpu.kvm.mmu, vcpu.kv, base, pages);
     const ns = ((now() - t0) * 1e6) / pages;
-    if (fixed !== pages) throw new Error(`floor: the fast path fixed ${fixed} of ${pages} write-protected pages`);
+    if (fixed !== pages) throw new Error(`floor: ${loop.name} fixed ${fixed} of ${pages} write-protected pages`);
     return ns;
   }
 }
 
 /**
- * The floor and a fast fault, measured in the same run, rounds interleaved so
- * that load from elsewhere on the machine falls on both alike.
+ * The floor, a fast fault and the fault handler, measured in the same run,
+ * rounds interleaved so that load from elsewhere on the machine falls on all
+ * alike.
  *
  * A fast fault here is one call of kvm.mmu.fastPageFault on a write-protected,
  * MMU-writable SPTE — lockless walk begin, 4-level walk, cmpxchg of W,
  * mark_page_dirty, walk end, the pf_fast count (and in shadow mode the seed's
  * gfn->pfn pin) — timed over a loop of one call per page with nothing
- * subtracted. The VM exit and the vCPU's retried access are not in it (they
- * are in the benchmark's dirty-memory times). Each figure is the median of
- * ROUNDS rounds, after WARMUP rounds of each that are not counted (JIT tiers).
+ * subtracted. The handler is kvm.mmu.kvmMmuPageFault on the same kind of
+ * SPTE (in shadow mode it walks the guest's tables first), in a VM with the
+ * fast path on and in one with it off (then it takes the slow path: GUP-fast,
+ * mmu_lock, direct_map or FNAME(fetch), prefetch, put_page — one thread, so
+ * the lock is never contended). The VM exit and the vCPU's retried access are
+ * in none of these (they are in the benchmark's dirty-memory times). Each
+ * figure is the median of ROUNDS rounds, after WARMUP rounds of each that are
+ * not counted (JIT tiers).
  */
 export function measureFloorAndFastFault(mode: MmuMode, pages: number, rounds = ROUNDS): FloorResult {
   const a = new BigUint64Array(new SharedArrayBuffer(FLOOR_WORDS * 8));
-  const rig = new FastFaultRig(mode, pages);
+  const on = new FaultRig(mode, pages, true);
+  const off = new FaultRig(mode, pages, false);
   const floorOps = Math.max(pages * 8, 100_000);
-  for (let r = 0; r < WARMUP; r++) {
-    floorRound(a, floorOps);
-    rig.round();
-  }
   const floor: number[] = [];
   const fast: number[] = [];
-  for (let r = 0; r < rounds; r++) {
-    floor.push(floorRound(a, floorOps));
-    fast.push(rig.round());
+  const handlerOn: number[] = [];
+  const handlerOff: number[] = [];
+  for (let r = 0; r < WARMUP + rounds; r++) {
+    const f = floorRound(a, floorOps);
+    const ff = on.round(fastFaultLoop);
+    const hOn = on.round(handlerLoop);
+    const hOff = off.round(handlerLoop);
+    if (r < WARMUP) continue;
+    floor.push(f);
+    fast.push(ff);
+    handlerOn.push(hOn);
+    handlerOff.push(hOff);
   }
   const nsPerOp = median(floor);
   const fastFaultNs = median(fast);
-  return { nsPerOp, fastFaultNs, multiple: fastFaultNs / nsPerOp, mode, pages, rounds };
+  return {
+    nsPerOp,
+    fastFaultNs,
+    multiple: fastFaultNs / nsPerOp,
+    handlerNs: { fastPathOn: median(handlerOn), fastPathOff: median(handlerOff) },
+    mode,
+    pages,
+    rounds,
+  };
 }

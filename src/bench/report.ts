@@ -82,6 +82,11 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
     `fast fault: kvm.mmu.fastPageFault fixing a write-protected SPTE (${f.mode} mode, ${f.pages} pages, median of ${f.rounds} rounds, ` +
       `nothing subtracted): ${f.fastFaultNs.toFixed(1)} ns = ${times(f.multiple)} the floor`,
   );
+  const h = f.handlerNs;
+  lines.push(
+    `fault handler: kvm.mmu.kvmMmuPageFault on the same SPTEs, one thread: fast path on ${h.fastPathOn.toFixed(1)} ns, ` +
+      `off ${h.fastPathOff.toFixed(1)} ns (${times(h.fastPathOff / h.fastPathOn)})`,
+  );
   const b = r.bookkeeping;
   const kinds = Object.entries(b.byKind)
     .map(([k, v]) => `${k} ${fmtBytes(v)}`)

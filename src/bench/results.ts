@@ -70,7 +70,13 @@ export interface DirtyLogResult {
   readonly runs: DirtyLogRun[];
   /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, per iteration; null unless both ran. */
   readonly ratio: { readonly slowOverFast: Summary } | null;
-  readonly floor: { readonly nsPerOp: number; readonly fastFaultNs: number; readonly multiple: number };
+  readonly floor: {
+    readonly nsPerOp: number;
+    readonly fastFaultNs: number;
+    readonly multiple: number;
+    /** kvm.mmu.kvmMmuPageFault on a write-protected SPTE, one thread, fast path on and off (ns). */
+    readonly handlerNs: { readonly fastPathOn: number; readonly fastPathOff: number };
+  };
   readonly bookkeeping: Bookkeeping;
   readonly machine: MachineInfo;
 }

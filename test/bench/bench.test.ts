@@ -80,10 +80,12 @@ test('bench dirty-log --fast-path both --clear --json on a tiny VM prints the do
   const s = j.ratio.slowOverFast as Record<string, number>;
   assert.ok(s.min! <= s.median! && s.median! <= s.max!);
 
-  assertKeys(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple'], 'floor');
+  assertKeys(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple', 'handlerNs'], 'floor');
   assertNums(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple'], 'floor');
   const f = j.floor as Record<string, number>;
   assert.ok(Math.abs(f.multiple! - f.fastFaultNs! / f.nsPerOp!) < 1e-9 * f.multiple!);
+  assertKeys(j.floor.handlerNs, ['fastPathOn', 'fastPathOff'], 'floor.handlerNs');
+  assertNums(j.floor.handlerNs, ['fastPathOn', 'fastPathOff'], 'floor.handlerNs');
 
   assertKeys(j.bookkeeping, ['bytes', 'guestBytes', 'share', 'byKind'], 'bookkeeping');
   assertNums(j.bookkeeping, ['bytes', 'guestBytes', 'share'], 'bookkeeping');
@@ -153,6 +155,7 @@ test('the text report prints the selftest phases, fault counts, the floor and th
     /fast path off \/ on .*min [\d.]+x, median [\d.]+x, max [\d.]+x/,
     /^floor: .* ns$/m,
     /^fast fault: .*shadow mode.* = [\d.]+x the floor$/m,
+    /^fault handler: .*fast path on [\d.]+ ns, off [\d.]+ ns \([\d.]+x\)$/m,
     /^MMU bookkeeping: .* = [\d.]+% of /m,
   ])
     assert.match(r.stdout, line);

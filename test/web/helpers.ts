@@ -32,7 +32,7 @@ export function sampleDirtyLog(): DirtyLogBench {
       },
     ],
     ratio: { slowOverFast: { min: 1.89, median: 1.96, max: 2.02 } },
-    floor: { nsPerOp: 38.5, fastFaultNs: 610, multiple: 15.8 },
+    floor: { nsPerOp: 38.5, fastFaultNs: 610, multiple: 15.8, handlerNs: { fastPathOn: 640, fastPathOff: 1450 } },
     bookkeeping: { bytes: 1_351_680, guestBytes: 128 * 1024 * 1024, share: 0.01007, byKind: { 'shadow pages': 1_064_960, rmaps: 262_144, 'dirty bitmaps': 4096, tlbs: 16_384, vcpus: 4096 } },
     machine: { cpus: 2, node: 'v20.20.2' },
   };
