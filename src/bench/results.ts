@@ -74,8 +74,8 @@ export interface DirtyLogResult {
     readonly nsPerOp: number;
     readonly fastFaultNs: number;
     readonly multiple: number;
-    /** kvm.mmu.kvmMmuPageFault on a write-protected SPTE, one thread, fast path on and off (ns). */
-    readonly handlerNs: { readonly fastPathOn: number; readonly fastPathOff: number };
+    /** kvm.mmu.kvmMmuPageFault on a write-protected SPTE, one thread, fast path on and off (ns); absent from files written before it was measured. */
+    readonly handlerNs?: { readonly fastPathOn: number; readonly fastPathOff: number };
   };
   readonly bookkeeping: Bookkeeping;
   readonly machine: MachineInfo;
