@@ -36,8 +36,8 @@ import {
   MMU_RANGE_END,
   MMU_RANGE_START,
   MMU_SEQ,
-  OUTSIDE_GUEST_MODE,
   KVM_STAT,
+  OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
   SLOT_DIRTY_LOG,
   VCPU_ROOT,
@@ -275,7 +275,6 @@ export class Mmu implements GuestPtAccess {
     return fix;
   }
 
-
   // ---- the slow path, direct mode ----
 
   /** KVM's direct_page_fault: the fast path first, else the slow path (faultInAndMap). */
@@ -404,16 +403,6 @@ export class Mmu implements GuestPtAccess {
   }
 
   /**
-   * KVM's direct_pte_prefetch_many: map the absent SPTEs [start, end) of a
-   * direct leaf page, which map consecutive gfns from `gfn`, with rights
-   * `acc`. The memslot must hold the whole run and take the prefetch
-   * (slotTakesPrefetch); then the host pages are pinned with GUP-fast,
-   * stopping at the first that is not present and writable (no host faults:
-   * KVM's kvm_prefetch_pages), and each is mapped without the Accessed bit and
-   * released. Returns false when nothing could be mapped, which ends the
-   * prefetch. Contract: mmu_lock held.
-   */
-  /**
    * KVM's gfn_to_memslot_dirty_bitmap: a prefetch with rights `acc` into
    * memslot `slot` may go ahead unless it is writable and the slot logs dirty
    * pages — a writable SPTE made without a write would let the guest's first
@@ -424,6 +413,16 @@ export class Mmu implements GuestPtAccess {
     return (acc & ACC_WRITE_MASK) === 0 || (k.mem.load32(k.slotFlagsWord(slot)) & SLOT_DIRTY_LOG) === 0;
   }
 
+  /**
+   * KVM's direct_pte_prefetch_many: map the absent SPTEs [start, end) of a
+   * direct leaf page, which map consecutive gfns from `gfn`, with rights
+   * `acc`. The memslot must hold the whole run and take the prefetch
+   * (slotTakesPrefetch); then the host pages are pinned with GUP-fast,
+   * stopping at the first that is not present and writable (no host faults:
+   * KVM's kvm_prefetch_pages), and each is mapped without the Accessed bit and
+   * released. Returns false when nothing could be mapped, which ends the
+   * prefetch. Contract: mmu_lock held.
+   */
   private directPtePrefetchMany(start: number, end: number, gfn: number, acc: number): boolean {
     const k = this.kvm;
     const slot = k.slotOf(gfn);
