@@ -245,13 +245,16 @@ export class Mem {
       Atomics.wait(a, i + LOCK_OWNER, owner, WAIT_SLICE_MS);
       Atomics.sub(a, i + LOCK_SLEEPERS, 1);
     }
-    Atomics.store(a, i + LOCK_HOLDER, this.tid + 1);
+    // Who holds the lock is for displays and debug checks, not part of KVM's
+    // spinlock: a plain store, so it adds no barrier to the handoff. Only the
+    // holder reads it for a decision (its own write); others may see it late.
+    a[i + LOCK_HOLDER] = this.tid + 1;
   }
 
   unlock(i: number): void {
     if (this.hook !== null) this.hook.before(OP.unlock, i, 0, 0);
     const a = this.i32;
-    Atomics.store(a, i + LOCK_HOLDER, 0);
+    a[i + LOCK_HOLDER] = 0;
     Atomics.add(a, i + LOCK_OWNER, 1);
     if (Atomics.load(a, i + LOCK_SLEEPERS) !== 0) Atomics.notify(a, i + LOCK_OWNER);
   }
