@@ -91,9 +91,6 @@ export class Mmu implements GuestPtAccess {
   private readonly scratch: number[] = [];
   /** Frames directPtePrefetchMany has pinned. */
   private readonly prefetchPfns = new Int32Array(PTE_PREFETCH_NUM);
-  /** The aligned group of guest PTEs gpteChanged last read at the leaf level (KVM's gw->prefetch_ptes), for ptePrefetch. */
-  private readonly prefetchGptes = new BigUint64Array(PTE_PREFETCH_NUM);
-  private readonly prefetchGpteBytes = new Uint8Array(this.prefetchGptes.buffer);
 
   constructor(private readonly kvm: Kvm) {}
 
@@ -429,9 +426,10 @@ export class Mmu implements GuestPtAccess {
     if (slot < 0 || k.slotOf(gfn + (end - start) - 1) !== slot) return false;
     if (!this.slotTakesPrefetch(slot, acc)) return false;
     const pfns = this.prefetchPfns;
+    const hvpn = k.gfnToHvpn(gfn); // the run lies in one memslot, so its host pages are consecutive too
     let n = 0;
     while (n < end - start) {
-      const pfn = k.host.gupFast(k.gfnToHvpn(gfn + n), true);
+      const pfn = k.host.gupFast(hvpn + n, true);
       if (pfn < 0) break;
       pfns[n++] = pfn;
     }
@@ -576,7 +574,7 @@ export class Mmu implements GuestPtAccess {
     for (let i = 0; i < PTE_PREFETCH_NUM; i++) {
       const p = first + i;
       if (p === sptep || isShadowPresentPte(k.mem.load64(p))) continue;
-      if (!this.prefetchGpte(vcpu, sp, role, p, this.prefetchGptes[i]!)) return;
+      if (!this.prefetchGpte(vcpu, sp, role, p, vcpu.walker.prefetchPtes[i]!)) return;
     }
   }
 
@@ -607,15 +605,15 @@ export class Mmu implements GuestPtAccess {
     const gpa = w.pteGpa[level]!;
     if (level !== 1) return this.readGpteAtomic(gpa) !== w.ptes[level]!;
     // At the leaf level KVM reads the whole aligned group, for FNAME(pte_prefetch).
-    const group = PTE_PREFETCH_NUM * 8;
+    const group = w.prefetchPteBytes.length; // PTE_PREFETCH_NUM entries of 8 bytes
     const base = gpa - (gpa % group);
     const gfn = Math.floor(base / 4096);
     const k = this.kvm;
-    if (k.slotOf(gfn) < 0 || !k.host.readUserRangeAtomic(k.gfnToHvpn(gfn), base % 4096, this.prefetchGpteBytes, group)) {
-      this.prefetchGptes.fill(0n);
+    if (k.slotOf(gfn) < 0 || !k.host.readUserRangeAtomic(k.gfnToHvpn(gfn), base % 4096, w.prefetchPteBytes, group)) {
+      w.prefetchPtes.fill(0n);
       return true;
     }
-    return this.prefetchGptes[(gpa - base) / 8] !== w.ptes[level]!;
+    return w.prefetchPtes[(gpa - base) / 8] !== w.ptes[level]!;
   }
 
   // ---- guest memory for the walker (KVM's kvm_vcpu_read_guest / cmpxchg_gpte) ----

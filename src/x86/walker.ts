@@ -53,6 +53,13 @@ export class GuestWalker {
   pteAccess = 0;
   /** Page-fault error code when the walk faulted. */
   errorCode = 0;
+  /**
+   * The aligned group of 8 leaf entries around the leaf, as the fault path
+   * last re-read them (KVM's prefetch_ptes, which FNAME(gpte_changed) fills
+   * and FNAME(pte_prefetch) maps from); `prefetchPteBytes` views the same memory.
+   */
+  readonly prefetchPtes = new BigUint64Array(8);
+  readonly prefetchPteBytes = new Uint8Array(this.prefetchPtes.buffer);
 
   /**
    * Translate `gva` for access `a` with CR3 = `cr3` (the PML4's guest-physical
