@@ -3,36 +3,11 @@
 import { KvmmuError } from '../shm/errors';
 import { MAX_VCPUS, MMU_MODES, type MmuMode } from '../kvm/config';
 import { benchDataPages } from './vm';
-import type { FastPathSetting } from './results';
+import type { DirtyLogConfig, FastPathSetting, ScaleConfig } from './results';
 
-export type { FastPathSetting };
+export type { DirtyLogConfig, FastPathSetting, ScaleConfig };
 
 export const FAST_PATH_SETTINGS: readonly FastPathSetting[] = ['on', 'off', 'both'];
-
-/** `kvmmu bench dirty-log`, resolved. */
-export interface DirtyLogConfig {
-  /** vCPUs, one worker thread each (default 2; the selftest's -v default is 1). */
-  readonly vcpus: number;
-  /** Guest memory each vCPU dirties (default 512 MiB; the selftest's -b default is 1 GiB). */
-  readonly bytesPerVcpu: number;
-  /** Dirty-memory iterations after populating (default 6; the selftest requires at least 2). */
-  readonly iterations: number;
-  readonly mode: MmuMode;
-  /** The fast page fault on, off, or both ways alternating in one process (default on). */
-  readonly fastPath: FastPathSetting;
-  /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + initially-set: get only copies, clear-dirty-log write-protects (default off: plain get). */
-  readonly clearDirtyLog: boolean;
-}
-
-/** `kvmmu bench scale`, resolved. */
-export interface ScaleConfig {
-  /** The sweep runs 1..maxVcpus vCPUs (default 2). */
-  readonly maxVcpus: number;
-  readonly bytesPerVcpu: number;
-  readonly mode: MmuMode;
-  /** Dirty-memory iterations per point; the first (after enabling) is not measured (default 20). */
-  readonly iterations: number;
-}
 
 /**
  * Two vCPUs (this machine has two cores: the fast path's point is that faults

@@ -55,18 +55,36 @@ export interface MachineInfo {
   readonly node: string;
 }
 
+/** `kvmmu bench dirty-log`, resolved. */
+export interface DirtyLogConfig {
+  /** vCPUs, one worker thread each (default 2; the selftest's -v default is 1). */
+  readonly vcpus: number;
+  /** Guest memory each vCPU dirties (default 512 MiB; the selftest's -b default is 1 GiB). */
+  readonly bytesPerVcpu: number;
+  /** Dirty-memory iterations after populating (default 6; the selftest requires at least 2). */
+  readonly iterations: number;
+  readonly mode: MmuMode;
+  /** The fast page fault on, off, or both ways alternating in one process (default on). */
+  readonly fastPath: FastPathSetting;
+  /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + initially-set: get only copies, clear-dirty-log write-protects (default off: plain get). */
+  readonly clearDirtyLog: boolean;
+}
+
+/** `kvmmu bench scale`, resolved. */
+export interface ScaleConfig {
+  /** The sweep runs 1..maxVcpus vCPUs (default 2). */
+  readonly maxVcpus: number;
+  readonly bytesPerVcpu: number;
+  readonly mode: MmuMode;
+  /** Dirty-memory iterations per point; the first (after enabling) is not measured (default 20). */
+  readonly iterations: number;
+}
+
 /** The JSON written to <out>/dirty-log.json (schema version 1). */
 export interface DirtyLogResult {
   readonly kind: 'dirty-log';
   readonly version: 1;
-  readonly config: {
-    readonly vcpus: number;
-    readonly bytesPerVcpu: number;
-    readonly iterations: number;
-    readonly mode: MmuMode;
-    readonly fastPath: FastPathSetting;
-    readonly clearDirtyLog: boolean;
-  };
+  readonly config: DirtyLogConfig;
   readonly runs: DirtyLogRun[];
   /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, per iteration; null unless both ran. */
   readonly ratio: { readonly slowOverFast: Summary } | null;
@@ -94,7 +112,7 @@ export interface ScalePoint {
 export interface ScaleResult {
   readonly kind: 'scale';
   readonly version: 1;
-  readonly config: { readonly maxVcpus: number; readonly bytesPerVcpu: number; readonly mode: MmuMode };
+  readonly config: Omit<ScaleConfig, 'iterations'>;
   readonly points: ScalePoint[];
   readonly machine: MachineInfo;
 }
