@@ -165,6 +165,18 @@ export class KvmVcpu {
     this.kvm.mem.store32(this.modeWord, (this.modeGen << 2) | mode);
   }
 
+  /**
+   * Leave a mode with a release store, as KVM does on the way out of guest mode
+   * (vcpu->mode = OUTSIDE_GUEST_MODE, then smp_wmb) and at the end of a lockless
+   * walk (smp_store_release): everything this vCPU read before is ordered
+   * before it, and a flusher waiting on the word sees it soon after. Entering a
+   * mode a flusher must not miss uses setMode, a full barrier (smp_store_mb).
+   */
+  setModeRelease(mode: number): void {
+    this.modeGen = (this.modeGen + 1) & 0x1fffffff;
+    this.kvm.mem.storeRelease32(this.modeWord, (this.modeGen << 2) | mode);
+  }
+
   /** Counters are owned by this vCPU's thread: plain stores, not scheduling points. */
   count(stat: VcpuStat): void {
     this.kvm.mem.f64[this.statBase + stat]! += 1;

@@ -12,9 +12,12 @@ import {
   PT_ACCESSED_MASK,
   PT_DIRTY_MASK,
   PT_PRESENT_MASK,
+  CPU_CR0_WP,
   gpteAccess,
   gpteGfn,
+  hasBits,
   isRsvdGpte,
+  setBits,
   type AccessKind,
 } from '../x86/pte';
 import {
@@ -47,7 +50,6 @@ import {
 } from './kvm';
 import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleAccess, roleIsDirect, roleLevel } from './mmu-page';
 import { SpteUpdate } from './spte-update';
-import { CPU_CR0_WP } from '../x86/pte';
 
 /** Page-fault results (KVM's RET_PF_*), plus RET_PF_GUEST: the guest's own tables fault; inject #PF. */
 export const RET_PF_RETRY = 1;
@@ -160,7 +162,7 @@ export class Mmu implements GuestPtAccess {
 
   walkShadowPageLocklessEnd(vcpu: KvmVcpu): void {
     this.kvm.mem.note(NOTE.walkEnd, vcpu.idx, 0);
-    if (this.kvm.guardLocklessWalkSync) vcpu.setMode(OUTSIDE_GUEST_MODE);
+    if (this.kvm.guardLocklessWalkSync) vcpu.setModeRelease(OUTSIDE_GUEST_MODE);
   }
 
   /**
@@ -244,7 +246,7 @@ export class Mmu implements GuestPtAccess {
    */
   private fastPfFixDirectSpte(sptep: number, spte: bigint, gfn: number): number {
     const k = this.kvm;
-    if (k.mem.cmpxchg64(sptep, spte, spte | SPTE_WRITABLE_MASK) !== spte) return FAST_FIX_LOST;
+    if (k.mem.cmpxchg64(sptep, spte, setBits(spte, SPTE_WRITABLE_MASK)) !== spte) return FAST_FIX_LOST;
     k.markPageDirty(gfn);
     k.mem.note(NOTE.fastFixed, sptep, gfn);
     return FAST_FIX_DONE;
@@ -549,7 +551,7 @@ export class Mmu implements GuestPtAccess {
     k.lockedStore(k.pages.hdr(sp, SP_FLOOD), 0);
     let acc = w.pteAccess;
     // A clean guest PTE is mapped read-only, so the first write faults and the walker sets its D bit.
-    if (!write && (w.ptes[w.level]! & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
+    if (!write && !hasBits(w.ptes[w.level]!, PT_DIRTY_MASK)) acc &= ~ACC_WRITE_MASK;
     const sptep = k.pages.sptep(sp, spteIndex(gva, 1));
     const ret = this.mmuSetSpte(sp, sptep, acc, w.gfn, pfn, hostWritable, write, false);
     if (ret !== RET_PF_SPURIOUS && !this.invalidationInProgress()) this.ptePrefetch(vcpu, sp, sptep);
@@ -589,7 +591,7 @@ export class Mmu implements GuestPtAccess {
     if ((gpte & PT_PRESENT_MASK) === 0n || (gpte & PT_ACCESSED_MASK) === 0n || isRsvdGpte(gpte, 1, vcpu.cpu)) return false;
     const gfn = gpteGfn(gpte);
     let acc = roleAccess(role) & gpteAccess(gpte, vcpu.cpu);
-    if ((gpte & PT_DIRTY_MASK) === 0n) acc &= ~ACC_WRITE_MASK;
+    if (!hasBits(gpte, PT_DIRTY_MASK)) acc &= ~ACC_WRITE_MASK;
     const slot = k.slotOf(gfn);
     if (slot < 0 || !this.slotTakesPrefetch(slot, acc)) return false;
     const pfn = k.host.gupFast(k.gfnToHvpn(gfn), true);

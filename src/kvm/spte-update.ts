@@ -25,6 +25,7 @@ import {
   spteToChild,
   spteToPfn,
 } from '../x86/spte';
+import { clearBits, setBits } from '../x86/pte';
 import { KVM_STAT, type Kvm } from './kvm';
 import { SP_PARENTS, SP_ROLE, roleLevel } from './mmu-page';
 
@@ -200,7 +201,7 @@ export class SpteUpdate {
     const k = this.kvm;
     const spte = k.mem.load64(sptep);
     if (!isWritablePte(spte) && !(ptProtect && isMmuWritableSpte(spte))) return false;
-    let newSpte = spte & ~SPTE_WRITABLE_MASK;
+    let newSpte = clearBits(spte, SPTE_WRITABLE_MASK);
     if (ptProtect) newSpte &= ~SPTE_MMU_WRITABLE;
     const flush = this.mmuSpteUpdate(sptep, newSpte);
     if (!k.guardFlushMmuWritable) return isWritablePte(spte);
@@ -246,7 +247,7 @@ export class SpteUpdate {
       const sptep = this.scratch[i]!;
       let spte = k.mem.load64(sptep);
       while (isAccessedSpte(spte)) {
-        const old = k.mem.cmpxchg64(sptep, spte, spte & ~SPTE_ACCESSED_MASK);
+        const old = k.mem.cmpxchg64(sptep, spte, clearBits(spte, SPTE_ACCESSED_MASK));
         if (old === spte) {
           young = true;
           k.host.setPfnAccessed(spteToPfn(spte));
@@ -260,7 +261,7 @@ export class SpteUpdate {
 
   /** A leaf SPTE's D bit is kept when an update leaves it writable (KVM 2012: new_spte |= old_spte & dirty). */
   static keepDirty(old: bigint, newSpte: bigint): bigint {
-    return isWritablePte(newSpte) ? newSpte | (old & SPTE_DIRTY_MASK) : newSpte;
+    return isWritablePte(newSpte) ? setBits(newSpte, old & SPTE_DIRTY_MASK) : newSpte;
   }
 
   /** Ghost note for monitors: a write-protection of `gfn` for shadow paging has returned (its flush done). */

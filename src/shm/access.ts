@@ -189,6 +189,19 @@ export class Mem {
     Atomics.store(this.i32, i, v);
   }
 
+  /**
+   * A release store (KVM's smp_store_release, or a store then smp_wmb): on x86
+   * a plain `mov`, ordered after this thread's earlier loads and stores but not
+   * a full barrier, so a later load may pass it. (Atomics.store is a full
+   * barrier, an xchg: KVM's smp_store_mb.) Other threads see it through their
+   * own atomics; waitWhile32 polls, so it needs no notify. Under a scheduler it
+   * is a store32 like any other.
+   */
+  storeRelease32(i: number, v: number): void {
+    if (this.hook !== null) this.hook.before(OP.store32, i, 0, 0);
+    this.i32[i] = v;
+  }
+
   cmpxchg32(i: number, expected: number, v: number): number {
     if (this.hook !== null) this.hook.before(OP.cmpxchg32, i, 0, 0);
     return Atomics.compareExchange(this.i32, i, expected, v);
@@ -296,9 +309,10 @@ export class Mem {
   /**
    * A plain 64-bit store, as an x86 `mov` is: not a full barrier. (Atomics.store
    * would be one, and it stalls the thread until a store to a page not in cache
-   * completes; a guest writing memory never does that.) Another thread sees it
-   * once it synchronizes with this one through a later atomic — for a vCPU, its
-   * next VM exit, which every flush and invalidation waits for.
+   * completes; a guest writing memory never does that.) x86 keeps a thread's
+   * stores in order, so another thread sees it once it has seen a later store
+   * of this thread — for a vCPU, its next VM exit, which every flush and
+   * invalidation waits for.
    */
   storeData64(i: number, v: bigint): void {
     if (this.hook !== null) this.hook.before(OP.storeData64, i, 0, 0);

@@ -32,10 +32,12 @@ import { NOTE } from '../shm/access';
 import {
   CPU_CR0_WP,
   CPU_EFER_NX,
-  LEVEL_BYTES,
+  LEVEL_BYTES_INV,
   PFERR_PRESENT_MASK,
   accessErrorCode,
+  hasBits,
   isPermissionFault,
+  setBits,
   type AccessKind,
 } from '../x86/pte';
 import {
@@ -174,13 +176,13 @@ export class Vcpu {
     for (;;) {
       this.kv.setMode(IN_GUEST_MODE);
       if (this.mem.load32(this.kv.reqWord) === 0) return;
-      this.kv.setMode(OUTSIDE_GUEST_MODE);
+      this.kv.setModeRelease(OUTSIDE_GUEST_MODE);
       this.handleRequests();
     }
   }
 
   exitGuest(): void {
-    this.kv.setMode(OUTSIDE_GUEST_MODE);
+    this.kv.setModeRelease(OUTSIDE_GUEST_MODE);
     this.kv.count(VCPU_STAT.exits);
   }
 
@@ -310,7 +312,7 @@ export class Vcpu {
   private hwWalk(gva: number, kind: AccessKind, e: number): number {
     const pages = this.kvm.pages;
     const cpu = this.cpuForWalk();
-    const region = Math.floor(gva / LEVEL_BYTES[2]!);
+    const region = Math.floor(gva * LEVEL_BYTES_INV[2]!);
     const pi = region & (PDE_CACHE_ENTRIES - 1);
     for (;;) {
       let sp: number;
@@ -327,12 +329,12 @@ export class Vcpu {
       for (;;) {
         sptep = pages.sptep(sp, spteIndex(gva, level));
         spte = this.mem.load64(sptep);
-        if ((spte & SPTE_PRESENT_MASK) === 0n || isLastSpte(spte, level)) break;
+        if (!hasBits(spte, SPTE_PRESENT_MASK) || isLastSpte(spte, level)) break;
         sp = spteToChild(spte);
         level--;
         if (level === 1) this.pdeFill(pi, region, sp);
       }
-      if ((spte & SPTE_PRESENT_MASK) === 0n) {
+      if (!hasBits(spte, SPTE_PRESENT_MASK)) {
         this.pdeTag[pi] = 0;
         this.lastEc = accessErrorCode(kind, cpu);
         return -1;
@@ -344,10 +346,9 @@ export class Vcpu {
         return -1;
       }
       // Usually A (and D for a write) are set already: test the bits before building a new value (no BigInt to allocate).
-      let dirty = (spte & SPTE_DIRTY_MASK) !== 0n;
-      if ((spte & SPTE_ACCESSED_MASK) === 0n || (kind.write && !dirty)) {
-        let want = spte | SPTE_ACCESSED_MASK;
-        if (kind.write) want |= SPTE_DIRTY_MASK;
+      let dirty = hasBits(spte, SPTE_DIRTY_MASK);
+      if (!hasBits(spte, SPTE_ACCESSED_MASK) || (kind.write && !dirty)) {
+        const want = setBits(spte, kind.write ? SPTE_ACCESSED_MASK | SPTE_DIRTY_MASK : SPTE_ACCESSED_MASK);
         if (this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
         dirty ||= kind.write;
       }

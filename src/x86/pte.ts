@@ -86,20 +86,44 @@ export function isPermissionFault(acc: number, a: AccessKind, cpu: number): bool
   return a.write && (acc & ACC_WRITE_MASK) === 0 && (cpu & CPU_CR0_WP) !== 0;
 }
 
+// ---- 64-bit bit tests on BigInt entries ----
+//
+// Page-table entries are 64-bit words read as BigInts. Wrapping an operation in
+// BigInt.asUintN(64, ...) changes no value (the operands are 64-bit), but lets
+// V8's optimizing compiler do it on a machine word instead of allocating a
+// BigInt for the result, which costs about 10 ns. The hardware walk and the
+// fast path test several bits of every entry they read, so the model's own
+// overhead there would otherwise dwarf the work it models.
+
+/** Is any bit of `mask` set in the 64-bit entry `v`? */
+export function hasBits(v: bigint, mask: bigint): boolean {
+  return BigInt.asUintN(64, v & mask) !== 0n;
+}
+
+/** `v` with the bits of `mask` set. */
+export function setBits(v: bigint, mask: bigint): bigint {
+  return BigInt.asUintN(64, v | mask);
+}
+
+/** `v` with the bits of `mask` clear. */
+export function clearBits(v: bigint, mask: bigint): bigint {
+  return BigInt.asUintN(64, v & ~mask);
+}
+
 /** The ACC_* rights one guest PTE grants (NX counts only when EFER.NX is on). */
 export function gpteAccess(pte: bigint, cpu: number): number {
   let acc = 0;
-  if ((pte & PT_WRITABLE_MASK) !== 0n) acc |= ACC_WRITE_MASK;
-  if ((pte & PT_USER_MASK) !== 0n) acc |= ACC_USER_MASK;
-  if ((cpu & CPU_EFER_NX) === 0 || (pte & PT64_NX_MASK) === 0n) acc |= ACC_EXEC_MASK;
+  if (hasBits(pte, PT_WRITABLE_MASK)) acc |= ACC_WRITE_MASK;
+  if (hasBits(pte, PT_USER_MASK)) acc |= ACC_USER_MASK;
+  if ((cpu & CPU_EFER_NX) === 0 || !hasBits(pte, PT64_NX_MASK)) acc |= ACC_EXEC_MASK;
   return acc;
 }
 
 /** True when a present guest PTE at `level` sets a bit the SDM reserves (a #PF with RSVD). */
 export function isRsvdGpte(pte: bigint, level: number, cpu: number): boolean {
-  if ((cpu & CPU_EFER_NX) === 0 && (pte & PT64_NX_MASK) !== 0n) return true;
-  if ((pte & RSVD_ADDR_MASK) !== 0n) return true;
-  const ps = (pte & PT_PAGE_SIZE_MASK) !== 0n;
+  if ((cpu & CPU_EFER_NX) === 0 && hasBits(pte, PT64_NX_MASK)) return true;
+  if (hasBits(pte, RSVD_ADDR_MASK)) return true;
+  const ps = hasBits(pte, PT_PAGE_SIZE_MASK);
   if (level === 4 && ps) return true;
   if (ps && (level === 2 || level === 3)) {
     // A large page's frame must be aligned to its size; bit 12 is PAT, bits 13..(shift-1) are reserved.
@@ -110,20 +134,28 @@ export function isRsvdGpte(pte: bigint, level: number, cpu: number): boolean {
   return false;
 }
 
-/** Index of `gva` in the table at `level`. */
+/**
+ * Index of `gva` in the table at `level`. Every walk calls it at every level,
+ * so it multiplies by the entry size's reciprocal (a power of two, so the
+ * product is exact and equals the quotient) rather than dividing: a division
+ * costs several times a multiplication.
+ */
 export function pteIndex(gva: number, level: number): number {
-  return Math.floor(gva / LEVEL_BYTES[level]!) & 511;
+  return Math.floor(gva * LEVEL_BYTES_INV[level]!) & 511;
 }
 
 /** Bytes one entry at `level` 1..4 maps: 4 KiB, 2 MiB, 1 GiB, 512 GiB (a table, not a power: this is on every walk). */
 export const LEVEL_BYTES: readonly number[] = [0, 2 ** 12, 2 ** 21, 2 ** 30, 2 ** 39];
+
+/** 1 / LEVEL_BYTES[level], exactly. */
+export const LEVEL_BYTES_INV: readonly number[] = [0, 2 ** -12, 2 ** -21, 2 ** -30, 2 ** -39];
 
 /** Pages one entry at `level` 1..4 maps: 1, 512, 512^2, 512^3. */
 export const LEVEL_PAGES: readonly number[] = [0, 1, 512, 512 ** 2, 512 ** 3];
 
 /** Frame number a non-leaf or 4 KiB guest PTE points to. */
 export function gpteGfn(pte: bigint): number {
-  return Number((pte & PT64_BASE_ADDR_MASK) >> 12n);
+  return Number(BigInt.asUintN(64, pte & PT64_BASE_ADDR_MASK)) / 4096;
 }
 
 /** First frame number of a large page mapped by a PS entry at `level` (bit 12, PAT, is not an address bit there). */

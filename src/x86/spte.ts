@@ -36,7 +36,7 @@
 //   (b) for dirty logging: clear W only; the TLB flush may be batched, but must
 //       happen before the dirty bitmap reaches userspace.
 
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_BYTES, LEVEL_PAGES } from './pte';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_PAGES, hasBits, pteIndex } from './pte';
 
 export const SPTE_PRESENT_MASK = 1n << 0n;
 export const SPTE_WRITABLE_MASK = 1n << 1n;
@@ -83,33 +83,33 @@ const NONLEAF_BITS =
 }
 
 export function isShadowPresentPte(spte: bigint): boolean {
-  return (spte & SPTE_MMU_PRESENT_MASK) !== 0n;
+  return hasBits(spte, SPTE_MMU_PRESENT_MASK);
 }
 
 export function isWritablePte(spte: bigint): boolean {
-  return (spte & SPTE_WRITABLE_MASK) !== 0n;
+  return hasBits(spte, SPTE_WRITABLE_MASK);
 }
 
 /** KVM's is_mmu_writable_spte (was spte_can_locklessly_be_made_writable / spte_is_locklessly_modifiable). */
 export function isMmuWritableSpte(spte: bigint): boolean {
-  return (spte & SPTE_MMU_WRITABLE) !== 0n;
+  return hasBits(spte, SPTE_MMU_WRITABLE);
 }
 
 export function isHostWritableSpte(spte: bigint): boolean {
-  return (spte & SPTE_HOST_WRITABLE) !== 0n;
+  return hasBits(spte, SPTE_HOST_WRITABLE);
 }
 
 export function isAccessedSpte(spte: bigint): boolean {
-  return (spte & SPTE_ACCESSED_MASK) !== 0n;
+  return hasBits(spte, SPTE_ACCESSED_MASK);
 }
 
 export function isDirtySpte(spte: bigint): boolean {
-  return (spte & SPTE_DIRTY_MASK) !== 0n;
+  return hasBits(spte, SPTE_DIRTY_MASK);
 }
 
 /** A leaf: the last level, or a large page. kvmmu's shadow pages are 4 KiB leaves, so level 1. */
 export function isLastSpte(spte: bigint, level: number): boolean {
-  return level === 1 || (spte & SPTE_PAGE_SIZE_MASK) !== 0n;
+  return level === 1 || hasBits(spte, SPTE_PAGE_SIZE_MASK);
 }
 
 // The address field is below 2^52, so it converts to a Number exactly and the
@@ -126,12 +126,10 @@ export function spteToChild(spte: bigint): number {
 
 /**
  * Index of `addr` in a shadow page at `level` 1..4 (KVM's SPTE_INDEX): the same
- * split of the address as the guest's tables use (x86's pteIndex), from a table
- * of level sizes rather than a power per call, since the lockless fast path and
- * the hardware walk call it at every level.
+ * split of the address as the guest's tables use, so x86's pteIndex.
  */
 export function spteIndex(addr: number, level: number): number {
-  return Math.floor(addr / LEVEL_BYTES[level]!) & 511;
+  return pteIndex(addr, level);
 }
 
 /** Pages one entry at `level` 1..4 maps (1, 512, 512^2, 512^3). */
@@ -142,9 +140,9 @@ export function pagesPerSpte(level: number): number {
 /** The ACC_* rights a leaf SPTE grants. */
 export function spteAccess(spte: bigint): number {
   let acc = 0;
-  if ((spte & SPTE_WRITABLE_MASK) !== 0n) acc |= ACC_WRITE_MASK;
-  if ((spte & SPTE_USER_MASK) !== 0n) acc |= ACC_USER_MASK;
-  if ((spte & SPTE_NX_MASK) === 0n) acc |= ACC_EXEC_MASK;
+  if (hasBits(spte, SPTE_WRITABLE_MASK)) acc |= ACC_WRITE_MASK;
+  if (hasBits(spte, SPTE_USER_MASK)) acc |= ACC_USER_MASK;
+  if (!hasBits(spte, SPTE_NX_MASK)) acc |= ACC_EXEC_MASK;
   return acc;
 }
 
@@ -207,13 +205,13 @@ export function formatSpte(spte: bigint): string {
   if (spte === FROZEN_SPTE) return 'FROZEN';
   const bits: string[] = [];
   if (isShadowPresentPte(spte)) bits.push('SP');
-  if ((spte & SPTE_PRESENT_MASK) !== 0n) bits.push('P');
+  if (hasBits(spte, SPTE_PRESENT_MASK)) bits.push('P');
   if (isWritablePte(spte)) bits.push('W');
-  if ((spte & SPTE_USER_MASK) !== 0n) bits.push('U');
+  if (hasBits(spte, SPTE_USER_MASK)) bits.push('U');
   if (isAccessedSpte(spte)) bits.push('A');
   if (isDirtySpte(spte)) bits.push('D');
   if (isHostWritableSpte(spte)) bits.push('HW');
   if (isMmuWritableSpte(spte)) bits.push('MW');
-  if ((spte & SPTE_NX_MASK) !== 0n) bits.push('NX');
+  if (hasBits(spte, SPTE_NX_MASK)) bits.push('NX');
   return `pfn=0x${spteToPfn(spte).toString(16)} ${bits.join(' ')}`;
 }

@@ -13,6 +13,7 @@ import {
   accessErrorCode,
   gpteAccess,
   gpteGfn,
+  hasBits,
   isPermissionFault,
   isRsvdGpte,
   largeGpteGfn,
@@ -83,7 +84,7 @@ export class GuestWalker {
         const pte = pt.readGpte(gpa);
         this.ptes[level] = pte;
         this.pteGpa[level] = gpa;
-        if ((pte & PT_PRESENT_MASK) === 0n) {
+        if (!hasBits(pte, PT_PRESENT_MASK)) {
           this.errorCode = accessEc;
           return false;
         }
@@ -96,7 +97,7 @@ export class GuestWalker {
           this.gfn = gpteGfn(pte);
           break;
         }
-        if (level <= 3 && (pte & PT_PAGE_SIZE_MASK) !== 0n) {
+        if (level <= 3 && hasBits(pte, PT_PAGE_SIZE_MASK)) {
           this.gfn = largeGpteGfn(pte, level) + (Math.floor(gva / LEVEL_BYTES[1]!) % LEVEL_PAGES[level]!);
           break;
         }
