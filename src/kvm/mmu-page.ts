@@ -109,6 +109,8 @@ export class MmuPages {
     this.freeBase = region(l, 'kvm.spFree').off / 4;
     this.trackBase = region(l, 'kvm.gfnTrack').off / 4;
     this.nSp = kvm.config.spPages;
+    // Walks read a non-leaf SPTE's child from its low word (spteLowToChild).
+    if (this.nSp > 2 ** 20) throw new Error(`mmu: ${this.nSp} shadow pages; a non-leaf SPTE's low word holds indexes below 2^20`);
   }
 
   init(): void {

@@ -24,7 +24,9 @@ import {
   SPTE_WRITABLE_MASK,
   isLastSpte,
   isMmuWritableSpte,
+  isShadowPresentLow,
   isShadowPresentPte,
+  spteLowToChild,
   isWritablePte,
   makeSpte,
   pagesPerSpte,
@@ -208,15 +210,16 @@ export class Mmu implements GuestPtAccess {
       // KVM's fast_pf_get_last_sptep: walk to the last shadow-present entry or the first absent one.
       let sp = vcpu.root;
       let level = 4;
-      let sptep: number;
-      let spte: bigint;
-      for (;;) {
-        sptep = pages.sptep(sp, spteIndex(gva, level));
-        spte = mem.load64(sptep);
-        if (!isShadowPresentPte(spte) || isLastSpte(spte, level)) break;
-        sp = spteToChild(spte);
+      let sptep = pages.sptep(sp, spteIndex(gva, level));
+      let low = mem.load64Low(sptep);
+      while (level > 1 && isShadowPresentLow(low)) {
+        sp = spteLowToChild(low);
         level--;
+        sptep = pages.sptep(sp, spteIndex(gva, level));
+        if (level > 1) low = mem.load64Low(sptep);
       }
+      if (level > 1) break;
+      const spte = mem.load64(sptep);
       if (!isShadowPresentPte(spte)) break;
       // Another vCPU fixed it, or this is a stale TLB entry: nothing to do (KVM's is_access_allowed).
       if (isWritablePte(spte)) {
@@ -354,9 +357,9 @@ export class Mmu implements GuestPtAccess {
     let sp = vcpu.root;
     for (let level = 4; level > 1; level--) {
       const sptep = k.pages.sptep(sp, spteIndex(gpa, level));
-      const spte = k.mem.load64(sptep);
-      if (isShadowPresentPte(spte)) {
-        sp = spteToChild(spte);
+      const low = k.mem.load64Low(sptep);
+      if (isShadowPresentLow(low)) {
+        sp = spteLowToChild(low);
         continue;
       }
       const span = pagesPerSpte(level);
@@ -392,7 +395,7 @@ export class Mmu implements GuestPtAccess {
     const end = first + PTE_PREFETCH_NUM;
     let start = -1;
     for (let p = first; p < end; p++) {
-      if (isShadowPresentPte(k.mem.load64(p)) || p === sptep) {
+      if (isShadowPresentLow(k.mem.load64Low(p)) || p === sptep) {
         if (start < 0) continue;
         if (!this.directPtePrefetchMany(start, p, gfn + (start - sptep), acc)) return;
         start = -1;
@@ -527,10 +530,10 @@ export class Mmu implements GuestPtAccess {
     for (let level = 4; level > w.level; level--) {
       k.lockedStore(k.pages.hdr(sp, SP_FLOOD), 0);
       const sptep = k.pages.sptep(sp, spteIndex(gva, level));
-      const spte = k.mem.load64(sptep);
-      const present = isShadowPresentPte(spte);
+      const low = k.mem.load64Low(sptep);
+      const present = isShadowPresentLow(low);
       const child = present
-        ? spteToChild(spte)
+        ? spteLowToChild(low)
         : k.pages.getShadowPage(w.tableGfn[level - 1]!, makeRole(level - 1, false, w.tableAccess[level - 1]!));
       if (this.gpteChanged(vcpu, level - 1)) return RET_PF_RETRY;
       if (!present) k.spte.linkShadowPage(sptep, child);
@@ -538,9 +541,9 @@ export class Mmu implements GuestPtAccess {
     }
     for (let level = w.level; level > 1; level--) {
       const sptep = k.pages.sptep(sp, spteIndex(gva, level));
-      const spte = k.mem.load64(sptep);
-      if (isShadowPresentPte(spte)) {
-        sp = spteToChild(spte);
+      const low = k.mem.load64Low(sptep);
+      if (isShadowPresentLow(low)) {
+        sp = spteLowToChild(low);
         continue;
       }
       const span = pagesPerSpte(level);
@@ -575,7 +578,7 @@ export class Mmu implements GuestPtAccess {
     const first = sptep - (k.pages.indexOf(sptep) & (PTE_PREFETCH_NUM - 1));
     for (let i = 0; i < PTE_PREFETCH_NUM; i++) {
       const p = first + i;
-      if (p === sptep || isShadowPresentPte(k.mem.load64(p))) continue;
+      if (p === sptep || isShadowPresentLow(k.mem.load64Low(p))) continue;
       if (!this.prefetchGpte(vcpu, sp, role, p, vcpu.walker.prefetchPtes[i]!)) return;
     }
   }

@@ -44,10 +44,10 @@ import {
   SPTE_ACCESSED_MASK,
   SPTE_DIRTY_MASK,
   SPTE_PRESENT_MASK,
-  isLastSpte,
+  isPresentLow,
   spteAccess,
   spteIndex,
-  spteToChild,
+  spteLowToChild,
   spteToPfn,
 } from '../x86/spte';
 import type { VmConfig } from '../kvm/config';
@@ -324,16 +324,17 @@ export class Vcpu {
         sp = this.kv.root;
         level = 4;
       }
-      let sptep: number;
-      let spte: bigint;
-      for (;;) {
-        sptep = pages.sptep(sp, spteIndex(gva, level));
-        spte = this.mem.load64(sptep);
-        if (!hasBits(spte, SPTE_PRESENT_MASK) || isLastSpte(spte, level)) break;
-        sp = spteToChild(spte);
+      // Above level 1 the walk reads an entry's low word (see spteLowToChild).
+      let sptep = pages.sptep(sp, spteIndex(gva, level));
+      let low = level > 1 ? this.mem.load64Low(sptep) : 0;
+      while (level > 1 && isPresentLow(low)) {
+        sp = spteLowToChild(low);
         level--;
-        if (level === 1) this.pdeFill(pi, region, sp);
+        sptep = pages.sptep(sp, spteIndex(gva, level));
+        if (level > 1) low = this.mem.load64Low(sptep);
+        else this.pdeFill(pi, region, sp);
       }
+      const spte = level > 1 ? 0n : this.mem.load64(sptep);
       if (!hasBits(spte, SPTE_PRESENT_MASK)) {
         this.pdeTag[pi] = 0;
         this.lastEc = accessErrorCode(kind, cpu);

@@ -95,6 +95,34 @@ export function isPermissionFault(acc: number, a: AccessKind, cpu: number): bool
 // fast path test several bits of every entry they read, so the model's own
 // overhead there would otherwise dwarf the work it models.
 
+// A BigInt becomes a Number only through a runtime call in V8 (about 10 ns),
+// so the address field is read through a private scratch word instead: store
+// the entry into a BigUint64Array, read its halves through a Uint32Array over
+// the same bytes. Each thread has its own copy of this module, hence its own
+// scratch word, and nothing runs between the store and the loads.
+const scratch64 = new BigUint64Array(1);
+const scratch32 = new Uint32Array(scratch64.buffer);
+scratch64[0] = 1n;
+if (scratch32[0] !== 1) throw new Error('pte: kvmmu assumes a little-endian host');
+
+/** Bits 12..51 of a 64-bit entry (the frame number of a 4 KiB PTE or SPTE), as a Number. */
+export function pteFrame(v: bigint): number {
+  scratch64[0] = v;
+  return (scratch32[0]! >>> 12) + (scratch32[1]! & 0xfffff) * 2 ** 20;
+}
+
+/**
+ * A 64-bit entry from its flag bits and frame: `lowFlags` are bits 0..31
+ * (outside 12..31 when there is a frame), `highFlags` bits 32..63 as a 32-bit
+ * Number (outside 32..51), `frame` goes in bits 12..51. Built in the scratch
+ * word, so only the result is a BigInt.
+ */
+export function pteFromParts(lowFlags: number, highFlags: number, frame: number): bigint {
+  scratch32[0] = lowFlags | ((frame & 0xfffff) << 12);
+  scratch32[1] = highFlags | (Math.floor(frame / 2 ** 20) & 0xfffff);
+  return scratch64[0]!;
+}
+
 /** Is any bit of `mask` set in the 64-bit entry `v`? */
 export function hasBits(v: bigint, mask: bigint): boolean {
   return BigInt.asUintN(64, v & mask) !== 0n;
@@ -155,7 +183,7 @@ export const LEVEL_PAGES: readonly number[] = [0, 1, 512, 512 ** 2, 512 ** 3];
 
 /** Frame number a non-leaf or 4 KiB guest PTE points to. */
 export function gpteGfn(pte: bigint): number {
-  return Number(BigInt.asUintN(64, pte & PT64_BASE_ADDR_MASK)) / 4096;
+  return pteFrame(pte);
 }
 
 /** First frame number of a large page mapped by a PS entry at `level` (bit 12, PAT, is not an address bit there). */

@@ -36,7 +36,7 @@
 //   (b) for dirty logging: clear W only; the TLB flush may be batched, but must
 //       happen before the dirty bitmap reaches userspace.
 
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_PAGES, hasBits, pteIndex } from './pte';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_BYTES_INV, LEVEL_PAGES, pteFrame, pteFromParts } from './pte';
 
 export const SPTE_PRESENT_MASK = 1n << 0n;
 export const SPTE_WRITABLE_MASK = 1n << 1n;
@@ -61,6 +61,21 @@ export const FROZEN_SPTE = 0x5a0n;
 const NONLEAF_BITS =
   SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK | SPTE_WRITABLE_MASK | SPTE_USER_MASK | SPTE_ACCESSED_MASK;
 
+// The masks as 32-bit Numbers, for building SPTEs without BigInt arithmetic
+// (pteFromParts): all but NX sit in the low word.
+const low = (m: bigint): number => Number(m & 0xffffffffn);
+const LOW_PRESENT = low(SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK);
+const LOW_ACCESSED = low(SPTE_ACCESSED_MASK);
+const LOW_USER = low(SPTE_USER_MASK);
+const LOW_HOST_WRITABLE = low(SPTE_HOST_WRITABLE);
+const LOW_WRITABLE = low(SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE);
+const LOW_DIRTY = low(SPTE_DIRTY_MASK);
+const LOW_NONLEAF = low(NONLEAF_BITS);
+const LOW_MMU_PRESENT = low(SPTE_MMU_PRESENT_MASK);
+const LOW_HW_PRESENT = low(SPTE_PRESENT_MASK);
+const LOW_PAGE_SIZE = low(SPTE_PAGE_SIZE_MASK);
+const HIGH_NX = Number(SPTE_NX_MASK >> 32n);
+
 // Build-time checks, as KVM's static asserts: no two masks overlap, FROZEN is not present.
 {
   const masks: Array<[string, bigint]> = [
@@ -80,56 +95,84 @@ const NONLEAF_BITS =
     for (let j = i + 1; j < masks.length; j++)
       if ((masks[i]![1] & masks[j]![1]) !== 0n) throw new Error(`spte: masks ${masks[i]![0]} and ${masks[j]![0]} overlap`);
   if ((FROZEN_SPTE & SPTE_MMU_PRESENT_MASK) !== 0n) throw new Error('spte: FROZEN_SPTE is shadow-present');
+  for (const [name, m] of masks)
+    if (name !== 'NX' && name !== 'addr' && m >> 32n !== 0n) throw new Error(`spte: mask ${name} is not in the low word`);
 }
 
+// The predicates test bits as pte.ts's hasBits does (BigInt.asUintN(64, ...):
+// no BigInt allocated), written out so a walk that calls several inlines each
+// in one step: V8 stops inlining once a function's inlined code grows too big.
+
 export function isShadowPresentPte(spte: bigint): boolean {
-  return hasBits(spte, SPTE_MMU_PRESENT_MASK);
+  return BigInt.asUintN(64, spte & SPTE_MMU_PRESENT_MASK) !== 0n;
+}
+
+// Reading a non-leaf SPTE by its low word. Everything a walk uses of a
+// non-leaf SPTE is in its low 32 bits: its present bits, and its child's index,
+// which is below 2^20 since the meta buffer holding the shadow pages' 4 KiB
+// tables is at most 4 GiB (MmuPages checks). A walk reads an entry above level
+// 1 with Mem.load64Low, one 32-bit read instead of a 64-bit one and the BigInt
+// that costs; kvmmu makes no large SPTEs, so such an entry is never a leaf.
+
+/** isShadowPresentPte on an SPTE's low 32 bits (Mem.load64Low), where its bit is. */
+export function isShadowPresentLow(low32: number): boolean {
+  return (low32 & LOW_MMU_PRESENT) !== 0;
+}
+
+/** Hardware-present (P) on an SPTE's low 32 bits. */
+export function isPresentLow(low32: number): boolean {
+  return (low32 & LOW_HW_PRESENT) !== 0;
+}
+
+/** The child shadow page a present non-leaf SPTE points to, from its low 32 bits. */
+export function spteLowToChild(low32: number): number {
+  if ((low32 & LOW_PAGE_SIZE) !== 0) throw new Error('spte: a large SPTE above level 1; kvmmu makes none');
+  return low32 >>> 12;
 }
 
 export function isWritablePte(spte: bigint): boolean {
-  return hasBits(spte, SPTE_WRITABLE_MASK);
+  return BigInt.asUintN(64, spte & SPTE_WRITABLE_MASK) !== 0n;
 }
 
 /** KVM's is_mmu_writable_spte (was spte_can_locklessly_be_made_writable / spte_is_locklessly_modifiable). */
 export function isMmuWritableSpte(spte: bigint): boolean {
-  return hasBits(spte, SPTE_MMU_WRITABLE);
+  return BigInt.asUintN(64, spte & SPTE_MMU_WRITABLE) !== 0n;
 }
 
 export function isHostWritableSpte(spte: bigint): boolean {
-  return hasBits(spte, SPTE_HOST_WRITABLE);
+  return BigInt.asUintN(64, spte & SPTE_HOST_WRITABLE) !== 0n;
 }
 
 export function isAccessedSpte(spte: bigint): boolean {
-  return hasBits(spte, SPTE_ACCESSED_MASK);
+  return BigInt.asUintN(64, spte & SPTE_ACCESSED_MASK) !== 0n;
 }
 
 export function isDirtySpte(spte: bigint): boolean {
-  return hasBits(spte, SPTE_DIRTY_MASK);
+  return BigInt.asUintN(64, spte & SPTE_DIRTY_MASK) !== 0n;
 }
 
 /** A leaf: the last level, or a large page. kvmmu's shadow pages are 4 KiB leaves, so level 1. */
 export function isLastSpte(spte: bigint, level: number): boolean {
-  return level === 1 || hasBits(spte, SPTE_PAGE_SIZE_MASK);
+  return level === 1 || BigInt.asUintN(64, spte & SPTE_PAGE_SIZE_MASK) !== 0n;
 }
 
-// The address field is below 2^52, so it converts to a Number exactly and the
-// division by 4096 is exact. BigInt.asUintN(64, ...) changes no value here but
-// lets V8 do the mask on a machine word instead of allocating a BigInt (hot paths).
+/** The pfn a leaf SPTE maps (its address field, bits 12..51, as for any x86 entry). */
 export function spteToPfn(spte: bigint): number {
-  return Number(BigInt.asUintN(64, spte & SPTE_BASE_ADDR_MASK)) / 4096;
+  return pteFrame(spte);
 }
 
 /** Index of the child shadow page a non-leaf SPTE points to. */
 export function spteToChild(spte: bigint): number {
-  return Number(BigInt.asUintN(64, spte & SPTE_BASE_ADDR_MASK)) / 4096;
+  return pteFrame(spte);
 }
 
 /**
  * Index of `addr` in a shadow page at `level` 1..4 (KVM's SPTE_INDEX): the same
- * split of the address as the guest's tables use, so x86's pteIndex.
+ * split of the address as the guest's tables use (x86's pteIndex, written out
+ * again so that the walks inline it without a second call).
  */
 export function spteIndex(addr: number, level: number): number {
-  return pteIndex(addr, level);
+  return Math.floor(addr * LEVEL_BYTES_INV[level]!) & 511;
 }
 
 /** Pages one entry at `level` 1..4 maps (1, 512, 512^2, 512^3). */
@@ -140,9 +183,9 @@ export function pagesPerSpte(level: number): number {
 /** The ACC_* rights a leaf SPTE grants. */
 export function spteAccess(spte: bigint): number {
   let acc = 0;
-  if (hasBits(spte, SPTE_WRITABLE_MASK)) acc |= ACC_WRITE_MASK;
-  if (hasBits(spte, SPTE_USER_MASK)) acc |= ACC_USER_MASK;
-  if (!hasBits(spte, SPTE_NX_MASK)) acc |= ACC_EXEC_MASK;
+  if (BigInt.asUintN(64, spte & SPTE_WRITABLE_MASK) !== 0n) acc |= ACC_WRITE_MASK;
+  if (BigInt.asUintN(64, spte & SPTE_USER_MASK) !== 0n) acc |= ACC_USER_MASK;
+  if (BigInt.asUintN(64, spte & SPTE_NX_MASK) === 0n) acc |= ACC_EXEC_MASK;
   return acc;
 }
 
@@ -169,22 +212,22 @@ export function spteHasVolatileBits(spte: bigint, atomicVolatileClear: boolean):
  * Returns the SPTE; writable SPTEs carry MMU_WRITABLE and HOST_WRITABLE.
  */
 export function makeSpte(acc: number, pfn: number, hostWritable: boolean, accessed: boolean, dirty: boolean): bigint {
-  let spte = SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK;
-  if (accessed) spte |= SPTE_ACCESSED_MASK;
-  if ((acc & ACC_EXEC_MASK) === 0) spte |= SPTE_NX_MASK;
-  if ((acc & ACC_USER_MASK) !== 0) spte |= SPTE_USER_MASK;
-  if (hostWritable) spte |= SPTE_HOST_WRITABLE;
-  spte |= (BigInt(pfn) << 12n) & SPTE_BASE_ADDR_MASK;
+  let lo = LOW_PRESENT;
+  let hi = 0;
+  if (accessed) lo |= LOW_ACCESSED;
+  if ((acc & ACC_EXEC_MASK) === 0) hi |= HIGH_NX;
+  if ((acc & ACC_USER_MASK) !== 0) lo |= LOW_USER;
+  if (hostWritable) lo |= LOW_HOST_WRITABLE;
   if (hostWritable && (acc & ACC_WRITE_MASK) !== 0) {
-    spte |= SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE;
-    if (dirty) spte |= SPTE_DIRTY_MASK;
+    lo |= LOW_WRITABLE;
+    if (dirty) lo |= LOW_DIRTY;
   }
-  return spte;
+  return pteFromParts(lo, hi, pfn);
 }
 
 /** A non-leaf SPTE pointing to shadow page `child` (KVM's make_nonleaf_spte). */
 export function makeNonleafSpte(child: number): bigint {
-  return NONLEAF_BITS | (BigInt(child) << 12n);
+  return pteFromParts(LOW_NONLEAF, 0, child);
 }
 
 /** For a leaf SPTE: null when the writable bits are in one of the four allowed states, else what is wrong. (Non-leaf SPTEs carry W without the software bits, as in KVM.) */
@@ -205,13 +248,13 @@ export function formatSpte(spte: bigint): string {
   if (spte === FROZEN_SPTE) return 'FROZEN';
   const bits: string[] = [];
   if (isShadowPresentPte(spte)) bits.push('SP');
-  if (hasBits(spte, SPTE_PRESENT_MASK)) bits.push('P');
+  if ((spte & SPTE_PRESENT_MASK) !== 0n) bits.push('P');
   if (isWritablePte(spte)) bits.push('W');
-  if (hasBits(spte, SPTE_USER_MASK)) bits.push('U');
+  if ((spte & SPTE_USER_MASK) !== 0n) bits.push('U');
   if (isAccessedSpte(spte)) bits.push('A');
   if (isDirtySpte(spte)) bits.push('D');
   if (isHostWritableSpte(spte)) bits.push('HW');
   if (isMmuWritableSpte(spte)) bits.push('MW');
-  if (hasBits(spte, SPTE_NX_MASK)) bits.push('NX');
+  if ((spte & SPTE_NX_MASK) !== 0n) bits.push('NX');
   return `pfn=0x${spteToPfn(spte).toString(16)} ${bits.join(' ')}`;
 }

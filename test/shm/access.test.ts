@@ -90,6 +90,22 @@ test('64-bit and 32-bit views address the same meta bytes (index units are words
   assert.equal(mem.load32(5), 7);
 });
 
+test('load64Low reads the low half of a 64-bit word and is seen by the hook as that word\'s load64; storeRelease32 as a store32', () => {
+  const mem = new Mem(makeShm().shm);
+  mem.store64(3, HIGH2);
+  const rec = new Recorder();
+  mem.hook = rec;
+  assert.equal(mem.load64Low(3), 0xdead_beef | 0, 'the low 32 bits, as a signed 32-bit Number');
+  mem.storeRelease32(9, 42);
+  mem.hook = null;
+  assert.equal(mem.load32(9), 42);
+  assert.equal(mem.load64(4) & 0xffff_ffff_0000_0000n, 42n << 32n, '32-bit word 9 is the high half of 64-bit word 4');
+  assert.deepEqual(rec.seen, [
+    ['load64', 3, 0, 0],
+    ['store32', 9, 0, 0],
+  ]);
+});
+
 test('data words live in the data buffer: load, store and cmpxchg there leave the meta buffer alone', () => {
   const { shm } = makeShm();
   const mem = new Mem(shm);

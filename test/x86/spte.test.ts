@@ -22,16 +22,19 @@ import {
   isHostWritableSpte,
   isLastSpte,
   isMmuWritableSpte,
+  isPresentLow,
+  isShadowPresentLow,
   isShadowPresentPte,
   isWritablePte,
   makeNonleafSpte,
   makeSpte,
   spteAccess,
   spteHasVolatileBits,
+  spteLowToChild,
   spteToChild,
   spteToPfn,
 } from '../../src/x86/spte';
-import { ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK } from '../../src/x86/pte';
+import { ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, clearBits, hasBits, pteFrame, pteFromParts, setBits } from '../../src/x86/pte';
 
 // Bit positions written out from the layout in spte.ts's header (recent non-EPT kernels), not imported.
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -240,4 +243,40 @@ test('spteAccess reads W, U and X (NX clear) from a leaf SPTE', () => {
   assert.equal(spteAccess(SP | P | NX), 0);
   assert.equal(spteAccess(SP | P), ACC_EXEC_MASK);
   assert.equal(spteAccess(SP | P | W | U), ACC_ALL);
+});
+
+/** An SPTE's low 32 bits as Mem.load64Low returns them (a signed 32-bit Number). */
+const low32 = (v: bigint): number => Number(BigInt.asIntN(32, v));
+
+test('a non-leaf SPTE reads the same from its low word: present bits and child, for every child index below 2^20', () => {
+  for (const child of [0, 1, 0x3f, 0xabcde, 2 ** 20 - 1]) {
+    const spte = makeNonleafSpte(child);
+    assert.equal(spte >> 32n, 0n, 'a non-leaf SPTE has nothing in its high word');
+    assert.equal(isShadowPresentLow(low32(spte)), true);
+    assert.equal(isPresentLow(low32(spte)), true);
+    assert.equal(spteLowToChild(low32(spte)), child);
+  }
+  assert.equal(isShadowPresentLow(0), false);
+  assert.equal(isPresentLow(0), false);
+  assert.equal(isShadowPresentLow(low32(FROZEN_SPTE)), false);
+  assert.equal(isPresentLow(low32(SP)), false, 'MMU_PRESENT without P is not hardware-present');
+  assert.equal(isShadowPresentLow(low32(P)), false, 'P without MMU_PRESENT is not shadow-present');
+  assert.throws(() => spteLowToChild(low32(makeNonleafSpte(5) | PS)), /large SPTE/);
+});
+
+test('pteFrame and pteFromParts agree with BigInt arithmetic on random entries, frames up to bit 51', () => {
+  let x = 0x9e3779b97f4a7c15n;
+  const next = (): bigint => (x = (x * 6364136223846793005n + 1442695040888963407n) & (bit(64) - 1n));
+  for (let i = 0; i < 2000; i++) {
+    const v = next();
+    assert.equal(pteFrame(v), Number((v & PFN_MASK) >> 12n), `0x${v.toString(16)}`);
+    const lowFlags = Number(next() & 0xfffn);
+    const highFlags = Number(next() & 0xfff0_0000n);
+    const frame = Number(next() & BigInt(MAX_PFN));
+    const made = pteFromParts(lowFlags, highFlags, frame);
+    assert.equal(made, BigInt(lowFlags) | (BigInt(highFlags) << 32n) | (BigInt(frame) << 12n));
+    assert.equal(hasBits(v, bit(63)), (v & bit(63)) !== 0n);
+    assert.equal(setBits(v, W | D), v | W | D);
+    assert.equal(clearBits(v, W | NX), v & ~(W | NX));
+  }
 });
