@@ -121,8 +121,8 @@ export interface MmuNotifier {
 
 export function reserveHost(b: LayoutBuilder, p: HostParams): void {
   if (p.nFrames > MAX_FRAMES) throw new KvmmuError(`at most ${MAX_FRAMES} host frames (4 GiB), not ${p.nFrames}`);
-  b.meta('host.lock', LOCK_WORDS * 4);
-  b.meta('host.freeLock', LOCK_WORDS * 4);
+  b.metaLines('host.lock', LOCK_WORDS * 4);
+  b.metaLines('host.freeLock', LOCK_WORDS * 4);
   b.meta('host.frames', p.nFrames * FRAME_WORDS * 4);
   b.meta('host.free', (p.nFrames + 1) * 4);
   const [pud, pmd] = pgdirPages(p.nPages);

@@ -120,12 +120,12 @@ export function totalPages(c: VmConfig): number {
 }
 
 export function reserveKvm(b: LayoutBuilder, c: VmConfig): void {
-  b.meta('kvm.mmuLock', LOCK_WORDS * 4);
-  b.meta('kvm.mmu', MMU_WORDS * 4);
+  b.metaLines('kvm.mmuLock', LOCK_WORDS * 4);
+  b.metaLines('kvm.mmu', MMU_WORDS * 4);
   b.meta('kvm.slots', MAX_SLOTS * SLOT_WORDS * 4);
   b.meta('kvm.bitmap', c.slots.reduce((n, s) => n + Math.ceil(s.npages / 32), 0) * 4);
-  b.meta('kvm.vcpus', c.vcpus * VCPU_WORDS * 4);
-  b.meta('kvm.vcpuStats', c.vcpus * VCPU_STAT_WORDS * 8);
+  b.metaLines('kvm.vcpus', c.vcpus * VCPU_WORDS * 4);
+  b.metaLines('kvm.vcpuStats', c.vcpus * VCPU_STAT_WORDS * 8);
   b.meta('kvm.stats', KVM_STAT_COUNT * 4);
   reserveMmuPages(b, c);
   reserveRmaps(b, c);

@@ -28,6 +28,9 @@ export interface Layout {
 /** The largest SharedArrayBuffer a typed array can view in Node 20 (measured: 4 GiB works, 4.5 GiB does not). */
 export const MAX_BUFFER_BYTES = 4 * 1024 * 1024 * 1024;
 
+/** Bytes in an x86 cache line. */
+export const CACHE_LINE = 64;
+
 export class LayoutBuilder {
   private metaTop = 0;
   private dataTop = 0;
@@ -38,6 +41,19 @@ export class LayoutBuilder {
     const off = alignUp(this.metaTop, align);
     this.metaTop = off + bytes;
     return this.add(name, off, bytes);
+  }
+
+  /**
+   * Reserve `bytes` of the meta buffer on cache lines of their own (aligned to
+   * CACHE_LINE and padded to a multiple of it), for a word that threads write
+   * often — a lock, one vCPU's state — so that writes to it do not take the
+   * line away from readers of unrelated data, and the reverse. The kernel keeps
+   * its locks and per-vCPU structures apart the same way.
+   */
+  metaLines(name: string, bytes: number): Region {
+    const r = this.meta(name, bytes, CACHE_LINE);
+    this.metaTop = alignUp(this.metaTop, CACHE_LINE);
+    return r;
   }
 
   /** Reserve `bytes` of the data buffer, 4 KiB aligned. */

@@ -87,7 +87,7 @@ export const USER_WRITE: AccessKind = { write: true, user: true, fetch: false };
 export const USER_FETCH: AccessKind = { write: false, user: true, fetch: true };
 
 export function reserveVcpus(b: LayoutBuilder, c: VmConfig): void {
-  b.meta('vcpu.tlb', c.vcpus * c.tlbEntries * TLB_WORDS * 4);
+  b.metaLines('vcpu.tlb', c.vcpus * c.tlbEntries * TLB_WORDS * 4);
 }
 
 /** A page fault the guest's own page tables cause: delivered to the guest (#PF). */
