@@ -303,9 +303,11 @@ export class Mmu implements GuestPtAccess {
     const pfn = k.host.getUserPage(hvpn, write);
     const hostWritable = k.host.lastWritable;
     k.mem.lock(k.mmuLock);
+    // The reference is dropped before mmu_lock is (KVM's kvm_mmu_finish_page_fault
+    // runs before write_unlock; in 2012 mmu_set_spte's kvm_release_pfn_clean did).
     if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
-      k.mem.unlock(k.mmuLock);
       k.host.putPage(pfn);
+      k.mem.unlock(k.mmuLock);
       this.waitForInvalidation();
       return RET_PF_RETRY;
     }
@@ -314,8 +316,8 @@ export class Mmu implements GuestPtAccess {
       k.config.mode === 'direct'
         ? this.directMap(vcpu, gfn, pfn, hostWritable, write)
         : this.fetch(vcpu, gva, pfn, hostWritable, write);
-    k.mem.unlock(k.mmuLock);
     k.host.putPage(pfn);
+    k.mem.unlock(k.mmuLock);
     if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfSlow);
     return ret;
   }
