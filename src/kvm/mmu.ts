@@ -26,11 +26,11 @@ import {
   isMmuWritableSpte,
   isShadowPresentLow,
   isShadowPresentPte,
-  spteLowToChild,
   isWritablePte,
   makeSpte,
   pagesPerSpte,
   spteIndex,
+  spteLowToChild,
   spteToChild,
   spteToPfn,
 } from '../x86/spte';
@@ -207,7 +207,8 @@ export class Mmu implements GuestPtAccess {
     let ret = RET_PF_INVALID;
     this.walkShadowPageLocklessBegin(vcpu);
     for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
-      // KVM's fast_pf_get_last_sptep: walk to the last shadow-present entry or the first absent one.
+      // KVM's fast_pf_get_last_sptep: walk to the last shadow-present entry or the first absent one
+      // (entries above level 1 read by their low word: see spteLowToChild).
       let sp = vcpu.root;
       let level = 4;
       let sptep = pages.sptep(sp, spteIndex(gva, level));
