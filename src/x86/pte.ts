@@ -1,4 +1,4 @@
-// x86 guest page-table entry bits (4-level, 64-bit PTEs), page-fault error codes, access masks and the SDM permission rule.
+// x86 page-table entry bits (4-level, 64-bit PTEs) and the helpers that test and build 64-bit entries without BigInt cost, page-fault error codes, access masks and the SDM permission rule.
 
 // ---- guest PTE bits (Intel SDM vol. 3, 4.5) ----
 export const PT_PRESENT_MASK = 1n << 0n;

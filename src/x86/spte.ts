@@ -1,4 +1,4 @@
-// Shadow PTE (SPTE) bit layout, one-line predicates, and constructors (makeSpte, makeNonleafSpte).
+// Shadow PTE (SPTE) bit layout, one-line predicates (on the whole SPTE or, for walks, its low word), and constructors (makeSpte, makeNonleafSpte).
 //
 // kvmmu's SPTEs use the x86 (non-EPT) layout of recent kernels, for both the
 // direct and the shadow MMU:
@@ -107,29 +107,6 @@ export function isShadowPresentPte(spte: bigint): boolean {
   return BigInt.asUintN(64, spte & SPTE_MMU_PRESENT_MASK) !== 0n;
 }
 
-// Reading a non-leaf SPTE by its low word. Everything a walk uses of a
-// non-leaf SPTE is in its low 32 bits: its present bits, and its child's index,
-// which is below 2^20 since the meta buffer holding the shadow pages' 4 KiB
-// tables is at most 4 GiB (MmuPages checks). A walk reads an entry above level
-// 1 with Mem.load64Low, one 32-bit read instead of a 64-bit one and the BigInt
-// that costs; kvmmu makes no large SPTEs, so such an entry is never a leaf.
-
-/** isShadowPresentPte on an SPTE's low 32 bits (Mem.load64Low), where its bit is. */
-export function isShadowPresentLow(low32: number): boolean {
-  return (low32 & LOW_MMU_PRESENT) !== 0;
-}
-
-/** Hardware-present (P) on an SPTE's low 32 bits. */
-export function isPresentLow(low32: number): boolean {
-  return (low32 & LOW_HW_PRESENT) !== 0;
-}
-
-/** The child shadow page a present non-leaf SPTE points to, from its low 32 bits. */
-export function spteLowToChild(low32: number): number {
-  if ((low32 & LOW_PAGE_SIZE) !== 0) throw new Error('spte: a large SPTE above level 1; kvmmu makes none');
-  return low32 >>> 12;
-}
-
 export function isWritablePte(spte: bigint): boolean {
   return BigInt.asUintN(64, spte & SPTE_WRITABLE_MASK) !== 0n;
 }
@@ -154,6 +131,29 @@ export function isDirtySpte(spte: bigint): boolean {
 /** A leaf: the last level, or a large page. kvmmu's shadow pages are 4 KiB leaves, so level 1. */
 export function isLastSpte(spte: bigint, level: number): boolean {
   return level === 1 || BigInt.asUintN(64, spte & SPTE_PAGE_SIZE_MASK) !== 0n;
+}
+
+// Reading a non-leaf SPTE by its low word. Everything a walk uses of a
+// non-leaf SPTE is in its low 32 bits: its present bits, and its child's index,
+// which is below 2^20 since the meta buffer holding the shadow pages' 4 KiB
+// tables is at most 4 GiB (MmuPages checks). A walk reads an entry above level
+// 1 with Mem.load64Low, one 32-bit read instead of a 64-bit one and the BigInt
+// that costs; kvmmu makes no large SPTEs, so such an entry is never a leaf.
+
+/** isShadowPresentPte on an SPTE's low 32 bits (Mem.load64Low), where its bit is. */
+export function isShadowPresentLow(low32: number): boolean {
+  return (low32 & LOW_MMU_PRESENT) !== 0;
+}
+
+/** Hardware-present (P) on an SPTE's low 32 bits. */
+export function isPresentLow(low32: number): boolean {
+  return (low32 & LOW_HW_PRESENT) !== 0;
+}
+
+/** The child shadow page a present non-leaf SPTE points to, from its low 32 bits. */
+export function spteLowToChild(low32: number): number {
+  if ((low32 & LOW_PAGE_SIZE) !== 0) throw new Error('spte: a large SPTE above level 1; kvmmu makes none');
+  return low32 >>> 12;
 }
 
 /** The pfn a leaf SPTE maps (its address field, bits 12..51, as for any x86 entry). */
