@@ -20,16 +20,24 @@ export interface ScaleOutcome {
 }
 
 /**
- * For n = 1..maxVcpus: two VMs of n vCPUs, fast path on and off, each
- * populated, dirty logging enabled, then `iterations` rounds of dirty memory +
- * get dirty log, alternating between the two VMs (order flipped every round).
- * A point's time is the median dirty-memory time of rounds 2.. — the guest
- * re-dirtying its memory after a dirty-log pass, every write a fault.
+ * For n = 1..maxVcpus, two VMs of n vCPUs, fast path on and off; each is
+ * populated and has dirty logging enabled. Then `iterations` rounds: in each,
+ * every VM runs dirty memory + get dirty log once, in an order that rotates
+ * from round to round. A point's time is the median dirty-memory time of
+ * rounds 2.. — the guest re-dirtying its memory after a dirty-log pass, every
+ * write a fault.
+ *
+ * The points are interleaved, not swept one after another, so that every point
+ * is measured under the same machine conditions: the gain of 2 vCPUs over 1
+ * compares passes run side by side, not seconds apart. (Swept, that gain moved
+ * from run to run by more than the difference between the fast and the slow
+ * path.)
  */
 export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: ProgressFn): Promise<ScaleOutcome> {
   const c = resolveScale(options);
   const t0 = performance.now();
-  const total = c.maxVcpus * 2 * (2 + c.iterations);
+  const nVms = c.maxVcpus * 2;
+  const total = nVms * 2 + c.iterations;
   let done = 0;
   const step = (what: string): void => {
     done++;
@@ -37,54 +45,51 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
   };
   onProgress?.(0, total, 'measuring parallelism');
   const parallelism = await measureParallelism(c.maxVcpus);
-  const points: ScalePoint[] = [];
-  let pagesPerVcpu = 0;
-  for (let n = 1; n <= c.maxVcpus; n++) {
-    const vms: BenchVm[] = [];
-    try {
+  const vms: BenchVm[] = [];
+  try {
+    for (let n = 1; n <= c.maxVcpus; n++)
       for (const fast of [true, false]) {
         vms.push(await BenchVm.start({ mode: c.mode, vcpus: n, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast }));
         step(`${n} vCPU(s), fast path ${fast ? 'on' : 'off'}: vCPUs ready`);
       }
-      pagesPerVcpu = vms[0]!.pagesPerVcpu;
-      for (const vm of vms) {
-        await vm.runPass();
-        vm.kvm.dirtyLog.enable(0);
-        step(`${n} vCPU(s): populate, enable dirty logging`);
-      }
-      const times: number[][] = vms.map(() => []);
-      for (let it = 1; it <= c.iterations; it++) {
-        const order = it % 2 === 1 ? [0, 1] : [1, 0];
-        for (const k of order) {
-          const vm = vms[k]!;
-          times[k]!.push(await vm.runPass());
-          vm.kvm.dirtyLog.get(0, vm.bitmap);
-          const missing = vm.missingFromLog();
-          if (missing !== 0) throw new Error(`scale: the dirty log misses ${missing} of the pages the vCPUs wrote`);
-          step(`${n} vCPU(s): iteration ${it}`);
-        }
-      }
-      vms.forEach((vm, k) => {
-        const redirtySeconds = median(times[k]!.slice(1));
-        points.push({ vcpus: n, fastPath: vm.options.fastPath, pagesPerSecond: (n * vm.pagesPerVcpu) / redirtySeconds, redirtySeconds });
-      });
-    } finally {
-      await Promise.all(vms.map((vm) => vm.close()));
+    for (const vm of vms) {
+      await vm.runPass();
+      vm.kvm.dirtyLog.enable(0);
+      step(`${vm.options.vcpus} vCPU(s), fast path ${vm.options.fastPath ? 'on' : 'off'}: populate, enable dirty logging`);
     }
+    const times: number[][] = vms.map(() => []);
+    for (let it = 1; it <= c.iterations; it++) {
+      for (let j = 0; j < nVms; j++) {
+        const k = (j + it) % nVms;
+        const vm = vms[k]!;
+        times[k]!.push(await vm.runPass());
+        vm.kvm.dirtyLog.get(0, vm.bitmap);
+        const missing = vm.missingFromLog();
+        if (missing !== 0) throw new Error(`scale: the dirty log misses ${missing} of the pages the vCPUs wrote`);
+      }
+      step(`iteration ${it}`);
+    }
+    const points = vms.map((vm, k): ScalePoint => {
+      const n = vm.options.vcpus;
+      const redirtySeconds = median(times[k]!.slice(1));
+      return { vcpus: n, fastPath: vm.options.fastPath, pagesPerSecond: (n * vm.pagesPerVcpu) / redirtySeconds, redirtySeconds };
+    });
+    return {
+      result: {
+        kind: 'scale',
+        version: 1,
+        config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode },
+        points,
+        machine: machineInfo(),
+      },
+      iterations: c.iterations,
+      pagesPerVcpu: vms[0]!.pagesPerVcpu,
+      parallelism,
+      wallSeconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    await Promise.all(vms.map((vm) => vm.close()));
   }
-  return {
-    result: {
-      kind: 'scale',
-      version: 1,
-      config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode },
-      points,
-      machine: machineInfo(),
-    },
-    iterations: c.iterations,
-    pagesPerVcpu,
-    parallelism,
-    wallSeconds: (performance.now() - t0) / 1000,
-  };
 }
 
 /** A CPU-bound loop (no shared memory) for measureParallelism's workers. */
