@@ -161,8 +161,7 @@ export class KvmVcpu {
 
   /** Publish a new vCPU mode (one store; the generation makes every change visible). */
   setMode(mode: number): void {
-    this.modeGen = (this.modeGen + 1) & 0x1fffffff;
-    this.kvm.mem.store32(this.modeWord, (this.modeGen << 2) | mode);
+    this.kvm.mem.store32(this.modeWord, this.nextModeWord(mode));
   }
 
   /**
@@ -173,8 +172,13 @@ export class KvmVcpu {
    * mode a flusher must not miss uses setMode, a full barrier (smp_store_mb).
    */
   setModeRelease(mode: number): void {
+    this.kvm.mem.storeRelease32(this.modeWord, this.nextModeWord(mode));
+  }
+
+  /** The mode word for a new mode: the next generation, then the mode in the low 2 bits. */
+  private nextModeWord(mode: number): number {
     this.modeGen = (this.modeGen + 1) & 0x1fffffff;
-    this.kvm.mem.storeRelease32(this.modeWord, (this.modeGen << 2) | mode);
+    return (this.modeGen << 2) | mode;
   }
 
   /** Counters are owned by this vCPU's thread: plain stores, not scheduling points. */

@@ -36,7 +36,7 @@
 //   (b) for dirty logging: clear W only; the TLB flush may be batched, but must
 //       happen before the dirty bitmap reaches userspace.
 
-import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_BYTES_INV, LEVEL_PAGES, pteFrame, pteFromParts } from './pte';
+import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, LEVEL_PAGES, pteFrame, pteFromParts, pteIndex } from './pte';
 
 export const SPTE_PRESENT_MASK = 1n << 0n;
 export const SPTE_WRITABLE_MASK = 1n << 1n;
@@ -168,12 +168,10 @@ export function spteToChild(spte: bigint): number {
 
 /**
  * Index of `addr` in a shadow page at `level` 1..4 (KVM's SPTE_INDEX): the same
- * split of the address as the guest's tables use (x86's pteIndex, written out
- * again so that the walks inline it without a second call).
+ * split of the address as the guest's tables use, so x86's pteIndex itself
+ * (the same function, not a wrapper: walks call it at every level).
  */
-export function spteIndex(addr: number, level: number): number {
-  return Math.floor(addr * LEVEL_BYTES_INV[level]!) & 511;
-}
+export const spteIndex: (addr: number, level: number) => number = pteIndex;
 
 /** Pages one entry at `level` 1..4 maps (1, 512, 512^2, 512^3). */
 export function pagesPerSpte(level: number): number {
