@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fmtBytes } from '../shm/layout';
 import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
-import type { ScaleOutcome, ScaleResult } from './scale';
+import type { ScaleOutcome, ScalePoint, ScaleResult } from './scale';
 import { median } from './stats';
 
 // ---- text ----
@@ -42,7 +42,10 @@ function runBlock(r: DirtyLogRun, clear: boolean): string[] {
     const clearTotal = p.iterations.reduce((a, it) => a + (it.clearSeconds ?? 0), 0);
     lines.push(`Clear dirty log over ${n} iterations took ${secs(clearTotal)}. (Avg ${secs(clearTotal / n)}/iteration)`);
   }
-  lines.push(`Faults: ${r.faults.fast} fast, ${r.faults.slow} slow, ${r.faults.spurious} spurious (all vCPUs, populate included)`);
+  const waited = r.faults.lockContended === undefined ? '' : ` (${r.faults.lockContended} found mmu_lock taken)`;
+  lines.push(
+    `Faults: ${r.faults.fast} fast, ${r.faults.slow} slow${waited}, ${r.faults.spurious} spurious (all vCPUs, populate included)`,
+  );
   lines.push('');
   return lines;
 }
@@ -101,6 +104,21 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
   return lines.join('\n') + '\n';
 }
 
+/**
+ * How often the slow path found mmu_lock taken, per vCPU count ("1 vCPU: 0.0%
+ * of 4096 slow faults found mmu_lock taken; 2 vCPUs: ..."), or null when the
+ * points have no counts (files written before they were counted).
+ */
+function contentionLine(points: readonly ScalePoint[]): string | null {
+  const parts: string[] = [];
+  for (const p of points) {
+    if (p.slowFaults === undefined || p.lockContended === undefined || p.slowFaults === 0) continue;
+    const share = ((100 * p.lockContended) / p.slowFaults).toFixed(1);
+    parts.push(`${p.vcpus} vCPU${p.vcpus === 1 ? '' : 's'}: ${share}% of ${p.slowFaults} slow faults`);
+  }
+  return parts.length === 0 ? null : `found mmu_lock taken in ${parts.join('; ')}`;
+}
+
 export function formatScale(o: ScaleOutcome): string {
   const r = o.result;
   const c = r.config;
@@ -120,6 +138,8 @@ export function formatScale(o: ScaleOutcome): string {
     };
     lines.push(`${String(n).padEnd(7)}${cell(true).padEnd(46)}${cell(false)}`);
   }
+  const contention = contentionLine(r.points.filter((p) => !p.fastPath));
+  if (contention !== null) lines.push(`fast path off: ${contention}`);
   lines.push('');
   if (c.maxVcpus >= 2) {
     const n = c.maxVcpus;

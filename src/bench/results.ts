@@ -16,6 +16,12 @@ export interface FaultCounts {
   readonly fast: number;
   /** Faults the slow path fixed under mmu_lock. */
   readonly slow: number;
+  /**
+   * Slow-path faults that found mmu_lock held or queued for (lock_stat's
+   * contentions): the share of slow faults that waited. Absent from files
+   * written before it was counted.
+   */
+  readonly lockContended?: number;
   /** Faults that found the access already allowed (KVM's pf_spurious). */
   readonly spurious: number;
 }
@@ -106,6 +112,13 @@ export interface ScalePoint {
   readonly pagesPerSecond: number;
   /** Median dirty-memory time of the iterations after the first (each follows a get-dirty-log pass). */
   readonly redirtySeconds: number;
+  /**
+   * Over those iterations, all vCPUs: faults the slow path handled, and how many
+   * of them found mmu_lock held or queued for. Absent from files written before
+   * they were counted.
+   */
+  readonly slowFaults?: number;
+  readonly lockContended?: number;
 }
 
 /** The JSON written to <out>/scale.json (schema version 1). */

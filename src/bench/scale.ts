@@ -5,7 +5,7 @@ import { median } from './stats';
 import { machineInfo, type ProgressFn } from './dirty-log';
 import { resolveScale, type ScaleConfig } from './options';
 import { BenchVm } from './vm';
-import type { ScalePoint, ScaleResult } from './results';
+import type { FaultCounts, ScalePoint, ScaleResult } from './results';
 
 export type { ScalePoint, ScaleResult };
 
@@ -58,10 +58,13 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
       step(`${vm.options.vcpus} vCPU(s), fast path ${vm.options.fastPath ? 'on' : 'off'}: populate, enable dirty logging`);
     }
     const times: number[][] = vms.map(() => []);
+    // Fault counts when each VM's measured passes (rounds 2..) begin.
+    const before: FaultCounts[] = [];
     for (let it = 1; it <= c.iterations; it++) {
       for (let j = 0; j < nVms; j++) {
         const k = (j + it) % nVms;
         const vm = vms[k]!;
+        if (it === 2) before[k] = vm.faults();
         times[k]!.push(await vm.runPass());
         vm.kvm.dirtyLog.get(0, vm.bitmap);
         const missing = vm.missingFromLog();
@@ -72,7 +75,15 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
     const points = vms.map((vm, k): ScalePoint => {
       const n = vm.options.vcpus;
       const redirtySeconds = median(times[k]!.slice(1));
-      return { vcpus: n, fastPath: vm.options.fastPath, pagesPerSecond: (n * vm.pagesPerVcpu) / redirtySeconds, redirtySeconds };
+      const after = vm.faults();
+      return {
+        vcpus: n,
+        fastPath: vm.options.fastPath,
+        pagesPerSecond: (n * vm.pagesPerVcpu) / redirtySeconds,
+        redirtySeconds,
+        slowFaults: after.slow - before[k]!.slow,
+        lockContended: after.lockContended! - before[k]!.lockContended!,
+      };
     });
     return {
       result: {

@@ -145,12 +145,14 @@ export class BenchVm {
     let fast = 0;
     let slow = 0;
     let spurious = 0;
+    let lockContended = 0;
     for (let v = 0; v < this.options.vcpus; v++) {
       fast += this.kvm.vcpuStat(v, 'pfFast');
       slow += this.kvm.vcpuStat(v, 'pfSlow');
       spurious += this.kvm.vcpuStat(v, 'pfSpurious');
+      lockContended += this.kvm.vcpuStat(v, 'pfLockContended');
     }
-    return { fast, slow, spurious };
+    return { fast, slow, spurious, lockContended };
   }
 
   bookkeeping(): Record<string, number> {

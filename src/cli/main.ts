@@ -190,7 +190,7 @@ export function formatRunReport(r: RunReport): string {
   const lines = [
     `kvmmu run: ${r.mode} mode, ${r.vcpus} vCPU(s), ${fmtBytes(r.memBytes)} guest memory, ` +
       (r.guardsOff.length === 0 ? 'all guards on' : `guards off: ${r.guardsOff.join(', ')}`),
-    `faults:    ${f.pfFast} fast, ${f.pfSlow} slow, ${f.pfSpurious} spurious, ${f.pfRetry} retried, ` +
+    `faults:    ${f.pfFast} fast, ${f.pfSlow} slow (${f.pfLockContended} found mmu_lock taken), ${f.pfSpurious} spurious, ${f.pfRetry} retried, ` +
       `${f.pfEmulate} emulated, ${f.pfGuest} guest #PF; ${f.exits} exits, ${f.tlbFlushes} TLB flushes`,
     `guest:     ${r.workload.passes} passes, ${r.workload.writes} writes, ${r.workload.remaps} remaps`,
     `host:      ${h.swapOuts} swap-outs (${h.writebacks} written back), ${h.swapIns} swap-ins, ${h.zeroFills} zero-fills, ` +

@@ -81,6 +81,8 @@ export const VCPU_STAT = {
   invlpg: 11,
   /** Faults the slow path fixed (KVM's pf_fixed counts fast ones too). */
   pfSlow: 12,
+  /** Slow-path faults that found mmu_lock held or queued for (lock_stat's contentions, counted for faults). */
+  pfLockContended: 13,
 } as const;
 export type VcpuStatName = keyof typeof VCPU_STAT;
 /**

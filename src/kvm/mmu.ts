@@ -303,7 +303,7 @@ export class Mmu implements GuestPtAccess {
     const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
     const pfn = k.host.getUserPage(hvpn, write);
     const hostWritable = k.host.lastWritable;
-    k.mem.lock(k.mmuLock);
+    if (k.mem.lock(k.mmuLock)) vcpu.count(VCPU_STAT.pfLockContended);
     // The reference is dropped before mmu_lock is (KVM's kvm_mmu_finish_page_fault
     // runs before write_unlock; in 2012 mmu_set_spte's kvm_release_pfn_clean did).
     if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {

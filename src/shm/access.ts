@@ -255,8 +255,10 @@ export class Mem {
    * Take the ticket spinlock at `i` (LOCK_WORDS words). Fair: tickets are served
    * in order, so a vCPU cannot be starved by a stream of other takers.
    * Under a scheduler this is one operation, granted only when the lock is free.
+   * Returns whether the taker found the lock held or other takers ahead of it
+   * (a contention, as lock_stat counts them); under a scheduler, never.
    */
-  lock(i: number): void {
+  lock(i: number): boolean {
     if (this.hook !== null) this.hook.before(OP.lock, i, 0, 0);
     const a = this.i32;
     const ticket = Atomics.add(a, i + LOCK_NEXT, 1);
@@ -273,6 +275,7 @@ export class Mem {
     // spinlock: a plain store, so it adds no barrier to the handoff. Only the
     // holder reads it for a decision (its own write); others may see it late.
     a[i + LOCK_HOLDER] = this.tid + 1;
+    return spins !== 0;
   }
 
   unlock(i: number): void {
@@ -286,6 +289,11 @@ export class Mem {
   /** True when the lock at `i` is held (for assertions and monitors; not a scheduling point). */
   isLocked(i: number): boolean {
     return Atomics.load(this.i32, i + LOCK_NEXT) !== Atomics.load(this.i32, i + LOCK_OWNER);
+  }
+
+  /** Takers of the lock at `i` not yet through: the holder and those queued behind it (for monitors; not a scheduling point). */
+  lockTakers(i: number): number {
+    return (Atomics.load(this.i32, i + LOCK_NEXT) - Atomics.load(this.i32, i + LOCK_OWNER)) | 0;
   }
 
   /** Logical thread id holding the lock at `i`, or -1 (for displays; not a scheduling point). */

@@ -1,4 +1,4 @@
-// Page faults: the SPTEs the slow path builds (direct and shadow), guest #PF delivery, and when and how the lockless fast path fixes a fault.
+// Page faults: the SPTEs the slow path builds (direct and shadow), guest #PF delivery, when and how the lockless fast path fixes a fault, and the count of slow faults that found mmu_lock taken.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -7,6 +7,8 @@ import { ALL_GUARDS } from '../../src/kvm/config';
 import { RET_PF_FIXED, RET_PF_INVALID, RET_PF_SPURIOUS } from '../../src/kvm/mmu';
 import { makeRole } from '../../src/kvm/mmu-page';
 import { GuestPageFault, type Vcpu } from '../../src/vcpu/vcpu';
+import { createMachine, openKvm } from '../../src/vcpu/machine';
+import { CTL_BYTES, CTL_GO, FlushWorker } from './flush-worker';
 import {
   ACC_ALL,
   PFERR_FETCH_MASK,
@@ -540,4 +542,36 @@ test("shadow with indirectFastPath 'pin': the fast path pins the gfn's frame acr
   assert.equal(v.kv.stat('pfFast'), 1);
   assert.ok(bitmapHas(vm.host, 3));
   assert.equal(h.readUser64(3, 0), 4n);
+});
+
+test('a slow fault that finds mmu_lock free counts no contention', () => {
+  const vm = makeVm({ fastPath: false });
+  const v = vm.vcpus[0]!;
+  writeTracked(vm, v, 3);
+  assert.equal(v.kv.stat('pfSlow'), 1);
+  assert.equal(v.kv.stat('pfLockContended'), 0, 'nobody else takes mmu_lock here');
+});
+
+test('real threads: a vCPU whose slow fault queues behind the host on mmu_lock counts one contention', { timeout: 20_000 }, async () => {
+  const spec = createMachine({ vcpus: 1, memBytes: 64 * 4096 });
+  const k = openKvm(spec, -2);
+  const ctlBuf = new SharedArrayBuffer(CTL_BYTES);
+  const ctl = new Int32Array(ctlBuf);
+  const w = new FlushWorker({ kind: 'slow', spec, ctl: ctlBuf, idx: 0 });
+  try {
+    await w.next('ready');
+    k.mem.lock(k.mmuLock);
+    Atomics.store(ctl, CTL_GO, 1);
+    Atomics.notify(ctl, CTL_GO);
+    // Hold mmu_lock until the vCPU has taken its ticket behind us.
+    const deadline = Date.now() + 5000;
+    while (k.mem.lockTakers(k.mmuLock) < 2) {
+      if (Date.now() > deadline) throw new Error('the vCPU never queued for mmu_lock');
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    k.mem.unlock(k.mmuLock);
+    assert.deepEqual(await w.next('faulted'), { kind: 'faulted', pfSlow: 1, pfLockContended: 1 });
+  } finally {
+    await w.terminate();
+  }
 });

@@ -1,4 +1,4 @@
-// Worker for the real-thread flush tests: one vCPU that holds guest mode, or a lockless walk, open until the flusher releases it; and its launcher.
+// Worker for the real-thread KVM tests: one vCPU that holds guest mode, or a lockless walk, open until the flusher releases it, or takes a slow fault when told; and its launcher.
 //
 // The hand-off is deterministic: the worker stays where the test wants it (in
 // guest mode, or inside the fast path's walk) until the control word RELEASE is
@@ -25,8 +25,12 @@ export const CTL_BYTES = 16;
 const WAIT_MS = 5000;
 
 export interface FlushJob {
-  /** 'guest': enter guest mode, fill the TLB, wait in guest mode; 'walk': wait inside a fast page fault's lockless walk. */
-  readonly kind: 'guest' | 'walk';
+  /**
+   * 'guest': enter guest mode, fill the TLB, wait in guest mode; 'walk': wait
+   * inside a fast page fault's lockless walk; 'slow': on CTL_GO, write page 2
+   * (not mapped yet: a slow fault, which takes mmu_lock).
+   */
+  readonly kind: 'guest' | 'walk' | 'slow';
   readonly spec: MachineSpec;
   readonly ctl: SharedArrayBuffer;
   readonly idx: number;
@@ -35,6 +39,7 @@ export interface FlushJob {
 export type FlushMsg =
   | { readonly kind: 'ready'; readonly tlbVpns: number[] }
   | { readonly kind: 'inWalk'; readonly mode: number }
+  | { readonly kind: 'faulted'; readonly pfSlow: number; readonly pfLockContended: number }
   | {
       readonly kind: 'done';
       /** The vCPU's mode when the release came. */
@@ -74,6 +79,15 @@ function run(job: FlushJob): void {
     const tlbVpns = vpns();
     vcpu.exitGuest();
     post({ kind: 'done', modeAtRelease, tlbVpns, tlbFlushes: vcpu.kv.stat('tlbFlushes'), ret: 0 });
+    return;
+  }
+  if (job.kind === 'slow') {
+    post({ kind: 'ready', tlbVpns: vpns() });
+    waitFor(ctl, CTL_GO, 'go');
+    vcpu.enterGuest();
+    vcpu.write64(2 * 4096, 1n);
+    vcpu.exitGuest();
+    post({ kind: 'faulted', pfSlow: vcpu.kv.stat('pfSlow'), pfLockContended: vcpu.kv.stat('pfLockContended') });
     return;
   }
   // 'walk': map page 1, let the test write-track it, then stop inside the fast path's walk.

@@ -47,6 +47,30 @@ for (const nWorkers of [2, 4]) {
   });
 }
 
+test('lock() reports a contention only when the taker found the lock held', { timeout: 10_000 }, async () => {
+  const s = makeShm();
+  const mem = new Mem(s.shm);
+  assert.equal(mem.lock(s.lock), false, 'a free lock is not contended');
+  assert.equal(mem.lockTakers(s.lock), 1);
+  const w = new JobWorker({ kind: 'take', shm: s.shm, lock: s.lock });
+  try {
+    await w.next('ready', 5000);
+    // Hold the lock until the worker has taken its ticket and queued behind us.
+    const deadline = Date.now() + 5000;
+    while (mem.lockTakers(s.lock) < 2) {
+      if (Date.now() > deadline) throw new Error('the worker never queued for the lock');
+      await sleep(1);
+    }
+    mem.unlock(s.lock);
+    assert.deepEqual(await w.next('take', 5000), { kind: 'take', contended: true });
+    assert.equal(mem.lockTakers(s.lock), 0, 'the worker released the lock');
+    assert.equal(mem.lock(s.lock), false, 'free again: not contended');
+    mem.unlock(s.lock);
+  } finally {
+    await w.terminate();
+  }
+});
+
 test('waitWhile32 keeps a worker blocked while the word is unchanged and returns the new value once the main thread stores it (no notify)', { timeout: 10_000 }, async () => {
   const s = makeShm();
   const mem = new Mem(s.shm);

@@ -25,6 +25,12 @@ export type LockWorkerJob =
       readonly n: number;
     }
   | {
+      /** Report 'ready', take lock(`lock`), report whether it was contended, release it. */
+      readonly kind: 'take';
+      readonly shm: Shm;
+      readonly lock: number;
+    }
+  | {
       /** Report 'ready', then waitWhile32(`word`, 0), set `returned` to 1 and report the value. */
       readonly kind: 'wait';
       readonly shm: Shm;
@@ -56,6 +62,7 @@ export type LockWorkerJob =
 export type LockWorkerResult =
   | { readonly kind: 'ready' }
   | { readonly kind: 'count'; readonly overlaps: number; readonly wrongHolder: number }
+  | { readonly kind: 'take'; readonly contended: boolean }
   | { readonly kind: 'wait'; readonly value: number }
   | { readonly kind: 'seqWriter' }
   | {
@@ -96,6 +103,13 @@ function run(job: LockWorkerJob): void {
         mem.unlock(job.lock);
       }
       post({ kind: 'count', overlaps, wrongHolder });
+      return;
+    }
+    case 'take': {
+      post({ kind: 'ready' });
+      const contended = mem.lock(job.lock);
+      mem.unlock(job.lock);
+      post({ kind: 'take', contended });
       return;
     }
     case 'wait': {

@@ -154,6 +154,9 @@ test('benchmarks: the view charts the results from --bench', async () => {
   assert.match((await page.textContent('#bench-ratio')) ?? '', /1\.96×/);
   assert.match((await page.textContent('#bench-handler')) ?? '', /640 ns with the fast path, 1450 ns without/);
   assert.match((await page.textContent('#bench-dir')) ?? '', new RegExp(benchDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  assert.match((await page.textContent('#bench-dirty-log .faults')) ?? '', /found mmu_lock taken.*24,576/s);
+  const lockRows = await page.$$eval('#bench-scale-lock tbody tr', (rows) => rows.map((r) => r.textContent));
+  assert.deepEqual(lockRows, ['1fast path off65,5360.0%', '2fast path off131,07225.0%', '3fast path off196,60833.3%', '4fast path off262,14437.5%']);
   await noHorizontalScroll(page);
   assert.deepEqual(pageErrors, []);
 });

@@ -28,7 +28,7 @@ export function sampleDirtyLog(): DirtyLogBench {
       {
         fastPath: false,
         phases: { populateSeconds: 0.409, enableSeconds: 0.0009, disableSeconds: 0.0012, iterations: iterations([0.205, 0.231, 0.236, 0.229, 0.233]) },
-        faults: { fast: 0, slow: 163840, spurious: 9 },
+        faults: { fast: 0, slow: 163840, spurious: 9, lockContended: 24576 },
       },
     ],
     ratio: { slowOverFast: { min: 1.89, median: 1.96, max: 2.02 } },
@@ -42,7 +42,7 @@ export function sampleScale(): ScaleBench {
   const points: ScaleBench['points'][number][] = [];
   for (const vcpus of [1, 2, 3, 4]) {
     points.push({ vcpus, fastPath: true, pagesPerSecond: Math.round(140_000 * Math.min(vcpus, 2) * (vcpus > 2 ? 0.9 : 1)), redirtySeconds: 0.117 * (vcpus > 2 ? vcpus / 2 : 1) });
-    points.push({ vcpus, fastPath: false, pagesPerSecond: Math.round(70_000 * Math.min(vcpus, 2) * (vcpus > 2 ? 0.85 : 1)), redirtySeconds: 0.233 * (vcpus > 2 ? vcpus / 2 : 1) });
+    points.push({ vcpus, fastPath: false, pagesPerSecond: Math.round(70_000 * Math.min(vcpus, 2) * (vcpus > 2 ? 0.85 : 1)), redirtySeconds: 0.233 * (vcpus > 2 ? vcpus / 2 : 1), slowFaults: vcpus * 16384 * 4, lockContended: (vcpus - 1) * 8192 * 4 });
   }
   return { kind: 'scale', version: 1, config: { maxVcpus: 4, bytesPerVcpu: 64 * 1024 * 1024, mode: 'direct' }, points, machine: { cpus: 2, node: 'v20.20.2' } };
 }

@@ -190,8 +190,8 @@ export class BenchView {
     const faults = h(
       'table',
       { class: 'plain faults' },
-      h('thead', null, h('tr', null, h('th', null, 'run'), h('th', null, 'fast faults'), h('th', null, 'slow faults'), h('th', null, 'spurious'))),
-      h('tbody', null, ...d.runs.map((r) => h('tr', null, h('td', null, pathName(r.fastPath)), h('td', null, r.faults.fast.toLocaleString('en')), h('td', null, r.faults.slow.toLocaleString('en')), h('td', null, r.faults.spurious.toLocaleString('en'))))),
+      h('thead', null, h('tr', null, h('th', null, 'run'), h('th', null, 'fast faults'), h('th', null, 'slow faults'), h('th', null, 'slow, found mmu_lock taken'), h('th', null, 'spurious'))),
+      h('tbody', null, ...d.runs.map((r) => h('tr', null, h('td', null, pathName(r.fastPath)), h('td', null, r.faults.fast.toLocaleString('en')), h('td', null, r.faults.slow.toLocaleString('en')), h('td', null, r.faults.lockContended?.toLocaleString('en') ?? '—'), h('td', null, r.faults.spurious.toLocaleString('en'))))),
     );
     return h('section', { class: 'bench-section', id: 'bench-dirty-log' }, h('h2', null, 'Dirty logging: the fast path on and off'), h('div', { class: 'cards' }, ...cards), h('div', { class: 'charts' }, redirty, phases), faults);
   }
@@ -216,11 +216,23 @@ export class BenchView {
           scales: { x: { title: { display: true, text: 'vCPUs' } }, y: { beginAtZero: true, title: { display: true, text: unit } } },
         },
       });
+    // Files written before the counts existed have none: then no table.
+    const counted = s.points.filter((p) => p.slowFaults !== undefined && p.lockContended !== undefined && p.slowFaults > 0);
+    const contention =
+      counted.length === 0
+        ? null
+        : h(
+            'table',
+            { class: 'plain faults', id: 'bench-scale-lock' },
+            h('thead', null, h('tr', null, h('th', null, 'vCPUs'), h('th', null, 'run'), h('th', null, 'slow faults'), h('th', null, 'found mmu_lock taken'))),
+            h('tbody', null, ...counted.map((p) => h('tr', null, h('td', null, String(p.vcpus)), h('td', null, pathName(p.fastPath)), h('td', null, p.slowFaults!.toLocaleString('en')), h('td', null, `${((100 * p.lockContended!) / p.slowFaults!).toFixed(1)}%`)))),
+          );
     return h(
       'section',
       { class: 'bench-section', id: 'bench-scale' },
       h('h2', null, `Scaling: 1 to ${s.config.maxVcpus} vCPUs, ${bytes(s.config.bytesPerVcpu)} each, ${s.config.mode} mode`),
       h('div', { class: 'charts' }, line('chart-scale-rate', 'Pages re-dirtied per second', 'pages/s', (p) => Math.round(p.pagesPerSecond)), line('chart-scale-time', 'Time to re-dirty all guest memory', 'ms', (p) => ms(p.redirtySeconds))),
+      contention,
     );
   }
 }
