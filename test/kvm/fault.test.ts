@@ -7,8 +7,7 @@ import { ALL_GUARDS } from '../../src/kvm/config';
 import { RET_PF_FIXED, RET_PF_INVALID, RET_PF_SPURIOUS } from '../../src/kvm/mmu';
 import { makeRole } from '../../src/kvm/mmu-page';
 import { GuestPageFault, type Vcpu } from '../../src/vcpu/vcpu';
-import { createMachine, openKvm } from '../../src/vcpu/machine';
-import { CTL_BYTES, CTL_GO, FlushWorker } from './flush-worker';
+import { CTL_GO, startFlushWorker } from './flush-worker';
 import {
   ACC_ALL,
   PFERR_FETCH_MASK,
@@ -553,11 +552,7 @@ test('a slow fault that finds mmu_lock free counts no contention', () => {
 });
 
 test('real threads: a vCPU whose slow fault queues behind the host on mmu_lock counts one contention', { timeout: 20_000 }, async () => {
-  const spec = createMachine({ vcpus: 1, memBytes: 64 * 4096 });
-  const k = openKvm(spec, -2);
-  const ctlBuf = new SharedArrayBuffer(CTL_BYTES);
-  const ctl = new Int32Array(ctlBuf);
-  const w = new FlushWorker({ kind: 'slow', spec, ctl: ctlBuf, idx: 0 });
+  const { k, ctl, w } = startFlushWorker('slow');
   try {
     await w.next('ready');
     k.mem.lock(k.mmuLock);

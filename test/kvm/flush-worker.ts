@@ -9,8 +9,8 @@
 import path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { NOTE, OP } from '../../src/shm/access';
-import { VCPU_MODE } from '../../src/kvm/kvm';
-import { openKvm, type MachineSpec } from '../../src/vcpu/machine';
+import { VCPU_MODE, type Kvm } from '../../src/kvm/kvm';
+import { createMachine, openKvm, type MachineSpec } from '../../src/vcpu/machine';
 import { Vcpu, readTlb } from '../../src/vcpu/vcpu';
 import { PFERR_PRESENT_MASK, PFERR_WRITE_MASK } from '../../src/x86/pte';
 
@@ -176,3 +176,13 @@ export class FlushWorker {
 }
 
 if (!isMainThread && workerData !== null && workerData !== undefined) run(workerData as FlushJob);
+
+/**
+ * A one-vCPU machine of 64 pages, a host handle on it (thread id -2), a
+ * control buffer, and a worker running `kind` on vCPU 0.
+ */
+export function startFlushWorker(kind: FlushJob['kind']): { k: Kvm; ctl: Int32Array; w: FlushWorker } {
+  const spec = createMachine({ vcpus: 1, memBytes: 64 * 4096 });
+  const ctlBuf = new SharedArrayBuffer(CTL_BYTES);
+  return { k: openKvm(spec, -2), ctl: new Int32Array(ctlBuf), w: new FlushWorker({ kind, spec, ctl: ctlBuf, idx: 0 }) };
+}

@@ -15,12 +15,11 @@ import {
   type Kvm,
 } from '../../src/kvm/kvm';
 import { RET_PF_FIXED } from '../../src/kvm/mmu';
-import { createMachine, openKvm } from '../../src/vcpu/machine';
 import { readTlb, type Vcpu } from '../../src/vcpu/vcpu';
 import { PFERR_PRESENT_MASK, PFERR_WRITE_MASK, pteIndex } from '../../src/x86/pte';
 import { SPTE_WRITABLE_MASK, spteToChild } from '../../src/x86/spte';
 import { OP, inGuest, interleave, leafSptep, makeVm } from '../helpers/vm';
-import { CTL_BYTES, CTL_GO, CTL_RELEASE, CTL_WALK_ENDED, FlushWorker } from './flush-worker';
+import { CTL_GO, CTL_RELEASE, CTL_WALK_ENDED, startFlushWorker } from './flush-worker';
 
 function requested(k: Kvm, v: number): boolean {
   return (k.mem.i32[k.vcpuWord(v, VCPU_REQUESTS)]! & KVM_REQ_TLB_FLUSH) !== 0;
@@ -199,11 +198,7 @@ function leafSpte(k: Kvm, v: number, gpa: number): bigint {
 // ---- real threads ----
 
 test('real threads: a flush kicks a vCPU in guest mode and returns only after the vCPU has left guest mode', { timeout: 20_000 }, async () => {
-  const spec = createMachine({ vcpus: 1, memBytes: 64 * 4096 });
-  const k = openKvm(spec, -2);
-  const ctlBuf = new SharedArrayBuffer(CTL_BYTES);
-  const ctl = new Int32Array(ctlBuf);
-  const w = new FlushWorker({ kind: 'guest', spec, ctl: ctlBuf, idx: 0 });
+  const { k, ctl, w } = startFlushWorker('guest');
   try {
     const ready = await w.next('ready');
     assert.deepEqual(ready.tlbVpns, [1, 2]);
@@ -245,11 +240,7 @@ test('real threads: a flush kicks a vCPU in guest mode and returns only after th
 });
 
 test('real threads: a vCPU in READING_SHADOW_PAGE_TABLES holds the flush until its lockless walk ends', { timeout: 20_000 }, async () => {
-  const spec = createMachine({ vcpus: 1, memBytes: 64 * 4096 });
-  const k = openKvm(spec, -2);
-  const ctlBuf = new SharedArrayBuffer(CTL_BYTES);
-  const ctl = new Int32Array(ctlBuf);
-  const w = new FlushWorker({ kind: 'walk', spec, ctl: ctlBuf, idx: 0 });
+  const { k, ctl, w } = startFlushWorker('walk');
   try {
     await w.next('ready');
     k.dirtyLog.enable(0); // page 1's SPTE: W=0, MMU_WRITABLE (the vCPU is outside guest mode: no wait)
