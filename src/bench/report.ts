@@ -101,6 +101,9 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
     `machine: ${r.machine.cpus} CPUs, node ${r.machine.node}, load average ${o.loadAverage.toFixed(2)} at the start; ` +
       `wall time ${o.wallSeconds.toFixed(1)} s`,
   );
+  // More vCPU threads than CPUs take turns on the cores: their times then include the OS scheduler's slices.
+  if (c.vcpus > r.machine.cpus)
+    lines.push(`warning: ${c.vcpus} vCPU threads on ${r.machine.cpus} CPUs take turns on the cores; the times include the OS scheduler's time slices`);
   return lines.join('\n') + '\n';
 }
 
@@ -153,6 +156,11 @@ export function formatScale(o: ScaleOutcome): string {
     `machine: ${r.machine.cpus} CPUs, node ${r.machine.node}; ${c.maxVcpus} threads of a CPU-bound loop ran at ` +
       `${o.parallelism.toFixed(2)}x one before the sweep (other load on the machine lowers it); wall time ${o.wallSeconds.toFixed(1)} s`,
   );
+  if (c.maxVcpus > r.machine.cpus)
+    lines.push(
+      `warning: points above ${r.machine.cpus} vCPUs run more vCPU threads than CPUs, which take turns on the cores; ` +
+        `their times include the OS scheduler's time slices and say little about mmu_lock`,
+    );
   return lines.join('\n') + '\n';
 }
 

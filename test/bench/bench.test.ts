@@ -6,6 +6,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { formatScale } from '../../src/bench/report';
+import type { ScaleOutcome, ScalePoint } from '../../src/bench/scale';
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const ENTRY = path.join(__dirname, '..', '..', 'bench');
@@ -167,6 +169,33 @@ test('the text report prints the selftest phases, fault counts, the floor and th
     /^MMU bookkeeping: .* = [\d.]+% of /m,
   ])
     assert.match(r.stdout, line);
+});
+
+test('the reports warn when vCPU threads outnumber the CPUs, and only then', () => {
+  const cpus = os.availableParallelism();
+  const over = kvmmu('bench', 'dirty-log', '-v', String(cpus + 1), '-b', '64K', '-i', '2');
+  assert.equal(over.code, 0, over.stderr + over.stdout);
+  assert.match(over.stdout, new RegExp(`^warning: ${cpus + 1} vCPU threads on ${cpus} CPUs take turns on the cores`, 'm'));
+  const fits = kvmmu('bench', 'dirty-log', '-v', '1', '-b', '64K', '-i', '2');
+  assert.equal(fits.code, 0, fits.stderr + fits.stdout);
+  assert.doesNotMatch(fits.stdout, /^warning:/m);
+  // The scale report from made-up points (a sweep past the CPUs would start 2 VMs per point).
+  const point = (vcpus: number, fastPath: boolean): ScalePoint => ({ vcpus, fastPath, pagesPerSecond: 1e6 * vcpus, redirtySeconds: 0.01 });
+  const outcome = (maxVcpus: number): ScaleOutcome => ({
+    result: {
+      kind: 'scale',
+      version: 1,
+      config: { maxVcpus, bytesPerVcpu: 65536, mode: 'direct' },
+      points: Array.from({ length: maxVcpus }, (_, i) => [point(i + 1, true), point(i + 1, false)]).flat(),
+      machine: { cpus: 2, node: 'v20.0.0' },
+    },
+    iterations: 2,
+    pagesPerVcpu: 16,
+    parallelism: 2,
+    wallSeconds: 1,
+  });
+  assert.match(formatScale(outcome(3)), /^warning: points above 2 vCPUs run more vCPU threads than CPUs/m);
+  assert.doesNotMatch(formatScale(outcome(2)), /^warning:/m);
 });
 
 for (const [args, pattern] of [
