@@ -282,7 +282,15 @@ export class Mem {
     if (this.hook !== null) this.hook.before(OP.unlock, i, 0, 0);
     const a = this.i32;
     a[i + LOCK_HOLDER] = 0;
-    Atomics.add(a, i + LOCK_OWNER, 1);
+    // Serve the next ticket with a release store, as the kernel's spinlocks
+    // unlock (2012's ticket lock: `incb` without a lock prefix; today's
+    // qspinlock: smp_store_release). Only the holder writes the owner word, and
+    // x86 keeps the critical section's stores before this one.
+    a[i + LOCK_OWNER] = (a[i + LOCK_OWNER]! + 1) | 0;
+    // This load may pass the store above, so a taker that begins to sleep just
+    // then can miss the notify; it wakes at the end of its WAIT_SLICE_MS slice
+    // and looks again. (Sleeping is kvmmu's, for threads without a core of
+    // their own; the kernel's spinlock waiters never sleep.)
     if (Atomics.load(a, i + LOCK_SLEEPERS) !== 0) Atomics.notify(a, i + LOCK_OWNER);
   }
 
