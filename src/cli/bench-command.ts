@@ -116,7 +116,7 @@ export function registerBench(program: Command): void {
     .command('dirty-log')
     .description(
       "KVM's dirty_log_perf_test on worker threads: populate, enable dirty logging, then per iteration " +
-        'dirty memory / get dirty log / clear dirty log, disable; fast and slow fault counts, the floor, MMU bookkeeping',
+        'dirty memory / get dirty log / clear dirty log, disable; fast and slow fault counts (and how many slow faults found mmu_lock taken), the floor, MMU bookkeeping',
     )
     .option('-v, --vcpus <n>', 'vCPUs, one worker thread each', int('-v', 1, 64), d.vcpus)
     .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (e.g. 64M, 1G; default ${fmtBytes(d.bytesPerVcpu)})`, size, d.bytesPerVcpu)
@@ -136,7 +136,7 @@ export function registerBench(program: Command): void {
   const s = SCALE_DEFAULTS;
   bench
     .command('scale')
-    .description('re-dirty throughput over 1..N vCPUs with the fast path on and off: faults under mmu_lock serialize, the fast path does not')
+    .description('re-dirty throughput over 1..N vCPUs with the fast path on and off, and how often slow faults found mmu_lock taken: faults under mmu_lock serialize, the fast path does not')
     .option('-v, --max-vcpus <n>', 'run 1..N vCPUs', int('-v', 1, 64), s.maxVcpus)
     .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (default ${fmtBytes(s.bytesPerVcpu)})`, size, s.bytesPerVcpu)
     .option('-i, --iterations <n>', 'dirty-memory iterations per point (the first is not measured)', int('-i', 2, 1000), s.iterations)
