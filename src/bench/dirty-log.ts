@@ -45,7 +45,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
   const vms: BenchVm[] = [];
   try {
     for (const fast of ways) {
-      vms.push(await BenchVm.start({ mode: c.mode, vcpus: c.vcpus, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast }));
+      vms.push(await BenchVm.start({ mode: c.mode, vcpus: c.vcpus, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast, pageMarking: c.pageMarking }));
       step(`fast path ${fast ? 'on' : 'off'}: vCPUs ready`);
     }
     const runs = vms.map((vm) => ({
@@ -93,6 +93,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
         mode: c.mode,
         fastPath: c.fastPath,
         clearDirtyLog: c.clearDirtyLog,
+        pageMarking: c.pageMarking ?? 'spte',
       },
       runs: runs.map((r) => ({
         fastPath: r.vm.options.fastPath,
@@ -111,7 +112,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
     const pagesPerVcpu = first.pagesPerVcpu;
     await Promise.all(vms.map((vm) => vm.close()));
     vms.length = 0;
-    const floor = measureFloorAndFastFault(c.mode, Math.min(FAST_FAULT_PAGES, pagesPerVcpu));
+    const floor = measureFloorAndFastFault(c.mode, Math.min(FAST_FAULT_PAGES, pagesPerVcpu), c.pageMarking);
     step('floor');
     return {
       result: {

@@ -1,6 +1,6 @@
 // The floor under one fast page fault (a 64-bit Atomics.load plus Atomics.compareExchange), the cost of kvm.mmu.fastPageFault itself, and of the whole fault handler with the fast path on and off, measured in the same run.
 
-import type { MmuMode } from '../kvm/config';
+import type { MmuMode, PageMarking } from '../kvm/config';
 import type { Kvm, KvmVcpu } from '../kvm/kvm';
 import { RET_PF_FIXED, type Mmu } from '../kvm/mmu';
 import { createMachine, openKvm } from '../vcpu/machine';
@@ -89,9 +89,10 @@ class FaultRig {
     mode: MmuMode,
     readonly pages: number,
     fastPath: boolean,
+    pageMarking: PageMarking = 'spte',
   ) {
     const tablePages = mode === 'shadow' ? tablePagesFor(pages) : 0;
-    const spec = createMachine({ mode, vcpus: 1, memBytes: (pages + tablePages) * 4096, fastPath });
+    const spec = createMachine({ mode, vcpus: 1, memBytes: (pages + tablePages) * 4096, fastPath, pageMarking });
     this.host = openKvm(spec, -2);
     let cr3 = 0;
     this.base = mode === 'shadow' ? SHADOW_BASE : 0;
@@ -147,10 +148,10 @@ class FaultRig {
  * figure is the median of ROUNDS rounds, after WARMUP rounds of each that are
  * not counted (JIT tiers).
  */
-export function measureFloorAndFastFault(mode: MmuMode, pages: number, rounds = ROUNDS): FloorResult {
+export function measureFloorAndFastFault(mode: MmuMode, pages: number, pageMarking: PageMarking = 'spte', rounds = ROUNDS): FloorResult {
   const a = new BigUint64Array(new SharedArrayBuffer(FLOOR_WORDS * 8));
-  const on = new FaultRig(mode, pages, true);
-  const off = new FaultRig(mode, pages, false);
+  const on = new FaultRig(mode, pages, true, pageMarking);
+  const off = new FaultRig(mode, pages, false, pageMarking);
   const floorOps = Math.max(pages * 8, 100_000);
   const floor: number[] = [];
   const fast: number[] = [];

@@ -1,7 +1,7 @@
 // Benchmark options: what a user may set (each with its default), validation with one-line errors, and the resolved forms the runners take.
 
 import { KvmmuError } from '../shm/errors';
-import { MAX_VCPUS, MMU_MODES, type MmuMode } from '../kvm/config';
+import { MAX_VCPUS, MMU_MODES, PAGE_MARKING, type MmuMode, type PageMarking } from '../kvm/config';
 import { benchDataPages } from './vm';
 import type { DirtyLogConfig, FastPathSetting, ScaleConfig } from './results';
 
@@ -21,6 +21,7 @@ export const DIRTY_LOG_DEFAULTS: DirtyLogConfig = {
   mode: 'direct',
   fastPath: 'on',
   clearDirtyLog: false,
+  pageMarking: 'spte',
 };
 
 export const SCALE_DEFAULTS: ScaleConfig = {
@@ -30,6 +31,7 @@ export const SCALE_DEFAULTS: ScaleConfig = {
   bytesPerVcpu: 16 * 1024 * 1024,
   mode: 'direct',
   iterations: 20,
+  pageMarking: 'spte',
 };
 
 function checkVcpus(flag: string, n: number): void {
@@ -38,6 +40,10 @@ function checkVcpus(flag: string, n: number): void {
 
 function checkMode(mode: string): asserts mode is MmuMode {
   if (!(MMU_MODES as readonly string[]).includes(mode)) throw new KvmmuError(`unknown mode '${mode}': use direct or shadow`);
+}
+
+function checkPageMarking(m: PageMarking | undefined): void {
+  if (m !== undefined && !PAGE_MARKING.includes(m)) throw new KvmmuError(`--page-marking must be spte or fault, not '${String(m)}'`);
 }
 
 function checkIterations(n: number): void {
@@ -51,6 +57,7 @@ export function resolveDirtyLog(o: Partial<DirtyLogConfig>): DirtyLogConfig {
   checkMode(c.mode);
   checkIterations(c.iterations);
   if (!FAST_PATH_SETTINGS.includes(c.fastPath)) throw new KvmmuError(`--fast-path must be on, off or both, not '${String(c.fastPath)}'`);
+  checkPageMarking(c.pageMarking);
   benchDataPages(c);
   return c;
 }
@@ -60,6 +67,7 @@ export function resolveScale(o: Partial<ScaleConfig>): ScaleConfig {
   checkVcpus('-v', c.maxVcpus);
   checkMode(c.mode);
   checkIterations(c.iterations);
+  checkPageMarking(c.pageMarking);
   benchDataPages({ vcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu });
   return c;
 }

@@ -13,6 +13,11 @@ function secs(s: number): string {
   return `${s.toFixed(6)}s`;
 }
 
+/** ", pages marked dirty at fault time (KVM 6.13 on)" for that setting; nothing for the default. */
+function markingNote(m: string | undefined): string {
+  return m === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : '';
+}
+
 function times(x: number): string {
   return `${x.toFixed(2)}x`;
 }
@@ -62,7 +67,8 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
     `kvmmu bench dirty-log: ${c.mode} mode, ${c.vcpus} vCPU${c.vcpus === 1 ? '' : 's'}, ${fmtBytes(c.bytesPerVcpu)} per vCPU ` +
       `(${o.pagesPerVcpu} pages), ${c.iterations} iterations, ` +
       (c.clearDirtyLog ? 'manual protect: get-dirty-log copies, clear-dirty-log write-protects' : 'get-dirty-log write-protects') +
-      `, fast path ${c.fastPath}`,
+      `, fast path ${c.fastPath}` +
+      markingNote(c.pageMarking),
     '',
   ];
   for (const run of r.runs) lines.push(...runBlock(run, c.clearDirtyLog));
@@ -127,7 +133,8 @@ export function formatScale(o: ScaleOutcome): string {
   const c = r.config;
   const lines = [
     `kvmmu bench scale: ${c.mode} mode, ${fmtBytes(c.bytesPerVcpu)} per vCPU (${o.pagesPerVcpu} pages), 1-${c.maxVcpus} vCPUs, ` +
-      `${o.iterations} iterations of dirty memory + get dirty log (re-dirty time: median of iterations 2-${o.iterations})`,
+      `${o.iterations} iterations of dirty memory + get dirty log (re-dirty time: median of iterations 2-${o.iterations})` +
+      markingNote(c.pageMarking),
     '',
     `${'vCPUs'.padEnd(7)}${'fast path on'.padEnd(46)}fast path off`,
   ];

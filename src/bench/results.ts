@@ -1,6 +1,6 @@
 // The benchmarks' JSON results (schema version 1), with no runtime dependencies: the runners write them, the browser view reads them.
 
-import type { MmuMode } from '../kvm/config';
+import type { MmuMode, PageMarking } from '../kvm/config';
 
 export type FastPathSetting = 'on' | 'off' | 'both';
 
@@ -74,6 +74,8 @@ export interface DirtyLogConfig {
   readonly fastPath: FastPathSetting;
   /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + initially-set: get only copies, clear-dirty-log write-protects (default off: plain get). */
   readonly clearDirtyLog: boolean;
+  /** When KVM marks host pages dirty: spte (2012 to 6.12, the default) or fault (6.13 on). Absent from files written before the setting. */
+  readonly pageMarking?: PageMarking;
 }
 
 /** `kvmmu bench scale`, resolved. */
@@ -84,6 +86,8 @@ export interface ScaleConfig {
   readonly mode: MmuMode;
   /** Dirty-memory iterations per point; the first (after enabling) is not measured (default 20). */
   readonly iterations: number;
+  /** As DirtyLogConfig.pageMarking. */
+  readonly pageMarking?: PageMarking;
 }
 
 /** The JSON written to <out>/dirty-log.json (schema version 1). */

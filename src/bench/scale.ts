@@ -49,7 +49,7 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
   try {
     for (let n = 1; n <= c.maxVcpus; n++)
       for (const fast of [true, false]) {
-        vms.push(await BenchVm.start({ mode: c.mode, vcpus: n, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast }));
+        vms.push(await BenchVm.start({ mode: c.mode, vcpus: n, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast, pageMarking: c.pageMarking }));
         step(`${n} vCPU(s), fast path ${fast ? 'on' : 'off'}: vCPUs ready`);
       }
     for (const vm of vms) {
@@ -89,7 +89,7 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
       result: {
         kind: 'scale',
         version: 1,
-        config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode },
+        config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode, pageMarking: c.pageMarking ?? 'spte' },
         points,
         machine: machineInfo(),
       },

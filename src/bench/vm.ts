@@ -3,7 +3,7 @@
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
-import { SPARE_FRAMES, resolveConfig, type MmuMode } from '../kvm/config';
+import { SPARE_FRAMES, resolveConfig, type MmuMode, type PageMarking } from '../kvm/config';
 import { MAX_BUFFER_BYTES, fmtBytes } from '../shm/layout';
 import { totalPages, type Kvm } from '../kvm/kvm';
 import { createMachineFrom, mmuBookkeepingBytes, openKvm, type MachineSpec } from '../vcpu/machine';
@@ -21,6 +21,7 @@ export interface BenchVmOptions {
   readonly vcpus: number;
   readonly bytesPerVcpu: number;
   readonly fastPath: boolean;
+  readonly pageMarking?: PageMarking;
 }
 
 
@@ -85,7 +86,7 @@ export class BenchVm {
   static async start(o: BenchVmOptions): Promise<BenchVm> {
     const dataPages = benchDataPages(o);
     const tablePages = o.mode === 'shadow' ? tablePagesFor(dataPages) : 0;
-    const config = resolveConfig({ mode: o.mode, vcpus: o.vcpus, memBytes: (dataPages + tablePages) * 4096, fastPath: o.fastPath });
+    const config = resolveConfig({ mode: o.mode, vcpus: o.vcpus, memBytes: (dataPages + tablePages) * 4096, fastPath: o.fastPath, pageMarking: o.pageMarking });
     // Only the vCPU workers take mmu_lock while they run (the host's work is between passes).
     const spec = { ...createMachineFrom(config), spinLimit: spinLimitFor(o.vcpus) };
     const per = dataPages / o.vcpus;

@@ -1,7 +1,7 @@
 // The checker's front door: explore a scenario under a strategy, minimize the counterexample, render it, and replay a schedule string.
 
 import { KvmmuError } from '../shm/errors';
-import { ALL_GUARDS, GUARDS, GUARD_NAMES, guardsOff, type GuardName, type IndirectFastPath, type MmuMode } from '../kvm/config';
+import { ALL_GUARDS, GUARDS, GUARD_NAMES, guardsOff, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { Engine, type GenScenarioModule } from './engine';
 import { ReplayChooser, ScheduleMismatch, explore, replaySchedule, type ExploreProgress, type ExploreResult, type FoundViolation, type Strategy } from './explore';
 import { builtinMonitors } from './invariants';
@@ -13,6 +13,7 @@ export interface CheckOptions {
   /** Mask of guards that are on (default: all). */
   readonly guards?: number;
   readonly indirectFastPath?: IndirectFastPath;
+  readonly pageMarking?: PageMarking;
   readonly strategy?: Strategy;
   readonly preemptions?: number;
   readonly executions?: number;
@@ -44,6 +45,7 @@ export interface CheckReport {
   readonly mode: MmuMode | null;
   readonly guards: { readonly on: GuardName[]; readonly off: GuardName[] };
   readonly indirectFastPath: IndirectFastPath;
+  readonly pageMarking: PageMarking;
   readonly strategy: Strategy | 'replay';
   readonly preemptionBound: number | null;
   /** Every schedule was explored (within the preemption bound, if one was given). */
@@ -64,11 +66,15 @@ const STATEMENTS: Readonly<Record<string, string>> = {
   check: "the scenario's end-to-end check holds",
 };
 
-export function contextFor(spec: ScenarioSpec, o: { mode?: MmuMode; guards?: number; indirectFastPath?: IndirectFastPath }): ScenarioContext {
+export function contextFor(
+  spec: ScenarioSpec,
+  o: { mode?: MmuMode; guards?: number; indirectFastPath?: IndirectFastPath; pageMarking?: PageMarking },
+): ScenarioContext {
   return {
     mode: o.mode ?? spec.modes?.[0] ?? 'direct',
     guards: o.guards ?? ALL_GUARDS,
     indirectFastPath: o.indirectFastPath ?? 'pin',
+    pageMarking: o.pageMarking ?? 'spte',
   };
 }
 
@@ -149,6 +155,7 @@ function report(
         mode: ctx.mode,
         guardsOff: off,
         indirectFastPath: ctx.indirectFastPath,
+        pageMarking: ctx.pageMarking,
         schedule: found.schedule,
       }),
       preemptions: found.preemptions,
@@ -162,6 +169,7 @@ function report(
     mode: isVm ? ctx.mode : null,
     guards: { on: GUARD_NAMES.filter((g) => (ctx.guards & GUARDS[g]) !== 0), off },
     indirectFastPath: ctx.indirectFastPath,
+    pageMarking: ctx.pageMarking ?? 'spte',
     strategy,
     preemptionBound: bound,
     complete: r.complete,
@@ -180,7 +188,7 @@ export function replayCheck(gen: GenScenarioModule, spec: ScenarioSpec, replay: 
   if (replay.scenario !== spec.name) throw new KvmmuError(`the replay string is for scenario ${replay.scenario}, not ${spec.name}`);
   let guards = ALL_GUARDS;
   for (const g of replay.guardsOff) guards &= ~GUARDS[g];
-  const ctx = contextFor(spec, { mode: replay.mode, guards, indirectFastPath: replay.indirectFastPath });
+  const ctx = contextFor(spec, { mode: replay.mode, guards, indirectFastPath: replay.indirectFastPath, pageMarking: replay.pageMarking });
   const engine = engineFor(gen, spec, ctx);
   const t0 = now();
   let run;

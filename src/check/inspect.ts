@@ -1,6 +1,6 @@
 // Inspecting executions step by step: the machine state that matters after each step, and running a schedule prefix (for the browser view and "play the scheduler").
 
-import { GUARDS, type GuardName, type IndirectFastPath, type MmuMode } from '../kvm/config';
+import { GUARDS, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { MODE_NAMES, KVM_REQ_TLB_FLUSH, VCPU_MODE, VCPU_REQUESTS, SLOT_DIRTY_LOG } from '../kvm/kvm';
 import { FRAME_DIRTY, FRAME_FREE, FRAME_KSM, MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
 import {
@@ -171,10 +171,13 @@ class PrefixChooser implements Chooser {
   }
 }
 
-export function contextOf(spec: ScenarioSpec, o: { mode?: MmuMode; guardsOff?: readonly GuardName[]; indirectFastPath?: IndirectFastPath }): ScenarioContext {
+export function contextOf(
+  spec: ScenarioSpec,
+  o: { mode?: MmuMode; guardsOff?: readonly GuardName[]; indirectFastPath?: IndirectFastPath; pageMarking?: PageMarking },
+): ScenarioContext {
   let guards = ALL_GUARDS;
   for (const g of o.guardsOff ?? []) guards &= ~GUARDS[g];
-  return { mode: o.mode ?? spec.modes?.[0] ?? 'direct', guards, indirectFastPath: o.indirectFastPath ?? 'pin' };
+  return { mode: o.mode ?? spec.modes?.[0] ?? 'direct', guards, indirectFastPath: o.indirectFastPath ?? 'pin', pageMarking: o.pageMarking ?? 'spte' };
 }
 
 /**

@@ -3,7 +3,7 @@
 import { OP_NAMES, OP } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import type { Layout } from '../shm/layout';
-import { GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, type GuardName, type IndirectFastPath, type MmuMode, type VmConfig } from '../kvm/config';
+import { GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
 import { MODE_NAMES, VCPU_WORDS } from '../kvm/kvm';
 import { SP_WORDS } from '../kvm/mmu-page';
 import { MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
@@ -210,22 +210,41 @@ export interface ReplaySpec {
   readonly mode: MmuMode;
   readonly guardsOff: readonly GuardName[];
   readonly indirectFastPath: IndirectFastPath;
+  /** Absent: `spte`. */
+  readonly pageMarking?: PageMarking;
   readonly schedule: readonly number[];
 }
 
-/** The string --replay takes: scenario:mode:guards-off:indirect-fast-path:schedule. */
+/**
+ * The string --replay takes: scenario:mode:guards-off:indirect-fast-path:schedule,
+ * with a page-marking field before the schedule only when it is not the
+ * default `spte` (so strings printed before the setting existed still replay).
+ */
 export function encodeReplay(r: ReplaySpec): string {
-  return `${r.scenario}:${r.mode}:${r.guardsOff.length === 0 ? 'none' : r.guardsOff.join('+')}:${r.indirectFastPath}:${encodeSchedule(r.schedule)}`;
+  const marking = (r.pageMarking ?? 'spte') === 'spte' ? '' : `${r.pageMarking}:`;
+  return `${r.scenario}:${r.mode}:${r.guardsOff.length === 0 ? 'none' : r.guardsOff.join('+')}:${r.indirectFastPath}:${marking}${encodeSchedule(r.schedule)}`;
 }
 
 export function decodeReplay(s: string): ReplaySpec {
   const parts = s.trim().split(':');
-  if (parts.length !== 5)
-    throw new KvmmuError(`malformed replay string: expected scenario:mode:guards-off:indirect-fast-path:schedule, got ${parts.length} fields`);
-  const [scenario, mode, off, ifp, sched] = parts as [string, string, string, string, string];
+  if (parts.length !== 5 && parts.length !== 6)
+    throw new KvmmuError(
+      `malformed replay string: expected scenario:mode:guards-off:indirect-fast-path[:page-marking]:schedule, got ${parts.length} fields`,
+    );
+  const [scenario, mode, off, ifp] = parts as [string, string, string, string];
+  const marking = parts.length === 6 ? parts[4]! : 'spte';
+  const sched = parts[parts.length - 1]!;
   if (!MMU_MODES.includes(mode as MmuMode)) throw new KvmmuError(`malformed replay string: unknown mode '${mode}'`);
   const guardsOff = off === 'none' ? [] : off.split('+');
   for (const g of guardsOff) if (!GUARD_NAMES.includes(g as GuardName)) throw new KvmmuError(`malformed replay string: unknown guard '${g}'`);
   if (!INDIRECT_FAST_PATH.includes(ifp as IndirectFastPath)) throw new KvmmuError(`malformed replay string: unknown setting '${ifp}'`);
-  return { scenario, mode: mode as MmuMode, guardsOff: guardsOff as GuardName[], indirectFastPath: ifp as IndirectFastPath, schedule: decodeSchedule(sched) };
+  if (!PAGE_MARKING.includes(marking as PageMarking)) throw new KvmmuError(`malformed replay string: unknown page marking '${marking}'`);
+  return {
+    scenario,
+    mode: mode as MmuMode,
+    guardsOff: guardsOff as GuardName[],
+    indirectFastPath: ifp as IndirectFastPath,
+    pageMarking: marking as PageMarking,
+    schedule: decodeSchedule(sched),
+  };
 }

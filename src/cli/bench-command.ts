@@ -2,7 +2,8 @@
 
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { SingleBar } from 'cli-progress';
-import { MMU_MODES, parseSize, type MmuMode } from '../kvm/config';
+import { MMU_MODES, parseSize, type MmuMode, type PageMarking } from '../kvm/config';
+import { pageMarkingOption } from './settings';
 import { runDirtyLogBench, type ProgressFn } from '../bench/dirty-log';
 import { runScaleBench } from '../bench/scale';
 import { DIRTY_LOG_DEFAULTS, FAST_PATH_SETTINGS, SCALE_DEFAULTS, resolveDirtyLog, resolveScale, type FastPathSetting } from '../bench/options';
@@ -33,6 +34,7 @@ interface DirtyLogCliOptions {
   mode: MmuMode;
   fastPath: FastPathSetting;
   clear: boolean;
+  pageMarking: PageMarking;
   json: boolean;
   out?: string;
 }
@@ -42,6 +44,7 @@ interface ScaleCliOptions {
   bytesPerVcpu: number;
   iterations: number;
   mode: MmuMode;
+  pageMarking: PageMarking;
   json: boolean;
   out?: string;
 }
@@ -79,6 +82,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
     mode: o.mode,
     fastPath: o.fastPath,
     clearDirtyLog: o.clear,
+    pageMarking: o.pageMarking,
   });
   const p = progressBar('bench dirty-log', o.json);
   let outcome;
@@ -94,7 +98,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
 }
 
 async function scaleCommand(o: ScaleCliOptions): Promise<number> {
-  const config = resolveScale({ maxVcpus: o.maxVcpus, bytesPerVcpu: o.bytesPerVcpu, iterations: o.iterations, mode: o.mode });
+  const config = resolveScale({ maxVcpus: o.maxVcpus, bytesPerVcpu: o.bytesPerVcpu, iterations: o.iterations, mode: o.mode, pageMarking: o.pageMarking });
   const p = progressBar('bench scale', o.json);
   let outcome;
   try {
@@ -128,6 +132,7 @@ export function registerBench(program: Command): void {
         .default(d.fastPath),
     )
     .option('--clear', 'manual protect: get-dirty-log only copies, clear-dirty-log write-protects (KVM_CLEAR_DIRTY_LOG)', false)
+    .addOption(pageMarkingOption().default(d.pageMarking))
     .option('--json', 'print the result as one JSON object', false)
     .option('--out <dir>', 'write dirty-log.json and dirty-log.html (a chart that opens offline) to this folder')
     .action(async (opts: DirtyLogCliOptions) => {
@@ -141,6 +146,7 @@ export function registerBench(program: Command): void {
     .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (default ${fmtBytes(s.bytesPerVcpu)})`, size, s.bytesPerVcpu)
     .option('-i, --iterations <n>', 'dirty-memory iterations per point (the first is not measured)', int('-i', 2, 1000), s.iterations)
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default(s.mode))
+    .addOption(pageMarkingOption().default(s.pageMarking))
     .option('--json', 'print the result as one JSON object', false)
     .option('--out <dir>', 'write scale.json and scale.html to this folder')
     .action(async (opts: ScaleCliOptions) => {

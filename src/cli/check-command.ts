@@ -1,7 +1,7 @@
 // `kvmmu check` and `kvmmu scenarios`: run the interleaving checker on built-in or user scenarios and report in text or JSON.
 
 import { KvmmuError } from '../shm/errors';
-import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode } from '../kvm/config';
+import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { replayCheck, runCheck, type CheckReport } from '../check/check';
 import type { Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
@@ -17,6 +17,7 @@ export interface CheckCliOptions {
   guard: string[];
   mode?: MmuMode;
   indirectFastPath?: IndirectFastPath;
+  pageMarking?: PageMarking;
   strategy: Strategy;
   preemptions?: number;
   executions?: number;
@@ -50,6 +51,8 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
         throw new KvmmuError(`--guard settings do not match the replay string (guards off there: ${r.guardsOff.join(', ') || 'none'})`);
     }
     if (o.mode !== undefined && o.mode !== r.mode) throw new KvmmuError(`--mode ${o.mode} does not match the replay string's mode ${r.mode}`);
+    if (o.pageMarking !== undefined && o.pageMarking !== (r.pageMarking ?? 'spte'))
+      throw new KvmmuError(`--page-marking ${o.pageMarking} does not match the replay string's ${r.pageMarking ?? 'spte'}`);
     const spec = o.file !== undefined ? loadScenarioFile(o.file, r.scenario) : findScenario(catalog, r.scenario);
     const report = replayCheck(gen, spec, r);
     print(report, o.json);
@@ -71,6 +74,7 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
       mode: o.mode,
       guards,
       indirectFastPath: o.indirectFastPath,
+      pageMarking: o.pageMarking,
       strategy: o.strategy,
       preemptions: o.preemptions,
       executions: o.executions,
@@ -125,6 +129,7 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     mode: r.mode,
     guards: r.guards,
     indirectFastPath: r.indirectFastPath,
+    pageMarking: r.pageMarking,
     strategy: r.strategy,
     preemptionBound: r.preemptionBound,
     complete: r.complete,
@@ -151,7 +156,8 @@ export function formatCheckReport(r: CheckReport): string {
   const lines: string[] = [];
   const mode = r.mode === null ? '' : ` (${r.mode} mode)`;
   const off = r.guards.off.length === 0 ? 'all guards on' : `guards off: ${r.guards.off.join(', ')}`;
-  lines.push(`scenario ${r.scenario}${mode}, ${off}`);
+  const marking = r.pageMarking === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : '';
+  lines.push(`scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
   lines.push(`${r.strategy}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
   if (r.violation !== null) {

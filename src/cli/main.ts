@@ -14,7 +14,9 @@ import {
   parseSize,
   type IndirectFastPath,
   type MmuMode,
+  type PageMarking,
 } from '../kvm/config';
+import { pageMarkingOption } from './settings';
 import { runVm, type RunReport } from '../runtime/run';
 import { ProgressLine } from './progress';
 import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
@@ -82,6 +84,7 @@ export function buildProgram(): Command {
         .choices(INDIRECT_FAST_PATH as string[])
         .default('pin'),
     )
+    .addOption(pageMarkingOption().default('spte'))
     .option('--seed <n>', 'random seed for the workload and host pressure', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--json', 'print one JSON object instead of text', false)
     .action(async (opts: RunCliOptions) => {
@@ -97,6 +100,7 @@ export function buildProgram(): Command {
     .option('--guard <name=off>', `switch a guard off (repeatable): ${GUARD_NAMES.join(', ')}`, collect, [])
     .addOption(new Option('--mode <mode>', "MMU mode (default: the scenario's)").choices(MMU_MODES as string[]))
     .addOption(new Option('--indirect-fast-path <setting>', 'fast path on indirect shadow pages').choices(INDIRECT_FAST_PATH as string[]))
+    .addOption(pageMarkingOption())
     .addOption(new Option('--strategy <s>', 'exploration strategy').choices(STRATEGIES as string[]).default('dpor'))
     .option('--preemptions <k>', 'explore only schedules with at most K preemptions', int('--preemptions', 0, 1000))
     .option('--executions <n>', 'stop after N executions', int('--executions', 1))
@@ -158,6 +162,7 @@ interface RunCliOptions {
   guard: string[];
   fastPath: 'on' | 'off';
   indirectFastPath: IndirectFastPath;
+  pageMarking: PageMarking;
   seed: number;
   json: boolean;
 }
@@ -176,6 +181,7 @@ async function runCommand(o: RunCliOptions): Promise<number> {
     guards,
     fastPath: o.fastPath === 'on',
     indirectFastPath: o.indirectFastPath,
+    pageMarking: o.pageMarking,
     seed: o.seed,
     onProgress: progress === null ? undefined : (p) => progress.update(p.elapsed, `${p.passes} passes, ${p.fastFaults} fast / ${p.slowFaults} slow faults`),
   });
@@ -189,7 +195,8 @@ export function formatRunReport(r: RunReport): string {
   const h = r.host;
   const lines = [
     `kvmmu run: ${r.mode} mode, ${r.vcpus} vCPU(s), ${fmtBytes(r.memBytes)} guest memory, ` +
-      (r.guardsOff.length === 0 ? 'all guards on' : `guards off: ${r.guardsOff.join(', ')}`),
+      (r.guardsOff.length === 0 ? 'all guards on' : `guards off: ${r.guardsOff.join(', ')}`) +
+      (r.pageMarking === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : ''),
     `faults:    ${f.pfFast} fast, ${f.pfSlow} slow (${f.pfLockContended} found mmu_lock taken), ${f.pfSpurious} spurious, ${f.pfRetry} retried, ` +
       `${f.pfEmulate} emulated, ${f.pfGuest} guest #PF; ${f.exits} exits, ${f.tlbFlushes} TLB flushes`,
     `guest:     ${r.workload.passes} passes, ${r.workload.writes} writes, ${r.workload.remaps} remaps`,

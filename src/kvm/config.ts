@@ -1,4 +1,4 @@
-// A VM's configuration: MMU mode, sizes, the five guards and the indirect fast-path setting; validation with errors a user can act on.
+// A VM's configuration: MMU mode, sizes, the five guards, the indirect fast-path and page-marking settings; validation with errors a user can act on.
 
 import { KvmmuError } from '../shm/errors';
 
@@ -39,6 +39,16 @@ export const MMU_MODES: readonly MmuMode[] = ['direct', 'shadow'];
 export type IndirectFastPath = 'pin' | 'off' | 'unsafe';
 export const INDIRECT_FAST_PATH: readonly IndirectFastPath[] = ['pin', 'off', 'unsafe'];
 
+/**
+ * When KVM marks the host's page dirty and accessed. `spte` (2012 through
+ * 6.12, the default): from an SPTE's A/D bits when KVM clears or changes the
+ * SPTE, so a lost D bit is a lost write (the seed's race 3). `fault` (6.13 on):
+ * when a fault or a prefetch maps the page from a writable host mapping, under
+ * mmu_lock; SPTEs' A/D bits are no longer passed to the page.
+ */
+export type PageMarking = 'spte' | 'fault';
+export const PAGE_MARKING: readonly PageMarking[] = ['spte', 'fault'];
+
 export interface MemslotConfig {
   readonly baseGfn: number;
   readonly npages: number;
@@ -61,6 +71,7 @@ export interface VmConfig {
   /** The lockless fast page fault (KVM's fast_page_fault); off sends every fault to the slow path. */
   readonly fastPath: boolean;
   readonly indirectFastPath: IndirectFastPath;
+  readonly pageMarking: PageMarking;
 }
 
 /** What a user may set; everything else gets a default sized from it. */
@@ -77,6 +88,7 @@ export interface VmOptions {
   guards?: number;
   fastPath?: boolean;
   indirectFastPath?: IndirectFastPath;
+  pageMarking?: PageMarking;
 }
 
 export const MAX_VCPUS = 64;
@@ -116,6 +128,9 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
   const indirectFastPath = o.indirectFastPath ?? 'pin';
   if (!INDIRECT_FAST_PATH.includes(indirectFastPath))
     throw new KvmmuError(`unknown indirect fast-path setting '${String(indirectFastPath)}': use pin, off or unsafe`);
+  const pageMarking = o.pageMarking ?? 'spte';
+  if (!PAGE_MARKING.includes(pageMarking))
+    throw new KvmmuError(`unknown page-marking setting '${String(pageMarking)}': use spte or fault`);
   return {
     mode,
     vcpus,
@@ -127,6 +142,7 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
     guards: o.guards ?? ALL_GUARDS,
     fastPath: o.fastPath ?? true,
     indirectFastPath,
+    pageMarking,
   };
 }
 

@@ -221,6 +221,8 @@ export class Kvm {
   readonly guardAtomicVolatileClear: boolean;
   readonly guardNotifierRetry: boolean;
   readonly guardLocklessWalkSync: boolean;
+  /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
+  readonly marksAtFault: boolean;
 
   /** The vCPU this thread runs, or -1 (host, migration and test threads); a remote flush does not wait for itself. */
   selfVcpu = -1;
@@ -262,6 +264,7 @@ export class Kvm {
     this.guardAtomicVolatileClear = (g & GUARDS['atomic-volatile-clear']) !== 0;
     this.guardNotifierRetry = (g & GUARDS['notifier-retry']) !== 0;
     this.guardLocklessWalkSync = (g & GUARDS['lockless-walk-sync']) !== 0;
+    this.marksAtFault = config.pageMarking === 'fault';
 
     this.pages = new MmuPages(this);
     this.rmaps = new Rmaps(this);

@@ -307,7 +307,7 @@ export class Mmu implements GuestPtAccess {
     // The reference is dropped before mmu_lock is (KVM's kvm_mmu_finish_page_fault
     // runs before write_unlock; in 2012 mmu_set_spte's kvm_release_pfn_clean did).
     if (k.guardNotifierRetry && this.isPageFaultStale(mmuSeq, hvpn)) {
-      k.host.putPage(pfn);
+      k.host.putPage(pfn); // unused: not marked
       k.mem.unlock(k.mmuLock);
       this.waitForInvalidation();
       return RET_PF_RETRY;
@@ -317,10 +317,29 @@ export class Mmu implements GuestPtAccess {
       k.config.mode === 'direct'
         ? this.directMap(vcpu, gfn, pfn, hostWritable, write)
         : this.fetch(vcpu, gva, pfn, hostWritable, write);
-    k.host.putPage(pfn);
+    this.releaseFaultinPage(pfn, ret !== RET_PF_RETRY, hostWritable);
     k.mem.unlock(k.mmuLock);
     if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfSlow);
     return ret;
+  }
+
+  /**
+   * Drop a fault's (or a prefetch's) reference on `pfn`. With page marking at
+   * fault time (config.pageMarking `fault`, KVM since 6.13:
+   * kvm_release_faultin_page) a page the fault `used` is first marked accessed,
+   * and dirty if it came from a writable host mapping: KVM may make the SPTE
+   * writable later without telling the host (the fast path), so it marks the
+   * page when it could. Folios can only be marked safely under mmu_lock, which
+   * the caller holds. With `spte` marking the page is marked later, from the
+   * SPTE's A/D bits, so only the reference goes.
+   */
+  private releaseFaultinPage(pfn: number, used: boolean, hostWritable: boolean): void {
+    const k = this.kvm;
+    if (k.marksAtFault && used) {
+      if (hostWritable) k.host.setPfnDirty(pfn);
+      k.host.setPfnAccessed(pfn);
+    }
+    k.host.putPage(pfn);
   }
 
   /**
@@ -444,7 +463,8 @@ export class Mmu implements GuestPtAccess {
     const sp = k.pages.spOf(start);
     for (let i = 0; i < n; i++) {
       this.mmuSetSpte(sp, start + i, acc, gfn + i, pfns[i]!, true, false, true);
-      k.host.putPage(pfns[i]!);
+      // Prefetch pins only writable host pages (kvm_release_page_dirty in 6.13's kvm_mmu_prefetch_sptes).
+      this.releaseFaultinPage(pfns[i]!, true, true);
     }
     return n > 0;
   }
@@ -603,7 +623,7 @@ export class Mmu implements GuestPtAccess {
     const pfn = k.host.gupFast(k.gfnToHvpn(gfn), true);
     if (pfn < 0) return false;
     this.mmuSetSpte(sp, sptep, acc, gfn, pfn, true, false, true);
-    k.host.putPage(pfn);
+    this.releaseFaultinPage(pfn, true, true);
     return true;
   }
 

@@ -68,12 +68,13 @@ export class SpteUpdate {
     else old = k.mem.xchg64(sptep, newSpte);
     const pfn = spteToPfn(old);
     let flush = false;
+    // A/D cleared: flush so the processor sets them again; with `spte` page marking, tell the host too.
     if (isAccessedSpte(old) && !isAccessedSpte(newSpte)) {
-      k.host.setPfnAccessed(pfn);
+      if (!k.marksAtFault) k.host.setPfnAccessed(pfn);
       flush = true;
     }
     if (isDirtySpte(old) && !isDirtySpte(newSpte)) {
-      k.host.setPfnDirty(pfn);
+      if (!k.marksAtFault) k.host.setPfnDirty(pfn);
       flush = true;
     }
     if (!k.guardFlushMmuWritable) return flush || (isWritablePte(read) && !isWritablePte(newSpte));
@@ -107,7 +108,7 @@ export class SpteUpdate {
     if (!spteHasVolatileBits(old, k.guardAtomicVolatileClear)) k.mem.store64(sptep, 0n);
     else old = k.mem.xchg64(sptep, 0n);
     k.pages.clearPresent(sptep);
-    if (!isShadowPresentPte(old)) return old;
+    if (!isShadowPresentPte(old) || k.marksAtFault) return old;
     const pfn = spteToPfn(old);
     if (isAccessedSpte(old)) k.host.setPfnAccessed(pfn);
     if (isDirtySpte(old)) k.host.setPfnDirty(pfn);
@@ -250,7 +251,8 @@ export class SpteUpdate {
         const old = k.mem.cmpxchg64(sptep, spte, clearBits(spte, SPTE_ACCESSED_MASK));
         if (old === spte) {
           young = true;
-          k.host.setPfnAccessed(spteToPfn(spte));
+          // Since 6.13 the answer (young) is all the host gets.
+          if (!k.marksAtFault) k.host.setPfnAccessed(spteToPfn(spte));
           break;
         }
         spte = old;

@@ -5,7 +5,7 @@ import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import { fmtBytes } from '../shm/layout';
 import { HOST_STAT, type Host } from '../host/host';
-import { resolveConfig, guardsOff, type IndirectFastPath, type MmuMode, type VmConfig } from '../kvm/config';
+import { resolveConfig, guardsOff, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
 import { KVM_STAT, MODE_NAMES, VCPU_MODE, VCPU_REQUESTS, VCPU_STAT, type Kvm } from '../kvm/kvm';
 import { createMachineFrom, openKvm } from '../vcpu/machine';
 import { GuestPageTables, tablePagesFor } from '../vcpu/guest-pt';
@@ -33,6 +33,7 @@ export interface RunOptions {
   readonly guards: number;
   readonly fastPath?: boolean;
   readonly indirectFastPath?: IndirectFastPath;
+  readonly pageMarking?: PageMarking;
   readonly seed?: number;
   /** Called about twice a second during the timed phase. */
   readonly onProgress?: (p: RunProgress) => void;
@@ -52,6 +53,7 @@ export interface RunReport {
   readonly vcpus: number;
   readonly memBytes: number;
   readonly guardsOff: string[];
+  readonly pageMarking: PageMarking;
   readonly wallSeconds: number;
   readonly faults: Record<keyof typeof VCPU_STAT, number>;
   readonly host: Record<keyof typeof HOST_STAT, number>;
@@ -76,6 +78,7 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
     guards: o.guards,
     fastPath: o.fastPath,
     indirectFastPath: o.indirectFastPath,
+    pageMarking: o.pageMarking,
   });
   const totalPagesWanted = o.memBytes / 4096;
   const tablePages = o.mode === 'shadow' ? tablePagesFor(totalPagesWanted) : 0;
@@ -202,6 +205,7 @@ function buildReport(
     vcpus: o.vcpus,
     memBytes: o.memBytes,
     guardsOff: guardsOff(o.guards),
+    pageMarking: o.pageMarking ?? 'spte',
     wallSeconds: wallMs / 1000,
     faults,
     host,

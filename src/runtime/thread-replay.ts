@@ -79,7 +79,7 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
   const spec = findNormalScenario(replay.scenario);
   let guards = ALL_GUARDS;
   for (const g of replay.guardsOff) guards &= ~GUARDS[g];
-  const ctx = contextFor(spec, { mode: replay.mode, guards, indirectFastPath: replay.indirectFastPath });
+  const ctx = contextFor(spec, { mode: replay.mode, guards, indirectFastPath: replay.indirectFastPath, pageMarking: replay.pageMarking });
   const machine = createScenarioMachine(spec, ctx);
   const setupVm = new ScenarioVm(machine, threadMem(machine, -1));
   setupVm.setupPhase = true;

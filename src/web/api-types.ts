@@ -27,6 +27,7 @@ export interface ScenarioList {
   readonly guards: { readonly name: string; readonly protectsAgainst: string }[];
   readonly modes: string[];
   readonly indirectFastPath: string[];
+  readonly pageMarking: string[];
   readonly strategies: string[];
 }
 
@@ -39,6 +40,8 @@ export interface SettingsRequest {
   readonly mode?: string;
   /** Default: pin. */
   readonly indirectFastPath?: string;
+  /** When KVM marks host pages dirty: spte (default) or fault. */
+  readonly pageMarking?: string;
 }
 
 /** POST /api/check → CheckReport */
@@ -72,6 +75,7 @@ export interface StepResponse extends PrefixResult {
   readonly mode: string | null;
   readonly guardsOff: string[];
   readonly indirectFastPath: string;
+  readonly pageMarking: string;
   readonly schedule: number[];
   /** The replay string for this schedule (`kvmmu check --replay` takes it). */
   readonly replay: string;

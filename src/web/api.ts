@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KvmmuError } from '../shm/errors';
-import { GUARD_HELP, GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, type GuardName, type IndirectFastPath, type MmuMode } from '../kvm/config';
+import { GUARD_HELP, GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import type { CheckOptions } from '../check/check';
 import type { GenScenarioModule } from '../check/engine';
 import { STRATEGIES, type Strategy } from '../check/explore';
@@ -58,6 +58,7 @@ export function listScenarios(catalog: ScenarioCatalog): ScenarioList {
     guards: GUARD_NAMES.map((name) => ({ name, protectsAgainst: GUARD_HELP[name] })),
     modes: [...MMU_MODES],
     indirectFastPath: [...INDIRECT_FAST_PATH],
+    pageMarking: [...PAGE_MARKING],
     strategies: [...STRATEGIES],
   };
 }
@@ -120,6 +121,12 @@ function indirectOf(v: string | undefined): IndirectFastPath | undefined {
   return v as IndirectFastPath;
 }
 
+function markingOf(v: string | undefined): PageMarking | undefined {
+  if (v === undefined) return undefined;
+  if (!PAGE_MARKING.includes(v as PageMarking)) throw bad(`unknown page-marking setting '${v}': the settings are ${PAGE_MARKING.join(', ')}`);
+  return v as PageMarking;
+}
+
 function scheduleOf(v: unknown): number[] {
   if (v === undefined || v === null) return [];
   let s: number[];
@@ -146,7 +153,7 @@ export interface CheckJob {
   readonly options: Omit<CheckOptions, 'onProgress' | 'now'>;
 }
 
-const CHECK_FIELDS = ['scenario', 'guardsOff', 'mode', 'indirectFastPath', 'strategy', 'preemptions', 'executions', 'seconds', 'seed'];
+const CHECK_FIELDS = ['scenario', 'guardsOff', 'mode', 'indirectFastPath', 'pageMarking', 'strategy', 'preemptions', 'executions', 'seconds', 'seed'];
 
 /** Validate POST /api/check's body. */
 export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
@@ -154,7 +161,12 @@ export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
   allowOnly(body, CHECK_FIELDS);
   const req = body as Partial<CheckRequest>;
   const spec = scenarioOf(catalog, str(body, 'scenario'));
-  const ctx = contextOf(spec, { mode: modeOf(spec, str(body, 'mode')), guardsOff: guardsOffOf(req.guardsOff), indirectFastPath: indirectOf(str(body, 'indirectFastPath')) });
+  const ctx = contextOf(spec, {
+    mode: modeOf(spec, str(body, 'mode')),
+    guardsOff: guardsOffOf(req.guardsOff),
+    indirectFastPath: indirectOf(str(body, 'indirectFastPath')),
+    pageMarking: markingOf(str(body, 'pageMarking')),
+  });
   const strategy = str(body, 'strategy');
   if (strategy !== undefined && !STRATEGIES.includes(strategy as Strategy)) throw bad(`unknown strategy '${strategy}': the strategies are ${STRATEGIES.join(', ')}`);
   const seconds = body.seconds;
@@ -166,6 +178,7 @@ export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
       mode: ctx.mode,
       guards: ctx.guards,
       indirectFastPath: ctx.indirectFastPath,
+      pageMarking: ctx.pageMarking,
       strategy: (strategy as Strategy | undefined) ?? 'dpor',
       preemptions: int(body, 'preemptions', 0, 1000),
       executions: int(body, 'executions', 1, 100_000_000),
@@ -175,7 +188,7 @@ export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
   };
 }
 
-const STEP_FIELDS = ['scenario', 'guardsOff', 'mode', 'indirectFastPath', 'replay', 'schedule', 'peek'];
+const STEP_FIELDS = ['scenario', 'guardsOff', 'mode', 'indirectFastPath', 'pageMarking', 'replay', 'schedule', 'peek'];
 
 interface StepJob {
   readonly spec: ScenarioSpec;
@@ -192,7 +205,7 @@ function stepJobOf(catalog: ScenarioCatalog, body: unknown): StepJob {
   if (peek !== undefined && typeof peek !== 'boolean') throw bad("'peek' must be true or false");
   const replay = str(body, 'replay');
   if (replay !== undefined) {
-    for (const k of ['guardsOff', 'mode', 'indirectFastPath', 'schedule'])
+    for (const k of ['guardsOff', 'mode', 'indirectFastPath', 'pageMarking', 'schedule'])
       if (body[k] !== undefined) throw bad(`give a replay string or '${k}', not both: the replay string names the settings and the schedule`);
     let r;
     try {
@@ -205,13 +218,18 @@ function stepJobOf(catalog: ScenarioCatalog, body: unknown): StepJob {
     if (scenario !== undefined && scenario !== r.scenario) throw bad(`the replay string is for scenario ${r.scenario}, not ${scenario}`);
     const spec = scenarioOf(catalog, r.scenario);
     const guardsOff = guardsOffOf(r.guardsOff);
-    const ctx = contextOf(spec, { mode: modeOf(spec, r.mode), guardsOff, indirectFastPath: r.indirectFastPath });
+    const ctx = contextOf(spec, { mode: modeOf(spec, r.mode), guardsOff, indirectFastPath: r.indirectFastPath, pageMarking: r.pageMarking });
     if (r.schedule.length > MAX_SCHEDULE) throw bad(`the schedule has ${r.schedule.length} steps; at most ${MAX_SCHEDULE}`);
     return { spec, ctx, guardsOff, schedule: [...r.schedule], peek: peek === true };
   }
   const spec = scenarioOf(catalog, str(body, 'scenario'));
   const guardsOff = guardsOffOf(body.guardsOff);
-  const ctx = contextOf(spec, { mode: modeOf(spec, str(body, 'mode')), guardsOff, indirectFastPath: indirectOf(str(body, 'indirectFastPath')) });
+  const ctx = contextOf(spec, {
+    mode: modeOf(spec, str(body, 'mode')),
+    guardsOff,
+    indirectFastPath: indirectOf(str(body, 'indirectFastPath')),
+    pageMarking: markingOf(str(body, 'pageMarking')),
+  });
   return { spec, ctx, guardsOff, schedule: scheduleOf(body.schedule), peek: peek === true };
 }
 
@@ -237,8 +255,9 @@ export function step(gen: GenScenarioModule, catalog: ScenarioCatalog, body: unk
     mode: vm ? ctx.mode : null,
     guardsOff: job.guardsOff,
     indirectFastPath: ctx.indirectFastPath,
+    pageMarking: ctx.pageMarking ?? 'spte',
     schedule,
-    replay: encodeReplay({ scenario: spec.name, mode: ctx.mode, guardsOff: job.guardsOff, indirectFastPath: ctx.indirectFastPath, schedule }),
+    replay: encodeReplay({ scenario: spec.name, mode: ctx.mode, guardsOff: job.guardsOff, indirectFastPath: ctx.indirectFastPath, pageMarking: ctx.pageMarking, schedule }),
     ...prefix,
     ...(next === undefined ? {} : { next }),
   };

@@ -2,9 +2,9 @@
 //
 // API (every answer is JSON; a bad request gets a 4xx and {"error": "..."}):
 //   GET  /api/scenarios        scenarios, guards, modes, strategies
-//   POST /api/check            {scenario, guardsOff?, mode?, indirectFastPath?, strategy?, preemptions?, executions?, seconds?, seed?}
+//   POST /api/check            {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, strategy?, preemptions?, executions?, seconds?, seed?}
 //                              → the checker's CheckReport (run in a worker thread)
-//   POST /api/replay (/api/step) {replay} or {scenario, guardsOff?, mode?, indirectFastPath?, schedule?, peek?}
+//   POST /api/replay (/api/step) {replay} or {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, schedule?, peek?}
 //                              → runPrefix's result: rows, the state before and after every step, enabled threads, violation
 //   GET  /api/bench            dirty-log.json and scale.json from the --bench directory
 //

@@ -41,15 +41,15 @@ function assertMachine(m: unknown): void {
   assert.match(m.node as string, /^v\d+\./);
 }
 
-test('bench dirty-log --fast-path both --clear --json on a tiny VM prints the documented schema and writes the same JSON and a self-contained chart to --out', () => {
+test('bench dirty-log --fast-path both --clear --page-marking fault --json on a tiny VM prints the documented schema and writes the same JSON and a self-contained chart to --out', () => {
   const out = tmpDir();
-  const r = kvmmu('bench', 'dirty-log', '-v', '2', '-b', '256K', '-i', '3', '--fast-path', 'both', '--clear', '--json', '--out', out);
+  const r = kvmmu('bench', 'dirty-log', '-v', '2', '-b', '256K', '-i', '3', '--fast-path', 'both', '--clear', '--page-marking', 'fault', '--json', '--out', out);
   assert.equal(r.code, 0, r.stderr + r.stdout);
   const j = JSON.parse(r.stdout) as Record<string, unknown>;
   assertKeys(j, ['kind', 'version', 'config', 'runs', 'ratio', 'floor', 'bookkeeping', 'machine'], 'dirty-log');
   assert.equal(j.kind, 'dirty-log');
   assert.equal(j.version, 1);
-  assert.deepEqual(j.config, { vcpus: 2, bytesPerVcpu: 256 * 1024, iterations: 3, mode: 'direct', fastPath: 'both', clearDirtyLog: true });
+  assert.deepEqual(j.config, { vcpus: 2, bytesPerVcpu: 256 * 1024, iterations: 3, mode: 'direct', fastPath: 'both', clearDirtyLog: true, pageMarking: 'fault' });
 
   const runs = j.runs as unknown[];
   assert.equal(runs.length, 2);
@@ -127,7 +127,7 @@ test('bench scale --json over 1..2 vCPUs prints the documented schema and writes
   assertKeys(j, ['kind', 'version', 'config', 'points', 'machine'], 'scale');
   assert.equal(j.kind, 'scale');
   assert.equal(j.version, 1);
-  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, mode: 'direct' });
+  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, mode: 'direct', pageMarking: 'spte' });
   const points = j.points as Record<string, unknown>[];
   assert.deepEqual(
     points.map((p) => [p.vcpus, p.fastPath]),
@@ -153,9 +153,10 @@ test('bench scale --json over 1..2 vCPUs prints the documented schema and writes
 });
 
 test('the text report prints the selftest phases, fault counts, the floor and the bookkeeping share', () => {
-  const r = kvmmu('bench', 'dirty-log', '-b', '64K', '-i', '2', '--fast-path', 'both', '--mode', 'shadow');
+  const r = kvmmu('bench', 'dirty-log', '-b', '64K', '-i', '2', '--fast-path', 'both', '--mode', 'shadow', '--page-marking', 'fault');
   assert.equal(r.code, 0, r.stderr + r.stdout);
   for (const line of [
+    /^kvmmu bench dirty-log: shadow mode, .*, fast path both, pages marked dirty at fault time \(KVM 6\.13 on\)$/m,
     /^Populate memory time: \d+\.\d+s$/m,
     /^Enabling dirty logging time: /m,
     /^Iteration 2 dirty memory time: /m,
@@ -205,6 +206,7 @@ for (const [args, pattern] of [
   [['-v', 'two'], /-v must be an integer/],
   [['--mode', 'nested'], /Allowed choices are direct, shadow/],
   [['--fast-path', 'maybe'], /Allowed choices are on, off, both/],
+  [['--page-marking', 'sometimes'], /Allowed choices are spte, fault/],
   [['-v', '2', '-b', '3G'], /does not fit/],
 ] as const) {
   test(`'kvmmu bench dirty-log ${args.join(' ')}' is a usage error: exit 2, one error line, nothing written`, () => {

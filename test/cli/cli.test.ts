@@ -20,6 +20,7 @@ for (const [args, pattern] of [
   [['run', '--mem', 'lots'], /bad size 'lots'/],
   [['run', '--seconds', '0'], /--seconds must be a number above 0/],
   [['run', '--no-such-flag'], /unknown option '--no-such-flag'/],
+  [['run', '--page-marking', 'later'], /Allowed choices are spte, fault/],
   [['frobnicate'], /unknown command 'frobnicate'/],
 ] as const) {
   test(`'kvmmu ${args.join(' ')}' is a usage error: exit 2, one error line`, () => {
@@ -82,6 +83,18 @@ test("'kvmmu check' exits 1 with a replayable counterexample when a guard is off
   assert.match(on.stdout, /no violation: every schedule was explored \(exhaustive\)/);
 });
 
+test("'kvmmu check --page-marking fault': the lost Dirty bit loses no data, so dirty-bit-loss is clean with its guard off; the JSON and text name the setting", () => {
+  const r = kvmmu('check', '--scenario', 'dirty-bit-loss', '--guard', 'atomic-volatile-clear=off', '--page-marking', 'fault', '--json');
+  assert.equal(r.code, 0, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as { pageMarking: string; complete: boolean; violation: unknown };
+  assert.deepEqual([j.pageMarking, j.complete, j.violation], ['fault', true, null]);
+  const text = kvmmu('check', '--scenario', 'dirty-bit-loss', '--guard', 'atomic-volatile-clear=off', '--page-marking', 'fault');
+  assert.match(text.stdout, /guards off: atomic-volatile-clear, pages marked dirty at fault time \(KVM 6\.13 on\)/);
+  const run = kvmmu('run', '--vcpus', '1', '--mem', '1M', '--seconds', '0.5', '--page-marking', 'fault', '--json');
+  assert.equal(run.code, 0, run.stderr + run.stdout);
+  assert.equal((JSON.parse(run.stdout) as { pageMarking: string }).pageMarking, 'fault');
+});
+
 test("'kvmmu check' usage errors: nothing to check, an unknown scenario, a malformed replay string", () => {
   for (const [args, pattern] of [
     [['check'], /say what to check/],
@@ -89,6 +102,7 @@ test("'kvmmu check' usage errors: nothing to check, an unknown scenario, a malfo
     [['check', '--replay', 'x:y'], /malformed replay string/],
     [['check', '--scenario', 'wp-tlb-flush', '--mode', 'direct'], /runs in shadow mode, not direct/],
     [['check', '--scenario', 'lost-update', '--strategy', 'bfs'], /Allowed choices are dpor, dfs, random, pct/],
+    [['check', '--replay', 'notifier-race:direct:notifier-retry:pin:0', '--page-marking', 'fault'], /--page-marking fault does not match the replay string's spte/],
   ] as const) {
     const r = kvmmu(...args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);

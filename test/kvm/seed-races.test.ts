@@ -6,7 +6,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ALL_GUARDS, GUARDS, type IndirectFastPath } from '../../src/kvm/config';
+import { ALL_GUARDS, GUARDS, type IndirectFastPath, type PageMarking } from '../../src/kvm/config';
 import { KVM_REQ_TLB_FLUSH, MMU_SEQ, READING_SHADOW_PAGE_TABLES, VCPU_MODE, VCPU_REQUESTS } from '../../src/kvm/kvm';
 import { isWritablePte, spteToPfn } from '../../src/x86/spte';
 import { readTlb } from '../../src/vcpu/vcpu';
@@ -150,8 +150,8 @@ test('write-protection flushes for an MMU-writable SPTE: no stale writable entry
 
 // ---- 3) Dirty bit tracking: a non-atomic clear loses D (guard atomic-volatile-clear) ----
 
-function dirtyBitRace(guards: number) {
-  const vm = makeVm({ mode: 'direct', vcpus: 1, dataPages: 64, swapSlots: 64, guards });
+function dirtyBitRace(guards: number, pageMarking: PageMarking = 'spte') {
+  const vm = makeVm({ mode: 'direct', vcpus: 1, dataPages: 64, swapSlots: 64, guards, pageMarking });
   const v0 = vm.vcpus[0]!;
   const k = vm.host;
   const X = 3;
@@ -179,6 +179,10 @@ test('clearing a read-only accessed SPTE with a plain store loses the Dirty bit 
 
 test('clearing an MMU-writable SPTE with xchg keeps the Dirty bit: the page is written back', () => {
   assert.equal(dirtyBitRace(ALL_GUARDS), 2n);
+});
+
+test('since 6.13 (pages marked dirty at fault time) the plain-store clear still drops the D bit, but no data: the read fault already marked the page', () => {
+  assert.equal(dirtyBitRace(without('atomic-volatile-clear'), 'fault'), 2n);
 });
 
 // ---- the MMU-notifier sequence (guard notifier-retry) ----

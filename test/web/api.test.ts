@@ -103,6 +103,16 @@ test('a step request runs a schedule prefix and says which threads can run next 
   assert.equal(s2.rows[3]!.thread, 1);
   assert.equal(s2.preemptions, 1);
   assert.equal(s2.replay, 'dirty-bit-loss:direct:atomic-volatile-clear:pin:0*3,1');
+  assert.equal(s2.pageMarking, 'spte');
+  // Page marking at fault time (KVM 6.13 on) is named in the replay string, and a replay string carries it back.
+  const r3 = await post(base, '/api/step', { scenario: 'dirty-bit-loss', guardsOff: OFF, pageMarking: 'fault', schedule: '0*3,1' });
+  assert.equal(r3.status, 200, r3.body);
+  const s3 = r3.json<StepResponse>();
+  assert.equal(s3.pageMarking, 'fault');
+  assert.equal(s3.replay, 'dirty-bit-loss:direct:atomic-volatile-clear:pin:fault:0*3,1');
+  const r4 = await post(base, '/api/replay', { replay: s3.replay });
+  assert.equal(r4.status, 200, r4.body);
+  assert.equal(r4.json<StepResponse>().pageMarking, 'fault');
 });
 
 const BAD: [string, string, unknown, number, RegExp][] = [
@@ -111,6 +121,8 @@ const BAD: [string, string, unknown, number, RegExp][] = [
   ['an unknown guard', '/api/check', { scenario: 'dirty-bit-loss', guardsOff: ['no-such-guard'] }, 400, /unknown guard 'no-such-guard'/],
   ['a mode the scenario does not run in', '/api/check', { scenario: 'wp-tlb-flush', mode: 'direct' }, 400, /runs in shadow mode, not direct/],
   ['an unknown strategy', '/api/check', { scenario: 'dirty-bit-loss', strategy: 'guess' }, 400, /unknown strategy 'guess'/],
+  ['an unknown page-marking setting', '/api/check', { scenario: 'dirty-bit-loss', pageMarking: 'later' }, 400, /unknown page-marking setting 'later'/],
+  ['a replay string and a page-marking setting', '/api/replay', { replay: 'dirty-bit-loss:direct:none:pin:0', pageMarking: 'fault' }, 400, /give a replay string or 'pageMarking'/],
   ['an unknown field', '/api/check', { scenario: 'dirty-bit-loss', guards: [] }, 400, /unknown field 'guards'/],
   ['a malformed schedule string', '/api/replay', { scenario: 'dirty-bit-loss', schedule: '0*x' }, 400, /malformed schedule/],
   ['a schedule that is not thread indices', '/api/replay', { scenario: 'dirty-bit-loss', schedule: [0, 'a'] }, 400, /malformed schedule: step 2/],

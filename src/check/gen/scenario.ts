@@ -12,7 +12,7 @@ import { Mem } from '../../shm/access';
 import { KvmmuError } from '../../shm/errors';
 import { LayoutBuilder, createShm, type Shm } from '../../shm/layout';
 import type { Host } from '../../host/host';
-import { resolveConfig, type GuardName, type IndirectFastPath, type MmuMode, type VmConfig, type VmOptions } from '../../kvm/config';
+import { resolveConfig, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig, type VmOptions } from '../../kvm/config';
 import { Kvm } from '../../kvm/kvm';
 import { createMachineFrom } from '../../vcpu/machine';
 import { GuestPageTables } from '../../vcpu/guest-pt';
@@ -27,6 +27,8 @@ export interface ScenarioContext {
   readonly mode: MmuMode;
   readonly guards: number;
   readonly indirectFastPath: IndirectFastPath;
+  /** When KVM marks host pages dirty (default `spte`, the seed's era). */
+  readonly pageMarking?: PageMarking;
 }
 
 export interface ScenarioSpec<D = unknown> {
@@ -65,7 +67,7 @@ export function createScenarioMachine(spec: ScenarioSpec, ctx: ScenarioContext):
   if (spec.modes !== undefined && !spec.modes.includes(ctx.mode))
     throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${ctx.mode}`);
   if (spec.machine !== undefined) {
-    const config = resolveConfig({ mode: ctx.mode, indirectFastPath: ctx.indirectFastPath, ...spec.machine(ctx), guards: ctx.guards });
+    const config = resolveConfig({ mode: ctx.mode, indirectFastPath: ctx.indirectFastPath, pageMarking: ctx.pageMarking, ...spec.machine(ctx), guards: ctx.guards });
     return { shm: createMachineFrom(config).shm, config };
   }
   const b = new LayoutBuilder();
