@@ -46,8 +46,9 @@ export class SpteUpdate {
 
   /**
    * KVM's mmu_spte_update: change a present SPTE to `newSpte` (same pfn),
-   * atomically if it has volatile bits. Tells the host about A/D bits the old
-   * value carried and the new one drops.
+   * atomically if it has volatile bits. With `spte` page marking (KVM up to
+   * 6.12), tells the host about A/D bits the old value carried and the new one
+   * drops; since 6.13 (`fault`) the host was told at the fault.
    *
    * Returns whether a TLB flush is needed. With `flush-mmu-writable` on (KVM
    * since v5 of the seed's series): when the old value — as exchanged, so a W set
@@ -84,8 +85,9 @@ export class SpteUpdate {
   }
 
   /**
-   * KVM's mmu_spte_clear_track_bits: clear a leaf SPTE and report its A/D bits
-   * to the host (kvm_set_pfn_accessed / kvm_set_pfn_dirty) from the old value.
+   * KVM's mmu_spte_clear_track_bits: clear a leaf SPTE and, with `spte` page
+   * marking (KVM up to 6.12), report its A/D bits to the host
+   * (kvm_set_pfn_accessed / kvm_set_pfn_dirty) from the old value.
    *
    * Race (seed 3, guard `atomic-volatile-clear`): with the guard off an SPTE that
    * is read-only with A set looks stable and is cleared with a plain store. But
@@ -99,7 +101,9 @@ export class SpteUpdate {
    *    old.D == 0: frame not marked dirty    -> the write is lost at swap-out
    *
    * With the guard on, an MMU-writable SPTE counts as volatile and is cleared
-   * with xchg, which returns the D bit the guest set.
+   * with xchg, which returns the D bit the guest set. With `fault` page marking
+   * (KVM since 6.13) the D bit is still lost but nothing depends on it: the
+   * fault that made the SPTE MMU-writable marked the frame dirty.
    * Contract: mmu_lock held. Returns the old value.
    */
   mmuSpteClearTrackBits(sptep: number): bigint {
