@@ -10,7 +10,8 @@ export const dirtyBitLoss = defineScenario({
   description:
     'A read-only, accessed, MMU-writable SPTE (write-protected for dirty logging) is cleared by a swap-out while the ' +
     "fast path makes it writable and the guest's write sets its Dirty bit. A plain store in the clear loses that D bit: " +
-    'swap-out skips the write-back and the write is gone.',
+    'swap-out skips the write-back and the write is gone. (With page marking at fault time, KVM since 6.13, the ' +
+    'fault already marked the page dirty and nothing is lost.)',
   guard: 'atomic-volatile-clear',
   modes: ['direct', 'shadow'],
   machine: () => tinyVm(1, { swapSlots: 4 }),
