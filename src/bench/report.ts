@@ -47,7 +47,8 @@ function runBlock(r: DirtyLogRun, clear: boolean): string[] {
     const clearTotal = p.iterations.reduce((a, it) => a + (it.clearSeconds ?? 0), 0);
     lines.push(`Clear dirty log over ${n} iterations took ${secs(clearTotal)}. (Avg ${secs(clearTotal / n)}/iteration)`);
   }
-  const waited = r.faults.lockContended === undefined ? '' : ` (${r.faults.lockContended} found mmu_lock taken)`;
+  const c = r.faults.lockContended;
+  const waited = c === undefined ? '' : ` (${c} found mmu_lock taken${r.faults.slow > 0 ? `: ${((100 * c) / r.faults.slow).toFixed(1)}%` : ''})`;
   lines.push(
     `Faults: ${r.faults.fast} fast, ${r.faults.slow} slow${waited}, ${r.faults.spurious} spurious (all vCPUs, populate included)`,
   );

@@ -162,7 +162,7 @@ test('the text report prints the selftest phases, fault counts, the floor and th
     /^Iteration 2 dirty memory time: /m,
     /^Iteration 2 get dirty log time: /m,
     /^Disabling dirty logging time: /m,
-    /^Faults: \d+ fast, \d+ slow \(\d+ found mmu_lock taken\), \d+ spurious/m,
+    /^Faults: \d+ fast, \d+ slow \(\d+ found mmu_lock taken: \d+\.\d%\), \d+ spurious/m,
     /fast path off \/ on .*min [\d.]+x, median [\d.]+x, max [\d.]+x/,
     /^floor: .* ns$/m,
     /^fast fault: .*shadow mode.* = [\d.]+x the floor$/m,
