@@ -46,6 +46,15 @@ export const FRAME_ACCESSED = 1 << 1;
 /** A KSM-merged frame: shared read-only by several mappings; a write breaks it (copy on write). */
 export const FRAME_KSM = 1 << 2;
 export const FRAME_FREE = 1 << 3;
+/**
+ * PG_referenced as GUP-fast sets it on every page it pins (2012's
+ * SetPageReferenced, today's folio_set_referenced): one atomic on the flags
+ * word, paid on each pin. The host has no LRU to read it. Kept apart from
+ * FRAME_ACCESSED, which records what KVM reported (kvm_set_pfn_accessed), so
+ * that tests can tell KVM's reports from GUP's marks; in Linux both end in the
+ * page's LRU state.
+ */
+export const FRAME_REFERENCED = 1 << 4;
 
 export const MAP_PRESENT = 1 << 0;
 export const MAP_WRITABLE = 1 << 1;
@@ -288,7 +297,8 @@ export class Host {
    * gfn_to_pfn_atomic): walk the page table to the PTE, fail (-1) if the page
    * is not present, or not writable for a write; take a reference with
    * get-unless-zero, then re-read the PTE: if it moved meanwhile, drop the
-   * reference and fail.
+   * reference and fail; else mark the page referenced, as Linux's GUP-fast
+   * does after the same re-check.
    */
   gupFast(hvpn: number, write: boolean): number {
     const ptep = this.ptep(hvpn);
@@ -301,6 +311,7 @@ export class Host {
       this.putPage(pfn);
       return -1;
     }
+    this.mem.or32(this.frames + pfn * FRAME_WORDS + FR_FLAGS, FRAME_REFERENCED);
     this.lastWritable = (w & MAP_WRITABLE) !== 0;
     return pfn;
   }
