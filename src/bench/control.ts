@@ -4,9 +4,11 @@
 //   [CMD]          host -> vCPUs: the pass to run (0 populates, 1.. are dirty-log iterations), or CMD_EXIT
 //   [DONE]         vCPUs -> host: how many vCPUs finished the pass in CMD (the host zeroes it before each pass)
 //   [FAIL]         a vCPU worker threw: 1 (the host stops waiting and reports the worker's error)
+//   [FAST_PATH]    host -> vCPUs: 1 if the pass in CMD tries the fast path first, 0 if every fault takes
+//                  the slow path (stored before CMD; each vCPU sets its thread's switch from it)
 //   [LAST + v]     vCPU v's last completed pass (as the selftest's vcpu_last_completed_iteration)
 //
-// The host stores DONE = 0, then CMD, then notifies CMD; each vCPU waits while
+// The host stores DONE = 0 and FAST_PATH, then CMD, then notifies CMD; each vCPU waits while
 // CMD equals the pass it last ran, runs the new pass, stores LAST + v, adds 1 to
 // DONE and notifies DONE. The host sleeps on DONE (Atomics.waitAsync, so worker
 // errors still reach it) until DONE equals the number of vCPUs: the pass's time
@@ -15,6 +17,7 @@
 export const CMD = 0;
 export const DONE = 1;
 export const FAIL = 2;
+export const FAST_PATH = 3;
 export const LAST = 8;
 export const CMD_EXIT = -1;
 /** CMD before the first pass: no pass has been asked for yet. */

@@ -1,14 +1,13 @@
-// `kvmmu bench dirty-log`: KVM's dirty_log_perf_test on real threads — populate, enable dirty logging, dirty / get / clear per iteration, disable — fast path on, off, or both alternating.
+// `kvmmu bench dirty-log`: KVM's dirty_log_perf_test on real threads — populate, enable dirty logging, dirty / get / clear per iteration, disable — fast path on, off, or both alternating on one VM.
 
 import * as os from 'node:os';
 import { summarize } from './stats';
 import { measureFloorAndFastFault, type FloorResult } from './floor';
 import { resolveDirtyLog, type DirtyLogConfig } from './options';
 import { BenchVm } from './vm';
-import type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult, Summary } from './results';
+import type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult, FaultCounts, Summary } from './results';
 
 export type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult };
-
 
 /** The result plus what only the text report shows. */
 export interface DirtyLogOutcome {
@@ -29,12 +28,22 @@ export function machineInfo(): MachineInfo {
   return { cpus: os.availableParallelism(), node: process.version };
 }
 
+/**
+ * KVM's dirty_log_perf_test on one VM: populate, enable dirty logging, then
+ * `iterations` rounds of dirty memory + get (+ clear) dirty log, then disable.
+ * With `--fast-path both` each round runs that iteration twice on the same VM,
+ * once per way: the vCPUs switch the fast path between passes, and which way
+ * goes first alternates from round to round. Both ways so fault on the same
+ * frames, SPTEs and memory, and each pair of passes runs side by side in time;
+ * with a VM per way, where each VM's memory happened to lie moved its times
+ * more from run to run than the fast path's whole effect does.
+ */
 export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgress?: ProgressFn): Promise<DirtyLogOutcome> {
   const c = resolveDirtyLog(options);
   const t0 = performance.now();
   const loadAverage = os.loadavg()[0]!;
   const ways = c.fastPath === 'both' ? [true, false] : [c.fastPath === 'on'];
-  const total = ways.length * (4 + c.iterations) + 1;
+  const total = 4 + ways.length * c.iterations + 1;
   let done = 0;
   const step = (what: string): void => {
     done++;
@@ -42,83 +51,61 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
   };
   onProgress?.(0, total, 'starting vCPUs');
 
-  const vms: BenchVm[] = [];
+  let vm: BenchVm | null = null;
   try {
-    for (const fast of ways) {
-      vms.push(await BenchVm.start({ mode: c.mode, vcpus: c.vcpus, bytesPerVcpu: c.bytesPerVcpu, fastPath: fast, pageMarking: c.pageMarking }));
-      step(`fast path ${fast ? 'on' : 'off'}: vCPUs ready`);
-    }
-    const runs = vms.map((vm) => ({
-      vm,
-      populateSeconds: 0,
-      enableSeconds: 0,
-      disableSeconds: 0,
-      iterations: [] as IterationTimes[],
-    }));
-    // Each phase runs on every VM before the next phase starts, and the order flips every
-    // iteration, so drift on the machine (other load, frequency) falls on both ways alike.
-    for (const r of runs) {
-      r.populateSeconds = await r.vm.runPass();
-      step('populate memory');
-    }
-    for (const r of runs) {
-      const t = performance.now();
-      r.vm.kvm.dirtyLog.enable(0, c.clearDirtyLog);
-      r.enableSeconds = (performance.now() - t) / 1000;
-      step('enable dirty logging');
-    }
+    vm = await BenchVm.start({ mode: c.mode, vcpus: c.vcpus, bytesPerVcpu: c.bytesPerVcpu, fastPath: ways[0]!, pageMarking: c.pageMarking });
+    step('vCPUs ready');
+    const log = vm.kvm.dirtyLog;
+    let before = vm.faults();
+    const populateSeconds = await vm.runPass();
+    const populateFaults = subtractFaults(vm.faults(), before);
+    step('populate memory');
+    let t = performance.now();
+    log.enable(0, c.clearDirtyLog);
+    const enableSeconds = (performance.now() - t) / 1000;
+    step('enable dirty logging');
+    const runs = ways.map((fastPath) => ({ fastPath, iterations: [] as IterationTimes[], faults: ZERO_FAULTS }));
     for (let it = 1; it <= c.iterations; it++) {
       const order = it % 2 === 1 ? runs : [...runs].reverse();
       for (const r of order) {
-        r.iterations.push(await iteration(r.vm, it, c.clearDirtyLog));
-        step(`iteration ${it}`);
+        before = vm.faults();
+        r.iterations.push(await iteration(vm, it, r.fastPath, c.clearDirtyLog));
+        r.faults = addFaults(r.faults, subtractFaults(vm.faults(), before));
+        step(`iteration ${it}, fast path ${r.fastPath ? 'on' : 'off'}`);
       }
     }
-    for (const r of runs) {
-      const t = performance.now();
-      r.vm.kvm.dirtyLog.disable(0);
-      r.disableSeconds = (performance.now() - t) / 1000;
-      step('disable dirty logging');
-    }
-    const first = vms[0]!;
-    const byKind = first.bookkeeping();
+    t = performance.now();
+    log.disable(0);
+    const disableSeconds = (performance.now() - t) / 1000;
+    step('disable dirty logging');
+    const byKind = vm.bookkeeping();
     const bytes = Object.values(byKind).reduce((a, b) => a + b, 0);
-    const result: Omit<DirtyLogResult, 'floor'> = {
-      kind: 'dirty-log',
-      version: 1,
-      config: {
-        vcpus: c.vcpus,
-        bytesPerVcpu: c.bytesPerVcpu,
-        iterations: c.iterations,
-        mode: c.mode,
-        fastPath: c.fastPath,
-        clearDirtyLog: c.clearDirtyLog,
-        pageMarking: c.pageMarking ?? 'spte',
-      },
-      runs: runs.map((r) => ({
-        fastPath: r.vm.options.fastPath,
-        phases: {
-          populateSeconds: r.populateSeconds,
-          enableSeconds: r.enableSeconds,
-          disableSeconds: r.disableSeconds,
-          iterations: r.iterations,
-        },
-        faults: r.vm.faults(),
-      })),
-      ratio: null,
-      bookkeeping: { bytes, guestBytes: first.guestBytes, share: bytes / first.guestBytes, byKind },
-      machine: machineInfo(),
-    };
-    const pagesPerVcpu = first.pagesPerVcpu;
-    await Promise.all(vms.map((vm) => vm.close()));
-    vms.length = 0;
+    const guestBytes = vm.guestBytes;
+    const pagesPerVcpu = vm.pagesPerVcpu;
+    await vm.close();
+    vm = null;
     const floor = measureFloorAndFastFault(c.mode, Math.min(FAST_FAULT_PAGES, pagesPerVcpu), c.pageMarking);
     step('floor');
     return {
       result: {
-        ...result,
-        ratio: redirtyRatio(result.runs),
+        kind: 'dirty-log',
+        version: 2,
+        config: {
+          vcpus: c.vcpus,
+          bytesPerVcpu: c.bytesPerVcpu,
+          iterations: c.iterations,
+          mode: c.mode,
+          fastPath: c.fastPath,
+          clearDirtyLog: c.clearDirtyLog,
+          pageMarking: c.pageMarking,
+        },
+        phases: { populateSeconds, enableSeconds, disableSeconds },
+        populateFaults,
+        runs,
+        ratio: redirtyRatio(runs),
         floor: { nsPerOp: floor.nsPerOp, fastFaultNs: floor.fastFaultNs, multiple: floor.multiple, handlerNs: floor.handlerNs },
+        bookkeeping: { bytes, guestBytes, share: bytes / guestBytes, byKind },
+        machine: machineInfo(),
       },
       floor,
       pagesPerVcpu,
@@ -126,14 +113,24 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
       wallSeconds: (performance.now() - t0) / 1000,
     };
   } finally {
-    await Promise.all(vms.map((vm) => vm.close()));
+    await vm?.close();
   }
 }
 
-/** One iteration of the selftest's loop on one VM: dirty memory, get the log (check it names every page), clear it. */
-async function iteration(vm: BenchVm, it: number, clear: boolean): Promise<IterationTimes> {
+const ZERO_FAULTS: FaultCounts = { fast: 0, slow: 0, spurious: 0, lockContended: 0 };
+
+function addFaults(a: FaultCounts, b: FaultCounts): FaultCounts {
+  return { fast: a.fast + b.fast, slow: a.slow + b.slow, spurious: a.spurious + b.spurious, lockContended: (a.lockContended ?? 0) + (b.lockContended ?? 0) };
+}
+
+function subtractFaults(a: FaultCounts, b: FaultCounts): FaultCounts {
+  return { fast: a.fast - b.fast, slow: a.slow - b.slow, spurious: a.spurious - b.spurious, lockContended: (a.lockContended ?? 0) - (b.lockContended ?? 0) };
+}
+
+/** One iteration of the selftest's loop, one way: dirty memory, get the log (check it names every page), clear it. */
+async function iteration(vm: BenchVm, it: number, fastPath: boolean, clear: boolean): Promise<IterationTimes> {
   const log = vm.kvm.dirtyLog;
-  const dirtySeconds = await vm.runPass();
+  const dirtySeconds = await vm.runPass(fastPath);
   let t = performance.now();
   if (clear) log.getManual(0, vm.bitmap);
   else log.get(0, vm.bitmap);
@@ -151,16 +148,16 @@ async function iteration(vm: BenchVm, it: number, clear: boolean): Promise<Itera
 
 /**
  * The seed's headline: the guest's time to re-dirty its memory after a
- * dirty-log pass, fast path off over on, per iteration from the second (the
- * first follows enabling, not a dirty-log pass; with initially-set it does not
- * fault at all). Null unless both ways ran.
+ * dirty-log pass, fast path off over on, iteration by iteration from the
+ * second. Iteration 1's first pass follows enabling dirty logging rather than
+ * a dirty-log pass (and with initially-set does not fault at all), so
+ * iteration 1 is left out for both ways. Null unless both ways ran.
  */
 export function redirtyRatio(runs: readonly DirtyLogRun[]): { slowOverFast: Summary } | null {
   const fast = runs.find((r) => r.fastPath);
   const slow = runs.find((r) => !r.fastPath);
   if (fast === undefined || slow === undefined) return null;
   const ratios: number[] = [];
-  for (let i = 1; i < fast.phases.iterations.length; i++)
-    ratios.push(slow.phases.iterations[i]!.dirtySeconds / fast.phases.iterations[i]!.dirtySeconds);
+  for (let i = 1; i < fast.iterations.length; i++) ratios.push(slow.iterations[i]!.dirtySeconds / fast.iterations[i]!.dirtySeconds);
   return ratios.length === 0 ? null : { slowOverFast: summarize(ratios) };
 }

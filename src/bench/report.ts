@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fmtBytes } from '../shm/layout';
 import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
+import type { FaultCounts } from './results';
 import type { ScaleOutcome, ScalePoint, ScaleResult } from './scale';
 import { median } from './stats';
 
@@ -26,39 +27,32 @@ function fmtPages(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0);
 }
 
-function runBlock(r: DirtyLogRun, clear: boolean): string[] {
-  const p = r.phases;
-  const lines = [
-    `== fast path ${r.fastPath ? 'on' : 'off'} ==`,
-    `Populate memory time: ${secs(p.populateSeconds)}`,
-    `Enabling dirty logging time: ${secs(p.enableSeconds)}`,
-    '',
-  ];
-  p.iterations.forEach((it, i) => {
+function iterationLines(r: DirtyLogRun, clear: boolean): string[] {
+  const lines: string[] = [];
+  r.iterations.forEach((it, i) => {
     lines.push(`Iteration ${i + 1} dirty memory time: ${secs(it.dirtySeconds)}`);
     lines.push(`Iteration ${i + 1} get dirty log time: ${secs(it.getSeconds)}`);
     if (it.clearSeconds !== null) lines.push(`Iteration ${i + 1} clear dirty log time: ${secs(it.clearSeconds)}`);
   });
-  const n = p.iterations.length;
-  const getTotal = p.iterations.reduce((a, it) => a + it.getSeconds, 0);
-  lines.push(`Disabling dirty logging time: ${secs(p.disableSeconds)}`);
+  const n = r.iterations.length;
+  const getTotal = r.iterations.reduce((a, it) => a + it.getSeconds, 0);
   lines.push(`Get dirty log over ${n} iterations took ${secs(getTotal)}. (Avg ${secs(getTotal / n)}/iteration)`);
   if (clear) {
-    const clearTotal = p.iterations.reduce((a, it) => a + (it.clearSeconds ?? 0), 0);
+    const clearTotal = r.iterations.reduce((a, it) => a + (it.clearSeconds ?? 0), 0);
     lines.push(`Clear dirty log over ${n} iterations took ${secs(clearTotal)}. (Avg ${secs(clearTotal / n)}/iteration)`);
   }
-  const c = r.faults.lockContended;
-  const waited = c === undefined ? '' : ` (${c} found mmu_lock taken${r.faults.slow > 0 ? `: ${((100 * c) / r.faults.slow).toFixed(1)}%` : ''})`;
-  lines.push(
-    `Faults: ${r.faults.fast} fast, ${r.faults.slow} slow${waited}, ${r.faults.spurious} spurious (all vCPUs, populate included)`,
-  );
-  lines.push('');
   return lines;
 }
 
-/** Median re-dirty time per page (iterations 2..) of a run, in microseconds. */
+function faultLine(f: FaultCounts, what: string): string {
+  const c = f.lockContended;
+  const waited = c === undefined ? '' : ` (${c} found mmu_lock taken${f.slow > 0 ? `: ${((100 * c) / f.slow).toFixed(1)}%` : ''})`;
+  return `Faults: ${f.fast} fast, ${f.slow} slow${waited}, ${f.spurious} spurious (all vCPUs, ${what})`;
+}
+
+/** Median re-dirty time per page (iterations 2..) of a way, in microseconds. */
 function usPerPage(r: DirtyLogRun, pagesPerVcpu: number): number {
-  return (median(r.phases.iterations.slice(1).map((it) => it.dirtySeconds)) / pagesPerVcpu) * 1e6;
+  return (median(r.iterations.slice(1).map((it) => it.dirtySeconds)) / pagesPerVcpu) * 1e6;
 }
 
 export function formatDirtyLog(o: DirtyLogOutcome): string {
@@ -68,11 +62,18 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
     `kvmmu bench dirty-log: ${c.mode} mode, ${c.vcpus} vCPU${c.vcpus === 1 ? '' : 's'}, ${fmtBytes(c.bytesPerVcpu)} per vCPU ` +
       `(${o.pagesPerVcpu} pages), ${c.iterations} iterations, ` +
       (c.clearDirtyLog ? 'manual protect: get-dirty-log copies, clear-dirty-log write-protects' : 'get-dirty-log write-protects') +
-      `, fast path ${c.fastPath}` +
+      (c.fastPath === 'both' ? ', fast path on and off: one VM, its vCPUs switch between passes, alternating which goes first' : `, fast path ${c.fastPath}`) +
       markingNote(c.pageMarking),
     '',
   ];
-  for (const run of r.runs) lines.push(...runBlock(run, c.clearDirtyLog));
+  const p = r.phases;
+  lines.push(`Populate memory time: ${secs(p.populateSeconds)}`, faultLine(r.populateFaults, 'populate'));
+  lines.push(`Enabling dirty logging time: ${secs(p.enableSeconds)}`, '');
+  for (const run of r.runs) {
+    if (r.runs.length > 1) lines.push(`== fast path ${run.fastPath ? 'on' : 'off'} ==`);
+    lines.push(...iterationLines(run, c.clearDirtyLog), faultLine(run.faults, 'these iterations'), '');
+  }
+  lines.push(`Disabling dirty logging time: ${secs(p.disableSeconds)}`, '');
   if (c.iterations >= 2) {
     lines.push(
       `re-dirty time per page (median of iterations 2-${c.iterations}, each vCPU): ` +
@@ -246,10 +247,10 @@ new Chart(document.getElementById('chart'), ${scriptSafe(JSON.stringify(config))
 export function dirtyLogHtml(o: DirtyLogOutcome): string {
   const r: DirtyLogResult = o.result;
   // Populate (first touch: every fault is a slow one either way) is in the text, not the chart, whose scale it would flatten.
-  const labels = r.runs[0]!.phases.iterations.map((_, i) => `iteration ${i + 1}`);
+  const labels = r.runs[0]!.iterations.map((_, i) => `iteration ${i + 1}`);
   const datasets = r.runs.map((run) => ({
     label: `fast path ${run.fastPath ? 'on' : 'off'}`,
-    data: run.phases.iterations.map((it) => it.dirtySeconds),
+    data: run.iterations.map((it) => it.dirtySeconds),
   }));
   const s = r.ratio?.slowOverFast;
   const headline =

@@ -1,4 +1,4 @@
-// The benchmarks' JSON results (schema version 1), with no runtime dependencies: the runners write them, the browser view reads them.
+// The benchmarks' JSON results (dirty-log schema version 2, scale version 1), with no runtime dependencies: the runners write them, the browser view reads them.
 
 import type { MmuMode, PageMarking } from '../kvm/config';
 
@@ -35,16 +35,19 @@ export interface IterationTimes {
   readonly clearSeconds: number | null;
 }
 
+/** One way of faulting (fast path on or off): its dirty-log iterations. */
 export interface DirtyLogRun {
   readonly fastPath: boolean;
-  readonly phases: {
-    readonly populateSeconds: number;
-    readonly enableSeconds: number;
-    readonly disableSeconds: number;
-    readonly iterations: IterationTimes[];
-  };
-  /** Summed over the vCPUs, for the whole run (populate included). */
+  readonly iterations: IterationTimes[];
+  /** Summed over the vCPUs, over this way's iterations (not populate). */
   readonly faults: FaultCounts;
+}
+
+/** The VM's phases outside the iterations; with both ways the two share one VM, so these ran once. */
+export interface DirtyLogPhases {
+  readonly populateSeconds: number;
+  readonly enableSeconds: number;
+  readonly disableSeconds: number;
 }
 
 export interface Bookkeeping {
@@ -67,15 +70,15 @@ export interface DirtyLogConfig {
   readonly vcpus: number;
   /** Guest memory each vCPU dirties (default 512 MiB; the selftest's -b default is 1 GiB). */
   readonly bytesPerVcpu: number;
-  /** Dirty-memory iterations after populating (default 6; the selftest requires at least 2). */
+  /** Dirty-memory iterations after populating, for each way (default 20; the selftest requires at least 2). */
   readonly iterations: number;
   readonly mode: MmuMode;
-  /** The fast page fault on, off, or both ways alternating in one process (default on). */
+  /** The fast page fault on, off, or both: one VM whose vCPUs switch it between passes, alternating which way goes first (default on). */
   readonly fastPath: FastPathSetting;
   /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + initially-set: get only copies, clear-dirty-log write-protects (default off: plain get). */
   readonly clearDirtyLog: boolean;
-  /** When KVM marks host pages dirty: spte (2012 to 6.12, the default) or fault (6.13 on). Absent from files written before the setting. */
-  readonly pageMarking?: PageMarking;
+  /** When KVM marks host pages dirty: spte (2012 to 6.12, the default) or fault (6.13 on). */
+  readonly pageMarking: PageMarking;
 }
 
 /** `kvmmu bench scale`, resolved. */
@@ -90,13 +93,17 @@ export interface ScaleConfig {
   readonly pageMarking?: PageMarking;
 }
 
-/** The JSON written to <out>/dirty-log.json (schema version 1). */
+/** The JSON written to <out>/dirty-log.json (schema version 2; version 1 had a VM per way, each with its own phases). */
 export interface DirtyLogResult {
   readonly kind: 'dirty-log';
-  readonly version: 1;
+  readonly version: 2;
   readonly config: DirtyLogConfig;
+  readonly phases: DirtyLogPhases;
+  /** Summed over the vCPUs, over the populate pass (every fault a slow one: no SPTE is present yet). */
+  readonly populateFaults: FaultCounts;
+  /** One per way: [on] or [off], or [on, off] for both. */
   readonly runs: DirtyLogRun[];
-  /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, per iteration; null unless both ran. */
+  /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, iteration by iteration; null unless both ran. */
   readonly ratio: { readonly slowOverFast: Summary } | null;
   readonly floor: {
     readonly nsPerOp: number;

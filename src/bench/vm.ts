@@ -8,7 +8,7 @@ import { MAX_BUFFER_BYTES, fmtBytes } from '../shm/layout';
 import { totalPages, type Kvm } from '../kvm/kvm';
 import { createMachineFrom, mmuBookkeepingBytes, openKvm, type MachineSpec } from '../vcpu/machine';
 import { GuestPageTables, tablePagesFor } from '../vcpu/guest-pt';
-import { CMD, CMD_EXIT, DONE, FAIL, createBenchControl, waitWhileAsync } from './control';
+import { CMD, CMD_EXIT, DONE, FAIL, FAST_PATH, createBenchControl, waitWhileAsync } from './control';
 import type { GuestRegion } from './guest';
 import type { BenchWorkerInit } from './worker';
 import type { FaultCounts } from './results';
@@ -20,6 +20,7 @@ export interface BenchVmOptions {
   readonly mode: MmuMode;
   readonly vcpus: number;
   readonly bytesPerVcpu: number;
+  /** The way passes fault unless runPass says otherwise. */
   readonly fastPath: boolean;
   readonly pageMarking?: PageMarking;
 }
@@ -119,15 +120,17 @@ export class BenchVm {
   }
 
   /**
-   * Have every vCPU run one pass over its region; resolves with the seconds
+   * Have every vCPU run one pass over its region, its faults trying the fast
+   * path first or not (default: the VM's option); resolves with the seconds
    * from telling them to when the last one finished (the selftest's
    * "dirty memory time"; pass 0 is "populate memory").
    */
-  async runPass(): Promise<number> {
+  async runPass(fastPath: boolean = this.options.fastPath): Promise<number> {
     const c = this.ctrl;
     const n = this.options.vcpus;
     const cmd = this.pass++;
     Atomics.store(c, DONE, 0);
+    Atomics.store(c, FAST_PATH, fastPath ? 1 : 0);
     const t0 = performance.now();
     Atomics.store(c, CMD, cmd);
     Atomics.notify(c, CMD);

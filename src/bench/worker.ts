@@ -1,9 +1,9 @@
-// Worker-thread entry for a benchmark vCPU: opens the shared machine, sets the vCPU up, then runs one pass over its region per host command.
+// Worker-thread entry for a benchmark vCPU: opens the shared machine, sets the vCPU up, then runs one pass over its region per host command, with the fast path on or off as the host asks.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { openKvm, type MachineSpec } from '../vcpu/machine';
 import { Vcpu } from '../vcpu/vcpu';
-import { CMD, CMD_EXIT, CMD_NONE, DONE, FAIL, LAST } from './control';
+import { CMD, CMD_EXIT, CMD_NONE, DONE, FAIL, FAST_PATH, LAST } from './control';
 import { dirtyPass, type GuestRegion } from './guest';
 
 export interface BenchWorkerInit {
@@ -18,7 +18,8 @@ export interface BenchWorkerInit {
 function main(): void {
   const { spec, ctrl, idx, cr3, region } = workerData as BenchWorkerInit;
   try {
-    const vcpu = new Vcpu(openKvm(spec, idx), idx);
+    const kvm = openKvm(spec, idx);
+    const vcpu = new Vcpu(kvm, idx);
     vcpu.setup(cr3);
     parentPort!.postMessage({ type: 'ready' });
     let seen = CMD_NONE;
@@ -27,6 +28,8 @@ function main(): void {
       while (Atomics.load(ctrl, CMD) === seen) Atomics.wait(ctrl, CMD, seen);
       seen = Atomics.load(ctrl, CMD);
       if (seen === CMD_EXIT) break;
+      // Between passes none of this vCPU's faults is in flight, so the way can change here.
+      kvm.fastPath = Atomics.load(ctrl, FAST_PATH) === 1;
       dirtyPass(vcpu, region);
       Atomics.store(ctrl, LAST + idx, seen);
       Atomics.add(ctrl, DONE, 1);

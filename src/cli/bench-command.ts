@@ -124,10 +124,10 @@ export function registerBench(program: Command): void {
     )
     .option('-v, --vcpus <n>', 'vCPUs, one worker thread each', int('-v', 1, 64), d.vcpus)
     .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (e.g. 64M, 1G; default ${fmtBytes(d.bytesPerVcpu)})`, size, d.bytesPerVcpu)
-    .option('-i, --iterations <n>', 'dirty-memory iterations (at least 2, as the selftest)', int('-i', 2, 1000), d.iterations)
+    .option('-i, --iterations <n>', 'dirty-memory iterations, each way (at least 2, as the selftest)', int('-i', 2, 1000), d.iterations)
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default(d.mode))
     .addOption(
-      new Option('--fast-path <setting>', 'the lockless fast page fault: on, off, or both (alternating, with the slow/fast ratio)')
+      new Option('--fast-path <setting>', 'the lockless fast page fault: on, off, or both (one VM whose vCPUs switch it between passes, alternating; prints the off/on ratio)')
         .choices(FAST_PATH_SETTINGS as string[])
         .default(d.fastPath),
     )

@@ -227,6 +227,14 @@ export class Kvm {
   /** The vCPU this thread runs, or -1 (host, migration and test threads); a remote flush does not wait for itself. */
   selfVcpu = -1;
 
+  /**
+   * Whether this thread's faults try the lockless fast path first; starts as
+   * config.fastPath. KVM compiles it in; a benchmark that runs both ways on
+   * one VM switches it on each vCPU's thread between passes, when none of its
+   * faults is in flight.
+   */
+  fastPath: boolean;
+
   constructor(
     readonly mem: Mem,
     readonly layout: Layout,
@@ -265,6 +273,7 @@ export class Kvm {
     this.guardNotifierRetry = (g & GUARDS['notifier-retry']) !== 0;
     this.guardLocklessWalkSync = (g & GUARDS['lockless-walk-sync']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
+    this.fastPath = config.fastPath;
 
     this.pages = new MmuPages(this);
     this.rmaps = new Rmaps(this);

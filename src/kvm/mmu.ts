@@ -283,7 +283,7 @@ export class Mmu implements GuestPtAccess {
   /** KVM's direct_page_fault: the fast path first, else the slow path (faultInAndMap). */
   directPageFault(vcpu: KvmVcpu, gpa: number, ec: number): number {
     const k = this.kvm;
-    if (k.config.fastPath) {
+    if (k.fastPath) {
       const r = this.fastPageFault(vcpu, gpa, ec, Math.floor(gpa / 4096));
       if (r !== RET_PF_INVALID) return r;
     }
@@ -531,7 +531,7 @@ export class Mmu implements GuestPtAccess {
     const k = this.kvm;
     const w = vcpu.walker;
     if (!w.walk(this, vcpu.cr3, gva, accessFromErrorCode(ec), vcpu.cpu)) return RET_PF_GUEST;
-    if (k.config.fastPath && k.config.indirectFastPath !== 'off') {
+    if (k.fastPath && k.config.indirectFastPath !== 'off') {
       const r = this.fastPageFault(vcpu, gva, ec, w.gfn);
       if (r !== RET_PF_INVALID) return r;
     }

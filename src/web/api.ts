@@ -278,14 +278,18 @@ function readJson(file: string, notes: string[]): unknown {
   }
 }
 
+/** The schema version this page reads for each kind (dirty-log 2: one VM for both ways, phases beside the runs). */
+const BENCH_VERSION: Record<string, number> = { 'dirty-log': 2, scale: 1 };
+
 function shapeOf(v: unknown, kind: string, arrayField: string, file: string, notes: string[]): boolean {
   if (v === null) return false;
   if (!isRecord(v) || v.kind !== kind) {
     notes.push(`${file}: not a ${kind} result (its "kind" is ${isRecord(v) ? JSON.stringify(v.kind) : 'missing'})`);
     return false;
   }
-  if (v.version !== 1) {
-    notes.push(`${file}: version ${JSON.stringify(v.version)}; this page reads version 1`);
+  const want = BENCH_VERSION[kind];
+  if (v.version !== want) {
+    notes.push(`${file}: version ${JSON.stringify(v.version)}; this page reads version ${want} (run kvmmu bench ${kind} --out DIR again)`);
     return false;
   }
   if (!Array.isArray(v[arrayField]) || !isRecord(v.config)) {

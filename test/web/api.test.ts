@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { isLoopbackHost, startServer, type RunningServer } from '../../src/web/server';
 import type { BenchResponse, CheckReport, ScenarioList, StepResponse } from '../../src/web/api-types';
-import { CLI, benchFixtureDir, post, request, startServe } from './helpers';
+import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
 
 let server: RunningServer;
 let base: string;
@@ -184,6 +184,11 @@ test('benchmark results are read from the --bench directory; a missing or foreig
     assert.equal(e.notes.length, 2);
     assert.match(e.notes.join('\n'), /dirty-log.json: not found/);
     assert.match(e.notes.join('\n'), /scale.json: not a scale result/);
+    // A dirty-log.json from before the one-VM schema (version 1) is named, with what to do.
+    fs.writeFileSync(path.join(empty, 'dirty-log.json'), JSON.stringify({ ...sampleDirtyLog(), version: 1 }));
+    const old = (await request(s.url, 'GET', '/api/bench')).json<BenchResponse>();
+    assert.equal(old.dirtyLog, null);
+    assert.match(old.notes.join('\n'), /dirty-log.json: version 1; this page reads version 2 \(run kvmmu bench dirty-log --out DIR again\)/);
   } finally {
     await s.close();
     fs.rmSync(empty, { recursive: true, force: true });

@@ -138,11 +138,11 @@ export class BenchView {
         'div',
         { class: 'card' },
         h('div', null, h('b', null, `${c.vcpus} vCPU${c.vcpus === 1 ? '' : 's'} × ${bytes(c.bytesPerVcpu)}`), `, ${c.mode} mode`),
-        h('div', null, `${c.iterations} dirty-log iterations${c.clearDirtyLog ? ', with clear-dirty-log' : ''}`),
+        h('div', null, `${c.iterations} dirty-log iterations${d.runs.length > 1 ? ' each way, on one VM' : ''}${c.clearDirtyLog ? ', with clear-dirty-log' : ''}`),
         h('div', { class: 'muted' }, `${d.machine.cpus} CPUs, Node ${d.machine.node}`),
       ),
     );
-    const iterations = Math.max(0, ...d.runs.map((r) => r.phases.iterations.length));
+    const iterations = Math.max(0, ...d.runs.map((r) => r.iterations.length));
     const labels = Array.from({ length: iterations }, (_, i) => String(i + 1));
     const redirty = this.chart('chart-redirty', {
       type: 'line',
@@ -150,7 +150,7 @@ export class BenchView {
         labels,
         datasets: d.runs.map((r) => ({
           label: pathName(r.fastPath),
-          data: r.phases.iterations.map((it) => ms(it.dirtySeconds)),
+          data: r.iterations.map((it) => ms(it.dirtySeconds)),
           borderColor: color(r.fastPath),
           backgroundColor: color(r.fastPath),
         })),
@@ -160,20 +160,29 @@ export class BenchView {
         scales: { x: { title: { display: true, text: 'iteration' } }, y: { beginAtZero: true, title: { display: true, text: 'ms' } } },
       },
     });
+    // Populate, enable and disable ran once for the VM (both ways share it); the per-iteration phases ran once per way.
     const phaseNames = ['populate', 'enable dirty log', 'dirty (mean)', 'get dirty log (mean)', 'clear dirty log (mean)', 'disable dirty log'];
+    const p = d.phases;
     const phases = this.chart('chart-phases', {
       type: 'bar',
       data: {
         labels: phaseNames,
-        datasets: d.runs.map((r) => {
-          const its = r.phases.iterations;
-          const clears = its.map((i) => i.clearSeconds).filter((x): x is number => x !== null);
-          return {
-            label: pathName(r.fastPath),
-            data: [r.phases.populateSeconds, r.phases.enableSeconds, mean(its.map((i) => i.dirtySeconds)), mean(its.map((i) => i.getSeconds)), mean(clears), r.phases.disableSeconds].map(ms),
-            backgroundColor: color(r.fastPath),
-          };
-        }),
+        datasets: [
+          {
+            label: d.runs.length > 1 ? 'the VM (both ways)' : 'the VM',
+            data: [ms(p.populateSeconds), ms(p.enableSeconds), null, null, null, ms(p.disableSeconds)],
+            backgroundColor: '#8c8c8c',
+          },
+          ...d.runs.map((r) => {
+            const its = r.iterations;
+            const clears = its.map((i) => i.clearSeconds).filter((x): x is number => x !== null);
+            return {
+              label: pathName(r.fastPath),
+              data: [null, null, mean(its.map((i) => i.dirtySeconds)), mean(its.map((i) => i.getSeconds)), mean(clears), null].map((x) => (x === null ? null : ms(x))),
+              backgroundColor: color(r.fastPath),
+            };
+          }),
+        ],
       },
       options: {
         plugins: { title: { display: true, text: 'Phases, as dirty_log_perf_test prints them' } },
@@ -191,7 +200,13 @@ export class BenchView {
       'table',
       { class: 'plain faults' },
       h('thead', null, h('tr', null, h('th', null, 'run'), h('th', null, 'fast faults'), h('th', null, 'slow faults'), h('th', null, 'slow, found mmu_lock taken'), h('th', null, 'spurious'))),
-      h('tbody', null, ...d.runs.map((r) => h('tr', null, h('td', null, pathName(r.fastPath)), h('td', null, r.faults.fast.toLocaleString('en')), h('td', null, r.faults.slow.toLocaleString('en')), h('td', null, r.faults.lockContended?.toLocaleString('en') ?? '—'), h('td', null, r.faults.spurious.toLocaleString('en'))))),
+      h(
+        'tbody',
+        null,
+        ...[{ name: 'populate', f: d.populateFaults }, ...d.runs.map((r) => ({ name: `${pathName(r.fastPath)}, iterations`, f: r.faults }))].map(({ name, f }) =>
+          h('tr', null, h('td', null, name), h('td', null, f.fast.toLocaleString('en')), h('td', null, f.slow.toLocaleString('en')), h('td', null, f.lockContended?.toLocaleString('en') ?? '—'), h('td', null, f.spurious.toLocaleString('en'))),
+        ),
+      ),
     );
     return h('section', { class: 'bench-section', id: 'bench-dirty-log' }, h('h2', null, 'Dirty logging: the fast path on and off'), h('div', { class: 'cards' }, ...cards), h('div', { class: 'charts' }, redirty, phases), faults);
   }
