@@ -36,6 +36,7 @@ export const SCALE_DEFAULTS: ScaleConfig = {
   mode: 'direct',
   iterations: 20,
   pageMarking: 'spte',
+  trials: 5,
 };
 
 function checkVcpus(flag: string, n: number): void {
@@ -72,6 +73,7 @@ export function resolveScale(o: Partial<ScaleConfig>): ScaleConfig {
   checkMode(c.mode);
   checkIterations(c.iterations);
   checkPageMarking(c.pageMarking);
+  if (!Number.isInteger(c.trials) || c.trials < 1 || c.trials > 100) throw new KvmmuError(`-t must be an integer from 1 to 100, not ${c.trials}`);
   benchDataPages({ vcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu });
   return c;
 }

@@ -135,7 +135,8 @@ export function formatScale(o: ScaleOutcome): string {
   const c = r.config;
   const lines = [
     `kvmmu bench scale: ${c.mode} mode, ${fmtBytes(c.bytesPerVcpu)} per vCPU (${o.pagesPerVcpu} pages), 1-${c.maxVcpus} vCPUs, ` +
-      `${o.iterations} iterations of dirty memory + get dirty log (re-dirty time: median of iterations 2-${o.iterations})` +
+      `${c.trials} trial${c.trials === 1 ? '' : 's'} of ${o.iterations} iterations of dirty memory + get dirty log ` +
+      `(re-dirty time: median of iterations 2-${o.iterations}; each point: the median over trials)` +
       markingNote(c.pageMarking),
     '',
     `${'vCPUs'.padEnd(7)}${'fast path on'.padEnd(46)}fast path off`,
@@ -146,24 +147,23 @@ export function formatScale(o: ScaleOutcome): string {
       const p = at(n, fast)!;
       const one = at(1, fast)!;
       const scaling = n === 1 ? '' : `, ${times(p.pagesPerSecond / one.pagesPerSecond)} of 1 vCPU`;
-      return `${fmtPages(p.pagesPerSecond)} pages/s (${p.redirtySeconds.toFixed(3)} s${scaling})`;
+      return `${fmtPages(p.pagesPerSecond)} pages/s (${(p.redirtySeconds * 1000).toFixed(2)} ms${scaling})`;
     };
     lines.push(`${String(n).padEnd(7)}${cell(true).padEnd(46)}${cell(false)}`);
   }
   const contention = contentionLine(r.points.filter((p) => !p.fastPath));
   if (contention !== null) lines.push(`fast path off: ${contention}`);
   lines.push('');
-  if (c.maxVcpus >= 2) {
-    const n = c.maxVcpus;
-    const gain = (fast: boolean) => at(n, fast)!.pagesPerSecond / at(1, fast)!.pagesPerSecond;
+  if (r.gain !== null) {
+    const g = (s: { min: number; median: number; max: number }) => `median ${times(s.median)} (min ${times(s.min)}, max ${times(s.max)})`;
     lines.push(
-      `throughput at ${n} vCPUs over 1: fast path on ${times(gain(true))}, off ${times(gain(false))} ` +
+      `throughput at ${c.maxVcpus} vCPUs over 1, trial by trial: fast path on ${g(r.gain.fastPathOn)}, off ${g(r.gain.fastPathOff)} ` +
         `(faults under mmu_lock serialize; the lockless fast path does not)`,
     );
   }
   lines.push(
     `machine: ${r.machine.cpus} CPUs, node ${r.machine.node}; ${c.maxVcpus} threads of a CPU-bound loop ran at ` +
-      `${o.parallelism.toFixed(2)}x one before the sweep (other load on the machine lowers it); wall time ${o.wallSeconds.toFixed(1)} s`,
+      `${o.parallelism.toFixed(2)}x one before the trials (other load on the machine lowers it); wall time ${o.wallSeconds.toFixed(1)} s`,
   );
   if (c.maxVcpus > r.machine.cpus)
     lines.push(

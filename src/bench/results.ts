@@ -1,4 +1,4 @@
-// The benchmarks' JSON results (dirty-log schema version 2, scale version 1), with no runtime dependencies: the runners write them, the browser view reads them.
+// The benchmarks' JSON results (schema version 2 for both), with no runtime dependencies: the runners write them, the browser view reads them.
 
 import type { MmuMode, PageMarking } from '../kvm/config';
 
@@ -87,10 +87,12 @@ export interface ScaleConfig {
   readonly maxVcpus: number;
   readonly bytesPerVcpu: number;
   readonly mode: MmuMode;
-  /** Dirty-memory iterations per point; the first (after enabling) is not measured (default 20). */
+  /** Dirty-memory iterations per point and trial; the first (after enabling) is not measured (default 20). */
   readonly iterations: number;
   /** As DirtyLogConfig.pageMarking. */
-  readonly pageMarking?: PageMarking;
+  readonly pageMarking: PageMarking;
+  /** Independent trials, each with its own VMs and vCPU threads (default 5). */
+  readonly trials: number;
 }
 
 /** The JSON written to <out>/dirty-log.json (schema version 2; version 1 had a VM per way, each with its own phases). */
@@ -119,24 +121,32 @@ export interface DirtyLogResult {
 export interface ScalePoint {
   readonly vcpus: number;
   readonly fastPath: boolean;
-  /** Pages re-dirtied per second by all vCPUs together: vcpus * pagesPerVcpu / redirtySeconds. */
+  /** Pages re-dirtied per second by all vCPUs together: vcpus * pagesPerVcpu / redirtySeconds (in `points`: the median over trials). */
   readonly pagesPerSecond: number;
-  /** Median dirty-memory time of the iterations after the first (each follows a get-dirty-log pass). */
+  /** Median dirty-memory time of the iterations after the first (each follows a get-dirty-log pass); in `points`, the median over trials. */
   readonly redirtySeconds: number;
   /**
    * Over those iterations, all vCPUs: faults the slow path handled, and how many
-   * of them found mmu_lock held or queued for. Absent from files written before
-   * they were counted.
+   * of them found mmu_lock held or queued for (in `points`: summed over trials).
    */
   readonly slowFaults?: number;
   readonly lockContended?: number;
 }
 
-/** The JSON written to <out>/scale.json (schema version 1). */
+/** One trial's points: its own VMs, one per point. */
+export interface ScaleTrial {
+  readonly points: ScalePoint[];
+}
+
+/** The JSON written to <out>/scale.json (schema version 2; version 1 had one trial and no gain). */
 export interface ScaleResult {
   readonly kind: 'scale';
-  readonly version: 1;
+  readonly version: 2;
   readonly config: Omit<ScaleConfig, 'iterations'>;
+  /** Each point's median over the trials. */
   readonly points: ScalePoint[];
+  /** Throughput at maxVcpus over 1 vCPU, trial by trial, each way; null when maxVcpus is 1. */
+  readonly gain: { readonly fastPathOn: Summary; readonly fastPathOff: Summary } | null;
+  readonly trials: ScaleTrial[];
   readonly machine: MachineInfo;
 }

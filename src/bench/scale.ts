@@ -1,14 +1,13 @@
 // `kvmmu bench scale`: re-dirty throughput over 1..N vCPUs with the fast path on and off — faults under mmu_lock serialize, lockless ones do not.
 
 import { Worker } from 'node:worker_threads';
-import { median } from './stats';
+import { median, summarize } from './stats';
 import { machineInfo, type ProgressFn } from './dirty-log';
 import { resolveScale, type ScaleConfig } from './options';
 import { BenchVm } from './vm';
-import type { FaultCounts, ScalePoint, ScaleResult } from './results';
+import type { FaultCounts, ScalePoint, ScaleResult, ScaleTrial, Summary } from './results';
 
 export type { ScalePoint, ScaleResult };
-
 
 export interface ScaleOutcome {
   readonly result: ScaleResult;
@@ -20,24 +19,28 @@ export interface ScaleOutcome {
 }
 
 /**
- * For n = 1..maxVcpus, two VMs of n vCPUs, fast path on and off; each is
- * populated and has dirty logging enabled. Then `iterations` rounds: in each,
- * every VM runs dirty memory + get dirty log once, in an order that rotates
- * from round to round. A point's time is the median dirty-memory time of
- * rounds 2.. — the guest re-dirtying its memory after a dirty-log pass, every
- * write a fault.
+ * `trials` independent trials, each with its own VMs and vCPU threads; their
+ * points are summarized by the median. In a trial, for n = 1..maxVcpus, two
+ * VMs of n vCPUs, fast path on and off; each is populated and has dirty
+ * logging enabled. Then `iterations` rounds: in each, every VM runs dirty
+ * memory + get dirty log once, in an order that rotates from round to round.
+ * A point's time is the median dirty-memory time of rounds 2.. — the guest
+ * re-dirtying its memory after a dirty-log pass, every write a fault.
  *
  * The points are interleaved, not swept one after another, so that every point
  * is measured under the same machine conditions: the gain of 2 vCPUs over 1
  * compares passes run side by side, not seconds apart. (Swept, that gain moved
  * from run to run by more than the difference between the fast and the slow
- * path.)
+ * path.) Trials, because a VM's speed is partly its own: four identical
+ * one-vCPU VMs interleaved pass by pass in one process re-dirtied at
+ * 1.7-3.2M pages/s, and a VM's new vCPU threads on the same memory at
+ * 1.5-3.1M, so one trial's gain is partly which VMs were quick.
  */
 export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: ProgressFn): Promise<ScaleOutcome> {
   const c = resolveScale(options);
   const t0 = performance.now();
   const nVms = c.maxVcpus * 2;
-  const total = nVms * 2 + c.iterations;
+  const total = c.trials * (nVms * 2 + c.iterations);
   let done = 0;
   const step = (what: string): void => {
     done++;
@@ -45,6 +48,50 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
   };
   onProgress?.(0, total, 'measuring parallelism');
   const parallelism = await measureParallelism(c.maxVcpus);
+  const trials: ScaleTrial[] = [];
+  let pagesPerVcpu = 0;
+  for (let t = 1; t <= c.trials; t++) {
+    const r = await scaleTrial(c, (what) => step(`trial ${t}: ${what}`));
+    trials.push({ points: r.points });
+    pagesPerVcpu = r.pagesPerVcpu;
+  }
+  const points = trials[0]!.points.map((p0, k): ScalePoint => {
+    const all = trials.map((tr) => tr.points[k]!);
+    return {
+      vcpus: p0.vcpus,
+      fastPath: p0.fastPath,
+      pagesPerSecond: median(all.map((p) => p.pagesPerSecond)),
+      redirtySeconds: median(all.map((p) => p.redirtySeconds)),
+      slowFaults: all.reduce((a, p) => a + p.slowFaults!, 0),
+      lockContended: all.reduce((a, p) => a + p.lockContended!, 0),
+    };
+  });
+  return {
+    result: {
+      kind: 'scale',
+      version: 2,
+      config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode, pageMarking: c.pageMarking, trials: c.trials },
+      points,
+      gain: c.maxVcpus < 2 ? null : { fastPathOn: trialGains(trials, c.maxVcpus, true), fastPathOff: trialGains(trials, c.maxVcpus, false) },
+      trials,
+      machine: machineInfo(),
+    },
+    iterations: c.iterations,
+    pagesPerVcpu,
+    parallelism,
+    wallSeconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** Throughput at `n` vCPUs over 1, trial by trial, for one way. */
+function trialGains(trials: readonly ScaleTrial[], n: number, fastPath: boolean): Summary {
+  const at = (tr: ScaleTrial, v: number) => tr.points.find((p) => p.vcpus === v && p.fastPath === fastPath)!.pagesPerSecond;
+  return summarize(trials.map((tr) => at(tr, n) / at(tr, 1)));
+}
+
+/** One trial: fresh VMs for every point, populated, dirty logging enabled, then the interleaved rounds. */
+async function scaleTrial(c: ScaleConfig, step: (what: string) => void): Promise<{ points: ScalePoint[]; pagesPerVcpu: number }> {
+  const nVms = c.maxVcpus * 2;
   const vms: BenchVm[] = [];
   try {
     for (let n = 1; n <= c.maxVcpus; n++)
@@ -85,19 +132,7 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
         lockContended: after.lockContended! - before[k]!.lockContended!,
       };
     });
-    return {
-      result: {
-        kind: 'scale',
-        version: 1,
-        config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode, pageMarking: c.pageMarking ?? 'spte' },
-        points,
-        machine: machineInfo(),
-      },
-      iterations: c.iterations,
-      pagesPerVcpu: vms[0]!.pagesPerVcpu,
-      parallelism,
-      wallSeconds: (performance.now() - t0) / 1000,
-    };
+    return { points, pagesPerVcpu: vms[0]!.pagesPerVcpu };
   } finally {
     await Promise.all(vms.map((vm) => vm.close()));
   }

@@ -43,6 +43,7 @@ interface ScaleCliOptions {
   maxVcpus: number;
   bytesPerVcpu: number;
   iterations: number;
+  trials: number;
   mode: MmuMode;
   pageMarking: PageMarking;
   json: boolean;
@@ -98,7 +99,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
 }
 
 async function scaleCommand(o: ScaleCliOptions): Promise<number> {
-  const config = resolveScale({ maxVcpus: o.maxVcpus, bytesPerVcpu: o.bytesPerVcpu, iterations: o.iterations, mode: o.mode, pageMarking: o.pageMarking });
+  const config = resolveScale({ maxVcpus: o.maxVcpus, bytesPerVcpu: o.bytesPerVcpu, iterations: o.iterations, trials: o.trials, mode: o.mode, pageMarking: o.pageMarking });
   const p = progressBar('bench scale', o.json);
   let outcome;
   try {
@@ -144,7 +145,8 @@ export function registerBench(program: Command): void {
     .description('re-dirty throughput over 1..N vCPUs with the fast path on and off, and how often slow faults found mmu_lock taken: faults under mmu_lock serialize, the fast path does not')
     .option('-v, --max-vcpus <n>', 'run 1..N vCPUs', int('-v', 1, 64), s.maxVcpus)
     .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (default ${fmtBytes(s.bytesPerVcpu)})`, size, s.bytesPerVcpu)
-    .option('-i, --iterations <n>', 'dirty-memory iterations per point (the first is not measured)', int('-i', 2, 1000), s.iterations)
+    .option('-i, --iterations <n>', 'dirty-memory iterations per point and trial (the first is not measured)', int('-i', 2, 1000), s.iterations)
+    .option('-t, --trials <n>', 'independent trials, each with its own VMs and vCPU threads; points are their medians', int('-t', 1, 100), s.trials)
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default(s.mode))
     .addOption(pageMarkingOption().default(s.pageMarking))
     .option('--json', 'print the result as one JSON object', false)

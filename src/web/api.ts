@@ -278,8 +278,8 @@ function readJson(file: string, notes: string[]): unknown {
   }
 }
 
-/** The schema version this page reads for each kind (dirty-log 2: one VM for both ways, phases beside the runs). */
-const BENCH_VERSION: Record<string, number> = { 'dirty-log': 2, scale: 1 };
+/** The schema version this page reads for each kind (2: dirty-log on one VM for both ways, scale in trials). */
+const BENCH_VERSION: Record<string, number> = { 'dirty-log': 2, scale: 2 };
 
 function shapeOf(v: unknown, kind: string, arrayField: string, file: string, notes: string[]): boolean {
   if (v === null) return false;

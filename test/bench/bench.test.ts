@@ -127,33 +127,56 @@ test('bench dirty-log without --clear reports null clear times and no ratio when
   assert.deepEqual([j.runs[0]!.faults.fast, j.runs[0]!.faults.slow], [0, 64]);
 });
 
-test('bench scale --json over 1..2 vCPUs prints the documented schema and writes scale.json and scale.html', () => {
+test('bench scale --json over 1..2 vCPUs in three trials prints the documented schema and writes scale.json and scale.html', () => {
   const out = tmpDir();
-  const r = kvmmu('bench', 'scale', '-v', '2', '-b', '128K', '-i', '2', '--json', '--out', out);
+  const r = kvmmu('bench', 'scale', '-v', '2', '-b', '128K', '-i', '2', '-t', '3', '--json', '--out', out);
   assert.equal(r.code, 0, r.stderr + r.stdout);
   const j = JSON.parse(r.stdout) as Record<string, unknown>;
-  assertKeys(j, ['kind', 'version', 'config', 'points', 'machine'], 'scale');
+  assertKeys(j, ['kind', 'version', 'config', 'points', 'gain', 'trials', 'machine'], 'scale');
   assert.equal(j.kind, 'scale');
-  assert.equal(j.version, 1);
-  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, mode: 'direct', pageMarking: 'spte' });
-  const points = j.points as Record<string, unknown>[];
-  assert.deepEqual(
-    points.map((p) => [p.vcpus, p.fastPath]),
-    [
-      [1, true],
-      [1, false],
-      [2, true],
-      [2, false],
-    ],
-  );
-  for (const p of points) {
-    assertKeys(p, ['vcpus', 'fastPath', 'pagesPerSecond', 'redirtySeconds', 'slowFaults', 'lockContended'], 'point');
-    assertNums(p, ['pagesPerSecond', 'redirtySeconds', 'slowFaults', 'lockContended'], 'point');
-    assert.ok(Math.abs((p.pagesPerSecond as number) * (p.redirtySeconds as number) - (p.vcpus as number) * 32) < 1e-6);
-    // The measured pass (round 2 of 2) re-dirties every page: in the slow path only when the fast path is off.
-    assert.equal(p.slowFaults, p.fastPath ? 0 : (p.vcpus as number) * 32);
-    assert.ok((p.lockContended as number) <= (p.slowFaults as number));
-    if (p.vcpus === 1) assert.equal(p.lockContended, 0, 'one vCPU never finds mmu_lock taken (the host is idle during passes)');
+  assert.equal(j.version, 2);
+  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, mode: 'direct', pageMarking: 'spte', trials: 3 });
+  const pointKeys = ['vcpus', 'fastPath', 'pagesPerSecond', 'redirtySeconds', 'slowFaults', 'lockContended'];
+  const order = [
+    [1, true],
+    [1, false],
+    [2, true],
+    [2, false],
+  ];
+  // Each point's measured pass (round 2 of 2) re-dirties every page: in the slow path only when the fast path is off.
+  const checkPoints = (points: Record<string, unknown>[], trials: number, where: string): void => {
+    assert.deepEqual(
+      points.map((p) => [p.vcpus, p.fastPath]),
+      order,
+      where,
+    );
+    for (const p of points) {
+      assertKeys(p, pointKeys, where);
+      assertNums(p, pointKeys.slice(2), where);
+      // An odd number of trials: the median rate and the median time come from the same trial.
+      assert.ok(Math.abs((p.pagesPerSecond as number) * (p.redirtySeconds as number) - (p.vcpus as number) * 32) < 1e-6, where);
+      assert.equal(p.slowFaults, p.fastPath ? 0 : trials * (p.vcpus as number) * 32, where);
+      assert.ok((p.lockContended as number) <= (p.slowFaults as number), where);
+      if (p.vcpus === 1) assert.equal(p.lockContended, 0, 'one vCPU never finds mmu_lock taken (the host is idle during passes)');
+    }
+  };
+  checkPoints(j.points as Record<string, unknown>[], 3, 'points');
+  const trials = j.trials as Record<string, unknown>[];
+  assert.equal(trials.length, 3);
+  for (const [i, t] of trials.entries()) {
+    assertKeys(t, ['points'], `trial ${i}`);
+    checkPoints(t.points as Record<string, unknown>[], 1, `trial ${i}`);
+  }
+  // The points are the trials' medians, and the gain summarizes each trial's 2-vCPU rate over its 1-vCPU rate.
+  const rate = (t: Record<string, unknown>, k: number) => ((t.points as Record<string, unknown>[])[k]!.pagesPerSecond as number);
+  const med3 = (xs: number[]) => [...xs].sort((a, b) => a - b)[1]!;
+  for (let k = 0; k < 4; k++) assert.equal((j.points as Record<string, unknown>[])[k]!.pagesPerSecond, med3(trials.map((t) => rate(t, k))));
+  assertKeys(j.gain, ['fastPathOn', 'fastPathOff'], 'gain');
+  for (const [way, k1, k2] of [['fastPathOn', 0, 2], ['fastPathOff', 1, 3]] as const) {
+    const g: Record<string, number> = (j.gain as Record<string, Record<string, number>>)[way]!;
+    assertKeys(g, ['min', 'median', 'max'], `gain.${way}`);
+    const per = trials.map((t) => rate(t, k2) / rate(t, k1));
+    assert.deepEqual(g, { min: Math.min(...per), median: med3(per), max: Math.max(...per) });
   }
   assertMachine(j.machine);
   assert.deepEqual(fs.readdirSync(out).sort(), ['scale.html', 'scale.json']);
@@ -194,19 +217,25 @@ test('the reports warn when vCPU threads outnumber the CPUs, and only then', () 
   assert.doesNotMatch(fits.stdout, /^warning:/m);
   // The scale report from made-up points (a sweep past the CPUs would start 2 VMs per point).
   const point = (vcpus: number, fastPath: boolean): ScalePoint => ({ vcpus, fastPath, pagesPerSecond: 1e6 * vcpus, redirtySeconds: 0.01 });
-  const outcome = (maxVcpus: number): ScaleOutcome => ({
-    result: {
-      kind: 'scale',
-      version: 1,
-      config: { maxVcpus, bytesPerVcpu: 65536, mode: 'direct' },
-      points: Array.from({ length: maxVcpus }, (_, i) => [point(i + 1, true), point(i + 1, false)]).flat(),
-      machine: { cpus: 2, node: 'v20.0.0' },
-    },
-    iterations: 2,
-    pagesPerVcpu: 16,
-    parallelism: 2,
-    wallSeconds: 1,
-  });
+  const outcome = (maxVcpus: number): ScaleOutcome => {
+    const points = Array.from({ length: maxVcpus }, (_, i) => [point(i + 1, true), point(i + 1, false)]).flat();
+    const one = { min: maxVcpus, median: maxVcpus, max: maxVcpus };
+    return {
+      result: {
+        kind: 'scale',
+        version: 2,
+        config: { maxVcpus, bytesPerVcpu: 65536, mode: 'direct', pageMarking: 'spte', trials: 1 },
+        points,
+        gain: { fastPathOn: one, fastPathOff: one },
+        trials: [{ points }],
+        machine: { cpus: 2, node: 'v20.0.0' },
+      },
+      iterations: 2,
+      pagesPerVcpu: 16,
+      parallelism: 2,
+      wallSeconds: 1,
+    };
+  };
   assert.match(formatScale(outcome(3)), /^warning: points above 2 vCPUs run more vCPU threads than CPUs/m);
   assert.doesNotMatch(formatScale(outcome(2)), /^warning:/m);
 });
@@ -232,11 +261,17 @@ for (const [args, pattern] of [
   });
 }
 
-test("'kvmmu bench scale -i 1' is a usage error too", () => {
-  const r = kvmmu('bench', 'scale', '-i', '1');
-  assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, /-i must be from 2/);
-});
+for (const [args, pattern] of [
+  [['-i', '1'], /-i must be from 2/],
+  [['-t', '0'], /-t must be from 1/],
+] as const) {
+  test(`'kvmmu bench scale ${args.join(' ')}' is a usage error too`, () => {
+    const r = kvmmu('bench', 'scale', ...args);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, pattern);
+    assert.equal(r.stdout, '');
+  });
+}
 
 test('node dist/bench/dirty-log.js is the CLI command', () => {
   const r = spawnSync(process.execPath, [path.join(ENTRY, 'dirty-log.js'), '-b', '64K', '-i', '2', '--json'], { encoding: 'utf8', timeout: 120_000 });

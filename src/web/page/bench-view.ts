@@ -231,8 +231,8 @@ export class BenchView {
           scales: { x: { title: { display: true, text: 'vCPUs' } }, y: { beginAtZero: true, title: { display: true, text: unit } } },
         },
       });
-    // Files written before the counts existed have none: then no table.
     const counted = s.points.filter((p) => p.slowFaults !== undefined && p.lockContended !== undefined && p.slowFaults > 0);
+    const gain = (g: { min: number; median: number; max: number }) => `${g.median.toFixed(2)}× (${g.min.toFixed(2)}–${g.max.toFixed(2)}×)`;
     const contention =
       counted.length === 0
         ? null
@@ -246,6 +246,17 @@ export class BenchView {
       'section',
       { class: 'bench-section', id: 'bench-scale' },
       h('h2', null, `Scaling: 1 to ${s.config.maxVcpus} vCPUs, ${bytes(s.config.bytesPerVcpu)} each, ${s.config.mode} mode`),
+      s.gain === null
+        ? null
+        : h(
+            'p',
+            { id: 'bench-scale-gain' },
+            `Throughput at ${s.config.maxVcpus} vCPUs over 1, median of ${s.config.trials} trial${s.config.trials === 1 ? '' : 's'} (min–max): `,
+            h('b', null, `fast path on ${gain(s.gain.fastPathOn)}`),
+            ', ',
+            h('b', null, `off ${gain(s.gain.fastPathOff)}`),
+            '. Points are medians over the trials.',
+          ),
       h('div', { class: 'charts' }, line('chart-scale-rate', 'Pages re-dirtied per second', 'pages/s', (p) => Math.round(p.pagesPerSecond)), line('chart-scale-time', 'Time to re-dirty all guest memory', 'ms', (p) => ms(p.redirtySeconds))),
       contention,
     );
