@@ -156,7 +156,11 @@ test('benchmarks: the view charts the results from --bench', async () => {
   assert.match((await page.textContent('#bench-dir')) ?? '', new RegExp(benchDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   assert.match((await page.textContent('#bench-dirty-log .faults')) ?? '', /found mmu_lock taken.*24,576/s);
   const lockRows = await page.$$eval('#bench-scale-lock tbody tr', (rows) => rows.map((r) => r.textContent));
-  assert.deepEqual(lockRows, ['1fast path off65,5360.0%', '2fast path off131,07225.0%', '3fast path off196,60833.3%', '4fast path off262,14437.5%']);
+  // The sample's three trials: slow faults summed over them.
+  assert.deepEqual(lockRows, ['1fast path off196,6080.0%', '2fast path off393,21625.0%', '3fast path off589,82433.3%', '4fast path off786,43237.5%']);
+  assert.match((await page.textContent('#bench-scale-gain')) ?? '', /4 vCPUs over 1, median of 3 trials .*fast path on 1\.80× \(1\.60–1\.98×\).*off 1\.70× \(1\.70–1\.70×\)/);
+  const faultRows = await page.$$eval('#bench-dirty-log .faults tbody tr td:first-child', (cells) => cells.map((c) => c.textContent));
+  assert.deepEqual(faultRows, ['populate', 'fast path on, iterations', 'fast path off, iterations']);
   await noHorizontalScroll(page);
   assert.deepEqual(pageErrors, []);
 });
