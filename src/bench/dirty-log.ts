@@ -34,9 +34,10 @@ export function machineInfo(): MachineInfo {
  * With `--fast-path both` each round runs that iteration twice on the same VM,
  * once per way: the vCPUs switch the fast path between passes, and which way
  * goes first alternates from round to round. Both ways so fault on the same
- * frames, SPTEs and memory, and each pair of passes runs side by side in time;
- * with a VM per way, where each VM's memory happened to lie moved its times
- * more from run to run than the fast path's whole effect does.
+ * frames, SPTEs and memory, with the same vCPU threads, and each pair of
+ * passes runs side by side in time. With a VM per way, each VM's own speed
+ * (identical VMs here re-dirty at rates up to 2x apart) moved the ratio from
+ * run to run by about as much as the fast path's whole effect.
  */
 export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgress?: ProgressFn): Promise<DirtyLogOutcome> {
   const c = resolveDirtyLog(options);
