@@ -59,7 +59,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
     const log = vm.kvm.dirtyLog;
     let before = vm.faults();
     const populateSeconds = await vm.runPass();
-    const populateFaults = subtractFaults(vm.faults(), before);
+    const populateFaults = vm.faultsSince(before);
     step('populate memory');
     let t = performance.now();
     log.enable(0, c.clearDirtyLog);
@@ -71,7 +71,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
       for (const r of order) {
         before = vm.faults();
         r.iterations.push(await iteration(vm, it, r.fastPath, c.clearDirtyLog));
-        r.faults = addFaults(r.faults, subtractFaults(vm.faults(), before));
+        r.faults = addFaults(r.faults, vm.faultsSince(before));
         step(`iteration ${it}, fast path ${r.fastPath ? 'on' : 'off'}`);
       }
     }
@@ -121,11 +121,7 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
 const ZERO_FAULTS: FaultCounts = { fast: 0, slow: 0, spurious: 0, lockContended: 0 };
 
 function addFaults(a: FaultCounts, b: FaultCounts): FaultCounts {
-  return { fast: a.fast + b.fast, slow: a.slow + b.slow, spurious: a.spurious + b.spurious, lockContended: (a.lockContended ?? 0) + (b.lockContended ?? 0) };
-}
-
-function subtractFaults(a: FaultCounts, b: FaultCounts): FaultCounts {
-  return { fast: a.fast - b.fast, slow: a.slow - b.slow, spurious: a.spurious - b.spurious, lockContended: (a.lockContended ?? 0) - (b.lockContended ?? 0) };
+  return { fast: a.fast + b.fast, slow: a.slow + b.slow, spurious: a.spurious + b.spurious, lockContended: a.lockContended + b.lockContended };
 }
 
 /** One iteration of the selftest's loop, one way: dirty memory, get the log (check it names every page), clear it. */

@@ -46,7 +46,7 @@ function iterationLines(r: DirtyLogRun, clear: boolean): string[] {
 
 function faultLine(f: FaultCounts, what: string): string {
   const c = f.lockContended;
-  const waited = c === undefined ? '' : ` (${c} found mmu_lock taken${f.slow > 0 ? `: ${((100 * c) / f.slow).toFixed(1)}%` : ''})`;
+  const waited = ` (${c} found mmu_lock taken${f.slow > 0 ? `: ${((100 * c) / f.slow).toFixed(1)}%` : ''})`;
   return `Faults: ${f.fast} fast, ${f.slow} slow${waited}, ${f.spurious} spurious (all vCPUs, ${what})`;
 }
 
@@ -117,13 +117,13 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
 
 /**
  * How often the slow path found mmu_lock taken, per vCPU count ("1 vCPU: 0.0%
- * of 4096 slow faults found mmu_lock taken; 2 vCPUs: ..."), or null when the
- * points have no counts (files written before they were counted).
+ * of 4096 slow faults found mmu_lock taken; 2 vCPUs: ..."), or null when no
+ * point had slow faults.
  */
 function contentionLine(points: readonly ScalePoint[]): string | null {
   const parts: string[] = [];
   for (const p of points) {
-    if (p.slowFaults === undefined || p.lockContended === undefined || p.slowFaults === 0) continue;
+    if (p.slowFaults === 0) continue;
     const share = ((100 * p.lockContended) / p.slowFaults).toFixed(1);
     parts.push(`${p.vcpus} vCPU${p.vcpus === 1 ? '' : 's'}: ${share}% of ${p.slowFaults} slow faults`);
   }

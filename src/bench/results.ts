@@ -16,12 +16,8 @@ export interface FaultCounts {
   readonly fast: number;
   /** Faults the slow path fixed under mmu_lock. */
   readonly slow: number;
-  /**
-   * Slow-path faults that found mmu_lock held or queued for (lock_stat's
-   * contentions): the share of slow faults that waited. Absent from files
-   * written before it was counted.
-   */
-  readonly lockContended?: number;
+  /** Slow-path faults that found mmu_lock held or queued for (lock_stat's contentions). */
+  readonly lockContended: number;
   /** Faults that found the access already allowed (KVM's pf_spurious). */
   readonly spurious: number;
 }
@@ -111,8 +107,8 @@ export interface DirtyLogResult {
     readonly nsPerOp: number;
     readonly fastFaultNs: number;
     readonly multiple: number;
-    /** kvm.mmu.kvmMmuPageFault on a write-protected SPTE, one thread, fast path on and off (ns); absent from files written before it was measured. */
-    readonly handlerNs?: { readonly fastPathOn: number; readonly fastPathOff: number };
+    /** kvm.mmu.kvmMmuPageFault on a write-protected SPTE, one thread, fast path on and off (ns). */
+    readonly handlerNs: { readonly fastPathOn: number; readonly fastPathOff: number };
   };
   readonly bookkeeping: Bookkeeping;
   readonly machine: MachineInfo;
@@ -129,8 +125,8 @@ export interface ScalePoint {
    * Over those iterations, all vCPUs: faults the slow path handled, and how many
    * of them found mmu_lock held or queued for (in `points`: summed over trials).
    */
-  readonly slowFaults?: number;
-  readonly lockContended?: number;
+  readonly slowFaults: number;
+  readonly lockContended: number;
 }
 
 /** One trial's points: its own VMs, one per point. */

@@ -62,8 +62,8 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
       fastPath: p0.fastPath,
       pagesPerSecond: median(all.map((p) => p.pagesPerSecond)),
       redirtySeconds: median(all.map((p) => p.redirtySeconds)),
-      slowFaults: all.reduce((a, p) => a + p.slowFaults!, 0),
-      lockContended: all.reduce((a, p) => a + p.lockContended!, 0),
+      slowFaults: all.reduce((a, p) => a + p.slowFaults, 0),
+      lockContended: all.reduce((a, p) => a + p.lockContended, 0),
     };
   });
   return {
@@ -122,14 +122,14 @@ async function scaleTrial(c: ScaleConfig, step: (what: string) => void): Promise
     const points = vms.map((vm, k): ScalePoint => {
       const n = vm.options.vcpus;
       const redirtySeconds = median(times[k]!.slice(1));
-      const after = vm.faults();
+      const measured = vm.faultsSince(before[k]!);
       return {
         vcpus: n,
         fastPath: vm.options.fastPath,
         pagesPerSecond: (n * vm.pagesPerVcpu) / redirtySeconds,
         redirtySeconds,
-        slowFaults: after.slow - before[k]!.slow,
-        lockContended: after.lockContended! - before[k]!.lockContended!,
+        slowFaults: measured.slow,
+        lockContended: measured.lockContended,
       };
     });
     return { points, pagesPerVcpu: vms[0]!.pagesPerVcpu };

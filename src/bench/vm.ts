@@ -159,6 +159,12 @@ export class BenchVm {
     return { fast, slow, spurious, lockContended };
   }
 
+  /** Fault counts summed over the vCPUs since `before` (an earlier faults()). */
+  faultsSince(before: FaultCounts): FaultCounts {
+    const now = this.faults();
+    return { fast: now.fast - before.fast, slow: now.slow - before.slow, spurious: now.spurious - before.spurious, lockContended: now.lockContended - before.lockContended };
+  }
+
   bookkeeping(): Record<string, number> {
     return mmuBookkeepingBytes(this.spec);
   }

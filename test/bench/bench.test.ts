@@ -216,7 +216,7 @@ test('the reports warn when vCPU threads outnumber the CPUs, and only then', () 
   assert.equal(fits.code, 0, fits.stderr + fits.stdout);
   assert.doesNotMatch(fits.stdout, /^warning:/m);
   // The scale report from made-up points (a sweep past the CPUs would start 2 VMs per point).
-  const point = (vcpus: number, fastPath: boolean): ScalePoint => ({ vcpus, fastPath, pagesPerSecond: 1e6 * vcpus, redirtySeconds: 0.01 });
+  const point = (vcpus: number, fastPath: boolean): ScalePoint => ({ vcpus, fastPath, pagesPerSecond: 1e6 * vcpus, redirtySeconds: 0.01, slowFaults: 0, lockContended: 0 });
   const outcome = (maxVcpus: number): ScaleOutcome => {
     const points = Array.from({ length: maxVcpus }, (_, i) => [point(i + 1, true), point(i + 1, false)]).flat();
     const one = { min: maxVcpus, median: maxVcpus, max: maxVcpus };

@@ -128,10 +128,7 @@ export class BenchView {
         h('div', { class: 'big' }, `${Math.round(d.floor.fastFaultNs)} ns`),
         h('div', null, 'per fast fault'),
         h('div', { class: 'muted' }, `${d.floor.multiple.toFixed(1)}× the floor of ${d.floor.nsPerOp.toFixed(1)} ns (loads + one cmpxchg)`),
-        // Files written before the handler was timed lack handlerNs.
-        d.floor.handlerNs === undefined
-          ? null
-          : h('div', { class: 'muted', id: 'bench-handler' }, `whole handler, one thread: ${Math.round(d.floor.handlerNs.fastPathOn)} ns with the fast path, ${Math.round(d.floor.handlerNs.fastPathOff)} ns without`),
+        h('div', { class: 'muted', id: 'bench-handler' }, `whole handler, one thread: ${Math.round(d.floor.handlerNs.fastPathOn)} ns with the fast path, ${Math.round(d.floor.handlerNs.fastPathOff)} ns without`),
       ),
       h('div', { class: 'card' }, h('div', { class: 'big' }, `${(d.bookkeeping.share * 100).toFixed(2)} %`), h('div', null, `MMU bookkeeping: ${bytes(d.bookkeeping.bytes)}`), h('div', { class: 'muted' }, `of ${bytes(d.bookkeeping.guestBytes)} guest memory`)),
       h(
@@ -204,7 +201,7 @@ export class BenchView {
         'tbody',
         null,
         ...[{ name: 'populate', f: d.populateFaults }, ...d.runs.map((r) => ({ name: `${pathName(r.fastPath)}, iterations`, f: r.faults }))].map(({ name, f }) =>
-          h('tr', null, h('td', null, name), h('td', null, f.fast.toLocaleString('en')), h('td', null, f.slow.toLocaleString('en')), h('td', null, f.lockContended?.toLocaleString('en') ?? '—'), h('td', null, f.spurious.toLocaleString('en'))),
+          h('tr', null, h('td', null, name), h('td', null, f.fast.toLocaleString('en')), h('td', null, f.slow.toLocaleString('en')), h('td', null, f.lockContended.toLocaleString('en')), h('td', null, f.spurious.toLocaleString('en'))),
         ),
       ),
     );
@@ -231,7 +228,7 @@ export class BenchView {
           scales: { x: { title: { display: true, text: 'vCPUs' } }, y: { beginAtZero: true, title: { display: true, text: unit } } },
         },
       });
-    const counted = s.points.filter((p) => p.slowFaults !== undefined && p.lockContended !== undefined && p.slowFaults > 0);
+    const counted = s.points.filter((p) => p.slowFaults > 0);
     const gain = (g: { min: number; median: number; max: number }) => `${g.median.toFixed(2)}× (${g.min.toFixed(2)}–${g.max.toFixed(2)}×)`;
     const contention =
       counted.length === 0
@@ -240,7 +237,7 @@ export class BenchView {
             'table',
             { class: 'plain faults', id: 'bench-scale-lock' },
             h('thead', null, h('tr', null, h('th', null, 'vCPUs'), h('th', null, 'run'), h('th', null, 'slow faults'), h('th', null, 'found mmu_lock taken'))),
-            h('tbody', null, ...counted.map((p) => h('tr', null, h('td', null, String(p.vcpus)), h('td', null, pathName(p.fastPath)), h('td', null, p.slowFaults!.toLocaleString('en')), h('td', null, `${((100 * p.lockContended!) / p.slowFaults!).toFixed(1)}%`)))),
+            h('tbody', null, ...counted.map((p) => h('tr', null, h('td', null, String(p.vcpus)), h('td', null, pathName(p.fastPath)), h('td', null, p.slowFaults.toLocaleString('en')), h('td', null, `${((100 * p.lockContended) / p.slowFaults).toFixed(1)}%`)))),
           );
     return h(
       'section',
