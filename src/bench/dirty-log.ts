@@ -1,11 +1,11 @@
 // `kvmmu bench dirty-log`: KVM's dirty_log_perf_test on real threads — populate, enable dirty logging, dirty / get / clear per iteration, disable — fast path on, off, or both alternating on one VM.
 
 import * as os from 'node:os';
-import { summarize } from './stats';
+import { medianInterval, summarize } from './stats';
 import { measureFloorAndFastFault, type FloorResult } from './floor';
 import { resolveDirtyLog, type DirtyLogConfig } from './options';
 import { BenchVm } from './vm';
-import type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult, FaultCounts, Summary } from './results';
+import type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult, FaultCounts, MedianInterval, Summary } from './results';
 
 export type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult };
 
@@ -148,13 +148,15 @@ async function iteration(vm: BenchVm, it: number, fastPath: boolean, clear: bool
  * dirty-log pass, fast path off over on, iteration by iteration from the
  * second. Iteration 1's first pass follows enabling dirty logging rather than
  * a dirty-log pass (and with initially-set does not fault at all), so
- * iteration 1 is left out for both ways. Null unless both ways ran.
+ * iteration 1 is left out for both ways. With the ratios' min / median / max
+ * goes an interval for their median (medianInterval), so a run says how
+ * closely its iterations pin the median down. Null unless both ways ran.
  */
-export function redirtyRatio(runs: readonly DirtyLogRun[]): { slowOverFast: Summary } | null {
+export function redirtyRatio(runs: readonly DirtyLogRun[]): { slowOverFast: Summary; medianInterval: MedianInterval } | null {
   const fast = runs.find((r) => r.fastPath);
   const slow = runs.find((r) => !r.fastPath);
   if (fast === undefined || slow === undefined) return null;
   const ratios: number[] = [];
   for (let i = 1; i < fast.iterations.length; i++) ratios.push(slow.iterations[i]!.dirtySeconds / fast.iterations[i]!.dirtySeconds);
-  return ratios.length === 0 ? null : { slowOverFast: summarize(ratios) };
+  return ratios.length === 0 ? null : { slowOverFast: summarize(ratios), medianInterval: medianInterval(ratios) };
 }

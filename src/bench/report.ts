@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fmtBytes } from '../shm/layout';
 import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
-import type { FaultCounts } from './results';
+import type { FaultCounts, MedianInterval } from './results';
 import type { ScaleOutcome, ScalePoint, ScaleResult } from './scale';
 import { median } from './stats';
 
@@ -21,6 +21,11 @@ function markingNote(m: string | undefined): string {
 
 function times(x: number): string {
   return `${x.toFixed(2)}x`;
+}
+
+/** "the median lies in 1.85x-2.25x (98% interval, ...)": what a run's iterations say about the ratio's median. */
+function intervalText(m: MedianInterval): string {
+  return `the median lies in ${times(m.low)}-${times(m.high)} (${(m.coverage * 100).toFixed(0)}% order-statistic interval, iterations taken as independent)`;
 }
 
 function fmtPages(n: number): string {
@@ -86,6 +91,9 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
       `re-dirty after a dirty-log pass, fast path off / on (iterations 2-${c.iterations}): ` +
         `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}`,
     );
+    // One ratio (two iterations) bounds nothing: coverage 0.
+    const m = r.ratio.medianInterval;
+    if (m !== undefined && m.coverage > 0) lines.push(`  ${intervalText(m)}`);
   }
   const f = o.floor;
   lines.push(`floor: one Atomics.load + one Atomics.compareExchange on a BigUint64Array: ${f.nsPerOp.toFixed(1)} ns`);
@@ -257,7 +265,8 @@ export function dirtyLogHtml(o: DirtyLogOutcome): string {
     s === undefined
       ? `Dirty memory time per iteration, fast path ${r.config.fastPath}.`
       : `Re-dirty after a dirty-log pass (iterations 2-${r.config.iterations}), fast path off / on: ` +
-        `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}.`;
+        `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}` +
+        (r.ratio?.medianInterval === undefined || r.ratio.medianInterval.coverage === 0 ? '.' : `; ${intervalText(r.ratio.medianInterval)}.`);
   return page(
     `kvmmu dirty-log benchmark: ${r.config.mode} mode, ${r.config.vcpus} vCPU(s), ${fmtBytes(r.config.bytesPerVcpu)} per vCPU`,
     headline,

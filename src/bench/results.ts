@@ -11,6 +11,17 @@ export interface Summary {
   readonly max: number;
 }
 
+/**
+ * A distribution-free interval for the median of the population the samples
+ * came from: two order statistics of the samples, and the probability
+ * (`coverage`) that they bracket that median, if the samples are independent.
+ */
+export interface MedianInterval {
+  readonly low: number;
+  readonly high: number;
+  readonly coverage: number;
+}
+
 export interface FaultCounts {
   /** Faults the lockless fast path fixed (KVM's pf_fast). */
   readonly fast: number;
@@ -101,8 +112,13 @@ export interface DirtyLogResult {
   readonly populateFaults: FaultCounts;
   /** One per way: [on] or [off], or [on, off] for both. */
   readonly runs: DirtyLogRun[];
-  /** Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path off over on, iteration by iteration; null unless both ran. */
-  readonly ratio: { readonly slowOverFast: Summary } | null;
+  /**
+   * Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path
+   * off over on, iteration by iteration, and an interval for their median
+   * (at least 95% where there are 6 or more iterations; absent from files
+   * written before it was added); null unless both ran.
+   */
+  readonly ratio: { readonly slowOverFast: Summary; readonly medianInterval?: MedianInterval } | null;
   readonly floor: {
     readonly nsPerOp: number;
     readonly fastFaultNs: number;

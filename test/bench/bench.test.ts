@@ -85,11 +85,14 @@ test('bench dirty-log --fast-path both --clear --page-marking fault --json on a 
   assert.deepEqual(counts(on!.faults), { fast: 256, slow: 0, spurious: 0 });
   assert.deepEqual(counts(off!.faults), { fast: 0, slow: 384, spurious: 0 });
 
-  assertKeys(j.ratio, ['slowOverFast'], 'ratio');
+  assertKeys(j.ratio, ['slowOverFast', 'medianInterval'], 'ratio');
   assertKeys(j.ratio.slowOverFast, ['min', 'median', 'max'], 'ratio.slowOverFast');
   assertNums(j.ratio.slowOverFast, ['min', 'median', 'max'], 'ratio.slowOverFast');
   const s = j.ratio.slowOverFast as Record<string, number>;
   assert.ok(s.min! <= s.median! && s.median! <= s.max!);
+  // Two ratios (iterations 2 and 3) are too few for 95%: the interval is their min and max, covering 50%.
+  assertKeys(j.ratio.medianInterval, ['low', 'high', 'coverage'], 'ratio.medianInterval');
+  assert.deepEqual(j.ratio.medianInterval, { low: s.min, high: s.max, coverage: 0.5 });
 
   assertKeys(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple', 'handlerNs'], 'floor');
   assertNums(j.floor, ['nsPerOp', 'fastFaultNs', 'multiple'], 'floor');
@@ -112,6 +115,7 @@ test('bench dirty-log --fast-path both --clear --page-marking fault --json on a 
   assert.match(html, /new Chart\(/);
   assert.doesNotMatch(html, /<script[^>]+src=/, 'the chart library is inlined, not loaded');
   assert.match(html, /Iteration 2 dirty memory time/);
+  assert.match(html, /the median lies in [\d.]+x-[\d.]+x \(50% order-statistic interval/);
 });
 
 test('bench dirty-log without --clear reports null clear times and no ratio when only one way ran', () => {

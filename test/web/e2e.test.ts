@@ -152,6 +152,7 @@ test('benchmarks: the view charts the results from --bench', async () => {
   await page.waitForSelector('#bench-dirty-log');
   await page.waitForFunction(() => document.querySelectorAll('#view-bench canvas').length === 4);
   assert.match((await page.textContent('#bench-ratio')) ?? '', /1\.96×/);
+  assert.equal(await page.textContent('#bench-ratio-interval'), 'median within 1.89–2.02× (88% interval)');
   assert.match((await page.textContent('#bench-handler')) ?? '', /640 ns with the fast path, 1450 ns without/);
   assert.match((await page.textContent('#bench-dir')) ?? '', new RegExp(benchDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   assert.match((await page.textContent('#bench-dirty-log .faults')) ?? '', /found mmu_lock taken.*24,576/s);

@@ -25,7 +25,7 @@ export function sampleDirtyLog(): DirtyLogBench {
       { fastPath: true, iterations: iterations([0.201, 0.118, 0.121, 0.117, 0.119]), faults: { fast: 131072, slow: 0, spurious: 12, lockContended: 0 } },
       { fastPath: false, iterations: iterations([0.205, 0.231, 0.236, 0.229, 0.233]), faults: { fast: 0, slow: 163840, spurious: 9, lockContended: 24576 } },
     ],
-    ratio: { slowOverFast: { min: 1.89, median: 1.96, max: 2.02 } },
+    ratio: { slowOverFast: { min: 1.89, median: 1.96, max: 2.02 }, medianInterval: { low: 1.89, high: 2.02, coverage: 0.875 } },
     floor: { nsPerOp: 38.5, fastFaultNs: 610, multiple: 15.8, handlerNs: { fastPathOn: 640, fastPathOff: 1450 } },
     bookkeeping: { bytes: 1_351_680, guestBytes: 128 * 1024 * 1024, share: 0.01007, byKind: { 'shadow pages': 1_064_960, rmaps: 262_144, 'dirty bitmaps': 4096, tlbs: 16_384, vcpus: 4096 } },
     machine: { cpus: 2, node: 'v20.20.2' },

@@ -119,7 +119,17 @@ export class BenchView {
     const cards: HTMLElement[] = [];
     if (d.ratio !== null) {
       const r = d.ratio.slowOverFast;
-      cards.push(h('div', { class: 'card', id: 'bench-ratio' }, h('div', { class: 'big' }, `${r.median.toFixed(2)}×`), h('div', null, 're-dirty time, fast path off ÷ on (median)'), h('div', { class: 'muted' }, `min ${r.min.toFixed(2)}×, max ${r.max.toFixed(2)}×`)));
+      const m = d.ratio.medianInterval;
+      cards.push(
+        h(
+          'div',
+          { class: 'card', id: 'bench-ratio' },
+          h('div', { class: 'big' }, `${r.median.toFixed(2)}×`),
+          h('div', null, 're-dirty time, fast path off ÷ on (median)'),
+          h('div', { class: 'muted' }, `min ${r.min.toFixed(2)}×, max ${r.max.toFixed(2)}×`),
+          m === undefined ? null : h('div', { class: 'muted', id: 'bench-ratio-interval' }, `median within ${m.low.toFixed(2)}–${m.high.toFixed(2)}× (${(m.coverage * 100).toFixed(0)}% interval)`),
+        ),
+      );
     }
     cards.push(
       h(
