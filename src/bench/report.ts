@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fmtBytes } from '../shm/layout';
 import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
-import type { FaultCounts, MedianInterval } from './results';
+import { trialsFastGainedMore, type FaultCounts, type MedianInterval } from './results';
 import type { ScaleOutcome, ScalePoint, ScaleResult } from './scale';
 import { median } from './stats';
 
@@ -168,6 +168,7 @@ export function formatScale(o: ScaleOutcome): string {
       `throughput at ${c.maxVcpus} vCPUs over 1, trial by trial: fast path on ${g(r.gain.fastPathOn)}, off ${g(r.gain.fastPathOff)} ` +
         `(faults under mmu_lock serialize; the lockless fast path does not)`,
     );
+    lines.push(`the fast path's throughput grew more than the slow path's in ${trialsFastGainedMore(r)} of ${r.trials.length} trials`);
   }
   lines.push(
     `machine: ${r.machine.cpus} CPUs, node ${r.machine.node}; ${c.maxVcpus} threads of a CPU-bound loop ran at ` +

@@ -162,3 +162,20 @@ export interface ScaleResult {
   readonly trials: ScaleTrial[];
   readonly machine: MachineInfo;
 }
+
+/**
+ * In how many trials the fast path's throughput grew more from 1 vCPU to
+ * `maxVcpus` than the slow path's did in the same trial (the two ways' points
+ * of a trial ran interleaved, under the same machine conditions); null when
+ * there is no gain to compare.
+ */
+export function trialsFastGainedMore(r: Pick<ScaleResult, 'config' | 'gain' | 'trials'>): number | null {
+  if (r.gain === null) return null;
+  const n = r.config.maxVcpus;
+  let more = 0;
+  for (const t of r.trials) {
+    const pps = (v: number, fast: boolean) => t.points.find((p) => p.vcpus === v && p.fastPath === fast)!.pagesPerSecond;
+    if (pps(n, true) / pps(1, true) > pps(n, false) / pps(1, false)) more++;
+  }
+  return more;
+}

@@ -1,8 +1,9 @@
-// The benchmarks' statistics: min / median / max and the order-statistic interval for a median, checked against binomial sums worked by hand.
+// The benchmarks' statistics: min / median / max, the order-statistic interval for a median (checked against binomial sums worked by hand), and the trial-by-trial comparison of bench scale's gains.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { median, medianInterval, summarize } from '../../src/bench/stats';
+import { trialsFastGainedMore, type ScalePoint } from '../../src/bench/results';
 
 /** 1 - 2 P(B <= j - 1) for B ~ Binomial(n, 1/2), by exact integer sums (n small). */
 function coverageOf(n: number, j: number): number {
@@ -63,4 +64,14 @@ test('a large sample stays finite where 2^-n underflows, and narrows around the 
   // Normal approximation: j is about n/2 - 1.96 sqrt(n)/2, i.e. near 957.
   assert.ok(Math.abs(m.low - 957) <= 2, `low ${m.low}`);
   assert.equal(m.high, n + 1 - m.low);
+});
+
+test('trialsFastGainedMore compares the two ways within each trial, not their medians', () => {
+  const pt = (vcpus: number, fastPath: boolean, pagesPerSecond: number): ScalePoint => ({ vcpus, fastPath, pagesPerSecond, redirtySeconds: 1, slowFaults: 0, lockContended: 0 });
+  // Gains (fast, slow): (1.9, 1.4), (1.5, 1.6), (1.2, 1.2): only the first is a win; a tie is not.
+  const trial = (f1: number, f2: number, s1: number, s2: number) => ({ points: [pt(1, true, f1), pt(1, false, s1), pt(2, true, f2), pt(2, false, s2)] });
+  const trials = [trial(10, 19, 5, 7), trial(20, 30, 5, 8), trial(10, 12, 5, 6)];
+  const g = { min: 1, median: 1, max: 1 };
+  assert.equal(trialsFastGainedMore({ config: { maxVcpus: 2 } as never, gain: { fastPathOn: g, fastPathOff: g }, trials }), 1);
+  assert.equal(trialsFastGainedMore({ config: { maxVcpus: 1 } as never, gain: null, trials }), null);
 });
