@@ -159,7 +159,7 @@ test('benchmarks: the view charts the results from --bench', async () => {
   const lockRows = await page.$$eval('#bench-scale-lock tbody tr', (rows) => rows.map((r) => r.textContent));
   // The sample's three trials: slow faults summed over them.
   assert.deepEqual(lockRows, ['1fast path off196,6080.0%', '2fast path off393,21625.0%', '3fast path off589,82433.3%', '4fast path off786,43237.5%']);
-  assert.match((await page.textContent('#bench-scale-gain')) ?? '', /4 vCPUs over 1, median of 3 trials .*fast path on 1\.80× \(1\.60–1\.98×\).*off 1\.70× \(1\.70–1\.70×\)\. The fast path's grew more in 2 of 3\./);
+  assert.match((await page.textContent('#bench-scale-gain')) ?? '', /4 vCPUs over 1, median of 3 trials .*fast path on 1\.80× \(1\.60–1\.98×\).*off 1\.70× \(1\.70–1\.70×\)\. The fast path gained more in 2 of 3 trials\./);
   const faultRows = await page.$$eval('#bench-dirty-log .faults tbody tr td:first-child', (cells) => cells.map((c) => c.textContent));
   assert.deepEqual(faultRows, ['populate', 'fast path on, iterations', 'fast path off, iterations']);
   await noHorizontalScroll(page);

@@ -263,7 +263,7 @@ export class BenchView {
             h('b', null, `fast path on ${gain(s.gain.fastPathOn)}`),
             ', ',
             h('b', null, `off ${gain(s.gain.fastPathOff)}`),
-            `. The fast path's grew more in ${trialsFastGainedMore(s)} of ${s.trials.length}. Points are medians over the trials.`,
+            `. The fast path gained more in ${trialsFastGainedMore(s)} of ${s.trials.length} trials. Points are medians over the trials.`,
           ),
       h('div', { class: 'charts' }, line('chart-scale-rate', 'Pages re-dirtied per second', 'pages/s', (p) => Math.round(p.pagesPerSecond)), line('chart-scale-time', 'Time to re-dirty all guest memory', 'ms', (p) => ms(p.redirtySeconds))),
       contention,
