@@ -2,6 +2,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { KvmmuError } from '../shm/errors';
 import { fmtBytes } from '../shm/layout';
 import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
 import { trialsFastGainedMore, type FaultCounts, type MedianInterval } from './results';
@@ -293,12 +294,92 @@ export function scaleHtml(o: ScaleOutcome): string {
   );
 }
 
-/** Write `<dir>/<name>.json` and `<dir>/<name>.html` (creating dir); returns the paths written. */
+/**
+ * Create the directories missing on the way to `dir`, one level at a time
+ * (Node's recursive mkdir never returns for some paths under /proc); returns
+ * those it created, outermost first. Throws KvmmuError naming `dir` when a
+ * path component is not a directory or a directory cannot be made.
+ */
+function makeDirs(dir: string): string[] {
+  const missing: string[] = [];
+  let p = path.resolve(dir);
+  for (;;) {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(p);
+    } catch (e) {
+      // ENOTDIR: a component further up is a file, which the walk up reports by name.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new KvmmuError(`--out ${dir}: ${(e as Error).message}`);
+    }
+    if (st !== undefined) {
+      if (!st.isDirectory()) throw new KvmmuError(`--out ${dir}: ${p} is not a directory`);
+      break;
+    }
+    missing.unshift(p);
+    p = path.dirname(p);
+  }
+  const made: string[] = [];
+  try {
+    for (const m of missing) {
+      fs.mkdirSync(m);
+      made.push(m);
+    }
+  } catch (e) {
+    removeDirs(made);
+    throw new KvmmuError(`--out ${dir}: ${(e as Error).message}`);
+  }
+  return made;
+}
+
+/** Remove directories makeDirs made (innermost first), if they are still empty. */
+function removeDirs(made: readonly string[]): void {
+  for (const m of [...made].reverse()) {
+    try {
+      fs.rmdirSync(m);
+    } catch {
+      return;
+    }
+  }
+}
+
+/**
+ * Check, before a benchmark runs, that its results could be written to `dir`:
+ * make the missing directories and a probe file, then remove all of them again,
+ * so that a bad --out fails at once and a run that fails leaves nothing behind.
+ */
+export function checkOutDir(dir: string): void {
+  const made = makeDirs(dir);
+  const probe = path.join(dir, `.kvmmu-probe-${process.pid}`);
+  try {
+    fs.writeFileSync(probe, '');
+    fs.unlinkSync(probe);
+  } catch (e) {
+    throw new KvmmuError(`--out ${dir}: cannot write files there: ${(e as Error).message}`);
+  } finally {
+    removeDirs(made);
+  }
+}
+
+/**
+ * Write `<dir>/<name>.json` and `<dir>/<name>.html`, creating dir; returns the
+ * paths written. Each file is written under a temporary name first and both
+ * are renamed into place only once both are complete, so a failure leaves the
+ * earlier results (or nothing) rather than half a file.
+ */
 export function writeResults(dir: string, name: 'dirty-log' | 'scale', json: unknown, html: string): string[] {
-  fs.mkdirSync(dir, { recursive: true });
-  const j = path.join(dir, `${name}.json`);
-  const h = path.join(dir, `${name}.html`);
-  fs.writeFileSync(j, JSON.stringify(json, null, 2) + '\n');
-  fs.writeFileSync(h, html);
-  return [j, h];
+  makeDirs(dir);
+  const files: [string, string][] = [
+    [path.join(dir, `${name}.json`), JSON.stringify(json, null, 2) + '\n'],
+    [path.join(dir, `${name}.html`), html],
+  ];
+  const tmp = (f: string) => `${f}.${process.pid}.tmp`;
+  try {
+    for (const [f, text] of files) fs.writeFileSync(tmp(f), text);
+    for (const [f] of files) fs.renameSync(tmp(f), f);
+  } catch (e) {
+    for (const [f] of files) fs.rmSync(tmp(f), { force: true });
+    throw new KvmmuError(`--out ${dir}: cannot write the results: ${(e as Error).message}`);
+  }
+  return files.map(([f]) => f);
 }

@@ -7,7 +7,7 @@ import { pageMarkingOption } from './settings';
 import { runDirtyLogBench, type ProgressFn } from '../bench/dirty-log';
 import { runScaleBench } from '../bench/scale';
 import { DIRTY_LOG_DEFAULTS, FAST_PATH_SETTINGS, SCALE_DEFAULTS, resolveDirtyLog, resolveScale, type FastPathSetting } from '../bench/options';
-import { dirtyLogHtml, formatDirtyLog, formatScale, scaleHtml, writeResults } from '../bench/report';
+import { checkOutDir, dirtyLogHtml, formatDirtyLog, formatScale, scaleHtml, writeResults } from '../bench/report';
 import { fmtBytes } from '../shm/layout';
 
 function int(name: string, min: number, max: number): (v: string) => number {
@@ -85,6 +85,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
     clearDirtyLog: o.clear,
     pageMarking: o.pageMarking,
   });
+  if (o.out !== undefined) checkOutDir(o.out);
   const p = progressBar('bench dirty-log', o.json);
   let outcome;
   try {
@@ -100,6 +101,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
 
 async function scaleCommand(o: ScaleCliOptions): Promise<number> {
   const config = resolveScale({ maxVcpus: o.maxVcpus, bytesPerVcpu: o.bytesPerVcpu, iterations: o.iterations, trials: o.trials, mode: o.mode, pageMarking: o.pageMarking });
+  if (o.out !== undefined) checkOutDir(o.out);
   const p = progressBar('bench scale', o.json);
   let outcome;
   try {

@@ -267,6 +267,23 @@ for (const [args, pattern] of [
   });
 }
 
+test('bench --out that cannot hold results fails before the benchmark runs, with one error line and exit 2', () => {
+  const dir = tmpDir();
+  const file = path.join(dir, 'results');
+  fs.writeFileSync(file, 'not a directory\n');
+  for (const [kind, out] of [
+    ['dirty-log', file],
+    ['scale', path.join(file, 'sub')],
+  ] as const) {
+    const r = kvmmu('bench', kind, '-b', '64K', '-i', '2', '--out', out);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(r.stderr, `kvmmu: --out ${out}: ${file} is not a directory\n`);
+    assert.equal(r.stdout, '', 'nothing measured');
+  }
+  assert.equal(fs.readFileSync(file, 'utf8'), 'not a directory\n');
+  assert.deepEqual(fs.readdirSync(dir), ['results']);
+});
+
 for (const [args, pattern] of [
   [['-i', '1'], /-i must be from 2/],
   [['-t', '0'], /-t must be from 1/],
