@@ -36,7 +36,7 @@ export const SCALE_DEFAULTS: ScaleConfig = {
   mode: 'direct',
   iterations: 20,
   pageMarking: 'spte',
-  trials: 5,
+  trials: 9,
 };
 
 function checkVcpus(flag: string, n: number): void {

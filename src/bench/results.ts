@@ -98,7 +98,7 @@ export interface ScaleConfig {
   readonly iterations: number;
   /** As DirtyLogConfig.pageMarking. */
   readonly pageMarking: PageMarking;
-  /** Independent trials, each with its own VMs and vCPU threads (default 5). */
+  /** Independent trials, each with its own VMs and vCPU threads (default 9). */
   readonly trials: number;
 }
 
