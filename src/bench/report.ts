@@ -1,4 +1,4 @@
-// Benchmark reports: the text the CLI prints (dirty_log_perf_test's phase lines), and self-contained HTML pages with a Chart.js chart, written with the JSON to an output folder.
+// Benchmark reports: the text the CLI prints (dirty_log_perf_test's phase lines), self-contained HTML pages with a Chart.js chart, and the output folder they are written to with the JSON (checked before a run, written whole or not at all).
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
