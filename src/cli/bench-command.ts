@@ -126,7 +126,7 @@ export function registerBench(program: Command): void {
         'dirty memory / get dirty log / clear dirty log, disable; fast and slow fault counts (and how many slow faults found mmu_lock taken), the floor, MMU bookkeeping',
     )
     .option('-v, --vcpus <n>', 'vCPUs, one worker thread each', int('-v', 1, 64), d.vcpus)
-    .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (e.g. 64M, 1G; default ${fmtBytes(d.bytesPerVcpu)})`, size, d.bytesPerVcpu)
+    .addOption(new Option('-b, --bytes-per-vcpu <size>', 'guest memory each vCPU dirties (e.g. 64M, 1G)').argParser(size).default(d.bytesPerVcpu, fmtBytes(d.bytesPerVcpu)))
     .option('-i, --iterations <n>', 'dirty-memory iterations, each way (at least 2, as the selftest)', int('-i', 2, 1000), d.iterations)
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default(d.mode))
     .addOption(
@@ -146,7 +146,7 @@ export function registerBench(program: Command): void {
     .command('scale')
     .description('re-dirty throughput over 1..N vCPUs with the fast path on and off, and how often slow faults found mmu_lock taken: faults under mmu_lock serialize, the fast path does not')
     .option('-v, --max-vcpus <n>', 'run 1..N vCPUs', int('-v', 1, 64), s.maxVcpus)
-    .option('-b, --bytes-per-vcpu <size>', `guest memory each vCPU dirties (default ${fmtBytes(s.bytesPerVcpu)})`, size, s.bytesPerVcpu)
+    .addOption(new Option('-b, --bytes-per-vcpu <size>', 'guest memory each vCPU dirties (e.g. 64M, 1G)').argParser(size).default(s.bytesPerVcpu, fmtBytes(s.bytesPerVcpu)))
     .option('-i, --iterations <n>', 'dirty-memory iterations per point and trial (the first is not measured)', int('-i', 2, 1000), s.iterations)
     .option('-t, --trials <n>', 'independent trials, each with its own VMs and vCPU threads; points are their medians', int('-t', 1, 100), s.trials)
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default(s.mode))

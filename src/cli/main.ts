@@ -72,7 +72,7 @@ export function buildProgram(): Command {
     .description('run a VM on real threads: vCPUs write known patterns while the host swaps, merges and migrates; then verify')
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default('direct'))
     .option('--vcpus <n>', 'vCPUs, one worker thread each', int('--vcpus', 1, 64), 2)
-    .option('--mem <size>', 'guest memory (e.g. 64M, 1G)', size, 64 * 1024 * 1024)
+    .addOption(new Option('--mem <size>', 'guest memory (e.g. 64M, 1G)').argParser(size).default(64 * 1024 * 1024, fmtBytes(64 * 1024 * 1024)))
     .option('--seconds <s>', 'how long the vCPUs write before the final checks', positive('--seconds'), 10)
     .option('--migrate', 'live-migrate by pre-copy into a destination and compare it with the source', false)
     .option('--swap', 'a host thread swaps pages out and in while the guest runs', false)
@@ -231,7 +231,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof CommanderError) {
       // Help and version are not errors; commander has already printed its one-line message otherwise.
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help' || e.code === 'commander.version') return EXIT_OK;
+      // `kvmmu help` and --help exit 0; a command group without its subcommand (`kvmmu bench`) printed help as an error.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT_OK;
+      if (e.code === 'commander.help') return e.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
       return EXIT_USAGE;
     }
     if (e instanceof KvmmuError) {

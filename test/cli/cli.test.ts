@@ -32,11 +32,25 @@ for (const [args, pattern] of [
   });
 }
 
-test('--help lists the run options the issue names', () => {
+test('--help lists the run options the issue names, sizes as sizes', () => {
   const r = kvmmu('run', '--help');
   assert.equal(r.code, 0);
   for (const o of ['--mode', '--vcpus', '--mem', '--seconds', '--migrate', '--swap', '--ksm', '--guard', '--json'])
     assert.ok(r.stdout.includes(o), o);
+  assert.match(r.stdout, /--mem <size> +guest memory \(e\.g\. 64M, 1G\) \(default: 64 MiB\)/);
+});
+
+test('a command group without its subcommand prints its help as a usage error; asking for help is not one', () => {
+  const bare = kvmmu('bench');
+  assert.equal(bare.code, 2);
+  assert.equal(bare.stdout, '');
+  assert.match(bare.stderr, /^Usage: kvmmu bench \[options\] \[command\]/);
+  assert.match(bare.stderr, /dirty-log \[options\]/);
+  for (const args of [['help'], ['help', 'bench'], ['bench', '--help'], ['--help']]) {
+    const r = kvmmu(...args);
+    assert.equal(r.code, 0, args.join(' '));
+    assert.match(r.stdout, /^Usage: kvmmu/, args.join(' '));
+  }
 });
 
 test('a short run with migration, swap and KSM loses nothing and says so in JSON', () => {
