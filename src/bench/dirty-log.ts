@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import { medianInterval, summarize } from './stats';
 import { measureFloorAndFastFault, type FloorResult } from './floor';
 import { resolveDirtyLog, type DirtyLogConfig } from './options';
-import { BenchVm } from './vm';
+import { BenchVm, addFaults } from './vm';
 import type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult, FaultCounts, MedianInterval, Summary } from './results';
 
 export type { IterationTimes, DirtyLogRun, Bookkeeping, MachineInfo, DirtyLogResult };
@@ -119,10 +119,6 @@ export async function runDirtyLogBench(options: Partial<DirtyLogConfig>, onProgr
 }
 
 const ZERO_FAULTS: FaultCounts = { fast: 0, slow: 0, spurious: 0, lockContended: 0 };
-
-function addFaults(a: FaultCounts, b: FaultCounts): FaultCounts {
-  return { fast: a.fast + b.fast, slow: a.slow + b.slow, spurious: a.spurious + b.spurious, lockContended: a.lockContended + b.lockContended };
-}
 
 /** One iteration of the selftest's loop, one way: dirty memory, get the log (check it names every page), clear it. */
 async function iteration(vm: BenchVm, it: number, fastPath: boolean, clear: boolean): Promise<IterationTimes> {

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { KvmmuError } from '../shm/errors';
 import { fmtBytes } from '../shm/layout';
 import type { DirtyLogOutcome, DirtyLogResult, DirtyLogRun } from './dirty-log';
-import { trialsFastGainedMore, type FaultCounts, type MedianInterval } from './results';
+import { ratioInterval, trialsFastGainedMore, type FaultCounts, type MedianInterval } from './results';
 import type { ScaleOutcome, ScalePoint, ScaleResult } from './scale';
 import { median } from './stats';
 
@@ -92,9 +92,8 @@ export function formatDirtyLog(o: DirtyLogOutcome): string {
       `re-dirty after a dirty-log pass, fast path off / on (iterations 2-${c.iterations}): ` +
         `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}`,
     );
-    // One ratio (two iterations) bounds nothing: coverage 0.
-    const m = r.ratio.medianInterval;
-    if (m !== undefined && m.coverage > 0) lines.push(`  ${intervalText(m)}`);
+    const m = ratioInterval(r.ratio);
+    if (m !== null) lines.push(`  ${intervalText(m)}`);
   }
   const f = o.floor;
   lines.push(`floor: one Atomics.load + one Atomics.compareExchange on a BigUint64Array: ${f.nsPerOp.toFixed(1)} ns`);
@@ -263,12 +262,13 @@ export function dirtyLogHtml(o: DirtyLogOutcome): string {
     data: run.iterations.map((it) => it.dirtySeconds),
   }));
   const s = r.ratio?.slowOverFast;
+  const m = ratioInterval(r.ratio);
   const headline =
     s === undefined
       ? `Dirty memory time per iteration, fast path ${r.config.fastPath}.`
       : `Re-dirty after a dirty-log pass (iterations 2-${r.config.iterations}), fast path off / on: ` +
         `min ${times(s.min)}, median ${times(s.median)}, max ${times(s.max)}` +
-        (r.ratio?.medianInterval === undefined || r.ratio.medianInterval.coverage === 0 ? '.' : `; ${intervalText(r.ratio.medianInterval)}.`);
+        (m === null ? '.' : `; ${intervalText(m)}.`);
   return page(
     `kvmmu dirty-log benchmark: ${r.config.mode} mode, ${r.config.vcpus} vCPU(s), ${fmtBytes(r.config.bytesPerVcpu)} per vCPU`,
     headline,

@@ -1,4 +1,4 @@
-// The benchmarks' JSON results (schema version 2 for both), with no runtime dependencies: the runners write them, the browser view reads them.
+// The benchmarks' JSON results (schema version 2 for both), with no runtime dependencies, and the few readings of them that the text report and the browser view share.
 
 import type { MmuMode, PageMarking } from '../kvm/config';
 
@@ -163,19 +163,26 @@ export interface ScaleResult {
   readonly machine: MachineInfo;
 }
 
+/** A trial's throughput at `n` vCPUs over its throughput at 1, one way. */
+export function trialGain(t: ScaleTrial, n: number, fastPath: boolean): number {
+  const pps = (v: number) => t.points.find((p) => p.vcpus === v && p.fastPath === fastPath)!.pagesPerSecond;
+  return pps(n) / pps(1);
+}
+
 /**
  * In how many trials the fast path's throughput grew more from 1 vCPU to
  * `maxVcpus` than the slow path's did in the same trial (the two ways' points
  * of a trial ran interleaved, under the same machine conditions); null when
- * there is no gain to compare.
+ * maxVcpus is 1 and there is no gain to compare.
  */
-export function trialsFastGainedMore(r: Pick<ScaleResult, 'config' | 'gain' | 'trials'>): number | null {
-  if (r.gain === null) return null;
+export function trialsFastGainedMore(r: Pick<ScaleResult, 'config' | 'trials'>): number | null {
   const n = r.config.maxVcpus;
-  let more = 0;
-  for (const t of r.trials) {
-    const pps = (v: number, fast: boolean) => t.points.find((p) => p.vcpus === v && p.fastPath === fast)!.pagesPerSecond;
-    if (pps(n, true) / pps(1, true) > pps(n, false) / pps(1, false)) more++;
-  }
-  return more;
+  if (n < 2) return null;
+  return r.trials.filter((t) => trialGain(t, n, true) > trialGain(t, n, false)).length;
+}
+
+/** The ratio's interval for its median when it bounds anything: null if the file has none or it came from one ratio (coverage 0). */
+export function ratioInterval(ratio: DirtyLogResult['ratio']): MedianInterval | null {
+  const m = ratio?.medianInterval;
+  return m === undefined || m.coverage === 0 ? null : m;
 }

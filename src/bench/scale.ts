@@ -5,7 +5,7 @@ import { median, summarize } from './stats';
 import { machineInfo, type ProgressFn } from './dirty-log';
 import { resolveScale, type ScaleConfig } from './options';
 import { BenchVm } from './vm';
-import type { FaultCounts, ScalePoint, ScaleResult, ScaleTrial, Summary } from './results';
+import { trialGain, type FaultCounts, type ScalePoint, type ScaleResult, type ScaleTrial, type Summary } from './results';
 
 export type { ScalePoint, ScaleResult };
 
@@ -85,8 +85,7 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
 
 /** Throughput at `n` vCPUs over 1, trial by trial, for one way. */
 function trialGains(trials: readonly ScaleTrial[], n: number, fastPath: boolean): Summary {
-  const at = (tr: ScaleTrial, v: number) => tr.points.find((p) => p.vcpus === v && p.fastPath === fastPath)!.pagesPerSecond;
-  return summarize(trials.map((tr) => at(tr, n) / at(tr, 1)));
+  return summarize(trials.map((tr) => trialGain(tr, n, fastPath)));
 }
 
 /** One trial: fresh VMs for every point, populated, dirty logging enabled, then the interleaved rounds. */

@@ -161,8 +161,7 @@ export class BenchVm {
 
   /** Fault counts summed over the vCPUs since `before` (an earlier faults()). */
   faultsSince(before: FaultCounts): FaultCounts {
-    const now = this.faults();
-    return { fast: now.fast - before.fast, slow: now.slow - before.slow, spurious: now.spurious - before.spurious, lockContended: now.lockContended - before.lockContended };
+    return addFaults(this.faults(), before, -1);
   }
 
   bookkeeping(): Record<string, number> {
@@ -204,4 +203,9 @@ export function benchDataPages(o: Pick<BenchVmOptions, 'vcpus' | 'bytesPerVcpu'>
       `${o.vcpus} x ${fmtBytes(o.bytesPerVcpu)} of guest memory does not fit: Node allows one SharedArrayBuffer of at most ${fmtBytes(MAX_BUFFER_BYTES)}`,
     );
   return pages;
+}
+
+/** a + k * b, count by count (k = -1: the difference). */
+export function addFaults(a: FaultCounts, b: FaultCounts, k = 1): FaultCounts {
+  return { fast: a.fast + k * b.fast, slow: a.slow + k * b.slow, spurious: a.spurious + k * b.spurious, lockContended: a.lockContended + k * b.lockContended };
 }

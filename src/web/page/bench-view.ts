@@ -15,7 +15,7 @@ import {
   Tooltip,
   type ChartConfiguration,
 } from 'chart.js';
-import { trialsFastGainedMore } from '../../bench/results';
+import { ratioInterval, trialsFastGainedMore } from '../../bench/results';
 import type { BenchResponse, DirtyLogBench, ScaleBench } from '../api-types';
 import { api } from './api';
 import type { AppContext } from './app';
@@ -120,7 +120,7 @@ export class BenchView {
     const cards: HTMLElement[] = [];
     if (d.ratio !== null) {
       const r = d.ratio.slowOverFast;
-      const m = d.ratio.medianInterval;
+      const m = ratioInterval(d.ratio);
       cards.push(
         h(
           'div',
@@ -128,7 +128,7 @@ export class BenchView {
           h('div', { class: 'big' }, `${r.median.toFixed(2)}×`),
           h('div', null, 're-dirty time, fast path off ÷ on (median)'),
           h('div', { class: 'muted' }, `min ${r.min.toFixed(2)}×, max ${r.max.toFixed(2)}×`),
-          m === undefined ? null : h('div', { class: 'muted', id: 'bench-ratio-interval' }, `median within ${m.low.toFixed(2)}–${m.high.toFixed(2)}× (${(m.coverage * 100).toFixed(0)}% interval)`),
+          m === null ? null : h('div', { class: 'muted', id: 'bench-ratio-interval' }, `median within ${m.low.toFixed(2)}–${m.high.toFixed(2)}× (${(m.coverage * 100).toFixed(0)}% interval)`),
         ),
       );
     }
