@@ -9,6 +9,7 @@
 // Sleep sets (Godefroid) keep an alternative from being explored twice.
 // Executions are stateless: each one replays its prefix from the snapshot.
 
+import { OP } from '../shm/access';
 import { conflicts, mayBeCoEnabled, type Access } from './ops';
 import type { Chooser, Engine, Execution, ExecutionResult, Step, Violation } from './engine';
 
@@ -123,9 +124,11 @@ const bitsOf = (m: number): number[] => {
 };
 const lowest = (m: number): number => 31 - Math.clz32(m & -m);
 
-/** Per location: the last plain write, and since it each thread's last read and last commutative or. */
+/** Per location: the last plain write, and since it each thread's last read and last commutative or; for a lock word, its last lock. */
 class LocState {
   w = -1;
+  /** The last lock step on this word (a lock word's last write is usually the unlock that ended that lock's section). */
+  lk = -1;
   /** Execution this state belongs to; older states are stale and reset on first use (no reallocation). */
   epoch = -1;
   constructor(
@@ -245,6 +248,21 @@ class Systematic implements Chooser {
     for (let x = 0; x < n; x++) vcs[base + x] = prev >= 0 ? vcs[prev * n + x]! : 0;
     vcs[base + t] = this.local[t]!;
     const acc = step.access;
+    // Two locks of one lock by different threads race: the other order is a
+    // real alternative whenever both were free to take it (at the earlier
+    // lock's state). The dependency below cannot show it: the later lock's
+    // last write is the unlock that let it in, and an unlock and a lock are
+    // never both enabled, so that pair is not reversed, and the unlock's clock
+    // then orders the earlier lock before this one. So test the last lock
+    // here, against this thread's clock before it joins the unlock's.
+    if (step.op === OP.lock) {
+      const ls = this.loc(acc.keys[0]!);
+      if (ls !== undefined && ls.lk >= 0) {
+        const i = ls.lk;
+        const s = this.stepOf[i]!;
+        if (s.thread !== t && vcs[base + s.thread]! < this.stepLocal[i]! && j >= this.fresh) this.reverse(i, j, t);
+      }
+    }
     // The steps this one depends on: the last write of each location; for a write the reads since; for a
     // read or a plain write the commutative ors since (an or does not depend on another or).
     const deps = this.deps;
@@ -284,9 +302,11 @@ class Systematic implements Chooser {
       if (ls.epoch !== this.epoch) {
         ls.epoch = this.epoch;
         ls.w = -1;
+        ls.lk = -1;
         ls.r.fill(-1);
         ls.o.fill(-1);
       }
+      if (step.op === OP.lock) ls.lk = j;
       if (acc.ors[k]) {
         ls.o[t] = j;
       } else if (acc.writes[k]) {

@@ -36,19 +36,6 @@ test('random walk and PCT find the lost update too', () => {
   }
 });
 
-test('plain DFS explores more executions than DPOR for the same clean verdict', () => {
-  const spec = findScenario(catalog, 'atomic-counter');
-  const dfs = runCheck(gen, spec, { strategy: 'dfs' });
-  const dpor = runCheck(gen, spec, { strategy: 'dpor' });
-  assert.equal(dfs.complete && dpor.complete, true);
-  assert.ok(dfs.executions >= dpor.executions, `${dfs.executions} vs ${dpor.executions}`);
-  const free = findScenario(catalog, 'free-during-walk');
-  const dfsFree = runCheck(gen, free, { strategy: 'dfs', executions: 2000 });
-  const dporFree = runCheck(gen, free);
-  assert.equal(dporFree.complete, true);
-  assert.ok(!dfsFree.complete || dfsFree.executions > dporFree.executions, 'DFS needs more than DPOR');
-});
-
 test('a preemption bound is reported as a bound, not as an exhaustive proof', () => {
   const r = runCheck(gen, findScenario(catalog, 'notifier-race'), { preemptions: 0 });
   assert.equal(r.violation, null);

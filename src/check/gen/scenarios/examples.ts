@@ -1,4 +1,4 @@
-// Two scenarios that are not about KVM: a shared counter incremented with a plain read-modify-write (a lost update) and with an atomic add.
+// Scenarios that are not about KVM: a shared counter incremented with a plain read-modify-write (a lost update) and with an atomic add; two locks taken in opposite orders (a deadlock).
 
 import { defineScenario, type ScenarioVm } from '../scenario';
 
@@ -31,4 +31,19 @@ export const atomicCounter = defineScenario({
   memory: { metaBytes: 64 },
   threads: { A: atomicIncrement, B: atomicIncrement, C: atomicIncrement },
   check: (vm) => counterIs(vm, 3),
+});
+
+/** Take lock `first`, then lock `second`; release both. */
+function lockBoth(vm: ScenarioVm, first: number, second: number): void {
+  vm.mem.lock(vm.word(first));
+  vm.mem.lock(vm.word(second));
+  vm.mem.unlock(vm.word(second));
+  vm.mem.unlock(vm.word(first));
+}
+
+export const abbaDeadlock = defineScenario({
+  name: 'abba-deadlock',
+  description: 'Two threads take the same two locks in opposite orders: each can end up holding one and waiting for the other.',
+  memory: { metaBytes: 256 },
+  threads: { A: (vm) => lockBoth(vm, 0, 32), B: (vm) => lockBoth(vm, 32, 0) },
 });

@@ -6,7 +6,7 @@ import { dirtyBitLoss } from './dirty-bit-loss';
 import { freeDuringWalk } from './free-during-walk';
 import { notifierRace } from './notifier-race';
 import { wpTlbFlush } from './wp-tlb-flush';
-import { atomicCounter, lostUpdate } from './examples';
+import { abbaDeadlock, atomicCounter, lostUpdate } from './examples';
 
 /** The five built-ins, in DESIGN.md's order. */
 export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
@@ -17,4 +17,4 @@ export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
   freeDuringWalk,
 ] as unknown as ScenarioSpec<never>[];
 
-export const EXAMPLE_SCENARIOS: readonly ScenarioSpec<never>[] = [lostUpdate, atomicCounter] as unknown as ScenarioSpec<never>[];
+export const EXAMPLE_SCENARIOS: readonly ScenarioSpec<never>[] = [lostUpdate, atomicCounter, abbaDeadlock] as unknown as ScenarioSpec<never>[];
