@@ -175,12 +175,19 @@ export class Mmu implements GuestPtAccess {
    * change, write-protection for shadow paging (which clears MMU_WRITABLE) —
    * changes its value, so the cmpxchg fails and we walk again (up to
    * FAST_PF_ATTEMPTS in all). The value alone cannot tell one gfn from another,
-   * though: the gfn marked dirty is the fault's `gfn` (KVM's fault->gfn) — the
-   * faulting address in direct mode, what the guest walk found before this
-   * lockless walk began in shadow mode (the seed's design). A direct page maps
-   * that gfn by construction; on an indirect page, between the guest walk and
-   * the cmpxchg the pfn may have been freed and reused for another gfn that now
-   * sits in the same entry with the same bits (seed 1, the ABA):
+   * though, so which gfn gets marked dirty matters:
+   *  - direct mode: the faulting address's (KVM's fault->gfn), which is the
+   *    entry's;
+   *  - a direct page in shadow mode (below a guest 2 MiB page): the gfn the
+   *    page fixes for the entry, its base plus the index, as 2012's
+   *    fast_pf_fix_direct_spte took it (kvm_mmu_page_get_gfn). The guest walk's
+   *    gfn would be stale once the guest repointed its large PDE and the entry
+   *    came to map the new range;
+   *  - an indirect page: the gfn the guest walk found before this lockless walk
+   *    began (the seed's design; the entry's recorded gfn changes with the
+   *    entry, so it proves nothing). Between the guest walk and the cmpxchg the
+   *    pfn may have been freed and reused for another gfn that now sits in the
+   *    same entry with the same bits (seed 1, the ABA):
    *
    *    vCPU 0                               elsewhere
    *    guest walk: gpte = gfn1
@@ -228,8 +235,9 @@ export class Mmu implements GuestPtAccess {
         break;
       }
       if (!isMmuWritableSpte(spte)) break;
-      const fix = roleIsDirect(pages.role(sp))
-        ? this.fastPfFixDirectSpte(sptep, spte, gfn)
+      const role = pages.role(sp);
+      const fix = roleIsDirect(role)
+        ? this.fastPfFixDirectSpte(sptep, spte, k.config.mode === 'direct' ? gfn : pages.entryGfn(sp, pages.indexOf(sptep), role))
         : this.fastPfFixIndirectSpte(sptep, spte, gfn);
       if (fix === FAST_FIX_DONE) {
         ret = RET_PF_FIXED;

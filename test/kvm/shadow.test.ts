@@ -6,7 +6,8 @@ import type { Kvm } from '../../src/kvm/kvm';
 import { KVM_REQ_TLB_FLUSH, VCPU_REQUESTS } from '../../src/kvm/kvm';
 import { SP_ROOT_COUNT, makeRole, roleIsDirect, roleLevel } from '../../src/kvm/mmu-page';
 import { readTlb, type Vcpu } from '../../src/vcpu/vcpu';
-import { pteIndex } from '../../src/x86/pte';
+import { PFERR_PRESENT_MASK, PFERR_WRITE_MASK, PT_PAGE_SIZE_MASK, pteIndex } from '../../src/x86/pte';
+import { RET_PF_FIXED } from '../../src/kvm/mmu';
 import {
   SPTE_ACCESSED_MASK,
   SPTE_HOST_WRITABLE,
@@ -249,6 +250,35 @@ test('a 2 MiB guest page is mapped through a direct level-1 shadow page whose en
   }
   inGuest(v, () => v.write64(G + 5 * 4096, 9n));
   assert.equal(k.host.readUser64(517, 0), 9n);
+});
+
+test('the fast path on a direct page below a guest 2 MiB page marks the gfn the entry maps, not a stale one from the guest walk', () => {
+  const vm = makeVm({ mode: 'shadow', dataPages: 1100, vcpus: 2 }); // the seed's fast path for shadow paging (indirect setting: pin)
+  const k = vm.host;
+  const [v0, v1] = vm.vcpus as [Vcpu, Vcpu];
+  const G = vm.addr(0) + 2 * (2 << 20);
+  const [A, B, i] = [512, 1024, 3]; // two 2 MiB ranges of guest frames
+  vm.pt!.mapLarge(G, A, DATA_FLAGS);
+  const bitmap = new Int32Array(k.dirtyLog.words(0));
+  const logged = (gfn: number): boolean => (bitmap[gfn >>> 5]! & (1 << (gfn & 31))) !== 0;
+  inGuest(v0, () => v0.write64(G + i * 4096, 1n));
+  k.dirtyLog.enable(0); // the SPTE for A+i: read-only, MMU-writable
+  // vCPU 0 write-faults at G+i; its guest walk finds A+i ...
+  v0.kv.walker.walk(v0.kvm.mmu, v0.kv.cr3, G + i * 4096, { write: true, user: false, fetch: false }, v0.kv.cpu);
+  assert.equal(v0.kv.walker.gfn, A + i);
+  // ... then vCPU 1 repoints the 2 MiB PDE at range B (trapped and emulated: the shadow PDE is zapped), touches G+i
+  // (a direct page for B), and a dirty-log pass write-protects B+i and empties the log.
+  inGuest(v1, () => v1.write64(vm.pt!.pteGpa(G, 2), (BigInt(B) << 12n) | DATA_FLAGS | PT_PAGE_SIZE_MASK));
+  inGuest(v1, () => v1.write64(G + i * 4096, 2n));
+  k.dirtyLog.get(0, bitmap);
+  // vCPU 0's fast path reaches B+i's SPTE with the walk's gfn, A+i.
+  const r = v0.kvm.mmu.fastPageFault(v0.kv, G + i * 4096, PFERR_PRESENT_MASK | PFERR_WRITE_MASK, A + i);
+  assert.equal(r, RET_PF_FIXED);
+  inGuest(v0, () => v0.write64(G + i * 4096, 3n));
+  assert.equal(k.host.readUser64(k.gfnToHvpn(B + i), 0), 3n, 'the write landed in B+i');
+  k.dirtyLog.get(0, bitmap);
+  assert.equal(logged(B + i), true, 'B+i, which the guest wrote, is in the next dirty log');
+  assert.equal(logged(A + i), false, 'A+i was not written');
 });
 
 test('with a small shadow-page pool pages are recycled and guest memory still reads back what was written', () => {
