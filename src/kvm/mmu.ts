@@ -111,8 +111,14 @@ export class Mmu implements GuestPtAccess {
     if (!direct && (vcpu.cpu & CPU_CR0_WP) === 0)
       throw new KvmmuError('kvmmu models shadow paging with CR0.WP set only');
     k.mem.lock(k.mmuLock);
-    k.pages.makeMmuPagesAvailable();
-    const root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL));
+    let root: number;
+    try {
+      k.pages.makeMmuPagesAvailable();
+      root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL));
+    } catch (e) {
+      k.mem.unlock(k.mmuLock); // kvmmu's shadow-page pool is too small: report it, do not hang the others
+      throw e;
+    }
     const rc = k.pages.hdr(root, SP_ROOT_COUNT);
     k.lockedStore(rc, k.lockedLoad(rc) + 1);
     vcpu.root = root;
@@ -320,11 +326,18 @@ export class Mmu implements GuestPtAccess {
       this.waitForInvalidation();
       return RET_PF_RETRY;
     }
-    k.pages.makeMmuPagesAvailable();
-    const ret =
-      k.config.mode === 'direct'
-        ? this.directMap(vcpu, gfn, pfn, hostWritable, write)
-        : this.fetch(vcpu, gva, pfn, hostWritable, write);
+    let ret: number;
+    try {
+      k.pages.makeMmuPagesAvailable();
+      ret = k.config.mode === 'direct' ? this.directMap(vcpu, gfn, pfn, hostWritable, write) : this.fetch(vcpu, gva, pfn, hostWritable, write);
+    } catch (e) {
+      // kvmmu's pools ran dry (KVM fills its caches before taking the lock, so it
+      // cannot fail here): let the error reach the caller, not leave every other
+      // thread spinning on mmu_lock or a frame pinned forever.
+      k.host.putPage(pfn);
+      k.mem.unlock(k.mmuLock);
+      throw e;
+    }
     this.releaseFaultinPage(pfn, ret !== RET_PF_RETRY, hostWritable);
     k.mem.unlock(k.mmuLock);
     if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfSlow);

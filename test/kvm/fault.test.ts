@@ -570,3 +570,20 @@ test('real threads: a vCPU whose slow fault queues behind the host on mmu_lock c
     await w.terminate();
   }
 });
+
+test('a slow fault that fails under mmu_lock (a kvmmu pool ran dry) releases the lock and its pin before the error goes up', () => {
+  for (const mode of ['direct', 'shadow'] as const) {
+    const vm = makeVm({ mode });
+    const v = vm.vcpus[0]!;
+    const k = vm.host;
+    k.host.writeUser64(0, 0, 5n); // the host maps data page 0 (its own write)
+    const pfn = k.host.peekPfn(0);
+    const refs = k.host.peekRefcount(pfn);
+    v.kvm.pages.makeMmuPagesAvailable = () => {
+      throw new Error('mmu: every shadow page is a root in use; the pool is too small');
+    };
+    assert.throws(() => inGuest(v, () => v.write64(vm.addr(0), 1n)), /the pool is too small/, mode);
+    assert.equal(k.mem.isLocked(k.mmuLock), false, `${mode}: mmu_lock was released`);
+    assert.equal(k.host.peekRefcount(pfn), refs, `${mode}: the fault's pin was dropped`);
+  }
+});
