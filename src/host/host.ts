@@ -493,21 +493,56 @@ export class Host {
     }
   }
 
-  /** Write the 64-bit word at byte `off` of page `hvpn`; the host's own write dirties the frame. */
+  /**
+   * Write the 64-bit word at byte `off` of page `hvpn`; the host's own write
+   * dirties the frame (KVM's kvm_vcpu_write_guest: a user copy).
+   *
+   * A CPU's store is atomic with its translation; here the page is pinned, the
+   * mapping read, the word stored and the frame marked dirty, in separate steps.
+   * A swap-out in between can unmap the frame and decide it is clean before the
+   * mark lands: then the store went to a frame nobody maps any more, and is
+   * lost when the pin goes. So read the mapping again after the mark, and if it
+   * changed, store again through the new one (a store of a value is
+   * idempotent). KSM, the other thread that remaps a present page, leaves a
+   * pinned page alone (see ksmMerge).
+   */
   writeUser64(hvpn: number, off: number, v: bigint): void {
-    const pfn = this.getUserPage(hvpn, true);
-    this.mem.storeData64((this.frameByte(pfn) + off) / 8, v);
-    this.setPfnDirty(pfn);
-    this.putPage(pfn);
+    for (;;) {
+      const { pfn, w } = this.pinMapped(hvpn);
+      this.mem.storeData64((this.frameByte(pfn) + off) / 8, v);
+      this.setPfnDirty(pfn);
+      const still = this.mem.load32(this.ptep(hvpn)) === w;
+      this.putPage(pfn);
+      if (still) return;
+    }
   }
 
-  /** Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space cmpxchg); returns the old value. */
+  /**
+   * Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space
+   * cmpxchg); returns the old value. As writeUser64: if the mapping changed by
+   * the time the frame is marked, the exchange may have hit a frame that is
+   * gone, so it is done again through the new mapping, and its result is the one returned.
+   */
   cmpxchgUser64(hvpn: number, off: number, expected: bigint, v: bigint): bigint {
-    const pfn = this.getUserPage(hvpn, true);
-    const old = this.mem.cmpxchgData64((this.frameByte(pfn) + off) / 8, expected, v);
-    if (old === expected) this.setPfnDirty(pfn);
-    this.putPage(pfn);
-    return old;
+    for (;;) {
+      const { pfn, w } = this.pinMapped(hvpn);
+      const old = this.mem.cmpxchgData64((this.frameByte(pfn) + off) / 8, expected, v);
+      if (old === expected) this.setPfnDirty(pfn);
+      const still = this.mem.load32(this.ptep(hvpn)) === w;
+      this.putPage(pfn);
+      if (still) return old;
+    }
+  }
+
+  /** Pin the frame `hvpn` maps writably, with the mapping word it was pinned under (get_user_pages for a write). */
+  private pinMapped(hvpn: number): { pfn: number; w: number } {
+    const ptep = this.ptep(hvpn);
+    for (;;) {
+      const pfn = this.getUserPage(hvpn, true);
+      const w = this.mem.load32(ptep);
+      if ((w & MAP_PRESENT) !== 0 && (w & MAP_WRITABLE) !== 0 && mapPfn(w) === pfn) return { pfn, w };
+      this.putPage(pfn); // remapped since the pin: pin the new frame
+    }
   }
 
   /** Copy page `hvpn` as the VMM sees it (frame, else swap copy, else zeros) into `dst` at `dstOff`, without faulting it in. */
@@ -563,7 +598,9 @@ export class Host {
     this.notifyStart(hvpn);
     this.mem.store32(ptep, nextMapWord(w, 0, 0));
     this.notifyEnd(hvpn);
-    // After the invalidation no SPTE maps the frame, so its DIRTY flag is final.
+    // After the invalidation no SPTE maps the frame and no new pin can find it,
+    // so its DIRTY flag is final: a VMM write already pinned that marks it later
+    // sees the mapping changed and writes again through the new one (writeUser64).
     const wasDirty = (this.mem.fetchAnd32(fl, ~FRAME_DIRTY) & FRAME_DIRTY) !== 0;
     if (!hadCopy || wasDirty) {
       this.mem.copyData(this.swapDataByte + slot * 4096, this.frameByte(pfn), 4096);
@@ -604,6 +641,12 @@ export class Host {
       return this.unlockAnd(false);
     this.writeProtectLocked(a, wa);
     this.writeProtectLocked(b, wb);
+    // Linux's write_protect_page refuses a page with references beyond its
+    // mappings: someone pinned it (a VMM write, a KVM fault) and may still write
+    // it, which would land in the shared frame or in one about to be freed. Once
+    // both are write-protected no new pin for a write can find them (GUP-fast
+    // re-reads the mapping after taking its reference), so the counts read here hold.
+    if (this.pinnedBeyondMapping(pa) || this.pinnedBeyondMapping(pb)) return this.unlockAnd(false);
     if (!this.mem.compareData(this.frameByte(pa), this.frameByte(pb), 4096)) return this.unlockAnd(false);
     this.mem.fetchOr32(this.frames + pa * FRAME_WORDS + FR_FLAGS, FRAME_KSM);
     this.mem.fetchAdd32(this.frames + pa * FRAME_WORDS + FR_REF, 1);
@@ -616,6 +659,17 @@ export class Host {
     this.mem.unlock(this.lockWord);
     this.putPage(pb);
     return true;
+  }
+
+  /**
+   * Does frame `pfn` (mapped by one page, or KSM-shared) have references beyond
+   * its mappings? A KSM frame's mappings are not counted apart from its pins,
+   * so it counts as unpinned: no one can pin it for a write (it is read-only).
+   */
+  private pinnedBeyondMapping(pfn: number): boolean {
+    const f = this.frames + pfn * FRAME_WORDS;
+    if ((this.mem.load32(f + FR_FLAGS) & FRAME_KSM) !== 0) return false;
+    return this.mem.load32(f + FR_REF) > 1;
   }
 
   private writeProtectLocked(hvpn: number, w: number): void {

@@ -2,7 +2,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Mem } from '../../src/shm/access';
+import { Mem, OP } from '../../src/shm/access';
 import { KvmmuError } from '../../src/shm/errors';
 import { LayoutBuilder, createShm, region } from '../../src/shm/layout';
 import {
@@ -482,4 +482,45 @@ test('running out of frames throws KvmmuError and leaves the host usable', () =>
   host.writeUser64(2, 0, 3n);
   assert.equal(host.readUser64(2, 0), 3n);
   assert.equal(host.readUser64(1, 0), V2);
+});
+
+/** Run `f` once, just before the next operation `op` on `mem` (then the hook is gone). */
+function onceBefore(mem: Mem, op: number, f: () => void): void {
+  mem.hook = {
+    before(o) {
+      if (o !== op) return;
+      mem.hook = null;
+      f();
+    },
+    note() {},
+  };
+}
+
+test('a VMM write whose page is swapped out between its pin and its store is not lost: it writes again through the new mapping', () => {
+  for (const kind of ['writeUser64', 'cmpxchgUser64'] as const) {
+    const { host, mem } = makeHost();
+    const pfn = cleanWithSwapCopy(host, 5, V1);
+    let swapped = false;
+    onceBefore(mem, kind === 'writeUser64' ? OP.storeData64 : OP.cmpxchgData64, () => (swapped = host.swapOut(5)));
+    if (kind === 'writeUser64') host.writeUser64(5, 0, V2);
+    else assert.equal(host.cmpxchgUser64(5, 0, V1, V2), V1, 'the exchange that counts saw the old word');
+    assert.equal(swapped, true, `${kind}: the swap-out ran in the window (the page had a clean swap copy, so no write-back)`);
+    assert.equal(host.readUser64(5, 0), V2, `${kind}: the VMM's write survived`);
+    assert.equal(host.peekRefcount(pfn) === 0 || host.peekPfn(5) === pfn, true, `${kind}: the old frame holds no pin`);
+  }
+});
+
+test('KSM leaves alone a page pinned for a VMM write: the write stays on its page and the other page is untouched', () => {
+  const { host, mem } = makeHost();
+  host.writeUser64(5, 0, 0n);
+  host.writeUser64(6, 0, 0n);
+  let merged: boolean | null = null;
+  onceBefore(mem, OP.storeData64, () => (merged = host.ksmMerge(5, 6)));
+  host.writeUser64(5, 0, V2);
+  assert.equal(merged, false, 'the pinned page is not merged');
+  assert.equal(host.readUser64(5, 0), V2);
+  assert.equal(host.readUser64(6, 0), 0n, 'page 6 did not get page 5\'s write');
+  assert.equal(host.ksmMerge(5, 6), false, 'the bytes differ now');
+  host.writeUser64(5, 0, 0n);
+  assert.equal(host.ksmMerge(5, 6), true, 'unpinned and equal again: merged');
 });

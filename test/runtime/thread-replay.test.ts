@@ -13,7 +13,7 @@ const gen = loadGenModule();
 const catalog = loadCatalog();
 
 /** One full execution in the generator engine, switching threads at every step it can (round robin). */
-function roundRobin(name: string): { schedule: number[]; ops: string[]; check: string | null } {
+function roundRobin(name: string): { schedule: number[]; ops: string[]; check: string | null; deadlock: boolean } {
   const spec = findScenario(catalog, name);
   const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
   let next = 0;
@@ -30,7 +30,8 @@ function roundRobin(name: string): { schedule: number[]; ops: string[]; check: s
     },
   });
   const check = r.violation?.invariant === 'check' ? r.violation.message : null;
-  return { schedule: r.steps.map((s) => s.thread), ops: r.steps.map((s) => `${s.thread}:${s.op}:${s.a}`), check };
+  const deadlock = r.violation?.invariant === 'deadlock';
+  return { schedule: r.steps.map((s) => s.thread), ops: r.steps.map((s) => `${s.thread}:${s.op}:${s.a}`), check, deadlock };
 }
 
 for (const spec of [...catalog.builtin, ...catalog.examples]) {
@@ -38,7 +39,8 @@ for (const spec of [...catalog.builtin, ...catalog.examples]) {
     const g = roundRobin(spec.name);
     const ctx = contextFor(spec, {});
     const t = await replayOnThreads({ scenario: spec.name, mode: ctx.mode, guardsOff: [], indirectFastPath: ctx.indirectFastPath, schedule: g.schedule });
-    assert.equal(t.finished, true);
+    // abba-deadlock deadlocks round robin: both engines stop at the same step with the threads stuck.
+    assert.equal(t.finished, !g.deadlock);
     assert.deepEqual(t.steps.map((s) => `${s.thread}:${s.op}:${s.a}`), g.ops);
     assert.equal(t.check, g.check);
   });
