@@ -583,22 +583,32 @@ export class Mmu implements GuestPtAccess {
       if (!present) k.spte.linkShadowPage(sptep, child);
       sp = child;
     }
+    // A clean guest PTE is mapped read-only, so the first write faults and the
+    // walker sets its D bit (KVM's protect_clean_gpte). Below a guest large page
+    // that goes for the direct pages' rights too (KVM's direct_access), or a
+    // prefetch would map the neighbours writable and the guest's D bit would never be set.
+    const acc = !write && !hasBits(w.ptes[w.level]!, PT_DIRTY_MASK) ? w.pteAccess & ~ACC_WRITE_MASK : w.pteAccess;
     for (let level = w.level; level > 1; level--) {
       const sptep = k.pages.sptep(sp, spteIndex(gva, level));
       const low = k.mem.load64Low(sptep);
       if (isShadowPresentLow(low)) {
-        sp = spteLowToChild(low);
-        continue;
+        const child = spteLowToChild(low);
+        if (roleAccess(k.lockedLoad(k.pages.hdr(child, SP_ROLE))) === acc) {
+          sp = child;
+          continue;
+        }
+        // KVM's validate_direct_spte: the page was built for other rights (the
+        // guest page was clean then, or is clean again): drop the link and build
+        // one for these, so no entry keeps rights the guest PTE no longer gives.
+        k.spte.mmuPageZapPte(sptep);
+        k.kvmFlushRemoteTlbs();
       }
       const span = pagesPerSpte(level);
-      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, w.pteAccess));
+      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, acc));
       k.spte.linkShadowPage(sptep, child);
       sp = child;
     }
     k.lockedStore(k.pages.hdr(sp, SP_FLOOD), 0);
-    let acc = w.pteAccess;
-    // A clean guest PTE is mapped read-only, so the first write faults and the walker sets its D bit.
-    if (!write && !hasBits(w.ptes[w.level]!, PT_DIRTY_MASK)) acc &= ~ACC_WRITE_MASK;
     const sptep = k.pages.sptep(sp, spteIndex(gva, 1));
     const ret = this.mmuSetSpte(sp, sptep, acc, w.gfn, pfn, hostWritable, write, false);
     if (ret !== RET_PF_SPURIOUS && !this.invalidationInProgress()) this.ptePrefetch(vcpu, sp, sptep);

@@ -252,6 +252,34 @@ test('a 2 MiB guest page is mapped through a direct level-1 shadow page whose en
   assert.equal(k.host.readUser64(517, 0), 9n);
 });
 
+test('a read of a clean guest 2 MiB page maps it read-only, neighbours too, so a later write faults and the guest PDE gets its D bit', () => {
+  const vm = makeVm({ mode: 'shadow', dataPages: 1100 });
+  const k = vm.host;
+  const v = vm.vcpus[0]!;
+  const G = vm.addr(0) + 2 * (2 << 20);
+  vm.pt!.mapLarge(G, 512, 0x07n); // present, writable, user; no A, no D
+  for (let g = 512; g < 520; g++) k.host.swapIn(k.gfnToHvpn(g)); // the host has the frames, so a prefetch maps them
+  const pde = (): bigint => readGpa(vm, vm.pt!.pteGpa(G, 2));
+  inGuest(v, () => v.read64(G));
+  assert.equal(pde() & 0x40n, 0n, 'a read leaves D clear');
+  const leaf = leafSptep(v, G);
+  const dpage = k.pages.spOf(leaf);
+  assert.equal(roleIsDirect(k.pages.role(dpage)), true);
+  for (let i = 0; i < 8; i++) {
+    const spte = spteAt(vm, k.pages.sptep(dpage, i));
+    if (isShadowPresentPte(spte)) assert.equal(spte & (SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE), 0n, `entry ${i} (the read or a prefetch) is read-only`);
+  }
+  const exits = v.kv.stat('exits');
+  inGuest(v, () => v.write64(G + 4096, 5n));
+  assert.ok(v.kv.stat('exits') > exits, 'the write to a neighbour faulted');
+  assert.equal(pde() & 0x40n, 0x40n, 'and the walker set the guest PDE\'s D bit');
+  assert.equal(k.host.readUser64(k.gfnToHvpn(513), 0), 5n);
+  // The direct page built for the read (no write right) was replaced by one with it.
+  const now = k.pages.spOf(leafSptep(v, G + 4096));
+  assert.notEqual(now, dpage);
+  assert.equal(isShadowPresentPte(spteAt(vm, k.pages.sptep(now, 1))) && (spteAt(vm, k.pages.sptep(now, 1)) & SPTE_WRITABLE_MASK) !== 0n, true);
+});
+
 test('the fast path on a direct page below a guest 2 MiB page marks the gfn the entry maps, not a stale one from the guest walk', () => {
   const vm = makeVm({ mode: 'shadow', dataPages: 1100, vcpus: 2 }); // the seed's fast path for shadow paging (indirect setting: pin)
   const k = vm.host;
