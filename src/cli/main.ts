@@ -28,6 +28,8 @@ import { registerBench } from './bench-command';
 const EXIT_OK = 0;
 const EXIT_FOUND = 1;
 const EXIT_USAGE = 2;
+/** kvmmu itself failed (a bug): neither a finding nor the user's mistake. */
+const EXIT_INTERNAL = 3;
 
 function int(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => number {
   return (v: string) => {
@@ -63,9 +65,12 @@ export function buildProgram(): Command {
   program
     .name('kvmmu')
     .description('An executable model of the Linux KVM x86 MMU and its lockless fast page fault.')
-    .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      // One line, as every other usage error: "kvmmu: <what is wrong> (see --help)".
+      outputError: (s, write) => write(`kvmmu: ${s.replace(/^error: /, '').trim()} (see --help)\n`),
+    });
 
   program
     .command('run')
@@ -222,7 +227,7 @@ export function formatRunReport(r: RunReport): string {
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   if (argv.length <= 2) {
-    program.outputHelp();
+    program.outputHelp({ error: true });
     return EXIT_USAGE;
   }
   try {
@@ -241,7 +246,7 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT_USAGE;
     }
     process.stderr.write(`kvmmu: internal error: ${(e as Error).stack ?? String(e)}\n`);
-    return EXIT_FOUND;
+    return EXIT_INTERNAL;
   }
 }
 

@@ -1,5 +1,18 @@
 // Errors a user can cause (bad sizes, bad names, bad files): the CLI prints their message on one line and exits 2.
 
 export class KvmmuError extends Error {
-  override readonly name = 'KvmmuError';
+  override readonly name: string = 'KvmmuError';
+  /** Marks errors of this class and its subclasses, from any copy of this module (see below). */
+  readonly isKvmmuError = true;
+
+  /**
+   * The checker's generator build (dist/gen) carries its own copy of this
+   * module, hence of this class; an error from a scenario's machine comes from
+   * that copy. So `instanceof KvmmuError` goes by the mark, and an error from
+   * either copy is a user's error. Subclasses keep the usual rule.
+   */
+  static override [Symbol.hasInstance](v: unknown): boolean {
+    if (this !== KvmmuError) return Function.prototype[Symbol.hasInstance].call(this, v);
+    return v instanceof Error && (v as { isKvmmuError?: unknown }).isKvmmuError === true;
+  }
 }

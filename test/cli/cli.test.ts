@@ -117,9 +117,12 @@ test("'kvmmu check' usage errors: nothing to check, an unknown scenario, a malfo
     [['check', '--scenario', 'wp-tlb-flush', '--mode', 'direct'], /runs in shadow mode, not direct/],
     [['check', '--scenario', 'lost-update', '--strategy', 'bfs'], /Allowed choices are dpor, dfs, random, pct/],
     [['check', '--replay', 'notifier-race:direct:notifier-retry:pin:0', '--page-marking', 'fault'], /--page-marking fault does not match the replay string's spte/],
+    // Raised inside the checker's generator build, which has its own copy of the error class.
+    [['check', '--replay', 'aba-gfn-pfn:direct:none:pin:0'], /scenario aba-gfn-pfn runs in shadow mode, not direct/],
   ] as const) {
     const r = kvmmu(...args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, pattern);
+    assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   }
 });
