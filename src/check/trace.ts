@@ -191,17 +191,30 @@ export function encodeSchedule(schedule: readonly number[]): string {
   return runs.join(',');
 }
 
+/**
+ * The longest schedule decodeSchedule accepts: several times the checker's
+ * bound on an execution (20,000 steps, then it is a livelock), and small
+ * enough that a short string cannot make it allocate much.
+ */
+export const MAX_SCHEDULE_STEPS = 100_000;
+
 export function decodeSchedule(s: string): number[] {
   const out: number[] = [];
   if (s.trim() === '') return out;
+  const runs: Array<[number, number]> = [];
+  let total = 0;
   for (const run of s.split(',')) {
     const m = /^(\d+)(?:\*(\d+))?$/.exec(run.trim());
     if (m === null) throw new KvmmuError(`malformed schedule at '${run}': write runs like 0*12,1*3,0`);
     const t = Number(m[1]);
     const times = m[2] === undefined ? 1 : Number(m[2]);
-    if (times < 1 || times > 1_000_000) throw new KvmmuError(`malformed schedule: a run of ${times}`);
-    for (let k = 0; k < times; k++) out.push(t);
+    if (times < 1) throw new KvmmuError(`malformed schedule: a run of ${times}`);
+    total += times;
+    // Counted before anything is expanded: a few bytes of runs must not become millions of steps.
+    if (total > MAX_SCHEDULE_STEPS) throw new KvmmuError(`malformed schedule: more than ${MAX_SCHEDULE_STEPS} steps, longer than any execution`);
+    runs.push([t, times]);
   }
+  for (const [t, times] of runs) for (let k = 0; k < times; k++) out.push(t);
   return out;
 }
 

@@ -115,6 +115,9 @@ test('schedules survive encoding: run-length strings round-trip', () => {
     assert.deepEqual(decodeReplay(encoded), r);
   }
   assert.throws(() => decodeSchedule('0*x'), /malformed schedule/);
+  // A short string naming millions of steps is refused before any is expanded.
+  assert.throws(() => decodeSchedule(Array(20).fill('0*1000000').join(',')), /more than 100000 steps/);
+  assert.equal(decodeSchedule('0*60000,1*40000').length, 100_000);
   assert.throws(() => decodeReplay('a:b'), /malformed replay string/);
   assert.throws(() => decodeReplay('a:nested:none:pin:0'), /unknown mode/);
   assert.throws(() => decodeReplay('a:direct:none:pin:sometimes:0'), /unknown page marking 'sometimes'/);
