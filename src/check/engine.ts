@@ -10,6 +10,7 @@
 
 import type { AccessHook } from '../shm/access';
 import { OP } from '../shm/access';
+import { KvmmuError } from '../shm/errors';
 import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
 import { accessOf, isEnabled, type Access } from './ops';
 
@@ -196,8 +197,8 @@ export class Engine {
     o: EngineOptions = {},
   ) {
     this.threadNames = Object.keys(spec.threads);
-    if (this.threadNames.length === 0) throw new Error(`scenario ${spec.name} has no threads`);
-    if (this.threadNames.length > 30) throw new Error(`scenario ${spec.name} has more than 30 threads`);
+    if (this.threadNames.length === 0) throw new KvmmuError(`scenario ${spec.name} has no threads`);
+    if (this.threadNames.length > 30) throw new KvmmuError(`scenario ${spec.name} has more than 30 threads`);
     this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
     this.machine = gen.createScenarioMachine(spec, ctx);
     this.monitors = o.monitorsFor?.(this.machine) ?? [];
@@ -209,8 +210,13 @@ export class Engine {
     setupMem.hook = SEQUENTIAL_HOOK;
     const setupVm = new gen.ScenarioVm(this.machine, setupMem as never);
     setupVm.setupPhase = true;
-    this.setupData = spec.setup === undefined ? undefined : drain(spec.setup(setupVm));
-    if (this.machine.config !== null) drain(setupVm.settle());
+    try {
+      this.setupData = spec.setup === undefined ? undefined : drain(spec.setup(setupVm));
+      if (this.machine.config !== null) drain(setupVm.settle());
+    } catch (e) {
+      if (e instanceof KvmmuError) throw e;
+      throw new KvmmuError(`scenario ${spec.name}: its setup failed: ${(e as Error).message}`);
+    }
     this.snapMeta = this.meta8.slice();
     this.snapData = this.data8.slice();
     this.dirtyMeta = new Uint8Array(Math.ceil(this.meta8.length / CHUNK));
@@ -345,7 +351,7 @@ export class Engine {
         abandoned = true;
         break;
       }
-      if (!ex.isEnabled(t)) throw new Error(`check: chooser picked thread ${t}, which is not enabled`);
+      if (!ex.isEnabled(t)) throw notRepeatable(this.spec.name, `thread ${this.threadNames[t]} cannot run at step ${ex.steps.length + 1}, where it could before`);
       const step: Step = {
         thread: t,
         op: ex.pendOp[t]!,
@@ -466,6 +472,19 @@ export function wordValue(shm: { meta: SharedArrayBuffer; data: SharedArrayBuffe
 }
 
 /** Run a generator-form function's result to completion, without scheduling. */
+/**
+ * Every execution starts from the same snapshot, and the explorer replays a
+ * schedule's prefix expecting the same operations; a scenario that keeps state
+ * between executions (a module-level variable, a clock, Math.random) breaks
+ * that, and what was explored means nothing. The user's error, not kvmmu's.
+ */
+export function notRepeatable(scenario: string, what: string): KvmmuError {
+  return new KvmmuError(
+    `scenario ${scenario} does not repeat itself: replaying the same schedule, ${what}. ` +
+      'A scenario must not keep state between executions (module-level variables, clocks, Math.random)',
+  );
+}
+
 export function drain(v: unknown): unknown {
   if (v === null || typeof v !== 'object' || typeof (v as Generator).next !== 'function') return v;
   const g = v as Generator;

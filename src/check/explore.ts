@@ -11,7 +11,7 @@
 
 import { OP } from '../shm/access';
 import { conflicts, mayBeCoEnabled, type Access } from './ops';
-import type { Chooser, Engine, Execution, ExecutionResult, Step, Violation } from './engine';
+import { notRepeatable, type Chooser, type Engine, type Execution, type ExecutionResult, type Step, type Violation } from './engine';
 
 export type Strategy = 'dpor' | 'dfs' | 'random' | 'pct';
 export const STRATEGIES: readonly Strategy[] = ['dpor', 'dfs', 'random', 'pct'];
@@ -124,6 +124,14 @@ const bitsOf = (m: number): number[] => {
 };
 const lowest = (m: number): number => 31 - Math.clz32(m & -m);
 
+/** Do two pending operations touch the same locations in the same way? */
+function sameAccess(x: Access, y: Access): boolean {
+  if (x === y) return true;
+  if (x.keys.length !== y.keys.length) return false;
+  for (let i = 0; i < x.keys.length; i++) if (x.keys[i] !== y.keys[i] || x.writes[i] !== y.writes[i] || x.ors[i] !== y.ors[i]) return false;
+  return true;
+}
+
 /** Per location: the last plain write, and since it each thread's last read and last commutative or; for a lock word, its last lock. */
 class LocState {
   w = -1;
@@ -180,7 +188,17 @@ class Systematic implements Chooser {
 
   choose(ex: Execution): number {
     const d = ex.steps.length;
-    if (d < this.nodes.length) return this.nodes[d]!.chosen;
+    if (d < this.nodes.length) {
+      // Replaying the prefix: every thread must be about to do what it was about to do before.
+      const node = this.nodes[d]!;
+      for (let t = 0; t < this.n; t++) {
+        const before = node.pend[t] ?? null;
+        const now = ex.done[t] ? null : ex.pendingAccess(t);
+        if (before === null ? now !== null : now === null || !sameAccess(before, now))
+          throw notRepeatable(ex.engine.spec.name, `thread ${ex.engine.threadNames[t]}'s step ${ex.steps.filter((s) => s.thread === t).length + 1} is not the operation it was`);
+      }
+      return node.chosen;
+    }
     const parent = d > 0 ? this.nodes[d - 1]! : null;
     const pend = new Array<Access | null>(this.n);
     for (let t = 0; t < this.n; t++) pend[t] = ex.done[t] ? null : ex.pendingAccess(t);

@@ -63,6 +63,14 @@ for (const [what, name, text, pattern] of [
   ['a callback the scheduler cannot follow', 'callback.ts', `import { defineScenario, type ScenarioVm } from 'kvmmu/scenario';\nconst each = (f: () => void) => f();\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: (vm: ScenarioVm) => each(() => { vm.mem.load32(vm.word(0)); }) } });\n`, /cannot compile to generator form/],
   ['no scenario exported', 'empty.ts', `export const x = 1;\n`, /exports no scenario/],
   ['a syntax error', 'syntax.js', `exports.s = {{{\n`, /does not load/],
+  ['no threads', 'nothreads.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {} });\n`, /scenario x has no threads/],
+  ['a setup that throws', 'setup.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, setup: () => { throw new Error('boom'); }, threads: { A: (vm) => { vm.mem.load32(vm.word(0)); } } });\n`, /scenario x: its setup failed: boom/],
+  [
+    'state kept between executions',
+    'state.ts',
+    `import { defineScenario } from 'kvmmu/scenario';\nlet runs = 0;\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {\n  A: (vm) => { runs++; if (runs % 2 === 1) vm.mem.load32(vm.word(0)); else vm.mem.store32(vm.word(8), 1); vm.mem.store32(vm.word(4), 1); },\n  B: (vm) => { vm.mem.store32(vm.word(0), 1); },\n} });\n`,
+    /scenario x does not repeat itself: replaying the same schedule, thread A's step 1 is not the operation it was/,
+  ],
 ] as const) {
   test(`a scenario file with ${what} is refused with a clear error and exit 2`, () => {
     const r = kvmmu('check', '--file', tempFile(name, text));
