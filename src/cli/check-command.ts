@@ -33,29 +33,21 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
   if (o.engine === 'threads') {
     if (o.replay === undefined) throw new KvmmuError('--engine threads replays one schedule: give --replay STRING');
     if (o.file !== undefined) throw new KvmmuError('--engine threads replays built-in scenarios only');
-    return threadsReplay(decodeReplay(o.replay), o.json);
   }
   const gen = loadGenModule();
   const catalog = loadCatalog();
   const chosen = [o.all, o.scenario !== undefined && o.file === undefined, o.file !== undefined, o.replay !== undefined].filter(Boolean).length;
   if (o.all && (o.scenario !== undefined || o.file !== undefined)) throw new KvmmuError('give --all, or --scenario / --file, not both');
+  if (o.all && o.replay !== undefined) throw new KvmmuError('give --all or --replay, not both');
   if (chosen === 0) throw new KvmmuError('say what to check: --scenario NAME, --file PATH, --all, or --replay STRING');
 
   if (o.replay !== undefined) {
     const r = decodeReplay(o.replay);
-    if (o.scenario !== undefined && o.file === undefined && o.scenario !== r.scenario)
-      throw new KvmmuError(`--scenario ${o.scenario} does not match the replay string's scenario ${r.scenario}`);
-    if (o.guard.length > 0) {
-      const off = guardsOff(parseGuards(o.guard));
-      if (off.join('+') !== [...r.guardsOff].sort((a, b) => GUARD_NAMES.indexOf(a) - GUARD_NAMES.indexOf(b)).join('+'))
-        throw new KvmmuError(`--guard settings do not match the replay string (guards off there: ${r.guardsOff.join(', ') || 'none'})`);
-    }
-    if (o.mode !== undefined && o.mode !== r.mode) throw new KvmmuError(`--mode ${o.mode} does not match the replay string's mode ${r.mode}`);
-    if (o.pageMarking !== undefined && o.pageMarking !== (r.pageMarking ?? 'spte'))
-      throw new KvmmuError(`--page-marking ${o.pageMarking} does not match the replay string's ${r.pageMarking ?? 'spte'}`);
+    matchReplayFlags(o, r);
     const spec = o.file !== undefined ? loadScenarioFile(o.file, r.scenario) : findScenario(catalog, r.scenario);
     const report = replayCheck(gen, spec, r);
-    print(report, o.json);
+    if (o.engine === 'threads') return threadsReplay(r, report, o.json);
+    print(report, o.json, o.file);
     return report.violation === null ? 0 : 1;
   }
 
@@ -91,18 +83,50 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
     });
     status?.clear();
     reports.push(report);
-    if (!o.json) process.stdout.write(formatCheckReport(report) + '\n');
+    if (!o.json) process.stdout.write(formatCheckReport(report, o.file) + '\n');
   }
   if (o.json) process.stdout.write(JSON.stringify(o.all ? reports.map(toJson) : toJson(reports[0]!)) + '\n');
   return reports.some((r) => r.violation !== null) ? 1 : 0;
 }
 
-/** Replay on one worker_thread per scenario thread (the normal build), and print its trace. */
-async function threadsReplay(r: ReplaySpec, json: boolean): Promise<number> {
+/** Every setting given with --replay must be the replay string's: the string fixes them all. */
+function matchReplayFlags(o: CheckCliOptions, r: ReplaySpec): void {
+  if (o.scenario !== undefined && o.scenario !== r.scenario)
+    throw new KvmmuError(`--scenario ${o.scenario} does not match the replay string's scenario ${r.scenario}`);
+  if (o.guard.length > 0) {
+    const off = guardsOff(parseGuards(o.guard));
+    if (off.join('+') !== [...r.guardsOff].sort((a, b) => GUARD_NAMES.indexOf(a) - GUARD_NAMES.indexOf(b)).join('+'))
+      throw new KvmmuError(`--guard settings do not match the replay string (guards off there: ${r.guardsOff.join(', ') || 'none'})`);
+  }
+  if (o.mode !== undefined && o.mode !== r.mode) throw new KvmmuError(`--mode ${o.mode} does not match the replay string's mode ${r.mode}`);
+  if (o.indirectFastPath !== undefined && o.indirectFastPath !== r.indirectFastPath)
+    throw new KvmmuError(`--indirect-fast-path ${o.indirectFastPath} does not match the replay string's ${r.indirectFastPath}`);
+  if (o.pageMarking !== undefined && o.pageMarking !== (r.pageMarking ?? 'spte'))
+    throw new KvmmuError(`--page-marking ${o.pageMarking} does not match the replay string's ${r.pageMarking ?? 'spte'}`);
+}
+
+/**
+ * Replay on one worker_thread per scenario thread (the normal build) and print
+ * its trace. The invariants are the checker's engine's (`report`, the same
+ * schedule replayed there): the threads run the same operations, and the exit
+ * status says whether that schedule breaks one.
+ */
+async function threadsReplay(r: ReplaySpec, report: CheckReport, json: boolean): Promise<number> {
   const res = await replayOnThreads(r);
+  const v = report.violation;
   if (json) {
     process.stdout.write(
-      JSON.stringify({ scenario: r.scenario, engine: 'threads', threads: res.threads, steps: res.steps.length, finished: res.finished, check: res.check, handoffMicros: res.handoffMicros, trace: res.rows }) + '\n',
+      JSON.stringify({
+        scenario: r.scenario,
+        engine: 'threads',
+        threads: res.threads,
+        steps: res.steps.length,
+        finished: res.finished,
+        check: res.check,
+        violation: toJson(report).violation,
+        handoffMicros: res.handoffMicros,
+        trace: res.rows,
+      }) + '\n',
     );
   } else {
     process.stdout.write(`scenario ${r.scenario} replayed on ${res.threads.length} worker threads: ${res.steps.length} steps, ${res.handoffMicros.toFixed(0)} µs a handoff\n\n`);
@@ -114,12 +138,17 @@ async function threadsReplay(r: ReplaySpec, json: boolean): Promise<number> {
           ? "every thread finished; the scenario's check holds\n"
           : `every thread finished; the scenario's check fails: ${res.check}\n`,
     );
+    process.stdout.write(
+      v === null
+        ? "the checker's invariants hold on this schedule\n"
+        : `VIOLATION of ${v.invariant}${v.statement !== '' ? ` (${v.statement})` : ''} on this schedule (the checker's invariants): ${v.message}\n`,
+    );
   }
-  return res.check === null ? 0 : 1;
+  return v === null && res.check === null ? 0 : 1;
 }
 
-function print(report: CheckReport, json: boolean): void {
-  process.stdout.write(json ? JSON.stringify(toJson(report)) + '\n' : formatCheckReport(report) + '\n');
+function print(report: CheckReport, json: boolean, file?: string): void {
+  process.stdout.write(json ? JSON.stringify(toJson(report)) + '\n' : formatCheckReport(report, file) + '\n');
 }
 
 /** The documented JSON shape: {scenario, guards, strategy, complete, executions, seconds, violation}. */
@@ -152,7 +181,8 @@ export function toJson(r: CheckReport): Record<string, unknown> {
   };
 }
 
-export function formatCheckReport(r: CheckReport): string {
+/** The report as text; `file` is the scenario file it came from, which its replay line must name too. */
+export function formatCheckReport(r: CheckReport, file?: string): string {
   const lines: string[] = [];
   const mode = r.mode === null ? '' : ` (${r.mode} mode)`;
   const off = r.guards.off.length === 0 ? 'all guards on' : `guards off: ${r.guards.off.join(', ')}`;
@@ -168,7 +198,7 @@ export function formatCheckReport(r: CheckReport): string {
     lines.push('');
     lines.push(v.table);
     lines.push('');
-    lines.push(`replay: kvmmu check --replay '${v.schedule}'`);
+    lines.push(`replay: kvmmu check ${file !== undefined ? `--file ${shellWord(file)} ` : ''}--replay '${v.schedule}'`);
   } else if (r.strategy === 'replay') {
     lines.push('no violation on this schedule');
   } else if (r.complete) {
@@ -198,3 +228,8 @@ export function scenariosCommand(json: boolean): number {
   return 0;
 }
 
+
+/** `s` as one shell word: as it is when it is plain, else in single quotes. */
+function shellWord(s: string): string {
+  return /^[\w./@%+=:,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}

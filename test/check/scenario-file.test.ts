@@ -56,6 +56,9 @@ exports.racy = defineScenario({
   assert.equal(j.violation.message, 'both threads entered');
   const again = kvmmu('check', '--file', f, '--replay', j.violation.schedule);
   assert.equal(again.code, 1);
+  // The text report's replay line names the file, so it reproduces the violation as printed.
+  const text = kvmmu('check', '--file', f);
+  assert.ok(text.stdout.includes(`replay: kvmmu check --file ${f} --replay '${j.violation.schedule}'`), text.stdout);
 });
 
 for (const [what, name, text, pattern] of [

@@ -117,6 +117,9 @@ test("'kvmmu check' usage errors: nothing to check, an unknown scenario, a malfo
     [['check', '--scenario', 'wp-tlb-flush', '--mode', 'direct'], /runs in shadow mode, not direct/],
     [['check', '--scenario', 'lost-update', '--strategy', 'bfs'], /Allowed choices are dpor, dfs, random, pct/],
     [['check', '--replay', 'notifier-race:direct:notifier-retry:pin:0', '--page-marking', 'fault'], /--page-marking fault does not match the replay string's spte/],
+    [['check', '--replay', 'notifier-race:direct:notifier-retry:pin:0', '--indirect-fast-path', 'off'], /--indirect-fast-path off does not match the replay string's pin/],
+    [['check', '--replay', 'notifier-race:direct:notifier-retry:pin:0', '--engine', 'threads', '--mode', 'shadow'], /--mode shadow does not match/],
+    [['check', '--all', '--replay', 'notifier-race:direct:notifier-retry:pin:0'], /--all or --replay, not both/],
     // Raised inside the checker's generator build, which has its own copy of the error class.
     [['check', '--replay', 'aba-gfn-pfn:direct:none:pin:0'], /scenario aba-gfn-pfn runs in shadow mode, not direct/],
   ] as const) {
@@ -125,4 +128,17 @@ test("'kvmmu check' usage errors: nothing to check, an unknown scenario, a malfo
     assert.match(r.stderr, pattern);
     assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   }
+});
+
+test("'kvmmu check --engine threads' on a counterexample runs it on worker threads and exits 1 with the checker's verdict", () => {
+  const replay = 'dirty-bit-loss:direct:atomic-volatile-clear:pin:0*14,1*7,0*14,1*12';
+  const r = kvmmu('check', '--replay', replay, '--engine', 'threads', '--json');
+  assert.equal(r.code, 1, r.stderr);
+  const j = JSON.parse(r.stdout) as { engine: string; finished: boolean; violation: { invariant: string } | null };
+  assert.equal(j.engine, 'threads');
+  assert.equal(j.finished, false, 'the schedule stops at the violation');
+  assert.equal(j.violation?.invariant, 'frame-dirty-before-drop');
+  const clean = kvmmu('check', '--replay', 'lost-update:direct:none:pin:0*2,1*2', '--engine', 'threads');
+  assert.equal(clean.code, 0, clean.stderr + clean.stdout);
+  assert.match(clean.stdout, /the checker's invariants hold on this schedule/);
 });
