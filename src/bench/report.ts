@@ -349,6 +349,7 @@ function removeDirs(made: readonly string[]): void {
  * so that a bad --out fails at once and a run that fails leaves nothing behind.
  */
 export function checkOutDir(dir: string): void {
+  if (dir.trim() === '') throw new KvmmuError('--out needs a folder name');
   const made = makeDirs(dir);
   const probe = path.join(dir, `.kvmmu-probe-${process.pid}`);
   try {

@@ -40,13 +40,18 @@ function int(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: stri
   };
 }
 
-function positive(name: string): (v: string) => number {
+/** A decimal number above 0 (and at most `max`): '1.5' yes; '0x10', '1e3', 'Infinity' no. */
+function positive(name: string, max = Infinity): (v: string) => number {
   return (v: string) => {
-    const n = Number(v);
+    const n = /^\s*(\d+\.?\d*|\.\d+)\s*$/.test(v) ? Number(v) : NaN;
     if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number above 0, not '${v}'`);
+    if (n > max) throw new InvalidArgumentError(`${name} must be at most ${max}, not ${n}`);
     return n;
   };
 }
+
+/** A day: the longest a run (or the tour's run) may last. */
+const DAY_SECONDS = 24 * 3600;
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
@@ -78,7 +83,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--mode <mode>', 'MMU mode').choices(MMU_MODES as string[]).default('direct'))
     .option('--vcpus <n>', 'vCPUs, one worker thread each', int('--vcpus', 1, 64), 2)
     .addOption(new Option('--mem <size>', 'guest memory (e.g. 64M, 1G)').argParser(size).default(64 * 1024 * 1024, fmtBytes(64 * 1024 * 1024)))
-    .option('--seconds <s>', 'how long the vCPUs write before the final checks', positive('--seconds'), 10)
+    .option('--seconds <s>', 'how long the vCPUs write before the final checks', positive('--seconds', DAY_SECONDS), 10)
     .option('--migrate', 'live-migrate by pre-copy into a destination and compare it with the source', false)
     .option('--swap', 'a host thread swaps pages out and in while the guest runs', false)
     .option('--ksm', 'a host thread merges identical pages (KSM); guest writes break them', false)
@@ -125,7 +130,7 @@ export function buildProgram(): Command {
   program
     .command('tour')
     .description('the checker finds each documented race with its guard off and none with all guards on; then a short real-thread run')
-    .option('--seconds <s>', 'length of the real-thread run', positive('--seconds'), 5)
+    .option('--seconds <s>', 'length of the real-thread run', positive('--seconds', DAY_SECONDS), 5)
     .action(async (opts: { seconds: number }) => {
       process.exitCode = await tourCommand(opts);
     });
@@ -251,6 +256,11 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  // Output piped into a reader that stops early (`kvmmu scenarios | head`) is not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw e;
+  });
   void main(process.argv).then((code) => {
     process.exitCode = code;
   });

@@ -56,42 +56,47 @@ function isScenario(v: unknown): v is ScenarioSpec {
 export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
   const abs = path.resolve(file);
   if (!fs.existsSync(abs) || !fs.statSync(abs).isFile()) throw new KvmmuError(`cannot read scenario file ${file}: no such file`);
-  if (!/\.(ts|js|mts|cts|mjs|cjs)$/.test(abs)) throw new KvmmuError(`scenario file ${file} must be a .ts or .js file`);
+  if (!/\.(ts|js)$/.test(abs)) throw new KvmmuError(`scenario file ${file} must be a .ts or .js file (CommonJS or TypeScript, not an ES module)`);
   const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-scenario-'));
-  const api = path.join(ROOT, 'src', 'check', 'gen', 'api.ts');
-  const options: ts.CompilerOptions = {
-    target: ts.ScriptTarget.ES2022,
-    module: ts.ModuleKind.CommonJS,
-    moduleResolution: ts.ModuleResolutionKind.Node10,
-    lib: ['lib.es2022.d.ts'],
-    types: [],
-    strict: true,
-    allowJs: true,
-    checkJs: false,
-    esModuleInterop: true,
-    skipLibCheck: true,
-    baseUrl: ROOT,
-    paths: { 'kvmmu/scenario': [api] },
-    outDir,
-    sourceMap: false,
-    declaration: false,
-  };
-  let emitted: string[];
-  try {
-    const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
-    emitted = buildGen([abs], options, [abs], (spec) => (spec === 'kvmmu/scenario' ? genApi : spec)).files;
-  } catch (e) {
-    if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
-    throw e;
-  }
-  const js = emitted.find((f) => f.endsWith('.js'));
-  if (js === undefined) throw new KvmmuError(`scenario file ${file} produced no JavaScript`);
   let mod: Record<string, unknown>;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    mod = require(js) as Record<string, unknown>;
-  } catch (e) {
-    throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message}`);
+    const api = path.join(ROOT, 'src', 'check', 'gen', 'api.ts');
+    const options: ts.CompilerOptions = {
+      target: ts.ScriptTarget.ES2022,
+      module: ts.ModuleKind.CommonJS,
+      moduleResolution: ts.ModuleResolutionKind.Node10,
+      lib: ['lib.es2022.d.ts'],
+      types: [],
+      strict: true,
+      allowJs: true,
+      checkJs: false,
+      esModuleInterop: true,
+      skipLibCheck: true,
+      baseUrl: ROOT,
+      paths: { 'kvmmu/scenario': [api] },
+      outDir,
+      sourceMap: false,
+      declaration: false,
+    };
+    let emitted: string[];
+    try {
+      const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
+      emitted = buildGen([abs], options, [abs], (spec) => (spec === 'kvmmu/scenario' ? genApi : spec)).files;
+    } catch (e) {
+      if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
+      throw e;
+    }
+    const js = emitted.find((f) => f.endsWith('.js'));
+    if (js === undefined) throw new KvmmuError(`scenario file ${file} produced no JavaScript`);
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      mod = require(js) as Record<string, unknown>;
+    } catch (e) {
+      throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message.split('\n')[0]}`);
+    }
+  } finally {
+    // Loaded or not, the compiled copy is not needed any more (require keeps the module).
+    fs.rmSync(outDir, { recursive: true, force: true });
   }
   const found = Object.values(mod).filter(isScenario);
   if (found.length === 0) throw new KvmmuError(`scenario file ${file} exports no scenario (export the result of defineScenario)`);

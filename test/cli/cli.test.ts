@@ -3,6 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -141,4 +143,21 @@ test("'kvmmu check --engine threads' on a counterexample runs it on worker threa
   const clean = kvmmu('check', '--replay', 'lost-update:direct:none:pin:0*2,1*2', '--engine', 'threads');
   assert.equal(clean.code, 0, clean.stderr + clean.stdout);
   assert.match(clean.stdout, /the checker's invariants hold on this schedule/);
+});
+
+test('more usage errors, each one line and exit 2 before any work: hex seconds, a tour longer than a day, an empty --out, an ES-module scenario file', () => {
+  const mts = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-test-')), 'scenario.mts');
+  fs.writeFileSync(mts, 'export {};\n');
+  for (const [args, pattern] of [
+    [['run', '--seconds', '0x10'], /--seconds must be a number above 0, not '0x10'/],
+    [['tour', '--seconds', '100000'], /--seconds must be at most 86400/],
+    [['bench', 'dirty-log', '-b', '1M', '-i', '2', '--out', ''], /--out needs a folder name/],
+    [['check', '--file', mts], /must be a \.ts or \.js file/],
+  ] as const) {
+    const r = kvmmu(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.equal(r.stdout, '');
+  }
 });
