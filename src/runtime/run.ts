@@ -65,8 +65,13 @@ export interface RunReport {
   readonly verdict: string;
 }
 
-/** How long after the timed phase the run waits for every thread to finish before it calls the run hung. */
-const FINISH_TIMEOUT_MS = 15_000;
+/**
+ * After the timed phase the threads finish (the vCPUs re-read every page, the
+ * migration sends its last round), which takes as long as memory and threads
+ * make it take. The run is called hung only when no thread has done anything
+ * (no counter, no lock taken) for this long.
+ */
+const IDLE_TIMEOUT_MS = 15_000;
 
 export async function runVm(o: RunOptions): Promise<RunReport> {
   if (!(o.seconds > 0) || o.seconds > 24 * 3600) throw new KvmmuError(`--seconds must be above 0 and at most a day, not ${o.seconds}`);
@@ -131,13 +136,15 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
     const tStart = performance.now();
     await timedPhase(o, ctrl, kvm, tStart);
     setFlag(ctrl, CTRL_STOP_WORK);
-    const vcpuResults = (await withTimeout(
+    const active = (): number => activity(kvm, ctrl);
+    const vcpuResults = (await unlessIdle(
       orFail(Promise.all(workers.slice(0, o.vcpus).map((w) => w.result))),
-      FINISH_TIMEOUT_MS,
+      IDLE_TIMEOUT_MS,
+      active,
       () => hangReport(kvm),
     )) as WorkloadResult[];
     setFlag(ctrl, CTRL_HOST_STOP);
-    const rest = await withTimeout(orFail(Promise.all(workers.slice(o.vcpus).map((w) => w.result))), FINISH_TIMEOUT_MS, () =>
+    const rest = await unlessIdle(orFail(Promise.all(workers.slice(o.vcpus).map((w) => w.result))), IDLE_TIMEOUT_MS, active, () =>
       hangReport(kvm),
     );
     const migration = o.migrate ? (rest[rest.length - 1] as MigrationResult) : null;
@@ -265,17 +272,47 @@ export function startWorker(init: WorkerInit, script = path.join(__dirname, 'wor
   return { worker, ready, result };
 }
 
-async function withTimeout<T>(p: Promise<T>, ms: number, describe: () => string): Promise<T> {
+/**
+ * Wait for `p`; reject if `activity` (a number that changes whenever a thread
+ * does something) stays the same for `idleMs`: the threads are stuck, not slow.
+ */
+async function unlessIdle<T>(p: Promise<T>, idleMs: number, activity: () => number, describe: () => string): Promise<T> {
+  let last = activity();
+  let lastChange = performance.now();
   let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, rej) => {
-    timer = setTimeout(() => rej(new Error(`run hung: threads did not finish within ${ms / 1000} s\n${describe()}`)), ms);
+  const idle = new Promise<never>((_, rej) => {
+    timer = setInterval(() => {
+      const a = activity();
+      const now = performance.now();
+      if (a !== last) {
+        last = a;
+        lastChange = now;
+      } else if (now - lastChange >= idleMs) {
+        rej(new Error(`run hung: no thread did anything for ${idleMs / 1000} s\n${describe()}`));
+      }
+    }, 250);
   });
   try {
-    return await Promise.race([p, t]);
+    return await Promise.race([p, idle]);
   } finally {
-    clearTimeout(timer);
+    clearInterval(timer);
   }
 }
+
+/** A sum that changes whenever a thread of the run does something: every statistics counter, every lock taken, the control words. */
+function activity(kvm: Kvm, ctrl: Int32Array): number {
+  let s = 0;
+  for (let v = 0; v < kvm.config.vcpus; v++) for (const name of VCPU_STAT_NAMES) s += kvm.vcpuStat(v, name);
+  for (const name of KVM_STAT_NAMES) s += kvm.stat(name);
+  for (const name of HOST_STAT_NAMES) s += kvm.host.stat(name);
+  s += kvm.mem.lockTickets(kvm.mmuLock) + kvm.mem.lockTickets(kvm.host.lockWord);
+  for (let i = 0; i < ctrl.length; i++) s += Atomics.load(ctrl, i);
+  return s;
+}
+
+const VCPU_STAT_NAMES = Object.keys(VCPU_STAT) as (keyof typeof VCPU_STAT)[];
+const KVM_STAT_NAMES = Object.keys(KVM_STAT) as (keyof typeof KVM_STAT)[];
+const HOST_STAT_NAMES = Object.keys(HOST_STAT) as (keyof typeof HOST_STAT)[];
 
 /** Every vCPU's mode and the lock holders, for a hang report. */
 function hangReport(kvm: Kvm): string {

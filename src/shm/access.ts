@@ -294,6 +294,11 @@ export class Mem {
     if (Atomics.load(a, i + LOCK_SLEEPERS) !== 0) Atomics.notify(a, i + LOCK_OWNER);
   }
 
+  /** How many times the lock at `i` has been asked for (its next ticket): a progress signal for hang detection, not a scheduling point. */
+  lockTickets(i: number): number {
+    return Atomics.load(this.i32, i + LOCK_NEXT);
+  }
+
   /** True when the lock at `i` is held (for assertions and monitors; not a scheduling point). */
   isLocked(i: number): boolean {
     return Atomics.load(this.i32, i + LOCK_NEXT) !== Atomics.load(this.i32, i + LOCK_OWNER);
