@@ -114,11 +114,22 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
 
 /** Checks running now, each on its own worker thread (and core). */
 let running = 0;
+
+/** For tests: how many checks are running now. */
+export function runningChecks(): number {
+  return running;
+}
 const MAX_RUNNING_CHECKS = 2;
 
-/** Run one check in a worker thread; it is stopped if it runs past its budget by more than a margin. */
-function checkInWorker(job: CheckJob): Promise<unknown> {
+/**
+ * Run one check in a worker thread; it is stopped if it runs past its budget by
+ * more than a margin, or when `gone` fires (the client closed the connection:
+ * nobody is waiting for the answer, and the check would hold a core and one of
+ * the MAX_RUNNING_CHECKS places for up to its whole budget).
+ */
+function checkInWorker(job: CheckJob, gone: AbortSignal): Promise<unknown> {
   if (running >= MAX_RUNNING_CHECKS) return Promise.reject(new ApiError(503, `${running} checks are running already: try again when one has finished`));
+  if (gone.aborted) return Promise.reject(new ApiError(499, 'the client closed the connection'));
   running++;
   return new Promise<unknown>((resolve, reject) => {
     const worker = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: job });
@@ -127,6 +138,15 @@ function checkInWorker(job: CheckJob): Promise<unknown> {
       void worker.terminate();
       reject(new ApiError(503, `the check ran past its ${job.options.seconds} s budget and was stopped`));
     }, limit);
+    gone.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        void worker.terminate();
+        reject(new ApiError(499, 'the client closed the connection'));
+      },
+      { once: true },
+    );
     worker.once('message', (m: CheckWorkerReply) => {
       clearTimeout(timer);
       void worker.terminate();
@@ -208,7 +228,11 @@ async function handle(h: Handlers, req: http.IncomingMessage, res: http.ServerRe
         return;
       case 'POST /api/check': {
         const job = checkJobOf(h.catalog, await readBody(req));
-        sendJson(res, 200, await checkInWorker(job));
+        const gone = new AbortController();
+        res.once('close', () => {
+          if (!res.writableFinished) gone.abort();
+        });
+        sendJson(res, 200, await checkInWorker(job, gone.signal));
         return;
       }
       case 'POST /api/replay':
@@ -222,6 +246,7 @@ async function handle(h: Handlers, req: http.IncomingMessage, res: http.ServerRe
       }
     }
   } catch (e) {
+    if (res.destroyed) return; // the client is gone: no one to answer
     if (e instanceof ApiError) sendJson(res, e.status, { error: e.message });
     else sendJson(res, 500, { error: `internal error: ${(e as Error).message}` });
   }

@@ -7,7 +7,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as net from 'node:net';
 import { spawnSync } from 'node:child_process';
-import { isLoopbackHost, startServer, type RunningServer } from '../../src/web/server';
+import { isLoopbackHost, runningChecks, startServer, type RunningServer } from '../../src/web/server';
+import * as http from 'node:http';
 import type { BenchResponse, CheckReport, ScenarioList, StepResponse } from '../../src/web/api-types';
 import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
 
@@ -141,6 +142,21 @@ for (const [what, url, body, status, pattern] of BAD) {
     assert.match(r.json<{ error: string }>().error, pattern);
   });
 }
+
+test('a check whose client goes away is stopped: it does not keep a core and a place among the running checks', async () => {
+  const u = new URL(base);
+  // A check that would run its whole 20 s budget (plain DFS does not finish wp-tlb-flush).
+  const body = JSON.stringify({ scenario: 'wp-tlb-flush', strategy: 'dfs', seconds: 20 });
+  const req = http.request({ host: u.hostname, port: u.port, method: 'POST', path: '/api/check', headers: { 'content-type': 'application/json' } });
+  req.on('error', () => undefined);
+  req.end(body);
+  const deadline = Date.now() + 10_000;
+  while (runningChecks() === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(runningChecks(), 1, 'the check started');
+  req.destroy();
+  while (runningChecks() !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(runningChecks(), 0, 'closing the connection stopped it, long before its budget');
+});
 
 test('a body that is not JSON, or not sent as JSON, is refused with a JSON error', async () => {
   const notJson = await request(base, 'POST', '/api/check', '{scenario', { 'content-type': 'application/json' });
