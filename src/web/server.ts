@@ -219,6 +219,8 @@ async function handle(h: Handlers, req: http.IncomingMessage, res: http.ServerRe
   }
   const route = `${method} ${url.pathname}`;
   try {
+    // Every setting goes in a JSON body; a query parameter would be ignored, so say so instead.
+    if (url.search !== '') throw new ApiError(400, `the API takes no query parameters (${url.search}); send settings as a JSON body`);
     switch (route) {
       case 'GET /api/scenarios':
         sendJson(res, 200, listScenarios(h.catalog));

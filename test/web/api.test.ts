@@ -167,6 +167,12 @@ test('a body that is not JSON, or not sent as JSON, is refused with a JSON error
   assert.match(form.json<{ error: string }>().error, /application\/json/);
 });
 
+test('a query parameter on the API is refused, not ignored', async () => {
+  const r = await request(base, 'GET', '/api/bench?dir=/etc');
+  assert.equal(r.status, 400);
+  assert.match(r.json<{ error: string }>().error, /takes no query parameters/);
+});
+
 test('unknown API paths and methods get 404 and 405; paths outside the page are not served', async () => {
   assert.equal((await request(base, 'GET', '/api/nothing')).status, 404);
   assert.equal((await request(base, 'GET', '/api/check')).status, 405);

@@ -144,7 +144,25 @@ test('a bad request shows the server’s error on the page', async () => {
   await page.click('#load-replay');
   await page.waitForSelector('#error:not([hidden])');
   assert.match((await page.textContent('#error-text')) ?? '', /unknown guard 'no-such-guard'/);
+  assert.equal(await page.textContent('#check-summary'), 'The replay string did not load.');
   await page.click('#error-close');
+});
+
+test('a replay string with a setting besides the guards (indirect fast path unsafe) shows it in the settings bar, and the check runs with it', async () => {
+  await page.click('#tabs [data-view="replay"]');
+  await page.fill('#replay-string', 'aba-gfn-pfn:shadow:none:unsafe:1*124,0*10');
+  await page.click('#load-replay');
+  await page.waitForFunction(() => (document.querySelector('#check-summary')?.textContent ?? '').startsWith('pasted:'));
+  assert.match((await page.textContent('#check-summary')) ?? '', /VIOLATION of writable-spte-logged/);
+  assert.equal(await page.inputValue('#indirect-fast-path'), 'unsafe');
+  assert.equal(await page.inputValue('#page-marking'), 'spte');
+  assert.match(await page.evaluate(() => (globalThis as unknown as { location: { hash: string } }).location.hash), /ifp=unsafe/);
+  await page.click('#run-check');
+  await page.waitForFunction(() => /^dpor: .*VIOLATION of writable-spte-logged/.test(document.querySelector('#check-summary')?.textContent ?? ''));
+  // Back to the seed's setting: the same scenario is clean.
+  await page.selectOption('#indirect-fast-path', 'pin');
+  await page.click('#run-check');
+  await page.waitForFunction(() => /^dpor: .*no violation: every schedule was explored/.test(document.querySelector('#check-summary')?.textContent ?? ''));
 });
 
 test('benchmarks: the view charts the results from --bench', async () => {

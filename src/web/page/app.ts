@@ -9,13 +9,29 @@ export interface Settings {
   /** null for a scenario without a VM. */
   readonly mode: string | null;
   readonly guardsOff: string[];
+  /** The fast path on indirect shadow pages: pin (default), off, unsafe (KVM settings; shadow mode only). */
+  readonly indirectFastPath: string;
+  /** When KVM marks host pages dirty: spte (default) or fault. */
+  readonly pageMarking: string;
 }
+
+/** What a replay string or a step answer fixes: the settings by name. */
+export interface NamedSettings {
+  readonly scenario: string;
+  readonly mode: string | null;
+  readonly guardsOff: readonly string[];
+  readonly indirectFastPath?: string;
+  readonly pageMarking?: string;
+}
+
+export const DEFAULT_INDIRECT_FAST_PATH = 'pin';
+export const DEFAULT_PAGE_MARKING = 'spte';
 
 export interface AppContext {
   readonly catalog: ScenarioList;
   settings(): Settings;
   /** Make the settings bar show what a loaded replay string names (views keep what they show). */
-  applySettings(s: { scenario: string; mode: string | null; guardsOff: readonly string[] }): void;
+  applySettings(s: NamedSettings): void;
   showError(e: unknown): void;
   clearError(): void;
   showView(v: ViewName): void;
@@ -24,12 +40,20 @@ export interface AppContext {
 }
 
 /** The settings as the API takes them. */
-export function settingsBody(s: Settings): { scenario: string; mode?: string; guardsOff: string[] } {
-  return s.mode === null ? { scenario: s.scenario.name, guardsOff: s.guardsOff } : { scenario: s.scenario.name, mode: s.mode, guardsOff: s.guardsOff };
+export function settingsBody(s: Settings): { scenario: string; mode?: string; guardsOff: string[]; indirectFastPath?: string; pageMarking?: string } {
+  if (s.mode === null) return { scenario: s.scenario.name, guardsOff: s.guardsOff };
+  return { scenario: s.scenario.name, mode: s.mode, guardsOff: s.guardsOff, indirectFastPath: s.indirectFastPath, pageMarking: s.pageMarking };
 }
 
-export function sameSettings(a: Settings, b: { scenario: string; mode: string | null; guardsOff: readonly string[] }): boolean {
-  return a.scenario.name === b.scenario && (a.mode === b.mode || !a.scenario.vm) && [...a.guardsOff].sort().join() === [...b.guardsOff].sort().join();
+export function sameSettings(a: Settings, b: NamedSettings): boolean {
+  if (a.scenario.name !== b.scenario) return false;
+  if (!a.scenario.vm) return true;
+  return (
+    a.mode === b.mode &&
+    [...a.guardsOff].sort().join() === [...b.guardsOff].sort().join() &&
+    a.indirectFastPath === (b.indirectFastPath ?? DEFAULT_INDIRECT_FAST_PATH) &&
+    a.pageMarking === (b.pageMarking ?? DEFAULT_PAGE_MARKING)
+  );
 }
 
 export function plural(n: number, word: string): string {

@@ -1,8 +1,8 @@
-// The page's entry point: the settings bar (scenario, mode, guards), the three views, the URL hash and the keyboard.
+// The page's entry point: the settings bar (scenario, mode, guards, the fast path on indirect pages, page marking), the three views, the URL hash and the keyboard.
 
 import type { ScenarioInfo, ScenarioList } from '../api-types';
 import { api } from './api';
-import type { AppContext, Settings, ViewName } from './app';
+import { DEFAULT_INDIRECT_FAST_PATH, DEFAULT_PAGE_MARKING, type AppContext, type NamedSettings, type Settings, type ViewName } from './app';
 import { BenchView } from './bench-view';
 import { byId, h, fill } from './dom';
 import { PlayView } from './play-view';
@@ -14,6 +14,8 @@ class Page implements AppContext {
   private scenario: ScenarioInfo;
   private mode: string | null;
   private guardsOff: string[] = [];
+  private indirectFastPath = DEFAULT_INDIRECT_FAST_PATH;
+  private pageMarking = DEFAULT_PAGE_MARKING;
   private view: ViewName = 'replay';
   readonly replay: ReplayView;
   readonly play: PlayView;
@@ -21,6 +23,8 @@ class Page implements AppContext {
   private readonly ui = {
     scenario: h('select', { id: 'scenario', 'aria-label': 'scenario' }),
     mode: h('select', { id: 'mode', 'aria-label': 'MMU mode' }),
+    indirect: h('select', { id: 'indirect-fast-path', 'aria-label': 'fast path on indirect shadow pages' }),
+    marking: h('select', { id: 'page-marking', 'aria-label': 'when KVM marks host pages dirty' }),
     guards: h('span', { id: 'guards', class: 'guards' }),
     desc: h('p', { id: 'scenario-desc', class: 'desc' }),
   };
@@ -36,6 +40,13 @@ class Page implements AppContext {
       settings,
       h('label', null, 'Scenario ', this.ui.scenario),
       h('label', null, 'Mode ', this.ui.mode),
+      h(
+        'label',
+        { title: 'the fast path on indirect (shadow-paging) pages: pin (the seed: pin the pfn, guard pin-indirect), off (KVM today: slow path), unsafe (fix it as a direct page)' },
+        'Indirect fast path ',
+        this.ui.indirect,
+      ),
+      h('label', { title: 'when KVM marks host pages dirty: spte (2012 to 6.12, from SPTE A/D bits) or fault (6.13 on, when a fault maps a writable page)' }, 'Dirty marking ', this.ui.marking),
       h('span', { class: 'guards-label', title: 'each guard is a protection from the locking document; switch one off to get the unfixed code' }, 'Guards (uncheck to switch off):'),
       this.ui.guards,
       this.ui.desc,
@@ -50,6 +61,8 @@ class Page implements AppContext {
       this.scenario = s;
       this.mode = s.modes[0] ?? null;
       this.guardsOff = [];
+      this.indirectFastPath = DEFAULT_INDIRECT_FAST_PATH;
+      this.pageMarking = DEFAULT_PAGE_MARKING;
       this.ui.scenario.blur();
       this.settingsChanged();
     });
@@ -58,13 +71,31 @@ class Page implements AppContext {
       this.ui.mode.blur();
       this.settingsChanged();
     });
+    fill(this.ui.indirect, ...catalog.indirectFastPath.map((v) => h('option', { value: v }, v)));
+    fill(this.ui.marking, ...catalog.pageMarking.map((v) => h('option', { value: v }, v)));
+    this.ui.indirect.addEventListener('change', () => {
+      this.indirectFastPath = this.ui.indirect.value;
+      this.ui.indirect.blur();
+      this.settingsChanged();
+    });
+    this.ui.marking.addEventListener('change', () => {
+      this.pageMarking = this.ui.marking.value;
+      this.ui.marking.blur();
+      this.settingsChanged();
+    });
     const main = byId('main');
     fill(main, this.replay.el, this.play.el, this.bench.el);
     this.drawSettings();
   }
 
   settings(): Settings {
-    return { scenario: this.scenario, mode: this.scenario.vm ? this.mode : null, guardsOff: [...this.guardsOff] };
+    return {
+      scenario: this.scenario,
+      mode: this.scenario.vm ? this.mode : null,
+      guardsOff: [...this.guardsOff],
+      indirectFastPath: this.indirectFastPath,
+      pageMarking: this.pageMarking,
+    };
   }
 
   private drawSettings(): void {
@@ -73,6 +104,11 @@ class Page implements AppContext {
     fill(this.ui.mode, ...(s.modes.length === 0 ? [h('option', { value: '' }, 'no VM')] : s.modes.map((m) => h('option', { value: m }, m))));
     this.ui.mode.value = this.mode ?? '';
     this.ui.mode.disabled = s.modes.length <= 1;
+    this.ui.indirect.value = this.indirectFastPath;
+    this.ui.marking.value = this.pageMarking;
+    // Only shadow paging has indirect pages; only a VM has pages to mark.
+    this.ui.indirect.disabled = !s.vm || this.mode !== 'shadow';
+    this.ui.marking.disabled = !s.vm;
     if (!s.vm) {
       fill(this.ui.guards, h('span', { class: 'muted' }, 'none: this example has no VM'));
       fill(this.ui.desc, h('b', null, `example, threads ${s.threads.join(' · ')} — `), s.description);
@@ -111,12 +147,14 @@ class Page implements AppContext {
     if (this.view === 'play') void this.play.activate();
   }
 
-  applySettings(s: { scenario: string; mode: string | null; guardsOff: readonly string[] }): void {
+  applySettings(s: NamedSettings): void {
     const sc = this.catalog.scenarios.find((x) => x.name === s.scenario);
     if (sc === undefined) return;
     this.scenario = sc;
     this.mode = s.mode ?? sc.modes[0] ?? null;
     this.guardsOff = [...s.guardsOff];
+    this.indirectFastPath = s.indirectFastPath ?? DEFAULT_INDIRECT_FAST_PATH;
+    this.pageMarking = s.pageMarking ?? DEFAULT_PAGE_MARKING;
     this.drawSettings();
     this.writeHash();
   }
@@ -150,24 +188,44 @@ class Page implements AppContext {
     void this.replay.loadReplay(replay, source);
   }
 
-  /** #view=replay&scenario=dirty-bit-loss&mode=direct&off=atomic-volatile-clear */
+  /** #view=replay&scenario=dirty-bit-loss&mode=direct&off=atomic-volatile-clear (&ifp=unsafe&marking=fault when not the defaults) */
   private writeHash(): void {
     const p = new URLSearchParams({ view: this.view, scenario: this.scenario.name });
     if (this.scenario.vm && this.mode !== null) p.set('mode', this.mode);
     if (this.guardsOff.length > 0) p.set('off', this.guardsOff.join(','));
+    if (this.indirectFastPath !== DEFAULT_INDIRECT_FAST_PATH) p.set('ifp', this.indirectFastPath);
+    if (this.pageMarking !== DEFAULT_PAGE_MARKING) p.set('marking', this.pageMarking);
     history.replaceState(null, '', `#${p.toString()}`);
   }
 
+  /** The settings a link names; what the page does not know is said, not silently replaced. */
   readHash(): { view: ViewName; replay: string | null } {
     const p = new URLSearchParams(location.hash.slice(1));
-    const sc = this.catalog.scenarios.find((x) => x.name === p.get('scenario'));
+    const unknown: string[] = [];
+    const name = p.get('scenario');
+    const sc = this.catalog.scenarios.find((x) => x.name === name);
+    if (name !== null && sc === undefined) unknown.push(`scenario '${name}'`);
     if (sc !== undefined) {
       const mode = p.get('mode');
-      const off = (p.get('off') ?? '').split(',').filter((g) => this.catalog.guards.some((x) => x.name === g));
-      this.applySettings({ scenario: sc.name, mode: mode !== null && sc.modes.includes(mode) ? mode : null, guardsOff: off });
+      if (mode !== null && !sc.modes.includes(mode)) unknown.push(`mode '${mode}' for ${sc.name}`);
+      const off = (p.get('off') ?? '').split(',').filter((g) => g !== '');
+      for (const g of off) if (!this.catalog.guards.some((x) => x.name === g)) unknown.push(`guard '${g}'`);
+      const ifp = p.get('ifp');
+      if (ifp !== null && !this.catalog.indirectFastPath.includes(ifp)) unknown.push(`indirect fast path '${ifp}'`);
+      const marking = p.get('marking');
+      if (marking !== null && !this.catalog.pageMarking.includes(marking)) unknown.push(`page marking '${marking}'`);
+      this.applySettings({
+        scenario: sc.name,
+        mode: mode !== null && sc.modes.includes(mode) ? mode : null,
+        guardsOff: off.filter((g) => this.catalog.guards.some((x) => x.name === g)),
+        indirectFastPath: ifp !== null && this.catalog.indirectFastPath.includes(ifp) ? ifp : undefined,
+        pageMarking: marking !== null && this.catalog.pageMarking.includes(marking) ? marking : undefined,
+      });
     }
-    const v = p.get('view') as ViewName | null;
-    return { view: v !== null && VIEWS.includes(v) ? v : 'replay', replay: p.get('replay') };
+    const v = p.get('view');
+    if (v !== null && !VIEWS.includes(v as ViewName)) unknown.push(`view '${v}'`);
+    if (unknown.length > 0) this.showError(new Error(`the link names what this page does not know, so defaults are shown instead: ${unknown.join(', ')}`));
+    return { view: v !== null && VIEWS.includes(v as ViewName) ? (v as ViewName) : 'replay', replay: p.get('replay') };
   }
 
   onKey(e: KeyboardEvent): boolean {

@@ -152,9 +152,10 @@ export class ReplayView {
     try {
       await this.show(replay);
       const r = this.result!;
-      this.app.applySettings({ scenario: r.scenario, mode: r.mode, guardsOff: r.guardsOff });
+      this.app.applySettings({ scenario: r.scenario, mode: r.mode, guardsOff: r.guardsOff, indirectFastPath: r.indirectFastPath, pageMarking: r.pageMarking });
       this.ui.summary.textContent = `${source}: ${plural(r.rows.length, 'step')}, ${plural(r.preemptions, 'preemption')}${r.violation !== null ? ` — VIOLATION of ${r.violation.invariant}` : ''}`;
     } catch (e) {
+      this.ui.summary.textContent = 'The replay string did not load.';
       this.app.showError(e);
     } finally {
       this.setBusy(false);
