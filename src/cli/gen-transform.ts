@@ -23,6 +23,8 @@ import ts from 'typescript';
 export interface GenBuildResult {
   /** Emitted files (absolute paths). */
   readonly files: string[];
+  /** The files emitted for each source file (absolute paths both). */
+  readonly bySource: ReadonlyMap<string, string[]>;
   /** Qualified names of the interruptible functions, for inspection. */
   readonly interruptible: string[];
 }
@@ -49,14 +51,17 @@ function isFnBoundary(n: ts.Node): boolean {
 export function buildGen(
   rootNames: readonly string[],
   options: ts.CompilerOptions,
-  files: readonly string[],
+  files: readonly string[] | ((fileName: string) => boolean),
   rewriteImport?: (specifier: string, fromFile: string) => string,
 ): GenBuildResult {
   const program = ts.createProgram(rootNames, options);
   const diags = ts.getPreEmitDiagnostics(program).filter((d) => d.category === ts.DiagnosticCategory.Error);
   if (diags.length > 0) throw new GenTransformError(ts.formatDiagnostics(diags, formatHost));
   const checker = program.getTypeChecker();
-  const targets = new Set(files.map((f) => path.resolve(f)));
+  // The files to emit: a list, or every program file (not a declaration) the predicate picks.
+  const picked =
+    typeof files === 'function' ? program.getSourceFiles().filter((sf) => !sf.isDeclarationFile && files(sf.fileName)).map((sf) => sf.fileName) : files;
+  const targets = new Set(picked.map((f) => path.resolve(f)));
   const sources = program.getSourceFiles().filter((sf) => targets.has(path.resolve(sf.fileName)));
   if (sources.length !== targets.size) {
     const found = new Set(sources.map((s) => path.resolve(s.fileName)));
@@ -238,16 +243,20 @@ export function buildGen(
   };
 
   const written: string[] = [];
+  const bySource = new Map<string, string[]>();
   for (const sf of sources) {
+    const mine: string[] = [];
+    bySource.set(path.resolve(sf.fileName), mine);
     const r = program.emit(sf, (name, text) => {
       ts.sys.writeFile(name, text);
       written.push(path.resolve(name));
+      mine.push(path.resolve(name));
     }, undefined, false, { before: [transformer] });
     const errs = r.diagnostics.filter((d) => d.category === ts.DiagnosticCategory.Error);
     if (errs.length > 0) throw new GenTransformError(ts.formatDiagnostics(errs, formatHost));
   }
   const names = [...interruptible].filter(isFnLike).map((d) => qualifiedName(d));
-  return { files: written, interruptible: names.sort() };
+  return { files: written, bySource, interruptible: names.sort() };
 }
 
 const formatHost: ts.FormatDiagnosticsHost = {

@@ -78,15 +78,18 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
       sourceMap: false,
       declaration: false,
     };
-    let emitted: string[];
+    let emitted: ReadonlyMap<string, string[]>;
     try {
       const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
-      emitted = buildGen([abs], options, [abs], (spec) => (spec === 'kvmmu/scenario' ? genApi : spec)).files;
+      // The file and the files of its own it imports (not kvmmu's sources, which the paths mapping pulls in, nor packages).
+      const src = path.join(ROOT, 'src') + path.sep;
+      const own = (f: string): boolean => !path.resolve(f).startsWith(src) && !f.split(/[\\/]/).includes('node_modules');
+      emitted = buildGen([abs], options, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec)).bySource;
     } catch (e) {
       if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
       throw e;
     }
-    const js = emitted.find((f) => f.endsWith('.js'));
+    const js = (emitted.get(abs) ?? []).find((f) => f.endsWith('.js'));
     if (js === undefined) throw new KvmmuError(`scenario file ${file} produced no JavaScript`);
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -88,3 +88,18 @@ test('a missing scenario file is exit 2 with the path', () => {
   assert.equal(r.code, 2);
   assert.match(r.stderr, /cannot read scenario file \/no\/such\/file.ts/);
 });
+
+test('a scenario file can import a module of its own, whose functions the scheduler follows too', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-test-'));
+  fs.writeFileSync(
+    path.join(dir, 'counter.ts'),
+    `import type { ScenarioVm } from 'kvmmu/scenario';\nexport function increment(vm: ScenarioVm): void { const v = vm.mem.load32(vm.word(0)); vm.mem.store32(vm.word(0), v + 1); }\n`,
+  );
+  fs.writeFileSync(
+    path.join(dir, 'main.ts'),
+    `import { defineScenario } from 'kvmmu/scenario';\nimport { increment } from './counter';\nexport const s = defineScenario({ name: 'split', description: 'a lost update, the increment in another file', memory: { metaBytes: 64 },\n  threads: { A: increment, B: increment },\n  check: (vm) => (vm.mem.load32(vm.word(0)) === 2 ? null : 'an increment was lost') });\n`,
+  );
+  const r = kvmmu('check', '--file', path.join(dir, 'main.ts'), '--json');
+  assert.equal(r.code, 1, r.stderr + r.stdout);
+  assert.equal((JSON.parse(r.stdout) as { violation: { message: string } }).violation.message, 'an increment was lost');
+});
