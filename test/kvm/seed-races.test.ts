@@ -84,6 +84,7 @@ test('ABA on an indirect page: without the pin the fast path logs gfn1 while the
 test('ABA on an indirect page: pinning gfn->pfn (the seed) or no fast path there (KVM today) logs gfn2', () => {
   for (const setting of ['pin', 'off'] as const) {
     const r = abaRace(ALL_GUARDS, setting);
+    assert.ok(r.reused && r.sameValue, `${setting}: the document interleaving happened here too: pfn1 reused, same SPTE value`);
     assert.equal(r.gfn2Bytes, 0xabcdn);
     assert.equal(r.gfn2Logged, true, `${setting}: gfn2 is in the dirty bitmap`);
     assert.equal(r.gfn1Logged, false, `${setting}: gfn1 is not`);
@@ -264,7 +265,7 @@ test('a walker that does not announce itself reads a freed, reused shadow page a
   assert.equal(r.bLogged, false, "B's write is missing from the dirty bitmap");
 });
 
-test('a walker in READING_SHADOW_PAGE_TABLES holds off the flush that must precede any free', () => {
+test('with lockless-walk-sync on, the fast path walks in READING_SHADOW_PAGE_TABLES (the mode a remote flush waits out: flush.test.ts) and logs its write', () => {
   const r = freeDuringWalk(ALL_GUARDS);
   assert.equal(r.modeDuringWalk, READING_SHADOW_PAGE_TABLES);
   assert.equal(r.aLogged, true);

@@ -56,6 +56,8 @@ export type LockWorkerJob =
       readonly a: number;
       readonly b: number;
       readonly stop: number;
+      /** The writer's record count (records 1..n-1 are the middle of its run). */
+      readonly n: number;
       readonly start: number;
     };
 
@@ -75,6 +77,8 @@ export type LockWorkerResult =
       readonly torn: number;
       /** Pairs read without the protocol that were torn (shows the test can see a tear). */
       readonly rawTorn: number;
+      /** Accepted pairs from the middle of the writer's run (neither the first nor the last record). */
+      readonly mid: number;
     };
 
 function post(r: LockWorkerResult): void {
@@ -141,6 +145,7 @@ function run(job: LockWorkerJob): void {
       let retries = 0;
       let torn = 0;
       let rawTorn = 0;
+      let mid = 0;
       post({ kind: 'ready' });
       mem.waitWhile32(job.start, 0);
       while (mem.load32(job.stop) === 0) {
@@ -156,11 +161,12 @@ function run(job: LockWorkerJob): void {
         }
         reads++;
         if (b !== -a) torn++;
+        if (a > 0 && a < job.n) mid++;
         const ra = mem.load32(job.a);
         const rb = mem.load32(job.b);
         if (rb !== -ra) rawTorn++;
       }
-      post({ kind: 'seqReader', reads, retries, torn, rawTorn });
+      post({ kind: 'seqReader', reads, retries, torn, rawTorn, mid });
       return;
     }
   }

@@ -147,8 +147,8 @@ test('readers on other threads that retry as the protocol says never accept a to
   const common = { shm: s.shm, seq: s.seq, a: s.a, b: s.b, stop: s.stop, start: s.start };
   const workers = [
     new JobWorker({ kind: 'seqWriter', ...common, n }),
-    new JobWorker({ kind: 'seqReader', ...common }),
-    new JobWorker({ kind: 'seqReader', ...common }),
+    new JobWorker({ kind: 'seqReader', ...common, n }),
+    new JobWorker({ kind: 'seqReader', ...common, n }),
   ];
   try {
     for (const w of workers) await w.next('ready', 5000);
@@ -162,6 +162,11 @@ test('readers on other threads that retry as the protocol says never accept a to
       assert.ok(r.reads > 0, `reader ${k} completed no read`);
       assert.equal(r.torn, 0, `reader ${k} accepted ${r.torn} torn pairs out of ${r.reads}`);
     }
+    // The readers ran while the writer did (else torn === 0 would prove nothing): they accepted records from its middle.
+    assert.ok(
+      readers.some((r) => r.mid > 0),
+      `no reader read while the writer was writing: ${readers.map((r) => r.reads).join(', ')} reads`,
+    );
     const retries = readers.reduce((x, r) => x + r.retries, 0);
     const rawTorn = readers.reduce((x, r) => x + r.rawTorn, 0);
     const reads = readers.reduce((x, r) => x + r.reads, 0);
