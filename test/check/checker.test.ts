@@ -5,7 +5,10 @@ import assert from 'node:assert/strict';
 import { ALL_GUARDS, GUARDS } from '../../src/kvm/config';
 import { replayCheck, runCheck } from '../../src/check/check';
 import { decodeReplay, decodeSchedule, encodeReplay, encodeSchedule } from '../../src/check/trace';
-import { findScenario, loadCatalog, loadGenModule } from '../../src/cli/scenario-file';
+import { findScenario, loadCatalog, loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 const gen = loadGenModule();
 const catalog = loadCatalog();
@@ -127,4 +130,65 @@ test('a replay string that does not fit its scenario is refused with the reason'
   const spec = findScenario(catalog, 'lost-update');
   assert.throws(() => replayCheck(gen, spec, decodeReplay('lost-update:direct:none:pin:0')), /does not fit.*still running/);
   assert.throws(() => replayCheck(gen, spec, decodeReplay('lost-update:direct:none:pin:5*4')), /does not fit.*thread 5/);
+});
+
+// ---- the two monitors no built-in scenario breaks: scenario files that break them on purpose ----
+
+function scenarioFile(name: string, text: string): ReturnType<typeof loadScenarioFile> {
+  const f = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-monitor-')), name);
+  fs.writeFileSync(f, text);
+  return loadScenarioFile(f);
+}
+
+test('dirty-log-complete catches a dirty-log pass that write-protects a written page but drops its bit without reporting it', () => {
+  const spec = scenarioFile(
+    'lossy-get.ts',
+    `import { defineScenario } from 'kvmmu/scenario';
+export const s = defineScenario({
+  name: 'lossy-get', description: 'a get that forgets to copy the bitmap', modes: ['direct'],
+  machine: () => ({ vcpus: 1, memBytes: 24 * 4096, hostFrames: 32, spPages: 24, tlbEntries: 4 }),
+  setup(vm) { vm.powerOn(16); vm.program(0, [{ op: 'read', gva: vm.addr(3) }]); vm.kvm.dirtyLog.enable(0); },
+  threads: {
+    guest: (vm) => { vm.program(0, [{ op: 'write', gva: vm.addr(3), value: 1n }]); },
+    host: (vm) => {
+      const k = vm.kvm;
+      k.mem.lock(k.mmuLock);
+      const flush = k.spte.rmapWriteProtect(3, false); // as a get does: no more writes without a fault ...
+      k.mem.unlock(k.mmuLock);
+      if (flush) k.kvmFlushRemoteTlbs();
+      k.mem.store32(k.slotBitmap[0]!, 0); // ... but the bits are dropped, not handed to userspace
+    },
+  },
+});
+`,
+  );
+  const r = runCheck(gen, spec);
+  assert.equal(r.violation?.invariant, 'dirty-log-complete', JSON.stringify(r.violation?.message));
+  assert.match(r.violation!.message, /the guest wrote gfn 0x3 .* no dirty-log get reported it/);
+});
+
+test('spte-within-guest-pte catches a guest PTE made read-only behind the shadow MMU (a write it did not track)', () => {
+  const spec = scenarioFile(
+    'untracked-pte.ts',
+    `import { defineScenario } from 'kvmmu/scenario';
+export const s = defineScenario({
+  name: 'untracked-pte', description: 'the VMM rewrites a guest PTE without KVM seeing it', modes: ['shadow'],
+  machine: () => ({ vcpus: 1, memBytes: 32 * 4096, hostFrames: 40, spPages: 24, tlbEntries: 4 }),
+  setup(vm) {
+    const pt = vm.powerOn(16)!;
+    return { pteGpa: pt.pteGpa(vm.addr(3)) };
+  },
+  threads: {
+    guest: (vm) => { vm.program(0, [{ op: 'write', gva: vm.addr(3), value: 1n }]); },
+    vmm: (vm, d) => {
+      // W cleared in the guest's PTE by a host write, which KVM's write tracking never sees.
+      vm.host.writeUser64(Math.floor(d.pteGpa / 4096), d.pteGpa % 4096, (3n << 12n) | 0x65n);
+    },
+  },
+});
+`,
+  );
+  const r = runCheck(gen, spec);
+  assert.equal(r.violation?.invariant, 'spte-within-guest-pte', JSON.stringify(r.violation?.message));
+  assert.match(r.violation!.message, /is writable but the guest's translation is not/);
 });
