@@ -82,6 +82,23 @@ for (const [name, guard] of Object.entries(SCENARIO_GUARD)) {
   });
 }
 
+test('the scenarios that run in both modes find their race in shadow mode too, and are clean there with every guard on', () => {
+  const ran: string[] = [];
+  for (const [name, guard] of Object.entries(SCENARIO_GUARD)) {
+    const spec = findScenario(catalog, name);
+    if (spec.modes !== undefined && !spec.modes.includes('shadow')) continue;
+    if ((spec.modes ?? ['direct', 'shadow'])[0] === 'shadow') continue; // its default mode: tested above
+    const broken = runCheck(gen, spec, { mode: 'shadow', guards: ALL_GUARDS & ~GUARDS[guard] });
+    assert.ok(broken.violation !== null, `${name} in shadow mode: no violation with ${guard} off`);
+    assert.equal(decodeReplay(broken.violation.schedule).mode, 'shadow');
+    const clean = runCheck(gen, spec, { mode: 'shadow' });
+    assert.equal(clean.violation, null, `${name} in shadow mode: ${clean.violation?.message}`);
+    assert.equal(clean.complete, true);
+    ran.push(name);
+  }
+  assert.deepEqual(ran, ['dirty-bit-loss', 'notifier-race', 'free-during-walk']);
+});
+
 test('dirty-bit-loss with atomic-volatile-clear off is clean when pages are marked dirty at fault time (KVM 6.13 on): the lost D bit loses no data', () => {
   const spec = findScenario(catalog, 'dirty-bit-loss');
   const r = runCheck(gen, spec, { guards: ALL_GUARDS & ~GUARDS['atomic-volatile-clear'], pageMarking: 'fault' });
