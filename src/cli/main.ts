@@ -235,6 +235,8 @@ export async function main(argv: string[]): Promise<number> {
     program.outputHelp({ error: true });
     return EXIT_USAGE;
   }
+  // `kvmmu help bench dirty-log`: commander's help command takes one name; ask the subcommand itself.
+  if (argv[2] === 'help' && argv.length > 4) argv = [...argv.slice(0, 2), ...argv.slice(3), '--help'];
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT_OK;

@@ -4,8 +4,8 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import { fmtBytes } from '../shm/layout';
-import { HOST_STAT, type Host } from '../host/host';
-import { resolveConfig, guardsOff, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
+import { HOST_STAT, MAX_FRAMES, type Host } from '../host/host';
+import { SPARE_FRAMES, resolveConfig, guardsOff, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
 import { KVM_STAT, MODE_NAMES, VCPU_MODE, VCPU_REQUESTS, VCPU_STAT, type Kvm } from '../kvm/kvm';
 import { createMachineFrom, openKvm } from '../vcpu/machine';
 import { GuestPageTables, tablePagesFor } from '../vcpu/guest-pt';
@@ -75,6 +75,8 @@ const IDLE_TIMEOUT_MS = 15_000;
 
 export async function runVm(o: RunOptions): Promise<RunReport> {
   if (!(o.seconds > 0) || o.seconds > 24 * 3600) throw new KvmmuError(`--seconds must be above 0 and at most a day, not ${o.seconds}`);
+  const maxMem = (MAX_FRAMES - SPARE_FRAMES) * 4096;
+  if (o.memBytes > maxMem) throw new KvmmuError(`--mem ${fmtBytes(o.memBytes)} is more than the host model holds: at most ${fmtBytes(maxMem)}`);
   const config: VmConfig = resolveConfig({
     mode: o.mode,
     vcpus: o.vcpus,

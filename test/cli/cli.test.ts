@@ -150,6 +150,7 @@ test('more usage errors, each one line and exit 2 before any work: hex seconds, 
   fs.writeFileSync(mts, 'export {};\n');
   for (const [args, pattern] of [
     [['run', '--seconds', '0x10'], /--seconds must be a number above 0, not '0x10'/],
+    [['run', '--mem', '1T'], /--mem 1 TiB is more than the host model holds/],
     [['tour', '--seconds', '100000'], /--seconds must be at most 86400/],
     [['bench', 'dirty-log', '-b', '1M', '-i', '2', '--out', ''], /--out needs a folder name/],
     [['check', '--file', mts], /must be a \.ts or \.js file/],
@@ -160,4 +161,10 @@ test('more usage errors, each one line and exit 2 before any work: hex seconds, 
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     assert.equal(r.stdout, '');
   }
+});
+
+test("'kvmmu help bench dirty-log' shows the subcommand's help, as 'kvmmu bench dirty-log --help' does", () => {
+  const r = kvmmu('help', 'bench', 'dirty-log');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^Usage: kvmmu bench dirty-log \[options\]/);
 });
