@@ -66,23 +66,18 @@ class Page implements AppContext {
       this.ui.scenario.blur();
       this.settingsChanged();
     });
-    this.ui.mode.addEventListener('change', () => {
-      this.mode = this.ui.mode.value;
-      this.ui.mode.blur();
-      this.settingsChanged();
-    });
+    // A choice in a list: take it, give the keys back to the views, redraw.
+    const onChoice = (sel: HTMLSelectElement, take: (v: string) => void): void =>
+      sel.addEventListener('change', () => {
+        take(sel.value);
+        sel.blur();
+        this.settingsChanged();
+      });
+    onChoice(this.ui.mode, (v) => (this.mode = v));
     fill(this.ui.indirect, ...catalog.indirectFastPath.map((v) => h('option', { value: v }, v)));
     fill(this.ui.marking, ...catalog.pageMarking.map((v) => h('option', { value: v }, v)));
-    this.ui.indirect.addEventListener('change', () => {
-      this.indirectFastPath = this.ui.indirect.value;
-      this.ui.indirect.blur();
-      this.settingsChanged();
-    });
-    this.ui.marking.addEventListener('change', () => {
-      this.pageMarking = this.ui.marking.value;
-      this.ui.marking.blur();
-      this.settingsChanged();
-    });
+    onChoice(this.ui.indirect, (v) => (this.indirectFastPath = v));
+    onChoice(this.ui.marking, (v) => (this.pageMarking = v));
     const main = byId('main');
     fill(main, this.replay.el, this.play.el, this.bench.el);
     this.drawSettings();
