@@ -51,9 +51,12 @@ export class DirtyLog {
   /**
    * KVM_GET_DIRTY_LOG without manual protection: under mmu_lock take each
    * bitmap word (xchg to 0) into `out` and write-protect the gfns it names; after
-   * the loop flush TLBs, and only then hand `out` to the caller — so a write made
-   * after the caller sees the bitmap either faults (and is logged) or happened
-   * before the flush (and is in `out`). Returns the number of dirty pages.
+   * the loop flush TLBs, and only then hand `out` to the caller — so every write
+   * is reported by this get or the next: a write after the write-protection
+   * faults and is logged again; one before it went through an SPTE whose gfn was
+   * marked when it became writable — before the xchg (in `out`), or, for a fast
+   * path that marks after its cmpxchg, just after it (in the next bitmap).
+   * Returns the number of dirty pages.
    */
   get(slot: number, out: Int32Array): number {
     const k = this.kvm;

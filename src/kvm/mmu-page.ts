@@ -388,7 +388,8 @@ export class MmuPages {
       if (k.lockedLoad(this.hdr(sp, SP_ROOT_COUNT)) === 0) {
         this.prepareZap(sp, invalid);
         k.count(KVM_STAT.spRecycled);
-        // Zapping unlinks children, which may have removed `prev` from the list too: restart from the tail.
+        // Zapping takes `sp` off the list (its children stay on it, unlinked); restarting from the tail
+        // costs little and stays right should a zap ever take other pages with it.
         sp = k.lockedLoad(k.mmuBase + MMU_LRU_TAIL) - 1;
         continue;
       }
