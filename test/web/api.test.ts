@@ -167,6 +167,33 @@ test('a body that is not JSON, or not sent as JSON, is refused with a JSON error
   assert.match(form.json<{ error: string }>().error, /application\/json/);
 });
 
+test('at most two checks run at once: a third is told to come back (503); a body over 1 MB is refused (413)', async () => {
+  const u = new URL(base);
+  const body = JSON.stringify({ scenario: 'wp-tlb-flush', strategy: 'dfs', seconds: 20 });
+  const long = [0, 1].map(() => {
+    const req = http.request({ host: u.hostname, port: u.port, method: 'POST', path: '/api/check', headers: { 'content-type': 'application/json' } });
+    req.on('error', () => undefined);
+    req.end(body);
+    return req;
+  });
+  try {
+    const deadline = Date.now() + 10_000;
+    while (runningChecks() < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(runningChecks(), 2);
+    const third = await post(base, '/api/check', { scenario: 'lost-update' });
+    assert.equal(third.status, 503);
+    assert.match(third.json<{ error: string }>().error, /2 checks are running already/);
+  } finally {
+    for (const req of long) req.destroy();
+  }
+  const big = await request(base, 'POST', '/api/step', JSON.stringify({ scenario: 'lost-update', pad: 'x'.repeat(1_100_000) }));
+  assert.equal(big.status, 413);
+  assert.match(big.json<{ error: string }>().error, /over 1048576 bytes/);
+  const deadline = Date.now() + 10_000;
+  while (runningChecks() !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(runningChecks(), 0);
+});
+
 test('a query parameter on the API is refused, not ignored', async () => {
   const r = await request(base, 'GET', '/api/bench?dir=/etc');
   assert.equal(r.status, 400);
