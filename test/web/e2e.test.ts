@@ -28,6 +28,10 @@ before(async () => {
   page = await browser.context.newPage();
   page.setDefaultTimeout(15_000);
   page.on('pageerror', (e) => pageErrors.push(e.message));
+  // Console errors count too, except the browser's own line for an answer the tests provoke on purpose (a 4xx).
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/Failed to load resource: the server responded with a status of 4\d\d/.test(m.text())) pageErrors.push(`console: ${m.text()}`);
+  });
   await page.goto(serve.url);
   await page.waitForSelector('body.ready');
 });
