@@ -136,7 +136,8 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
     await orFail(Promise.all(workers.map((w) => w.ready)));
     setFlag(ctrl, CTRL_START);
     const tStart = performance.now();
-    await timedPhase(o, ctrl, kvm, tStart);
+    // A worker failing ends the timed phase at once, not when the phase would have ended.
+    await orFail(timedPhase(o, ctrl, kvm, tStart));
     setFlag(ctrl, CTRL_STOP_WORK);
     const active = (): number => activity(kvm, ctrl);
     const vcpuResults = (await unlessIdle(
@@ -198,11 +199,13 @@ function buildReport(
   ) as Record<keyof typeof KVM_STAT, number>;
   const lostWrites = results.reduce((n, r) => n + r.lost, 0);
   const firstLost = results.find((r) => r.firstLost !== null)?.firstLost ?? null;
+  const guestFaults = results.map((r, v) => (r.guestFault === null ? null : `vCPU ${v}: ${r.guestFault}`)).filter((x) => x !== null);
   const mismatches = migration?.mismatches ?? 0;
-  const ok = lostWrites === 0 && mismatches === 0;
+  const ok = lostWrites === 0 && mismatches === 0 && guestFaults.length === 0;
   const verdict = ok
     ? `nothing lost: every page holds the last value written${migration !== null ? ', and the destination equals the source' : ''}`
     : [
+        guestFaults.length > 0 ? guestFaults.join('; ') : '',
         lostWrites > 0 ? `${lostWrites} page(s) lost a write (${firstLost})` : '',
         mismatches > 0 ? `${mismatches} page(s) differ after migration (${migration!.firstMismatch})` : '',
       ]

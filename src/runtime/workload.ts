@@ -1,6 +1,6 @@
 // The guest workload of `kvmmu run`: each vCPU writes a known pattern over its own pages, remaps pages (shadow mode), and finally re-reads all it wrote.
 
-import type { Vcpu } from '../vcpu/vcpu';
+import { GuestPageFault, type Vcpu } from '../vcpu/vcpu';
 import { CTRL_MIG_DONE, CTRL_PAUSE, CTRL_PAUSED, CTRL_PROGRESS, CTRL_STOP_WORK, isSet, waitWhile } from './control';
 
 /** Where a vCPU's pages live and how the guest addresses them. */
@@ -23,9 +23,15 @@ export interface WorkloadResult {
   readonly passes: number;
   readonly writes: number;
   readonly remaps: number;
-  /** Pages whose final re-read did not return the last value written. */
+  /** Pages whose final re-read did not return the last value written (through the vCPU, or as the host holds them). */
   readonly lost: number;
   readonly firstLost: string | null;
+  /**
+   * A page fault the guest's own tables caused. The workload maps every page
+   * it touches, so one means a write to a guest page table was lost; the vCPU
+   * stops writing then (its bookkeeping no longer matches its tables).
+   */
+  readonly guestFault: string | null;
 }
 
 /** PTE flags the guest uses for data pages: present, writable, user. */
@@ -48,38 +54,59 @@ export function runWorkload(vcpu: Vcpu, w: WorkloadLayout, ctrl: Int32Array, rng
   let passes = 0;
   let writes = 0;
   let remaps = 0;
+  const done = (): boolean => isSet(ctrl, CTRL_STOP_WORK) && (!w.migrating || isSet(ctrl, CTRL_MIG_DONE));
+  let guestFault: string | null = null;
   vcpu.enterGuest();
-  outer: for (;;) {
-    for (let i = 0; i < n; i++) {
-      if (isSet(ctrl, CTRL_PAUSE)) pauseHere(vcpu, ctrl);
-      if (isSet(ctrl, CTRL_STOP_WORK) && (!w.migrating || isSet(ctrl, CTRL_MIG_DONE))) break outer;
-      const gfn = gfnOf[i]!;
-      const v = w.ksmEvery > 0 && gfn % w.ksmEvery === 0 ? BigInt(passes + 1) : pattern(vcpu.idx, gfn, passes);
-      vcpu.write64(w.base + i * 4096, v);
-      expected[gfn - w.first] = v;
-      writes++;
-      if (w.remapEvery > 0 && writes % w.remapEvery === 0 && n >= 2) {
-        remap(vcpu, w, gfnOf, Math.floor(rng() * n), Math.floor(rng() * n));
-        remaps++;
+  try {
+    outer: for (;;) {
+      for (let i = 0; i < n; i++) {
+        if (isSet(ctrl, CTRL_PAUSE)) pauseHere(vcpu, ctrl);
+        if (done()) break outer;
+        const gfn = gfnOf[i]!;
+        const v = w.ksmEvery > 0 && gfn % w.ksmEvery === 0 ? BigInt(passes + 1) : pattern(vcpu.idx, gfn, passes);
+        vcpu.write64(w.base + i * 4096, v);
+        expected[gfn - w.first] = v;
+        writes++;
+        if (w.remapEvery > 0 && writes % w.remapEvery === 0 && n >= 2) {
+          remap(vcpu, w, gfnOf, Math.floor(rng() * n), Math.floor(rng() * n));
+          remaps++;
+        }
       }
+      passes++;
+      Atomics.store(ctrl, CTRL_PROGRESS + vcpu.idx, passes);
     }
-    passes++;
-    Atomics.store(ctrl, CTRL_PROGRESS + vcpu.idx, passes);
+  } catch (e) {
+    if (!(e instanceof GuestPageFault)) throw e;
+    guestFault = `${e.message}: a write to a guest page table was lost (the guest maps every page it touches)`;
+    // Stop writing. Wait outside guest mode (a remote flush waits for vCPUs in guest mode to answer its
+    // kick), still taking part in pauses (the migration's final round waits for every vCPU).
+    vcpu.exitGuest();
+    while (!done()) {
+      if (isSet(ctrl, CTRL_PAUSE)) {
+        Atomics.add(ctrl, CTRL_PAUSED, 1);
+        waitWhile(ctrl, CTRL_PAUSE, 1);
+        Atomics.sub(ctrl, CTRL_PAUSED, 1);
+      } else Atomics.wait(ctrl, CTRL_STOP_WORK, 0, 5);
+    }
+    vcpu.enterGuest();
   }
-  // Verify: every page must hold the last value this vCPU wrote to it (pages never written hold 0).
+  // Verify: every page must hold the last value this vCPU wrote to it (pages never written hold 0), read
+  // through a fresh TLB (a stale entry would read back a frame nobody maps any more) and as the host holds it.
   let lost = 0;
   let firstLost: string | null = null;
-  for (let i = 0; i < n; i++) {
+  vcpu.flushTlb();
+  for (let i = 0; i < n && guestFault === null; i++) {
     const gfn = gfnOf[i]!;
-    const got = vcpu.read64(w.base + i * 4096);
     const want = expected[gfn - w.first]!;
-    if (got !== want) {
+    const got = vcpu.read64(w.base + i * 4096);
+    const held = vcpu.kvm.host.readUser64(vcpu.kvm.gfnToHvpn(gfn), 0);
+    if (got !== want || held !== want) {
       lost++;
-      firstLost ??= `gfn 0x${gfn.toString(16)}: read 0x${got.toString(16)}, last wrote 0x${want.toString(16)}`;
+      firstLost ??= `gfn 0x${gfn.toString(16)}: the vCPU read 0x${got.toString(16)}, the host holds 0x${held.toString(16)}, last written 0x${want.toString(16)}`;
     }
   }
   vcpu.exitGuest();
-  return { passes, writes, remaps, lost, firstLost };
+  return { passes, writes, remaps, lost, firstLost, guestFault };
 }
 
 /** Swap the mappings of pages a and b: two PTE writes (trapped and emulated by the shadow MMU) and two invlpg. */
