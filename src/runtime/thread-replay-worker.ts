@@ -1,6 +1,6 @@
 // Worker for thread-replay.ts: runs one scenario thread on the normal build, parking in the access-layer hook until the scheduler grants each operation.
 
-import { parentPort, workerData } from 'node:worker_threads';
+import { workerData, type MessagePort } from 'node:worker_threads';
 import type { AccessHook } from '../shm/access';
 import { ScenarioVm, threadMem } from '../check/gen/scenario';
 import { DONE, FAILED, PARKED, THREAD_SLOT, findNormalScenario } from './thread-replay';
@@ -14,6 +14,8 @@ interface Init {
   config: VmConfig | null;
   ctrl: Int32Array;
   data: unknown;
+  /** Where a failing thread sends its error; the scheduler reads it synchronously (receiveMessageOnPort). */
+  errors: MessagePort;
 }
 
 const { SLOT_WORDS, S_STATE, S_GO, S_OP, S_A, S_B, S_C } = THREAD_SLOT;
@@ -22,6 +24,19 @@ function main(): void {
   const init = workerData as Init;
   const { ctrl } = init;
   const base = init.thread * SLOT_WORDS;
+  try {
+    run(init, base);
+    Atomics.store(ctrl, base + S_STATE, DONE);
+  } catch (e) {
+    // The message first, then the state: the scheduler reads the message once it sees FAILED.
+    init.errors.postMessage((e as Error).stack ?? String(e));
+    Atomics.store(ctrl, base + S_STATE, FAILED);
+  }
+  Atomics.notify(ctrl, base + S_STATE);
+}
+
+function run(init: Init, base: number): void {
+  const { ctrl } = init;
   const spec = findNormalScenario(init.scenario);
   const machine = { shm: init.shm, config: init.config };
   const mem = threadMem(machine, init.thread);
@@ -41,15 +56,8 @@ function main(): void {
   };
   mem.hook = hook;
   const vm = new ScenarioVm(machine, mem);
-  try {
-    const name = Object.keys(spec.threads)[init.thread]!;
-    spec.threads[name]!(vm, init.data);
-    Atomics.store(ctrl, base + S_STATE, DONE);
-  } catch (e) {
-    Atomics.store(ctrl, base + S_STATE, FAILED);
-    parentPort?.postMessage({ error: (e as Error).message });
-  }
-  Atomics.notify(ctrl, base + S_STATE);
+  const name = Object.keys(spec.threads)[init.thread]!;
+  spec.threads[name]!(vm, init.data);
 }
 
 main();

@@ -9,7 +9,7 @@
 // generator build runs the very same operations.
 
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import { accessOf, isEnabled } from '../check/ops';
 import { wordValue, type Step } from '../check/engine';
@@ -90,16 +90,27 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
   const ctrl = new Int32Array(new SharedArrayBuffer(n * SLOT_WORDS * 4));
   const i32 = new Int32Array(machine.shm.meta);
   const workers: Worker[] = [];
-  const failures: string[] = [];
+  // This thread waits synchronously (Atomics.wait), so worker events never reach it: a failing thread's
+  // error comes through a port read with receiveMessageOnPort.
+  const errorPorts: MessagePort[] = [];
+  const failed = (t: number): never => {
+    const m = receiveMessageOnPort(errorPorts[t]!);
+    throw new Error(`thread replay: thread '${names[t]}' failed: ${m === undefined ? 'it did not say why' : String(m.message)}`);
+  };
   try {
     for (let t = 0; t < n; t++) {
+      const { port1, port2 } = new MessageChannel();
+      errorPorts.push(port1);
       const w = new Worker(path.join(__dirname, 'thread-replay-worker.js'), {
-        workerData: { scenario: spec.name, thread: t, shm: machine.shm, config: machine.config, ctrl, data },
+        workerData: { scenario: spec.name, thread: t, shm: machine.shm, config: machine.config, ctrl, data, errors: port2 },
+        transferList: [port2],
       });
-      w.on('error', (e) => failures.push(`thread '${names[t]}': ${e.message}`));
       workers.push(w);
     }
-    const settled = (t: number): number => waitFor(ctrl, t * SLOT_WORDS + S_STATE, (v) => v !== RUNNING, `thread '${names[t]}'`);
+    const settled = (t: number): number => {
+      const st = waitFor(ctrl, t * SLOT_WORDS + S_STATE, (v) => v !== RUNNING, `thread '${names[t]}'`);
+      return st === FAILED ? failed(t) : st;
+    };
     for (let t = 0; t < n; t++) settled(t);
     const steps: ThreadStep[] = [];
     const t0 = performance.now();
@@ -119,9 +130,8 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
       Atomics.store(ctrl, base + S_STATE, RUNNING);
       Atomics.add(ctrl, base + S_GO, 1);
       Atomics.notify(ctrl, base + S_GO);
-      const st = settled(t);
+      settled(t);
       step.after = wordValue(machine.shm, op, a);
-      if (st === FAILED) throw new Error(`thread replay: thread '${names[t]}' failed: ${failures.join('; ') || 'see its error'}`);
     }
     const handoffMicros = steps.length === 0 ? 0 : ((performance.now() - t0) * 1000) / steps.length;
     // A counterexample's schedule may stop where the checker saw the violation, with threads still parked.
@@ -132,6 +142,7 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
     return { threads: names, steps, finished, check, handoffMicros, rows: traceRows(machine.shm.layout, machine.config, steps) };
   } finally {
     await Promise.all(workers.map((w) => w.terminate()));
+    for (const p of errorPorts) p.close();
   }
 }
 
