@@ -23,6 +23,13 @@ function main(): void {
   const json = process.argv.includes('--json');
   const i = process.argv.indexOf('--dfs-seconds');
   const dfsSeconds = i >= 0 ? Number(process.argv[i + 1]) : 20;
+  // A budget that is not a positive number would never end plain DFS's exploration.
+  const given = i >= 0 ? (process.argv[i + 1] ?? '') : process.argv.find((a) => a.startsWith('--dfs-seconds='));
+  if (!Number.isFinite(dfsSeconds) || dfsSeconds <= 0 || given?.startsWith('--dfs-seconds=') === true) {
+    process.stderr.write(`bench/check: --dfs-seconds takes a number of seconds above 0 as the next argument, not '${given}'\n`);
+    process.exitCode = 2;
+    return;
+  }
   const gen = loadGenModule();
   const catalog = loadCatalog();
   const rows: Row[] = [];

@@ -1,6 +1,8 @@
 // Benchmark options: what a user may set (each with its default), validation with one-line errors, and the resolved forms the runners take.
 
+import * as os from 'node:os';
 import { KvmmuError } from '../shm/errors';
+import { fmtBytes } from '../shm/layout';
 import { MAX_VCPUS, MMU_MODES, PAGE_MARKING, type MmuMode, type PageMarking } from '../kvm/config';
 import { benchDataPages } from './vm';
 import type { DirtyLogConfig, FastPathSetting, ScaleConfig } from './results';
@@ -67,7 +69,8 @@ export function resolveDirtyLog(o: Partial<DirtyLogConfig>): DirtyLogConfig {
   return c;
 }
 
-export function resolveScale(o: Partial<ScaleConfig>): ScaleConfig {
+/** `totalMem`: the machine's memory (a parameter for tests). */
+export function resolveScale(o: Partial<ScaleConfig>, totalMem = os.totalmem()): ScaleConfig {
   const c = { ...SCALE_DEFAULTS, ...o };
   checkVcpus('-v', c.maxVcpus);
   checkMode(c.mode);
@@ -75,5 +78,13 @@ export function resolveScale(o: Partial<ScaleConfig>): ScaleConfig {
   checkPageMarking(c.pageMarking);
   if (!Number.isInteger(c.trials) || c.trials < 1 || c.trials > 100) throw new KvmmuError(`-t must be an integer from 1 to 100, not ${c.trials}`);
   benchDataPages({ vcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu });
+  // A trial keeps a VM per point and way alive at once (their rounds interleave): 2 * (1 + ... + N) vCPUs' memory.
+  const held = c.maxVcpus * (c.maxVcpus + 1) * c.bytesPerVcpu;
+  const room = totalMem * 0.75;
+  if (held > room)
+    throw new KvmmuError(
+      `bench scale -v ${c.maxVcpus} -b ${fmtBytes(c.bytesPerVcpu)} holds ${fmtBytes(held)} of guest memory at once (a VM for each vCPU count and way); ` +
+        `this machine has ${fmtBytes(totalMem)}: use a smaller -b or -v`,
+    );
   return c;
 }

@@ -115,7 +115,7 @@ export interface DirtyLogResult {
   /**
    * Re-dirty time (iterations 2.., after a dirty-log pass) with the fast path
    * off over on, iteration by iteration, and an interval for their median
-   * (at least 95% where there are 6 or more iterations; absent from files
+   * (at least 95% from 6 ratios, i.e. 7 or more iterations; absent from files
    * written before it was added); null unless both ran.
    */
   readonly ratio: { readonly slowOverFast: Summary; readonly medianInterval?: MedianInterval } | null;
@@ -154,7 +154,8 @@ export interface ScaleTrial {
 export interface ScaleResult {
   readonly kind: 'scale';
   readonly version: 2;
-  readonly config: Omit<ScaleConfig, 'iterations'>;
+  /** The settings; `iterations` (each point a median over iterations 2..) is absent from files written before it was recorded. */
+  readonly config: Omit<ScaleConfig, 'iterations'> & { readonly iterations?: number };
   /** Each point's median over the trials. */
   readonly points: ScalePoint[];
   /** Throughput at maxVcpus over 1 vCPU, trial by trial, each way; null when maxVcpus is 1. */

@@ -2,6 +2,7 @@
 
 import { Worker } from 'node:worker_threads';
 import { median, summarize } from './stats';
+import { collectGarbage } from './gc';
 import { machineInfo, type ProgressFn } from './dirty-log';
 import { resolveScale, type ScaleConfig } from './options';
 import { BenchVm } from './vm';
@@ -54,6 +55,9 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
     const r = await scaleTrial(c, (what) => step(`trial ${t}: ${what}`));
     trials.push({ points: r.points });
     pagesPerVcpu = r.pagesPerVcpu;
+    // The closed VMs' guest memory goes only when V8 collects their buffers, which it does not
+    // schedule for memory outside its heap: without this, memory grew by a trial's worth each trial.
+    collectGarbage();
   }
   const points = trials[0]!.points.map((p0, k): ScalePoint => {
     const all = trials.map((tr) => tr.points[k]!);
@@ -70,7 +74,7 @@ export async function runScaleBench(options: Partial<ScaleConfig>, onProgress?: 
     result: {
       kind: 'scale',
       version: 2,
-      config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, mode: c.mode, pageMarking: c.pageMarking, trials: c.trials },
+      config: { maxVcpus: c.maxVcpus, bytesPerVcpu: c.bytesPerVcpu, iterations: c.iterations, mode: c.mode, pageMarking: c.pageMarking, trials: c.trials },
       points,
       gain: c.maxVcpus < 2 ? null : { fastPathOn: trialGains(trials, c.maxVcpus, true), fastPathOff: trialGains(trials, c.maxVcpus, false) },
       trials,

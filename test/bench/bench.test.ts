@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { formatScale } from '../../src/bench/report';
+import { resolveScale } from '../../src/bench/options';
 import type { ScaleOutcome, ScalePoint } from '../../src/bench/scale';
 
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -139,7 +140,7 @@ test('bench scale --json over 1..2 vCPUs in three trials prints the documented s
   assertKeys(j, ['kind', 'version', 'config', 'points', 'gain', 'trials', 'machine'], 'scale');
   assert.equal(j.kind, 'scale');
   assert.equal(j.version, 2);
-  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, mode: 'direct', pageMarking: 'spte', trials: 3 });
+  assert.deepEqual(j.config, { maxVcpus: 2, bytesPerVcpu: 128 * 1024, iterations: 2, mode: 'direct', pageMarking: 'spte', trials: 3 });
   const pointKeys = ['vcpus', 'fastPath', 'pagesPerSecond', 'redirtySeconds', 'slowFaults', 'lockContended'];
   const order = [
     [1, true],
@@ -302,4 +303,19 @@ test('node dist/bench/dirty-log.js is the CLI command', () => {
   assert.equal((JSON.parse(r.stdout) as { kind: string }).kind, 'dirty-log');
   const e = spawnSync(process.execPath, [path.join(ENTRY, 'scale.js'), '-i', '1'], { encoding: 'utf8' });
   assert.equal(e.status, 2);
+});
+
+test('bench scale refuses sizes whose VMs cannot all be held at once (a VM per vCPU count and way), before starting any', () => {
+  const GiB = 2 ** 30;
+  // -v 3 -b 1G holds 3 * 4 * 1 GiB = 12 GiB at once: too much for 8 GiB, fine for 64 GiB.
+  assert.throws(() => resolveScale({ maxVcpus: 3, bytesPerVcpu: GiB }, 8 * GiB), /holds 12 GiB of guest memory at once .* this machine has 8 GiB/);
+  assert.equal(resolveScale({ maxVcpus: 3, bytesPerVcpu: GiB }, 64 * GiB).maxVcpus, 3);
+});
+
+test('bench/check.js refuses a --dfs-seconds that is not a number of seconds (it would never stop)', () => {
+  for (const args of [['--dfs-seconds', '1s'], ['--dfs-seconds'], ['--dfs-seconds=10']]) {
+    const r = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bench', 'check.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /--dfs-seconds takes a number of seconds above 0/);
+  }
 });
