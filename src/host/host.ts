@@ -501,17 +501,17 @@ export class Host {
    * mapping read, the word stored and the frame marked dirty, in separate steps.
    * A swap-out in between can unmap the frame and decide it is clean before the
    * mark lands: then the store went to a frame nobody maps any more, and is
-   * lost when the pin goes. So read the mapping again after the mark, and if it
-   * changed, store again through the new one (a store of a value is
+   * lost when the pin goes. So after the mark, if the page no longer maps that
+   * frame, store again through the new mapping (a store of a value is
    * idempotent). KSM, the other thread that remaps a present page, leaves a
    * pinned page alone (see ksmMerge).
    */
   writeUser64(hvpn: number, off: number, v: bigint): void {
     for (;;) {
-      const { pfn, w } = this.pinMapped(hvpn);
+      const pfn = this.pinMapped(hvpn);
       this.mem.storeData64((this.frameByte(pfn) + off) / 8, v);
       this.setPfnDirty(pfn);
-      const still = this.mem.load32(this.ptep(hvpn)) === w;
+      const still = this.stillMaps(hvpn, pfn);
       this.putPage(pfn);
       if (still) return;
     }
@@ -519,28 +519,39 @@ export class Host {
 
   /**
    * Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space
-   * cmpxchg); returns the old value. As writeUser64: if the mapping changed by
-   * the time the frame is marked, the exchange may have hit a frame that is
-   * gone, so it is done again through the new mapping, and its result is the one returned.
+   * cmpxchg); returns the old value. As writeUser64: if the page no longer maps
+   * the frame by the time it is marked, the exchange hit a frame that is gone,
+   * so it is done again through the new mapping, and its result is the one returned.
    */
   cmpxchgUser64(hvpn: number, off: number, expected: bigint, v: bigint): bigint {
     for (;;) {
-      const { pfn, w } = this.pinMapped(hvpn);
+      const pfn = this.pinMapped(hvpn);
       const old = this.mem.cmpxchgData64((this.frameByte(pfn) + off) / 8, expected, v);
       if (old === expected) this.setPfnDirty(pfn);
-      const still = this.mem.load32(this.ptep(hvpn)) === w;
+      const still = this.stillMaps(hvpn, pfn);
       this.putPage(pfn);
       if (still) return old;
     }
   }
 
-  /** Pin the frame `hvpn` maps writably, with the mapping word it was pinned under (get_user_pages for a write). */
-  private pinMapped(hvpn: number): { pfn: number; w: number } {
+  /**
+   * Does `hvpn` still map `pfn`, a frame the caller pins? Then a store made to
+   * it since is in the page: the pin kept the frame from being freed, so it
+   * cannot have left the page and come back. (A mapping change that keeps the
+   * frame, write-protection say, loses nothing; a cmpxchg must not be redone then.)
+   */
+  private stillMaps(hvpn: number, pfn: number): boolean {
+    const w = this.mem.load32(this.ptep(hvpn));
+    return (w & MAP_PRESENT) !== 0 && mapPfn(w) === pfn;
+  }
+
+  /** Pin the frame `hvpn` maps writably (get_user_pages for a write); returns the pfn. */
+  private pinMapped(hvpn: number): number {
     const ptep = this.ptep(hvpn);
     for (;;) {
       const pfn = this.getUserPage(hvpn, true);
       const w = this.mem.load32(ptep);
-      if ((w & MAP_PRESENT) !== 0 && (w & MAP_WRITABLE) !== 0 && mapPfn(w) === pfn) return { pfn, w };
+      if ((w & MAP_PRESENT) !== 0 && (w & MAP_WRITABLE) !== 0 && mapPfn(w) === pfn) return pfn;
       this.putPage(pfn); // remapped since the pin: pin the new frame
     }
   }

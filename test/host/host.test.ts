@@ -524,3 +524,15 @@ test('KSM leaves alone a page pinned for a VMM write: the write stays on its pag
   host.writeUser64(5, 0, 0n);
   assert.equal(host.ksmMerge(5, 6), true, 'unpinned and equal again: merged');
 });
+
+test('a VMM cmpxchg is not done twice when only the mapping\'s rights changed under it (KSM write-protected the page, then left it alone)', () => {
+  const { host, mem } = makeHost();
+  host.writeUser64(5, 0, V1);
+  host.writeUser64(6, 0, V2);
+  let merged: boolean | null = null;
+  // Between the exchange and the check of the mapping: the frame is marked dirty (or32).
+  onceBefore(mem, OP.or32, () => (merged = host.ksmMerge(5, 6)));
+  assert.equal(host.cmpxchgUser64(5, 0, V1, V2), V1, 'the exchange succeeded, and says so');
+  assert.equal(merged, false);
+  assert.equal(host.readUser64(5, 0), V2);
+});
