@@ -497,62 +497,34 @@ export class Host {
    * Write the 64-bit word at byte `off` of page `hvpn`; the host's own write
    * dirties the frame (KVM's kvm_vcpu_write_guest: a user copy).
    *
-   * A CPU's store is atomic with its translation; here the page is pinned, the
-   * mapping read, the word stored and the frame marked dirty, in separate steps.
-   * A swap-out in between can unmap the frame and decide it is clean before the
-   * mark lands: then the store went to a frame nobody maps any more, and is
-   * lost when the pin goes. So after the mark, if the page no longer maps that
-   * frame, store again through the new mapping (a store of a value is
-   * idempotent). KSM, the other thread that remaps a present page, leaves a
-   * pinned page alone (see ksmMerge).
+   * A CPU's store is atomic with its translation. Here the translation, the
+   * store and the dirty mark are separate steps, so they are made under the mm
+   * lock, which every change of a mapping (swap, KSM, fault-in) takes: no
+   * swap-out can unmap the frame between them and decide it is clean before the
+   * mark lands (the write would be lost), and no KSM merge can share it. Linux's
+   * copy_to_user takes no lock; it gets the same effect from the MMU.
    */
   writeUser64(hvpn: number, off: number, v: bigint): void {
-    for (;;) {
-      const pfn = this.pinMapped(hvpn);
+    this.mem.lock(this.lockWord);
+    try {
+      const pfn = this.faultInLocked(hvpn, true);
       this.mem.storeData64((this.frameByte(pfn) + off) / 8, v);
       this.setPfnDirty(pfn);
-      const still = this.stillMaps(hvpn, pfn);
-      this.putPage(pfn);
-      if (still) return;
+    } finally {
+      this.mem.unlock(this.lockWord);
     }
   }
 
-  /**
-   * Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space
-   * cmpxchg); returns the old value. As writeUser64: if the page no longer maps
-   * the frame by the time it is marked, the exchange hit a frame that is gone,
-   * so it is done again through the new mapping, and its result is the one returned.
-   */
+  /** Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space cmpxchg), under the mm lock as writeUser64; returns the old value. */
   cmpxchgUser64(hvpn: number, off: number, expected: bigint, v: bigint): bigint {
-    for (;;) {
-      const pfn = this.pinMapped(hvpn);
+    this.mem.lock(this.lockWord);
+    try {
+      const pfn = this.faultInLocked(hvpn, true);
       const old = this.mem.cmpxchgData64((this.frameByte(pfn) + off) / 8, expected, v);
       if (old === expected) this.setPfnDirty(pfn);
-      const still = this.stillMaps(hvpn, pfn);
-      this.putPage(pfn);
-      if (still) return old;
-    }
-  }
-
-  /**
-   * Does `hvpn` still map `pfn`, a frame the caller pins? Then a store made to
-   * it since is in the page: the pin kept the frame from being freed, so it
-   * cannot have left the page and come back. (A mapping change that keeps the
-   * frame, write-protection say, loses nothing; a cmpxchg must not be redone then.)
-   */
-  private stillMaps(hvpn: number, pfn: number): boolean {
-    const w = this.mem.load32(this.ptep(hvpn));
-    return (w & MAP_PRESENT) !== 0 && mapPfn(w) === pfn;
-  }
-
-  /** Pin the frame `hvpn` maps writably (get_user_pages for a write); returns the pfn. */
-  private pinMapped(hvpn: number): number {
-    const ptep = this.ptep(hvpn);
-    for (;;) {
-      const pfn = this.getUserPage(hvpn, true);
-      const w = this.mem.load32(ptep);
-      if ((w & MAP_PRESENT) !== 0 && (w & MAP_WRITABLE) !== 0 && mapPfn(w) === pfn) return pfn;
-      this.putPage(pfn); // remapped since the pin: pin the new frame
+      return old;
+    } finally {
+      this.mem.unlock(this.lockWord);
     }
   }
 
@@ -609,9 +581,8 @@ export class Host {
     this.notifyStart(hvpn);
     this.mem.store32(ptep, nextMapWord(w, 0, 0));
     this.notifyEnd(hvpn);
-    // After the invalidation no SPTE maps the frame and no new pin can find it,
-    // so its DIRTY flag is final: a VMM write already pinned that marks it later
-    // sees the mapping changed and writes again through the new one (writeUser64).
+    // After the invalidation no SPTE maps the frame, and the VMM's own writes
+    // take the mm lock we hold (writeUser64): its DIRTY flag is final.
     const wasDirty = (this.mem.fetchAnd32(fl, ~FRAME_DIRTY) & FRAME_DIRTY) !== 0;
     if (!hadCopy || wasDirty) {
       this.mem.copyData(this.swapDataByte + slot * 4096, this.frameByte(pfn), 4096);
