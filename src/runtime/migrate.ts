@@ -2,7 +2,7 @@
 
 import type { Kvm } from '../kvm/kvm';
 import { totalPages } from '../kvm/kvm';
-import { CTRL_MIG_DONE, CTRL_PAUSE, CTRL_PAUSED, CTRL_STOP_WORK, isSet, setFlag } from './control';
+import { CTRL_MIG_DONE, CTRL_MIG_PAGES, CTRL_PAUSE, CTRL_PAUSED, CTRL_STOP_WORK, isSet, setFlag } from './control';
 
 /** The shortest a pre-copy round lasts, so an idle guest does not make millions of empty rounds. */
 const MIN_ROUND_MS = 20;
@@ -29,10 +29,11 @@ export function migrate(kvm: Kvm, ctrl: Int32Array, vcpus: number, minRounds = 1
   const bitmaps = kvm.config.slots.map((_, s) => new Int32Array(kvm.dirtyLog.words(s)));
   for (let s = 0; s < kvm.nSlots; s++) kvm.dirtyLog.enable(s);
   for (let p = 0; p < pages; p++) kvm.host.readPage(p, dest, p * 4096);
+  Atomics.add(ctrl, CTRL_MIG_PAGES, pages);
   const pagesPerRound = [pages];
   for (let round = 0; round < minRounds || !isSet(ctrl, CTRL_STOP_WORK); round++) {
     const start = performance.now();
-    pagesPerRound.push(copyDirty(kvm, dest, bitmaps));
+    pagesPerRound.push(copyDirty(kvm, dest, bitmaps, ctrl));
     // A round stands for sending its pages over a link: it lasts at least MIN_ROUND_MS.
     const left = MIN_ROUND_MS - (performance.now() - start);
     if (left > 0) Atomics.wait(ctrl, CTRL_STOP_WORK, 0, left);
@@ -40,12 +41,13 @@ export function migrate(kvm: Kvm, ctrl: Int32Array, vcpus: number, minRounds = 1
   const t0 = performance.now();
   setFlag(ctrl, CTRL_PAUSE, 1);
   while (Atomics.load(ctrl, CTRL_PAUSED) < vcpus) Atomics.wait(ctrl, CTRL_PAUSED, Atomics.load(ctrl, CTRL_PAUSED), 1);
-  pagesPerRound.push(copyDirty(kvm, dest, bitmaps));
+  pagesPerRound.push(copyDirty(kvm, dest, bitmaps, ctrl));
   let mismatches = 0;
   let firstMismatch: string | null = null;
   const src = new Uint8Array(4096);
   for (let p = 0; p < pages; p++) {
     kvm.host.readPage(p, src, 0);
+    Atomics.add(ctrl, CTRL_MIG_PAGES, 1);
     if (!samePage(src, dest, p * 4096)) {
       mismatches++;
       firstMismatch ??= `gfn 0x${kvm.hvpnToGfn(p).toString(16)} differs at the destination`;
@@ -59,7 +61,7 @@ export function migrate(kvm: Kvm, ctrl: Int32Array, vcpus: number, minRounds = 1
 }
 
 /** One round: get each slot's dirty log and copy the pages it names; returns pages sent. */
-function copyDirty(kvm: Kvm, dest: Uint8Array, bitmaps: Int32Array[]): number {
+function copyDirty(kvm: Kvm, dest: Uint8Array, bitmaps: Int32Array[], ctrl: Int32Array): number {
   let sent = 0;
   for (let s = 0; s < kvm.nSlots; s++) {
     const bm = bitmaps[s]!;
@@ -69,6 +71,7 @@ function copyDirty(kvm: Kvm, dest: Uint8Array, bitmaps: Int32Array[]): number {
       for (let m = bm[i]!; m !== 0; m &= m - 1) {
         const p = base + i * 32 + (31 - Math.clz32(m & -m));
         kvm.host.readPage(p, dest, p * 4096);
+        Atomics.add(ctrl, CTRL_MIG_PAGES, 1);
         sent++;
       }
     }

@@ -11,6 +11,9 @@ import { createMachineFrom, openKvm } from '../vcpu/machine';
 import { GuestPageTables, tablePagesFor } from '../vcpu/guest-pt';
 import {
   CTRL_HOST_STOP,
+  CTRL_MIG_DONE,
+  CTRL_MIG_PAGES,
+  CTRL_PAUSED,
   CTRL_PROGRESS,
   CTRL_START,
   CTRL_STOP_WORK,
@@ -128,8 +131,13 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
   const running = { ...spec, spinLimit: spinLimitFor(tasks.length) };
   const workers = tasks.map((task, i) => startWorker({ spec: running, ctrl, seed: seed * 7919 + i, task }));
   // Any worker failing fails the run at once (the others may be waiting for it forever).
+  const failed = { now: false };
   const anyFailure = new Promise<never>((_, rej) => {
-    for (const w of workers) w.result.catch(rej);
+    for (const w of workers)
+      w.result.catch((e: unknown) => {
+        failed.now = true;
+        rej(e);
+      });
   });
   const orFail = <T>(p: Promise<T>): Promise<T> => Promise.race([p, anyFailure]);
   try {
@@ -137,17 +145,17 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
     setFlag(ctrl, CTRL_START);
     const tStart = performance.now();
     // A worker failing ends the timed phase at once, not when the phase would have ended.
-    await orFail(timedPhase(o, ctrl, kvm, tStart));
+    await orFail(timedPhase(o, ctrl, kvm, tStart, failed));
     setFlag(ctrl, CTRL_STOP_WORK);
-    const active = (): number => activity(kvm, ctrl);
+    // While the vCPUs finish, the host thread still applies pressure: its work is no sign that they progress.
     const vcpuResults = (await unlessIdle(
       orFail(Promise.all(workers.slice(0, o.vcpus).map((w) => w.result))),
       IDLE_TIMEOUT_MS,
-      active,
+      () => vcpuProgress(kvm, ctrl),
       () => hangReport(kvm),
     )) as WorkloadResult[];
     setFlag(ctrl, CTRL_HOST_STOP);
-    const rest = await unlessIdle(orFail(Promise.all(workers.slice(o.vcpus).map((w) => w.result))), IDLE_TIMEOUT_MS, active, () =>
+    const rest = await unlessIdle(orFail(Promise.all(workers.slice(o.vcpus).map((w) => w.result))), IDLE_TIMEOUT_MS, () => activity(kvm, ctrl), () =>
       hangReport(kvm),
     );
     const migration = o.migrate ? (rest[rest.length - 1] as MigrationResult) : null;
@@ -157,9 +165,10 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
   }
 }
 
-async function timedPhase(o: RunOptions, ctrl: Int32Array, kvm: Kvm, tStart: number): Promise<void> {
+async function timedPhase(o: RunOptions, ctrl: Int32Array, kvm: Kvm, tStart: number, failed: { readonly now: boolean }): Promise<void> {
   const end = tStart + o.seconds * 1000;
   for (;;) {
+    if (failed.now) return; // the run has already failed: no more progress lines, no timers left behind
     const now = performance.now();
     if (o.onProgress !== undefined) o.onProgress(progress(o, ctrl, kvm, (now - tStart) / 1000));
     if (now >= end) return;
@@ -302,6 +311,17 @@ async function unlessIdle<T>(p: Promise<T>, idleMs: number, activity: () => numb
   } finally {
     clearInterval(timer);
   }
+}
+
+/**
+ * A sum that grows while the vCPUs finish: guest accesses that completed (a
+ * vCPU retrying one fault forever adds none), passes, pauses, and the pages
+ * the migration copied or compared (the vCPUs wait for it when it runs).
+ */
+function vcpuProgress(kvm: Kvm, ctrl: Int32Array): number {
+  let s = 0;
+  for (let v = 0; v < kvm.config.vcpus; v++) s += kvm.vcpuStat(v, 'accesses') + Atomics.load(ctrl, CTRL_PROGRESS + v);
+  return s + Atomics.load(ctrl, CTRL_PAUSED) + Atomics.load(ctrl, CTRL_MIG_PAGES) + Atomics.load(ctrl, CTRL_MIG_DONE);
 }
 
 /** A sum that changes whenever a thread of the run does something: every statistics counter, every lock taken, the control words. */

@@ -1,7 +1,7 @@
 // The guest workload of `kvmmu run`: each vCPU writes a known pattern over its own pages, remaps pages (shadow mode), and finally re-reads all it wrote.
 
 import { GuestPageFault, type Vcpu } from '../vcpu/vcpu';
-import { CTRL_MIG_DONE, CTRL_PAUSE, CTRL_PAUSED, CTRL_PROGRESS, CTRL_STOP_WORK, isSet, waitWhile } from './control';
+import { CTRL_MIG_DONE, CTRL_PAUSE, CTRL_PAUSED, CTRL_PROGRESS, CTRL_STOP_WORK, isSet, nap, waitWhile } from './control';
 
 /** Where a vCPU's pages live and how the guest addresses them. */
 export interface WorkloadLayout {
@@ -86,7 +86,7 @@ export function runWorkload(vcpu: Vcpu, w: WorkloadLayout, ctrl: Int32Array, rng
         Atomics.add(ctrl, CTRL_PAUSED, 1);
         waitWhile(ctrl, CTRL_PAUSE, 1);
         Atomics.sub(ctrl, CTRL_PAUSED, 1);
-      } else Atomics.wait(ctrl, CTRL_STOP_WORK, 0, 5);
+      } else nap(5);
     }
     vcpu.enterGuest();
   }
@@ -98,7 +98,14 @@ export function runWorkload(vcpu: Vcpu, w: WorkloadLayout, ctrl: Int32Array, rng
   for (let i = 0; i < n && guestFault === null; i++) {
     const gfn = gfnOf[i]!;
     const want = expected[gfn - w.first]!;
-    const got = vcpu.read64(w.base + i * 4096);
+    let got: bigint;
+    try {
+      got = vcpu.read64(w.base + i * 4096);
+    } catch (e) {
+      if (!(e instanceof GuestPageFault)) throw e;
+      guestFault = `${e.message} on the final re-read: a write to a guest page table was lost`;
+      break;
+    }
     const held = vcpu.kvm.host.readUser64(vcpu.kvm.gfnToHvpn(gfn), 0);
     if (got !== want || held !== want) {
       lost++;
