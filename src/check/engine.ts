@@ -215,7 +215,8 @@ export class Engine {
       if (this.machine.config !== null) drain(setupVm.settle());
     } catch (e) {
       if (e instanceof KvmmuError) throw e;
-      throw new KvmmuError(`scenario ${spec.name}: its setup failed: ${(e as Error).message}`);
+      // A user's scenario file's setup failing is the user's error; the CLI says so for files (check-command).
+      throw new Error(`scenario ${spec.name}: its setup failed: ${(e as Error).message}`, { cause: e });
     }
     this.snapMeta = this.meta8.slice();
     this.snapData = this.data8.slice();

@@ -45,7 +45,7 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
     const r = decodeReplay(o.replay);
     matchReplayFlags(o, r);
     const spec = o.file !== undefined ? loadScenarioFile(o.file, r.scenario) : findScenario(catalog, r.scenario);
-    const report = replayCheck(gen, spec, r);
+    const report = userCode(o.file, () => replayCheck(gen, spec, r));
     if (o.engine === 'threads') return threadsReplay(r, report, o.json);
     print(report, o.json, o.file);
     return report.violation === null ? 0 : 1;
@@ -62,7 +62,7 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
       throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${o.mode}`);
     }
     const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
-    const report = runCheck(gen, spec, {
+    const report = userCode(o.file, () => runCheck(gen, spec, {
       mode: o.mode,
       guards,
       indirectFastPath: o.indirectFastPath,
@@ -80,13 +80,28 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
                 `check ${spec.name}: ${p.executions} executions, ${Math.round(p.executions / Math.max(p.seconds, 1e-3))}/s` +
                   (p.pending !== null ? `, ${p.pending} alternatives pending` : ''),
               ),
-    });
+    }));
     status?.clear();
     reports.push(report);
     if (!o.json) process.stdout.write(formatCheckReport(report, o.file) + '\n');
   }
   if (o.json) process.stdout.write(JSON.stringify(o.all ? reports.map(toJson) : toJson(reports[0]!)) + '\n');
   return reports.some((r) => r.violation !== null) ? 1 : 0;
+}
+
+/**
+ * Run `f`, which runs a scenario's code. For a user's scenario file, what its
+ * code throws outside the explored threads (its setup, say) is the user's error;
+ * for a built-in scenario it is kvmmu's.
+ */
+function userCode<T>(file: string | undefined, f: () => T): T {
+  if (file === undefined) return f();
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof KvmmuError) throw e;
+    throw new KvmmuError(`scenario file ${file}: ${(e as Error).message}`);
+  }
 }
 
 /** Every setting given with --replay must be the replay string's: the string fixes them all. */

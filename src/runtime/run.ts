@@ -279,9 +279,11 @@ export function startWorker(init: WorkerInit, script = path.join(__dirname, 'wor
     if (m.type === 'ready') onReady();
     else if (m.type === 'result') onResult(m.result);
   });
-  worker.on('error', (e) => onError(e));
+  // A worker's error arrives as a copy; whatever it was there, here it is kvmmu failing (a user's mistake is caught before any starts).
+  const who = init.task.role === 'vcpu' ? `vCPU ${init.task.idx}` : `the ${init.task.role} thread`;
+  worker.on('error', (e) => onError(new Error(`${who} failed: ${e.stack ?? e.message}`)));
   worker.on('exit', (code) => {
-    if (code !== 0) onError(new Error(`worker exited with code ${code}`));
+    if (code !== 0) onError(new Error(`${who}'s worker exited with code ${code}`));
   });
   return { worker, ready, result };
 }

@@ -168,3 +168,10 @@ test("'kvmmu help bench dirty-log' shows the subcommand's help, as 'kvmmu bench 
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^Usage: kvmmu bench dirty-log \[options\]/);
 });
+
+test('output piped into a reader that stops early: no crash, and the command still exits with its verdict', () => {
+  const r = spawnSync('bash', ['-c', `set -o pipefail; '${process.execPath}' '${CLI}' check --all --guard pin-indirect=off | head -1`], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr, '');
+  assert.match(r.stdout, /^scenario aba-gfn-pfn/);
+});
