@@ -154,7 +154,10 @@ test('a bad request shows the server’s error on the page', async () => {
 
 test('a replay string with a setting besides the guards (indirect fast path unsafe) shows it in the settings bar, and the check runs with it', async () => {
   await page.click('#tabs [data-view="replay"]');
-  await page.fill('#replay-string', 'aba-gfn-pfn:shadow:none:unsafe:1*124,0*10');
+  // The checker's counterexample for aba-gfn-pfn with the fast path fixing indirect pages unpinned.
+  const found = (await post(serve.url, '/api/check', { scenario: 'aba-gfn-pfn', indirectFastPath: 'unsafe' })).json<{ violation: { schedule: string } }>();
+  assert.match(found.violation.schedule, /^aba-gfn-pfn:shadow:none:unsafe:/);
+  await page.fill('#replay-string', found.violation.schedule);
   await page.click('#load-replay');
   await page.waitForFunction(() => (document.querySelector('#check-summary')?.textContent ?? '').startsWith('pasted:'));
   assert.match((await page.textContent('#check-summary')) ?? '', /VIOLATION of writable-spte-logged/);
