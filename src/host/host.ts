@@ -515,7 +515,12 @@ export class Host {
     }
   }
 
-  /** Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space cmpxchg), under the mm lock as writeUser64; returns the old value. */
+  /**
+   * Compare-and-exchange the word at byte `off` of page `hvpn` (a user-space
+   * cmpxchg), under the mm lock as writeUser64; returns the old value. (Written
+   * out rather than sharing a callback with writeUser64: the checker's
+   * generator build cannot follow a callback that reaches the access layer.)
+   */
   cmpxchgUser64(hvpn: number, off: number, expected: bigint, v: bigint): bigint {
     this.mem.lock(this.lockWord);
     try {
@@ -624,8 +629,9 @@ export class Host {
     this.writeProtectLocked(a, wa);
     this.writeProtectLocked(b, wb);
     // Linux's write_protect_page refuses a page with references beyond its
-    // mappings: someone pinned it (a VMM write, a KVM fault) and may still write
-    // it, which would land in the shared frame or in one about to be freed. Once
+    // mappings: someone pinned it (a KVM fault between its GUP and mapping the
+    // SPTE) and may still use it. (The VMM's own writes hold the mm lock, so they
+    // never meet a merge.) Once
     // both are write-protected no new pin for a write can find them (GUP-fast
     // re-reads the mapping after taking its reference), so the counts read here hold.
     if (this.pinnedBeyondMapping(pa) || this.pinnedBeyondMapping(pb)) return this.unlockAnd(false);

@@ -77,16 +77,13 @@ export function runWorkload(vcpu: Vcpu, w: WorkloadLayout, ctrl: Int32Array, rng
     }
   } catch (e) {
     if (!(e instanceof GuestPageFault)) throw e;
-    guestFault = `${e.message}: a write to a guest page table was lost (the guest maps every page it touches)`;
+    guestFault = lostTableWrite(e, '');
     // Stop writing. Wait outside guest mode (a remote flush waits for vCPUs in guest mode to answer its
     // kick), still taking part in pauses (the migration's final round waits for every vCPU).
     vcpu.exitGuest();
     while (!done()) {
-      if (isSet(ctrl, CTRL_PAUSE)) {
-        Atomics.add(ctrl, CTRL_PAUSED, 1);
-        waitWhile(ctrl, CTRL_PAUSE, 1);
-        Atomics.sub(ctrl, CTRL_PAUSED, 1);
-      } else nap(5);
+      if (isSet(ctrl, CTRL_PAUSE)) paused(ctrl);
+      else nap(5);
     }
     vcpu.enterGuest();
   }
@@ -103,7 +100,7 @@ export function runWorkload(vcpu: Vcpu, w: WorkloadLayout, ctrl: Int32Array, rng
       got = vcpu.read64(w.base + i * 4096);
     } catch (e) {
       if (!(e instanceof GuestPageFault)) throw e;
-      guestFault = `${e.message} on the final re-read: a write to a guest page table was lost`;
+      guestFault = lostTableWrite(e, ' on the final re-read');
       break;
     }
     const held = vcpu.kvm.host.readUser64(vcpu.kvm.gfnToHvpn(gfn), 0);
@@ -132,8 +129,18 @@ function remap(vcpu: Vcpu, w: WorkloadLayout, gfnOf: Int32Array, a: number, b: n
 /** The VMM stopped this vCPU: leave guest mode, report, wait to be let go. */
 function pauseHere(vcpu: Vcpu, ctrl: Int32Array): void {
   vcpu.exitGuest();
+  paused(ctrl);
+  vcpu.enterGuest();
+}
+
+/** Count this vCPU as paused until the VMM lets the vCPUs go (outside guest mode). */
+function paused(ctrl: Int32Array): void {
   Atomics.add(ctrl, CTRL_PAUSED, 1);
   waitWhile(ctrl, CTRL_PAUSE, 1);
   Atomics.sub(ctrl, CTRL_PAUSED, 1);
-  vcpu.enterGuest();
+}
+
+/** A guest #PF in the workload, which maps every page it touches: what it means. */
+function lostTableWrite(e: GuestPageFault, where: string): string {
+  return `${e.message}${where}: a write to a guest page table was lost (the guest maps every page it touches)`;
 }

@@ -134,19 +134,13 @@ function checkInWorker(job: CheckJob, gone: AbortSignal): Promise<unknown> {
   return new Promise<unknown>((resolve, reject) => {
     const worker = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: job });
     const limit = ((job.options.seconds ?? CHECK_SECONDS_MAX) + 30) * 1000;
-    const timer = setTimeout(() => {
+    const stop = (why: ApiError): void => {
+      clearTimeout(timer);
       void worker.terminate();
-      reject(new ApiError(503, `the check ran past its ${job.options.seconds} s budget and was stopped`));
-    }, limit);
-    gone.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        void worker.terminate();
-        reject(new ApiError(499, 'the client closed the connection'));
-      },
-      { once: true },
-    );
+      reject(why);
+    };
+    const timer = setTimeout(() => stop(new ApiError(503, `the check ran past its ${job.options.seconds} s budget and was stopped`)), limit);
+    gone.addEventListener('abort', () => stop(new ApiError(499, 'the client closed the connection')), { once: true });
     worker.once('message', (m: CheckWorkerReply) => {
       clearTimeout(timer);
       void worker.terminate();

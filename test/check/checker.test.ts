@@ -151,14 +151,17 @@ test('a replay string that does not fit its scenario is refused with the reason'
 
 // ---- the two monitors no built-in scenario breaks: scenario files that break them on purpose ----
 
-function scenarioFile(name: string, text: string): ReturnType<typeof loadScenarioFile> {
+/** Check the scenario file `text` (saved as `name`) with every guard on; its violation, as `invariant` must name it. */
+function violationOf(name: string, text: string, invariant: string): { invariant: string; message: string } {
   const f = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-monitor-')), name);
   fs.writeFileSync(f, text);
-  return loadScenarioFile(f);
+  const v = runCheck(gen, loadScenarioFile(f)).violation;
+  assert.equal(v?.invariant, invariant, JSON.stringify(v?.message));
+  return v!;
 }
 
 test('dirty-log-complete catches a dirty-log pass that write-protects a written page but drops its bit without reporting it', () => {
-  const spec = scenarioFile(
+  const v = violationOf(
     'lossy-get.ts',
     `import { defineScenario } from 'kvmmu/scenario';
 export const s = defineScenario({
@@ -178,14 +181,13 @@ export const s = defineScenario({
   },
 });
 `,
+    'dirty-log-complete',
   );
-  const r = runCheck(gen, spec);
-  assert.equal(r.violation?.invariant, 'dirty-log-complete', JSON.stringify(r.violation?.message));
-  assert.match(r.violation!.message, /the guest wrote gfn 0x3 .* no dirty-log get reported it/);
+  assert.match(v.message, /the guest wrote gfn 0x3 .* no dirty-log get reported it/);
 });
 
 test('spte-within-guest-pte catches a guest PTE made read-only behind the shadow MMU (a write it did not track)', () => {
-  const spec = scenarioFile(
+  const v = violationOf(
     'untracked-pte.ts',
     `import { defineScenario } from 'kvmmu/scenario';
 export const s = defineScenario({
@@ -204,8 +206,7 @@ export const s = defineScenario({
   },
 });
 `,
+    'spte-within-guest-pte',
   );
-  const r = runCheck(gen, spec);
-  assert.equal(r.violation?.invariant, 'spte-within-guest-pte', JSON.stringify(r.violation?.message));
-  assert.match(r.violation!.message, /is writable but the guest's translation is not/);
+  assert.match(v.message, /is writable but the guest's translation is not/);
 });
