@@ -13,6 +13,7 @@ import { OP } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
 import { accessOf, isEnabled, type Access } from './ops';
+import { LoopGuardError, loopGuardStep, resetLoopGuard } from './loop-guard';
 
 /** The generator-form module the engine drives (dist/gen/src/check/gen/scenario.js, or a bundle of it). */
 export interface GenScenarioModule {
@@ -166,6 +167,8 @@ export class Execution {
  */
 export class Engine {
   readonly threadNames: string[];
+  /** Each thread as the loop guard names it. */
+  private readonly threadLabels: string[];
   readonly machine: ScenarioMachine;
   private readonly meta8: Uint8Array;
   private readonly data8: Uint8Array;
@@ -197,6 +200,7 @@ export class Engine {
     o: EngineOptions = {},
   ) {
     this.threadNames = Object.keys(spec.threads);
+    this.threadLabels = this.threadNames.map((name) => `scenario ${spec.name}'s thread '${name}'`);
     if (this.threadNames.length === 0) throw new KvmmuError(`scenario ${spec.name} has no threads`);
     if (this.threadNames.length > 30) throw new KvmmuError(`scenario ${spec.name} has more than 30 threads`);
     this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
@@ -210,6 +214,7 @@ export class Engine {
     setupMem.hook = SEQUENTIAL_HOOK;
     const setupVm = new gen.ScenarioVm(this.machine, setupMem as never);
     setupVm.setupPhase = true;
+    resetLoopGuard(`scenario ${spec.name}'s setup`);
     try {
       this.setupData = spec.setup === undefined ? undefined : drain(spec.setup(setupVm));
       if (this.machine.config !== null) drain(setupVm.settle());
@@ -239,6 +244,7 @@ export class Engine {
     const engine = this;
     this.trackingHook = {
       before(op: number, a: number, b: number, c: number) {
+        loopGuardStep();
         engine.noteWrite(op, accessOf(op, a, b, c));
       },
       note() {},
@@ -293,6 +299,7 @@ export class Engine {
     // In the generator build the access layer calls `before` and then yields: record the pending operation here.
     const hook = {
       before(op: number, a: number, b: number, c: number) {
+        loopGuardStep();
         const acc = accessOf(op, a, b, c);
         engine.noteWrite(op, acc);
         const ex = engine.current!;
@@ -328,6 +335,8 @@ export class Engine {
     for (let t = 0; t < n; t++) {
       const vm = new this.gen.ScenarioVm(this.machine, this.mems[t] as never, this.handles[t]);
       const body = this.spec.threads[this.threadNames[t]!]!;
+      // A body that never reaches the access layer is a plain function, and runs whole right here.
+      resetLoopGuard(this.threadLabels[t]!);
       gens.push(asGenerator(body(vm, this.setupData)));
     }
     for (const m of this.monitors) m.reset?.(ex);
@@ -397,19 +406,24 @@ export class Engine {
     const mem = this.gen.threadMem(this.machine, -1);
     mem.hook = this.trackingHook;
     const vm = new this.gen.ScenarioVm(this.machine, mem as never);
+    resetLoopGuard(`scenario ${this.spec.name}'s final check`);
     try {
       const msg = drain(this.spec.check(vm, this.setupData)) as string | null;
       if (msg !== null) ex.violation = { invariant: 'check', message: msg, step: ex.steps.length };
     } catch (e) {
+      if (e instanceof LoopGuardError) throw e;
       ex.violation = { invariant: 'check', message: `the final check crashed: ${(e as Error).message}`, step: ex.steps.length };
     }
   }
 
   private advance(ex: Execution, gens: Generator[], t: number): void {
     ex.running = t;
+    resetLoopGuard(this.threadLabels[t]!);
     try {
       if (gens[t]!.next().done === true) ex.done[t] = true;
     } catch (e) {
+      // Not the thread's failure but the scenario's: the checker cannot run it (the user's error).
+      if (e instanceof LoopGuardError) throw e;
       ex.done[t] = true;
       ex.violation ??= {
         invariant: 'crash',
@@ -442,7 +456,9 @@ const DATA_REGIONS = new Set(['host.frameData', 'host.swapData', 'scenario.data'
 
 /** A hook for sequential phases: every operation proceeds at once (drain() resumes through each yield). */
 const SEQUENTIAL_HOOK: AccessHook = {
-  before() {},
+  before() {
+    loopGuardStep();
+  },
   note() {},
 };
 

@@ -43,16 +43,23 @@ function isFnBoundary(n: ts.Node): boolean {
   return ts.isFunctionLike(n) || ts.isClassStaticBlockDeclaration(n);
 }
 
+/** The name a file compiled with a loop guard calls its tick by. */
+const LOOP_TICK = '__kvmmuLoopTick';
+
 /**
  * Transform `files` (and only those) of a program built from `rootNames` with
  * `options`, writing JavaScript under `options.outDir`. `rewriteImport` may
  * change a module specifier in the output (for user scenario files).
+ * `loopGuard`, a module's path: every loop body in the emitted files first
+ * calls that module's `loopTick` (the checker's guard against a loop that
+ * never reaches an operation, check/loop-guard.ts).
  */
 export function buildGen(
   rootNames: readonly string[],
   options: ts.CompilerOptions,
   files: readonly string[] | ((fileName: string) => boolean),
   rewriteImport?: (specifier: string, fromFile: string) => string,
+  loopGuard?: string,
 ): GenBuildResult {
   const program = ts.createProgram(rootNames, options);
   const diags = ts.getPreEmitDiagnostics(program).filter((d) => d.category === ts.DiagnosticCategory.Error);
@@ -237,9 +244,20 @@ export function buildGen(
             : f.createParenthesizedExpression(gen);
         }
       }
+      if (loopGuard !== undefined && ts.isIterationStatement(node, false)) return withLoopTick(f, ts.visitEachChild(node, visit, ctx));
       return ts.visitEachChild(node, visit, ctx);
     };
-    return (sf) => ts.visitNode(sf, visit) as ts.SourceFile;
+    return (sf) => {
+      const out = ts.visitNode(sf, visit) as ts.SourceFile;
+      if (loopGuard === undefined) return out;
+      // const __kvmmuLoopTick = require(loopGuard).loopTick; (added after the visit: the import rewriting never sees it)
+      const req = f.createCallExpression(f.createIdentifier('require'), undefined, [f.createStringLiteral(loopGuard)]);
+      const decl = f.createVariableStatement(
+        undefined,
+        f.createVariableDeclarationList([f.createVariableDeclaration(LOOP_TICK, undefined, undefined, f.createPropertyAccessExpression(req, 'loopTick'))], ts.NodeFlags.Const),
+      );
+      return f.updateSourceFile(out, [decl, ...out.statements]);
+    };
   };
 
   const written: string[] = [];
@@ -257,6 +275,18 @@ export function buildGen(
   }
   const names = [...interruptible].filter(isFnLike).map((d) => qualifiedName(d));
   return { files: written, bySource, interruptible: names.sort() };
+}
+
+/** `loop` with a call of the loop guard's tick first in its body. */
+function withLoopTick(f: ts.NodeFactory, loop: ts.IterationStatement): ts.Statement {
+  const tick = f.createExpressionStatement(f.createCallExpression(f.createIdentifier(LOOP_TICK), undefined, []));
+  const body = f.createBlock([tick, ...(ts.isBlock(loop.statement) ? loop.statement.statements : [loop.statement])], true);
+  if (ts.isForStatement(loop)) return f.updateForStatement(loop, loop.initializer, loop.condition, loop.incrementor, body);
+  if (ts.isForInStatement(loop)) return f.updateForInStatement(loop, loop.initializer, loop.expression, body);
+  if (ts.isForOfStatement(loop)) return f.updateForOfStatement(loop, loop.awaitModifier, loop.initializer, loop.expression, body);
+  if (ts.isWhileStatement(loop)) return f.updateWhileStatement(loop, loop.expression, body);
+  if (ts.isDoStatement(loop)) return f.updateDoStatement(loop, body, loop.expression);
+  return loop;
 }
 
 const formatHost: ts.FormatDiagnosticsHost = {

@@ -84,7 +84,9 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
       // The file and the files of its own it imports (not kvmmu's sources, which the paths mapping pulls in, nor packages).
       const src = path.join(ROOT, 'src') + path.sep;
       const own = (f: string): boolean => !path.resolve(f).startsWith(src) && !f.split(/[\\/]/).includes('node_modules');
-      emitted = buildGen([abs], options, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec)).bySource;
+      // The file's loops tick the checker's loop guard (the engine's copy, in this build: it resets the count).
+      const loopGuard = path.join(DIST, 'src', 'check', 'loop-guard.js');
+      emitted = buildGen([abs], options, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard).bySource;
     } catch (e) {
       if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
       throw e;

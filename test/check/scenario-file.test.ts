@@ -69,6 +69,18 @@ for (const [what, name, text, pattern] of [
   ['no threads', 'nothreads.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {} });\n`, /scenario x has no threads/],
   ['a setup that throws', 'setup.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, setup: () => { throw new Error('boom'); }, threads: { A: (vm) => { vm.mem.load32(vm.word(0)); } } });\n`, /scenario x: its setup failed: boom/],
   [
+    'a thread looping without a memory operation',
+    'spin.ts',
+    `import { defineScenario } from 'kvmmu/scenario';\nlet flag = false;\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {\n  A: (vm) => { while (!flag) { /* B cannot run: no operation hands over */ } vm.mem.load32(vm.word(0)); },\n  B: (vm) => { flag = true; vm.mem.store32(vm.word(0), 1); },\n} });\n`,
+    /scenario x's thread 'A' ran 100,000,000 loop iterations without a memory operation/,
+  ],
+  [
+    'a setup looping without a memory operation',
+    'setup-loop.js',
+    `const { defineScenario } = require('kvmmu/scenario');\nexports.s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, setup: () => { for (let i = 0; i >= 0; i = (i + 1) % 10) {} }, threads: { A: (vm) => { vm.mem.load32(vm.word(0)); } } });\n`,
+    /scenario x's setup ran 100,000,000 loop iterations without a memory operation/,
+  ],
+  [
     'state kept between executions',
     'state.ts',
     `import { defineScenario } from 'kvmmu/scenario';\nlet runs = 0;\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {\n  A: (vm) => { runs++; if (runs % 2 === 1) vm.mem.load32(vm.word(0)); else vm.mem.store32(vm.word(8), 1); vm.mem.store32(vm.word(4), 1); },\n  B: (vm) => { vm.mem.store32(vm.word(0), 1); },\n} });\n`,
