@@ -4,6 +4,7 @@
 //
 // Each scenario is explored once untimed first (compiling its code paths); the figures are the runs after.
 
+import { parseArgs } from 'node:util';
 import { ALL_GUARDS, GUARDS, type GuardName } from '../src/kvm/config';
 import { runCheck, type CheckReport } from '../src/check/check';
 import { loadCatalog, loadGenModule } from '../src/cli/scenario-file';
@@ -19,14 +20,32 @@ function measure(r: CheckReport): { executions: number; seconds: number; perSeco
   return { executions: r.executions, seconds: r.seconds, perSecond: r.executions / Math.max(r.seconds, 1e-9), complete: r.complete };
 }
 
+const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S]
+
+For each built-in scenario: exhaustive DPOR with every guard on, plain DFS for
+S seconds (default 20), and the executions DPOR needs to find the bug with the
+scenario's guard off. --json prints the rows as JSON.
+`;
+
 function main(): void {
-  const json = process.argv.includes('--json');
-  const i = process.argv.indexOf('--dfs-seconds');
-  const dfsSeconds = i >= 0 ? Number(process.argv[i + 1]) : 20;
-  // A budget that is not a positive number would never end plain DFS's exploration.
-  const given = i >= 0 ? (process.argv[i + 1] ?? '') : process.argv.find((a) => a.startsWith('--dfs-seconds='));
-  if (!Number.isFinite(dfsSeconds) || dfsSeconds <= 0 || given?.startsWith('--dfs-seconds=') === true) {
-    process.stderr.write(`bench/check: --dfs-seconds takes a number of seconds above 0 as the next argument, not '${given}'\n`);
+  let values: { json?: boolean; help?: boolean; 'dfs-seconds'?: string };
+  try {
+    ({ values } = parseArgs({ options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, 'dfs-seconds': { type: 'string' } }, strict: true }));
+  } catch (e) {
+    process.stderr.write(`bench/check: ${(e as Error).message.split('\n')[0]}\n${USAGE}`);
+    process.exitCode = 2;
+    return;
+  }
+  if (values.help === true) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const json = values.json === true;
+  const given = values['dfs-seconds'];
+  // A budget that is not a positive decimal number would never end plain DFS's exploration.
+  const dfsSeconds = given === undefined ? 20 : /^\d+(\.\d+)?$/.test(given) ? Number(given) : NaN;
+  if (!(dfsSeconds > 0)) {
+    process.stderr.write(`bench/check: --dfs-seconds takes a number of seconds above 0, not '${given}'\n`);
     process.exitCode = 2;
     return;
   }

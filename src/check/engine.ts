@@ -216,7 +216,8 @@ export class Engine {
     setupVm.setupPhase = true;
     resetLoopGuard(`scenario ${spec.name}'s setup`);
     try {
-      this.setupData = spec.setup === undefined ? undefined : drain(spec.setup(setupVm));
+      // Frozen: every execution starts from this same data, so a thread must keep what it changes in shared memory.
+      this.setupData = spec.setup === undefined ? undefined : freezePlain(drain(spec.setup(setupVm)));
       if (this.machine.config !== null) drain(setupVm.settle());
     } catch (e) {
       if (e instanceof KvmmuError) throw e;
@@ -408,10 +409,13 @@ export class Engine {
     const vm = new this.gen.ScenarioVm(this.machine, mem as never);
     resetLoopGuard(`scenario ${this.spec.name}'s final check`);
     try {
-      const msg = drain(this.spec.check(vm, this.setupData)) as string | null;
+      const msg = drain(this.spec.check(vm, this.setupData)) as unknown;
+      // JavaScript files are not type-checked: a check returning true or nothing would read as a violation.
+      if (msg !== null && typeof msg !== 'string')
+        throw new KvmmuError(`scenario ${this.spec.name}'s check must return null (it holds) or a string saying what is wrong, not ${msg === undefined ? 'undefined' : typeof msg}`);
       if (msg !== null) ex.violation = { invariant: 'check', message: msg, step: ex.steps.length };
     } catch (e) {
-      if (e instanceof LoopGuardError) throw e;
+      if (e instanceof KvmmuError) throw e;
       ex.violation = { invariant: 'check', message: `the final check crashed: ${(e as Error).message}`, step: ex.steps.length };
     }
   }
@@ -424,6 +428,10 @@ export class Engine {
     } catch (e) {
       // Not the thread's failure but the scenario's: the checker cannot run it (the user's error).
       if (e instanceof LoopGuardError) throw e;
+      if (e instanceof TypeError && FROZEN_WRITE.test(e.message))
+        throw new KvmmuError(
+          `${this.threadLabels[t]} changed the data its setup returned (${e.message}): every execution starts from that same data, so keep what a thread changes in the scenario's memory`,
+        );
       ex.done[t] = true;
       ex.violation ??= {
         invariant: 'crash',
@@ -461,6 +469,19 @@ const SEQUENTIAL_HOOK: AccessHook = {
   },
   note() {},
 };
+
+/** V8's messages for a write to a frozen object (in strict code; sloppy code's writes are dropped silently). */
+const FROZEN_WRITE = /read only property|not extensible|Cannot delete property/;
+
+/** Freeze `v` and every plain object and array it holds (class instances, such as kvmmu's own objects, stay as they are). */
+function freezePlain<T>(v: T): T {
+  if (v === null || typeof v !== 'object' || Object.isFrozen(v)) return v;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  if (!Array.isArray(v) && proto !== Object.prototype && proto !== null) return v;
+  Object.freeze(v);
+  for (const x of Object.values(v)) freezePlain(x);
+  return v;
+}
 
 function asGenerator(v: unknown): Generator {
   if (v !== null && typeof v === 'object' && typeof (v as Generator).next === 'function') return v as Generator;

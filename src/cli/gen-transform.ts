@@ -164,10 +164,22 @@ export function buildGen(
     return `${path.relative(process.cwd(), sf.fileName)}:${line + 1}:${character + 1}`;
   };
   const wrap = new Set<ts.CallExpression>();
+  // A call the type checker cannot resolve (on an untyped value, as a JavaScript function's parameters are)
+  // might reach shared memory; emitted as a plain call it would create a generator nobody runs, so its
+  // operations would silently not happen. A call of such a name is refused.
+  const interruptibleNames = new Set(
+    [...interruptible].map((d) => (d as { name?: ts.Node }).name).filter((n) => n !== undefined && (ts.isIdentifier(n) || ts.isPrivateIdentifier(n))).map((n) => (n as ts.Identifier).text),
+  );
   for (const sf of sources) {
     const visit = (n: ts.Node): void => {
       if (ts.isCallExpression(n)) {
         const d = calleeOf(n);
+        const name = ts.isPropertyAccessExpression(n.expression) ? n.expression.name.text : ts.isIdentifier(n.expression) ? n.expression.text : undefined;
+        if (d === undefined && name !== undefined && interruptibleNames.has(name))
+          problems.push(
+            `${where(n)}: cannot follow '${n.expression.getText()}(...)': its type is unknown (any), so the checker cannot tell whether it reaches shared memory; ` +
+              `give it a type (in TypeScript, vm: ScenarioVm; in JavaScript, a JSDoc line @param {import('kvmmu/scenario').ScenarioVm} vm)`,
+          );
         if (d !== undefined && interruptible.has(d)) {
           const encl = enclosingFn(n);
           if (encl === undefined || !isFnLike(encl)) problems.push(`${where(n)}: call to an interruptible function outside a function (constructor, getter, initializer or top level)`);
@@ -189,11 +201,13 @@ export function buildGen(
   for (const fn of fnLikes) {
     if (!interruptible.has(fn) || !targets.has(path.resolve(fn.getSourceFile().fileName))) continue;
     if (ts.isArrowFunction(fn) && usesArguments(fn)) problems.push(`${where(fn)}: an interruptible arrow function uses 'arguments'`);
+    if (ts.getCombinedModifierFlags(fn) & ts.ModifierFlags.Async)
+      problems.push(`${where(fn)}: an async function that reaches shared memory (the checker runs a thread's operations one step at a time, synchronously): drop async and await`);
     if (ts.isArrowFunction(fn) || ts.isFunctionExpression(fn)) {
       let p: ts.Node = fn.parent;
       while (ts.isParenthesizedExpression(p)) p = p.parent;
       if (!ts.isPropertyAssignment(p) && !ts.isVariableDeclaration(p))
-        problems.push(`${where(fn)}: an interruptible function passed as a value (a callback the scheduler cannot follow); call kvmmu functions directly`);
+        problems.push(`${where(fn)}: an interruptible function passed as a value (a callback the scheduler cannot follow); call kvmmu functions directly (a for...of loop instead of forEach or map)`);
     }
   }
   if (problems.length > 0) throw new GenTransformError(`cannot compile to generator form:\n  ${problems.join('\n  ')}`);

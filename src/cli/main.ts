@@ -74,7 +74,8 @@ export function buildProgram(): Command {
     .configureOutput({
       writeErr: (s) => process.stderr.write(s),
       // One line, as every other usage error: "kvmmu: <what is wrong> (see --help)".
-      outputError: (s, write) => write(`kvmmu: ${s.replace(/^error: /, '').trim()} (see --help)\n`),
+      // (Commander puts its "Did you mean ...?" on a line of its own.)
+      outputError: (s, write) => write(`kvmmu: ${s.replace(/^error: /, '').trim().replace(/\s*\n\s*/g, ' ')} (see --help)\n`),
     });
 
   program

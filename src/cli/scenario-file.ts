@@ -103,13 +103,28 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
     // Loaded or not, the compiled copy is not needed any more (require keeps the module).
     fs.rmSync(outDir, { recursive: true, force: true });
   }
-  const found = Object.values(mod).filter(isScenario);
+  // A scenario exported twice (as a name and as the default, say) is one scenario.
+  const found = [...new Set(Object.values(mod).filter(isScenario))];
   if (found.length === 0) throw new KvmmuError(`scenario file ${file} exports no scenario (export the result of defineScenario)`);
   if (pick !== undefined) {
     const s = found.find((x) => x.name === pick);
     if (s === undefined) throw new KvmmuError(`scenario file ${file} has no scenario '${pick}' (it has ${found.map((x) => x.name).join(', ')})`);
-    return s;
+    return validScenario(s, file);
   }
   if (found.length > 1) throw new KvmmuError(`scenario file ${file} exports ${found.length} scenarios: pick one with --scenario (${found.map((x) => x.name).join(', ')})`);
-  return found[0]!;
+  return validScenario(found[0]!, file);
+}
+
+/** Scenario names go into replay strings (fields split by ':') and shell lines: letters, digits, '.', '_' and '-'. */
+const SCENARIO_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** `s`, after checking what TypeScript does not (a JavaScript file, or values typed `any`). */
+function validScenario(s: ScenarioSpec, file: string): ScenarioSpec {
+  if (!SCENARIO_NAME.test(s.name))
+    throw new KvmmuError(`scenario file ${file}: scenario name '${s.name}' may hold only letters, digits, '.', '_' and '-' (it goes into replay strings)`);
+  for (const [name, body] of Object.entries(s.threads))
+    if (typeof body !== 'function') throw new KvmmuError(`scenario file ${file}: scenario ${s.name}'s thread '${name}' is not a function`);
+  for (const part of ['setup', 'check', 'machine'] as const)
+    if (s[part] !== undefined && typeof s[part] !== 'function') throw new KvmmuError(`scenario file ${file}: scenario ${s.name}'s ${part} is not a function`);
+  return s;
 }

@@ -13,9 +13,9 @@ export interface ServeCliOptions {
 }
 
 function port(v: string): number {
-  if (!/^\d+$/.test(v.trim())) throw new InvalidArgumentError(`--port must be an integer, not '${v}'`);
-  const n = Number(v);
-  if (n > 65535) throw new InvalidArgumentError(`--port must be from 0 to 65535, not ${n}`);
+  const n = /^\s*-?\d+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isInteger(n)) throw new InvalidArgumentError(`--port must be an integer, not '${v}'`);
+  if (n < 0 || n > 65535) throw new InvalidArgumentError(`--port must be from 0 to 65535, not ${n}`);
   return n;
 }
 

@@ -312,10 +312,20 @@ test('bench scale refuses sizes whose VMs cannot all be held at once (a VM per v
   assert.equal(resolveScale({ maxVcpus: 3, bytesPerVcpu: GiB }, 64 * GiB).maxVcpus, 3);
 });
 
-test('bench/check.js refuses a --dfs-seconds that is not a number of seconds (it would never stop)', () => {
-  for (const args of [['--dfs-seconds', '1s'], ['--dfs-seconds'], ['--dfs-seconds=10']]) {
-    const r = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bench', 'check.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+test('bench/check.js refuses a --dfs-seconds that is not a number of seconds (it would never stop), an unknown option, and answers --help without running', () => {
+  const run = (...args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bench', 'check.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+  for (const [args, pattern] of [
+    [['--dfs-seconds', '1s'], /--dfs-seconds takes a number of seconds above 0, not '1s'/],
+    [['--dfs-seconds=0x10'], /--dfs-seconds takes a number of seconds above 0, not '0x10'/],
+    [['--dfs-seconds'], /'--dfs-seconds <value>' argument missing/],
+    [['--dfs-secnods', '5'], /Unknown option '--dfs-secnods'/],
+  ] as const) {
+    const r = run(...args);
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
-    assert.match(r.stderr, /--dfs-seconds takes a number of seconds above 0/);
+    assert.match(r.stderr, pattern);
+    assert.equal(r.stdout, '');
   }
+  const help = run('--help');
+  assert.equal(help.status, 0, help.stderr);
+  assert.match(help.stdout, /^usage: node dist\/bench\/check\.js/);
 });

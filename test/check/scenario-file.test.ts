@@ -69,6 +69,32 @@ for (const [what, name, text, pattern] of [
   ['no threads', 'nothreads.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {} });\n`, /scenario x has no threads/],
   ['a setup that throws', 'setup.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, setup: () => { throw new Error('boom'); }, threads: { A: (vm) => { vm.mem.load32(vm.word(0)); } } });\n`, /scenario x: its setup failed: boom/],
   [
+    'an untyped helper (its memory operations would silently not run)',
+    'untyped.js',
+    `const { defineScenario } = require('kvmmu/scenario');\nfunction incr(vm) { const v = vm.mem.load32(vm.word(0)); vm.mem.store32(vm.word(0), v + 1); }\nexports.s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: incr, B: incr },\n  check: (vm) => (vm.mem.load32(vm.word(0)) === 2 ? null : 'lost') });\n`,
+    /untyped\.js:2:31: cannot follow 'vm\.mem\.load32\(\.\.\.\)': its type is unknown \(any\).*@param \{import\('kvmmu\/scenario'\)\.ScenarioVm\} vm/,
+  ],
+  [
+    'an async thread',
+    'async.ts',
+    `import { defineScenario, type ScenarioVm } from 'kvmmu/scenario';\nasync function bump(vm: ScenarioVm) { vm.mem.store32(vm.word(0), 1); }\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: async (vm) => { await bump(vm); } } });\n`,
+    /async\.ts:2:1: an async function that reaches shared memory/,
+  ],
+  [
+    'a check that returns a boolean',
+    'bool.js',
+    `const { defineScenario } = require('kvmmu/scenario');\nexports.s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: (vm) => { vm.mem.store32(vm.word(0), 1); } },\n  check: (vm) => vm.mem.load32(vm.word(0)) === 1 });\n`,
+    /scenario x's check must return null \(it holds\) or a string saying what is wrong, not boolean/,
+  ],
+  [
+    "a thread changing its setup's data",
+    'mutate.ts',
+    `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, setup: () => ({ n: 0 }), threads: {\n  A: (vm, d) => { d.n++; vm.mem.store32(vm.word(0), d.n); },\n} });\n`,
+    /scenario x's thread 'A' changed the data its setup returned \(Cannot assign to read only property 'n'/,
+  ],
+  ['a name that breaks replay strings', 'colon.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'a: b', description: '', memory: { metaBytes: 64 }, threads: { A: (vm) => { vm.mem.load32(vm.word(0)); } } });\n`, /scenario name 'a: b' may hold only letters, digits/],
+  ['a thread that is not a function', 'notfn.js', `const { defineScenario } = require('kvmmu/scenario');\nexports.s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: 5 } });\n`, /scenario x's thread 'A' is not a function/],
+  [
     'a thread looping without a memory operation',
     'spin.ts',
     `import { defineScenario } from 'kvmmu/scenario';\nlet flag = false;\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: {\n  A: (vm) => { while (!flag) { /* B cannot run: no operation hands over */ } vm.mem.load32(vm.word(0)); },\n  B: (vm) => { flag = true; vm.mem.store32(vm.word(0), 1); },\n} });\n`,
@@ -113,5 +139,22 @@ test('a scenario file can import a module of its own, whose functions the schedu
   );
   const r = kvmmu('check', '--file', path.join(dir, 'main.ts'), '--json');
   assert.equal(r.code, 1, r.stderr + r.stdout);
+  assert.equal((JSON.parse(r.stdout) as { violation: { message: string } }).violation.message, 'an increment was lost');
+});
+
+test('a JavaScript helper typed with a JSDoc line is followed (its race is found), and a scenario exported twice counts once', () => {
+  const f = tempFile(
+    'jsdoc.js',
+    `const { defineScenario } = require('kvmmu/scenario');
+/** @param {import('kvmmu/scenario').ScenarioVm} vm */
+function incr(vm) { const v = vm.mem.load32(vm.word(0)); vm.mem.store32(vm.word(0), v + 1); }
+const s = defineScenario({ name: 'jsdoc-incr', description: '', memory: { metaBytes: 64 }, threads: { A: incr, B: incr },
+  check: (vm) => (vm.mem.load32(vm.word(0)) === 2 ? null : 'an increment was lost') });
+exports.s = s;
+exports.default = s;
+`,
+  );
+  const r = kvmmu('check', '--file', f, '--json');
+  assert.equal(r.code, 1, r.stderr);
   assert.equal((JSON.parse(r.stdout) as { violation: { message: string } }).violation.message, 'an increment was lost');
 });

@@ -24,6 +24,7 @@ for (const [args, pattern] of [
   [['run', '--no-such-flag'], /unknown option '--no-such-flag'/],
   [['run', '--page-marking', 'later'], /Allowed choices are spte, fault/],
   [['frobnicate'], /unknown command 'frobnicate'/],
+  [['run', '--secnods', '3'], /unknown option '--secnods' \(Did you mean --seconds\?\) \(see --help\)$/m],
 ] as const) {
   test(`'kvmmu ${args.join(' ')}' is a usage error: exit 2, one error line`, () => {
     const r = kvmmu(...args);
@@ -31,6 +32,7 @@ for (const [args, pattern] of [
     assert.match(r.stderr, pattern);
     assert.equal(r.stdout, '');
     assert.equal(r.stderr.split('\n').filter((l) => /^(kvmmu: |error: )/.test(l)).length, 1, r.stderr);
+    assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
   });
 }
 
@@ -68,6 +70,16 @@ test('a short run with migration, swap and KSM loses nothing and says so in JSON
   assert.ok(f.pfFast! > 0 && f.pfSlow! > 0, JSON.stringify(f));
   const h = j.host as Record<string, number>;
   assert.ok(h.swapOuts! > 0 && h.ksmMerges! > 0 && h.frameReuses! > 0, JSON.stringify(h));
+});
+
+test('a run with a guard off that loses writes ends with its verdict (exit 1), not a hang: the final check reads the host view outside guest mode', () => {
+  // The final check's host read could swap a page in, under the mm lock the host thread holds while its
+  // remote flush waits for the vCPUs in guest mode: a deadlock, reported after 15 s as an internal error.
+  const r = kvmmu('run', '--swap', '--guard', 'notifier-retry=off', '--seconds', '2', '--json');
+  assert.equal(r.code, 1, r.stderr + r.stdout);
+  const j = JSON.parse(r.stdout) as { ok: boolean; lostWrites: number };
+  assert.equal(j.ok, false);
+  assert.ok(j.lostWrites > 0, r.stdout);
 });
 
 test('a short shadow-mode run remaps pages through emulated PTE writes and loses nothing', () => {

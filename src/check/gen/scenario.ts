@@ -165,6 +165,8 @@ export class ScenarioVm {
   word(byte: number): number {
     const r = this.machine.shm.layout.regions['scenario.words'];
     if (r === undefined) throw new KvmmuError('this scenario has a VM, not raw words');
+    if (!Number.isInteger(byte) || byte < 0 || byte % 4 !== 0 || byte >= r.bytes)
+      throw new KvmmuError(`vm.word(${byte}): the byte offset must be a multiple of 4 below the scenario's ${r.bytes} bytes of memory`);
     return (r.off + byte) / 4;
   }
 
