@@ -428,6 +428,7 @@ export class Engine {
     } catch (e) {
       // Not the thread's failure but the scenario's: the checker cannot run it (the user's error).
       if (e instanceof LoopGuardError) throw e;
+      if ((e as { isScenarioUsageError?: unknown } | null)?.isScenarioUsageError === true) throw new KvmmuError(`${this.threadLabels[t]}: ${(e as Error).message}`);
       if (e instanceof TypeError && FROZEN_WRITE.test(e.message))
         throw new KvmmuError(
           `${this.threadLabels[t]} changed the data its setup returned (${e.message}): every execution starts from that same data, so keep what a thread changes in the scenario's memory`,

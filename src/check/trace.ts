@@ -155,12 +155,22 @@ function wrap(text: string, width: number): string[] {
   return out;
 }
 
+/** Steps a rendered table shows at most (half from the start, half from the end). */
+export const TABLE_MAX_ROWS = 400;
+
 /**
  * The trace as a table in the locking document's style: one column per
  * thread, one row per step (the step number at the left), each cell the
  * function, the operation, the word and its value before → after.
  */
 export function renderTable(rows: readonly TraceRow[], threadNames: readonly string[], width = 160): string {
+  // A livelock's trace runs to the step limit: its first and last steps say what happened.
+  if (rows.length > TABLE_MAX_ROWS) {
+    const keep = TABLE_MAX_ROWS / 2;
+    const head = renderTable(rows.slice(0, keep), threadNames, width);
+    const tail = renderTable(rows.slice(rows.length - keep), threadNames, width).split('\n').slice(2).join('\n');
+    return `${head}\n   …  (${rows.length - 2 * keep} steps left out here; --json has them all)\n${tail}`;
+  }
   const n = threadNames.length;
   const colW = Math.max(30, Math.floor((width - 6) / n) - 2);
   const pad = (s: string): string => s + ' '.repeat(Math.max(0, colW - s.length));

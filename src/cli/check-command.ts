@@ -69,7 +69,8 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
       pageMarking: o.pageMarking,
       strategy: o.strategy,
       preemptions: o.preemptions,
-      executions: o.executions,
+      // random and pct stop after 10,000 executions by default; a time budget given alone replaces that.
+      executions: o.executions ?? (o.seconds !== undefined ? Number.MAX_SAFE_INTEGER : undefined),
       seconds: o.seconds,
       seed: o.seed,
       onProgress:

@@ -114,7 +114,7 @@ export function buildProgram(): Command {
     .addOption(pageMarkingOption())
     .addOption(new Option('--strategy <s>', 'exploration strategy').choices(STRATEGIES as string[]).default('dpor'))
     .option('--preemptions <k>', 'explore only schedules with at most K preemptions', int('--preemptions', 0, 1000))
-    .option('--executions <n>', 'stop after N executions', int('--executions', 1))
+    .option('--executions <n>', 'stop after N executions (random and pct: 10000 unless --seconds is given)', int('--executions', 1))
     .option('--seconds <s>', 'stop after S seconds', positive('--seconds'))
     .option('--seed <n>', 'random seed (random and pct)', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--replay <string>', 'replay a schedule printed by an earlier check')

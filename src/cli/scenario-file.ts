@@ -7,7 +7,7 @@ import ts from 'typescript';
 import { KvmmuError } from '../shm/errors';
 import type { GenScenarioModule } from '../check/engine';
 import type { ScenarioSpec } from '../check/gen/scenario';
-import { GenTransformError, buildGen } from './gen-transform';
+import { GenTransformError, buildGen, type GenBuildResult } from './gen-transform';
 
 /** dist/ of this installation (this file is dist/src/cli/scenario-file.js). */
 const DIST = path.join(__dirname, '..', '..');
@@ -86,7 +86,15 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
       const own = (f: string): boolean => !path.resolve(f).startsWith(src) && !f.split(/[\\/]/).includes('node_modules');
       // The file's loops tick the checker's loop guard (the engine's copy, in this build: it resets the count).
       const loopGuard = path.join(DIST, 'src', 'check', 'loop-guard.js');
-      emitted = buildGen([abs], options, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard).bySource;
+      const build = (o: ts.CompilerOptions): GenBuildResult => buildGen([abs], o, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard);
+      try {
+        emitted = build(options).bySource;
+      } catch (e) {
+        // Node's own types (console, require, node:assert) cost most of a second to load, so only a file that
+        // uses them gets them, when installed (npm install brings them: a dev dependency).
+        if (!(e instanceof GenTransformError && NEEDS_NODE_TYPES.test(e.message) && fs.existsSync(path.join(ROOT, 'node_modules', '@types', 'node')))) throw e;
+        emitted = build({ ...options, types: ['node'], typeRoots: [path.join(ROOT, 'node_modules', '@types')] }).bySource;
+      }
     } catch (e) {
       if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
       throw e;
@@ -114,6 +122,13 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
   if (found.length > 1) throw new KvmmuError(`scenario file ${file} exports ${found.length} scenarios: pick one with --scenario (${found.map((x) => x.name).join(', ')})`);
   return validScenario(found[0]!, file);
 }
+
+/**
+ * TypeScript's errors for Node's globals and modules without Node's types:
+ * cannot find name 'console' (2584) or 'require' / 'process' (2580, 2591), or
+ * module 'node:...' (2307).
+ */
+const NEEDS_NODE_TYPES = /error TS(2584|2580|2591)\b|error TS2307: Cannot find module 'node:/;
 
 /** Scenario names go into replay strings (fields split by ':') and shell lines: letters, digits, '.', '_' and '-'. */
 const SCENARIO_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;

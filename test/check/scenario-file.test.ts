@@ -11,7 +11,7 @@ const ROOT = path.join(__dirname, '..', '..', '..');
 const CLI = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 function kvmmu(...args: string[]): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 120_000, maxBuffer: 64 * 1024 * 1024 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -94,6 +94,10 @@ for (const [what, name, text, pattern] of [
   ],
   ['a name that breaks replay strings', 'colon.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'a: b', description: '', memory: { metaBytes: 64 }, threads: { A: (vm) => { vm.mem.load32(vm.word(0)); } } });\n`, /scenario name 'a: b' may hold only letters, digits/],
   ['a thread that is not a function', 'notfn.js', `const { defineScenario } = require('kvmmu/scenario');\nexports.s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: 5 } });\n`, /scenario x's thread 'A' is not a function/],
+  ['a vCPU the machine does not have', 'vcpu.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', machine: () => ({ vcpus: 2, memBytes: 16 * 4096, hostFrames: 24 }), setup: (vm) => { vm.powerOn(8); }, threads: { A: (vm) => { vm.program(3, [{ op: 'read', gva: vm.addr(1) }]); } } });\n`, /scenario x's thread 'A': vm\.vcpu\(3\): the scenario's machine has 2 vCPUs \(0 to 1\)/],
+  ['a vCPU never powered on', 'nopower.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', machine: () => ({ vcpus: 1, memBytes: 16 * 4096, hostFrames: 24 }), threads: { A: (vm) => { vm.program(0, [{ op: 'read', gva: vm.addr(1) }]); } } });\n`, /vm\.vcpu\(0\): vCPU 0 was never set up: call vm\.powerOn/],
+  ['a bad machine', 'machine.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', machine: () => ({ vcpus: 0, memBytes: 16 * 4096 }), threads: { A: (vm) => { vm.program(0, []); } } });\n`, /scenario x's machine: vcpus must be an integer from 1 to 64, not 0/],
+  ['a misaligned word', 'word.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: (vm) => { vm.mem.load32(vm.word(2)); } } });\n`, /vm\.word\(2\): the byte offset must be a multiple of 4/],
   [
     'a thread looping without a memory operation',
     'spin.ts',
@@ -157,4 +161,40 @@ exports.default = s;
   const r = kvmmu('check', '--file', f, '--json');
   assert.equal(r.code, 1, r.stderr);
   assert.equal((JSON.parse(r.stdout) as { violation: { message: string } }).violation.message, 'an increment was lost');
+});
+
+test("a livelock's text trace shows its first and last steps, not all 20,000; --json keeps them all", () => {
+  const f = tempFile(
+    'livelock.ts',
+    `import { defineScenario } from 'kvmmu/scenario';
+export const s = defineScenario({ name: 'spin', description: '', memory: { metaBytes: 64 }, threads: {
+  A: (vm) => { while (vm.mem.load32(vm.word(0)) === 0) { /* nobody sets it */ } },
+} });
+`,
+  );
+  const text = kvmmu('check', '--file', f);
+  assert.equal(text.code, 1, text.stderr);
+  assert.match(text.stdout, /VIOLATION of livelock/);
+  assert.match(text.stdout, /… {2}\(19600 steps left out here; --json has them all\)/);
+  assert.ok(text.stdout.split('\n').length < 500, `${text.stdout.split('\n').length} lines`);
+  const json = kvmmu('check', '--file', f, '--json');
+  assert.equal((JSON.parse(json.stdout) as { violation: { trace: unknown[] } }).violation.trace.length, 20_000);
+});
+
+test('a TypeScript scenario file may use console (Node types are there), and --strategy random with --seconds alone runs past the default 10,000 executions', () => {
+  const f = tempFile(
+    'console.ts',
+    `import { defineScenario } from 'kvmmu/scenario';
+let told = false;
+export const s = defineScenario({ name: 'tell', description: '', memory: { metaBytes: 64 }, threads: {
+  A: (vm) => { vm.mem.store32(vm.word(0), 1); },
+},
+  check: (vm) => { if (!told) console.error('checked once'); told = true; return vm.mem.load32(vm.word(0)) === 1 ? null : 'lost'; } });
+`,
+  );
+  const r = kvmmu('check', '--file', f, '--strategy', 'random', '--seconds', '3', '--json');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /checked once/);
+  // One thread, one operation: an execution takes microseconds, so 3 s hold far more than 10,000.
+  assert.ok((JSON.parse(r.stdout) as { executions: number }).executions > 10_000, r.stdout);
 });

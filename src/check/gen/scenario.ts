@@ -13,7 +13,7 @@ import { KvmmuError } from '../../shm/errors';
 import { LayoutBuilder, createShm, type Shm } from '../../shm/layout';
 import type { Host } from '../../host/host';
 import { resolveConfig, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig, type VmOptions } from '../../kvm/config';
-import { Kvm } from '../../kvm/kvm';
+import { Kvm, VCPU_ROOT } from '../../kvm/kvm';
 import { createMachineFrom } from '../../vcpu/machine';
 import { GuestPageTables } from '../../vcpu/guest-pt';
 import { runProgram, type GuestOp, type ProgramResult } from '../../vcpu/program';
@@ -56,6 +56,18 @@ export function defineScenario<D>(spec: ScenarioSpec<D>): ScenarioSpec<D> {
   return spec;
 }
 
+/**
+ * A scenario's misuse of its vm (a vCPU it does not have, raw words on a VM):
+ * the user's error even when a thread makes it, so the checker stops with it
+ * rather than reporting a crash. The mark works across the two builds' copies
+ * of this class, as KvmmuError's does (see isScenarioUsageError).
+ */
+export class ScenarioUsageError extends KvmmuError {
+  get isScenarioUsageError(): boolean {
+    return true;
+  }
+}
+
 /** The machine a scenario's executions share: buffers plus, for a VM, its configuration. */
 export interface ScenarioMachine {
   readonly shm: Shm;
@@ -67,7 +79,14 @@ export function createScenarioMachine(spec: ScenarioSpec, ctx: ScenarioContext):
   if (spec.modes !== undefined && !spec.modes.includes(ctx.mode))
     throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${ctx.mode}`);
   if (spec.machine !== undefined) {
-    const config = resolveConfig({ mode: ctx.mode, indirectFastPath: ctx.indirectFastPath, pageMarking: ctx.pageMarking, ...spec.machine(ctx), guards: ctx.guards });
+    let config: VmConfig;
+    try {
+      config = resolveConfig({ mode: ctx.mode, indirectFastPath: ctx.indirectFastPath, pageMarking: ctx.pageMarking, ...spec.machine(ctx), guards: ctx.guards });
+    } catch (e) {
+      if (!(e instanceof KvmmuError)) throw e;
+      // The options' checks name the CLI's flags ('--vcpus'); here they are the scenario's machine() fields.
+      throw new KvmmuError(`scenario ${spec.name}'s machine: ${e.message.replace(/--(?=[a-z])/g, '')}`);
+    }
     return { shm: createMachineFrom(config).shm, config };
   }
   const b = new LayoutBuilder();
@@ -93,7 +112,7 @@ export class ScenarioVm {
   ) {}
 
   get config(): VmConfig {
-    if (this.machine.config === null) throw new KvmmuError('this scenario has no VM');
+    if (this.machine.config === null) throw new ScenarioUsageError('this scenario has no VM');
     return this.machine.config;
   }
 
@@ -111,8 +130,11 @@ export class ScenarioVm {
   vcpu(i: number): Vcpu {
     let v = this.vcpus.get(i);
     if (v === undefined) {
+      const n = this.config.vcpus;
+      if (!Number.isInteger(i) || i < 0 || i >= n) throw new ScenarioUsageError(`vm.vcpu(${i}): the scenario's machine has ${n} vCPU${n === 1 ? '' : 's'} (0 to ${n - 1})`);
       v = new Vcpu(this.handleFor(i), i);
       if (this.setupPhase) v.kvm.selfVcpu = i;
+      else if (this.mem.i32[v.kvm.vcpuWord(i, VCPU_ROOT)] === 0) throw new ScenarioUsageError(`vm.vcpu(${i}): vCPU ${i} was never set up: call vm.powerOn in the scenario's setup`);
       else v.attach();
       this.vcpus.set(i, v);
     }
@@ -164,9 +186,9 @@ export class ScenarioVm {
   /** A word of raw scenario memory (non-VM scenarios): Int32 index of byte offset `byte` in 'scenario.words'. */
   word(byte: number): number {
     const r = this.machine.shm.layout.regions['scenario.words'];
-    if (r === undefined) throw new KvmmuError('this scenario has a VM, not raw words');
+    if (r === undefined) throw new ScenarioUsageError('this scenario has a VM, not raw words');
     if (!Number.isInteger(byte) || byte < 0 || byte % 4 !== 0 || byte >= r.bytes)
-      throw new KvmmuError(`vm.word(${byte}): the byte offset must be a multiple of 4 below the scenario's ${r.bytes} bytes of memory`);
+      throw new ScenarioUsageError(`vm.word(${byte}): the byte offset must be a multiple of 4 below the scenario's ${r.bytes} bytes of memory`);
     return (r.off + byte) / 4;
   }
 
