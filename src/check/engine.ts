@@ -14,6 +14,7 @@ import { KvmmuError } from '../shm/errors';
 import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
 import { accessOf, isEnabled, type Access } from './ops';
 import { LoopGuardError, loopGuardStep, resetLoopGuard } from './loop-guard';
+import { nameLocation } from './trace';
 
 /** The generator-form module the engine drives (dist/gen/src/check/gen/scenario.js, or a bundle of it). */
 export interface GenScenarioModule {
@@ -453,7 +454,7 @@ export class Engine {
       if (ex.done[t]) continue;
       const op = ex.pendOp[t];
       const what = op === OP.lock ? 'waits for a lock' : op === OP.waitWhile32 ? 'waits for a word to change' : 'is runnable';
-      parts.push(`'${this.threadNames[t]}' ${what} (word ${ex.pendA[t]})`);
+      parts.push(`'${this.threadNames[t]}' ${what} (${nameLocation(this.machine.shm.layout, this.machine.config, ex.pendA[t]! * 4, false).name})`);
     }
     return `no thread can run: ${parts.join('; ')}`;
   }

@@ -85,7 +85,8 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
       case 'host.swapData':
         return { name: `swap slot ${Math.floor(rel / 4096)} bytes`, kind: 'bytes' };
       case 'scenario.words':
-        return { name: `word ${rel / 4}`, kind: 'word' };
+        // As the scenario addresses it: vm.word(byte offset).
+        return { name: `word(${rel})`, kind: 'word' };
       default:
         return { name: `${name}+${rel}`, kind: 'word' };
     }

@@ -157,7 +157,7 @@ function locksLine(before: MachineState | null, after: MachineState): HTMLElemen
 function wordsSection(before: MachineState | null, after: MachineState): HTMLElement | null {
   if (after.words.length === 0) return null;
   const cells = after.words.map((w, i) =>
-    h('div', { class: `word${before !== null && before.words[i] !== w ? ' changed' : ''}` }, h('span', { class: 'muted' }, `word ${i}`), ' ', change(before?.words[i], w, String)),
+    h('div', { class: `word${before !== null && before.words[i] !== w ? ' changed' : ''}` }, h('span', { class: 'muted' }, `word(${i * 4})`), ' ', change(before?.words[i], w, String)),
   );
   return section('Shared words', 'the scenario\'s first 16 shared words', h('div', { class: 'words' }, ...cells));
 }
