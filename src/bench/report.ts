@@ -166,7 +166,7 @@ export function formatScale(o: ScaleOutcome): string {
     const g = (s: { min: number; median: number; max: number }) => `median ${times(s.median)} (min ${times(s.min)}, max ${times(s.max)})`;
     lines.push(
       `throughput at ${c.maxVcpus} vCPUs over 1, trial by trial: fast path on ${g(r.gain.fastPathOn)}, off ${g(r.gain.fastPathOff)} ` +
-        `(faults under mmu_lock serialize; the lockless fast path does not)`,
+        `(expected: faults under mmu_lock serialize, lockless ones do not; the next line says how far this run shows it)`,
     );
     lines.push(`the fast path's throughput grew more than the slow path's in ${trialsFastGainedMore(r)} of ${r.trials.length} trials`);
   }
