@@ -203,7 +203,8 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   const mode = r.mode === null ? '' : ` (${r.mode} mode)`;
   const off = r.guards.off.length === 0 ? 'all guards on' : `guards off: ${r.guards.off.join(', ')}`;
   const marking = r.pageMarking === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : '';
-  lines.push(`scenario ${r.scenario}${mode}, ${off}${marking}`);
+  // A scenario on raw memory has no VM: no guard or MMU setting reaches its code.
+  lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
   lines.push(`${r.strategy}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
   if (r.violation !== null) {

@@ -58,6 +58,8 @@ exports.racy = defineScenario({
   assert.equal(again.code, 1);
   // The text report's replay line names the file, so it reproduces the violation as printed.
   const text = kvmmu('check', '--file', f);
+  // No VM: no guard or MMU setting applies, and the header does not claim any.
+  assert.match(text.stdout, /^scenario racy-flag \(raw memory, no VM\)\n/);
   assert.ok(text.stdout.includes(`replay: kvmmu check --file ${f} --replay '${j.violation.schedule}'`), text.stdout);
 });
 
