@@ -105,7 +105,10 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       mod = require(js) as Record<string, unknown>;
     } catch (e) {
-      throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message.split('\n')[0]}`);
+      // A TypeScript file's require() of a module of its own is not followed by the compiler, so that module was not compiled with it.
+      const own = (e as { code?: unknown }).code === 'MODULE_NOT_FOUND' && /Cannot find module '\.{1,2}\//.test((e as Error).message);
+      const hint = own ? ' (a module of its own must be imported with import, or required from a .js file, to be compiled with the file)' : '';
+      throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message.split('\n')[0]}${hint}`);
     }
   } finally {
     // Loaded or not, the compiled copy is not needed any more (require keeps the module).

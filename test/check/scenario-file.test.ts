@@ -100,6 +100,7 @@ for (const [what, name, text, pattern] of [
   ['a vCPU never powered on', 'nopower.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', machine: () => ({ vcpus: 1, memBytes: 16 * 4096, hostFrames: 24 }), threads: { A: (vm) => { vm.program(0, [{ op: 'read', gva: vm.addr(1) }]); } } });\n`, /vm\.vcpu\(0\): vCPU 0 was never set up: call vm\.powerOn/],
   ['a bad machine', 'machine.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', machine: () => ({ vcpus: 0, memBytes: 16 * 4096 }), threads: { A: (vm) => { vm.program(0, []); } } });\n`, /scenario x's machine: vcpus must be an integer from 1 to 64, not 0/],
   ['a misaligned word', 'word.ts', `import { defineScenario } from 'kvmmu/scenario';\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: (vm) => { vm.mem.load32(vm.word(2)); } } });\n`, /vm\.word\(2\): the byte offset must be a multiple of 4/],
+  ['a require() of its own module in TypeScript', 'req.ts', `import { defineScenario } from 'kvmmu/scenario';\nconst h = require('./helper');\nexport const s = defineScenario({ name: 'x', description: '', memory: { metaBytes: 64 }, threads: { A: (vm) => { vm.mem.load32(vm.word(h.offset)); } } });\n`, /Cannot find module '\.\/helper' \(a module of its own must be imported with import/],
   [
     'a thread looping without a memory operation',
     'spin.ts',
