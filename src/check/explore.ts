@@ -249,7 +249,7 @@ class Systematic implements Chooser {
     node.chosen = q;
   }
 
-  stepped(_ex: Execution, step: Step): void {
+  stepped(ex: Execution, step: Step): void {
     if (!this.reduce) return;
     const n = this.n;
     const j = this.stepOf.length;
@@ -336,6 +336,52 @@ class Systematic implements Chooser {
     this.stepLocal.push(this.local[t]!);
     this.stepOf.push(step);
     this.lastOf[t] = j;
+    if (j >= this.fresh) this.blockedRaces(ex, j);
+  }
+
+  /**
+   * A blocked operation (a lock held by another thread, a waitWhile32 on a
+   * word that still holds its value) races with the step that blocked it,
+   * though it never runs there: in the other order it would have run, and
+   * perhaps seen what the step overwrote. The dependency above sees only steps
+   * that ran, so a thread blocked until a later write (or for good, as in a
+   * deadlock) would never have the earlier order tried. So after each step,
+   * for each blocked thread p, the last step its pending operation depends on
+   * that is not ordered before p races with it (Flanagan and Godefroid's rule
+   * for next(s, p)): schedule p there, or, if p cannot run there, every
+   * thread that can. Found by differential testing against DFS (waitWhile32
+   * windows and unreleased locks).
+   */
+  private blockedRaces(ex: Execution, j: number): void {
+    const n = this.n;
+    const enabled = ex.enabledMask();
+    for (let p = 0; p < n; p++) {
+      if (ex.done[p] || (enabled & (1 << p)) !== 0) continue;
+      const acc = ex.pendingAccess(p);
+      const lp = this.lastOf[p]!;
+      let latest = -1;
+      const consider = (k: number): void => {
+        if (k <= latest || k > j) return;
+        const s = this.stepOf[k]!;
+        if (s.thread === p) return;
+        if (lp >= 0 && this.vcAt(lp, s.thread) >= this.stepLocal[k]!) return; // ordered before p's next step
+        latest = k;
+      };
+      for (let x = 0; x < acc.keys.length; x++) {
+        const ls = this.loc(acc.keys[x]!);
+        if (ls === undefined) continue;
+        consider(ls.w);
+        consider(ls.lk);
+        if (acc.writes[x]) for (let q = 0; q < n; q++) consider(ls.r[q]!);
+        if (!acc.ors[x]) for (let q = 0; q < n; q++) consider(ls.o[q]!);
+      }
+      if (latest < 0) continue;
+      const s = this.stepOf[latest]!;
+      if (!mayBeCoEnabled(s.op, s.a, ex.pendOp[p]!, ex.pendA[p]!)) continue;
+      const at = this.nodes[latest]!;
+      if ((at.backtrack & (1 << p)) !== 0) continue;
+      at.backtrack |= (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled;
+    }
   }
 
   /**

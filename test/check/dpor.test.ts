@@ -30,6 +30,17 @@ const FILES: Record<string, string> = {
     A: (vm) => { vm.mem.lock(vm.word(0)); vm.mem.store32(vm.word(64), vm.mem.load32(vm.word(64)) + 1); vm.mem.unlock(vm.word(0)); },
     B: (vm) => { vm.mem.lock(vm.word(0)); vm.mem.store32(vm.word(64), vm.mem.load32(vm.word(64)) + 1); vm.mem.unlock(vm.word(0)); },
   }, check: (vm) => (vm.mem.load32(vm.word(64)) === 2 ? null : 'an update was lost'),`,
+  // B waits while word 0 is 0; A's 1 is visible to it only between A's first two stores. B blocked at A's
+  // second store never runs there, so only a race with a blocked operation shows that window.
+  'wait-window': `
+    A: (vm) => { vm.mem.store32(vm.word(0), 1); vm.mem.store32(vm.word(0), 0); vm.mem.store32(vm.word(0), 5); },
+    B: (vm) => { vm.mem.store32(vm.word(4), vm.mem.waitWhile32(vm.word(0), 0)); },
+  }, check: (vm) => (vm.mem.load32(vm.word(4)) === 1 ? 'B saw 1' : null),`,
+  // The same window leading to a deadlock: B, having seen 1, waits on a word nobody writes.
+  'wait-window-deadlock': `
+    A: (vm) => { vm.mem.store32(vm.word(0), 1); vm.mem.store32(vm.word(0), 0); vm.mem.store32(vm.word(0), 5); },
+    B: (vm) => { if (vm.mem.waitWhile32(vm.word(0), 0) === 1) vm.mem.waitWhile32(vm.word(4), 0); },
+  }, check: () => null,`,
   // Three writes each to locations of their own: every order is equivalent.
   'independent-writes': `
     A: (vm) => { vm.mem.store32(vm.word(0), 1); vm.mem.store32(vm.word(4), 1); vm.mem.store32(vm.word(8), 1); },
@@ -53,7 +64,7 @@ function verdict(r: CheckReport): string {
   return r.violation === null ? 'clean' : r.violation.invariant;
 }
 
-for (const name of ['section-order', 'three-sections', 'locked-counter', 'independent-writes', 'lost-update', 'atomic-counter', 'abba-deadlock']) {
+for (const name of ['section-order', 'three-sections', 'locked-counter', 'independent-writes', 'wait-window', 'wait-window-deadlock', 'lost-update', 'atomic-counter', 'abba-deadlock']) {
   test(`${name}: DPOR reaches the verdict exhaustive DFS reaches`, () => {
     const spec = scenario(name);
     const dfs = runCheck(gen, spec, { strategy: 'dfs', minimize: false });
