@@ -511,7 +511,6 @@ export function wordValue(shm: { meta: SharedArrayBuffer; data: SharedArrayBuffe
   }
 }
 
-/** Run a generator-form function's result to completion, without scheduling. */
 /**
  * Every execution starts from the same snapshot, and the explorer replays a
  * schedule's prefix expecting the same operations; a scenario that keeps state
@@ -525,6 +524,7 @@ export function notRepeatable(scenario: string, what: string): KvmmuError {
   );
 }
 
+/** Run a generator-form function's result to completion, without scheduling. */
 export function drain(v: unknown): unknown {
   if (v === null || typeof v !== 'object' || typeof (v as Generator).next !== 'function') return v;
   const g = v as Generator;

@@ -370,8 +370,7 @@ class Systematic implements Chooser {
       for (let x = 0; x < acc.keys.length; x++) {
         const ls = this.loc(acc.keys[x]!);
         if (ls === undefined) continue;
-        consider(ls.w);
-        consider(ls.lk);
+        consider(ls.w); // for a blocked lock, the holder's lock (its last write)
         if (acc.writes[x]) for (let q = 0; q < n; q++) consider(ls.r[q]!);
         if (!acc.ors[x]) for (let q = 0; q < n; q++) consider(ls.o[q]!);
       }

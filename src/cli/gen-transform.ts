@@ -167,9 +167,11 @@ export function buildGen(
   // A call the type checker cannot resolve (on an untyped value, as a JavaScript function's parameters are)
   // might reach shared memory; emitted as a plain call it would create a generator nobody runs, so its
   // operations would silently not happen. A call of such a name is refused.
-  const interruptibleNames = new Set(
-    [...interruptible].map((d) => (d as { name?: ts.Node }).name).filter((n) => n !== undefined && (ts.isIdentifier(n) || ts.isPrivateIdentifier(n))).map((n) => (n as ts.Identifier).text),
-  );
+  const interruptibleNames = new Set<string>();
+  for (const d of interruptible) {
+    const name = (d as { name?: ts.Node }).name;
+    if (name !== undefined && ts.isIdentifier(name)) interruptibleNames.add(name.text);
+  }
   for (const sf of sources) {
     const visit = (n: ts.Node): void => {
       if (ts.isCallExpression(n)) {

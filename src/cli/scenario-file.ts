@@ -60,54 +60,14 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
   const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-scenario-'));
   let mod: Record<string, unknown>;
   try {
-    const api = path.join(ROOT, 'src', 'check', 'gen', 'api.ts');
-    const options: ts.CompilerOptions = {
-      target: ts.ScriptTarget.ES2022,
-      module: ts.ModuleKind.CommonJS,
-      moduleResolution: ts.ModuleResolutionKind.Node10,
-      lib: ['lib.es2022.d.ts'],
-      types: [],
-      strict: true,
-      allowJs: true,
-      checkJs: false,
-      esModuleInterop: true,
-      skipLibCheck: true,
-      baseUrl: ROOT,
-      paths: { 'kvmmu/scenario': [api] },
-      outDir,
-      sourceMap: false,
-      declaration: false,
-    };
-    let emitted: ReadonlyMap<string, string[]>;
-    try {
-      const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
-      // The file and the files of its own it imports (not kvmmu's sources, which the paths mapping pulls in, nor packages).
-      const src = path.join(ROOT, 'src') + path.sep;
-      const own = (f: string): boolean => !path.resolve(f).startsWith(src) && !f.split(/[\\/]/).includes('node_modules');
-      // The file's loops tick the checker's loop guard (the engine's copy, in this build: it resets the count).
-      const loopGuard = path.join(DIST, 'src', 'check', 'loop-guard.js');
-      const build = (o: ts.CompilerOptions): GenBuildResult => buildGen([abs], o, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard);
-      try {
-        emitted = build(options).bySource;
-      } catch (e) {
-        // Node's own types (console, require, node:assert) cost most of a second to load, so only a file that
-        // uses them gets them, when installed (npm install brings them: a dev dependency).
-        if (!(e instanceof GenTransformError && NEEDS_NODE_TYPES.test(e.message) && fs.existsSync(path.join(ROOT, 'node_modules', '@types', 'node')))) throw e;
-        emitted = build({ ...options, types: ['node'], typeRoots: [path.join(ROOT, 'node_modules', '@types')] }).bySource;
-      }
-    } catch (e) {
-      if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
-      throw e;
-    }
-    const js = (emitted.get(abs) ?? []).find((f) => f.endsWith('.js'));
-    if (js === undefined) throw new KvmmuError(`scenario file ${file} produced no JavaScript`);
+    const js = compileScenarioFile(abs, file, outDir);
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       mod = require(js) as Record<string, unknown>;
     } catch (e) {
       // A TypeScript file's require() of a module of its own is not followed by the compiler, so that module was not compiled with it.
-      const own = (e as { code?: unknown }).code === 'MODULE_NOT_FOUND' && /Cannot find module '\.{1,2}\//.test((e as Error).message);
-      const hint = own ? ' (a module of its own must be imported with import, or required from a .js file, to be compiled with the file)' : '';
+      const ownModule = (e as { code?: unknown }).code === 'MODULE_NOT_FOUND' && /Cannot find module '\.{1,2}\//.test((e as Error).message);
+      const hint = ownModule ? ' (a module of its own must be imported with import, or required from a .js file, to be compiled with the file)' : '';
       throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message.split('\n')[0]}${hint}`);
     }
   } finally {
@@ -124,6 +84,56 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
   }
   if (found.length > 1) throw new KvmmuError(`scenario file ${file} exports ${found.length} scenarios: pick one with --scenario (${found.map((x) => x.name).join(', ')})`);
   return validScenario(found[0]!, file);
+}
+
+/**
+ * Compile scenario file `abs` (named `file` in errors) and the files of its
+ * own it imports to generator form under `outDir`; returns the file's
+ * JavaScript. Errors are KvmmuErrors.
+ */
+function compileScenarioFile(abs: string, file: string, outDir: string): string {
+  const options: ts.CompilerOptions = {
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.CommonJS,
+    moduleResolution: ts.ModuleResolutionKind.Node10,
+    lib: ['lib.es2022.d.ts'],
+    types: [],
+    strict: true,
+    allowJs: true,
+    checkJs: false,
+    esModuleInterop: true,
+    skipLibCheck: true,
+    baseUrl: ROOT,
+    paths: { 'kvmmu/scenario': [path.join(ROOT, 'src', 'check', 'gen', 'api.ts')] },
+    outDir,
+    sourceMap: false,
+    declaration: false,
+  };
+  const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
+  // The file and the files of its own it imports (not kvmmu's sources, which the paths mapping pulls in, nor packages).
+  const src = path.join(ROOT, 'src') + path.sep;
+  const own = (f: string): boolean => !path.resolve(f).startsWith(src) && !f.split(/[\\/]/).includes('node_modules');
+  // The file's loops tick the checker's loop guard (the engine's copy, in this build: it resets the count).
+  const loopGuard = path.join(DIST, 'src', 'check', 'loop-guard.js');
+  const build = (o: ts.CompilerOptions): GenBuildResult => buildGen([abs], o, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard);
+  const nodeTypes = path.join(ROOT, 'node_modules', '@types');
+  let emitted: ReadonlyMap<string, string[]>;
+  try {
+    try {
+      emitted = build(options).bySource;
+    } catch (e) {
+      // Node's own types (console, require, node:assert) cost most of a second to load, so only a file that
+      // uses them gets them, when installed (npm install brings them: a dev dependency).
+      if (!(e instanceof GenTransformError && NEEDS_NODE_TYPES.test(e.message) && fs.existsSync(path.join(nodeTypes, 'node')))) throw e;
+      emitted = build({ ...options, types: ['node'], typeRoots: [nodeTypes] }).bySource;
+    }
+  } catch (e) {
+    if (e instanceof GenTransformError) throw new KvmmuError(`scenario file ${file} does not load: ${e.message.trim()}`);
+    throw e;
+  }
+  const js = (emitted.get(abs) ?? []).find((f) => f.endsWith('.js'));
+  if (js === undefined) throw new KvmmuError(`scenario file ${file} produced no JavaScript`);
+  return js;
 }
 
 /**

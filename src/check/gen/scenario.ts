@@ -13,7 +13,7 @@ import { KvmmuError } from '../../shm/errors';
 import { LayoutBuilder, createShm, type Shm } from '../../shm/layout';
 import type { Host } from '../../host/host';
 import { resolveConfig, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig, type VmOptions } from '../../kvm/config';
-import { Kvm, VCPU_ROOT } from '../../kvm/kvm';
+import { Kvm } from '../../kvm/kvm';
 import { createMachineFrom } from '../../vcpu/machine';
 import { GuestPageTables } from '../../vcpu/guest-pt';
 import { runProgram, type GuestOp, type ProgramResult } from '../../vcpu/program';
@@ -134,8 +134,14 @@ export class ScenarioVm {
       if (!Number.isInteger(i) || i < 0 || i >= n) throw new ScenarioUsageError(`vm.vcpu(${i}): the scenario's machine has ${n} vCPU${n === 1 ? '' : 's'} (0 to ${n - 1})`);
       v = new Vcpu(this.handleFor(i), i);
       if (this.setupPhase) v.kvm.selfVcpu = i;
-      else if (this.mem.i32[v.kvm.vcpuWord(i, VCPU_ROOT)] === 0) throw new ScenarioUsageError(`vm.vcpu(${i}): vCPU ${i} was never set up: call vm.powerOn in the scenario's setup`);
-      else v.attach();
+      else {
+        try {
+          v.attach();
+        } catch {
+          // attach's one failure: the vCPU has no root, so setup never set it up.
+          throw new ScenarioUsageError(`vm.vcpu(${i}): vCPU ${i} was never set up: call vm.powerOn in the scenario's setup`);
+        }
+      }
       this.vcpus.set(i, v);
     }
     return v;
