@@ -245,7 +245,6 @@ export function scenariosCommand(json: boolean): number {
   return 0;
 }
 
-
 /** `s` as one shell word: as it is when it is plain, else in single quotes. */
 function shellWord(s: string): string {
   return /^[\w./@%+=:,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
