@@ -12,7 +12,7 @@ import type { AccessHook } from '../shm/access';
 import { OP } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
-import { accessOf, isEnabled, type Access } from './ops';
+import { accessOf, isEnabled, metaKey32, withExtra, type Access } from './ops';
 import { LoopGuardError, loopGuardStep, resetLoopGuard } from './loop-guard';
 import { nameLocation } from './trace';
 
@@ -29,7 +29,8 @@ export interface Step {
   readonly a: number;
   readonly b: number;
   readonly c: number;
-  readonly access: Access;
+  /** The operation's locations, plus what monitors and plain stores touched during the step (Footprint). */
+  access: Access;
   /** Filled when recording: value of the target word before and after (32/64-bit ops), and the calling functions. */
   before?: bigint | number;
   after?: bigint | number;
@@ -42,6 +43,27 @@ export interface Violation {
   readonly message: string;
   /** Step index at which it was detected (the trace length for end-of-execution checks). */
   readonly step: number;
+}
+
+/**
+ * What a monitor reads and writes while it evaluates, as location keys (ops.ts: memory words and pages, and
+ * negative ghost keys for the monitor's own state). A monitor that looks at memory at a mark (onNote) or after a
+ * step (afterStep) reads it at that point of the execution, as part of the running step; the engine adds these
+ * locations to that step's access, so DPOR orders the step against every write of them (Issue: a monitor that
+ * read a vCPU's request word at a mark, unseen, let DPOR call a racy scenario clean). Reads at the end (atEnd)
+ * need no declaring: the final state is the same in every execution DPOR treats as equivalent.
+ */
+export interface Footprint {
+  read(key: number): void;
+  write(key: number): void;
+  /** A commutative update (a set insertion): two of them never conflict; either conflicts with a read or write. */
+  or(key: number): void;
+  /**
+   * Say, once, that monitors read meta word `word`, which the MMU writes with plain stores (Mem.storePlain32,
+   * plainStoreDone): only such words' plain stores are counted as writes (the rest, hash links, rmaps, free
+   * lists, are read by no monitor and ordered by mmu_lock, so counting them would only slow the search).
+   */
+  watchPlain(word: number): void;
 }
 
 /** An invariant monitor. Each method returns a violation message or null. */
@@ -73,8 +95,8 @@ export interface ExecutionResult {
 export interface EngineOptions {
   /** Steps after which an execution is a livelock. */
   readonly maxSteps?: number;
-  /** The invariants to watch, made for the scenario's machine. */
-  readonly monitorsFor?: (machine: ScenarioMachine) => Monitor[];
+  /** The invariants to watch, made for the scenario's machine; they declare what they touch to `fp`. */
+  readonly monitorsFor?: (machine: ScenarioMachine, fp: Footprint) => Monitor[];
 }
 
 const DEFAULT_MAX_STEPS = 20_000;
@@ -110,6 +132,29 @@ export class Execution {
   /** Thread currently running a step (or -1 between steps). */
   running = -1;
   violation: Violation | null = null;
+  /** Locations the running step touched besides its operation (Footprint): n of them in the arrays below. */
+  xn = 0;
+  readonly xKeys: number[] = [];
+  readonly xWrites: boolean[] = [];
+  readonly xOrs: boolean[] = [];
+
+  /** Add location `key` to the running step's footprint (no-op between steps). */
+  touch(key: number, write: boolean, or: boolean): void {
+    if (this.running < 0) return;
+    const n = this.xn;
+    for (let i = 0; i < n; i++) {
+      if (this.xKeys[i] !== key) continue;
+      if (this.xWrites[i] !== write || this.xOrs[i] !== or) {
+        this.xWrites[i] = true;
+        this.xOrs[i] = false;
+      }
+      return;
+    }
+    this.xKeys[n] = key;
+    this.xWrites[n] = write;
+    this.xOrs[n] = or;
+    this.xn = n + 1;
+  }
 
   constructor(
     readonly engine: Engine,
@@ -189,6 +234,8 @@ export class Engine {
   /** The monitors that look at every step (most only watch notes or the end). */
   private readonly stepMonitors: readonly Monitor[];
   private current: Execution | null = null;
+  /** Meta words monitors read that the MMU writes with plain stores (Footprint.watchPlain). */
+  private readonly plainWatched: Uint8Array;
   /** Capture values and stacks for each step (for rendering a counterexample). */
   recording = false;
   /** A sequential hook that still records writes (for the end-of-execution check). */
@@ -206,7 +253,19 @@ export class Engine {
     if (this.threadNames.length > 30) throw new KvmmuError(`scenario ${spec.name} has more than 30 threads`);
     this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
     this.machine = gen.createScenarioMachine(spec, ctx);
-    this.monitors = o.monitorsFor?.(this.machine) ?? [];
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    const watched = new Uint8Array(this.machine.shm.meta.byteLength / 4);
+    this.plainWatched = watched;
+    const footprint: Footprint = {
+      read: (key) => self.current?.touch(key, false, false),
+      write: (key) => self.current?.touch(key, true, false),
+      or: (key) => self.current?.touch(key, true, true),
+      watchPlain: (word) => {
+        watched[word] = 1;
+      },
+    };
+    this.monitors = o.monitorsFor?.(this.machine, footprint) ?? [];
     this.stepMonitors = this.monitors.filter((m) => m.afterStep !== undefined);
     this.meta8 = new Uint8Array(this.machine.shm.meta);
     this.data8 = new Uint8Array(this.machine.shm.data);
@@ -312,6 +371,9 @@ export class Engine {
         ex.pendAcc[t] = acc;
         if (engine.recording) ex.pendWhere[t] = whereNow();
       },
+      plainStore(a: number) {
+        if (engine.plainWatched[a] === 1) engine.current?.touch(metaKey32(a), true, false);
+      },
       note(kind: number, a: number, b: number) {
         const ex = engine.current;
         if (ex === null || ex.violation !== null) return;
@@ -343,6 +405,8 @@ export class Engine {
     }
     for (const m of this.monitors) m.reset?.(ex);
     for (let t = 0; t < n && ex.violation === null; t++) this.advance(ex, gens, t);
+    // What threads touched before their first operation is the same in every execution: no step owns it.
+    ex.xn = 0;
     let abandoned = false;
     while (ex.violation === null) {
       if (ex.allDone()) break;
@@ -380,6 +444,7 @@ export class Engine {
       this.advance(ex, gens, t);
       if (this.recording) step.after = this.valueOf(step);
       if (ex.violation === null) {
+        ex.running = t; // monitors' reads after the step are the step's
         for (const m of this.stepMonitors) {
           const msg = m.afterStep!(ex, step);
           if (msg !== null) {
@@ -387,6 +452,11 @@ export class Engine {
             break;
           }
         }
+        ex.running = -1;
+      }
+      if (ex.xn > 0) {
+        step.access = withExtra(step.access, ex.xKeys, ex.xWrites, ex.xOrs, ex.xn);
+        ex.xn = 0;
       }
       chooser.stepped?.(ex, step);
     }

@@ -115,6 +115,17 @@ interface Node {
   preemptions: number;
   /** Pending operation of each thread here (null when finished). */
   pend: (Access | null)[];
+  /**
+   * For a thread that ran from here (done) or sleeps here, its whole step's access when that is more than its
+   * operation's (monitors' reads, ghost state, plain stores: Footprint in engine.ts); null until there is one.
+   * Sleep sets compare whole steps: a sleeping thread whose monitor reads what the step taken writes wakes up.
+   */
+  full: (Access | undefined)[] | null;
+}
+
+/** Thread p's whole step at `node`, as far as known (its operation's access until it has run from here or above). */
+function fullOf(node: Node, p: number): Access | null {
+  return node.full?.[p] ?? node.pend[p] ?? null;
 }
 
 const bitsOf = (m: number): number[] => {
@@ -212,7 +223,15 @@ class Systematic implements Chooser {
       prev: ex.lastThread,
       preemptions: parent === null ? 0 : parent.preemptions + (this.preempts(parent, parent.chosen) ? 1 : 0),
       pend,
+      full: null,
     };
+    // A sleeping thread has not moved: its whole step is what it was where it fell asleep.
+    if (parent !== null && parent.full !== null)
+      for (let m = node.sleep; m !== 0; m &= m - 1) {
+        const p = lowest(m);
+        const f = parent.full[p];
+        if (f !== undefined) (node.full ??= new Array<Access | undefined>(this.n))[p] = f;
+      }
     this.nodes.push(node);
     if (!this.reduce) node.backtrack = node.enabled;
     const cand = node.enabled & ~node.sleep;
@@ -236,12 +255,13 @@ class Systematic implements Chooser {
   private take(node: Node, q: number): void {
     node.backtrack |= 1 << q;
     if (this.reduce) {
+      // q's operation only, for now: stepped() wakes whoever conflicts with the rest of q's step once it ran.
       let sl = (node.sleep | node.done) & ~(1 << q);
       const pq = node.pend[q]!;
       for (let m = sl; m !== 0; m &= m - 1) {
         const p = lowest(m);
-        const pp = node.pend[p];
-        if (pp === null || pp === undefined || conflicts(pp, pq)) sl &= ~(1 << p);
+        const pp = fullOf(node, p);
+        if (pp === null || conflicts(pp, pq)) sl &= ~(1 << p);
       }
       node.childSleep = sl;
     }
@@ -254,6 +274,20 @@ class Systematic implements Chooser {
     const n = this.n;
     const j = this.stepOf.length;
     const t = step.thread;
+    const acc = step.access;
+    if (j >= this.fresh) {
+      const node = this.nodes[j]!;
+      if (acc !== node.pend[t]) {
+        // The step touched more than its operation (a monitor's reads, ghost state, plain stores): remember it for
+        // the sleep sets below this node, and wake the sleepers it conflicts with.
+        (node.full ??= new Array<Access | undefined>(n))[t] = acc;
+        for (let m = node.childSleep; m !== 0; m &= m - 1) {
+          const p = lowest(m);
+          const pp = fullOf(node, p);
+          if (pp === null || conflicts(pp, acc)) node.childSleep &= ~(1 << p);
+        }
+      }
+    }
     this.local[t]! += 1;
     if ((j + 1) * n > this.vcs.length) {
       const grown = new Int32Array(this.vcs.length * 2);
@@ -265,7 +299,6 @@ class Systematic implements Chooser {
     const prev = this.lastOf[t]!;
     for (let x = 0; x < n; x++) vcs[base + x] = prev >= 0 ? vcs[prev * n + x]! : 0;
     vcs[base + t] = this.local[t]!;
-    const acc = step.access;
     // Two locks of one lock by different threads race: the other order is a
     // real alternative whenever both were free to take it (at the earlier
     // lock's state). The dependency below cannot show it: the later lock's

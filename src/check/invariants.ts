@@ -2,7 +2,16 @@
 //
 // They read the machine through a handle of the normal (not generator) build
 // and plain typed-array reads, so watching changes nothing and is not a
-// scheduling point.
+// scheduling point. But a read is a read: what a monitor reads at a mark or
+// after a step belongs to the step that is running, and DPOR must order that
+// step against every write of what it read, or it may explore only the order in
+// which the monitor looks before the write that breaks the invariant (the
+// scenario then reads as "exhaustive, clean"). So every read below goes through
+// the Observer, which declares it to the engine (Footprint), and every piece of
+// a monitor's own state that another thread's mark changes is a ghost location
+// declared the same way. Each monitor's comment says what it reads and writes.
+// Reads at the end of an execution (atEnd) need no declaring: DPOR's
+// equivalent executions end in the same state.
 
 import { Mem, NOTE, OP } from '../shm/access';
 import { region } from '../shm/layout';
@@ -15,8 +24,10 @@ import {
   SLOT_DIRTY_LOG,
   VCPU_MODE,
   VCPU_REQUESTS,
+  VCPU_TLB_GEN,
 } from '../kvm/kvm';
-import { SP_GFN, SP_PRESENT, SP_ROLE, roleAccess, roleIsDirect, roleLevel } from '../kvm/mmu-page';
+import { SP_GFN, SP_PRESENT, SP_ROLE, SP_STATE, roleAccess, roleIsDirect, roleLevel } from '../kvm/mmu-page';
+import { LEVEL_PAGES } from '../x86/pte';
 import { ACC_USER_MASK, ACC_WRITE_MASK, PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, gpteGfn } from '../x86/pte';
 import {
   formatSpte,
@@ -27,9 +38,21 @@ import {
   spteToPfn,
   SPTE_USER_MASK,
 } from '../x86/spte';
-import { readTlb } from '../vcpu/vcpu';
-import type { Execution, Monitor, Step } from './engine';
+import type { TlbEntry } from '../vcpu/vcpu';
+import type { Execution, Footprint, Monitor, Step } from './engine';
 import type { ScenarioMachine } from './gen/scenario';
+import { ghostKey, metaKey32, metaKey64, dataPageKey } from './ops';
+import { TLB_FLAGS, TLB_GEN, TLB_GFN, TLB_PFN, TLB_SPTEP, TLB_TAG, TLB_WORDS, TLB_DIRTY } from '../vcpu/vcpu';
+
+/** Ghost spaces (ops.ts ghostKey) of the monitors' own state. */
+const G_WALKING = 0; // by thread: its lockless walk began (NoFreedPageWalk)
+const G_FREED = 1; // by thread: pages freed since its walk began (NoFreedPageWalk)
+const G_GUEST_WROTE_FRAME = 2; // by pfn: written through an SPTE since it was last written back (FrameDirtyBeforeDrop)
+const G_LOG_PENDING = 3; // by gfn: written while logging, not yet reported (DirtyLogComplete)
+const G_LOG_REPORTED = 4; // by gfn: when a get last reported it (WritableSpteLogged)
+const G_ENTERING = 5; // by vCPU: it published IN_GUEST_MODE and has not read its requests yet (VcpuFlushes)
+const G_MARK_OWED = 6; // by gfn: a thread made an SPTE writable and has not marked the gfn yet (DirtyOrWriteProtected)
+
 
 /** A leaf SPTE as the monitors see it. */
 export interface LeafSpte {
@@ -40,15 +63,24 @@ export interface LeafSpte {
   readonly gfn: number;
 }
 
-/** Plain-read views of the MMU's shared state. */
+/**
+ * Plain-read views of the MMU's shared state, for monitors. Every read is declared to the footprint (when one is
+ * given): the word it reads, by its key. Words written with plain stores (shadow-page state and present bits under
+ * mmu_lock, a vCPU's TLB) are declared by their writers too (Mem.storePlain32, plainStoreDone), so a monitor's
+ * read of them is ordered against those stores as well.
+ */
 export class Observer {
   readonly kvm: Kvm;
   readonly sptLo: number;
   readonly sptHi: number;
   readonly mapLo: number;
   readonly mapHi: number;
+  private readonly tlbBase: number;
 
-  constructor(machine: ScenarioMachine) {
+  constructor(
+    machine: ScenarioMachine,
+    private readonly fp: Footprint | null = null,
+  ) {
     if (machine.config === null) throw new Error('observer: no VM');
     this.kvm = new Kvm(new Mem(machine.shm), machine.shm.layout, machine.config);
     const spt = region(machine.shm.layout, 'kvm.spt');
@@ -57,21 +89,61 @@ export class Observer {
     const map = region(machine.shm.layout, 'host.map');
     this.mapLo = map.off / 4;
     this.mapHi = (map.off + map.bytes) / 4;
+    this.tlbBase = region(machine.shm.layout, 'vcpu.tlb').off / 4;
+    if (fp !== null) {
+      // The plain-stored words read below: shadow pages' state and present bits (mmu_lock), each vCPU's TLB (its own).
+      const pages = this.kvm.pages;
+      for (let sp = 0; sp < pages.nSp; sp++) {
+        fp.watchPlain(pages.hdr(sp, SP_STATE));
+        for (let w = 0; w < 16; w++) fp.watchPlain(pages.hdr(sp, SP_PRESENT + w));
+      }
+      for (let v = 0; v < this.kvm.config.vcpus; v++) fp.watchPlain(this.kvm.vcpuWord(v, VCPU_TLB_GEN));
+    }
   }
 
-  private get i32(): Int32Array {
-    return this.kvm.mem.i32;
+  /** Meta Int32 word `i`, declared as read. */
+  r32(i: number): number {
+    this.fp?.read(metaKey32(i));
+    return this.kvm.mem.i32[i]!;
+  }
+
+  /** Meta 64-bit word at u64 index `i`, declared as read. */
+  r64(i: number): bigint {
+    this.fp?.read(metaKey64(i));
+    return this.kvm.mem.u64[i]!;
+  }
+
+  /** Declare a read, write or commutative update of ghost location (space, i). */
+  ghostRead(space: number, i: number): void {
+    this.fp?.read(ghostKey(space, i));
+  }
+  ghostWrite(space: number, i: number): void {
+    this.fp?.write(ghostKey(space, i));
+  }
+  ghostOr(space: number, i: number): void {
+    this.fp?.or(ghostKey(space, i));
   }
 
   spInUse(sp: number): boolean {
-    return this.kvm.pages.peekInUse(sp);
+    return this.r32(this.kvm.pages.hdr(sp, SP_STATE)) === 1;
+  }
+
+  private role(sp: number): number {
+    return this.r32(this.kvm.pages.hdr(sp, SP_ROLE));
+  }
+
+  /** The gfn entry `idx` of shadow page `sp` (with role `role`) maps (KVM's shadowed translation). */
+  private entryGfn(sp: number, idx: number, role: number): number {
+    const k = this.kvm;
+    if (roleIsDirect(role)) return this.r32(k.pages.hdr(sp, SP_GFN)) + idx * LEVEL_PAGES[roleLevel(role)]!;
+    return this.r32(k.pages.gfnsBase + sp * 512 + idx);
   }
 
   /** Indices of the entries marked present in shadow page `sp`. */
   presentIndices(sp: number): number[] {
     const out: number[] = [];
     for (let w = 0; w < 16; w++) {
-      let bits = this.i32[this.kvm.pages.hdr(sp, SP_PRESENT + w)]!;
+      let bits = this.r32(this.kvm.pages.hdr(sp, SP_PRESENT + w));
       while (bits !== 0) {
         out.push(w * 32 + (31 - Math.clz32(bits & -bits)));
         bits &= bits - 1;
@@ -85,99 +157,294 @@ export class Observer {
     const k = this.kvm;
     const sp = k.pages.spOf(sptep);
     if (!this.spInUse(sp)) return null;
-    const role = this.i32[k.pages.hdr(sp, SP_ROLE)]!;
+    const role = this.role(sp);
     if (roleLevel(role) !== 1) return null;
-    const spte = k.mem.u64[sptep]!;
+    const spte = this.r64(sptep);
     if (!isShadowPresentPte(spte)) return null;
     const idx = k.pages.indexOf(sptep);
-    return { sp, idx, sptep, spte, gfn: k.pages.peekEntryGfn(sp, idx) };
+    return { sp, idx, sptep, spte, gfn: this.entryGfn(sp, idx, role) };
   }
 
-  /** Every present leaf SPTE in allocated shadow pages. */
-  leafSptes(): LeafSpte[] {
+  /** Every present leaf SPTE in allocated shadow pages (only those mapping a gfn `want` accepts: the others' SPTEs are not read). */
+  leafSptes(want?: (gfn: number) => boolean): LeafSpte[] {
     const k = this.kvm;
     const out: LeafSpte[] = [];
     for (let sp = 0; sp < k.pages.nSp; sp++) {
       if (!this.spInUse(sp)) continue;
-      const role = this.i32[k.pages.hdr(sp, SP_ROLE)]!;
+      const role = this.role(sp);
       if (roleLevel(role) !== 1) continue;
-      for (let w = 0; w < 16; w++) {
-        let bits = this.i32[k.pages.hdr(sp, SP_PRESENT + w)]!;
-        while (bits !== 0) {
-          const idx = w * 32 + (31 - Math.clz32(bits & -bits));
-          bits &= bits - 1;
-          const sptep = k.pages.sptep(sp, idx);
-          const spte = k.mem.u64[sptep]!;
-          if (!isShadowPresentPte(spte)) continue;
-          out.push({ sp, idx, sptep, spte, gfn: k.pages.peekEntryGfn(sp, idx) });
-        }
+      for (const idx of this.presentIndices(sp)) {
+        const gfn = this.entryGfn(sp, idx, role);
+        if (want !== undefined && !want(gfn)) continue;
+        const sptep = k.pages.sptep(sp, idx);
+        const spte = this.r64(sptep);
+        if (!isShadowPresentPte(spte)) continue;
+        out.push({ sp, idx, sptep, spte, gfn });
       }
     }
     return out;
   }
 
   vcpuMode(v: number): number {
-    return this.i32[this.kvm.vcpuWord(v, VCPU_MODE)]! & 3;
+    return this.r32(this.kvm.vcpuWord(v, VCPU_MODE)) & 3;
   }
 
   flushPending(v: number): boolean {
-    return (this.i32[this.kvm.vcpuWord(v, VCPU_REQUESTS)]! & KVM_REQ_TLB_FLUSH) !== 0;
+    return (this.r32(this.kvm.vcpuWord(v, VCPU_REQUESTS)) & KVM_REQ_TLB_FLUSH) !== 0;
   }
 
+  /** vCPU v's valid TLB entries. Its owner writes them with plain stores and declares the TLB as one location, its generation word. */
+  tlb(v: number): TlbEntry[] {
+    const k = this.kvm;
+    const t = k.mem.i32;
+    const gen = this.r32(k.vcpuWord(v, VCPU_TLB_GEN));
+    const base = this.tlbBase + v * k.config.tlbEntries * TLB_WORDS;
+    const out: TlbEntry[] = [];
+    for (let i = 0; i < k.config.tlbEntries; i++) {
+      const e = base + i * TLB_WORDS;
+      if (t[e + TLB_TAG] === 0 || t[e + TLB_GEN] !== gen) continue;
+      out.push({ vpn: t[e + TLB_TAG]! - 1, pfn: t[e + TLB_PFN]!, gfn: t[e + TLB_GFN]!, sptep: t[e + TLB_SPTEP]!, acc: t[e + TLB_FLAGS]! & 7, dirty: (t[e + TLB_FLAGS]! & TLB_DIRTY) !== 0 });
+    }
+    return out;
+  }
+
+  /** Is `gfn`'s bit set in its slot's dirty bitmap? (Slot geometry is fixed after setup: no read to declare.) */
   bitmapHas(gfn: number): boolean {
     const k = this.kvm;
     const s = k.slotOf(gfn);
     if (s < 0) return false;
     const rel = gfn - k.slotGfn[s]!;
-    return (this.i32[k.slotBitmap[s]! + (rel >>> 5)]! & (1 << (rel & 31))) !== 0;
+    return (this.r32(k.slotBitmap[s]! + (rel >>> 5)) & (1 << (rel & 31))) !== 0;
   }
 
   loggingOn(gfn: number): boolean {
     const s = this.kvm.slotOf(gfn);
-    return s >= 0 && (this.i32[this.kvm.slotFlagsWord(s)]! & SLOT_DIRTY_LOG) !== 0;
+    return s >= 0 && (this.r32(this.kvm.slotFlagsWord(s)) & SLOT_DIRTY_LOG) !== 0;
   }
 
-  /** The guest word at gpa, read from the frame or swap copy (0 if the page was never touched). */
+  /** The host's mapping word for `gfn` (MAP_* bits and the pfn). */
+  hostMapping(gfn: number): number {
+    return this.r32(this.kvm.host.ptep(this.kvm.gfnToHvpn(gfn)));
+  }
+
+  /** The guest word at gpa, read from the frame or swap copy (0 if the page was never touched). For atEnd checks. */
   guestWord(gpa: number): bigint {
     const k = this.kvm;
     const hvpn = k.gfnToHvpn(Math.floor(gpa / 4096));
     const byte = k.host.quietPageByte(hvpn);
+    if (byte >= 0) this.fp?.read(dataPageKey(Math.floor(byte / 4096)));
     return byte < 0 ? 0n : k.mem.d64[(byte + (gpa % 4096)) / 8]!;
   }
 }
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
-/** No vCPU may use a writable TLB entry for a gfn once its write-protection for shadow paging has returned. */
-class TlbAfterWriteProtect implements Monitor {
-  readonly name = 'tlb-after-write-protect';
-  readonly statement =
-    'after a write-protection of a gfn returns, no vCPU holds a writable TLB entry for it (unless it is about to flush) and no SPTE maps it writable';
-  constructor(private readonly o: Observer) {}
-  onNote(ex: Execution, _t: number, kind: number, gfn: number): string | null {
-    if (kind !== NOTE.wpDone) return null;
-    const k = this.o.kvm;
-    for (let v = 0; v < k.config.vcpus; v++) {
-      const mode = this.o.vcpuMode(v);
-      for (const e of readTlb(k, v)) {
-        if (e.gfn !== gfn || (e.acc & ACC_WRITE_MASK) === 0) continue;
-        if (mode !== IN_GUEST_MODE && this.o.flushPending(v)) continue;
-        return (
-          `vCPU ${v} still holds a writable TLB entry for gfn ${hex(gfn)} after the write-protection of that gfn (it became a ` +
-          `shadowed guest page table) returned, with no flush pending (vCPU in ${MODE_NAMES[mode]}): its writes skip the MMU`
-        );
-      }
+/**
+ * Which vCPUs are about to drop their TLB. A vCPU with a flush pending is, when it is outside guest mode (it
+ * handles requests on entry), and also when it has published IN_GUEST_MODE but not yet read its requests:
+ * vcpu_enter_guest checks them after publishing the mode, so it turns back before running guest code. A request
+ * set after that check is seen only when a kick makes the vCPU exit, so until then it does not count. Ghost state:
+ * per vCPU, whether it is between the two (G_ENTERING), written by its own mode store and its own read of its
+ * request word (unless that read saw a flush request: then it turns back). (Reading the request word at the mode store instead would order every entry against every flush
+ * request, many more races to explore, for the same answer.)
+ */
+class VcpuFlushes {
+  private readonly modeWords: number[];
+  private readonly reqWords: number[];
+  /** By vCPU: the thread that published IN_GUEST_MODE and has not read its requests since, or -1. */
+  private entering: number[] = [];
+  constructor(private readonly o: Observer) {
+    this.modeWords = Array.from({ length: o.kvm.config.vcpus }, (_, v) => o.kvm.vcpuWord(v, VCPU_MODE));
+    this.reqWords = Array.from({ length: o.kvm.config.vcpus }, (_, v) => o.kvm.vcpuWord(v, VCPU_REQUESTS));
+  }
+  reset(): void {
+    this.entering = new Array<number>(this.modeWords.length).fill(-1);
+  }
+  afterStep(s: Step): void {
+    if (s.op === OP.store32) {
+      // setMode and setModeRelease both store32
+      const v = this.modeWords.indexOf(s.a);
+      if (v < 0) return;
+      this.o.ghostWrite(G_ENTERING, v);
+      this.entering[v] = (this.o.kvm.mem.i32[s.a]! & 3) === IN_GUEST_MODE ? s.thread : -1;
+    } else if (s.op === OP.load32) {
+      const v = this.reqWords.indexOf(s.a);
+      // The check itself: seeing a flush request (the step's own word), the vCPU turns back and handles it.
+      if (v < 0 || this.entering[v] !== s.thread || (this.o.kvm.mem.i32[s.a]! & KVM_REQ_TLB_FLUSH) !== 0) return;
+      this.o.ghostWrite(G_ENTERING, v);
+      this.entering[v] = -1;
     }
-    for (const s of this.o.leafSptes()) {
-      if (s.gfn === gfn && (isWritablePte(s.spte) || isMmuWritableSpte(s.spte)))
-        return `an SPTE still maps gfn ${hex(gfn)} as ${formatSpte(s.spte)} after its write-protection returned`;
+  }
+  /** A writable TLB entry of vCPU v for `gfn` that it may still write through (not about to flush), or null. */
+  writableEntry(v: number, gfn: number): { mode: number } | null {
+    const mode = this.o.vcpuMode(v);
+    const pending = this.o.flushPending(v);
+    this.o.ghostRead(G_ENTERING, v);
+    for (const e of this.o.tlb(v)) {
+      if (e.gfn !== gfn || (e.acc & ACC_WRITE_MASK) === 0) continue;
+      if (pending && (mode !== IN_GUEST_MODE || this.entering[v]! >= 0)) continue;
+      return { mode };
     }
-    void ex;
     return null;
   }
 }
 
-/** The dirty log names every gfn the guest wrote while logging was on. */
+/**
+ * No vCPU may use a writable TLB entry for a gfn once its write-protection for shadow paging has returned.
+ * Reads, at the wpDone mark: every vCPU's mode, request word and TLB (VcpuFlushes); every present leaf SPTE (page
+ * state, role, present bits, its gfn, and the SPTE of those mapping the gfn). A flush that sets a request word, a
+ * vCPU entering guest mode or filling its TLB, an SPTE made writable: each writes something read here, so DPOR
+ * tries it on both sides of the mark.
+ */
+class TlbAfterWriteProtect implements Monitor {
+  readonly name = 'tlb-after-write-protect';
+  readonly statement =
+    'after a write-protection of a gfn returns, no vCPU holds a writable TLB entry for it (unless it is about to flush) and no SPTE maps it writable';
+  constructor(
+    private readonly o: Observer,
+    private readonly flushes: VcpuFlushes,
+  ) {}
+  reset(): void {
+    this.flushes.reset();
+  }
+  afterStep(_ex: Execution, s: Step): string | null {
+    this.flushes.afterStep(s);
+    return null;
+  }
+  onNote(_ex: Execution, _t: number, kind: number, gfn: number): string | null {
+    if (kind !== NOTE.wpDone) return null;
+    const k = this.o.kvm;
+    for (let v = 0; v < k.config.vcpus; v++) {
+      const e = this.flushes.writableEntry(v, gfn);
+      if (e !== null)
+        return (
+          `vCPU ${v} still holds a writable TLB entry for gfn ${hex(gfn)} after the write-protection of that gfn (it became a ` +
+          `shadowed guest page table) returned, with no flush pending (vCPU in ${MODE_NAMES[e.mode]}): its writes skip the MMU`
+        );
+    }
+    for (const s of this.o.leafSptes((g) => g === gfn)) {
+      if (isWritablePte(s.spte) || isMmuWritableSpte(s.spte))
+        return `an SPTE still maps gfn ${hex(gfn)} as ${formatSpte(s.spte)} after its write-protection returned`;
+    }
+    return null;
+  }
+}
+
+/**
+ * The rule the 2010 fix to KVM_GET_DIRTY_LOG states ("all pages are either dirty in the current bitmap, or
+ * write-protected"; KVM then write-protected before swapping the bitmap, so a fault between the two logged its
+ * page in the bitmap handed over and left it writable under a clean one): whenever a get or clear hands bits to
+ * userspace, every page of a slot that logs is dirty in the bitmap the next get reads, or no SPTE maps it
+ * writable and no vCPU can still write it through its TLB. Stricter than writable-spte-logged, which accepts a
+ * page reported since its SPTE became writable. One exception, by design: a thread that has just made an SPTE
+ * writable and will mark its gfn next (the fast path's cmpxchg, then mark_page_dirty) owes that mark, and the
+ * page counts as dirty until it pays.
+ * Reads at the hand-over mark (dirtyLogReturned): the slot's flags and bitmap words, its present leaves, every
+ * vCPU's TLB (VcpuFlushes), and the owed marks. Ghost state: the marks owed, by gfn (G_MARK_OWED), written after a
+ * step that makes an SPTE writable in a logging slot and after the owing thread's bitmap update.
+ */
+class DirtyOrWriteProtected implements Monitor {
+  readonly name = 'dirty-or-write-protected';
+  readonly statement =
+    'when a dirty-log get or clear returns, every page of a slot that logs is dirty in the bitmap the next get reads, or write-protected (SPTEs and TLBs)';
+  /** gfn → the threads that made one of its SPTEs writable and have not marked it since. */
+  private owed = new Map<number, Set<number>>();
+  /** SPTEs writable after the last step that wrote them. */
+  private writable = new Set<number>();
+  private readonly bitmapLo: number[];
+  private readonly bitmapHi: number[];
+  constructor(
+    private readonly o: Observer,
+    private readonly flushes: VcpuFlushes,
+  ) {
+    const k = o.kvm;
+    this.bitmapLo = Array.from({ length: k.nSlots }, (_, s) => k.slotBitmap[s]!);
+    this.bitmapHi = Array.from({ length: k.nSlots }, (_, s) => k.slotBitmap[s]! + Math.ceil(k.slotPages[s]! / 32));
+  }
+  reset(): void {
+    this.owed.clear();
+    this.writable.clear();
+  }
+  afterStep(_ex: Execution, s: Step): string | null {
+    const o = this.o;
+    if ((s.op === OP.store64 || s.op === OP.xchg64 || s.op === OP.cmpxchg64) && s.a >= o.sptLo && s.a < o.sptHi) {
+      const spte = o.kvm.mem.u64[s.a]!; // the step's own word
+      const now = isShadowPresentPte(spte) && isWritablePte(spte);
+      if (now && !this.writable.has(s.a)) {
+        const leaf = o.leafAt(s.a);
+        if (leaf !== null && o.loggingOn(leaf.gfn)) {
+          o.ghostOr(G_MARK_OWED, leaf.gfn);
+          let who = this.owed.get(leaf.gfn);
+          if (who === undefined) this.owed.set(leaf.gfn, (who = new Set()));
+          who.add(s.thread);
+        }
+      }
+      if (now) this.writable.add(s.a);
+      else this.writable.delete(s.a);
+      return null;
+    }
+    if (s.op !== OP.or32 && s.op !== OP.fetchOr32) return null;
+    const slot = this.bitmapLo.findIndex((lo, i) => s.a >= lo && s.a < this.bitmapHi[i]!);
+    if (slot < 0) return null;
+    // The owing thread's mark: it no longer owes the gfns whose bits are now set in this word.
+    const k = o.kvm;
+    const bits = k.mem.i32[s.a]!; // the step's own word
+    const first = k.slotGfn[slot]! + (s.a - this.bitmapLo[slot]!) * 32;
+    for (const [gfn, who] of this.owed) {
+      if (gfn < first || gfn >= first + 32 || (bits & (1 << (gfn - first))) === 0 || !who.has(s.thread)) continue;
+      o.ghostWrite(G_MARK_OWED, gfn);
+      who.delete(s.thread);
+      if (who.size === 0) this.owed.delete(gfn);
+    }
+    return null;
+  }
+  onNote(_ex: Execution, _t: number, kind: number, slot: number): string | null {
+    if (kind !== NOTE.dirtyLogReturned) return null;
+    const o = this.o;
+    const k = o.kvm;
+    if ((o.r32(k.slotFlagsWord(slot)) & SLOT_DIRTY_LOG) === 0) return null;
+    const lo = k.slotGfn[slot]!;
+    const hi = lo + k.slotPages[slot]!;
+    const clean = (gfn: number): boolean => {
+      if (o.bitmapHas(gfn)) return false;
+      o.ghostRead(G_MARK_OWED, gfn);
+      return !this.owed.has(gfn);
+    };
+    for (const l of o.leafSptes((g) => g >= lo && g < hi)) {
+      if (isWritablePte(l.spte) && clean(l.gfn))
+        return (
+          `a dirty-log get or clear returned while an SPTE maps gfn ${hex(l.gfn)} writable (${formatSpte(l.spte)}) and its bit is ` +
+          `clear in the bitmap the next get reads: the guest's writes to it from now on are never reported`
+        );
+    }
+    for (let v = 0; v < k.config.vcpus; v++)
+      for (const e of o.tlb(v)) {
+        if (e.gfn < lo || e.gfn >= hi || (e.acc & ACC_WRITE_MASK) === 0 || !clean(e.gfn)) continue;
+        // (VcpuFlushes reads the TLB again, with the mode and request word.)
+        const w = this.flushes.writableEntry(v, e.gfn);
+        if (w !== null)
+          return (
+            `a dirty-log get or clear returned while vCPU ${v} can still write gfn ${hex(e.gfn)} through its TLB (in ` +
+            `${MODE_NAMES[w.mode]}, no flush pending) and its bit is clear in the bitmap the next get reads: those writes are never reported`
+          );
+      }
+    return null;
+  }
+  /** Every path that makes an SPTE writable while its slot logs marks the gfn (mark_page_dirty): no mark stays owed. */
+  atEnd(): string | null {
+    for (const gfn of this.owed.keys())
+      if (this.o.loggingOn(gfn))
+        return `an SPTE of gfn ${hex(gfn)} was made writable while dirty logging was on, and the thread that did it never marked the gfn dirty`;
+    return null;
+  }
+}
+
+/**
+ * The dirty log names every gfn the guest wrote while logging was on.
+ * Reads at a guest write's mark: the slot's flags word (is logging on). Ghost state: the gfns written and not yet
+ * reported (G_LOG_PENDING by gfn): a guest write adds (commutative: two writes of one gfn need no order), a
+ * get's report removes. At the end: the bitmap (what the next get would report).
+ */
 class DirtyLogComplete implements Monitor {
   readonly name = 'dirty-log-complete';
   readonly statement = 'every gfn the guest writes while dirty logging is on is reported by a later dirty-log get or clear';
@@ -188,8 +455,10 @@ class DirtyLogComplete implements Monitor {
   }
   onNote(ex: Execution, t: number, kind: number, a: number): string | null {
     if (kind === NOTE.guestWrite && this.o.loggingOn(a)) {
+      this.o.ghostOr(G_LOG_PENDING, a);
       if (!this.pending.has(a)) this.pending.set(a, ex.steps.length);
     } else if (kind === NOTE.dirtyLogTaken) {
+      this.o.ghostWrite(G_LOG_PENDING, a);
       this.pending.delete(a);
     }
     void t;
@@ -208,6 +477,9 @@ class DirtyLogComplete implements Monitor {
 /**
  * While a slot logs dirty pages, a writable SPTE's gfn must be dirty in the bitmap or reported since the SPTE
  * became writable: otherwise the guest's next write through it is never logged.
+ * Reads after a step that writes an SPTE: that leaf (page state, role, its gfn). Ghost state: when each gfn was
+ * last reported (G_LOG_REPORTED by gfn), written at a get's report and read where an SPTE becomes writable, so
+ * the two keep their order in every execution DPOR explores (the end compares their step numbers).
  */
 class WritableSpteLogged implements Monitor {
   readonly name = 'writable-spte-logged';
@@ -221,14 +493,21 @@ class WritableSpteLogged implements Monitor {
     this.reported.clear();
   }
   onNote(ex: Execution, _t: number, kind: number, a: number): string | null {
-    if (kind === NOTE.dirtyLogTaken) this.reported.set(a, ex.steps.length);
+    if (kind === NOTE.dirtyLogTaken) {
+      this.o.ghostWrite(G_LOG_REPORTED, a);
+      this.reported.set(a, ex.steps.length);
+    }
     return null;
   }
   afterStep(ex: Execution, s: Step): string | null {
     if ((s.op !== OP.store64 && s.op !== OP.xchg64 && s.op !== OP.cmpxchg64) || s.a < this.o.sptLo || s.a >= this.o.sptHi) return null;
-    const spte = this.o.kvm.mem.u64[s.a]!;
+    const spte = this.o.kvm.mem.u64[s.a]!; // the step's own word
     if (isShadowPresentPte(spte) && isWritablePte(spte)) {
-      if (!this.writableSince.has(s.a)) this.writableSince.set(s.a, ex.steps.length);
+      if (!this.writableSince.has(s.a)) {
+        this.writableSince.set(s.a, ex.steps.length);
+        const leaf = this.o.leafAt(s.a);
+        if (leaf !== null) this.o.ghostRead(G_LOG_REPORTED, leaf.gfn);
+      }
     } else this.writableSince.delete(s.a);
     return null;
   }
@@ -247,27 +526,44 @@ class WritableSpteLogged implements Monitor {
   }
 }
 
-/** A frame the guest wrote through an SPTE must be dirty (written back) when the host drops it. */
+/**
+ * A frame the guest wrote through an SPTE must be dirty (written back) when the host drops it.
+ * Ghost state only: which frames the guest wrote since their last write-back (G_GUEST_WROTE_FRAME by pfn), written
+ * by a guest write's mark, a write-back or a frame's allocation, read by a clean drop.
+ */
 class FrameDirtyBeforeDrop implements Monitor {
   readonly name = 'frame-dirty-before-drop';
   readonly statement = 'a frame written through an SPTE is marked dirty before that SPTE is dropped, so swap-out writes it back';
   private written = new Map<number, number>();
+  constructor(private readonly o: Observer) {}
   reset(): void {
     this.written.clear();
   }
   onNote(ex: Execution, _t: number, kind: number, a: number, b: number): string | null {
-    if (kind === NOTE.guestWrite) this.written.set(b, a);
-    else if (kind === NOTE.swapOutWriteback || kind === NOTE.frameAlloc) this.written.delete(a);
-    else if (kind === NOTE.swapOutClean && this.written.has(a))
-      return (
-        `gfn ${hex(this.written.get(a)!)} was written through an SPTE into frame ${hex(a)}, but the frame was not marked dirty when ` +
-        `the SPTE was dropped: swap-out kept the stale swap copy and the guest's write is lost (step ${ex.steps.length})`
-      );
+    if (kind === NOTE.guestWrite) {
+      this.o.ghostWrite(G_GUEST_WROTE_FRAME, b);
+      this.written.set(b, a);
+    } else if (kind === NOTE.swapOutWriteback || kind === NOTE.frameAlloc) {
+      this.o.ghostWrite(G_GUEST_WROTE_FRAME, a);
+      this.written.delete(a);
+    } else if (kind === NOTE.swapOutClean) {
+      this.o.ghostRead(G_GUEST_WROTE_FRAME, a);
+      if (this.written.has(a))
+        return (
+          `gfn ${hex(this.written.get(a)!)} was written through an SPTE into frame ${hex(a)}, but the frame was not marked dirty when ` +
+          `the SPTE was dropped: swap-out kept the stale swap copy and the guest's write is lost (step ${ex.steps.length})`
+        );
+    }
     return null;
   }
 }
 
-/** A lockless walker must never read a shadow page that was freed after its walk began. */
+/**
+ * A lockless walker must never read a shadow page that was freed after its walk began.
+ * Ghost state: whether each thread walks (G_WALKING, written by its own begin and end marks, read by every free)
+ * and the pages freed since its walk began (G_FREED, cleared at its begin, added to by frees — commutative —
+ * and read when the walker then reads or changes an SPTE).
+ */
 class NoFreedPageWalk implements Monitor {
   readonly name = 'no-freed-page-walk';
   readonly statement = 'no lockless walker accesses a shadow page that was freed (and may be reused) after its walk began';
@@ -280,27 +576,41 @@ class NoFreedPageWalk implements Monitor {
   }
   onNote(_ex: Execution, t: number, kind: number, a: number): string | null {
     if (kind === NOTE.walkBegin) {
+      this.o.ghostWrite(G_WALKING, t);
+      this.o.ghostWrite(G_FREED, t);
       this.walking[t] = a;
       this.freed[t]!.clear();
     } else if (kind === NOTE.walkEnd) {
+      this.o.ghostWrite(G_WALKING, t);
       this.walking[t] = null;
     } else if (kind === NOTE.spFree) {
-      for (let u = 0; u < this.walking.length; u++) if (this.walking[u] !== null) this.freed[u]!.add(a);
+      for (let u = 0; u < this.walking.length; u++) {
+        this.o.ghostRead(G_WALKING, u);
+        if (this.walking[u] === null) continue;
+        this.o.ghostOr(G_FREED, u);
+        this.freed[u]!.add(a);
+      }
     }
     return null;
   }
   afterStep(ex: Execution, s: Step): string | null {
-    const v = this.walking[s.thread];
+    const v = this.walking[s.thread]; // the thread's own state: only its own marks write it
     if (v === null || v === undefined) return null;
     if (s.op !== OP.load64 && s.op !== OP.cmpxchg64) return null;
     if (s.a < this.o.sptLo || s.a >= this.o.sptHi) return null;
     const sp = this.o.kvm.pages.spOf(s.a);
+    this.o.ghostRead(G_FREED, s.thread);
     if (!this.freed[s.thread]!.has(sp)) return null;
     return `vCPU ${v}'s lockless walk ${s.op === OP.cmpxchg64 ? 'changed' : 'read'} an entry of shadow page ${sp} after that page was freed (step ${ex.steps.length}): the page may already map something else`;
   }
 }
 
-/** A present SPTE maps the frame the host maps for its gfn, and is writable only if the host mapping is. */
+/**
+ * A present SPTE maps the frame the host maps for its gfn, and is writable only if the host mapping is.
+ * Reads after a step that writes an SPTE: that leaf (page state, role, its gfn) and its gfn's host mapping; after
+ * a step that writes a host mapping: which leaves are present and their gfns, and the SPTEs of those that map that
+ * mapping's page (only that mapping changed, and every other pair was checked when it last changed).
+ */
 class SpteWithinHostMapping implements Monitor {
   readonly name = 'spte-within-host-mapping';
   readonly statement = 'no SPTE maps a frame other than the host mapping of its gfn, or grants write when the host mapping does not';
@@ -311,19 +621,19 @@ class SpteWithinHostMapping implements Monitor {
     if (writesSpte) {
       // Only the SPTE this step wrote can have changed.
       const l = this.o.leafAt(s.a);
-      return l === null ? null : this.verify(ex, l);
+      return l === null ? null : this.verify(ex, l, this.o.hostMapping(l.gfn));
     }
     if (!writesMap) return null;
-    for (const l of this.o.leafSptes()) {
-      const msg = this.verify(ex, l);
+    const m = this.o.kvm.mem.i32[s.a]!; // the step's own word
+    const host = this.o.kvm.host;
+    for (const l of this.o.leafSptes((gfn) => host.ptep(this.o.kvm.gfnToHvpn(gfn)) === s.a)) {
+      const msg = this.verify(ex, l, m);
       if (msg !== null) return msg;
     }
     return null;
   }
 
-  private verify(ex: Execution, l: LeafSpte): string | null {
-    const k = this.o.kvm;
-    const m = k.host.peekMapping(k.gfnToHvpn(l.gfn));
+  private verify(ex: Execution, l: LeafSpte, m: number): string | null {
     const pfn = spteToPfn(l.spte);
     if ((m & MAP_PRESENT) === 0 || mapPfn(m) !== pfn)
       return `an SPTE maps gfn ${hex(l.gfn)} to frame ${hex(pfn)}, but the host ${(m & MAP_PRESENT) === 0 ? 'no longer maps that gfn' : `maps it to frame ${hex(mapPfn(m))}`} (step ${ex.steps.length}): the guest reaches a frame it does not own`;
@@ -372,17 +682,19 @@ class SpteWithinGuestPte implements Monitor {
   }
 }
 
-/** The built-in invariants for a scenario's machine (none for a scenario without a VM). */
-export function builtinMonitors(machine: ScenarioMachine): Monitor[] {
+/** The built-in invariants for a scenario's machine (none for a scenario without a VM); they declare their reads to `fp`. */
+export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monitor[] {
   if (machine.config === null) return [];
-  const o = new Observer(machine);
+  const o = new Observer(machine, fp ?? null);
+  const flushes = new VcpuFlushes(o);
   return [
-    new TlbAfterWriteProtect(o),
+    new TlbAfterWriteProtect(o, flushes),
     new NoFreedPageWalk(o),
     new SpteWithinHostMapping(o),
-    new FrameDirtyBeforeDrop(),
+    new FrameDirtyBeforeDrop(o),
     new DirtyLogComplete(o),
     new WritableSpteLogged(o),
+    new DirtyOrWriteProtected(o, flushes),
     new SpteWithinGuestPte(o),
   ];
 }
@@ -394,5 +706,6 @@ export const INVARIANT_NAMES = [
   'frame-dirty-before-drop',
   'dirty-log-complete',
   'writable-spte-logged',
+  'dirty-or-write-protected',
   'spte-within-guest-pte',
 ] as const;

@@ -6,6 +6,11 @@
 // operations conflict at page granularity, which is coarser than the bytes
 // and therefore sound). Two operations conflict when they share a key and one
 // of them writes it.
+//
+// Negative keys are ghost locations: state an invariant monitor keeps for
+// itself (what the guest wrote, which walkers are in flight). A step's access
+// is its operation's locations plus what monitors read and write during it
+// (engine.ts, Footprint), so the reduction orders monitors too.
 
 import { OP } from '../shm/access';
 
@@ -27,6 +32,17 @@ function dataPages(out: Access, byte: number, len: number, write: boolean): void
     out.ors.push(false);
   }
 }
+
+/** The key of meta Int32 word `i`. */
+export const metaKey32 = (i: number): number => 2 * i;
+/** The key of the meta 64-bit word at u64 index `i` (its low half's). */
+export const metaKey64 = (i: number): number => 4 * i;
+/** The key of 4 KiB page `p` of the data buffer. */
+export const dataPageKey = (p: number): number => 2 * p + 1;
+/** Ghost spaces: one per kind of monitor state. */
+export const GHOST_SPACES = 64;
+/** The key of ghost location `i` (>= 0) in ghost space `space` (0..GHOST_SPACES-1). */
+export const ghostKey = (space: number, i: number): number => -1 - space - GHOST_SPACES * i;
 
 const cache = new Map<number, Access>();
 
@@ -99,6 +115,28 @@ function computeAccess(op: number, a: number, b: number, c: number): Access {
       break;
     default:
       throw new Error(`check: unknown operation ${op}`);
+  }
+  return out;
+}
+
+/**
+ * `acc` with the extra locations in (keys, writes, ors)[0..n) added: a key already there keeps its
+ * strongest use (a write beats an or beats a read; an or and a read of one key make a write).
+ */
+export function withExtra(acc: Access, keys: readonly number[], writes: readonly boolean[], ors: readonly boolean[], n: number): Access {
+  const out: Access = { keys: acc.keys.slice(), writes: acc.writes.slice(), ors: acc.ors.slice() };
+  for (let x = 0; x < n; x++) {
+    const key = keys[x]!;
+    const i = out.keys.indexOf(key);
+    if (i < 0) {
+      out.keys.push(key);
+      out.writes.push(writes[x]!);
+      out.ors.push(ors[x]!);
+    } else if (out.writes[i] !== writes[x] || out.ors[i] !== ors[x]) {
+      // Different uses of one key in one step: a plain write is at least as strong as any of them.
+      out.writes[i] = true;
+      out.ors[i] = false;
+    }
   }
   return out;
 }

@@ -128,6 +128,7 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
   const indirectFastPath = o.indirectFastPath ?? 'pin';
   if (!INDIRECT_FAST_PATH.includes(indirectFastPath))
     throw new KvmmuError(`unknown indirect fast-path setting '${String(indirectFastPath)}': use pin, off or unsafe`);
+  if (o.fastPath !== undefined && typeof o.fastPath !== 'boolean') throw new KvmmuError(`fastPath is true or false, not ${String(o.fastPath)}`);
   const pageMarking = o.pageMarking ?? 'spte';
   if (!PAGE_MARKING.includes(pageMarking))
     throw new KvmmuError(`unknown page-marking setting '${String(pageMarking)}': use spte or fault`);

@@ -79,7 +79,7 @@ export class DirtyLog {
     }
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
-    this.noteHandedOver(slot, out, n);
+    this.handOver(slot, 0, out.subarray(0, n));
     k.count(KVM_STAT.dirtyLogGets);
     return dirty;
   }
@@ -126,7 +126,7 @@ export class DirtyLog {
     }
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
-    for (let i = 0; i < bits.length; i++) this.noteWord(slot, w0 + i, bits[i]!);
+    this.handOver(slot, w0, bits);
     k.count(KVM_STAT.dirtyLogClears);
     return cleared;
   }
@@ -144,17 +144,20 @@ export class DirtyLog {
     return n;
   }
 
-  private noteHandedOver(slot: number, out: Int32Array, n: number): void {
-    for (let i = 0; i < n; i++) this.noteWord(slot, i, out[i]!);
-  }
-
-  private noteWord(slot: number, word: number, mask: number): void {
+  /**
+   * Marks for the checker's monitors (nothing else): the bits `words` (bitmap words from `firstWord` of `slot`)
+   * now belong to userspace — one dirtyLogTaken mark per gfn, then dirtyLogReturned for the slot. get and clear
+   * call it where they return; a scenario that writes its own get calls it at the point its get would return.
+   */
+  handOver(slot: number, firstWord: number, words: Int32Array): void {
     const k = this.kvm;
     if (k.mem.hook === null) return;
-    for (let m = mask; m !== 0; m &= m - 1) {
-      const b = 31 - Math.clz32(m & -m);
-      k.mem.note(NOTE.dirtyLogTaken, k.slotGfn[slot]! + word * 32 + b, 0);
-    }
+    for (let i = 0; i < words.length; i++)
+      for (let m = words[i]!; m !== 0; m &= m - 1) {
+        const b = 31 - Math.clz32(m & -m);
+        k.mem.note(NOTE.dirtyLogTaken, k.slotGfn[slot]! + (firstWord + i) * 32 + b, 0);
+      }
+    k.mem.note(NOTE.dirtyLogReturned, slot, 0);
   }
 
   private checkSlot(slot: number): void {

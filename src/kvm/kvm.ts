@@ -399,7 +399,7 @@ export class Kvm {
 
   lockedStore(i: number, v: number): void {
     if (debugLocks) this.assertMmuLockHeld();
-    this.mem.i32[i] = v;
+    this.mem.storePlain32(i, v);
   }
 
   assertMmuLockHeld(): void {

@@ -65,6 +65,13 @@ export const OP_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
 export interface AccessHook {
   before(op: number, a: number, b: number, c: number): void;
   note(kind: number, a: number, b: number): void;
+  /**
+   * Optional: meta Int32 word `a` was just written with a plain store (Mem.storePlain32) — a word only its owner
+   * thread or only mmu_lock holders touch, so the store needs no atomicity and is no scheduling point. The checker
+   * still counts it as a write of `a` by the running step, because an invariant monitor may read `a` from another
+   * thread (at a mark), and its partial-order reduction must see that dependency.
+   */
+  plainStore?(a: number): void;
 }
 
 /** Ghost events: annotations for monitors, never scheduling points. */
@@ -93,6 +100,8 @@ export const NOTE = {
   frameAlloc: 11,
   /** Swap-out wrote frame a back to swap. */
   swapOutWriteback: 12,
+  /** A dirty-log get or clear of slot a returned its bits to userspace (after its dirtyLogTaken marks). */
+  dirtyLogReturned: 13,
 } as const;
 
 // How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).
@@ -382,6 +391,28 @@ export class Mem {
     const b = bByte / 4;
     for (let k = 0; k < len / 4; k++) if (d[a + k] !== d[b + k]) return false;
     return true;
+  }
+
+  // ---- plain stores ----
+
+  /**
+   * A plain (non-atomic) store to meta word `i`, for words only their owner
+   * thread or only mmu_lock holders read and write (see the file comment): no
+   * scheduling point, but a hook hears of it, so the checker can order it
+   * against monitors that read the word from other threads.
+   */
+  storePlain32(i: number, v: number): void {
+    this.i32[i] = v;
+    if (this.hook !== null) this.hook.plainStore?.(i);
+  }
+
+  /**
+   * Tell a hook that plain stores just changed a structure that the checker
+   * keys by meta word `i` (a vCPU's TLB entries, keyed by its generation word):
+   * as storePlain32, without the store.
+   */
+  plainStoreDone(i: number): void {
+    if (this.hook !== null) this.hook.plainStore?.(i);
   }
 
   // ---- ghost events ----

@@ -194,7 +194,7 @@ export class Vcpu {
   /** Empty this vCPU's TLB (bump its generation: a plain store, the TLB is this thread's own). */
   flushTlb(): void {
     this.tlbGen = (this.tlbGen + 1) | 0;
-    this.mem.i32[this.tlbGenWord] = this.tlbGen;
+    this.mem.storePlain32(this.tlbGenWord, this.tlbGen);
     this.kv.count(VCPU_STAT.tlbFlushes);
   }
 
@@ -361,6 +361,8 @@ export class Vcpu {
       t[e + TLB_FLAGS] = acc | (dirty ? TLB_DIRTY : 0);
       t[e + TLB_GFN] = pages.peekEntryGfn(sp, pages.indexOf(sptep));
       t[e + TLB_SPTEP] = sptep;
+      // For the checker, the whole TLB is one location keyed by its generation word (monitors read it: readTlb).
+      this.mem.plainStoreDone(this.tlbGenWord);
       return pfn;
     }
   }
@@ -386,7 +388,10 @@ export class Vcpu {
     this.pdeTag.fill(0);
     const vpn = Math.floor(gva / 4096);
     const e = this.tlbBase + (vpn & this.tlbMask) * TLB_WORDS;
-    if (this.mem.i32[e + TLB_TAG] === vpn + 1) this.mem.i32[e + TLB_TAG] = 0;
+    if (this.mem.i32[e + TLB_TAG] === vpn + 1) {
+      this.mem.i32[e + TLB_TAG] = 0;
+      this.mem.plainStoreDone(this.tlbGenWord);
+    }
   }
 }
 
