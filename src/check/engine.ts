@@ -138,9 +138,9 @@ export class Execution {
   readonly xWrites: boolean[] = [];
   readonly xOrs: boolean[] = [];
 
-  /** Add location `key` to the running step's footprint (no-op between steps). */
+  /** Add location `key` to the running step's footprint (no-op between steps, or when no one needs footprints). */
   touch(key: number, write: boolean, or: boolean): void {
-    if (this.running < 0) return;
+    if (this.running < 0 || !this.engine.trackFootprints) return;
     const n = this.xn;
     for (let i = 0; i < n; i++) {
       if (this.xKeys[i] !== key) continue;
@@ -238,6 +238,11 @@ export class Engine {
   private readonly plainWatched: Uint8Array;
   /** Capture values and stacks for each step (for rendering a counterexample). */
   recording = false;
+  /**
+   * Collect each step's footprint beyond its operation (Footprint): what partial-order reduction needs. Plain DFS,
+   * random walks, PCT and replays run every schedule they choose and need none, so they skip the cost.
+   */
+  trackFootprints = true;
   /** A sequential hook that still records writes (for the end-of-execution check). */
   private readonly trackingHook: AccessHook;
 
@@ -523,7 +528,16 @@ export class Engine {
     for (let t = 0; t < ex.nThreads; t++) {
       if (ex.done[t]) continue;
       const op = ex.pendOp[t];
-      const what = op === OP.lock ? 'waits for a lock' : op === OP.waitWhile32 ? 'waits for a word to change' : 'is runnable';
+      const what =
+        op === OP.lock || op === OP.writeLock
+          ? 'waits for a lock'
+          : op === OP.readLock
+            ? 'waits to read-lock'
+            : op === OP.writeLockWait
+              ? 'waits for the readers of a lock it claimed'
+              : op === OP.waitWhile32
+                ? 'waits for a word to change'
+                : 'is runnable';
       parts.push(`'${this.threadNames[t]}' ${what} (${nameLocation(this.machine.shm.layout, this.machine.config, ex.pendA[t]! * 4, false).name})`);
     }
     return `no thread can run: ${parts.join('; ')}`;

@@ -306,7 +306,9 @@ class Systematic implements Chooser {
     // never both enabled, so that pair is not reversed, and the unlock's clock
     // then orders the earlier lock before this one. So test the last lock
     // here, against this thread's clock before it joins the unlock's.
-    if (step.op === OP.lock) {
+    // The same holds for a reader-writer lock: a reader or a writer against the last writer to claim it (the
+    // first key of each is the writer word).
+    if (step.op === OP.lock || step.op === OP.readLock || step.op === OP.writeLock) {
       const ls = this.loc(acc.keys[0]!);
       if (ls !== undefined && ls.lk >= 0) {
         const i = ls.lk;
@@ -357,7 +359,7 @@ class Systematic implements Chooser {
         ls.r.fill(-1);
         ls.o.fill(-1);
       }
-      if (step.op === OP.lock) ls.lk = j;
+      if ((step.op === OP.lock || step.op === OP.writeLock) && k === 0) ls.lk = j;
       if (acc.ors[k]) {
         ls.o[t] = j;
       } else if (acc.writes[k]) {
@@ -398,6 +400,9 @@ class Systematic implements Chooser {
         const s = this.stepOf[k]!;
         if (s.thread === p) return;
         if (lp >= 0 && this.vcAt(lp, s.thread) >= this.stepLocal[k]!) return; // ordered before p's next step
+        // A step p's operation could never have run beside is not the one to reverse (a reader's lock against the
+        // writer's wait for readers: the writer's claim before it is what keeps the reader out).
+        if (!mayBeCoEnabled(s.op, s.a, ex.pendOp[p]!, ex.pendA[p]!)) return;
         latest = k;
       };
       for (let x = 0; x < acc.keys.length; x++) {
@@ -408,8 +413,6 @@ class Systematic implements Chooser {
         if (!acc.ors[x]) for (let q = 0; q < n; q++) consider(ls.o[q]!);
       }
       if (latest < 0) continue;
-      const s = this.stepOf[latest]!;
-      if (!mayBeCoEnabled(s.op, s.a, ex.pendOp[p]!, ex.pendA[p]!)) continue;
       const at = this.nodes[latest]!;
       if ((at.backtrack & (1 << p)) !== 0) continue;
       at.backtrack |= (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled;
@@ -543,6 +546,17 @@ class PctChooser implements Chooser {
 // ---------------------------------------------------------------- the driver
 
 export function explore(engine: Engine, o: ExploreOptions): ExploreResult {
+  // Only the reduction needs what monitors and plain stores touched (Engine.trackFootprints).
+  const tracked = engine.trackFootprints;
+  engine.trackFootprints = o.strategy === 'dpor';
+  try {
+    return exploreWith(engine, o);
+  } finally {
+    engine.trackFootprints = tracked;
+  }
+}
+
+function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
   const now = o.now ?? (() => performance.now());
   const t0 = now();
   const deadline = o.seconds !== undefined ? t0 + o.seconds * 1000 : Infinity;
@@ -556,6 +570,7 @@ export function explore(engine: Engine, o: ExploreOptions): ExploreResult {
   let lastProgress = t0;
   const bound = o.preemptions ?? -1;
   const sys = o.strategy === 'dpor' || o.strategy === 'dfs' ? new Systematic(n, o.strategy === 'dpor', bound) : null;
+
   const rnd = makeRandom(o.seed ?? 1);
   for (;;) {
     let inner: Chooser;

@@ -12,7 +12,7 @@
 // is its operation's locations plus what monitors read and write during it
 // (engine.ts, Footprint), so the reduction orders monitors too.
 
-import { OP } from '../shm/access';
+import { OP, RW_FREE, RW_READERS, RW_WRITER } from '../shm/access';
 
 export interface Access {
   /** Location keys touched. */
@@ -92,6 +92,25 @@ function computeAccess(op: number, a: number, b: number, c: number): Access {
     case OP.unlock:
       word(a * 2, true);
       break;
+    // A reader-writer lock at word a (access.ts RWLOCK_WORDS): its writer word a, its readers count a + 1.
+    // Readers counting in and out commute with each other (an add is a commutative update); the writer
+    // word orders them against writers.
+    case OP.readLock:
+      word(a * 2, false);
+      word((a + 1) * 2, true, true);
+      break;
+    case OP.readUnlock:
+      word((a + 1) * 2, true, true);
+      break;
+    case OP.writeLock:
+    case OP.writeUnlock:
+      word(a * 2, true);
+      break;
+    case OP.writeLockWait:
+      // It moves the writer word from RW_WAITING to RW_LOCKED, which no operation tells apart (both keep
+      // takers out): only its read of the readers count orders it.
+      word((a + 1) * 2, false);
+      break;
     case OP.loadData64:
       dataPages(out, a * 8, 8, false);
       break;
@@ -148,11 +167,20 @@ export function conflicts(x: Access, y: Access): boolean {
   return false;
 }
 
-/** Is the operation enabled in the current state? Only lock and waitWhile32 can be blocked. */
+/** Is the operation enabled in the current state? Only the lock takers and waitWhile32 can be blocked. */
 export function isEnabled(i32: Int32Array, op: number, a: number, b: number): boolean {
   if (op === OP.lock) return Atomics.load(i32, a) === Atomics.load(i32, a + 1);
   if (op === OP.waitWhile32) return Atomics.load(i32, a) !== b;
+  // The rwlock (access.ts): a reader or a new writer waits while a writer claims or holds it; a writer that
+  // claimed it waits for the readers inside.
+  if (op === OP.readLock || op === OP.writeLock) return Atomics.load(i32, a + RW_WRITER) === RW_FREE;
+  if (op === OP.writeLockWait) return Atomics.load(i32, a + RW_READERS) === 0;
   return true;
+}
+
+/** Operations that take a lock: a blocked one is waiting for it (deadlock reports, DPOR's lock races). */
+export function isLockTake(op: number): boolean {
+  return op === OP.lock || op === OP.readLock || op === OP.writeLock || op === OP.writeLockWait;
 }
 
 /**
@@ -164,5 +192,17 @@ export function isEnabled(i32: Int32Array, op: number, a: number, b: number): bo
 export function mayBeCoEnabled(opX: number, aX: number, opY: number, aY: number): boolean {
   if (aX !== aY) return true;
   if ((opX === OP.unlock && opY === OP.lock) || (opX === OP.lock && opY === OP.unlock)) return false;
+  // A writer's unlock and the takers it lets in; a reader's unlock and the writer waiting for readers to leave
+  // (no reader is inside once that writer can go on).
+  if (opX === OP.writeUnlock || opY === OP.writeUnlock) {
+    const other = opX === OP.writeUnlock ? opY : opX;
+    if (other === OP.readLock || other === OP.writeLock) return false;
+  }
+  if ((opX === OP.readUnlock && opY === OP.writeLockWait) || (opX === OP.writeLockWait && opY === OP.readUnlock)) return false;
+  // A writer past its claim and a new taker: the claim already shuts the taker out.
+  if (opX === OP.writeLockWait || opY === OP.writeLockWait) {
+    const other = opX === OP.writeLockWait ? opY : opX;
+    if (other === OP.readLock || other === OP.writeLock) return false;
+  }
   return true;
 }

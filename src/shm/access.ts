@@ -44,6 +44,13 @@ export const OP = {
   writeData: 20,
   compareData: 21,
   or32: 22,
+  readLock: 23,
+  readUnlock: 24,
+  /** Writer, first step: claim the lock (no other writer), so new readers wait. */
+  writeLock: 25,
+  /** Writer, second step: wait until the readers in before it have left. */
+  writeLockWait: 26,
+  writeUnlock: 27,
 } as const;
 
 export const OP_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
@@ -133,6 +140,23 @@ const LOCK_NEXT = 0;
 const LOCK_OWNER = 1;
 const LOCK_SLEEPERS = 2;
 const LOCK_HOLDER = 3;
+
+/**
+ * Reader-writer lock word layout (four Int32 words), after Linux's queued
+ * rwlock (kernel/locking/qrwlock.c): [0] writer state (RW_FREE, RW_WAITING: a
+ * writer has claimed the lock and waits for the readers inside to leave,
+ * RW_LOCKED), [1] readers inside, [2] sleepers, [3] the writer's id + 1.
+ * Fair to writers as the qrwlock is: once a writer waits, a new reader waits
+ * behind it; readers already inside finish first.
+ */
+export const RWLOCK_WORDS = 4;
+export const RW_WRITER = 0;
+export const RW_READERS = 1;
+const RW_SLEEPERS = 2;
+const RW_HOLDER = 3;
+export const RW_FREE = 0;
+export const RW_WAITING = 1;
+export const RW_LOCKED = 2;
 
 export class Mem {
   /** Meta buffer as 32-bit words. */
@@ -301,6 +325,89 @@ export class Mem {
     // and looks again. (Sleeping is kvmmu's, for threads without a core of
     // their own; the kernel's spinlock waiters never sleep.)
     if (Atomics.load(a, i + LOCK_SLEEPERS) !== 0) Atomics.notify(a, i + LOCK_OWNER);
+  }
+
+  // ---- reader-writer lock (RWLOCK_WORDS words at i) ----
+
+  /**
+   * Take the rwlock at `i` for reading: wait while a writer holds it or waits
+   * for it (fairness to writers), then count in. As the qrwlock's fast path:
+   * count in, then look at the writer word again, and back out if a writer
+   * claimed the lock meanwhile (the writer then sees this reader leave). One
+   * operation for a scheduler: enabled while the writer word is RW_FREE.
+   */
+  readLock(i: number): void {
+    if (this.hook !== null) this.hook.before(OP.readLock, i, 0, 0);
+    const a = this.i32;
+    let spins = 0;
+    for (;;) {
+      const w = Atomics.load(a, i + RW_WRITER);
+      if (w === RW_FREE) {
+        Atomics.add(a, i + RW_READERS, 1);
+        if (Atomics.load(a, i + RW_WRITER) === RW_FREE) return;
+        if (Atomics.sub(a, i + RW_READERS, 1) === 1) Atomics.notify(a, i + RW_READERS);
+        continue;
+      }
+      if (++spins < this.spinLimit) continue;
+      Atomics.add(a, i + RW_SLEEPERS, 1);
+      Atomics.wait(a, i + RW_WRITER, w, WAIT_SLICE_MS);
+      Atomics.sub(a, i + RW_SLEEPERS, 1);
+    }
+  }
+
+  readUnlock(i: number): void {
+    if (this.hook !== null) this.hook.before(OP.readUnlock, i, 0, 0);
+    const a = this.i32;
+    // The last reader out lets a waiting writer in.
+    if (Atomics.sub(a, i + RW_READERS, 1) === 1 && Atomics.load(a, i + RW_WRITER) === RW_WAITING) Atomics.notify(a, i + RW_READERS);
+  }
+
+  /**
+   * Take the rwlock at `i` for writing, in two operations as the qrwlock's
+   * slow path: claim it (RW_FREE → RW_WAITING; enabled while it is free), so
+   * no new reader comes in; then wait until the readers inside have left
+   * (enabled when none is) and hold it (RW_LOCKED).
+   */
+  writeLock(i: number): void {
+    if (this.hook !== null) this.hook.before(OP.writeLock, i, 0, 0);
+    const a = this.i32;
+    let spins = 0;
+    for (;;) {
+      const w = Atomics.compareExchange(a, i + RW_WRITER, RW_FREE, RW_WAITING);
+      if (w === RW_FREE) break;
+      if (++spins < this.spinLimit) continue;
+      Atomics.add(a, i + RW_SLEEPERS, 1);
+      Atomics.wait(a, i + RW_WRITER, w, WAIT_SLICE_MS);
+      Atomics.sub(a, i + RW_SLEEPERS, 1);
+    }
+    a[i + RW_HOLDER] = this.tid + 1;
+    if (this.hook !== null) this.hook.before(OP.writeLockWait, i, 0, 0);
+    spins = 0;
+    for (;;) {
+      const r = Atomics.load(a, i + RW_READERS);
+      if (r === 0) break;
+      if (++spins < this.spinLimit) continue;
+      Atomics.wait(a, i + RW_READERS, r, WAIT_SLICE_MS);
+    }
+    Atomics.store(a, i + RW_WRITER, RW_LOCKED);
+  }
+
+  writeUnlock(i: number): void {
+    if (this.hook !== null) this.hook.before(OP.writeUnlock, i, 0, 0);
+    const a = this.i32;
+    a[i + RW_HOLDER] = 0;
+    Atomics.store(a, i + RW_WRITER, RW_FREE);
+    if (Atomics.load(a, i + RW_SLEEPERS) !== 0) Atomics.notify(a, i + RW_WRITER);
+  }
+
+  /** Readers inside the rwlock at `i` (for assertions and displays; not a scheduling point). */
+  rwReaders(i: number): number {
+    return Atomics.load(this.i32, i + RW_READERS);
+  }
+
+  /** The rwlock's writer state (RW_FREE, RW_WAITING, RW_LOCKED) and holder (-1 for none): for assertions and displays. */
+  rwWriter(i: number): { state: number; holder: number } {
+    return { state: Atomics.load(this.i32, i + RW_WRITER), holder: Atomics.load(this.i32, i + RW_HOLDER) - 1 };
   }
 
   /** How many times the lock at `i` has been asked for (its next ticket): a progress signal for hang detection, not a scheduling point. */

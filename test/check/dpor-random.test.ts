@@ -23,7 +23,7 @@ interface Op {
 
 /**
  * The scenario interprets the program setup finds on globalThis. Locations:
- * i32 words at bytes 0, 4, 8; i64 words at 16, 24; a lock at 32 (16 bytes);
+ * i32 words at bytes 0, 4, 8; i64 words at 16, 24; a lock at 32 (16 bytes); a reader-writer lock at 48;
  * 16 data bytes at 0 and 4088 (the second across a page boundary); each
  * thread's hash of what its operations returned goes to globalThis. Widths stay fixed per location.
  */
@@ -52,6 +52,10 @@ function one(vm: ScenarioVm, op: Op): number {
     case 'xchg64': return Number(vm.mem.xchg64(w64, b64(op.v)) & 0xffn);
     case 'lock': vm.mem.lock(lk); return 0;
     case 'unlock': vm.mem.unlock(lk); return 0;
+    case 'readLock': vm.mem.readLock(vm.word(48)); return 0;
+    case 'readUnlock': vm.mem.readUnlock(vm.word(48)); return 0;
+    case 'writeLock': vm.mem.writeLock(vm.word(48)); return 0;
+    case 'writeUnlock': vm.mem.writeUnlock(vm.word(48)); return 0;
     case 'loadData64': return Number(vm.mem.loadData64((d + 8 * (op.w & 1)) / 8) & 0xffn);
     case 'storeData64': vm.mem.storeData64((d + 8 * (op.w & 1)) / 8, b64(op.v)); return 0;
     case 'cmpxchgData64': return Number(vm.mem.cmpxchgData64((d + 8 * (op.w & 1)) / 8, 0n, b64(op.v)) & 0xffn);
@@ -72,7 +76,7 @@ function run(vm: ScenarioVm, ops: Op[], t: number): void {
   (globalThis as { __kvmmuSeen?: number[] }).__kvmmuSeen![t] = h;
 }
 export const s = defineScenario({
-  name: 'random-program', description: 'interprets a random program', memory: { metaBytes: 48, dataBytes: 8192 },
+  name: 'random-program', description: 'interprets a random program', memory: { metaBytes: 64, dataBytes: 8192 },
   setup(vm) {
     const p = (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram!;
     vm.mem.store32(vm.word(0), 1);
@@ -123,9 +127,12 @@ function randomProgram(r: (n: number) => number): Op[][] {
       while (ops.length < len) {
         const room = len - ops.length;
         if (lockUsed && room >= 2 && r(3) === 0) {
-          ops.push({ k: 'lock', l: 0, v: 0, w: 0 });
+          // A section of the ticket lock, or of the reader-writer lock for reading or writing.
+          const kind = r(3);
+          const [take, release] = kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['readLock', 'readUnlock'] : ['writeLock', 'writeUnlock'];
+          ops.push({ k: take!, l: 0, v: 0, w: 0 });
           for (let i = r(room - 1); i > 0; i--) ops.push(simple());
-          if (r(5) > 0) ops.push({ k: 'unlock', l: 0, v: 0, w: 0 }); // sometimes never released
+          if (r(5) > 0) ops.push({ k: release!, l: 0, v: 0, w: 0 }); // sometimes never released
         } else ops.push(simple());
       }
     }
@@ -145,7 +152,7 @@ function finalStates(program: Op[][], strategy: 'dfs' | 'dpor'): Set<string> {
   (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
   const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
   const { meta, data, layout } = engine.machine.shm;
-  const words = new Uint8Array(meta, layout.regions['scenario.words']!.off, 48);
+  const words = new Uint8Array(meta, layout.regions['scenario.words']!.off, 64);
   const d = layout.regions['scenario.data']!.off;
   const bytes = [new Uint8Array(data, d, 16), new Uint8Array(data, d + 4088, 16)];
   const states = new Set<string>();
@@ -162,7 +169,7 @@ function finalStates(program: Op[][], strategy: 'dfs' | 'dpor'): Set<string> {
   return states;
 }
 
-test('DPOR reaches every final state exhaustive DFS reaches, on 300 random programs over every operation kind (blocked waits and unreleased locks included)', () => {
+test('DPOR reaches every final state exhaustive DFS reaches, on 300 random programs over every operation kind (blocked waits, reader-writer locks and unreleased locks included)', () => {
   for (let seed = 1; seed <= 300; seed++) {
     const program = randomProgram(rng(seed * 7919));
     const dfs = finalStates(program, 'dfs');

@@ -1,8 +1,8 @@
-// Access layer on real threads: the ticket lock excludes worker_threads from each other, and waitWhile32 blocks a worker until a word changes.
+// Access layer on real threads: the ticket lock and the reader-writer lock exclude worker_threads from each other, and waitWhile32 blocks a worker until a word changes.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LOCK_WORDS, Mem } from '../../src/shm/access';
+import { LOCK_WORDS, Mem, RWLOCK_WORDS, RW_FREE } from '../../src/shm/access';
 import { LayoutBuilder, createShm, region, type Shm } from '../../src/shm/layout';
 import { JobWorker } from './lock-worker';
 
@@ -46,6 +46,41 @@ for (const nWorkers of [2, 4]) {
     }
   });
 }
+
+test('3 workers on one rwlock: writers exclude everyone and lose no increment, readers share it', { timeout: 30_000 }, async () => {
+  const b = new LayoutBuilder();
+  b.meta('rw', RWLOCK_WORDS * 4);
+  b.meta('words', 8 * 4);
+  const shm = createShm(b.finish());
+  const lock = region(shm.layout, 'rw').off / 4;
+  const w = region(shm.layout, 'words').off / 4;
+  const mem = new Mem(shm);
+  const n = 20_000;
+  const writeEvery = 4;
+  const workers: JobWorker[] = [];
+  try {
+    for (let t = 0; t < 3; t++)
+      workers.push(
+        new JobWorker({ kind: 'rw', shm, tid: t, lock, counter: w, writers: w + 1, readers: w + 2, maxReaders: w + 3, start: w + 4, n, writeEvery }),
+      );
+    for (const x of workers) await x.next('ready', 5000);
+    mem.store32(w + 4, 1);
+    Atomics.notify(mem.i32, w + 4);
+    const results = await Promise.all(workers.map((x) => x.next('rw', 25_000)));
+    const writes = results.reduce((a, r) => a + r.writes, 0);
+    assert.equal(mem.load32(w), writes, 'every write-section increment survived');
+    for (const [t, r] of results.entries()) {
+      assert.equal(r.writeOverlaps, 0, `worker ${t} found someone else inside its write section`);
+      assert.equal(r.readDuringWrite, 0, `worker ${t} saw a writer inside its read section`);
+      assert.ok(r.reads > 0 && r.writes > 0);
+    }
+    assert.ok(mem.load32(w + 3) >= 2, 'readers were inside together at least once');
+    assert.equal(mem.rwReaders(lock), 0);
+    assert.deepEqual(mem.rwWriter(lock), { state: RW_FREE, holder: -1 });
+  } finally {
+    await Promise.all(workers.map((x) => x.terminate()));
+  }
+});
 
 test('lock() reports a contention only when the taker found the lock held', { timeout: 10_000 }, async () => {
   const s = makeShm();

@@ -11,6 +11,7 @@ import { SeqCount } from '../../src/shm/seqcount';
 
 /** What a worker is told to do. Word indices are Int32 indices into the meta buffer. */
 export type LockWorkerJob =
+  | RwLockWorkerJob
   | {
       /** Increment the plain word `counter` `n` times, each inside lock(`lock`). */
       readonly kind: 'count';
@@ -61,12 +62,33 @@ export type LockWorkerJob =
       readonly start: number;
     };
 
+export type RwLockWorkerJob = {
+  /**
+   * `n` rounds on the rwlock at `lock`: every `writeEvery`-th round a write section (a plain increment of
+   * `counter`, with `writers` counting who is inside), the others read sections (checking no writer is inside
+   * while `readers` counts readers).
+   */
+  readonly kind: 'rw';
+  readonly shm: Shm;
+  readonly tid: number;
+  readonly lock: number;
+  readonly counter: number;
+  readonly writers: number;
+  readonly readers: number;
+  /** The most readers seen inside at once, over all workers (Atomics max). */
+  readonly maxReaders: number;
+  readonly start: number;
+  readonly n: number;
+  readonly writeEvery: number;
+};
+
 export type LockWorkerResult =
   | { readonly kind: 'ready' }
   | { readonly kind: 'count'; readonly overlaps: number; readonly wrongHolder: number }
   | { readonly kind: 'take'; readonly contended: boolean }
   | { readonly kind: 'wait'; readonly value: number }
   | { readonly kind: 'seqWriter' }
+  | { readonly kind: 'rw'; readonly writeOverlaps: number; readonly readDuringWrite: number; readonly reads: number; readonly writes: number }
   | {
       readonly kind: 'seqReader';
       /** Pairs read under the protocol. */
@@ -107,6 +129,38 @@ function run(job: LockWorkerJob): void {
         mem.unlock(job.lock);
       }
       post({ kind: 'count', overlaps, wrongHolder });
+      return;
+    }
+    case 'rw': {
+      mem.tid = job.tid;
+      const c = mem.i32;
+      let writeOverlaps = 0;
+      let readDuringWrite = 0;
+      let reads = 0;
+      let writes = 0;
+      post({ kind: 'ready' });
+      mem.waitWhile32(job.start, 0);
+      for (let k = 0; k < job.n; k++) {
+        if (k % job.writeEvery === job.tid % job.writeEvery) {
+          mem.writeLock(job.lock);
+          if (Atomics.add(c, job.writers, 1) !== 0 || Atomics.load(c, job.readers) !== 0) writeOverlaps++;
+          const v = c[job.counter]!;
+          c[job.counter] = v + 1; // a plain read-modify-write: only the write lock keeps increments from being lost
+          Atomics.sub(c, job.writers, 1);
+          mem.writeUnlock(job.lock);
+          writes++;
+        } else {
+          mem.readLock(job.lock);
+          const inside = Atomics.add(c, job.readers, 1) + 1;
+          let m = Atomics.load(c, job.maxReaders);
+          while (inside > m && Atomics.compareExchange(c, job.maxReaders, m, inside) !== m) m = Atomics.load(c, job.maxReaders);
+          for (let s = 0; s < 30; s++) if (Atomics.load(c, job.writers) !== 0) readDuringWrite++;
+          Atomics.sub(c, job.readers, 1);
+          mem.readUnlock(job.lock);
+          reads++;
+        }
+      }
+      post({ kind: 'rw', writeOverlaps, readDuringWrite, reads, writes });
       return;
     }
     case 'take': {
