@@ -3,6 +3,7 @@
 export { defineScenario, ScenarioVm, SHADOW_BASE, type ScenarioContext, type ScenarioSpec } from './scenario';
 export type { GuestOp, ProgramResult } from '../../vcpu/program';
 export { LOCK_WORDS, NOTE, RWLOCK_WORDS } from '../../shm/access';
+export { Rcu, rcuWords } from '../../shm/rcu';
 export { GUARD_NAMES, type GuardName, type MmuMode, type VmOptions } from '../../kvm/config';
 export {
   PFERR_FETCH_MASK,
