@@ -4,7 +4,7 @@ import { defineScenario } from 'kvmmu/scenario';
 export const twoFaults = defineScenario({
   name: 'two-faults',
   description: 'Two vCPUs write the same write-protected page at once: both faults must end with the page writable and logged.',
-  modes: ['direct', 'shadow'],
+  modes: ['direct', 'shadow', 'tdp'],
   machine: () => ({ vcpus: 2, memBytes: 24 * 4096, hostFrames: 32, spPages: 24, tlbEntries: 4 }),
   setup(vm) {
     vm.powerOn(16); // guest page tables in shadow mode, then every vCPU's MMU root

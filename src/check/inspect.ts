@@ -1,5 +1,6 @@
 // Inspecting executions step by step: the machine state that matters after each step, and running a schedule prefix (for the browser view and "play the scheduler").
 
+import { RW_LOCKED, RW_WAITING } from '../shm/access';
 import { GUARDS, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { MODE_NAMES, KVM_REQ_TLB_FLUSH, VCPU_MODE, VCPU_REQUESTS, SLOT_DIRTY_LOG } from '../kvm/kvm';
 import { FRAME_DIRTY, FRAME_FREE, FRAME_KSM, MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
@@ -63,10 +64,19 @@ export interface MachineState {
   readonly words: number[];
 }
 
-function holder(o: Observer, word: number, names: readonly string[]): string | null {
+function holder(o: Observer, word: number, names: readonly string[], rw = false): string | null {
+  const name = (h: number): string => names[h] ?? (h === -1 ? 'setup' : `thread ${h}`);
+  if (rw) {
+    // The TDP MMU's mmu_lock is a reader-writer lock: its readers are counted, not named.
+    const w = o.kvm.mem.rwWriter(word);
+    const readers = o.kvm.mem.rwReaders(word);
+    if (w.state === RW_LOCKED) return `${name(w.holder)} (write)`;
+    const r = readers > 0 ? `${readers} reader${readers === 1 ? '' : 's'}` : null;
+    if (w.state === RW_WAITING) return `${r ?? 'no reader'}; ${name(w.holder)} waits to write`;
+    return r;
+  }
   if (!o.kvm.mem.isLocked(word)) return null;
-  const h = o.kvm.mem.lockHolder(word);
-  return names[h] ?? (h === -1 ? 'setup' : `thread ${h}`);
+  return name(o.kvm.mem.lockHolder(word));
 }
 
 /** The state that matters, read plainly from the machine between steps. */
@@ -134,7 +144,7 @@ export function snapshotState(engine: Engine, observer: Observer | null): Machin
     dirtyLogging,
     mappings,
     frames,
-    mmuLock: holder(observer, k.mmuLock, engine.threadNames),
+    mmuLock: holder(observer, k.mmuLock, engine.threadNames, k.isTdp),
     hostLock: holder(observer, k.host.lockWord, engine.threadNames),
     words: [],
   };

@@ -31,6 +31,7 @@ import { LEVEL_PAGES } from '../x86/pte';
 import { ACC_USER_MASK, ACC_WRITE_MASK, PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, gpteGfn } from '../x86/pte';
 import {
   formatSpte,
+  isLastSpte,
   isMmuWritableSpte,
   isShadowPresentPte,
   isWritablePte,
@@ -43,6 +44,8 @@ import type { Execution, Footprint, Monitor, Step } from './engine';
 import type { ScenarioMachine } from './gen/scenario';
 import { ghostKey, metaKey32, metaKey64, dataPageKey } from './ops';
 import { TLB_FLAGS, TLB_GEN, TLB_GFN, TLB_PFN, TLB_SPTEP, TLB_TAG, TLB_WORDS, TLB_DIRTY } from '../vcpu/vcpu';
+
+const ALL_ENTRIES: readonly number[] = Array.from({ length: 512 }, (_, i) => i);
 
 /** Ghost spaces (ops.ts ghostKey) of the monitors' own state. */
 const G_WALKING = 0; // by thread: its lockless walk began (NoFreedPageWalk)
@@ -139,8 +142,9 @@ export class Observer {
     return this.r32(k.pages.gfnsBase + sp * 512 + idx);
   }
 
-  /** Indices of the entries marked present in shadow page `sp`. */
-  presentIndices(sp: number): number[] {
+  /** Indices of the entries marked present in shadow page `sp` (in TDP mode, which keeps no present bitmap, every entry). */
+  presentIndices(sp: number): readonly number[] {
+    if (this.kvm.isTdp) return ALL_ENTRIES;
     const out: number[] = [];
     for (let w = 0; w < 16; w++) {
       let bits = this.r32(this.kvm.pages.hdr(sp, SP_PRESENT + w));
@@ -626,7 +630,8 @@ class SpteWithinHostMapping implements Monitor {
     if (!writesMap) return null;
     const m = this.o.kvm.mem.i32[s.a]!; // the step's own word
     const host = this.o.kvm.host;
-    for (const l of this.o.leafSptes((gfn) => host.ptep(this.o.kvm.gfnToHvpn(gfn)) === s.a)) {
+    const k = this.o.kvm;
+    for (const l of this.o.leafSptes((gfn) => k.slotOf(gfn) >= 0 && host.ptep(k.gfnToHvpn(gfn)) === s.a)) {
       const msg = this.verify(ex, l, m);
       if (msg !== null) return msg;
     }
@@ -682,6 +687,39 @@ class SpteWithinGuestPte implements Monitor {
   }
 }
 
+/**
+ * TDP mode: at the end, every page table in use is reachable from the root or waits for a grace period on the
+ * RCU queue (KVM's a955cad84cda names the leak: a table linked into a root already zapped stays allocated and
+ * maps memory no notifier reaches). A fault that loses its cmpxchg must free the table it made; a zap must
+ * hand every table it unlinks to call_rcu. Reads at the end only.
+ */
+class NoLeakedTable implements Monitor {
+  readonly name = 'no-leaked-table';
+  readonly statement = 'in TDP mode, every page table in use at the end is reachable from the root or waiting on RCU to be freed';
+  constructor(private readonly o: Observer) {}
+  atEnd(): string | null {
+    const k = this.o.kvm;
+    if (!k.isTdp) return null;
+    const t = k.mem.i32;
+    const root = t[region(k.layout, 'kvm.tdpRoot').off / 4]! - 1;
+    const seen = new Set<number>();
+    const visit = (sp: number, level: number): void => {
+      seen.add(sp);
+      if (level === 1) return;
+      for (let i = 0; i < 512; i++) {
+        const spte = k.mem.u64[k.pages.sptep(sp, i)]!;
+        if (isShadowPresentPte(spte) && !isLastSpte(spte, level)) visit(spteToChild(spte), level - 1);
+      }
+    };
+    if (root >= 0) visit(root, 4);
+    for (const sp of k.tdp.rcu.peekQueued()) seen.add(sp);
+    for (let sp = 0; sp < k.pages.nSp; sp++)
+      if (t[k.pages.hdr(sp, SP_STATE)] === 1 && !seen.has(sp))
+        return `page table ${sp} (level ${roleLevel(t[k.pages.hdr(sp, SP_ROLE)]!)}, gfn 0x${t[k.pages.hdr(sp, SP_GFN)]!.toString(16)}) is in use but neither reachable from the root nor waiting on RCU: it leaked`;
+    return null;
+  }
+}
+
 /** The built-in invariants for a scenario's machine (none for a scenario without a VM); they declare their reads to `fp`. */
 export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monitor[] {
   if (machine.config === null) return [];
@@ -695,6 +733,7 @@ export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monit
     new DirtyLogComplete(o),
     new WritableSpteLogged(o),
     new DirtyOrWriteProtected(o, flushes),
+    new NoLeakedTable(o),
     new SpteWithinGuestPte(o),
   ];
 }
@@ -707,5 +746,6 @@ export const INVARIANT_NAMES = [
   'dirty-log-complete',
   'writable-spte-logged',
   'dirty-or-write-protected',
+  'no-leaked-table',
   'spte-within-guest-pte',
 ] as const;

@@ -1,11 +1,12 @@
 // Counterexample traces: naming the word each step touched, formatting values, the N-column table, and schedule strings that --replay takes back.
 
-import { OP_NAMES, OP } from '../shm/access';
+import { LOCK_WORDS, OP_NAMES, OP } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import type { Layout } from '../shm/layout';
 import { GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
 import { MODE_NAMES, VCPU_WORDS } from '../kvm/kvm';
 import { SP_WORDS } from '../kvm/mmu-page';
+import { HOST_RCU_SLOTS } from '../kvm/tdp-mmu';
 import { MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
 import { formatSpte } from '../x86/spte';
 import type { Step } from './engine';
@@ -33,6 +34,21 @@ interface Named {
   readonly kind: 'spte' | 'mode' | 'map' | 'word' | 'bytes';
 }
 
+/** A word of the TDP MMU's RCU region (shm/rcu.ts layout). */
+function rcuWordName(w: number, config: VmConfig | null): string {
+  const slots = (config?.vcpus ?? 0) + HOST_RCU_SLOTS;
+  const slotName = (s: number): string => (config !== null && s < config.vcpus ? `vCPU ${s}` : `thread slot ${s - (config?.vcpus ?? 0)}`);
+  if (w < LOCK_WORDS) return 'rcu lock';
+  if (w === LOCK_WORDS) return 'rcu grace period';
+  if (w === LOCK_WORDS + 1) return 'rcu queue head';
+  if (w === LOCK_WORDS + 2) return 'rcu queue tail';
+  const r = w - LOCK_WORDS - 3;
+  if (r < slots) return `rcu reader (${slotName(r)})`;
+  if (r < 2 * slots) return `rcu grace-period snapshot (${slotName(r - slots)})`;
+  const q = r - 2 * slots;
+  return `rcu queue entry ${q >> 1} ${(q & 1) === 0 ? 'object' : 'grace period'}`;
+}
+
 /** Name the location of meta byte offset `off` (or data byte offset when `data`). */
 export function nameLocation(layout: Layout, config: VmConfig | null, off: number, data: boolean): Named {
   for (const [name, r] of Object.entries(layout.regions)) {
@@ -51,6 +67,12 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
       }
       case 'kvm.mmuLock':
         return { name: 'mmu_lock', kind: 'word' };
+      case 'kvm.tdpPagesLock':
+        return { name: 'tdp_mmu_pages_lock', kind: 'word' };
+      case 'kvm.tdpRoot':
+        return { name: 'TDP root', kind: 'word' };
+      case 'kvm.rcu':
+        return { name: rcuWordName(rel / 4, config), kind: 'word' };
       case 'host.lock':
         return { name: 'host mm lock', kind: 'word' };
       case 'host.freeLock':

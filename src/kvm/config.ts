@@ -32,8 +32,9 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'lockless-walk-sync': 'a shadow page is freed and reused while a lockless walker still reads it',
 };
 
-export type MmuMode = 'direct' | 'shadow';
-export const MMU_MODES: readonly MmuMode[] = ['direct', 'shadow'];
+/** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */
+export type MmuMode = 'direct' | 'shadow' | 'tdp';
+export const MMU_MODES: readonly MmuMode[] = ['direct', 'shadow', 'tdp'];
 
 /** Fast path on indirect shadow pages: the seed's pinning design, KVM today (never), or no protection. */
 export type IndirectFastPath = 'pin' | 'off' | 'unsafe';
@@ -98,7 +99,7 @@ export const SPARE_FRAMES = 64;
 
 export function resolveConfig(o: VmOptions = {}): VmConfig {
   const mode = o.mode ?? 'direct';
-  if (!MMU_MODES.includes(mode)) throw new KvmmuError(`unknown mode '${String(mode)}': use direct or shadow`);
+  if (!MMU_MODES.includes(mode)) throw new KvmmuError(`unknown mode '${String(mode)}': use direct, shadow or tdp`);
   const vcpus = o.vcpus ?? 1;
   if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > MAX_VCPUS)
     throw new KvmmuError(`--vcpus must be an integer from 1 to ${MAX_VCPUS}, not ${vcpus}`);

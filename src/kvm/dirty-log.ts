@@ -34,6 +34,15 @@ export class DirtyLog {
     }
     k.mem.fetchOr32(k.slotFlagsWord(slot), SLOT_DIRTY_LOG);
     if (initiallySet) return;
+    if (k.isTdp) {
+      // kvm_tdp_mmu_wrprot_slot, under the read lock: cmpxchg per SPTE, racing with faults.
+      k.mem.readLock(k.mmuLock);
+      const wrprot = k.tdp.wrprotSlot(slot);
+      k.mem.readUnlock(k.mmuLock);
+      if (wrprot) k.kvmFlushRemoteTlbs();
+      k.tdp.reclaim();
+      return;
+    }
     k.mem.lock(k.mmuLock);
     let flush = false;
     const base = k.slotHvpn[slot]!;
@@ -65,7 +74,7 @@ export class DirtyLog {
     const n = this.words(slot);
     let flush = false;
     let dirty = 0;
-    k.mem.lock(k.mmuLock);
+    k.mmuLockWrite();
     for (let i = 0; i < n; i++) {
       if (k.mem.load32(bm + i) === 0) {
         out[i] = 0;
@@ -77,7 +86,7 @@ export class DirtyLog {
       flush = true;
       dirty += this.protectMask(slot, i, mask);
     }
-    k.mem.unlock(k.mmuLock);
+    k.mmuUnlockWrite();
     if (flush) k.kvmFlushRemoteTlbs();
     this.handOver(slot, 0, out.subarray(0, n));
     k.count(KVM_STAT.dirtyLogGets);
@@ -114,7 +123,7 @@ export class DirtyLog {
     const bm = k.slotBitmap[slot]!;
     let flush = false;
     let cleared = 0;
-    k.mem.lock(k.mmuLock);
+    k.mmuLockWrite();
     for (let i = 0; i < bits.length; i++) {
       let mask = bits[i]!;
       if (mask === 0) continue;
@@ -124,7 +133,7 @@ export class DirtyLog {
       flush = true;
       cleared += this.protectMask(slot, w0 + i, mask);
     }
-    k.mem.unlock(k.mmuLock);
+    k.mmuUnlockWrite();
     if (flush) k.kvmFlushRemoteTlbs();
     this.handOver(slot, w0, bits);
     k.count(KVM_STAT.dirtyLogClears);
@@ -138,7 +147,8 @@ export class DirtyLog {
     let n = 0;
     for (let m = mask; m !== 0; m &= m - 1) {
       const b = 31 - Math.clz32(m & -m);
-      k.spte.rmapWriteProtectHvpn(base + b, false);
+      if (k.isTdp) k.tdp.writeProtectGfn(k.slotGfn[slot]! + word * 32 + b);
+      else k.spte.rmapWriteProtectHvpn(base + b, false);
       n++;
     }
     return n;

@@ -33,6 +33,7 @@ import { Mmu } from './mmu';
 import { SpteUpdate } from './spte-update';
 import { DirtyLog } from './dirty-log';
 import { KvmNotifier } from './notifier';
+import { TdpMmu, reserveTdp } from './tdp-mmu';
 
 export const OUTSIDE_GUEST_MODE = 0;
 export const IN_GUEST_MODE = 1;
@@ -131,6 +132,7 @@ export function reserveKvm(b: LayoutBuilder, c: VmConfig): void {
   b.meta('kvm.stats', KVM_STAT_COUNT * 4);
   reserveMmuPages(b, c);
   reserveRmaps(b, c);
+  reserveTdp(b, c);
 }
 
 /**
@@ -208,6 +210,10 @@ export class Kvm {
   readonly mmu: Mmu;
   readonly dirtyLog: DirtyLog;
   readonly notifier: KvmNotifier;
+  /** The TDP MMU (mode tdp); constructed in every mode, used only in that one. */
+  readonly tdp: TdpMmu;
+  /** config.mode is tdp: mmu_lock is a reader-writer lock (Mem.readLock/writeLock), not the spinlock. */
+  readonly isTdp: boolean;
 
   // Memslot geometry, fixed at creation (so read without the access layer).
   readonly nSlots: number;
@@ -282,6 +288,8 @@ export class Kvm {
     this.dirtyLog = new DirtyLog(this);
     this.notifier = new KvmNotifier(this);
     this.host.notifier = this.notifier;
+    this.isTdp = config.mode === 'tdp';
+    this.tdp = new TdpMmu(this);
   }
 
   /** One-time setup of a fresh machine (single-threaded, before any worker starts). */
@@ -402,7 +410,24 @@ export class Kvm {
     this.mem.storePlain32(i, v);
   }
 
+  /** Take mmu_lock for exclusive use: the spinlock, or in TDP mode the rwlock for write. */
+  mmuLockWrite(): boolean {
+    if (!this.isTdp) return this.mem.lock(this.mmuLock);
+    this.mem.writeLock(this.mmuLock);
+    return false;
+  }
+
+  mmuUnlockWrite(): void {
+    if (this.isTdp) this.mem.writeUnlock(this.mmuLock);
+    else this.mem.unlock(this.mmuLock);
+  }
+
   assertMmuLockHeld(): void {
+    if (this.isTdp) {
+      if (this.mem.rwWriter(this.mmuLock).holder !== this.mem.tid && this.mem.rwReaders(this.mmuLock) === 0)
+        throw new Error(`mmu_lock is not held (thread ${this.mem.tid})`);
+      return;
+    }
     if (this.mem.lockHolder(this.mmuLock) !== this.mem.tid)
       throw new Error(`mmu_lock is not held by thread ${this.mem.tid} (holder: ${this.mem.lockHolder(this.mmuLock)})`);
   }

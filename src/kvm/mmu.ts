@@ -107,6 +107,10 @@ export class Mmu implements GuestPtAccess {
    */
   kvmMmuLoad(vcpu: KvmVcpu): void {
     const k = this.kvm;
+    if (k.isTdp) {
+      k.tdp.loadRoot(vcpu);
+      return;
+    }
     const direct = k.config.mode === 'direct';
     if (!direct && (vcpu.cpu & CPU_CR0_WP) === 0)
       throw new KvmmuError('kvmmu models shadow paging with CR0.WP set only');
@@ -134,7 +138,13 @@ export class Mmu implements GuestPtAccess {
    * for RET_PF_GUEST the guest's error code is in vcpu.walker.errorCode.
    */
   kvmMmuPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
-    const ret = this.kvm.config.mode === 'direct' ? this.directPageFault(vcpu, gva, ec) : this.shadowPageFault(vcpu, gva, ec);
+    const mode = this.kvm.config.mode;
+    const ret =
+      mode === 'direct'
+        ? this.directPageFault(vcpu, gva, ec)
+        : mode === 'tdp'
+          ? this.kvm.tdp.pageFault(vcpu, gva, ec, (ec & PFERR_WRITE_MASK) !== 0)
+          : this.shadowPageFault(vcpu, gva, ec);
     switch (ret) {
       case RET_PF_FIXED:
         vcpu.count(VCPU_STAT.pfFixed);
@@ -165,12 +175,17 @@ export class Mmu implements GuestPtAccess {
    */
   walkShadowPageLocklessBegin(vcpu: KvmVcpu): void {
     this.kvm.mem.note(NOTE.walkBegin, vcpu.idx, 0);
-    if (this.kvm.guardLocklessWalkSync) vcpu.setMode(READING_SHADOW_PAGE_TABLES);
+    if (!this.kvm.guardLocklessWalkSync) return;
+    // The TDP MMU's kvm_tdp_mmu_walk_lockless_begin: an RCU read section; removed tables are freed after a grace period.
+    if (this.kvm.isTdp) this.kvm.tdp.rcu.readLock();
+    else vcpu.setMode(READING_SHADOW_PAGE_TABLES);
   }
 
   walkShadowPageLocklessEnd(vcpu: KvmVcpu): void {
     this.kvm.mem.note(NOTE.walkEnd, vcpu.idx, 0);
-    if (this.kvm.guardLocklessWalkSync) vcpu.setModeRelease(OUTSIDE_GUEST_MODE);
+    if (!this.kvm.guardLocklessWalkSync) return;
+    if (this.kvm.isTdp) this.kvm.tdp.rcu.readUnlock();
+    else vcpu.setModeRelease(OUTSIDE_GUEST_MODE);
   }
 
   /**
@@ -354,7 +369,7 @@ export class Mmu implements GuestPtAccess {
    * the caller holds. With `spte` marking the page is marked later, from the
    * SPTE's A/D bits, so only the reference goes.
    */
-  private releaseFaultinPage(pfn: number, used: boolean, hostWritable: boolean): void {
+  releaseFaultinPage(pfn: number, used: boolean, hostWritable: boolean): void {
     const k = this.kvm;
     if (k.marksAtFault && used) {
       if (hostWritable) k.host.setPfnDirty(pfn);
@@ -387,7 +402,7 @@ export class Mmu implements GuestPtAccess {
    * wait is one access-layer operation, so the checker blocks the vCPU instead
    * of spinning it.
    */
-  private waitForInvalidation(): void {
+  waitForInvalidation(): void {
     const k = this.kvm;
     const n = k.mem.load32(k.mmuBase + MMU_IN_PROGRESS);
     if (n > 0) k.mem.waitWhile32(k.mmuBase + MMU_IN_PROGRESS, n);
@@ -773,7 +788,7 @@ export class Mmu implements GuestPtAccess {
    */
   kvmMmuInvlpg(vcpu: KvmVcpu, gva: number): void {
     const k = this.kvm;
-    if (k.config.mode === 'direct') return;
+    if (k.config.mode !== 'shadow') return;
     k.mem.lock(k.mmuLock);
     let sp = vcpu.root;
     let zapped = false;
@@ -798,6 +813,13 @@ export class Mmu implements GuestPtAccess {
    */
   kvmMmuZapAll(): void {
     const k = this.kvm;
+    if (k.isTdp) {
+      k.mem.writeLock(k.mmuLock);
+      k.tdp.zapAll();
+      k.mem.writeUnlock(k.mmuLock);
+      k.tdp.reclaim();
+      return;
+    }
     k.mem.lock(k.mmuLock);
     const n = k.pages.collectInUse(this.scratch);
     const pages = this.scratch.slice(0, n);

@@ -15,7 +15,7 @@ export class KvmNotifier implements MmuNotifier {
    */
   invalidateRangeStart(start: number, end: number): void {
     const k = this.kvm;
-    k.mem.lock(k.mmuLock);
+    k.mmuLockWrite();
     const n = k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS);
     if (n === 0) {
       k.lockedStore(k.mmuBase + MMU_RANGE_START, start);
@@ -27,9 +27,10 @@ export class KvmNotifier implements MmuNotifier {
     // Through the access layer: a retrying fault waits on this word (Mmu.waitForInvalidation).
     k.mem.store32(k.mmuBase + MMU_IN_PROGRESS, n + 1);
     let flush = false;
-    for (let hvpn = start; hvpn < end; hvpn++) if (k.spte.kvmZapRmap(hvpn)) flush = true;
+    for (let hvpn = start; hvpn < end; hvpn++)
+      if (k.isTdp ? k.tdp.zapLeafs(k.hvpnToGfn(hvpn), k.hvpnToGfn(hvpn) + 1) : k.spte.kvmZapRmap(hvpn)) flush = true;
     if (flush) k.kvmFlushRemoteTlbs();
-    k.mem.unlock(k.mmuLock);
+    k.mmuUnlockWrite();
     k.count(KVM_STAT.invalidations);
   }
 
@@ -40,15 +41,21 @@ export class KvmNotifier implements MmuNotifier {
    */
   invalidateRangeEnd(_start: number, _end: number): void {
     const k = this.kvm;
-    k.mem.lock(k.mmuLock);
+    k.mmuLockWrite();
     k.mem.fetchAdd32(k.mmuBase + MMU_SEQ, 1);
     k.mem.store32(k.mmuBase + MMU_IN_PROGRESS, k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) - 1);
-    k.mem.unlock(k.mmuLock);
+    k.mmuUnlockWrite();
   }
 
   /** KVM's kvm_mmu_notifier_clear_flush_young: clear A in the range's SPTEs; true if any was set. */
   clearFlushYoung(start: number, end: number): boolean {
     const k = this.kvm;
+    // The TDP MMU ages without mmu_lock, inside an RCU read section, with atomic bit clears.
+    if (k.isTdp) {
+      let young = false;
+      for (let hvpn = start; hvpn < end; hvpn++) if (k.tdp.ageGfnRange(k.hvpnToGfn(hvpn), k.hvpnToGfn(hvpn) + 1)) young = true;
+      return young;
+    }
     k.mem.lock(k.mmuLock);
     let young = false;
     for (let hvpn = start; hvpn < end; hvpn++) if (k.spte.kvmAgeRmap(hvpn)) young = true;

@@ -1,5 +1,6 @@
 // `kvmmu run`: a VM on real threads — vCPU workers writing known patterns, optional host pressure and live migration — and the verdict.
 
+import { RW_LOCKED, RW_WAITING } from '../shm/access';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
@@ -332,7 +333,7 @@ function activity(kvm: Kvm, ctrl: Int32Array): number {
   for (let v = 0; v < kvm.config.vcpus; v++) for (const name of VCPU_STAT_NAMES) s += kvm.vcpuStat(v, name);
   for (const name of KVM_STAT_NAMES) s += kvm.stat(name);
   for (const name of HOST_STAT_NAMES) s += kvm.host.stat(name);
-  s += kvm.mem.lockTickets(kvm.mmuLock) + kvm.mem.lockTickets(kvm.host.lockWord);
+  s += (kvm.isTdp ? 0 : kvm.mem.lockTickets(kvm.mmuLock)) + kvm.mem.lockTickets(kvm.host.lockWord);
   for (let i = 0; i < ctrl.length; i++) s += Atomics.load(ctrl, i);
   return s;
 }
@@ -349,7 +350,7 @@ function hangReport(kvm: Kvm): string {
     const req = Atomics.load(kvm.mem.i32, kvm.vcpuWord(v, VCPU_REQUESTS));
     lines.push(`  vCPU ${v}: ${MODE_NAMES[w & 3]} (mode changes: ${w >>> 2}), requests 0x${req.toString(16)}`);
   }
-  lines.push(`  mmu_lock: ${lockState(kvm, kvm.mmuLock)}`);
+  lines.push(`  mmu_lock: ${kvm.isTdp ? rwLockState(kvm, kvm.mmuLock) : lockState(kvm, kvm.mmuLock)}`);
   lines.push(`  host mm lock: ${lockState(kvm, kvm.host.lockWord)}`);
   return lines.join('\n');
 }
@@ -358,6 +359,15 @@ function lockState(kvm: Kvm, word: number): string {
   if (!kvm.mem.isLocked(word)) return 'free';
   const h = kvm.mem.lockHolder(word);
   return `held by ${h >= 0 ? `vCPU ${h}` : h === -2 ? 'the host thread' : h === -3 ? 'the migration thread' : `thread ${h}`}`;
+}
+
+function rwLockState(kvm: Kvm, word: number): string {
+  const w = kvm.mem.rwWriter(word);
+  const readers = kvm.mem.rwReaders(word);
+  const who = w.holder >= 0 ? `vCPU ${w.holder}` : w.holder === -2 ? 'the host thread' : w.holder === -3 ? 'the migration thread' : `thread ${w.holder}`;
+  if (w.state === RW_LOCKED) return `write-held by ${who}`;
+  if (w.state === RW_WAITING) return `${readers} reader(s) inside; ${who} waits to write`;
+  return readers > 0 ? `read-held by ${readers} reader(s)` : 'free';
 }
 
 function sleep(ms: number): Promise<void> {

@@ -2,17 +2,18 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LOCK_WORDS, Mem, NOTE, OP, OP_NAMES, type AccessHook } from '../../src/shm/access';
+import { LOCK_WORDS, Mem, NOTE, OP, OP_NAMES, type AccessHook, RWLOCK_WORDS } from '../../src/shm/access';
 import { LayoutBuilder, createShm, region, type Shm } from '../../src/shm/layout';
 
 /** Meta: 16 64-bit words, then one lock; data: two 4 KiB pages. */
-function makeShm(): { shm: Shm; lock: number } {
+function makeShm(): { shm: Shm; lock: number; rw: number } {
   const b = new LayoutBuilder();
   b.meta('words', 16 * 8);
   b.meta('lock', LOCK_WORDS * 4);
+  b.meta('rw', RWLOCK_WORDS * 4);
   b.data('pages', 2 * 4096);
   const shm = createShm(b.finish());
-  return { shm, lock: region(shm.layout, 'lock').off / 4 };
+  return { shm, lock: region(shm.layout, 'lock').off / 4, rw: region(shm.layout, 'rw').off / 4 };
 }
 
 type Seen = readonly [op: string, a: number, b: number, c: number];
@@ -149,7 +150,7 @@ test('readData and writeData move a page between the data buffer and a private b
 });
 
 test('the hook sees every operation once, before it, with its op code and operands', () => {
-  const { shm, lock } = makeShm();
+  const { shm, lock, rw } = makeShm();
   const mem = new Mem(shm);
   const rec = new Recorder();
   mem.hook = rec;
@@ -176,6 +177,10 @@ test('the hook sees every operation once, before it, with its op code and operan
   mem.readData(8, priv, 0, 64);
   mem.writeData(16, priv, 0, 32);
   mem.compareData(0, 4096, 4096);
+  mem.readLock(rw);
+  mem.readUnlock(rw);
+  mem.writeLock(rw); // two operations: the claim, then the wait for readers
+  mem.writeUnlock(rw);
   const expected: Seen[] = [
     ['load64', 1, 0, 0],
     ['store64', 2, 0, 0],
@@ -199,6 +204,11 @@ test('the hook sees every operation once, before it, with its op code and operan
     ['readData', 8, 64, -1],
     ['writeData', 16, 32, -1],
     ['compareData', 0, 4096, 4096],
+    ['readLock', rw, 0, 0],
+    ['readUnlock', rw, 0, 0],
+    ['writeLock', rw, 0, 0],
+    ['writeLockWait', rw, 0, 0],
+    ['writeUnlock', rw, 0, 0],
   ];
   assert.deepEqual(rec.seen, expected);
   assert.equal(Object.keys(OP).length, expected.length, 'every op code is exercised above');

@@ -49,7 +49,7 @@ test('the scenario list names each scenario with its description, guard, modes a
   const d = list.scenarios.find((s) => s.name === 'dirty-bit-loss');
   assert.ok(d !== undefined);
   assert.equal(d.guard, 'atomic-volatile-clear');
-  assert.deepEqual(d.modes, ['direct', 'shadow']);
+  assert.deepEqual(d.modes, ['direct', 'shadow', 'tdp']);
   assert.deepEqual(d.threads, ['vCPU 0', 'host']);
   assert.equal(d.vm, true);
   assert.match(d.description, /Dirty bit/);

@@ -13,7 +13,7 @@ export const dirtyBitLoss = defineScenario({
     'swap-out skips the write-back and the write is gone. (With page marking at fault time, KVM since 6.13, the ' +
     'fault already marked the page dirty and nothing is lost.)',
   guard: 'atomic-volatile-clear',
-  modes: ['direct', 'shadow'],
+  modes: ['direct', 'shadow', 'tdp'],
   machine: () => tinyVm(1, { swapSlots: 4 }),
   setup(vm) {
     vm.powerOn(16);

@@ -12,7 +12,7 @@ export const freeDuringWalk = defineScenario({
     'zap frees pages only after a remote TLB flush, which waits for vCPUs reading shadow page tables — unless the ' +
     'walker does not announce itself, and then it reads pages that were freed and may be reused.',
   guard: 'lockless-walk-sync',
-  modes: ['direct', 'shadow'],
+  modes: ['direct', 'shadow', 'tdp'],
   machine: () => tinyVm(1),
   setup(vm) {
     vm.powerOn(16);

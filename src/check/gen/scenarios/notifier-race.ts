@@ -13,7 +13,7 @@ export const notifierRace = defineScenario({
     'invalidation) and reuses the frame for gfn Z. Without the invalidation-sequence check the fault maps the freed ' +
     "frame, and the guest's write to X lands in Z.",
   guard: 'notifier-retry',
-  modes: ['direct', 'shadow'],
+  modes: ['direct', 'shadow', 'tdp'],
   machine: () => tinyVm(1, { swapSlots: 4 }),
   setup(vm) {
     vm.powerOn(16);

@@ -1,0 +1,465 @@
+// KVM's TDP MMU (mode `tdp`): faults under mmu_lock held for read with cmpxchg, FROZEN_SPTE for multi-step changes, page tables freed after an RCU grace period, zaps and clears under the write lock.
+//
+// Page tables are shadow pages of the same pool as the other modes (KVM's
+// struct kvm_mmu_page serves both MMUs), with the SPTE format the hardware walk
+// reads, but none of the shadow MMU's bookkeeping: no rmaps, no hash, no
+// present bitmap (walks read the entries themselves), and their own
+// allocation lock (KVM's tdp_mmu_pages_lock), since faults allocate tables in
+// parallel under the read lock.
+//
+// Who takes mmu_lock how (TDP-MMU.md; the rwlock is Mem.readLock/writeLock):
+//   read:  vCPU faults (pageFault), write-protecting a slot when dirty logging
+//          is enabled (wrprotSlot);
+//   write: zapping leaves (MMU-notifier unmap: zapLeafs), zapping everything
+//          (zapAll), write-protecting the gfns a dirty-log get or clear
+//          hands over (writeProtectGfn);
+//   none, RCU only: the fast path (Mmu.fastPageFault) and aging (ageGfnRange).
+//
+// Regions (Int32 words):
+//   kvm.rcu           RCU (shm/rcu.ts): a reader slot per vCPU and per host thread, removed tables waiting
+//   kvm.tdpPagesLock  LOCK_WORDS   serializes allocating and freeing tables
+//   kvm.tdpRoot       [0] the root's shadow page + 1 (0: none yet); the root's refcount is its SP_ROOT_COUNT
+
+import { LOCK_WORDS, NOTE } from '../shm/access';
+import { region, type LayoutBuilder } from '../shm/layout';
+import { Rcu, rcuWords } from '../shm/rcu';
+import { ACC_ALL } from '../x86/pte';
+import {
+  FROZEN_SPTE,
+  SPTE_ACCESSED_MASK,
+  SPTE_WRITABLE_MASK,
+  isAccessedSpte,
+  isDirtySpte,
+  isLastSpte,
+  isShadowPresentPte,
+  isWritablePte,
+  makeNonleafSpte,
+  makeSpte,
+  pagesPerSpte,
+  spteHasVolatileBits,
+  spteToChild,
+  spteToPfn,
+} from '../x86/spte';
+import { clearBits } from '../x86/pte';
+import type { VmConfig } from './config';
+import { KVM_STAT, MMU_SEQ, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
+import { SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
+import { RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
+import { SpteUpdate } from './spte-update';
+import { TdpIter } from './tdp-iter';
+
+/** Reader slots for threads that are not vCPUs (host, migration, scenario threads), by Mem.tid. */
+export const HOST_RCU_SLOTS = 32;
+
+export function reserveTdp(b: LayoutBuilder, c: VmConfig): void {
+  b.metaLines('kvm.rcu', rcuWords(c.vcpus + HOST_RCU_SLOTS, c.spPages) * 4);
+  b.metaLines('kvm.tdpPagesLock', LOCK_WORDS * 4);
+  b.meta('kvm.tdpRoot', 4 * 4);
+}
+
+export class TdpMmu {
+  private readonly rcuBase: number;
+  private readonly pagesLock: number;
+  private readonly rootWord: number;
+  private readonly freeBase: number;
+  private rcuHandle: Rcu | null = null;
+  /** Scratch for objects RCU hands back (reused: no garbage per fault). */
+  private readonly freed: number[] = [];
+  private readonly iter: TdpIter;
+
+  constructor(private readonly kvm: Kvm) {
+    const l = kvm.layout;
+    this.rcuBase = region(l, 'kvm.rcu').off / 4;
+    this.pagesLock = region(l, 'kvm.tdpPagesLock').off / 4;
+    this.rootWord = region(l, 'kvm.tdpRoot').off / 4;
+    this.freeBase = region(l, 'kvm.spFree').off / 4;
+    this.iter = new TdpIter(kvm);
+  }
+
+  /** This thread's RCU handle: a vCPU's slot is its index, another thread's follows its Mem.tid. */
+  get rcu(): Rcu {
+    if (this.rcuHandle === null) {
+      const k = this.kvm;
+      const n = k.config.vcpus;
+      const slot = k.selfVcpu >= 0 ? k.selfVcpu : n + ((((k.mem.tid + 1) % HOST_RCU_SLOTS) + HOST_RCU_SLOTS) % HOST_RCU_SLOTS);
+      this.rcuHandle = new Rcu(k.mem, this.rcuBase, n + HOST_RCU_SLOTS, k.config.spPages, slot);
+    }
+    return this.rcuHandle;
+  }
+
+  // ---- page tables: allocation, and freeing after a grace period ----
+
+  /** A zeroed table for `role` whose first entry maps `gfn` (KVM's tdp_mmu_alloc_sp); not yet reachable. */
+  private allocPage(role: number, gfn: number): number {
+    const k = this.kvm;
+    const m = k.mem;
+    m.lock(this.pagesLock);
+    const depth = m.i32[this.freeBase]!; // under tdpPagesLock, as every access to the free stack in this mode
+    if (depth === 0) {
+      m.unlock(this.pagesLock);
+      throw new Error(`tdp mmu: the page-table pool (${k.config.spPages} pages) is empty: give the VM more spPages`);
+    }
+    const sp = m.i32[this.freeBase + depth]!;
+    m.storePlain32(this.freeBase, depth - 1);
+    m.storePlain32(k.pages.hdr(sp, SP_STATE), 1);
+    const gen = m.i32[k.pages.hdr(sp, SP_GEN)]! + 1;
+    m.storePlain32(k.pages.hdr(sp, SP_GEN), gen);
+    m.unlock(this.pagesLock);
+    m.storePlain32(k.pages.hdr(sp, SP_ROOT_COUNT), 0);
+    // Lockless readers (the fast path, monitors) read role and gfn: through the access layer.
+    m.store32(k.pages.hdr(sp, SP_ROLE), role);
+    m.store32(k.pages.hdr(sp, SP_GFN), gfn);
+    k.count(KVM_STAT.spAlloc);
+    m.note(NOTE.spAlloc, sp, gen);
+    return sp;
+  }
+
+  /**
+   * Return `sp` to the pool: no walker can reach it any more (it was never
+   * linked, or a grace period has passed since it was unlinked). Entries
+   * handle_removed_pt left frozen go back to zero, so the next user finds a
+   * zeroed table.
+   */
+  private freePage(sp: number): void {
+    const k = this.kvm;
+    const m = k.mem;
+    for (let i = 0; i < 512; i++) {
+      const sptep = k.pages.sptep(sp, i);
+      if (m.u64[sptep] !== 0n) m.store64(sptep, 0n); // nobody else can reach the table: a plain look decides
+    }
+    m.lock(this.pagesLock);
+    m.storePlain32(k.pages.hdr(sp, SP_STATE), 0);
+    const gen = m.i32[k.pages.hdr(sp, SP_GEN)]! + 1;
+    m.storePlain32(k.pages.hdr(sp, SP_GEN), gen);
+    const depth = m.i32[this.freeBase]!;
+    m.storePlain32(this.freeBase + 1 + depth, sp);
+    m.storePlain32(this.freeBase, depth + 1);
+    m.unlock(this.pagesLock);
+    k.count(KVM_STAT.spFreed);
+    m.note(NOTE.spFree, sp, gen);
+  }
+
+  /**
+   * An unlinked table goes to call_rcu (KVM's tdp_mmu_free_sp_rcu_callback
+   * runs after a grace period); with guard `lockless-walk-sync` off, walkers
+   * take no read section, so nothing holds it back: that is the unfixed code.
+   */
+  private freeAfterGracePeriod(sp: number): void {
+    const n = this.rcu.callRcu(sp, this.freed);
+    for (let i = 0; i < n; i++) this.freePage(this.freed[i]!);
+  }
+
+  /** Free the tables whose grace period has ended. Call outside read sections (a poller inside one only delays it). */
+  reclaim(): void {
+    const n = this.rcu.poll(this.freed);
+    for (let i = 0; i < n; i++) this.freePage(this.freed[i]!);
+  }
+
+  // ---- roots ----
+
+  /**
+   * KVM's kvm_tdp_mmu_get_vcpu_root_hpa: the VM's root, made on first use with
+   * a reference for the MMU and one for each vCPU that loads it. Under the
+   * write lock here (vCPUs load their root once, at setup).
+   */
+  loadRoot(vcpu: KvmVcpu): void {
+    const k = this.kvm;
+    const m = k.mem;
+    m.writeLock(k.mmuLock);
+    let root = m.load32(this.rootWord) - 1;
+    if (root < 0) {
+      root = this.allocPage(makeRole(4, true, ACC_ALL), 0);
+      m.fetchAdd32(k.pages.hdr(root, SP_ROOT_COUNT), 1); // the MMU's own reference
+      m.store32(this.rootWord, root + 1);
+    }
+    m.fetchAdd32(k.pages.hdr(root, SP_ROOT_COUNT), 1);
+    vcpu.root = root;
+    m.store32(k.vcpuWord(vcpu.idx, VCPU_ROOT), root + 1);
+    m.writeUnlock(k.mmuLock);
+  }
+
+  private root(): number {
+    return this.kvm.mem.load32(this.rootWord) - 1;
+  }
+
+  // ---- the fault ----
+
+  /**
+   * KVM's kvm_tdp_mmu_page_fault: the fast path first, else look up the pfn,
+   * take mmu_lock for read, retry if an invalidation ran since (guard
+   * `notifier-retry`), and map inside an RCU read section.
+   */
+  pageFault(vcpu: KvmVcpu, gpa: number, ec: number, write: boolean): number {
+    const k = this.kvm;
+    const mmu = k.mmu;
+    const gfn = Math.floor(gpa / 4096);
+    if (k.fastPath) {
+      const r = mmu.fastPageFault(vcpu, gpa, ec, gfn);
+      if (r !== RET_PF_INVALID) return r;
+    }
+    const hvpn = k.gfnToHvpn(gfn);
+    const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
+    const pfn = k.host.getUserPage(hvpn, write);
+    const hostWritable = k.host.lastWritable;
+    k.mem.readLock(k.mmuLock);
+    if (k.guardNotifierRetry && mmu.isPageFaultStale(mmuSeq, hvpn)) {
+      k.host.putPage(pfn);
+      k.mem.readUnlock(k.mmuLock);
+      mmu.waitForInvalidation();
+      return RET_PF_RETRY;
+    }
+    const rcu = this.rcu;
+    rcu.readLock();
+    let ret: number;
+    try {
+      ret = this.map(vcpu, gfn, pfn, hostWritable, write);
+    } catch (e) {
+      rcu.readUnlock();
+      k.host.putPage(pfn);
+      k.mem.readUnlock(k.mmuLock);
+      throw e;
+    }
+    rcu.readUnlock();
+    mmu.releaseFaultinPage(pfn, ret !== RET_PF_RETRY, hostWritable);
+    k.mem.readUnlock(k.mmuLock);
+    this.reclaim();
+    if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfSlow);
+    return ret;
+  }
+
+  /**
+   * KVM's kvm_tdp_mmu_map: walk from the root, linking a new table where an
+   * entry is absent and setting the leaf, each with one cmpxchg against the
+   * value the walk read (tdp_mmu_set_spte_atomic). Anything another thread did
+   * meanwhile — linked the same table, froze the entry to zap it — fails the
+   * cmpxchg or shows FROZEN_SPTE, and the fault is retried whole.
+   * Contract: mmu_lock held for read, inside an RCU read section.
+   */
+  private map(vcpu: KvmVcpu, gfn: number, pfn: number, hostWritable: boolean, write: boolean): number {
+    const k = this.kvm;
+    const it = this.iter;
+    it.begin(vcpu.root, gfn, gfn + 1);
+    while (it.level > 1) {
+      if (it.oldSpte === FROZEN_SPTE) return RET_PF_RETRY;
+      if (!isShadowPresentPte(it.oldSpte)) {
+        const span = pagesPerSpte(it.level);
+        const child = this.allocPage(makeRole(it.level - 1, true, ACC_ALL), gfn - (gfn % span));
+        const linked = makeNonleafSpte(child);
+        if (k.mem.cmpxchg64(it.sptep, it.oldSpte, linked) !== it.oldSpte) {
+          this.freePage(child); // never reachable: no grace period needed
+          return RET_PF_RETRY;
+        }
+        it.oldSpte = linked;
+      }
+      it.next();
+    }
+    const old = it.oldSpte;
+    if (old === FROZEN_SPTE) return RET_PF_RETRY;
+    let newSpte = makeSpte(ACC_ALL, pfn, hostWritable, true, write);
+    if (isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
+    if (old === newSpte) return RET_PF_SPURIOUS;
+    if (k.mem.cmpxchg64(it.sptep, old, newSpte) !== old) return RET_PF_RETRY;
+    this.handleChangedSpte(gfn, old, newSpte, 1, true);
+    if (isWritablePte(newSpte)) k.markPageDirty(gfn);
+    return RET_PF_FIXED;
+  }
+
+  // ---- bookkeeping for a changed SPTE ----
+
+  /**
+   * KVM's handle_changed_spte, after an SPTE mapping `gfn` at `level` went from
+   * `old` to `newSpte`: a present leaf never becomes a present leaf with
+   * another pfn (KVM's BUG(): the notifier zaps before the host remaps);
+   * a leaf that goes away or loses A/D tells the host (with `spte` page
+   * marking); a table that is unlinked is torn down (handleRemovedPt).
+   */
+  private handleChangedSpte(gfn: number, old: bigint, newSpte: bigint, level: number, shared: boolean): void {
+    const k = this.kvm;
+    const wasPresent = isShadowPresentPte(old);
+    const isPresent = isShadowPresentPte(newSpte);
+    const wasLeaf = wasPresent && isLastSpte(old, level);
+    const isLeaf = isPresent && isLastSpte(newSpte, level);
+    if (wasLeaf && isLeaf && spteToPfn(old) !== spteToPfn(newSpte))
+      throw new Error(`tdp mmu: BUG: the present leaf for gfn 0x${gfn.toString(16)} changed to another pfn (0x${spteToPfn(old).toString(16)} → 0x${spteToPfn(newSpte).toString(16)})`);
+    if (wasLeaf && !k.marksAtFault) {
+      const pfn = spteToPfn(old);
+      if (isAccessedSpte(old) && !(isLeaf && isAccessedSpte(newSpte))) k.host.setPfnAccessed(pfn);
+      if (isDirtySpte(old) && !(isLeaf && isDirtySpte(newSpte))) k.host.setPfnDirty(pfn);
+    }
+    if (wasPresent && !wasLeaf && (!isPresent || isLeaf)) this.handleRemovedPt(spteToChild(old), level - 1, shared);
+  }
+
+  /**
+   * KVM's handle_removed_pt: `sp`, a table at `level` just unlinked, is torn
+   * down entry by entry — each frozen, so nobody changes it any more, with its
+   * old value handed to handleChangedSpte (dirty state to the host, child
+   * tables recursively) — and freed after a grace period. Under the read lock
+   * (`shared`) another thread may still be setting an entry: every entry is
+   * frozen with xchg, waiting while it is frozen by someone else. Under the
+   * write lock only present entries are, and still atomically: the processor
+   * and the fast path may set A/D/W in them.
+   */
+  private handleRemovedPt(sp: number, level: number, shared: boolean): void {
+    const k = this.kvm;
+    const m = k.mem;
+    const base = m.load32(k.pages.hdr(sp, SP_GFN));
+    const span = pagesPerSpte(level);
+    for (let i = 0; i < 512; i++) {
+      const sptep = k.pages.sptep(sp, i);
+      let old: bigint;
+      if (shared) {
+        for (;;) {
+          old = m.xchg64(sptep, FROZEN_SPTE);
+          if (old !== FROZEN_SPTE) break;
+          m.waitWhile32(2 * sptep, Number(FROZEN_SPTE)); // another thread's multi-step change: wait it out
+        }
+      } else {
+        // Under the write lock nobody makes an absent entry present (faults need the read lock; the fast path and
+        // the processor change present entries only), so a plain look skips it without a scheduling point.
+        if (!isShadowPresentPte(m.u64[sptep]!)) continue;
+        old = m.load64(sptep);
+        if (!isShadowPresentPte(old)) continue;
+        if (spteHasVolatileBits(old, k.guardAtomicVolatileClear)) old = m.xchg64(sptep, FROZEN_SPTE);
+        else m.store64(sptep, FROZEN_SPTE);
+      }
+      this.handleChangedSpte(base + i * span, old, FROZEN_SPTE, level, shared);
+    }
+    this.freeAfterGracePeriod(sp);
+  }
+
+  /** KVM's kvm_tdp_mmu_write_spte under the write lock: xchg when the fast path or the processor may change the SPTE meanwhile. Returns the old value. */
+  private writeSpte(sptep: number, old: bigint, newSpte: bigint): bigint {
+    const m = this.kvm.mem;
+    if (spteHasVolatileBits(old, this.kvm.guardAtomicVolatileClear)) return m.xchg64(sptep, newSpte);
+    m.store64(sptep, newSpte);
+    return old;
+  }
+
+  // ---- the write-lock paths ----
+
+  /**
+   * KVM's kvm_tdp_mmu_zap_leafs (the MMU-notifier unmap): drop every leaf
+   * mapping a gfn in [start, end). Returns whether TLBs must be flushed; the
+   * caller flushes before it drops the lock. Contract: mmu_lock held for write.
+   */
+  zapLeafs(start: number, end: number): boolean {
+    const root = this.root();
+    if (root < 0) return false;
+    const it = this.iter;
+    let flush = false;
+    for (it.begin(root, start, end); it.valid; it.next()) {
+      if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
+      const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
+      this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
+      it.oldSpte = 0n;
+      flush = true;
+    }
+    return flush;
+  }
+
+  /**
+   * Zap everything below the root (kvm_mmu_zap_all, memslot changes): each
+   * top-level table is unlinked and torn down, its tables freed after a grace
+   * period. kvmmu keeps the root itself (its vCPUs load one root for life;
+   * KVM would invalidate it and have the vCPUs load a new one). Flushes before
+   * it returns. Contract: mmu_lock held for write.
+   */
+  zapAll(): void {
+    const k = this.kvm;
+    const root = this.root();
+    if (root < 0) return;
+    let flush = false;
+    for (let i = 0; i < 512; i++) {
+      const sptep = k.pages.sptep(root, i);
+      if (!isShadowPresentPte(k.mem.u64[sptep]!)) continue; // absent stays absent under the write lock (handleRemovedPt)
+      const old = k.mem.load64(sptep);
+      if (!isShadowPresentPte(old)) continue;
+      k.mem.store64(sptep, 0n); // a non-leaf: nothing sets bits in it that matter
+      this.handleChangedSpte(i * pagesPerSpte(4), old, 0n, 4, false);
+      flush = true;
+    }
+    if (flush) k.kvmFlushRemoteTlbs();
+  }
+
+  /**
+   * Write-protect the leaf mapping `gfn` for dirty logging (KVM's
+   * kvm_tdp_mmu_clear_dirty_pt_masked with write-protection, as a get or clear
+   * of the dirty log does for each gfn it hands over): clear W, keeping
+   * MMU-writable so the fast path may set it again. Returns whether TLBs must
+   * be flushed. Contract: mmu_lock held for write.
+   */
+  writeProtectGfn(gfn: number): boolean {
+    const k = this.kvm;
+    const root = this.root();
+    if (root < 0) return false;
+    const it = this.iter;
+    for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
+      if (it.level !== 1 || !isShadowPresentPte(it.oldSpte)) continue;
+      return k.spte.spteWriteProtect(it.sptep, false);
+    }
+    return false;
+  }
+
+  // ---- the read-lock paths ----
+
+  /**
+   * KVM's kvm_tdp_mmu_wrprot_slot, when dirty logging is enabled: clear W in
+   * every leaf of the slot with cmpxchg, retrying an entry whose value moved.
+   * Returns whether TLBs must be flushed. Contract: mmu_lock held for read.
+   */
+  wrprotSlot(slot: number): boolean {
+    const k = this.kvm;
+    const root = this.root();
+    if (root < 0) return false;
+    const it = this.iter;
+    const rcu = this.rcu;
+    let flush = false;
+    rcu.readLock();
+    const start = k.slotGfn[slot]!;
+    for (it.begin(root, start, start + k.slotPages[slot]!); it.valid; it.next()) {
+      for (;;) {
+        const old = it.oldSpte;
+        if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isWritablePte(old)) break;
+        const newSpte = clearBits(old, SPTE_WRITABLE_MASK);
+        if (k.mem.cmpxchg64(it.sptep, old, newSpte) === old) {
+          this.handleChangedSpte(it.gfn, old, newSpte, it.level, true);
+          flush = true;
+          break;
+        }
+        it.refresh();
+      }
+    }
+    rcu.readUnlock();
+    return flush;
+  }
+
+  // ---- no lock: aging ----
+
+  /**
+   * KVM's kvm_tdp_mmu_age_gfn_range: clear A in the leaves mapping [start,
+   * end) with an atomic bit clear, inside an RCU read section and without
+   * mmu_lock; true if any had A set. No flush, as on x86.
+   */
+  ageGfnRange(start: number, end: number): boolean {
+    const k = this.kvm;
+    const root = this.root();
+    if (root < 0) return false;
+    const it = this.iter;
+    let young = false;
+    this.rcu.readLock();
+    for (it.begin(root, start, end); it.valid; it.next()) {
+      for (;;) {
+        const old = it.oldSpte;
+        if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isAccessedSpte(old)) break;
+        if (k.mem.cmpxchg64(it.sptep, old, clearBits(old, SPTE_ACCESSED_MASK)) === old) {
+          young = true;
+          if (!k.marksAtFault) k.host.setPfnAccessed(spteToPfn(old));
+          break;
+        }
+        it.refresh();
+      }
+    }
+    this.rcu.readUnlock();
+    return young;
+  }
+}
