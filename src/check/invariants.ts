@@ -30,6 +30,7 @@ import { SP_GFN, SP_PRESENT, SP_ROLE, SP_STATE, roleAccess, roleIsDirect, roleLe
 import { LEVEL_PAGES } from '../x86/pte';
 import { ACC_USER_MASK, ACC_WRITE_MASK, PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, gpteGfn } from '../x86/pte';
 import {
+  FROZEN_SPTE,
   formatSpte,
   isLastSpte,
   isMmuWritableSpte,
@@ -587,6 +588,9 @@ class NoFreedPageWalk implements Monitor {
     } else if (kind === NOTE.walkEnd) {
       this.o.ghostWrite(G_WALKING, t);
       this.walking[t] = null;
+    } else if (kind === NOTE.spAlloc) {
+      // A walker that allocates a page itself (a TDP fault building its path) reaches it through its own new link.
+      if (this.walking[t] !== null && this.freed[t]!.delete(a)) this.o.ghostWrite(G_FREED, t);
     } else if (kind === NOTE.spFree) {
       for (let u = 0; u < this.walking.length; u++) {
         this.o.ghostRead(G_WALKING, u);
@@ -720,6 +724,58 @@ class NoLeakedTable implements Monitor {
   }
 }
 
+/**
+ * TDP mode: FROZEN_SPTE means one thread owns the entry for a multi-step change, so no other thread changes a
+ * frozen entry; and a table is freed only with no present entry left in it (a fault that set one in a table being
+ * torn down leaves a mapping that vanishes with the table, its dirty state never handed to the host).
+ * Reads: the value a step wrote to an SPTE (its own word); at a table's free, the table's entries that can be
+ * present (those in a memslot). The frozen entries' owners are kept per entry, which only writes of that entry
+ * change: they conflict on the entry itself.
+ */
+class FrozenEntryOwned implements Monitor {
+  readonly name = 'frozen-entry-owned';
+  readonly statement =
+    'in TDP mode, no thread changes an SPTE another thread froze, and no page table is freed while one of its entries is present';
+  private frozenBy = new Map<number, number>();
+  constructor(private readonly o: Observer) {}
+  reset(): void {
+    this.frozenBy.clear();
+  }
+  afterStep(ex: Execution, s: Step): string | null {
+    if (!this.o.kvm.isTdp) return null;
+    if ((s.op !== OP.store64 && s.op !== OP.xchg64 && s.op !== OP.cmpxchg64) || s.a < this.o.sptLo || s.a >= this.o.sptHi) return null;
+    const v = this.o.kvm.mem.u64[s.a]!; // the step's own word
+    const owner = this.frozenBy.get(s.a);
+    if (v === FROZEN_SPTE) {
+      if (owner === undefined) this.frozenBy.set(s.a, s.thread);
+      return null;
+    }
+    if (owner === undefined) return null;
+    this.frozenBy.delete(s.a);
+    if (owner === s.thread) return null;
+    const k = this.o.kvm;
+    return `thread '${ex.engine.threadNames[s.thread]}' changed SPTE (sp ${k.pages.spOf(s.a)}, #${k.pages.indexOf(s.a)}) to ${formatSpte(v)} while thread '${ex.engine.threadNames[owner]}' had it frozen (step ${ex.steps.length})`;
+  }
+  onNote(ex: Execution, _t: number, kind: number, sp: number): string | null {
+    const k = this.o.kvm;
+    if ((kind !== NOTE.spFree && kind !== NOTE.spDiscard) || !k.isTdp) return null;
+    const role = this.o.r32(k.pages.hdr(sp, SP_ROLE));
+    const level = roleLevel(role);
+    const base = this.o.r32(k.pages.hdr(sp, SP_GFN));
+    const span = LEVEL_PAGES[level]!;
+    for (let i = 0; i < 512; i++) {
+      const sptep = k.pages.sptep(sp, i);
+      this.frozenBy.delete(sptep); // the table is gone: its frozen entries go back to zero
+      const g = base + i * span;
+      if (k.slotOf(g) < 0) continue;
+      const spte = this.o.r64(sptep);
+      if (isShadowPresentPte(spte))
+        return `page table ${sp} (level ${level}) was freed while its entry #${i} (gfn 0x${g.toString(16)}) was present (${formatSpte(spte)}): a fault set it after the table was torn down, and the mapping vanishes with the table (step ${ex.steps.length})`;
+    }
+    return null;
+  }
+}
+
 /** The built-in invariants for a scenario's machine (none for a scenario without a VM); they declare their reads to `fp`. */
 export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monitor[] {
   if (machine.config === null) return [];
@@ -734,6 +790,7 @@ export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monit
     new WritableSpteLogged(o),
     new DirtyOrWriteProtected(o, flushes),
     new NoLeakedTable(o),
+    new FrozenEntryOwned(o),
     new SpteWithinGuestPte(o),
   ];
 }
@@ -747,5 +804,6 @@ export const INVARIANT_NAMES = [
   'writable-spte-logged',
   'dirty-or-write-protected',
   'no-leaked-table',
+  'frozen-entry-owned',
   'spte-within-guest-pte',
 ] as const;

@@ -6,7 +6,6 @@ import type { Layout } from '../shm/layout';
 import { GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
 import { MODE_NAMES, VCPU_WORDS } from '../kvm/kvm';
 import { SP_WORDS } from '../kvm/mmu-page';
-import { HOST_RCU_SLOTS } from '../kvm/tdp-mmu';
 import { MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
 import { formatSpte } from '../x86/spte';
 import type { Step } from './engine';
@@ -35,17 +34,12 @@ interface Named {
 }
 
 /** A word of the TDP MMU's RCU region (shm/rcu.ts layout). */
-function rcuWordName(w: number, config: VmConfig | null): string {
-  const slots = (config?.vcpus ?? 0) + HOST_RCU_SLOTS;
-  const slotName = (s: number): string => (config !== null && s < config.vcpus ? `vCPU ${s}` : `thread slot ${s - (config?.vcpus ?? 0)}`);
+function rcuWordName(w: number): string {
   if (w < LOCK_WORDS) return 'rcu lock';
-  if (w === LOCK_WORDS) return 'rcu grace period';
-  if (w === LOCK_WORDS + 1) return 'rcu queue head';
-  if (w === LOCK_WORDS + 2) return 'rcu queue tail';
-  const r = w - LOCK_WORDS - 3;
-  if (r < slots) return `rcu reader (${slotName(r)})`;
-  if (r < 2 * slots) return `rcu grace-period snapshot (${slotName(r - slots)})`;
-  const q = r - 2 * slots;
+  const names = ['rcu grace period', 'rcu queue head', 'rcu queue tail', 'rcu epoch', 'rcu readers (epoch 0)', 'rcu readers (epoch 1)'];
+  const r = w - LOCK_WORDS;
+  if (r < names.length) return names[r]!;
+  const q = r - names.length;
   return `rcu queue entry ${q >> 1} ${(q & 1) === 0 ? 'object' : 'grace period'}`;
 }
 
@@ -72,7 +66,7 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
       case 'kvm.tdpRoot':
         return { name: 'TDP root', kind: 'word' };
       case 'kvm.rcu':
-        return { name: rcuWordName(rel / 4, config), kind: 'word' };
+        return { name: rcuWordName(rel / 4), kind: 'word' };
       case 'host.lock':
         return { name: 'host mm lock', kind: 'word' };
       case 'host.freeLock':

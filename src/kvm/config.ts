@@ -16,8 +16,12 @@ export const GUARDS = {
   'atomic-volatile-clear': 1 << 2,
   /** A page fault retries when an MMU-notifier invalidation ran since it looked up the pfn. */
   'notifier-retry': 1 << 3,
-  /** A lockless walker announces itself so shadow pages are not freed under it. */
+  /** A lockless walker announces itself so shadow pages are not freed under it (in TDP mode: the fast path's RCU read section). */
   'lockless-walk-sync': 1 << 4,
+  /** TDP MMU: a removed page table is freed after an RCU grace period (call_rcu), not at once. */
+  'rcu-deferred-free': 1 << 5,
+  /** TDP MMU: the paths KVM runs with mmu_lock held for write (notifier zap, dirty-log write-protection) exclude faults. */
+  'write-lock-exclusion': 1 << 6,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -30,6 +34,8 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'atomic-volatile-clear': 'a non-atomic clear of an SPTE the fast path can change loses the Dirty bit',
   'notifier-retry': 'a page fault installs a pfn that an MMU-notifier invalidation has just removed',
   'lockless-walk-sync': 'a shadow page is freed and reused while a lockless walker still reads it',
+  'rcu-deferred-free': 'TDP: a removed page table is freed while a fault or the fast path still walks it',
+  'write-lock-exclusion': 'TDP: an MMU-notifier zap runs beside a fault under the read lock, which maps the pfn being removed',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

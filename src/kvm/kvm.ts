@@ -227,6 +227,8 @@ export class Kvm {
   readonly guardAtomicVolatileClear: boolean;
   readonly guardNotifierRetry: boolean;
   readonly guardLocklessWalkSync: boolean;
+  readonly guardRcuDeferredFree: boolean;
+  readonly guardWriteLockExclusion: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
 
@@ -278,6 +280,8 @@ export class Kvm {
     this.guardAtomicVolatileClear = (g & GUARDS['atomic-volatile-clear']) !== 0;
     this.guardNotifierRetry = (g & GUARDS['notifier-retry']) !== 0;
     this.guardLocklessWalkSync = (g & GUARDS['lockless-walk-sync']) !== 0;
+    this.guardRcuDeferredFree = (g & GUARDS['rcu-deferred-free']) !== 0;
+    this.guardWriteLockExclusion = (g & GUARDS['write-lock-exclusion']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.fastPath = config.fastPath;
 
@@ -290,6 +294,11 @@ export class Kvm {
     this.host.notifier = this.notifier;
     this.isTdp = config.mode === 'tdp';
     this.tdp = new TdpMmu(this);
+  }
+
+  /** Forget what this handle keeps for its thread between calls (the checker starts each execution afresh). */
+  resetThreadState(): void {
+    this.tdp.resetThreadState();
   }
 
   /** One-time setup of a fresh machine (single-threaded, before any worker starts). */
@@ -410,16 +419,22 @@ export class Kvm {
     this.mem.storePlain32(i, v);
   }
 
-  /** Take mmu_lock for exclusive use: the spinlock, or in TDP mode the rwlock for write. */
+  /**
+   * Take mmu_lock for exclusive use: the spinlock, or in TDP mode the rwlock
+   * for write — for read with guard `write-lock-exclusion` off, the unfixed
+   * code that lets faults run beside the path.
+   */
   mmuLockWrite(): boolean {
     if (!this.isTdp) return this.mem.lock(this.mmuLock);
-    this.mem.writeLock(this.mmuLock);
+    if (this.guardWriteLockExclusion) this.mem.writeLock(this.mmuLock);
+    else this.mem.readLock(this.mmuLock);
     return false;
   }
 
   mmuUnlockWrite(): void {
-    if (this.isTdp) this.mem.writeUnlock(this.mmuLock);
-    else this.mem.unlock(this.mmuLock);
+    if (!this.isTdp) this.mem.unlock(this.mmuLock);
+    else if (this.guardWriteLockExclusion) this.mem.writeUnlock(this.mmuLock);
+    else this.mem.readUnlock(this.mmuLock);
   }
 
   assertMmuLockHeld(): void {

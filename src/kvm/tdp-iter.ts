@@ -36,6 +36,7 @@ export class TdpIter {
     this.start = start;
     this.end = end;
     this.minLevel = minLevel;
+    this.parentSptep = -1;
     this.gfn = alignDown(start, pagesPerSpte(4));
     this.valid = start < end;
     if (this.valid) this.read();
@@ -86,6 +87,25 @@ export class TdpIter {
     this.oldSpte = this.kvm.mem.load64(this.sptep);
   }
 
+  /**
+   * Step down into the current entry's table, as next() would, but nowhere
+   * else: false when the entry, read again, no longer points to a table (the
+   * walker's view is stale: a fault then retries). The parent entry and the
+   * value it was entered by stay in parentSptep / parentSpte.
+   */
+  stepDown(): boolean {
+    const sptep = this.sptep;
+    if (!this.tryStepDown()) return false;
+    this.parentSptep = sptep;
+    this.parentSpte = this.entered;
+    return true;
+  }
+
+  /** The entry the walk last stepped down through with stepDown(), and its value then. */
+  parentSptep = -1;
+  parentSpte = 0n;
+  private entered = 0n;
+
   private tryStepDown(): boolean {
     if (this.level <= this.minLevel) return false;
     if (!isShadowPresentPte(this.oldSpte) || isLastSpte(this.oldSpte, this.level)) return false;
@@ -94,6 +114,7 @@ export class TdpIter {
       this.oldSpte = spte;
       return false;
     }
+    this.entered = spte;
     this.level--;
     this.tables[this.level] = spteToChild(spte);
     this.gfn = alignDown(Math.max(this.gfn, this.start), pagesPerSpte(this.level));

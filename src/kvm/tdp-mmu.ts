@@ -16,7 +16,7 @@
 //   none, RCU only: the fast path (Mmu.fastPageFault) and aging (ageGfnRange).
 //
 // Regions (Int32 words):
-//   kvm.rcu           RCU (shm/rcu.ts): a reader slot per vCPU and per host thread, removed tables waiting
+//   kvm.rcu           RCU (shm/rcu.ts): readers counted per epoch, removed tables waiting for a grace period
 //   kvm.tdpPagesLock  LOCK_WORDS   serializes allocating and freeing tables
 //   kvm.tdpRoot       [0] the root's shadow page + 1 (0: none yet); the root's refcount is its SP_ROOT_COUNT
 
@@ -48,11 +48,8 @@ import { RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './m
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
 
-/** Reader slots for threads that are not vCPUs (host, migration, scenario threads), by Mem.tid. */
-export const HOST_RCU_SLOTS = 32;
-
 export function reserveTdp(b: LayoutBuilder, c: VmConfig): void {
-  b.metaLines('kvm.rcu', rcuWords(c.vcpus + HOST_RCU_SLOTS, c.spPages) * 4);
+  b.metaLines('kvm.rcu', rcuWords(c.spPages) * 4);
   b.metaLines('kvm.tdpPagesLock', LOCK_WORDS * 4);
   b.meta('kvm.tdpRoot', 4 * 4);
 }
@@ -63,6 +60,14 @@ export class TdpMmu {
   private readonly rootWord: number;
   private readonly freeBase: number;
   private rcuHandle: Rcu | null = null;
+  /**
+   * The entry a fault found frozen (or -1), and the entry above it with the value the walk stepped down by:
+   * before it retries, the fault waits for the frozen entry to change, unless the entry above has changed
+   * already (the table was unlinked: the retry's walk from the root will find out where).
+   */
+  private frozenAt = -1;
+  private frozenParent = -1;
+  private frozenParentSpte = 0n;
   /** Scratch for objects RCU hands back (reused: no garbage per fault). */
   private readonly freed: number[] = [];
   private readonly iter: TdpIter;
@@ -76,14 +81,15 @@ export class TdpMmu {
     this.iter = new TdpIter(kvm);
   }
 
-  /** This thread's RCU handle: a vCPU's slot is its index, another thread's follows its Mem.tid. */
+  /** Forget this thread's private state (a new execution under the checker starts outside any read section). */
+  resetThreadState(): void {
+    this.rcuHandle = null;
+    this.frozenAt = -1;
+  }
+
+  /** This thread's RCU handle. */
   get rcu(): Rcu {
-    if (this.rcuHandle === null) {
-      const k = this.kvm;
-      const n = k.config.vcpus;
-      const slot = k.selfVcpu >= 0 ? k.selfVcpu : n + ((((k.mem.tid + 1) % HOST_RCU_SLOTS) + HOST_RCU_SLOTS) % HOST_RCU_SLOTS);
-      this.rcuHandle = new Rcu(k.mem, this.rcuBase, n + HOST_RCU_SLOTS, k.config.spPages, slot);
-    }
+    if (this.rcuHandle === null) this.rcuHandle = new Rcu(this.kvm.mem, this.rcuBase, this.kvm.config.spPages);
     return this.rcuHandle;
   }
 
@@ -120,23 +126,26 @@ export class TdpMmu {
    * handle_removed_pt left frozen go back to zero, so the next user finds a
    * zeroed table.
    */
-  private freePage(sp: number): void {
+  private freePage(sp: number, everReachable = true): void {
     const k = this.kvm;
     const m = k.mem;
+    m.lock(this.pagesLock);
+    m.storePlain32(k.pages.hdr(sp, SP_STATE), 0);
+    const gen = m.i32[k.pages.hdr(sp, SP_GEN)]! + 1;
+    m.storePlain32(k.pages.hdr(sp, SP_GEN), gen);
+    m.unlock(this.pagesLock);
+    k.count(KVM_STAT.spFreed);
+    // Freed (for the monitors) before its entries go back to zero, then back on the free stack.
+    m.note(everReachable ? NOTE.spFree : NOTE.spDiscard, sp, gen);
     for (let i = 0; i < 512; i++) {
       const sptep = k.pages.sptep(sp, i);
       if (m.u64[sptep] !== 0n) m.store64(sptep, 0n); // nobody else can reach the table: a plain look decides
     }
     m.lock(this.pagesLock);
-    m.storePlain32(k.pages.hdr(sp, SP_STATE), 0);
-    const gen = m.i32[k.pages.hdr(sp, SP_GEN)]! + 1;
-    m.storePlain32(k.pages.hdr(sp, SP_GEN), gen);
     const depth = m.i32[this.freeBase]!;
     m.storePlain32(this.freeBase + 1 + depth, sp);
     m.storePlain32(this.freeBase, depth + 1);
     m.unlock(this.pagesLock);
-    k.count(KVM_STAT.spFreed);
-    m.note(NOTE.spFree, sp, gen);
   }
 
   /**
@@ -145,8 +154,20 @@ export class TdpMmu {
    * take no read section, so nothing holds it back: that is the unfixed code.
    */
   private freeAfterGracePeriod(sp: number): void {
+    // Guard `rcu-deferred-free` off: freed at once, under any walker still inside it.
+    if (!this.kvm.guardRcuDeferredFree) {
+      this.freePage(sp);
+      return;
+    }
     const n = this.rcu.callRcu(sp, this.freed);
     for (let i = 0; i < n; i++) this.freePage(this.freed[i]!);
+  }
+
+  /** Does [gfn, gfn + span) overlap a memslot? Entries outside every memslot are never made present. */
+  private inSlots(gfn: number, span: number): boolean {
+    const k = this.kvm;
+    for (let s = 0; s < k.nSlots; s++) if (gfn < k.slotGfn[s]! + k.slotPages[s]! && gfn + span > k.slotGfn[s]!) return true;
+    return false;
   }
 
   /** Free the tables whose grace period has ended. Call outside read sections (a poller inside one only delays it). */
@@ -210,19 +231,28 @@ export class TdpMmu {
     }
     const rcu = this.rcu;
     rcu.readLock();
+    k.mem.note(NOTE.walkBegin, vcpu.idx, 0); // a walker the monitors watch, as the fast path's
     let ret: number;
     try {
       ret = this.map(vcpu, gfn, pfn, hostWritable, write);
     } catch (e) {
+      k.mem.note(NOTE.walkEnd, vcpu.idx, 0);
       rcu.readUnlock();
       k.host.putPage(pfn);
       k.mem.readUnlock(k.mmuLock);
       throw e;
     }
+    k.mem.note(NOTE.walkEnd, vcpu.idx, 0);
     rcu.readUnlock();
     mmu.releaseFaultinPage(pfn, ret !== RET_PF_RETRY, hostWritable);
     k.mem.readUnlock(k.mmuLock);
     this.reclaim();
+    if (this.frozenAt >= 0) {
+      // KVM's vCPU re-enters and faults again until the entry's owner is done with it; here that spin is one
+      // wait, so the checker blocks the vCPU instead of spinning it.
+      if (this.frozenParent < 0 || k.mem.load64(this.frozenParent) === this.frozenParentSpte) k.mem.waitWhile32(2 * this.frozenAt, Number(FROZEN_SPTE));
+      this.frozenAt = -1;
+    }
     if (ret === RET_PF_FIXED) vcpu.count(VCPU_STAT.pfSlow);
     return ret;
   }
@@ -240,21 +270,22 @@ export class TdpMmu {
     const it = this.iter;
     it.begin(vcpu.root, gfn, gfn + 1);
     while (it.level > 1) {
-      if (it.oldSpte === FROZEN_SPTE) return RET_PF_RETRY;
+      if (it.oldSpte === FROZEN_SPTE) return this.retryFrozen(it);
       if (!isShadowPresentPte(it.oldSpte)) {
         const span = pagesPerSpte(it.level);
         const child = this.allocPage(makeRole(it.level - 1, true, ACC_ALL), gfn - (gfn % span));
         const linked = makeNonleafSpte(child);
         if (k.mem.cmpxchg64(it.sptep, it.oldSpte, linked) !== it.oldSpte) {
-          this.freePage(child); // never reachable: no grace period needed
+          this.freePage(child, false); // never reachable: no grace period needed
           return RET_PF_RETRY;
         }
         it.oldSpte = linked;
       }
-      it.next();
+      // The entry read again (try_step_down): unlinked or frozen meanwhile, the fault starts over.
+      if (!it.stepDown()) return it.oldSpte === FROZEN_SPTE ? this.retryFrozen(it) : RET_PF_RETRY;
     }
     const old = it.oldSpte;
-    if (old === FROZEN_SPTE) return RET_PF_RETRY;
+    if (old === FROZEN_SPTE) return this.retryFrozen(it);
     let newSpte = makeSpte(ACC_ALL, pfn, hostWritable, true, write);
     if (isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
     if (old === newSpte) return RET_PF_SPURIOUS;
@@ -262,6 +293,14 @@ export class TdpMmu {
     this.handleChangedSpte(gfn, old, newSpte, 1, true);
     if (isWritablePte(newSpte)) k.markPageDirty(gfn);
     return RET_PF_FIXED;
+  }
+
+  /** Note where the walk met a frozen entry (see frozenAt) and retry the fault. */
+  private retryFrozen(it: TdpIter): number {
+    this.frozenAt = it.sptep;
+    this.frozenParent = it.level < 4 ? it.parentSptep : -1;
+    this.frozenParentSpte = it.parentSpte;
+    return RET_PF_RETRY;
   }
 
   // ---- bookkeeping for a changed SPTE ----
@@ -305,6 +344,8 @@ export class TdpMmu {
     const base = m.load32(k.pages.hdr(sp, SP_GFN));
     const span = pagesPerSpte(level);
     for (let i = 0; i < 512; i++) {
+      // KVM visits all 512 entries; one outside every memslot is never made present, so kvmmu skips it.
+      if (!this.inSlots(base + i * span, span)) continue;
       const sptep = k.pages.sptep(sp, i);
       let old: bigint;
       if (shared) {
@@ -358,27 +399,36 @@ export class TdpMmu {
   }
 
   /**
-   * Zap everything below the root (kvm_mmu_zap_all, memslot changes): each
-   * top-level table is unlinked and torn down, its tables freed after a grace
-   * period. kvmmu keeps the root itself (its vCPUs load one root for life;
-   * KVM would invalidate it and have the vCPUs load a new one). Flushes before
-   * it returns. Contract: mmu_lock held for write.
+   * Zap everything below the root (KVM's kvm_tdp_mmu_zap_all: memslot
+   * changes, teardown): each present top-level entry is cleared and its table
+   * torn down (handleRemovedPt under the write lock: present entries frozen
+   * atomically, since the fast path and the processor may still set bits in
+   * them), the tables freed after a grace period, TLBs flushed. kvmmu keeps the
+   * root itself (its vCPUs load one root for life; KVM would invalidate it and
+   * have the vCPUs load a new one, and zap invalidated roots under the read
+   * lock, which kvmmu does not model yet). Contract: mmu_lock held for write.
    */
   zapAll(): void {
     const k = this.kvm;
     const root = this.root();
     if (root < 0) return;
+    const span = pagesPerSpte(4);
     let flush = false;
+    // Inside a read section until the flush is done: the torn-down tables' grace period cannot end before it, so
+    // no processor still holding a translation through them (a vCPU in guest mode, its paging-structure cache)
+    // sees them freed.
+    this.rcu.readLock();
     for (let i = 0; i < 512; i++) {
+      if (!this.inSlots(i * span, span)) continue;
       const sptep = k.pages.sptep(root, i);
-      if (!isShadowPresentPte(k.mem.u64[sptep]!)) continue; // absent stays absent under the write lock (handleRemovedPt)
       const old = k.mem.load64(sptep);
       if (!isShadowPresentPte(old)) continue;
       k.mem.store64(sptep, 0n); // a non-leaf: nothing sets bits in it that matter
-      this.handleChangedSpte(i * pagesPerSpte(4), old, 0n, 4, false);
+      this.handleChangedSpte(i * span, old, 0n, 4, false);
       flush = true;
     }
     if (flush) k.kvmFlushRemoteTlbs();
+    this.rcu.readUnlock();
   }
 
   /**

@@ -109,6 +109,8 @@ export const NOTE = {
   swapOutWriteback: 12,
   /** A dirty-log get or clear of slot a returned its bits to userspace (after its dirtyLogTaken marks). */
   dirtyLogReturned: 13,
+  /** Page table a was freed without ever having been reachable (a TDP fault lost the cmpxchg that would have linked it). */
+  spDiscard: 14,
 } as const;
 
 // How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).

@@ -7,24 +7,29 @@
 // ever reads a freed table. Everything lives in one meta region, behind the
 // access layer, so the checker sees every step and may interleave them.
 //
+// The readers are counted per epoch, two epochs, as SRCU counts them: a reader
+// reads the epoch, counts itself in under it, and reads the epoch again — if it
+// moved meanwhile it counts itself out and tries again, so a reader is only
+// ever inside under the epoch that was current after it counted in. A grace
+// period flips the epoch and ends when the old epoch's count is zero: every
+// reader that could have begun before the flip has left. A reader that counted
+// in late under the old epoch sees the new one on its second read and backs
+// out without entering. (Under sequential consistency, which kvmmu's checker
+// explores; the kernel's SRCU needs barriers for the same argument.)
+//
 // The region (Int32 words from `base`; rcuWords() of them):
-//   [0..LOCK_WORDS)          lock: serializes the updaters (callRcu, rcuPoll), never readers
+//   [0..LOCK_WORDS)          lock: serializes the updaters (callRcu, poll), never readers
 //   [GP]                     grace-period sequence: even = none running, odd = one running
 //   [QHEAD], [QTAIL]         the callback queue's indices (FIFO, QTAIL - QHEAD entries)
-//   [READERS + s]            reader slot s: odd while a read section is open (+1 on enter and on exit)
-//   [SNAP + s]               slot s as the running grace period found it when it began
+//   [EPOCH]                  the current epoch, 0 or 1
+//   [COUNT + e]              readers inside under epoch e
 //   [QUEUE + 2k, +1]         queue entry k (mod capacity): the object, and the GP sequence after which it may be freed
 //
-// Readers only touch their own slot. A grace period that began at sequence g
-// (odd g) ends when every slot that was odd at its start has moved on; an
-// object queued while the sequence was q may be freed once the sequence is at
-// least (q even ? q + 2 : q + 3): the end of a grace period that began after
-// it was queued. Who polls: callRcu itself, and callers at points where they
-// hold no read section (a poller inside a read section only delays the grace
-// period it waits for; it never waits).
-//
-// A slot per thread context: the owner of each Rcu handle picks its slot (a
-// vCPU its index, a host thread one of its own), and nests read sections
+// An object queued while the sequence was q may be freed once the sequence is
+// at least (q even ? q + 2 : q + 3): the end of a grace period that began
+// after it was queued. Who polls: callRcu itself, and callers at points where
+// they hold no read section (a poller inside one only delays the grace period
+// it waits for; it never waits). Each handle nests its own read sections
 // without touching shared memory.
 
 import { LOCK_WORDS, type Mem } from './access';
@@ -33,51 +38,53 @@ import type { LayoutBuilder } from './layout';
 const GP = LOCK_WORDS;
 const QHEAD = GP + 1;
 const QTAIL = GP + 2;
-const HEADER = GP + 3;
+const EPOCH = GP + 3;
+const COUNT = GP + 4;
+const QUEUE = COUNT + 2;
 
-/** The region's size in Int32 words for `slots` reader slots and `capacity` queued objects. */
-export function rcuWords(slots: number, capacity: number): number {
-  return HEADER + 2 * slots + 2 * capacity;
+/** The region's size in Int32 words for `capacity` queued objects. */
+export function rcuWords(capacity: number): number {
+  return QUEUE + 2 * capacity;
 }
 
 /** Reserve an RCU region in a layout. */
-export function layoutRcu(b: LayoutBuilder, name: string, slots: number, capacity: number): void {
-  b.metaLines(name, rcuWords(slots, capacity) * 4);
+export function layoutRcu(b: LayoutBuilder, name: string, capacity: number): void {
+  b.metaLines(name, rcuWords(capacity) * 4);
 }
 
 export class Rcu {
-  private readonly base: number;
-  private readonly readers: number;
-  private readonly snap: number;
-  private readonly queue: number;
   /** Read sections this handle has open (nesting is the handle's own business). */
   private depth = 0;
+  /** The epoch this handle's outermost read section counted itself in under. */
+  private epoch = 0;
 
   constructor(
     private readonly mem: Mem,
-    /** Int32 index of the region's first word (rcuWords(slots, capacity) words, zero before first use). */
-    base: number,
-    readonly slots: number,
+    /** Int32 index of the region's first word (rcuWords(capacity) words, zero before first use). */
+    private readonly base: number,
     readonly capacity: number,
-    /** This handle's reader slot. */
-    readonly slot: number,
-  ) {
-    if (!Number.isInteger(slot) || slot < 0 || slot >= slots) throw new Error(`rcu: slot ${slot} outside 0..${slots - 1}`);
-    this.base = base;
-    this.readers = this.base + HEADER;
-    this.snap = this.readers + slots;
-    this.queue = this.snap + slots;
-  }
+  ) {}
 
-  /** rcu_read_lock(): open a read section (the outermost one marks this slot). */
+  /** rcu_read_lock(): open a read section. */
   readLock(): void {
-    if (this.depth++ === 0) this.mem.fetchAdd32(this.readers + this.slot, 1);
+    if (this.depth++ > 0) return;
+    const m = this.mem;
+    const b = this.base;
+    for (;;) {
+      const e = m.load32(b + EPOCH);
+      m.fetchAdd32(b + COUNT + e, 1);
+      if (m.load32(b + EPOCH) === e) {
+        this.epoch = e;
+        return;
+      }
+      m.fetchAdd32(b + COUNT + e, -1); // a grace period began meanwhile: count in under the new epoch
+    }
   }
 
   /** rcu_read_unlock(). */
   readUnlock(): void {
     if (this.depth === 0) throw new Error('rcu: read unlock without a read section');
-    if (--this.depth === 0) this.mem.fetchAdd32(this.readers + this.slot, 1);
+    if (--this.depth === 0) this.mem.fetchAdd32(this.base + COUNT + this.epoch, -1);
   }
 
   /** True inside a read section of this handle. */
@@ -100,7 +107,7 @@ export class Rcu {
       throw new Error(`rcu: more than ${this.capacity} objects wait for a grace period`);
     }
     const gp = m.load32(b + GP);
-    const e = this.queue + 2 * (tail % this.capacity);
+    const e = b + QUEUE + 2 * (tail % this.capacity);
     m.store32(e, obj);
     m.store32(e + 1, (gp & 1) === 0 ? gp + 2 : gp + 3);
     m.store32(b + QTAIL, tail + 1);
@@ -124,16 +131,17 @@ export class Rcu {
 
   /**
    * synchronize_rcu(): wait until every read section open now has closed. A
-   * waiter, not a spinner: under the checker it is not runnable until the
-   * reader it waits for moves. Never from inside a read section.
+   * waiter, not a spinner: under the checker it is not runnable until a reader
+   * leaves. Never from inside a read section.
    */
   synchronize(): void {
     if (this.depth > 0) throw new Error('rcu: synchronize inside a read section would wait for itself');
     const m = this.mem;
-    for (let s = 0; s < this.slots; s++) {
-      const at = m.load32(this.readers + s);
-      if ((at & 1) !== 0) m.waitWhile32(this.readers + s, at);
-    }
+    const b = this.base;
+    // Readers under either epoch began before this call; wait for both counts to drain (a later reader may
+    // count in meanwhile and delay this: never a wrong answer, at worst a longer wait).
+    for (let e = 0; e < 2; e++)
+      for (let c = m.load32(b + COUNT + e); c !== 0; c = m.load32(b + COUNT + e)) m.waitWhile32(b + COUNT + e, c);
   }
 
   /** Objects waiting for a grace period (for tests and leak checks; takes the lock). */
@@ -148,16 +156,15 @@ export class Rcu {
   /** The queued objects, oldest first, with plain reads (for monitors and displays: no scheduling point). */
   peekQueued(): number[] {
     const t = this.mem.i32;
+    const b = this.base;
     const out: number[] = [];
-    for (let k = t[this.base + QHEAD]!; k < t[this.base + QTAIL]!; k++) out.push(t[this.queue + 2 * (k % this.capacity)]!);
+    for (let k = t[b + QHEAD]!; k < t[b + QTAIL]!; k++) out.push(t[b + QUEUE + 2 * (k % this.capacity)]!);
     return out;
   }
 
-  /** Slots inside a read section now (plain reads, for displays). */
-  peekReaders(): number[] {
-    const out: number[] = [];
-    for (let s = 0; s < this.slots; s++) if ((this.mem.i32[this.readers + s]! & 1) !== 0) out.push(s);
-    return out;
+  /** Readers inside now (plain reads, for displays). */
+  peekReaders(): number {
+    return this.mem.i32[this.base + COUNT]! + this.mem.i32[this.base + COUNT + 1]!;
   }
 
   /** Contract: the lock held. */
@@ -165,33 +172,25 @@ export class Rcu {
     const m = this.mem;
     const b = this.base;
     let gp = m.load32(b + GP);
-    if ((gp & 1) !== 0 && this.readersLeft()) m.store32(b + GP, ++gp);
+    // A running grace period ends when the epoch it flipped away from has no reader left.
+    if ((gp & 1) !== 0 && m.load32(b + COUNT + (1 - m.load32(b + EPOCH))) === 0) m.store32(b + GP, ++gp);
     const head = m.load32(b + QHEAD);
     const tail = m.load32(b + QTAIL);
-    if ((gp & 1) === 0 && head !== tail && m.load32(this.queue + 2 * (head % this.capacity) + 1) > gp) {
-      // Objects wait for a grace period not yet begun: begin it, noting who is inside now.
-      for (let s = 0; s < this.slots; s++) m.store32(this.snap + s, m.load32(this.readers + s));
+    if ((gp & 1) === 0 && head !== tail && m.load32(b + QUEUE + 2 * (head % this.capacity) + 1) > gp) {
+      // Objects wait for a grace period not yet begun: begin it by flipping the epoch.
+      const old = m.load32(b + EPOCH);
+      m.store32(b + EPOCH, 1 - old);
       m.store32(b + GP, ++gp);
-      if (this.readersLeft()) m.store32(b + GP, ++gp);
+      if (m.load32(b + COUNT + old) === 0) m.store32(b + GP, ++gp);
     }
     let n = 0;
     let k = head;
     for (; k !== tail; k++) {
-      const e = this.queue + 2 * (k % this.capacity);
+      const e = b + QUEUE + 2 * (k % this.capacity);
       if (m.load32(e + 1) > gp) break;
       out[n++] = m.load32(e);
     }
     if (k !== head) m.store32(b + QHEAD, k);
     return n;
-  }
-
-  /** Has every slot that was inside a read section when the running grace period began left it since? */
-  private readersLeft(): boolean {
-    const m = this.mem;
-    for (let s = 0; s < this.slots; s++) {
-      const at = m.load32(this.snap + s);
-      if ((at & 1) !== 0 && m.load32(this.readers + s) === at) return false;
-    }
-    return true;
   }
 }

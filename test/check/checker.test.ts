@@ -52,9 +52,11 @@ const SCENARIO_GUARD: Record<string, keyof typeof GUARDS> = {
   'dirty-bit-loss': 'atomic-volatile-clear',
   'notifier-race': 'notifier-retry',
   'free-during-walk': 'lockless-walk-sync',
+  'tdp-rcu-free': 'rcu-deferred-free',
+  'tdp-zap-vs-fault': 'write-lock-exclusion',
 };
 
-test('the five built-in scenarios are the ones DESIGN.md names, one per guard', () => {
+test("the built-in scenarios are DESIGN.md's five and the TDP MMU's, one per guard", () => {
   assert.deepEqual(
     catalog.builtin.map((s) => [s.name, s.guard]),
     Object.entries(SCENARIO_GUARD),

@@ -1,4 +1,4 @@
-// The TDP MMU (mode tdp): the iterator's walk, faults in parallel under the read lock, the built-in races it shares with the shadow MMU found with their guards off and proven absent with them on, leaked tables caught, and a VM on real threads losing nothing.
+// The TDP MMU (mode tdp): the iterator's walk, faults in parallel under the read lock, its own races and those it shares with the shadow MMU found with their guards off and proven absent with them on, leaked tables and changed frozen entries caught, and a VM on real threads losing nothing.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -80,6 +80,8 @@ for (const [scenario, guard, invariant] of [
   ['dirty-bit-loss', 'atomic-volatile-clear', 'frame-dirty-before-drop'],
   ['notifier-race', 'notifier-retry', 'spte-within-host-mapping'],
   ['free-during-walk', 'lockless-walk-sync', 'no-freed-page-walk'],
+  ['tdp-rcu-free', 'rcu-deferred-free', 'no-freed-page-walk'],
+  ['tdp-zap-vs-fault', 'write-lock-exclusion', 'spte-within-host-mapping'],
 ] as const) {
   test(`tdp: ${scenario} is exhaustive and clean with every guard on, and with ${guard} off breaks ${invariant}`, () => {
     const spec = findScenario(loadCatalog(), scenario);
@@ -108,6 +110,27 @@ export const s = defineScenario({
   const r = runCheck(gen, loadScenarioFile(f), {});
   assert.equal(r.violation?.invariant, 'no-leaked-table');
   assert.match(r.violation!.message, /page table \d+ \(level 3, gfn 0x0\) is in use but neither reachable from the root nor waiting on RCU/);
+});
+
+test('tdp: a thread that changes an entry another thread froze is reported', () => {
+  const f = file(
+    'frozen.ts',
+    `import { defineScenario } from 'kvmmu/scenario';
+const FROZEN = 0x5a0n;
+export const s = defineScenario({
+  name: 'tdp-frozen', description: 'one thread freezes a leaf, another overwrites it', modes: ['tdp'],
+  machine: () => ({ vcpus: 1, memBytes: 24 * 4096, hostFrames: 40, spPages: 24, tlbEntries: 4 }),
+  setup(vm) { vm.powerOn(16); vm.program(0, [{ op: 'read', gva: vm.addr(3) }]); },
+  threads: {
+    A: (vm) => { const k = vm.kvm; k.mem.store64(k.pages.sptep(3, 3), FROZEN); },
+    B: (vm) => { const k = vm.kvm; if (k.mem.load64(k.pages.sptep(3, 3)) === FROZEN) k.mem.store64(k.pages.sptep(3, 3), 0n); },
+  },
+});
+`,
+  );
+  const r = runCheck(gen, loadScenarioFile(f), {});
+  assert.equal(r.violation?.invariant, 'frozen-entry-owned');
+  assert.match(r.violation!.message, /thread 'B' changed SPTE \(sp 3, #3\) to 0 while thread 'A' had it frozen/);
 });
 
 test('tdp: kvmmu run on real threads with migration, swap and KSM loses nothing', () => {

@@ -13,10 +13,10 @@ import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
 
 function handles(n: number): Rcu[] {
   const b = new LayoutBuilder();
-  layoutRcu(b, 'rcu', 4, 8);
+  layoutRcu(b, 'rcu', 8);
   const shm = createShm(b.finish());
   const base = region(shm.layout, 'rcu').off / 4;
-  return Array.from({ length: n }, (_, s) => new Rcu(new Mem(shm), base, 4, 8, s));
+  return Array.from({ length: n }, () => new Rcu(new Mem(shm), base, 8));
 }
 
 test('with no reader inside, call_rcu hands the object back at once', () => {
@@ -60,20 +60,20 @@ test('a read section that opens after call_rcu does not hold the object; one que
 // unlinks object 1 for object 2, waits out readers with call_rcu (or not), and poisons object 1 when it gets it back.
 const RCU_BASE = 16; // bytes: the region starts after the pointer and the two objects
 const FILE = (graceful: boolean): string => `import { defineScenario, Rcu } from 'kvmmu/scenario';
-const rcu = (vm: any, slot: number) => new Rcu(vm.mem, vm.word(${RCU_BASE}), 2, 4, slot);
+const rcu = (vm: any) => new Rcu(vm.mem, vm.word(${RCU_BASE}), 4);
 export const s = defineScenario({
   name: 'rcu-${graceful ? 'graceful' : 'hasty'}', description: 'a reader and an updater that frees an unlinked object', memory: { metaBytes: 256 },
   setup(vm) { vm.mem.store32(vm.word(0), 1); vm.mem.store32(vm.word(4), 100); vm.mem.store32(vm.word(8), 200); },
   threads: {
     reader: (vm) => {
-      const r: Rcu = rcu(vm, 0);
+      const r: Rcu = rcu(vm);
       r.readLock();
       const p = vm.mem.load32(vm.word(0));
       if (vm.mem.load32(vm.word(4 * p)) === -1) vm.mem.store32(vm.word(12), 1);
       r.readUnlock();
     },
     updater: (vm) => {
-      const r: Rcu = rcu(vm, 1);
+      const r: Rcu = rcu(vm);
       vm.mem.store32(vm.word(0), 2); // unlink object 1
       const out: number[] = [];
       let n = ${graceful ? 'r.callRcu(1, out)' : '(out[0] = 1, 1)'};

@@ -56,7 +56,7 @@ test('the scenario list names each scenario with its description, guard, modes a
   assert.equal(list.scenarios.find((s) => s.name === 'lost-update')?.vm, false);
   assert.deepEqual(
     list.guards.map((g) => g.name),
-    ['pin-indirect', 'flush-mmu-writable', 'atomic-volatile-clear', 'notifier-retry', 'lockless-walk-sync'],
+    ['pin-indirect', 'flush-mmu-writable', 'atomic-volatile-clear', 'notifier-retry', 'lockless-walk-sync', 'rcu-deferred-free', 'write-lock-exclusion'],
   );
 });
 

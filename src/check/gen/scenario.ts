@@ -107,9 +107,11 @@ export class ScenarioVm {
     readonly machine: ScenarioMachine,
     /** This thread's access-layer handle (its hook is this thread's scheduling point). */
     readonly mem: Mem,
-    /** Kvm handles cached across executions, one per vCPU this thread drives (they hold no execution state). */
+    /** Kvm handles cached across executions, one per vCPU this thread drives (their thread state is reset here). */
     private readonly handles: Map<number, Kvm> = new Map(),
-  ) {}
+  ) {
+    for (const k of handles.values()) k.resetThreadState();
+  }
 
   get config(): VmConfig {
     if (this.machine.config === null) throw new ScenarioUsageError('this scenario has no VM');

@@ -6,15 +6,18 @@ import { dirtyBitLoss } from './dirty-bit-loss';
 import { freeDuringWalk } from './free-during-walk';
 import { notifierRace } from './notifier-race';
 import { wpTlbFlush } from './wp-tlb-flush';
+import { tdpRcuFree, tdpZapVsFault } from './tdp';
 import { abbaDeadlock, atomicCounter, lostUpdate } from './examples';
 
-/** The five built-ins, in DESIGN.md's order. */
+/** The built-ins, one per guard: DESIGN.md's five, then the TDP MMU's. */
 export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
   abaGfnPfn,
   wpTlbFlush,
   dirtyBitLoss,
   notifierRace,
   freeDuringWalk,
+  tdpRcuFree,
+  tdpZapVsFault,
 ] as unknown as ScenarioSpec<never>[];
 
 export const EXAMPLE_SCENARIOS: readonly ScenarioSpec<never>[] = [lostUpdate, atomicCounter, abbaDeadlock] as unknown as ScenarioSpec<never>[];
