@@ -11,6 +11,7 @@ import { explore } from '../../src/check/explore';
 import { builtinMonitors } from '../../src/check/invariants';
 import { ALL_GUARDS, GUARDS, type MmuMode } from '../../src/kvm/config';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
+import { rng } from '../helpers/rng';
 
 /** One block of a random MMU program: what it does (k), on gfn PAGES[g], in variant o. */
 interface Blk {
@@ -83,19 +84,6 @@ export const s = defineScenario({
 const COST: Record<Blk['k'], number> = { wp: 9, wplog: 9, flush: 4, report: 1, enter: 3, write: 9 };
 const HOST: Blk['k'][] = ['wp', 'wplog', 'flush', 'report'];
 const VCPU: Blk['k'][] = ['enter', 'write'];
-
-/** xorshift32, so a failure names a seed that reproduces it. */
-function rng(seed: number): (n: number) => number {
-  let s = seed >>> 0 || 1;
-  return (n) => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return Math.floor((s / 2 ** 32) * n);
-  };
-}
 
 function randomProgram(r: (n: number) => number): Blk[][] {
   const threads: Blk[][] = [[], [], []];

@@ -10,6 +10,7 @@ import { Engine } from '../../src/check/engine';
 import { explore } from '../../src/check/explore';
 import { builtinMonitors } from '../../src/check/invariants';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
+import { rng } from '../helpers/rng';
 
 /** One operation of a random program: kind, location, values; `then` runs only when this one returned `when`. */
 interface Op {
@@ -89,19 +90,6 @@ export const s = defineScenario({
 const KINDS32 = ['load32', 'store32', 'storeRelease32', 'cmpxchg32', 'xchg32', 'fetchAdd32', 'fetchOr32', 'fetchAnd32', 'or32', 'waitWhile32'];
 const KINDS64 = ['load64', 'store64', 'cmpxchg64', 'xchg64'];
 const KINDS_DATA = ['loadData64', 'storeData64', 'cmpxchgData64', 'copyData', 'writeData', 'compareData'];
-
-/** xorshift32, so a failure names a seed that reproduces it. */
-function rng(seed: number): (n: number) => number {
-  let s = seed >>> 0 || 1;
-  return (n) => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return Math.floor((s / 2 ** 32) * n);
-  };
-}
 
 /** Two or three threads of one to four operations (a lock section's included), on a few locations. */
 function randomProgram(r: (n: number) => number): Op[][] {
