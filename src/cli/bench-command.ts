@@ -6,6 +6,7 @@ import { MMU_MODES, parseSize, type MmuMode, type PageMarking } from '../kvm/con
 import { pageMarkingOption } from './settings';
 import { runDirtyLogBench, type ProgressFn } from '../bench/dirty-log';
 import { runScaleBench } from '../bench/scale';
+import { DEMAND_PAGING_DEFAULTS, formatDemandPaging, resolveDemandPaging, runDemandPagingBench } from '../bench/demand-paging';
 import { DIRTY_LOG_DEFAULTS, FAST_PATH_SETTINGS, SCALE_DEFAULTS, resolveDirtyLog, resolveScale, type FastPathSetting } from '../bench/options';
 import { checkOutDir, dirtyLogHtml, formatDirtyLog, formatScale, scaleHtml, writeResults } from '../bench/report';
 import { fmtBytes } from '../shm/layout';
@@ -115,7 +116,35 @@ async function scaleCommand(o: ScaleCliOptions): Promise<number> {
   return 0;
 }
 
-/** Add `kvmmu bench dirty-log` and `kvmmu bench scale` to the program. */
+interface DemandPagingCliOptions {
+  maxVcpus: number;
+  bytesPerVcpu: number;
+  trials: number;
+  modes: string;
+  hostFaults: boolean;
+  json: boolean;
+}
+
+async function demandPagingCommand(o: DemandPagingCliOptions): Promise<number> {
+  const config = resolveDemandPaging({
+    maxVcpus: o.maxVcpus,
+    bytesPerVcpu: o.bytesPerVcpu,
+    trials: o.trials,
+    modes: o.modes.split(',').map((m) => m.trim()) as MmuMode[],
+    hostPrefault: !o.hostFaults,
+  });
+  const p = progressBar('bench demand-paging', o.json);
+  let result;
+  try {
+    result = await runDemandPagingBench(config, p.onProgress);
+  } finally {
+    p.stop();
+  }
+  process.stdout.write(o.json ? JSON.stringify(result) + '\n' : formatDemandPaging(result));
+  return 0;
+}
+
+/** Add `kvmmu bench dirty-log`, `kvmmu bench scale` and `kvmmu bench demand-paging` to the program. */
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks: KVM dirty_log_perf_test phases, fast path on and off, and vCPU scaling');
   const d = DIRTY_LOG_DEFAULTS;
@@ -155,5 +184,21 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'write scale.json and scale.html to this folder')
     .action(async (opts: ScaleCliOptions) => {
       process.exitCode = await scaleCommand(opts);
+    });
+  const dp = DEMAND_PAGING_DEFAULTS;
+  bench
+    .command('demand-paging')
+    .description(
+      "after KVM's demand_paging_test: each vCPU faults in its own untouched memory; the time per MMU mode and vCPU count, " +
+        'interleaved trial by trial, and what the most vCPUs gain over one (faults under the read lock vs the spinlock)',
+    )
+    .option('-v, --max-vcpus <n>', 'run 1..N vCPUs', int('-v', 1, 64), dp.maxVcpus)
+    .addOption(new Option('-b, --bytes-per-vcpu <size>', 'guest memory each vCPU faults in (e.g. 64M)').argParser(size).default(dp.bytesPerVcpu, fmtBytes(dp.bytesPerVcpu)))
+    .option('-t, --trials <n>', 'trials; each runs every (mode, vCPUs) pair once, in a rotating order', int('-t', 1, 100), dp.trials)
+    .option('--modes <list>', `MMU modes to compare, comma-separated (${MMU_MODES.join(', ')})`, dp.modes.join(','))
+    .option('--host-faults', "leave the host's pages absent too, so each first touch also allocates and zeroes a frame under the host's locks", false)
+    .option('--json', 'print the result as one JSON object', false)
+    .action(async (opts: DemandPagingCliOptions) => {
+      process.exitCode = await demandPagingCommand(opts);
     });
 }

@@ -123,6 +123,9 @@ export class Rcu {
    */
   poll(out: number[]): number {
     const m = this.mem;
+    // Nothing queued, nothing to do: looked at without the lock, so pollers on every fault do not serialize on it.
+    // (An object queued just after this look is polled by whoever queued it, or the next poll.)
+    if (m.load32(this.base + QHEAD) === m.load32(this.base + QTAIL)) return 0;
     m.lock(this.base);
     const n = this.advance(out);
     m.unlock(this.base);

@@ -329,3 +329,31 @@ test('bench/check.js refuses a --dfs-seconds that is not a number of seconds (it
   assert.equal(help.status, 0, help.stderr);
   assert.match(help.stdout, /^usage: node dist\/bench\/check\.js/);
 });
+
+test('bench demand-paging --json over 1..2 vCPUs in two modes prints one point per mode and vCPU count, every page a slow fault in tdp mode, and a gain per mode', () => {
+  const r = kvmmu('bench', 'demand-paging', '-v', '2', '-b', '256K', '-t', '2', '--modes', 'direct,tdp', '--json');
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as {
+    benchmark: string;
+    pagesPerVcpu: number;
+    points: { mode: string; vcpus: number; seconds: { median: number }; pagesPerSecond: { median: number }; slowFaults: number }[];
+    gain: Record<string, { min: number; median: number; max: number } | null>;
+  };
+  assert.equal(j.benchmark, 'demand-paging');
+  assert.equal(j.pagesPerVcpu, 64);
+  assert.deepEqual(
+    j.points.map((p) => [p.mode, p.vcpus]),
+    [['direct', 1], ['direct', 2], ['tdp', 1], ['tdp', 2]],
+  );
+  for (const p of j.points) assert.ok(p.seconds.median > 0 && p.pagesPerSecond.median > 0);
+  // The TDP MMU does not prefetch: each first touch is a slow fault (direct mode maps groups of 8 at once).
+  assert.equal(j.points.find((p) => p.mode === 'tdp' && p.vcpus === 2)!.slowFaults, 128);
+  assert.ok(j.gain.direct !== null && j.gain.tdp !== null && j.gain.tdp.min <= j.gain.tdp.median);
+});
+
+test('bench demand-paging refuses an unknown mode with a one-line error and exit 2', () => {
+  const r = kvmmu('bench', 'demand-paging', '--modes', 'direct,ept');
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /unknown mode 'ept' in --modes/);
+  assert.equal(r.stdout, '');
+});
