@@ -40,11 +40,10 @@ import {
   spteToPfn,
   SPTE_USER_MASK,
 } from '../x86/spte';
-import type { TlbEntry } from '../vcpu/vcpu';
+import { readTlb, type TlbEntry } from '../vcpu/vcpu';
 import type { Execution, Footprint, Monitor, Step } from './engine';
 import type { ScenarioMachine } from './gen/scenario';
 import { ghostKey, metaKey32, metaKey64, dataPageKey } from './ops';
-import { TLB_FLAGS, TLB_GEN, TLB_GFN, TLB_PFN, TLB_SPTEP, TLB_TAG, TLB_WORDS, TLB_DIRTY } from '../vcpu/vcpu';
 
 const ALL_ENTRIES: readonly number[] = Array.from({ length: 512 }, (_, i) => i);
 
@@ -79,7 +78,6 @@ export class Observer {
   readonly sptHi: number;
   readonly mapLo: number;
   readonly mapHi: number;
-  private readonly tlbBase: number;
 
   constructor(
     machine: ScenarioMachine,
@@ -93,7 +91,6 @@ export class Observer {
     const map = region(machine.shm.layout, 'host.map');
     this.mapLo = map.off / 4;
     this.mapHi = (map.off + map.bytes) / 4;
-    this.tlbBase = region(machine.shm.layout, 'vcpu.tlb').off / 4;
     if (fp !== null) {
       // The plain-stored words read below: shadow pages' state and present bits (mmu_lock), each vCPU's TLB (its own).
       const pages = this.kvm.pages;
@@ -178,8 +175,11 @@ export class Observer {
       if (!this.spInUse(sp)) continue;
       const role = this.role(sp);
       if (roleLevel(role) !== 1) continue;
+      // A direct leaf page maps gfn base + idx: its gfn word is read once, not per entry.
+      const direct = roleIsDirect(role);
+      const base = direct ? this.r32(k.pages.hdr(sp, SP_GFN)) : 0;
       for (const idx of this.presentIndices(sp)) {
-        const gfn = this.entryGfn(sp, idx, role);
+        const gfn = direct ? base + idx : this.r32(k.pages.gfnsBase + sp * 512 + idx);
         if (want !== undefined && !want(gfn)) continue;
         const sptep = k.pages.sptep(sp, idx);
         const spte = this.r64(sptep);
@@ -200,17 +200,8 @@ export class Observer {
 
   /** vCPU v's valid TLB entries. Its owner writes them with plain stores and declares the TLB as one location, its generation word. */
   tlb(v: number): TlbEntry[] {
-    const k = this.kvm;
-    const t = k.mem.i32;
-    const gen = this.r32(k.vcpuWord(v, VCPU_TLB_GEN));
-    const base = this.tlbBase + v * k.config.tlbEntries * TLB_WORDS;
-    const out: TlbEntry[] = [];
-    for (let i = 0; i < k.config.tlbEntries; i++) {
-      const e = base + i * TLB_WORDS;
-      if (t[e + TLB_TAG] === 0 || t[e + TLB_GEN] !== gen) continue;
-      out.push({ vpn: t[e + TLB_TAG]! - 1, pfn: t[e + TLB_PFN]!, gfn: t[e + TLB_GFN]!, sptep: t[e + TLB_SPTEP]!, acc: t[e + TLB_FLAGS]! & 7, dirty: (t[e + TLB_FLAGS]! & TLB_DIRTY) !== 0 });
-    }
-    return out;
+    this.fp?.read(metaKey32(this.kvm.vcpuWord(v, VCPU_TLB_GEN)));
+    return readTlb(this.kvm, v);
   }
 
   /** Is `gfn`'s bit set in its slot's dirty bitmap? (Slot geometry is fixed after setup: no read to declare.) */
@@ -280,15 +271,15 @@ class VcpuFlushes {
       this.entering[v] = -1;
     }
   }
-  /** A writable TLB entry of vCPU v for `gfn` that it may still write through (not about to flush), or null. */
-  writableEntry(v: number, gfn: number): { mode: number } | null {
-    const mode = this.o.vcpuMode(v);
-    const pending = this.o.flushPending(v);
-    this.o.ghostRead(G_ENTERING, v);
+  /** A writable TLB entry of vCPU v for a gfn `want` accepts that it may still write through (not about to flush), or null. */
+  writableEntry(v: number, want: (gfn: number) => boolean): { mode: number; gfn: number } | null {
     for (const e of this.o.tlb(v)) {
-      if (e.gfn !== gfn || (e.acc & ACC_WRITE_MASK) === 0) continue;
-      if (pending && (mode !== IN_GUEST_MODE || this.entering[v]! >= 0)) continue;
-      return { mode };
+      if ((e.acc & ACC_WRITE_MASK) === 0 || !want(e.gfn)) continue;
+      // Only with such an entry does the answer depend on the vCPU's mode and requests: read them then.
+      const mode = this.o.vcpuMode(v);
+      const pending = this.o.flushPending(v);
+      this.o.ghostRead(G_ENTERING, v);
+      return pending && (mode !== IN_GUEST_MODE || this.entering[v]! >= 0) ? null : { mode, gfn: e.gfn };
     }
     return null;
   }
@@ -320,7 +311,7 @@ class TlbAfterWriteProtect implements Monitor {
     if (kind !== NOTE.wpDone) return null;
     const k = this.o.kvm;
     for (let v = 0; v < k.config.vcpus; v++) {
-      const e = this.flushes.writableEntry(v, gfn);
+      const e = this.flushes.writableEntry(v, (g) => g === gfn);
       if (e !== null)
         return (
           `vCPU ${v} still holds a writable TLB entry for gfn ${hex(gfn)} after the write-protection of that gfn (it became a ` +
@@ -422,17 +413,14 @@ class DirtyOrWriteProtected implements Monitor {
           `clear in the bitmap the next get reads: the guest's writes to it from now on are never reported`
         );
     }
-    for (let v = 0; v < k.config.vcpus; v++)
-      for (const e of o.tlb(v)) {
-        if (e.gfn < lo || e.gfn >= hi || (e.acc & ACC_WRITE_MASK) === 0 || !clean(e.gfn)) continue;
-        // (VcpuFlushes reads the TLB again, with the mode and request word.)
-        const w = this.flushes.writableEntry(v, e.gfn);
-        if (w !== null)
-          return (
-            `a dirty-log get or clear returned while vCPU ${v} can still write gfn ${hex(e.gfn)} through its TLB (in ` +
-            `${MODE_NAMES[w.mode]}, no flush pending) and its bit is clear in the bitmap the next get reads: those writes are never reported`
-          );
-      }
+    for (let v = 0; v < k.config.vcpus; v++) {
+      const w = this.flushes.writableEntry(v, (g) => g >= lo && g < hi && clean(g));
+      if (w !== null)
+        return (
+          `a dirty-log get or clear returned while vCPU ${v} can still write gfn ${hex(w.gfn)} through its TLB (in ` +
+          `${MODE_NAMES[w.mode]}, no flush pending) and its bit is clear in the bitmap the next get reads: those writes are never reported`
+        );
+    }
     return null;
   }
   /** Every path that makes an SPTE writable while its slot logs marks the gfn (mark_page_dirty): no mark stays owed. */
@@ -622,7 +610,13 @@ class NoFreedPageWalk implements Monitor {
 class SpteWithinHostMapping implements Monitor {
   readonly name = 'spte-within-host-mapping';
   readonly statement = 'no SPTE maps a frame other than the host mapping of its gfn, or grants write when the host mapping does not';
-  constructor(private readonly o: Observer) {}
+  /** The gfn each host mapping word maps (host page tables are fixed after init, so this is computed once). */
+  private readonly gfnOfMapWord = new Map<number, number>();
+  constructor(private readonly o: Observer) {
+    const k = o.kvm;
+    for (let s = 0; s < k.nSlots; s++)
+      for (let g = k.slotGfn[s]!; g < k.slotGfn[s]! + k.slotPages[s]!; g++) this.gfnOfMapWord.set(k.host.ptep(k.gfnToHvpn(g)), g);
+  }
   afterStep(ex: Execution, s: Step): string | null {
     const writesSpte = (s.op === OP.store64 || s.op === OP.xchg64 || s.op === OP.cmpxchg64) && s.a >= this.o.sptLo && s.a < this.o.sptHi;
     const writesMap = (s.op === OP.store32 || s.op === OP.cmpxchg32) && s.a >= this.o.mapLo && s.a < this.o.mapHi;
@@ -633,9 +627,9 @@ class SpteWithinHostMapping implements Monitor {
     }
     if (!writesMap) return null;
     const m = this.o.kvm.mem.i32[s.a]!; // the step's own word
-    const host = this.o.kvm.host;
-    const k = this.o.kvm;
-    for (const l of this.o.leafSptes((gfn) => k.slotOf(gfn) >= 0 && host.ptep(k.gfnToHvpn(gfn)) === s.a)) {
+    const gfn = this.gfnOfMapWord.get(s.a);
+    if (gfn === undefined) return null;
+    for (const l of this.o.leafSptes((g) => g === gfn)) {
       const msg = this.verify(ex, l, m);
       if (msg !== null) return msg;
     }

@@ -178,11 +178,6 @@ export function isEnabled(i32: Int32Array, op: number, a: number, b: number): bo
   return true;
 }
 
-/** Operations that take a lock: a blocked one is waiting for it (deadlock reports, DPOR's lock races). */
-export function isLockTake(op: number): boolean {
-  return op === OP.lock || op === OP.readLock || op === OP.writeLock || op === OP.writeLockWait;
-}
-
 /**
  * Can `q`'s operation `x`, executed first, be followed by `p`'s blocked
  * operation `y` being the one that ran instead? An unlock and a lock of the

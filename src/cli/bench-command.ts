@@ -75,6 +75,16 @@ function progressBar(label: string, json: boolean): { onProgress: ProgressFn | u
   };
 }
 
+/** Run a benchmark with a progress bar (on a terminal, without --json), taken down however it ends. */
+async function withProgress<T>(label: string, json: boolean, run: (onProgress: ProgressFn | undefined) => Promise<T>): Promise<T> {
+  const p = progressBar(label, json);
+  try {
+    return await run(p.onProgress);
+  } finally {
+    p.stop();
+  }
+}
+
 async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
   // Validate everything before any thread starts or any file is written.
   const config = resolveDirtyLog({
@@ -87,13 +97,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
     pageMarking: o.pageMarking,
   });
   if (o.out !== undefined) checkOutDir(o.out);
-  const p = progressBar('bench dirty-log', o.json);
-  let outcome;
-  try {
-    outcome = await runDirtyLogBench(config, p.onProgress);
-  } finally {
-    p.stop();
-  }
+  const outcome = await withProgress('bench dirty-log', o.json, (onProgress) => runDirtyLogBench(config, onProgress));
   const written = o.out === undefined ? [] : writeResults(o.out, 'dirty-log', outcome.result, dirtyLogHtml(outcome));
   if (o.json) process.stdout.write(JSON.stringify(outcome.result) + '\n');
   else process.stdout.write(formatDirtyLog(outcome) + (written.length > 0 ? `wrote ${written.join(', ')}\n` : ''));
@@ -103,13 +107,7 @@ async function dirtyLogCommand(o: DirtyLogCliOptions): Promise<number> {
 async function scaleCommand(o: ScaleCliOptions): Promise<number> {
   const config = resolveScale({ maxVcpus: o.maxVcpus, bytesPerVcpu: o.bytesPerVcpu, iterations: o.iterations, trials: o.trials, mode: o.mode, pageMarking: o.pageMarking });
   if (o.out !== undefined) checkOutDir(o.out);
-  const p = progressBar('bench scale', o.json);
-  let outcome;
-  try {
-    outcome = await runScaleBench(config, p.onProgress);
-  } finally {
-    p.stop();
-  }
+  const outcome = await withProgress('bench scale', o.json, (onProgress) => runScaleBench(config, onProgress));
   const written = o.out === undefined ? [] : writeResults(o.out, 'scale', outcome.result, scaleHtml(outcome));
   if (o.json) process.stdout.write(JSON.stringify(outcome.result) + '\n');
   else process.stdout.write(formatScale(outcome) + (written.length > 0 ? `wrote ${written.join(', ')}\n` : ''));
@@ -133,13 +131,7 @@ async function demandPagingCommand(o: DemandPagingCliOptions): Promise<number> {
     modes: o.modes.split(',').map((m) => m.trim()) as MmuMode[],
     hostPrefault: !o.hostFaults,
   });
-  const p = progressBar('bench demand-paging', o.json);
-  let result;
-  try {
-    result = await runDemandPagingBench(config, p.onProgress);
-  } finally {
-    p.stop();
-  }
+  const result = await withProgress('bench demand-paging', o.json, (onProgress) => runDemandPagingBench(config, onProgress));
   process.stdout.write(o.json ? JSON.stringify(result) + '\n' : formatDemandPaging(result));
   return 0;
 }

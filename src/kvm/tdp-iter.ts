@@ -73,14 +73,6 @@ export class TdpIter {
     }
   }
 
-  /** Skip the rest of the current entry's subtree (its table, if any, is not entered). */
-  skipChildren(): void {
-    const min = this.minLevel;
-    this.minLevel = this.level;
-    this.next();
-    this.minLevel = min;
-  }
-
   private read(): void {
     const span = pagesPerSpte(this.level);
     this.sptep = this.kvm.pages.sptep(this.tables[this.level]!, Math.floor(this.gfn / span) % 512);

@@ -360,8 +360,7 @@ export class TdpMmu {
         if (!isShadowPresentPte(m.u64[sptep]!)) continue;
         old = m.load64(sptep);
         if (!isShadowPresentPte(old)) continue;
-        if (spteHasVolatileBits(old, k.guardAtomicVolatileClear)) old = m.xchg64(sptep, FROZEN_SPTE);
-        else m.store64(sptep, FROZEN_SPTE);
+        old = this.writeSpte(sptep, old, FROZEN_SPTE);
       }
       this.handleChangedSpte(base + i * span, old, FROZEN_SPTE, level, shared);
     }

@@ -87,11 +87,6 @@ export class Rcu {
     if (--this.depth === 0) this.mem.fetchAdd32(this.base + COUNT + this.epoch, -1);
   }
 
-  /** True inside a read section of this handle. */
-  get reading(): boolean {
-    return this.depth > 0;
-  }
-
   /**
    * call_rcu(): queue `obj` (a non-negative integer) to be handed back by a
    * later poll, after a grace period that begins after this call. Then poll:
@@ -163,11 +158,6 @@ export class Rcu {
     const out: number[] = [];
     for (let k = t[b + QHEAD]!; k < t[b + QTAIL]!; k++) out.push(t[b + QUEUE + 2 * (k % this.capacity)]!);
     return out;
-  }
-
-  /** Readers inside now (plain reads, for displays). */
-  peekReaders(): number {
-    return this.mem.i32[this.base + COUNT]! + this.mem.i32[this.base + COUNT + 1]!;
   }
 
   /** Contract: the lock held. */
