@@ -231,8 +231,8 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
 export function scenariosCommand(json: boolean): number {
   const c = loadCatalog();
   const rows = [
-    ...c.builtin.map((s) => ({ name: s.name, kind: 'built-in', guard: s.guard ?? null, modes: s.modes ?? ['direct', 'shadow'], threads: Object.keys(s.threads), description: s.description })),
-    ...c.examples.map((s) => ({ name: s.name, kind: 'example', guard: null, modes: [], threads: Object.keys(s.threads), description: s.description })),
+    ...c.builtin.map((s) => ({ name: s.name, kind: 'built-in', guard: s.guard ?? null, modes: s.modes ?? ['direct', 'shadow'], fix: s.fix ?? null, threads: Object.keys(s.threads), description: s.description })),
+    ...c.examples.map((s) => ({ name: s.name, kind: 'example', guard: null, modes: [], fix: null, threads: Object.keys(s.threads), description: s.description })),
   ];
   if (json) {
     process.stdout.write(JSON.stringify(rows) + '\n');
@@ -240,6 +240,7 @@ export function scenariosCommand(json: boolean): number {
   }
   for (const r of rows) {
     process.stdout.write(`${r.name.padEnd(18)} ${r.kind === 'example' ? 'example (not KVM)' : `guard ${r.guard}, ${r.modes.join('/')} mode`}; threads: ${r.threads.join(', ')}\n`);
+    if (r.fix !== null) process.stdout.write(`${''.padEnd(18)} a real race, fixed in ${r.fix.commit} (${r.fix.year}) "${r.fix.title}"\n`);
     process.stdout.write(`${''.padEnd(18)} ${r.description}\n`);
   }
   return 0;

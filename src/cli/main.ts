@@ -21,6 +21,7 @@ import { runVm, type RunReport } from '../runtime/run';
 import { ProgressLine } from './progress';
 import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
 import { tourCommand } from './tour';
+import { corpusCommand, type CorpusCliOptions } from './corpus-command';
 import { STRATEGIES } from '../check/explore';
 import { registerServe } from './serve-command';
 import { registerBench } from './bench-command';
@@ -154,6 +155,18 @@ export function buildProgram(): Command {
         return;
       }
       for (const n of GUARD_NAMES) process.stdout.write(`${n.padEnd(22)} ${GUARD_HELP[n]}\n`);
+    });
+
+  program
+    .command('corpus')
+    .description("the races KVM really had (KVM-BUGS.md) and the seed's: each found with its fix off, and exhaustive and clean with it on")
+    .addOption(new Option('--mode <mode>', 'only this MMU mode').choices(MMU_MODES as string[]))
+    .option('--only <id>', 'only this entry (repeatable): kvm-1 ... kvm-10, seed-1 ... seed-5', collect, undefined)
+    .option('--kvm-only', "only KVM-BUGS.md's entries, not the seed's", false)
+    .option('--seconds <s>', 'time budget of each check', positive('--seconds', DAY_SECONDS), 60)
+    .option('--json', 'print a JSON array, one object per race and mode', false)
+    .action((opts: CorpusCliOptions) => {
+      process.exitCode = corpusCommand(opts);
     });
 
   registerServe(program);

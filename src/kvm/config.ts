@@ -22,6 +22,8 @@ export const GUARDS = {
   'rcu-deferred-free': 1 << 5,
   /** TDP MMU: the paths KVM runs with mmu_lock held for write (notifier zap, dirty-log write-protection) exclude faults. */
   'write-lock-exclusion': 1 << 6,
+  /** TDP MMU: write-protecting a gfn for write-tracking clears MMU-writable too, and flushes, even in an SPTE already read-only (7c8a4742c4ab, 2022). */
+  'wrprot-mmu-writable': 1 << 7,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -36,6 +38,7 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'lockless-walk-sync': 'a shadow page is freed and reused while a lockless walker still reads it',
   'rcu-deferred-free': 'TDP: a removed page table is freed while a fault or the fast path still walks it',
   'write-lock-exclusion': 'TDP: an MMU-notifier zap runs beside a fault under the read lock, which maps the pfn being removed',
+  'wrprot-mmu-writable': 'TDP: write-tracking a gfn skips its read-only SPTE, which stays MMU-writable: the fast path makes it writable again',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

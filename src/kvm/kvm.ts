@@ -229,6 +229,7 @@ export class Kvm {
   readonly guardLocklessWalkSync: boolean;
   readonly guardRcuDeferredFree: boolean;
   readonly guardWriteLockExclusion: boolean;
+  readonly guardWrprotMmuWritable: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
 
@@ -282,6 +283,7 @@ export class Kvm {
     this.guardLocklessWalkSync = (g & GUARDS['lockless-walk-sync']) !== 0;
     this.guardRcuDeferredFree = (g & GUARDS['rcu-deferred-free']) !== 0;
     this.guardWriteLockExclusion = (g & GUARDS['write-lock-exclusion']) !== 0;
+    this.guardWrprotMmuWritable = (g & GUARDS['wrprot-mmu-writable']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.fastPath = config.fastPath;
 

@@ -715,6 +715,42 @@ export class Mmu implements GuestPtAccess {
     return k.host.readUserAtomic(k.gfnToHvpn(gfn), gpa % 4096);
   }
 
+  // ---- write-tracking ----
+
+  /**
+   * KVM's kvm_write_track_add_gfn: writes to `gfn` must exit to KVM from now
+   * on (it holds a page table KVM shadows, or a device model watches it).
+   * Under mmu_lock held for write: count the tracker, write-protect every SPTE
+   * mapping the gfn — clearing MMU-writable too, so the fast path cannot undo
+   * it — and flush before the lock is dropped. Shadow pages track the gfns of
+   * the guest tables they shadow through the same count (mmu-page.ts).
+   */
+  kvmWriteTrackAddGfn(gfn: number): void {
+    const k = this.kvm;
+    const hvpn = k.gfnToHvpn(gfn);
+    k.mmuLockWrite();
+    const n = k.lockedLoad(k.pages.trackBase + hvpn);
+    k.lockedStore(k.pages.trackBase + hvpn, n + 1);
+    const flush = k.isTdp ? k.tdp.writeProtectGfnForTracking(gfn) : k.spte.rmapWriteProtect(gfn, true);
+    if (flush) k.kvmFlushRemoteTlbs();
+    k.spte.noteWriteProtected(gfn);
+    k.mmuUnlockWrite();
+  }
+
+  /** KVM's kvm_write_track_remove_gfn: one tracker fewer; the next fault may map the gfn writable again. */
+  kvmWriteTrackRemoveGfn(gfn: number): void {
+    const k = this.kvm;
+    const hvpn = k.gfnToHvpn(gfn);
+    k.mmuLockWrite();
+    const n = k.lockedLoad(k.pages.trackBase + hvpn);
+    if (n === 0) {
+      k.mmuUnlockWrite();
+      throw new KvmmuError(`gfn 0x${gfn.toString(16)} is not write-tracked`);
+    }
+    k.lockedStore(k.pages.trackBase + hvpn, n - 1);
+    k.mmuUnlockWrite();
+  }
+
   // ---- emulated writes to write-tracked guest page tables ----
 
   /**
@@ -728,7 +764,8 @@ export class Mmu implements GuestPtAccess {
     const gfn = Math.floor(gpa / 4096);
     k.host.writeUser64(k.gfnToHvpn(gfn), gpa % 4096 & ~7, value);
     k.markPageDirty(gfn);
-    this.kvmMmuPteWrite(gpa);
+    // kvm_mmu_track_write has work only where indirect shadow pages exist (not under the TDP MMU).
+    if (!k.isTdp) this.kvmMmuPteWrite(gpa);
   }
 
   /**

@@ -23,10 +23,11 @@
 import { LOCK_WORDS, NOTE } from '../shm/access';
 import { region, type LayoutBuilder } from '../shm/layout';
 import { Rcu, rcuWords } from '../shm/rcu';
-import { ACC_ALL } from '../x86/pte';
+import { ACC_ALL, ACC_WRITE_MASK } from '../x86/pte';
 import {
   FROZEN_SPTE,
   SPTE_ACCESSED_MASK,
+  SPTE_MMU_WRITABLE,
   SPTE_WRITABLE_MASK,
   isAccessedSpte,
   isDirtySpte,
@@ -44,7 +45,7 @@ import { clearBits } from '../x86/pte';
 import type { VmConfig } from './config';
 import { KVM_STAT, MMU_SEQ, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
 import { SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
-import { RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
+import { RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
 
@@ -286,13 +287,17 @@ export class TdpMmu {
     }
     const old = it.oldSpte;
     if (old === FROZEN_SPTE) return this.retryFrozen(it);
-    let newSpte = makeSpte(ACC_ALL, pfn, hostWritable, true, write);
+    // A write-tracked gfn (a page table KVM shadows, a page a device model watches) is mapped neither writable nor
+    // MMU-writable, and a write to it is emulated (make_spte's mmu_try_to_unsync_pages refusing). The count changes
+    // only under the write lock, so the read lock held here keeps it steady.
+    const tracked = k.pages.gfnTrackCount(k.gfnToHvpn(gfn)) > 0;
+    let newSpte = makeSpte(tracked ? ACC_ALL & ~ACC_WRITE_MASK : ACC_ALL, pfn, hostWritable, true, write);
     if (isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
     if (old === newSpte) return RET_PF_SPURIOUS;
     if (k.mem.cmpxchg64(it.sptep, old, newSpte) !== old) return RET_PF_RETRY;
     this.handleChangedSpte(gfn, old, newSpte, 1, true);
     if (isWritablePte(newSpte)) k.markPageDirty(gfn);
-    return RET_PF_FIXED;
+    return tracked && write ? RET_PF_EMULATE : RET_PF_FIXED;
   }
 
   /** Note where the walk met a frozen entry (see frozenAt) and retry the fault. */
@@ -445,6 +450,34 @@ export class TdpMmu {
     for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
       if (it.level !== 1 || !isShadowPresentPte(it.oldSpte)) continue;
       return k.spte.spteWriteProtect(it.sptep, false);
+    }
+    return false;
+  }
+
+  /**
+   * KVM's kvm_tdp_mmu_write_protect_gfn (write_protect_gfn), for write-tracking:
+   * the leaf mapping `gfn` made neither writable nor MMU-writable, so that
+   * neither the processor nor the fast path writes the page until tracking
+   * ends. Returns whether TLBs must be flushed. With guard
+   * `wrprot-mmu-writable` off, the code before 7c8a4742c4ab (2022): an SPTE
+   * already read-only is skipped (`if (!is_writable_pte(old)) break;`), so one
+   * that dirty logging write-protected keeps MMU-writable, nothing is flushed,
+   * and the fast path makes it writable again.
+   * Contract: mmu_lock held for write.
+   */
+  writeProtectGfnForTracking(gfn: number): boolean {
+    const root = this.root();
+    if (root < 0) return false;
+    const it = this.iter;
+    for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
+      const old = it.oldSpte;
+      if (!isShadowPresentPte(old) || !isLastSpte(old, it.level)) continue;
+      if (!this.kvm.guardWrprotMmuWritable && !isWritablePte(old)) break;
+      const newSpte = clearBits(old, SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE);
+      if (newSpte === old) break;
+      const was = this.writeSpte(it.sptep, old, newSpte);
+      this.handleChangedSpte(gfn, was, newSpte, it.level, false);
+      return true;
     }
     return false;
   }

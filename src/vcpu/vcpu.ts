@@ -278,8 +278,9 @@ export class Vcpu {
     let done = false;
     if (r === RET_PF_EMULATE) {
       if (value === null) throw new Error('vcpu: KVM asked to emulate an access that writes nothing');
-      const w = this.kv.walker;
-      this.kvm.mmu.emulateWrite(w.gfn * 4096 + (gva % 4096), value);
+      // Shadow paging: the guest's walk found the gpa; with two-dimensional paging (direct, TDP) the fault was on the gpa.
+      const gpa = this.kvm.config.mode === 'shadow' ? this.kv.walker.gfn * 4096 + (gva % 4096) : gva;
+      this.kvm.mmu.emulateWrite(gpa, value);
       done = true;
     }
     this.enterGuest();

@@ -31,12 +31,22 @@ export interface ScenarioContext {
   readonly pageMarking?: PageMarking;
 }
 
+/** The Linux commit that fixed the race a scenario reproduces (KVM-BUGS.md); with it off, the guard gives the code before it. */
+export interface RaceFix {
+  /** The upstream commit id (12 hex digits or more). */
+  readonly commit: string;
+  readonly year: number;
+  readonly title: string;
+}
+
 export interface ScenarioSpec<D = unknown> {
   readonly name: string;
   /** One or two sentences: what happens, and what would go wrong. */
   readonly description: string;
   /** The guard whose protection this scenario exercises. */
   readonly guard?: GuardName;
+  /** For a race KVM really had: the commit that fixed it. */
+  readonly fix?: RaceFix;
   /** Modes it runs in; the first is its default. */
   readonly modes?: readonly MmuMode[];
   /** A VM to build (keep it tiny: every execution restores its memory). */

@@ -7,9 +7,10 @@ import { freeDuringWalk } from './free-during-walk';
 import { notifierRace } from './notifier-race';
 import { wpTlbFlush } from './wp-tlb-flush';
 import { tdpRcuFree, tdpZapVsFault } from './tdp';
+import { REAL_RACE_SCENARIOS } from './real-races';
 import { abbaDeadlock, atomicCounter, lostUpdate } from './examples';
 
-/** The built-ins, one per guard: DESIGN.md's five, then the TDP MMU's. */
+/** The built-ins: one per guard (DESIGN.md's five, then the TDP MMU's), then the races KVM really had (KVM-BUGS.md). */
 export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
   abaGfnPfn,
   wpTlbFlush,
@@ -18,6 +19,7 @@ export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
   freeDuringWalk,
   tdpRcuFree,
   tdpZapVsFault,
+  ...REAL_RACE_SCENARIOS,
 ] as unknown as ScenarioSpec<never>[];
 
 export const EXAMPLE_SCENARIOS: readonly ScenarioSpec<never>[] = [lostUpdate, atomicCounter, abbaDeadlock] as unknown as ScenarioSpec<never>[];

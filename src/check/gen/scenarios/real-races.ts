@@ -1,0 +1,63 @@
+// Scenarios for races KVM really had (KVM-BUGS.md), each named after its bug, with the fix's commit; the fix is a guard whose "off" is the code before it.
+
+import { defineScenario } from '../scenario';
+import { tinyVm } from './common';
+import { dirtyLossBody } from './dirty-bit-loss';
+
+const X = 5;
+
+/**
+ * 7c8a4742c4ab: write-tracking a gfn (the TDP MMU's kvm_tdp_mmu_write_protect_gfn) skipped an SPTE that dirty
+ * logging had already made read-only, leaving it MMU-writable and flushing nothing.
+ */
+export const tdpPtWrprot = defineScenario({
+  name: 'tdp-pt-wrprot',
+  description:
+    "Gfn X's SPTE is read-only but MMU-writable (dirty logging write-protected it). KVM starts tracking writes to X " +
+    "(X becomes a page table of a nested guest, which KVM shadows) while vCPU 0 writes X. Before the fix the TDP " +
+    "MMU's write-protection skipped an SPTE already read-only, MMU-writable bit and all, so the fast path makes it " +
+    'writable again and the guest writes a tracked page without KVM seeing it.',
+  guard: 'wrprot-mmu-writable',
+  fix: { commit: '7c8a4742c4ab', year: 2022, title: 'KVM: x86/mmu: Fix write-protection of PTs mapped by the TDP MMU' },
+  modes: ['tdp'],
+  machine: () => tinyVm(1),
+  setup(vm) {
+    vm.powerOn(16);
+    vm.program(0, [{ op: 'write', gva: vm.addr(X), value: 1n }]);
+    vm.kvm.dirtyLog.enable(0); // X's SPTE: W clear, MMU-writable
+    return { gva: vm.addr(X) };
+  },
+  threads: {
+    'vCPU 0': (vm, d) => {
+      vm.program(0, [{ op: 'write', gva: d.gva + 8, value: 2n }]);
+    },
+    host: (vm) => {
+      vm.kvm.mmu.kvmWriteTrackAddGfn(X);
+    },
+  },
+  check(vm) {
+    const v = vm.host.readUser64(X, 8);
+    return v === 2n ? null : `gfn ${X} holds ${v} at offset 8; the guest wrote 2`;
+  },
+});
+
+/**
+ * ba3a6120a4e7: the TDP MMU wrote SPTEs under the write lock with a plain store, racing the processor's A/D
+ * updates and the fast path: the seed's race 3 in the TDP MMU, reached through the MMU notifier's zap.
+ */
+export const tdpVolatileXchg = defineScenario({
+  name: 'tdp-volatile-xchg',
+  description:
+    "An MMU-notifier invalidation (here a swap-out) zaps gfn X's leaf under mmu_lock held for write while the fast " +
+    "path makes it writable and the guest's write sets its Dirty bit. Before the fix kvm_tdp_mmu_write_spte was a " +
+    'plain store for every SPTE, so the zap read the old value, stored zero, and the D bit set in between was lost: ' +
+    'the swap-out skips the write-back and the guest\'s write is gone.',
+  guard: 'atomic-volatile-clear',
+  fix: { commit: 'ba3a6120a4e7', year: 2022, title: 'KVM: x86/mmu: Use atomic XCHG to write TDP MMU SPTEs with volatile bits' },
+  modes: ['tdp'],
+  ...dirtyLossBody,
+});
+
+/** The scenarios of real races, in KVM-BUGS.md's order. */
+export const REAL_RACE_SCENARIOS = [tdpPtWrprot, tdpVolatileXchg];
+
