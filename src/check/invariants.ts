@@ -40,6 +40,7 @@ import {
   spteToPfn,
   SPTE_USER_MASK,
 } from '../x86/spte';
+import { ROOT_ZAP_TAKEN } from '../kvm/tdp-mmu';
 import { readTlb, type TlbEntry } from '../vcpu/vcpu';
 import type { Execution, Footprint, Monitor, Step } from './engine';
 import type { ScenarioMachine } from './gen/scenario';
@@ -693,13 +694,13 @@ class SpteWithinGuestPte implements Monitor {
  */
 class NoLeakedTable implements Monitor {
   readonly name = 'no-leaked-table';
-  readonly statement = 'in TDP mode, every page table in use at the end is reachable from the root or waiting on RCU to be freed';
+  readonly statement =
+    'in TDP mode, every page table in use at the end is reachable from a root or waiting on RCU to be freed, and nothing is linked into an invalidated root after its zap';
   constructor(private readonly o: Observer) {}
   atEnd(): string | null {
     const k = this.o.kvm;
     if (!k.isTdp) return null;
     const t = k.mem.i32;
-    const root = t[region(k.layout, 'kvm.tdpRoot').off / 4]! - 1;
     const seen = new Set<number>();
     const visit = (sp: number, level: number): void => {
       seen.add(sp);
@@ -709,11 +710,24 @@ class NoLeakedTable implements Monitor {
         if (isShadowPresentPte(spte) && !isLastSpte(spte, level)) visit(spteToChild(spte), level - 1);
       }
     };
-    if (root >= 0) visit(root, 4);
+    for (let i = 0; i < k.tdp.nRootSlots; i++) {
+      const root = t[k.tdp.rootsBase + 2 * i]! - 1;
+      if (root < 0) continue;
+      // A root whose zap (kvm_tdp_mmu_zap_invalidated_roots) is over is freed at its last put without another
+      // sweep: anything still linked into it then is lost with it.
+      if (k.tdp.peekRootZap(i) === ROOT_ZAP_TAKEN) {
+        for (let e = 0; e < 512; e++) {
+          const spte = k.mem.u64[k.pages.sptep(root, e)]!;
+          if (isShadowPresentPte(spte) && !isLastSpte(spte, 4))
+            return `page table ${spteToChild(spte)} is linked into root ${root} (entry #${e}) after that invalidated root was zapped: it leaks when the root is freed`;
+        }
+      }
+      visit(root, 4);
+    }
     for (const sp of k.tdp.rcu.peekQueued()) seen.add(sp);
     for (let sp = 0; sp < k.pages.nSp; sp++)
       if (t[k.pages.hdr(sp, SP_STATE)] === 1 && !seen.has(sp))
-        return `page table ${sp} (level ${roleLevel(t[k.pages.hdr(sp, SP_ROLE)]!)}, gfn 0x${t[k.pages.hdr(sp, SP_GFN)]!.toString(16)}) is in use but neither reachable from the root nor waiting on RCU: it leaked`;
+        return `page table ${sp} (level ${roleLevel(t[k.pages.hdr(sp, SP_ROLE)]!)}, gfn 0x${t[k.pages.hdr(sp, SP_GFN)]!.toString(16)}) is in use but neither reachable from a root nor waiting on RCU: it leaked`;
     return null;
   }
 }

@@ -6,6 +6,8 @@ import type { Layout } from '../shm/layout';
 import { GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking, type VmConfig } from '../kvm/config';
 import { MODE_NAMES, VCPU_WORDS } from '../kvm/kvm';
 import { SP_WORDS } from '../kvm/mmu-page';
+import { rcuReaderSlots } from '../kvm/tdp-mmu';
+import { rcuWordName } from '../shm/rcu';
 import { MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
 import { formatSpte } from '../x86/spte';
 import type { Step } from './engine';
@@ -34,14 +36,6 @@ interface Named {
 }
 
 /** A word of the TDP MMU's RCU region (shm/rcu.ts layout). */
-function rcuWordName(w: number): string {
-  if (w < LOCK_WORDS) return 'rcu lock';
-  const names = ['rcu grace period', 'rcu queue head', 'rcu queue tail', 'rcu epoch', 'rcu readers (epoch 0)', 'rcu readers (epoch 1)'];
-  const r = w - LOCK_WORDS;
-  if (r < names.length) return names[r]!;
-  const q = r - names.length;
-  return `rcu queue entry ${q >> 1} ${(q & 1) === 0 ? 'object' : 'grace period'}`;
-}
 
 /** Name the location of meta byte offset `off` (or data byte offset when `data`). */
 export function nameLocation(layout: Layout, config: VmConfig | null, off: number, data: boolean): Named {
@@ -63,10 +57,10 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
         return { name: 'mmu_lock', kind: 'word' };
       case 'kvm.tdpPagesLock':
         return { name: 'tdp_mmu_pages_lock', kind: 'word' };
-      case 'kvm.tdpRoot':
-        return { name: 'TDP root', kind: 'word' };
+      case 'kvm.tdpRoots':
+        return { name: rel % 8 === 0 ? `TDP root slot ${rel >> 3}` : `TDP root slot ${rel >> 3} zap state`, kind: 'word' };
       case 'kvm.rcu':
-        return { name: rcuWordName(rel / 4), kind: 'word' };
+        return { name: config === null ? `rcu word ${rel / 4}` : rcuWordName(rel / 4, config.spPages, rcuReaderSlots(config)), kind: 'word' };
       case 'host.lock':
         return { name: 'host mm lock', kind: 'word' };
       case 'host.freeLock':

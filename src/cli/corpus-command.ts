@@ -15,7 +15,8 @@ export interface CorpusCliOptions {
 }
 
 /** Run the corpus; exit code 0 when every modelled race is found with its fix off and clean with it on. */
-export function corpusCommand(o: CorpusCliOptions): number {
+export function corpusCommand(cli: CorpusCliOptions): number {
+  const o = { ...cli, only: cli.only !== undefined && cli.only.length > 0 ? cli.only : undefined };
   const { unknown } = selectCorpus(o);
   if (unknown.length > 0) throw new KvmmuError(`unknown corpus entr${unknown.length === 1 ? 'y' : 'ies'} ${unknown.join(', ')}: the entries are ${CORPUS.map((e) => e.id).join(', ')}`);
   const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;

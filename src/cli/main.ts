@@ -161,7 +161,7 @@ export function buildProgram(): Command {
     .command('corpus')
     .description("the races KVM really had (KVM-BUGS.md) and the seed's: each found with its fix off, and exhaustive and clean with it on")
     .addOption(new Option('--mode <mode>', 'only this MMU mode').choices(MMU_MODES as string[]))
-    .option('--only <id>', 'only this entry (repeatable): kvm-1 ... kvm-10, seed-1 ... seed-5', collect, undefined)
+    .option('--only <id>', 'only this entry (repeatable): kvm-1 ... kvm-10, seed-1 ... seed-5', collect, [])
     .option('--kvm-only', "only KVM-BUGS.md's entries, not the seed's", false)
     .option('--seconds <s>', 'time budget of each check', positive('--seconds', DAY_SECONDS), 60)
     .option('--json', 'print a JSON array, one object per race and mode', false)

@@ -24,6 +24,8 @@ export const GUARDS = {
   'write-lock-exclusion': 1 << 6,
   /** TDP MMU: write-protecting a gfn for write-tracking clears MMU-writable too, and flushes, even in an SPTE already read-only (7c8a4742c4ab, 2022). */
   'wrprot-mmu-writable': 1 << 7,
+  /** TDP MMU: a fault retries when its root was invalidated (a memslot change) since the vCPU loaded it (a955cad84cda, 2021). */
+  'obsolete-root-retry': 1 << 8,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -39,6 +41,7 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'rcu-deferred-free': 'TDP: a removed page table is freed while a fault or the fast path still walks it',
   'write-lock-exclusion': 'TDP: an MMU-notifier zap runs beside a fault under the read lock, which maps the pfn being removed',
   'wrprot-mmu-writable': 'TDP: write-tracking a gfn skips its read-only SPTE, which stays MMU-writable: the fast path makes it writable again',
+  'obsolete-root-retry': 'TDP: a fault links a table into an invalidated root its zap has already passed: the table leaks',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

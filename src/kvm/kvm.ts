@@ -43,6 +43,8 @@ export const MODE_NAMES = ['OUTSIDE_GUEST_MODE', 'IN_GUEST_MODE', 'EXITING_GUEST
 
 /** vCPU request bits (KVM_REQ_*). */
 export const KVM_REQ_TLB_FLUSH = 1 << 0;
+/** TDP MMU: the vCPU's root was invalidated; drop it and load a valid one before entering the guest. */
+export const KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = 1 << 1;
 
 export const SLOT_DIRTY_LOG = 1 << 0;
 
@@ -230,6 +232,7 @@ export class Kvm {
   readonly guardRcuDeferredFree: boolean;
   readonly guardWriteLockExclusion: boolean;
   readonly guardWrprotMmuWritable: boolean;
+  readonly guardObsoleteRootRetry: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
 
@@ -284,6 +287,7 @@ export class Kvm {
     this.guardRcuDeferredFree = (g & GUARDS['rcu-deferred-free']) !== 0;
     this.guardWriteLockExclusion = (g & GUARDS['write-lock-exclusion']) !== 0;
     this.guardWrprotMmuWritable = (g & GUARDS['wrprot-mmu-writable']) !== 0;
+    this.guardObsoleteRootRetry = (g & GUARDS['obsolete-root-retry']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.fastPath = config.fastPath;
 
@@ -376,10 +380,14 @@ export class Kvm {
    *
    * Contract: callers may hold mmu_lock; vCPUs never wait for mmu_lock while
    * in guest mode or in a lockless walk, so this cannot deadlock.
+   * `alsoRequest` adds request bits made the same way (KVM's
+   * kvm_make_all_cpus_request with KVM_REQUEST_WAIT), such as
+   * KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, whose new root also means a flush.
    */
-  kvmFlushRemoteTlbs(): void {
+  kvmFlushRemoteTlbs(alsoRequest = 0): void {
     const n = this.config.vcpus;
-    for (let v = 0; v < n; v++) this.mem.fetchOr32(this.vcpuWord(v, VCPU_REQUESTS), KVM_REQ_TLB_FLUSH);
+    const req = KVM_REQ_TLB_FLUSH | alsoRequest;
+    for (let v = 0; v < n; v++) this.mem.fetchOr32(this.vcpuWord(v, VCPU_REQUESTS), req);
     for (let v = 0; v < n; v++) {
       if (v === this.selfVcpu) continue;
       const word = this.vcpuWord(v, VCPU_MODE);

@@ -37,6 +37,7 @@ import {
 import type { GuestPtAccess } from '../x86/walker';
 import { KvmmuError } from '../shm/errors';
 import {
+  KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
   MMU_IN_PROGRESS,
   MMU_RANGE_END,
   MMU_RANGE_START,
@@ -108,7 +109,7 @@ export class Mmu implements GuestPtAccess {
   kvmMmuLoad(vcpu: KvmVcpu): void {
     const k = this.kvm;
     if (k.isTdp) {
-      k.tdp.loadRoot(vcpu);
+      k.tdp.getVcpuRoot(vcpu);
       return;
     }
     const direct = k.config.mode === 'direct';
@@ -866,6 +867,31 @@ export class Mmu implements GuestPtAccess {
     }
     k.pages.commitZap(this.invalid);
     k.mem.unlock(k.mmuLock);
+  }
+
+  /**
+   * KVM's kvm_mmu_zap_all_fast, as a memslot deletion or move runs it: in TDP
+   * mode, every root is invalidated under the write lock and every vCPU made
+   * to leave the guest and reload before it re-enters
+   * (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS); then the invalidated roots are zapped
+   * under the read lock, beside the faults that run meanwhile, and freed when
+   * their last vCPU lets go. The shadow MMU's generation-based fast zap is not
+   * modelled: in direct and shadow mode this is kvmMmuZapAll.
+   */
+  kvmMmuZapAllFast(): void {
+    const k = this.kvm;
+    if (!k.isTdp) {
+      this.kvmMmuZapAll();
+      return;
+    }
+    k.mem.writeLock(k.mmuLock);
+    k.tdp.invalidateAllRoots();
+    k.kvmFlushRemoteTlbs(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS);
+    k.mem.writeUnlock(k.mmuLock);
+    k.mem.readLock(k.mmuLock);
+    k.tdp.zapInvalidatedRoots();
+    k.mem.readUnlock(k.mmuLock);
+    k.tdp.reclaim();
   }
 
   /** The valid indirect shadow pages of guest table `gfn` (for monitors and tests); takes mmu_lock. */

@@ -9,16 +9,23 @@
 //
 // Who takes mmu_lock how (TDP-MMU.md; the rwlock is Mem.readLock/writeLock):
 //   read:  vCPU faults (pageFault), write-protecting a slot when dirty logging
-//          is enabled (wrprotSlot);
+//          is enabled (wrprotSlot), zapping invalidated roots (zapInvalidatedRoots),
+//          dropping a vCPU's obsolete root (freeObsoleteRoot);
 //   write: zapping leaves (MMU-notifier unmap: zapLeafs), zapping everything
-//          (zapAll), write-protecting the gfns a dirty-log get or clear
-//          hands over (writeProtectGfn);
+//          (zapAll), invalidating every root (invalidateAllRoots), loading a
+//          vCPU's root (getVcpuRoot; KVM takes the read lock since 6.10),
+//          write-protecting the gfns a dirty-log get or clear hands over
+//          (writeProtectGfn) or write-tracking starts on (writeProtectGfnForTracking);
 //   none, RCU only: the fast path (Mmu.fastPageFault) and aging (ageGfnRange).
 //
 // Regions (Int32 words):
 //   kvm.rcu           RCU (shm/rcu.ts): readers counted per epoch, removed tables waiting for a grace period
-//   kvm.tdpPagesLock  LOCK_WORDS   serializes allocating and freeing tables
-//   kvm.tdpRoot       [0] the root's shadow page + 1 (0: none yet); the root's refcount is its SP_ROOT_COUNT
+//   kvm.tdpPagesLock  LOCK_WORDS   serializes allocating and freeing tables, and changes to the root list
+//   kvm.tdpRoots      ROOT_WORDS per slot, rootSlots(config) slots: the roots (KVM's tdp_mmu_roots list):
+//                     [ROOT_SP] root shadow page + 1 (0: a free slot), [ROOT_ZAP] 1 while an invalidated
+//                     root waits for kvm_tdp_mmu_zap_invalidated_roots (tdp_mmu_scheduled_root_to_zap), 2 once
+//                     a zapper took it (kvmmu's own mark, which lets the leak monitor see a swept root);
+//                     a root's refcount is its SP_ROOT_COUNT, its invalid flag ROLE_INVALID in its role
 
 import { LOCK_WORDS, NOTE } from '../shm/access';
 import { region, type LayoutBuilder } from '../shm/layout';
@@ -44,21 +51,43 @@ import {
 import { clearBits } from '../x86/pte';
 import type { VmConfig } from './config';
 import { KVM_STAT, MMU_SEQ, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
-import { SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
+import { ROLE_INVALID, SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
 import { RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
 
+/** RCU reader slots: one per vCPU, and two for the host's threads. */
+export function rcuReaderSlots(c: VmConfig): number {
+  return c.vcpus + 2;
+}
+
+const ROOT_WORDS = 2;
+const ROOT_SP = 0;
+const ROOT_ZAP = 1;
+export const ROOT_ZAP_OWED = 1;
+export const ROOT_ZAP_TAKEN = 2;
+
+/**
+ * Room for every vCPU's root, the valid one, and one more: an invalidation
+ * leaves the old roots to the vCPUs that hold them (each holds one) and to
+ * their zapper, and a new root is made only when a vCPU reloads.
+ */
+export function rootSlots(c: VmConfig): number {
+  return c.vcpus + 2;
+}
+
 export function reserveTdp(b: LayoutBuilder, c: VmConfig): void {
-  b.metaLines('kvm.rcu', rcuWords(c.spPages) * 4);
+  b.metaLines('kvm.rcu', rcuWords(c.spPages, rcuReaderSlots(c)) * 4);
   b.metaLines('kvm.tdpPagesLock', LOCK_WORDS * 4);
-  b.meta('kvm.tdpRoot', 4 * 4);
+  b.meta('kvm.tdpRoots', rootSlots(c) * ROOT_WORDS * 4);
 }
 
 export class TdpMmu {
   private readonly rcuBase: number;
   private readonly pagesLock: number;
-  private readonly rootWord: number;
+  /** The first word of the root list, and its number of slots. */
+  readonly rootsBase: number;
+  readonly nRootSlots: number;
   private readonly freeBase: number;
   private rcuHandle: Rcu | null = null;
   /**
@@ -77,7 +106,8 @@ export class TdpMmu {
     const l = kvm.layout;
     this.rcuBase = region(l, 'kvm.rcu').off / 4;
     this.pagesLock = region(l, 'kvm.tdpPagesLock').off / 4;
-    this.rootWord = region(l, 'kvm.tdpRoot').off / 4;
+    this.rootsBase = region(l, 'kvm.tdpRoots').off / 4;
+    this.nRootSlots = rootSlots(kvm.config);
     this.freeBase = region(l, 'kvm.spFree').off / 4;
     this.iter = new TdpIter(kvm);
   }
@@ -90,7 +120,7 @@ export class TdpMmu {
 
   /** This thread's RCU handle. */
   get rcu(): Rcu {
-    if (this.rcuHandle === null) this.rcuHandle = new Rcu(this.kvm.mem, this.rcuBase, this.kvm.config.spPages);
+    if (this.rcuHandle === null) this.rcuHandle = new Rcu(this.kvm.mem, this.rcuBase, this.kvm.config.spPages, rcuReaderSlots(this.kvm.config));
     return this.rcuHandle;
   }
 
@@ -179,30 +209,174 @@ export class TdpMmu {
 
   // ---- roots ----
 
+  /** Root list slot `i`'s zap state (0, ROOT_ZAP_OWED or ROOT_ZAP_TAKEN), with a plain read: for monitors. */
+  peekRootZap(i: number): number {
+    return this.kvm.mem.i32[this.rootsBase + i * ROOT_WORDS + ROOT_ZAP]!;
+  }
+
+  /** The root in list slot `i`, or -1 (an access-layer load: lockless walkers of the list read it too). */
+  rootAt(i: number): number {
+    return this.kvm.mem.load32(this.rootsBase + i * ROOT_WORDS + ROOT_SP) - 1;
+  }
+
+  /** Is `root` invalid (obsolete: a memslot change or zap-all marked it; KVM's is_obsolete_root for the TDP MMU)? */
+  isObsoleteRoot(root: number): boolean {
+    return (this.kvm.mem.load32(this.kvm.pages.hdr(root, SP_ROLE)) & ROLE_INVALID) !== 0;
+  }
+
   /**
-   * KVM's kvm_tdp_mmu_get_vcpu_root_hpa: the VM's root, made on first use with
-   * a reference for the MMU and one for each vCPU that loads it. Under the
-   * write lock here (vCPUs load their root once, at setup).
+   * KVM's kvm_tdp_mmu_get_vcpu_root_hpa / kvm_tdp_mmu_alloc_root: a reference
+   * on a valid root, made if there is none — with a reference for the vCPU and
+   * one that stands for the root being valid, dropped once it has been
+   * invalidated and zapped. Under the write lock (KVM takes the read lock
+   * since 6.10, rechecking the list under tdp_mmu_pages_lock).
    */
-  loadRoot(vcpu: KvmVcpu): void {
+  getVcpuRoot(vcpu: KvmVcpu): void {
     const k = this.kvm;
     const m = k.mem;
     m.writeLock(k.mmuLock);
-    let root = m.load32(this.rootWord) - 1;
+    let root = -1;
+    for (let i = 0; i < this.nRootSlots && root < 0; i++) {
+      const r = this.rootAt(i);
+      if (r >= 0 && !this.isObsoleteRoot(r)) {
+        // A valid root holds its validity reference, so under mmu_lock the count is never zero here.
+        m.fetchAdd32(k.pages.hdr(r, SP_ROOT_COUNT), 1);
+        root = r;
+      }
+    }
     if (root < 0) {
       root = this.allocPage(makeRole(4, true, ACC_ALL), 0);
-      m.fetchAdd32(k.pages.hdr(root, SP_ROOT_COUNT), 1); // the MMU's own reference
-      m.store32(this.rootWord, root + 1);
+      m.store32(k.pages.hdr(root, SP_ROOT_COUNT), 2);
+      m.lock(this.pagesLock);
+      let slot = -1;
+      for (let i = 0; i < this.nRootSlots && slot < 0; i++) if (this.rootAt(i) < 0) slot = i;
+      if (slot < 0) {
+        m.unlock(this.pagesLock);
+        m.writeUnlock(k.mmuLock);
+        throw new Error(`tdp mmu: more than ${this.nRootSlots} roots at once (invalidated roots not yet zapped and freed)`);
+      }
+      m.store32(this.rootsBase + slot * ROOT_WORDS + ROOT_SP, root + 1);
+      m.unlock(this.pagesLock);
     }
-    m.fetchAdd32(k.pages.hdr(root, SP_ROOT_COUNT), 1);
     vcpu.root = root;
     m.store32(k.vcpuWord(vcpu.idx, VCPU_ROOT), root + 1);
     m.writeUnlock(k.mmuLock);
   }
 
-  private root(): number {
-    return this.kvm.mem.load32(this.rootWord) - 1;
+  /**
+   * KVM's kvm_tdp_mmu_put_root: drop a reference; the last one takes the root
+   * off the list and frees it after a grace period. The root must have been
+   * zapped already (KVM today does not zap at the last put): a table still
+   * linked into it is leaked.
+   */
+  putRoot(root: number): void {
+    const k = this.kvm;
+    const m = k.mem;
+    if (m.fetchAdd32(k.pages.hdr(root, SP_ROOT_COUNT), -1) !== 1) return;
+    m.lock(this.pagesLock);
+    for (let i = 0; i < this.nRootSlots; i++) {
+      if (this.rootAt(i) !== root) continue;
+      m.store32(this.rootsBase + i * ROOT_WORDS + ROOT_SP, 0);
+      m.store32(this.rootsBase + i * ROOT_WORDS + ROOT_ZAP, 0);
+      break;
+    }
+    m.unlock(this.pagesLock);
+    this.freeAfterGracePeriod(root);
   }
+
+  /**
+   * KVM's kvm_mmu_free_obsolete_roots then kvm_mmu_reload, when a vCPU handles
+   * KVM_REQ_MMU_FREE_OBSOLETE_ROOTS before entering the guest: an invalidated
+   * root is dropped (under the read lock) and a valid one loaded. Returns
+   * whether the vCPU changed roots (its TLB must then be flushed, as
+   * kvm_mmu_load does for a new root).
+   */
+  freeObsoleteRoot(vcpu: KvmVcpu): boolean {
+    const k = this.kvm;
+    const old = vcpu.root;
+    if (old >= 0 && !this.isObsoleteRoot(old)) return false;
+    if (old >= 0) {
+      k.mem.readLock(k.mmuLock);
+      this.putRoot(old);
+      k.mem.readUnlock(k.mmuLock);
+      this.reclaim();
+    }
+    vcpu.root = -1;
+    this.getVcpuRoot(vcpu);
+    return true;
+  }
+
+  /**
+   * KVM's kvm_tdp_mmu_invalidate_all_roots (from kvm_mmu_zap_all_fast, on a
+   * memslot change): mark every valid root invalid and owed a zap. vCPUs must
+   * then be told to reload (the caller's request) and the roots zapped under
+   * the read lock (zapInvalidatedRoots). Contract: mmu_lock held for write.
+   */
+  invalidateAllRoots(): void {
+    const k = this.kvm;
+    for (let i = 0; i < this.nRootSlots; i++) {
+      const r = this.rootAt(i);
+      if (r < 0 || this.isObsoleteRoot(r)) continue;
+      k.mem.store32(k.pages.hdr(r, SP_ROLE), k.mem.load32(k.pages.hdr(r, SP_ROLE)) | ROLE_INVALID);
+      k.mem.store32(this.rootsBase + i * ROOT_WORDS + ROOT_ZAP, ROOT_ZAP_OWED);
+    }
+  }
+
+  /**
+   * KVM's kvm_tdp_mmu_zap_invalidated_roots: zap each root invalidateAllRoots
+   * marked (claimed with a cmpxchg, so two zappers never zap one root), then drop
+   * its validity reference. Faults may run beside it on the same roots: each
+   * top-level entry goes with a cmpxchg, its tables torn down with every entry
+   * frozen. No TLB flush: every vCPU was made to leave the guest and reload
+   * before this runs. Contract: mmu_lock held for read.
+   */
+  zapInvalidatedRoots(): void {
+    const k = this.kvm;
+    const m = k.mem;
+    this.rcu.readLock();
+    for (let i = 0; i < this.nRootSlots; i++) {
+      const zap = this.rootsBase + i * ROOT_WORDS + ROOT_ZAP;
+      if (m.load32(zap) !== ROOT_ZAP_OWED || m.cmpxchg32(zap, ROOT_ZAP_OWED, ROOT_ZAP_TAKEN) !== ROOT_ZAP_OWED) continue;
+      const root = this.rootAt(i);
+      this.zapRootShared(root);
+      this.putRoot(root);
+    }
+    this.rcu.readUnlock();
+  }
+
+  /** KVM's tdp_mmu_zap_root under the read lock: each present top-level entry set to 0 with cmpxchg (retried on a change, waited out while frozen). */
+  private zapRootShared(root: number): void {
+    const k = this.kvm;
+    const m = k.mem;
+    const span = pagesPerSpte(4);
+    for (let i = 0; i < 512; i++) {
+      if (!this.inSlots(i * span, span)) continue;
+      const sptep = k.pages.sptep(root, i);
+      for (;;) {
+        const old = m.load64(sptep);
+        if (!isShadowPresentPte(old)) break;
+        if (old === FROZEN_SPTE) {
+          m.waitWhile32(2 * sptep, Number(FROZEN_SPTE));
+          continue;
+        }
+        if (m.cmpxchg64(sptep, old, 0n) !== old) continue;
+        this.handleChangedSpte(i * span, old, 0n, 4, true);
+        break;
+      }
+    }
+  }
+
+  /** The roots on the list, valid ones only if `validOnly` (KVM's for_each_valid_tdp_mmu_root / for_each_tdp_mmu_root), into `out`. */
+  private roots(validOnly: boolean): number[] {
+    const out = this.rootScratch;
+    out.length = 0;
+    for (let i = 0; i < this.nRootSlots; i++) {
+      const r = this.rootAt(i);
+      if (r >= 0 && (!validOnly || !this.isObsoleteRoot(r))) out.push(r);
+    }
+    return out;
+  }
+  private readonly rootScratch: number[] = [];
 
   // ---- the fault ----
 
@@ -224,6 +398,13 @@ export class TdpMmu {
     const pfn = k.host.getUserPage(hvpn, write);
     const hostWritable = k.host.lastWritable;
     k.mem.readLock(k.mmuLock);
+    // KVM's is_page_fault_stale: a root invalidated since the vCPU loaded it (guard `obsolete-root-retry`,
+    // a955cad84cda) — the vCPU reloads before it faults again — or an invalidation since the pfn was looked up.
+    if (k.guardObsoleteRootRetry && this.isObsoleteRoot(vcpu.root)) {
+      k.host.putPage(pfn);
+      k.mem.readUnlock(k.mmuLock);
+      return RET_PF_RETRY;
+    }
     if (k.guardNotifierRetry && mmu.isPageFaultStale(mmuSeq, hvpn)) {
       k.host.putPage(pfn);
       k.mem.readUnlock(k.mmuLock);
@@ -388,16 +569,17 @@ export class TdpMmu {
    * caller flushes before it drops the lock. Contract: mmu_lock held for write.
    */
   zapLeafs(start: number, end: number): boolean {
-    const root = this.root();
-    if (root < 0) return false;
     const it = this.iter;
     let flush = false;
-    for (it.begin(root, start, end); it.valid; it.next()) {
-      if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
-      const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
-      this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
-      it.oldSpte = 0n;
-      flush = true;
+    // Invalid roots too: until they are zapped they still map the range.
+    for (const root of this.roots(false)) {
+      for (it.begin(root, start, end); it.valid; it.next()) {
+        if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
+        const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
+        this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
+        it.oldSpte = 0n;
+        flush = true;
+      }
     }
     return flush;
   }
@@ -414,22 +596,22 @@ export class TdpMmu {
    */
   zapAll(): void {
     const k = this.kvm;
-    const root = this.root();
-    if (root < 0) return;
     const span = pagesPerSpte(4);
     let flush = false;
     // Inside a read section until the flush is done: the torn-down tables' grace period cannot end before it, so
     // no processor still holding a translation through them (a vCPU in guest mode, its paging-structure cache)
     // sees them freed.
     this.rcu.readLock();
-    for (let i = 0; i < 512; i++) {
-      if (!this.inSlots(i * span, span)) continue;
-      const sptep = k.pages.sptep(root, i);
-      const old = k.mem.load64(sptep);
-      if (!isShadowPresentPte(old)) continue;
-      k.mem.store64(sptep, 0n); // a non-leaf: nothing sets bits in it that matter
-      this.handleChangedSpte(i * span, old, 0n, 4, false);
-      flush = true;
+    for (const root of this.roots(false)) {
+      for (let i = 0; i < 512; i++) {
+        if (!this.inSlots(i * span, span)) continue;
+        const sptep = k.pages.sptep(root, i);
+        const old = k.mem.load64(sptep);
+        if (!isShadowPresentPte(old)) continue;
+        k.mem.store64(sptep, 0n); // a non-leaf: nothing sets bits in it that matter
+        this.handleChangedSpte(i * span, old, 0n, 4, false);
+        flush = true;
+      }
     }
     if (flush) k.kvmFlushRemoteTlbs();
     this.rcu.readUnlock();
@@ -444,14 +626,16 @@ export class TdpMmu {
    */
   writeProtectGfn(gfn: number): boolean {
     const k = this.kvm;
-    const root = this.root();
-    if (root < 0) return false;
     const it = this.iter;
-    for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
-      if (it.level !== 1 || !isShadowPresentPte(it.oldSpte)) continue;
-      return k.spte.spteWriteProtect(it.sptep, false);
+    let flush = false;
+    for (const root of this.roots(true)) {
+      for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
+        if (it.level !== 1 || !isShadowPresentPte(it.oldSpte)) continue;
+        if (k.spte.spteWriteProtect(it.sptep, false)) flush = true;
+        break;
+      }
     }
-    return false;
+    return flush;
   }
 
   /**
@@ -466,20 +650,22 @@ export class TdpMmu {
    * Contract: mmu_lock held for write.
    */
   writeProtectGfnForTracking(gfn: number): boolean {
-    const root = this.root();
-    if (root < 0) return false;
     const it = this.iter;
-    for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
-      const old = it.oldSpte;
-      if (!isShadowPresentPte(old) || !isLastSpte(old, it.level)) continue;
-      if (!this.kvm.guardWrprotMmuWritable && !isWritablePte(old)) break;
-      const newSpte = clearBits(old, SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE);
-      if (newSpte === old) break;
-      const was = this.writeSpte(it.sptep, old, newSpte);
-      this.handleChangedSpte(gfn, was, newSpte, it.level, false);
-      return true;
+    let flush = false;
+    for (const root of this.roots(true)) {
+      for (it.begin(root, gfn, gfn + 1); it.valid; it.next()) {
+        const old = it.oldSpte;
+        if (!isShadowPresentPte(old) || !isLastSpte(old, it.level)) continue;
+        if (!this.kvm.guardWrprotMmuWritable && !isWritablePte(old)) break;
+        const newSpte = clearBits(old, SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE);
+        if (newSpte === old) break;
+        const was = this.writeSpte(it.sptep, old, newSpte);
+        this.handleChangedSpte(gfn, was, newSpte, it.level, false);
+        flush = true;
+        break;
+      }
     }
-    return false;
+    return flush;
   }
 
   // ---- the read-lock paths ----
@@ -491,24 +677,24 @@ export class TdpMmu {
    */
   wrprotSlot(slot: number): boolean {
     const k = this.kvm;
-    const root = this.root();
-    if (root < 0) return false;
     const it = this.iter;
     const rcu = this.rcu;
     let flush = false;
     rcu.readLock();
     const start = k.slotGfn[slot]!;
-    for (it.begin(root, start, start + k.slotPages[slot]!); it.valid; it.next()) {
-      for (;;) {
-        const old = it.oldSpte;
-        if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isWritablePte(old)) break;
-        const newSpte = clearBits(old, SPTE_WRITABLE_MASK);
-        if (k.mem.cmpxchg64(it.sptep, old, newSpte) === old) {
-          this.handleChangedSpte(it.gfn, old, newSpte, it.level, true);
-          flush = true;
-          break;
+    for (const root of this.roots(true)) {
+      for (it.begin(root, start, start + k.slotPages[slot]!); it.valid; it.next()) {
+        for (;;) {
+          const old = it.oldSpte;
+          if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isWritablePte(old)) break;
+          const newSpte = clearBits(old, SPTE_WRITABLE_MASK);
+          if (k.mem.cmpxchg64(it.sptep, old, newSpte) === old) {
+            this.handleChangedSpte(it.gfn, old, newSpte, it.level, true);
+            flush = true;
+            break;
+          }
+          it.refresh();
         }
-        it.refresh();
       }
     }
     rcu.readUnlock();
@@ -524,21 +710,21 @@ export class TdpMmu {
    */
   ageGfnRange(start: number, end: number): boolean {
     const k = this.kvm;
-    const root = this.root();
-    if (root < 0) return false;
     const it = this.iter;
     let young = false;
     this.rcu.readLock();
-    for (it.begin(root, start, end); it.valid; it.next()) {
-      for (;;) {
-        const old = it.oldSpte;
-        if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isAccessedSpte(old)) break;
-        if (k.mem.cmpxchg64(it.sptep, old, clearBits(old, SPTE_ACCESSED_MASK)) === old) {
-          young = true;
-          if (!k.marksAtFault) k.host.setPfnAccessed(spteToPfn(old));
-          break;
+    for (const root of this.roots(false)) {
+      for (it.begin(root, start, end); it.valid; it.next()) {
+        for (;;) {
+          const old = it.oldSpte;
+          if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isAccessedSpte(old)) break;
+          if (k.mem.cmpxchg64(it.sptep, old, clearBits(old, SPTE_ACCESSED_MASK)) === old) {
+            young = true;
+            if (!k.marksAtFault) k.host.setPfnAccessed(spteToPfn(old));
+            break;
+          }
+          it.refresh();
         }
-        it.refresh();
       }
     }
     this.rcu.readUnlock();

@@ -17,13 +17,19 @@
 // out without entering. (Under sequential consistency, which kvmmu's checker
 // explores; the kernel's SRCU needs barriers for the same argument.)
 //
+// Each epoch's count is split over reader slots, as SRCU keeps per-CPU counts:
+// a thread counts itself in its own slot (thread id modulo the slot count;
+// threads that share a slot still count atomically), and an updater sums the
+// slots. Readers of different slots then touch no common word, so the checker
+// does not try their read sections in both orders for nothing.
+//
 // The region (Int32 words from `base`; rcuWords() of them):
 //   [0..LOCK_WORDS)          lock: serializes the updaters (callRcu, poll), never readers
 //   [GP]                     grace-period sequence: even = none running, odd = one running
 //   [QHEAD], [QTAIL]         the callback queue's indices (FIFO, QTAIL - QHEAD entries)
 //   [EPOCH]                  the current epoch, 0 or 1
-//   [COUNT + e]              readers inside under epoch e
 //   [QUEUE + 2k, +1]         queue entry k (mod capacity): the object, and the GP sequence after which it may be freed
+//   [QUEUE + 2 capacity + 2s + e]  readers of slot s inside under epoch e
 //
 // An object queued while the sequence was q may be freed once the sequence is
 // at least (q even ? q + 2 : q + 3): the end of a grace period that began
@@ -39,17 +45,27 @@ const GP = LOCK_WORDS;
 const QHEAD = GP + 1;
 const QTAIL = GP + 2;
 const EPOCH = GP + 3;
-const COUNT = GP + 4;
-const QUEUE = COUNT + 2;
+const QUEUE = GP + 4;
 
-/** The region's size in Int32 words for `capacity` queued objects. */
-export function rcuWords(capacity: number): number {
-  return QUEUE + 2 * capacity;
+/** The region's size in Int32 words for `capacity` queued objects and `readerSlots` reader slots. */
+export function rcuWords(capacity: number, readerSlots = 1): number {
+  return QUEUE + 2 * capacity + 2 * readerSlots;
 }
 
 /** Reserve an RCU region in a layout. */
-export function layoutRcu(b: LayoutBuilder, name: string, capacity: number): void {
-  b.metaLines(name, rcuWords(capacity) * 4);
+export function layoutRcu(b: LayoutBuilder, name: string, capacity: number, readerSlots = 1): void {
+  b.metaLines(name, rcuWords(capacity, readerSlots) * 4);
+}
+
+/** What word `w` of an RCU region with `capacity` and `readerSlots` is (for traces). */
+export function rcuWordName(w: number, capacity: number, readerSlots: number): string {
+  if (w < LOCK_WORDS) return 'rcu lock';
+  const names = ['rcu grace period', 'rcu queue head', 'rcu queue tail', 'rcu epoch'];
+  if (w < QUEUE) return names[w - GP]!;
+  const q = w - QUEUE;
+  if (q < 2 * capacity) return `rcu queue entry ${q >> 1} ${(q & 1) === 0 ? 'object' : 'grace period'}`;
+  const r = q - 2 * capacity;
+  return readerSlots === 1 ? `rcu readers (epoch ${r & 1})` : `rcu readers (slot ${r >> 1}, epoch ${r & 1})`;
 }
 
 export class Rcu {
@@ -58,12 +74,20 @@ export class Rcu {
   /** The epoch this handle's outermost read section counted itself in under. */
   private epoch = 0;
 
+  /** First word of the reader counts, and of this handle's own slot. */
+  private readonly counts: number;
+  private readonly mine: number;
+
   constructor(
     private readonly mem: Mem,
-    /** Int32 index of the region's first word (rcuWords(capacity) words, zero before first use). */
+    /** Int32 index of the region's first word (rcuWords(capacity, readerSlots) words, zero before first use). */
     private readonly base: number,
     readonly capacity: number,
-  ) {}
+    readonly readerSlots = 1,
+  ) {
+    this.counts = base + QUEUE + 2 * capacity;
+    this.mine = this.counts + 2 * (((mem.tid % readerSlots) + readerSlots) % readerSlots);
+  }
 
   /** rcu_read_lock(): open a read section. */
   readLock(): void {
@@ -72,19 +96,25 @@ export class Rcu {
     const b = this.base;
     for (;;) {
       const e = m.load32(b + EPOCH);
-      m.fetchAdd32(b + COUNT + e, 1);
+      m.fetchAdd32(this.mine + e, 1);
       if (m.load32(b + EPOCH) === e) {
         this.epoch = e;
         return;
       }
-      m.fetchAdd32(b + COUNT + e, -1); // a grace period began meanwhile: count in under the new epoch
+      m.fetchAdd32(this.mine + e, -1); // a grace period began meanwhile: count in under the new epoch
     }
   }
 
   /** rcu_read_unlock(). */
   readUnlock(): void {
     if (this.depth === 0) throw new Error('rcu: read unlock without a read section');
-    if (--this.depth === 0) this.mem.fetchAdd32(this.base + COUNT + this.epoch, -1);
+    if (--this.depth === 0) this.mem.fetchAdd32(this.mine + this.epoch, -1);
+  }
+
+  /** Is any reader inside under epoch `e`? (Each slot read once; a slot read as zero that fills later has a reader who began after this look.) */
+  private readersIn(e: number): boolean {
+    for (let s = 0; s < this.readerSlots; s++) if (this.mem.load32(this.counts + 2 * s + e) !== 0) return true;
+    return false;
   }
 
   /**
@@ -135,11 +165,13 @@ export class Rcu {
   synchronize(): void {
     if (this.depth > 0) throw new Error('rcu: synchronize inside a read section would wait for itself');
     const m = this.mem;
-    const b = this.base;
     // Readers under either epoch began before this call; wait for both counts to drain (a later reader may
     // count in meanwhile and delay this: never a wrong answer, at worst a longer wait).
     for (let e = 0; e < 2; e++)
-      for (let c = m.load32(b + COUNT + e); c !== 0; c = m.load32(b + COUNT + e)) m.waitWhile32(b + COUNT + e, c);
+      for (let s = 0; s < this.readerSlots; s++) {
+        const w = this.counts + 2 * s + e;
+        for (let c = m.load32(w); c !== 0; c = m.load32(w)) m.waitWhile32(w, c);
+      }
   }
 
   /** Objects waiting for a grace period (for tests and leak checks; takes the lock). */
@@ -166,7 +198,7 @@ export class Rcu {
     const b = this.base;
     let gp = m.load32(b + GP);
     // A running grace period ends when the epoch it flipped away from has no reader left.
-    if ((gp & 1) !== 0 && m.load32(b + COUNT + (1 - m.load32(b + EPOCH))) === 0) m.store32(b + GP, ++gp);
+    if ((gp & 1) !== 0 && !this.readersIn(1 - m.load32(b + EPOCH))) m.store32(b + GP, ++gp);
     const head = m.load32(b + QHEAD);
     const tail = m.load32(b + QTAIL);
     if ((gp & 1) === 0 && head !== tail && m.load32(b + QUEUE + 2 * (head % this.capacity) + 1) > gp) {
@@ -174,7 +206,7 @@ export class Rcu {
       const old = m.load32(b + EPOCH);
       m.store32(b + EPOCH, 1 - old);
       m.store32(b + GP, ++gp);
-      if (m.load32(b + COUNT + old) === 0) m.store32(b + GP, ++gp);
+      if (!this.readersIn(old)) m.store32(b + GP, ++gp);
     }
     let n = 0;
     let k = head;

@@ -54,6 +54,7 @@ import type { VmConfig } from '../kvm/config';
 import {
   EXITING_GUEST_MODE,
   IN_GUEST_MODE,
+  KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
   KVM_REQ_TLB_FLUSH,
   KvmVcpu,
   OUTSIDE_GUEST_MODE,
@@ -188,7 +189,9 @@ export class Vcpu {
 
   private handleRequests(): void {
     const r = this.mem.xchg32(this.kv.reqWord, 0);
-    if ((r & KVM_REQ_TLB_FLUSH) !== 0) this.flushTlb();
+    // A new root (TDP: the old one was invalidated) comes with a flush of what the old one translated.
+    if ((r & KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) !== 0 && this.kvm.tdp.freeObsoleteRoot(this.kv)) this.flushTlb();
+    else if ((r & KVM_REQ_TLB_FLUSH) !== 0) this.flushTlb();
   }
 
   /** Empty this vCPU's TLB (bump its generation: a plain store, the TLB is this thread's own). */

@@ -109,7 +109,7 @@ export const s = defineScenario({
   );
   const r = runCheck(gen, loadScenarioFile(f), {});
   assert.equal(r.violation?.invariant, 'no-leaked-table');
-  assert.match(r.violation!.message, /page table \d+ \(level 3, gfn 0x0\) is in use but neither reachable from the root nor waiting on RCU/);
+  assert.match(r.violation!.message, /page table \d+ \(level 3, gfn 0x0\) is in use but neither reachable from a root nor waiting on RCU/);
 });
 
 test('tdp: a thread that changes an entry another thread froze is reported', () => {

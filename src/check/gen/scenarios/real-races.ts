@@ -1,5 +1,6 @@
 // Scenarios for races KVM really had (KVM-BUGS.md), each named after its bug, with the fix's commit; the fix is a guard whose "off" is the code before it.
 
+import { PFERR_WRITE_MASK } from '../../../x86/pte';
 import { defineScenario } from '../scenario';
 import { tinyVm } from './common';
 import { dirtyLossBody } from './dirty-bit-loss';
@@ -58,6 +59,39 @@ export const tdpVolatileXchg = defineScenario({
   ...dirtyLossBody,
 });
 
+const B = 6;
+
+/**
+ * a955cad84cda: a TDP fault did not check, once it held mmu_lock, whether its root had been invalidated, so it
+ * could link a table into a root that kvm_tdp_mmu_zap_invalidated_roots had already swept.
+ */
+export const obsoleteRootFault = defineScenario({
+  name: 'obsolete-root-fault',
+  description:
+    'A memslot update zaps everything the fast way: it invalidates every root under the write lock, makes the vCPUs ' +
+    'reload, then zaps the invalidated roots under the read lock, beside faults. vCPU 0 has exited for a fault on ' +
+    'gfn B in the root it loaded before. Before the fix the fault did not check for an obsolete root after taking ' +
+    "mmu_lock: when the zap has already swept the root, the fault links new tables into it, and they leak when the " +
+    'root is freed (the vCPU would reload on its next entry).',
+  guard: 'obsolete-root-retry',
+  fix: { commit: 'a955cad84cda', year: 2021, title: 'KVM: x86/mmu: Retry page fault if root is invalidated by memslot update' },
+  modes: ['tdp'],
+  machine: () => tinyVm(1),
+  setup(vm) {
+    vm.powerOn(16);
+    return { gpa: vm.addr(B) };
+  },
+  threads: {
+    // The fault handler itself (the VM exit already taken), so that the vCPU does not re-enter and reload.
+    'vCPU 0': (vm, d) => {
+      vm.kvm.mmu.kvmMmuPageFault(vm.vcpu(0).kv, d.gpa, PFERR_WRITE_MASK);
+    },
+    host: (vm) => {
+      vm.kvm.mmu.kvmMmuZapAllFast();
+    },
+  },
+});
+
 /** The scenarios of real races, in KVM-BUGS.md's order. */
-export const REAL_RACE_SCENARIOS = [tdpPtWrprot, tdpVolatileXchg];
+export const REAL_RACE_SCENARIOS = [obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg];
 
