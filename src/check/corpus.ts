@@ -69,8 +69,7 @@ export const CORPUS: readonly CorpusEntry[] = [
     commit: 'a955cad84cda',
     year: 2021,
     title: 'KVM: x86/mmu: Retry page fault if root is invalidated by memslot update',
-    scenario: null,
-    why: 'needs TDP roots that are invalidated and zapped under the read lock (not yet)',
+    scenario: 'obsolete-root-fault',
   },
   {
     id: 'kvm-6',
@@ -105,8 +104,7 @@ export const CORPUS: readonly CorpusEntry[] = [
     commit: '58cd407ca4c6',
     year: 2022,
     title: 'KVM: Fix multiple races in gfn=>pfn cache refresh',
-    scenario: null,
-    why: 'needs the gfn→pfn cache (not yet)',
+    scenario: 'gpc-refresh-race',
   },
   {
     id: 'kvm-10',

@@ -687,6 +687,31 @@ class SpteWithinGuestPte implements Monitor {
 }
 
 /**
+ * A gfn→pfn cache holds no reference on its page, so it is only as good as its invalidation: whenever KVM
+ * accesses guest memory through a valid cache, the cached pfn is the frame the host maps at the cache's page
+ * (58cd407ca4c6: a refresh that raced an MMU-notifier invalidation published a pfn the host went on to free).
+ * Reads, at the access mark: the host's mapping word of that page.
+ */
+class GpcPfnMapped implements Monitor {
+  readonly name = 'gpc-pfn-mapped';
+  readonly statement = 'an access through a valid gfn→pfn cache reaches the frame the host maps at that page';
+  constructor(private readonly o: Observer) {}
+  onNote(_ex: Execution, _t: number, kind: number, hvpn: number, pfn: number): string | null {
+    if (kind !== NOTE.gpcAccess) return null;
+    const k = this.o.kvm;
+    const w = this.o.r32(k.host.ptep(hvpn));
+    const mapped = (w & MAP_PRESENT) !== 0 ? mapPfn(w) : -1;
+    if (mapped === pfn) return null;
+    const gfn = k.hvpnToGfn(hvpn);
+    if (pfn < 0) return `KVM found the gfn→pfn cache of gfn ${hex(gfn)} valid with no pfn in it yet (a refresh marked it valid before its lookup)`;
+    return (
+      `KVM accessed gfn ${hex(gfn)} through its gfn→pfn cache at pfn ${hex(pfn)}, but the host maps ` +
+      `${mapped < 0 ? 'nothing' : `pfn ${hex(mapped)}`} there: an invalidation passed the cache by, and the frame may be another page's`
+    );
+  }
+}
+
+/**
  * TDP mode: at the end, every page table in use is reachable from the root or waits for a grace period on the
  * RCU queue (KVM's a955cad84cda names the leak: a table linked into a root already zapped stays allocated and
  * maps memory no notifier reaches). A fault that loses its cmpxchg must free the table it made; a zap must
@@ -800,6 +825,7 @@ export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monit
     new NoLeakedTable(o),
     new FrozenEntryOwned(o),
     new SpteWithinGuestPte(o),
+    new GpcPfnMapped(o),
   ];
 }
 
@@ -814,4 +840,5 @@ export const INVARIANT_NAMES = [
   'no-leaked-table',
   'frozen-entry-owned',
   'spte-within-guest-pte',
+  'gpc-pfn-mapped',
 ] as const;

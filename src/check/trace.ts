@@ -7,6 +7,7 @@ import { GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardNam
 import { MODE_NAMES, VCPU_WORDS } from '../kvm/kvm';
 import { SP_WORDS } from '../kvm/mmu-page';
 import { rcuReaderSlots } from '../kvm/tdp-mmu';
+import { GPC_VALID } from '../kvm/pfncache';
 import { rcuWordName } from '../shm/rcu';
 import { MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
 import { formatSpte } from '../x86/spte';
@@ -26,7 +27,16 @@ export interface TraceRow {
 }
 
 const VCPU_FIELDS = ['mode', 'requests', 'root', 'cr3', 'cpu', 'tlb generation'];
-const MMU_FIELDS = ['mmu_invalidate_seq', 'mmu_invalidate_in_progress', 'invalidate range start', 'invalidate range end', 'LRU head', 'LRU tail', 'free shadow pages'];
+const MMU_FIELDS = [
+  'mmu_invalidate_seq',
+  'mmu_invalidate_in_progress',
+  'invalidate range start',
+  'invalidate range end',
+  'LRU head',
+  'LRU tail',
+  'free shadow pages',
+  'mn_active_invalidate_count',
+];
 const SP_FIELDS = ['role', 'gfn', 'state', 'hash next', 'parents', 'root count', 'generation', 'LRU prev', 'LRU next', 'write-flooding count'];
 const FRAME_FIELDS = ['refcount', 'flags', 'last user', 'spare'];
 
@@ -57,6 +67,8 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
         return { name: 'mmu_lock', kind: 'word' };
       case 'kvm.tdpPagesLock':
         return { name: 'tdp_mmu_pages_lock', kind: 'word' };
+      case 'kvm.gpc':
+        return { name: rel / 4 < GPC_VALID ? 'gpc lock' : ['gpc valid', 'gpc gfn', 'gpc pfn'][rel / 4 - GPC_VALID] ?? 'gpc', kind: 'word' };
       case 'kvm.tdpRoots':
         return { name: rel % 8 === 0 ? `TDP root slot ${rel >> 3}` : `TDP root slot ${rel >> 3} zap state`, kind: 'word' };
       case 'kvm.rcu':

@@ -26,6 +26,8 @@ export const GUARDS = {
   'wrprot-mmu-writable': 1 << 7,
   /** TDP MMU: a fault retries when its root was invalidated (a memslot change) since the vCPU loaded it (a955cad84cda, 2021). */
   'obsolete-root-retry': 1 << 8,
+  /** A gfn→pfn cache refresh retries while an MMU-notifier invalidation is active or ran meanwhile (58cd407ca4c6, 2022). */
+  'gpc-refresh-retry': 1 << 9,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -42,6 +44,7 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'write-lock-exclusion': 'TDP: an MMU-notifier zap runs beside a fault under the read lock, which maps the pfn being removed',
   'wrprot-mmu-writable': 'TDP: write-tracking a gfn skips its read-only SPTE, which stays MMU-writable: the fast path makes it writable again',
   'obsolete-root-retry': 'TDP: a fault links a table into an invalidated root its zap has already passed: the table leaks',
+  'gpc-refresh-retry': 'a gfn→pfn cache refresh publishes a pfn an MMU-notifier invalidation has already passed by: KVM writes a freed page',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

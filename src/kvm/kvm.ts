@@ -4,7 +4,8 @@
 //   kvm.mmuLock    LOCK_WORDS          mmu_lock (a fair ticket spinlock)
 //   kvm.mmu        MMU_WORDS           [SEQ] mmu_invalidate_seq, [IN_PROGRESS] mmu_invalidate_in_progress,
 //                                      [RANGE_START, RANGE_END) the hvpn range being invalidated,
-//                                      [LRU_HEAD, LRU_TAIL] active shadow-page list (sp + 1), [SP_FREE] free count
+//                                      [LRU_HEAD, LRU_TAIL] active shadow-page list (sp + 1), [SP_FREE] free count,
+//                                      [MN_ACTIVE] mn_active_invalidate_count
 //   kvm.slots      MAX_SLOTS * 4       per memslot: [0] flags (SLOT_DIRTY_LOG); geometry is in VmConfig, fixed
 //   kvm.bitmap     sum(npages / 32)    dirty bitmaps, one bit per page, word per 32 pages
 //   kvm.vcpus      vcpus * VCPU_WORDS  per vCPU: [MODE] generation << 2 | mode, [REQUESTS] KVM_REQ_* bits,
@@ -34,6 +35,7 @@ import { SpteUpdate } from './spte-update';
 import { DirtyLog } from './dirty-log';
 import { KvmNotifier } from './notifier';
 import { TdpMmu, reserveTdp } from './tdp-mmu';
+import { GfnToPfnCache, reserveGpc } from './pfncache';
 
 export const OUTSIDE_GUEST_MODE = 0;
 export const IN_GUEST_MODE = 1;
@@ -56,6 +58,8 @@ export const MMU_RANGE_END = 3;
 export const MMU_LRU_HEAD = 4;
 export const MMU_LRU_TAIL = 5;
 export const MMU_SP_FREE = 6;
+/** KVM's mn_active_invalidate_count: MMU-notifier invalidations between their start and end (gfn→pfn caches wait on it). */
+export const MMU_MN_ACTIVE = 7;
 
 const SLOT_WORDS = 4;
 
@@ -135,6 +139,7 @@ export function reserveKvm(b: LayoutBuilder, c: VmConfig): void {
   reserveMmuPages(b, c);
   reserveRmaps(b, c);
   reserveTdp(b, c);
+  reserveGpc(b);
 }
 
 /**
@@ -214,6 +219,8 @@ export class Kvm {
   readonly notifier: KvmNotifier;
   /** The TDP MMU (mode tdp); constructed in every mode, used only in that one. */
   readonly tdp: TdpMmu;
+  /** The VM's gfn→pfn cache (one, as for Xen's shared info page). */
+  readonly gpc: GfnToPfnCache;
   /** config.mode is tdp: mmu_lock is a reader-writer lock (Mem.readLock/writeLock), not the spinlock. */
   readonly isTdp: boolean;
 
@@ -233,6 +240,7 @@ export class Kvm {
   readonly guardWriteLockExclusion: boolean;
   readonly guardWrprotMmuWritable: boolean;
   readonly guardObsoleteRootRetry: boolean;
+  readonly guardGpcRefreshRetry: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
 
@@ -288,6 +296,7 @@ export class Kvm {
     this.guardWriteLockExclusion = (g & GUARDS['write-lock-exclusion']) !== 0;
     this.guardWrprotMmuWritable = (g & GUARDS['wrprot-mmu-writable']) !== 0;
     this.guardObsoleteRootRetry = (g & GUARDS['obsolete-root-retry']) !== 0;
+    this.guardGpcRefreshRetry = (g & GUARDS['gpc-refresh-retry']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.fastPath = config.fastPath;
 
@@ -300,6 +309,7 @@ export class Kvm {
     this.host.notifier = this.notifier;
     this.isTdp = config.mode === 'tdp';
     this.tdp = new TdpMmu(this);
+    this.gpc = new GfnToPfnCache(this);
   }
 
   /** Forget what this handle keeps for its thread between calls (the checker starts each execution afresh). */
@@ -445,6 +455,17 @@ export class Kvm {
     if (!this.isTdp) this.mem.unlock(this.mmuLock);
     else if (this.guardWriteLockExclusion) this.mem.writeUnlock(this.mmuLock);
     else this.mem.readUnlock(this.mmuLock);
+  }
+
+  /** Take mmu_lock to read what its holders write: the read lock in TDP mode, the spinlock otherwise. */
+  mmuLockRead(): void {
+    if (this.isTdp) this.mem.readLock(this.mmuLock);
+    else this.mem.lock(this.mmuLock);
+  }
+
+  mmuUnlockRead(): void {
+    if (this.isTdp) this.mem.readUnlock(this.mmuLock);
+    else this.mem.unlock(this.mmuLock);
   }
 
   assertMmuLockHeld(): void {

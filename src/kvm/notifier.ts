@@ -1,7 +1,7 @@
 // KVM's MMU-notifier handlers: zap SPTEs for a host range being invalidated, bump the invalidation sequence, age pages.
 
 import type { MmuNotifier } from '../host/host';
-import { KVM_STAT, MMU_IN_PROGRESS, MMU_RANGE_END, MMU_RANGE_START, MMU_SEQ, type Kvm } from './kvm';
+import { KVM_STAT, MMU_IN_PROGRESS, MMU_MN_ACTIVE, MMU_RANGE_END, MMU_RANGE_START, MMU_SEQ, type Kvm } from './kvm';
 
 export class KvmNotifier implements MmuNotifier {
   constructor(private readonly kvm: Kvm) {}
@@ -15,6 +15,10 @@ export class KvmNotifier implements MmuNotifier {
    */
   invalidateRangeStart(start: number, end: number): void {
     const k = this.kvm;
+    // Before anything else: an active invalidation, then the gfn→pfn caches it covers invalidated (a refresh that
+    // completes after this sees the count and retries).
+    k.mem.fetchAdd32(k.mmuBase + MMU_MN_ACTIVE, 1);
+    k.gpc.invalidateStart(start, end);
     k.mmuLockWrite();
     const n = k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS);
     if (n === 0) {
@@ -37,7 +41,7 @@ export class KvmNotifier implements MmuNotifier {
   /**
    * KVM's kvm_mmu_notifier_invalidate_range_end: bump mmu_invalidate_seq, then
    * drop the in-progress count (in that order, so a fault that sees the count
-   * at zero also sees the new sequence).
+   * at zero also sees the new sequence), then mn_active_invalidate_count.
    */
   invalidateRangeEnd(_start: number, _end: number): void {
     const k = this.kvm;
@@ -45,6 +49,8 @@ export class KvmNotifier implements MmuNotifier {
     k.mem.fetchAdd32(k.mmuBase + MMU_SEQ, 1);
     k.mem.store32(k.mmuBase + MMU_IN_PROGRESS, k.lockedLoad(k.mmuBase + MMU_IN_PROGRESS) - 1);
     k.mmuUnlockWrite();
+    // Only after the sequence moved: a refresh that sees the count drop also sees the new sequence.
+    k.mem.fetchAdd32(k.mmuBase + MMU_MN_ACTIVE, -1);
   }
 
   /** KVM's kvm_mmu_notifier_clear_flush_young: clear A in the range's SPTEs; true if any was set. */

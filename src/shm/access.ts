@@ -111,6 +111,8 @@ export const NOTE = {
   dirtyLogReturned: 13,
   /** Page table a was freed without ever having been reachable (a TDP fault lost the cmpxchg that would have linked it). */
   spDiscard: 14,
+  /** KVM accessed the page of hvpn a through its gfn→pfn cache, at pfn b (-1: the cache had none). */
+  gpcAccess: 15,
 } as const;
 
 // How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).

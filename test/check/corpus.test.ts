@@ -21,6 +21,8 @@ const EXPECTED: Record<string, string> = {
   'kvm-6': 'tlb-after-write-protect',
   // ba3a6120a4e7: the lost Dirty bit, seen when the zapped SPTE's frame is dropped unwritten.
   'kvm-7': 'frame-dirty-before-drop',
+  // 58cd407ca4c6: the refresh published a pfn the host went on to free ("a use-after-free of a guest page").
+  'kvm-9': 'gpc-pfn-mapped',
 };
 
 test('every corpus entry either names a built-in scenario with its guard and commit, or says why it is not modelled', () => {

@@ -92,6 +92,50 @@ export const obsoleteRootFault = defineScenario({
   },
 });
 
+const G = 9;
+const Z = 12;
+
+/**
+ * 58cd407ca4c6: a gfn→pfn cache refresh raced an MMU-notifier invalidation that had already invalidated the cache
+ * but not yet raised mmu_invalidate_in_progress, and published the pfn the host was about to free.
+ */
+export const gpcRefreshRace = defineScenario({
+  name: 'gpc-refresh-race',
+  description:
+    "KVM writes guest gfn X twice through its gfn→pfn cache (as it updates a vCPU's Xen runstate area) while the " +
+    'host swaps X out and reuses its frame for gfn Z. The MMU notifier invalidates the cache before it counts the ' +
+    "invalidation as in progress. Before the fix a refresh in that window saw nothing wrong, cached X's frame as " +
+    "valid, and KVM's second write went to the frame after the host had given it to Z.",
+  guard: 'gpc-refresh-retry',
+  fix: { commit: '58cd407ca4c6', year: 2022, title: 'KVM: Fix multiple races in gfn=>pfn cache refresh' },
+  modes: ['tdp', 'direct'],
+  machine: () => tinyVm(1, { swapSlots: 4 }),
+  setup(vm) {
+    vm.powerOn(16);
+    vm.host.writeUser64(G, 0, 0x1111n);
+    vm.kvm.gpc.activate(G);
+    vm.kvm.gpc.refresh();
+  },
+  threads: {
+    KVM: (vm) => {
+      vm.kvm.gpc.write64(0, 0x2222n);
+      vm.kvm.gpc.write64(8, 0x3333n);
+    },
+    host: (vm) => {
+      vm.host.swapOut(G);
+      vm.host.swapIn(Z); // takes the most recently freed frame
+    },
+  },
+  check(vm) {
+    const z0 = vm.host.readUser64(Z, 0);
+    const z8 = vm.host.readUser64(Z, 8);
+    if (z0 !== 0n || z8 !== 0n) return `gfn ${Z} holds 0x${z0.toString(16)}, 0x${z8.toString(16)}: KVM wrote gfn ${G} through a stale cache`;
+    const x0 = vm.host.readUser64(G, 0);
+    const x8 = vm.host.readUser64(G, 8);
+    return x0 === 0x2222n && x8 === 0x3333n ? null : `gfn ${G} holds 0x${x0.toString(16)}, 0x${x8.toString(16)}; KVM wrote 0x2222, 0x3333`;
+  },
+});
+
 /** The scenarios of real races, in KVM-BUGS.md's order. */
-export const REAL_RACE_SCENARIOS = [obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg];
+export const REAL_RACE_SCENARIOS = [obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace];
 
