@@ -687,6 +687,21 @@ class SpteWithinGuestPte implements Monitor {
 }
 
 /**
+ * A page fault never changes a present leaf SPTE in a way that would need a TLB flush (the mapping removed, moved
+ * to another pfn, or made read-only): faults do not flush, so a vCPU would go on using the old translation. KVM
+ * WARNs on it in tdp_mmu_map_handle_target_level; in 2021 a fault on a memslot being deleted replaced a present
+ * leaf with an MMIO SPTE (e0c378684b65). The fault path marks such a change; nothing is read.
+ */
+class FaultLeafNoFlush implements Monitor {
+  readonly name = 'fault-leaf-no-flush';
+  readonly statement = 'a page fault never changes a present leaf SPTE in a way that needs a TLB flush (faults do not flush)';
+  onNote(_ex: Execution, _t: number, kind: number, gfn: number): string | null {
+    if (kind !== NOTE.faultNeedsFlush) return null;
+    return `a page fault replaced the present leaf SPTE of gfn ${hex(gfn)} with one that needs a TLB flush, and faults do not flush: a vCPU keeps the old translation`;
+  }
+}
+
+/**
  * A gfn→pfn cache holds no reference on its page, so it is only as good as its invalidation: whenever KVM
  * accesses guest memory through a valid cache, the cached pfn is the frame the host maps at the cache's page
  * (58cd407ca4c6: a refresh that raced an MMU-notifier invalidation published a pfn the host went on to free).
@@ -826,6 +841,7 @@ export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monit
     new FrozenEntryOwned(o),
     new SpteWithinGuestPte(o),
     new GpcPfnMapped(o),
+    new FaultLeafNoFlush(),
   ];
 }
 
@@ -841,4 +857,5 @@ export const INVARIANT_NAMES = [
   'frozen-entry-owned',
   'spte-within-guest-pte',
   'gpc-pfn-mapped',
+  'fault-leaf-no-flush',
 ] as const;

@@ -67,6 +67,8 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
         return { name: 'mmu_lock', kind: 'word' };
       case 'kvm.tdpPagesLock':
         return { name: 'tdp_mmu_pages_lock', kind: 'word' };
+      case 'kvm.srcu':
+        return { name: `kvm->srcu: ${config === null ? `word ${rel / 4}` : rcuWordName(rel / 4, 1, config.vcpus + 2).replace(/^rcu /, '')}`, kind: 'word' };
       case 'kvm.gpc':
         return { name: rel / 4 < GPC_VALID ? 'gpc lock' : ['gpc valid', 'gpc gfn', 'gpc pfn'][rel / 4 - GPC_VALID] ?? 'gpc', kind: 'word' };
       case 'kvm.tdpRoots':

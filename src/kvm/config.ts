@@ -28,6 +28,10 @@ export const GUARDS = {
   'obsolete-root-retry': 1 << 8,
   /** A gfn→pfn cache refresh retries while an MMU-notifier invalidation is active or ran meanwhile (58cd407ca4c6, 2022). */
   'gpc-refresh-retry': 1 << 9,
+  /** TDP MMU: a fault on a memslot being deleted or moved (marked invalid) retries instead of mapping the gfn as MMIO (e0c378684b65, 2021). */
+  'invalid-slot-retry': 1 << 10,
+  /** KVM_PRE_FAULT_MEMORY returns -EAGAIN for a memslot being deleted or moved instead of retrying inside its SRCU read section (3ccbf6f47098, 2025). */
+  'prefault-eagain': 1 << 11,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -45,6 +49,8 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'wrprot-mmu-writable': 'TDP: write-tracking a gfn skips its read-only SPTE, which stays MMU-writable: the fast path makes it writable again',
   'obsolete-root-retry': 'TDP: a fault links a table into an invalidated root its zap has already passed: the table leaks',
   'gpc-refresh-retry': 'a gfn→pfn cache refresh publishes a pfn an MMU-notifier invalidation has already passed by: KVM writes a freed page',
+  'invalid-slot-retry': 'TDP: a fault on a memslot being deleted maps the gfn as MMIO, replacing a present SPTE without a TLB flush',
+  'prefault-eagain': 'TDP: pre-faulting memory retries for ever inside SRCU while the memslot update it waits for waits for SRCU: a deadlock',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

@@ -6,7 +6,8 @@
 //                                      [RANGE_START, RANGE_END) the hvpn range being invalidated,
 //                                      [LRU_HEAD, LRU_TAIL] active shadow-page list (sp + 1), [SP_FREE] free count,
 //                                      [MN_ACTIVE] mn_active_invalidate_count
-//   kvm.slots      MAX_SLOTS * 4       per memslot: [0] flags (SLOT_DIRTY_LOG); geometry is in VmConfig, fixed
+//   kvm.slots      MAX_SLOTS * 4       per memslot: [0] flags (SLOT_DIRTY_LOG, SLOT_INVALID, SLOT_DELETED); geometry is in VmConfig, fixed
+//   kvm.srcu       kvm->srcu (shm/rcu.ts): readers of the memslots (TDP faults, pre-faulting); a memslot update waits for them
 //   kvm.bitmap     sum(npages / 32)    dirty bitmaps, one bit per page, word per 32 pages
 //   kvm.vcpus      vcpus * VCPU_WORDS  per vCPU: [MODE] generation << 2 | mode, [REQUESTS] KVM_REQ_* bits,
 //                                      [ROOT] root shadow page + 1, [CR3_GFN], [CPU] CPU_* control bits,
@@ -22,6 +23,7 @@
 // waiting for "this vCPU left the state I saw" cannot miss a quick exit and re-entry.
 
 import { LOCK_WORDS, NOTE, type Mem } from '../shm/access';
+import { Rcu, layoutRcu } from '../shm/rcu';
 import { KvmmuError } from '../shm/errors';
 import { region, type Layout, type LayoutBuilder } from '../shm/layout';
 import { Host } from '../host/host';
@@ -49,6 +51,10 @@ export const KVM_REQ_TLB_FLUSH = 1 << 0;
 export const KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = 1 << 1;
 
 export const SLOT_DIRTY_LOG = 1 << 0;
+/** KVM_MEMSLOT_INVALID: the slot is being deleted (or moved); its SPTEs are not zapped yet. */
+export const SLOT_INVALID = 1 << 1;
+/** kvmmu's mark for a deleted slot (KVM drops it from the memslot array): its gfns have no memslot (MMIO). */
+export const SLOT_DELETED = 1 << 2;
 
 const MMU_WORDS = 16;
 export const MMU_SEQ = 0;
@@ -130,6 +136,7 @@ export function totalPages(c: VmConfig): number {
 
 export function reserveKvm(b: LayoutBuilder, c: VmConfig): void {
   b.metaLines('kvm.mmuLock', LOCK_WORDS * 4);
+  layoutRcu(b, 'kvm.srcu', 1, c.vcpus + 2);
   b.metaLines('kvm.mmu', MMU_WORDS * 4);
   b.meta('kvm.slots', MAX_SLOTS * SLOT_WORDS * 4);
   b.meta('kvm.bitmap', c.slots.reduce((n, s) => n + Math.ceil(s.npages / 32), 0) * 4);
@@ -241,6 +248,8 @@ export class Kvm {
   readonly guardWrprotMmuWritable: boolean;
   readonly guardObsoleteRootRetry: boolean;
   readonly guardGpcRefreshRetry: boolean;
+  readonly guardInvalidSlotRetry: boolean;
+  readonly guardPrefaultEagain: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
 
@@ -297,6 +306,8 @@ export class Kvm {
     this.guardWrprotMmuWritable = (g & GUARDS['wrprot-mmu-writable']) !== 0;
     this.guardObsoleteRootRetry = (g & GUARDS['obsolete-root-retry']) !== 0;
     this.guardGpcRefreshRetry = (g & GUARDS['gpc-refresh-retry']) !== 0;
+    this.guardInvalidSlotRetry = (g & GUARDS['invalid-slot-retry']) !== 0;
+    this.guardPrefaultEagain = (g & GUARDS['prefault-eagain']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.fastPath = config.fastPath;
 
@@ -315,6 +326,15 @@ export class Kvm {
   /** Forget what this handle keeps for its thread between calls (the checker starts each execution afresh). */
   resetThreadState(): void {
     this.tdp.resetThreadState();
+    this.srcuHandle = null;
+  }
+
+  private srcuHandle: Rcu | null = null;
+
+  /** This thread's handle on kvm->srcu, the memslots' SRCU. */
+  get srcu(): Rcu {
+    if (this.srcuHandle === null) this.srcuHandle = new Rcu(this.mem, region(this.layout, 'kvm.srcu').off / 4, 1, this.config.vcpus + 2);
+    return this.srcuHandle;
   }
 
   /** One-time setup of a fresh machine (single-threaded, before any worker starts). */
@@ -352,6 +372,35 @@ export class Kvm {
 
   slotFlagsWord(slot: number): number {
     return this.slotBase + slot * SLOT_WORDS;
+  }
+
+  /** The flags of the memslot holding `gfn` (SLOT_*), or -1 if none does. Contract: inside kvm->srcu (or the only thread). */
+  memslotFlags(gfn: number): number {
+    const s = this.slotOf(gfn);
+    return s < 0 ? -1 : this.mem.load32(this.slotFlagsWord(s));
+  }
+
+  /**
+   * KVM_SET_USER_MEMORY_REGION deleting `slot` (kvm_set_memslot, TDP mode):
+   * mark it invalid and wait for every SRCU reader that may have seen it
+   * valid (kvm_invalidate_memslot); zap its SPTEs under the write lock and
+   * flush (kvm_arch_flush_shadow_memslot, as KVM zaps a slot's leaves today);
+   * then drop it and wait for SRCU again. Afterwards no vCPU maps its memory.
+   */
+  deleteMemslot(slot: number): void {
+    if (!this.isTdp) throw new KvmmuError('kvmmu models memslot deletion in tdp mode only');
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.nSlots) throw new KvmmuError(`no memslot ${slot}: the VM has ${this.nSlots}`);
+    const w = this.slotFlagsWord(slot);
+    const m = this.mem;
+    if ((m.load32(w) & (SLOT_INVALID | SLOT_DELETED)) !== 0) throw new KvmmuError(`memslot ${slot} is already being deleted`);
+    m.store32(w, m.load32(w) | SLOT_INVALID);
+    this.srcu.synchronize();
+    m.writeLock(this.mmuLock);
+    if (this.tdp.zapLeafs(this.slotGfn[slot]!, this.slotGfn[slot]! + this.slotPages[slot]!)) this.kvmFlushRemoteTlbs();
+    m.writeUnlock(this.mmuLock);
+    m.store32(w, (m.load32(w) & ~SLOT_INVALID) | SLOT_DELETED);
+    this.srcu.synchronize();
+    this.tdp.reclaim();
   }
 
   /**

@@ -46,6 +46,7 @@ import {
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
   SLOT_DIRTY_LOG,
+  SLOT_INVALID,
   VCPU_ROOT,
   VCPU_STAT,
   type Kvm,
@@ -62,6 +63,11 @@ export const RET_PF_FIXED = 4;
 export const RET_PF_SPURIOUS = 5;
 export const RET_PF_GUEST = 6;
 export const RET_PF_NAMES = ['', 'RETRY', 'EMULATE', 'INVALID', 'FIXED', 'SPURIOUS', 'GUEST'];
+/** Not a RET_PF_* of KVM's: a pre-fault refused with -EAGAIN (kvm_mmu_faultin_pfn returns the errno itself). */
+export const RET_PF_EAGAIN = -11;
+/** Errnos KVM_PRE_FAULT_MEMORY returns (negated, as the kernel does). */
+export const EAGAIN = 11;
+export const ENOENT = 2;
 
 /** KVM's fast_page_fault tries its cmpxchg at most this many times before leaving it to the slow path. */
 const FAST_PF_ATTEMPTS = 5;
@@ -714,6 +720,36 @@ export class Mmu implements GuestPtAccess {
     const gfn = Math.floor(gpa / 4096);
     if (k.slotOf(gfn) < 0) return -1n;
     return k.host.readUserAtomic(k.gfnToHvpn(gfn), gpa % 4096);
+  }
+
+  // ---- pre-faulting ----
+
+  /**
+   * KVM_PRE_FAULT_MEMORY for one page (kvm_vcpu_pre_fault_memory, then
+   * kvm_tdp_map_page): map `gpa` as a read fault would, without the guest
+   * touching it, retrying while the fault says RET_PF_RETRY — all inside one
+   * kvm->srcu read section. Returns 0, -EAGAIN (a memslot is being deleted or
+   * moved: userspace must retry) or -ENOENT (no memslot: MMIO).
+   */
+  kvmPreFaultMemory(vcpu: KvmVcpu, gpa: number): number {
+    const k = this.kvm;
+    if (!k.isTdp) throw new KvmmuError('KVM_PRE_FAULT_MEMORY needs the TDP MMU (mode tdp)');
+    const gfn = Math.floor(gpa / 4096);
+    const srcu = k.srcu;
+    srcu.readLock();
+    let r: number;
+    for (;;) {
+      r = k.tdp.pageFault(vcpu, gpa, 0, false, true);
+      if (r !== RET_PF_RETRY) break;
+      // KVM retries at once (until a signal). A retry for a slot being deleted can only end once the slot changes,
+      // so the checker blocks the thread until it does rather than spinning it.
+      const s = k.slotOf(gfn);
+      const f = s < 0 ? -1 : k.mem.load32(k.slotFlagsWord(s));
+      if (f >= 0 && (f & SLOT_INVALID) !== 0) k.mem.waitWhile32(k.slotFlagsWord(s), f);
+    }
+    srcu.readUnlock();
+    if (r === RET_PF_EAGAIN) return -EAGAIN;
+    return r === RET_PF_EMULATE ? -ENOENT : 0;
   }
 
   // ---- write-tracking ----

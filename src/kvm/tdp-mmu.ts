@@ -41,6 +41,8 @@ import {
   isLastSpte,
   isShadowPresentPte,
   isWritablePte,
+  leafChangeNeedsTlbFlush,
+  makeMmioSpte,
   makeNonleafSpte,
   makeSpte,
   pagesPerSpte,
@@ -50,9 +52,9 @@ import {
 } from '../x86/spte';
 import { clearBits } from '../x86/pte';
 import type { VmConfig } from './config';
-import { KVM_STAT, MMU_SEQ, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
+import { KVM_STAT, MMU_SEQ, SLOT_DELETED, SLOT_INVALID, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
 import { ROLE_INVALID, SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
-import { RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
+import { RET_PF_EAGAIN, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
 
@@ -385,14 +387,36 @@ export class TdpMmu {
    * take mmu_lock for read, retry if an invalidation ran since (guard
    * `notifier-retry`), and map inside an RCU read section.
    */
-  pageFault(vcpu: KvmVcpu, gpa: number, ec: number, write: boolean): number {
+  pageFault(vcpu: KvmVcpu, gpa: number, ec: number, write: boolean, prefetch = false): number {
+    // The fault reads the memslots: inside kvm->srcu, which a memslot update waits for.
+    const srcu = this.kvm.srcu;
+    srcu.readLock();
+    let r: number;
+    try {
+      r = this.faultInSrcu(vcpu, gpa, ec, write, prefetch);
+    } catch (e) {
+      srcu.readUnlock();
+      throw e;
+    }
+    srcu.readUnlock();
+    return r;
+  }
+
+  private faultInSrcu(vcpu: KvmVcpu, gpa: number, ec: number, write: boolean, prefetch: boolean): number {
     const k = this.kvm;
     const mmu = k.mmu;
     const gfn = Math.floor(gpa / 4096);
-    if (k.fastPath) {
+    if (k.fastPath && !prefetch) {
       const r = mmu.fastPageFault(vcpu, gpa, ec, gfn);
       if (r !== RET_PF_INVALID) return r;
     }
+    // kvm_mmu_faultin_pfn's memslot check. A slot being deleted or moved (marked invalid, its SPTEs not yet zapped)
+    // sends the fault back to retry (guard `invalid-slot-retry`, e0c378684b65) — or, pre-faulting, back to
+    // userspace with -EAGAIN (guard `prefault-eagain`, 3ccbf6f47098); before those, it had no usable slot and was
+    // mapped as MMIO, over whatever SPTE was there.
+    const flags = k.memslotFlags(gfn);
+    if (flags >= 0 && (flags & SLOT_INVALID) !== 0 && k.guardInvalidSlotRetry) return prefetch && k.guardPrefaultEagain ? RET_PF_EAGAIN : RET_PF_RETRY;
+    if (flags < 0 || (flags & (SLOT_INVALID | SLOT_DELETED)) !== 0) return this.mapMmio(vcpu, gfn);
     const hvpn = k.gfnToHvpn(gfn);
     const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
     const pfn = k.host.getUserPage(hvpn, write);
@@ -439,6 +463,31 @@ export class TdpMmu {
     return ret;
   }
 
+  /** A fault on a gfn no usable memslot covers: an MMIO SPTE, under the read lock, and the access emulated. */
+  private mapMmio(vcpu: KvmVcpu, gfn: number): number {
+    const k = this.kvm;
+    k.mem.readLock(k.mmuLock);
+    if (k.guardObsoleteRootRetry && this.isObsoleteRoot(vcpu.root)) {
+      k.mem.readUnlock(k.mmuLock);
+      return RET_PF_RETRY;
+    }
+    const rcu = this.rcu;
+    rcu.readLock();
+    let ret: number;
+    try {
+      ret = this.map(vcpu, gfn, -1, false, false);
+    } catch (e) {
+      rcu.readUnlock();
+      k.mem.readUnlock(k.mmuLock);
+      throw e;
+    }
+    rcu.readUnlock();
+    k.mem.readUnlock(k.mmuLock);
+    this.reclaim();
+    this.frozenAt = -1;
+    return ret === RET_PF_RETRY ? RET_PF_RETRY : RET_PF_EMULATE;
+  }
+
   /**
    * KVM's kvm_tdp_mmu_map: walk from the root, linking a new table where an
    * entry is absent and setting the leaf, each with one cmpxchg against the
@@ -471,11 +520,14 @@ export class TdpMmu {
     // A write-tracked gfn (a page table KVM shadows, a page a device model watches) is mapped neither writable nor
     // MMU-writable, and a write to it is emulated (make_spte's mmu_try_to_unsync_pages refusing). The count changes
     // only under the write lock, so the read lock held here keeps it steady.
-    const tracked = k.pages.gfnTrackCount(k.gfnToHvpn(gfn)) > 0;
-    let newSpte = makeSpte(tracked ? ACC_ALL & ~ACC_WRITE_MASK : ACC_ALL, pfn, hostWritable, true, write);
-    if (isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
+    // pfn < 0: an MMIO SPTE (mapMmio).
+    const tracked = pfn >= 0 && k.pages.gfnTrackCount(k.gfnToHvpn(gfn)) > 0;
+    let newSpte = pfn < 0 ? makeMmioSpte(gfn) : makeSpte(tracked ? ACC_ALL & ~ACC_WRITE_MASK : ACC_ALL, pfn, hostWritable, true, write);
+    if (pfn >= 0 && isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
     if (old === newSpte) return RET_PF_SPURIOUS;
     if (k.mem.cmpxchg64(it.sptep, old, newSpte) !== old) return RET_PF_RETRY;
+    // A fault does not flush TLBs, so it must never make a change that needs it (KVM WARNs since 2022).
+    if (leafChangeNeedsTlbFlush(old, newSpte)) k.mem.note(NOTE.faultNeedsFlush, gfn, 1);
     this.handleChangedSpte(gfn, old, newSpte, 1, true);
     if (isWritablePte(newSpte)) k.markPageDirty(gfn);
     return tracked && write ? RET_PF_EMULATE : RET_PF_FIXED;

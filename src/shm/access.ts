@@ -113,6 +113,8 @@ export const NOTE = {
   spDiscard: 14,
   /** KVM accessed the page of hvpn a through its gfn→pfn cache, at pfn b (-1: the cache had none). */
   gpcAccess: 15,
+  /** A page fault changed the present leaf SPTE of gfn a in a way that needs a TLB flush, which faults never do (KVM WARNs). */
+  faultNeedsFlush: 16,
 } as const;
 
 // How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).

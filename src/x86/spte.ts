@@ -57,6 +57,22 @@ export const SPTE_NX_MASK = 1n << 63n;
  */
 export const FROZEN_SPTE = 0x5a0n;
 
+/**
+ * An MMIO SPTE (KVM's make_mmio_spte): not present, so the access exits, with
+ * a pattern no other SPTE has (W and U without P; EPT uses a misconfiguration,
+ * write without read, the same way) and the gfn, so the exit is handled as
+ * emulated MMIO without a memslot lookup.
+ */
+const MMIO_LOW_BITS = 0x6n;
+
+export function makeMmioSpte(gfn: number): bigint {
+  return (BigInt(gfn) << 12n) | MMIO_LOW_BITS;
+}
+
+export function isMmioSpte(spte: bigint): boolean {
+  return (spte & 0xfffn) === MMIO_LOW_BITS && (spte & SPTE_NX_MASK) === 0n;
+}
+
 /** Bits a non-leaf SPTE always carries, as KVM's make_nonleaf_spte: present, W, U, A. */
 const NONLEAF_BITS =
   SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK | SPTE_WRITABLE_MASK | SPTE_USER_MASK | SPTE_ACCESSED_MASK;
@@ -196,6 +212,18 @@ export function spteAccess(spte: bigint): number {
  *     the 2012 rule before the fix;
  *   - the hardware walk may still set A (A clear), or D (W set, D clear).
  */
+/**
+ * KVM's leaf_spte_change_needs_tlb_flush: would changing the leaf `old` to
+ * `newSpte` leave a stale translation in a TLB (the mapping goes, moves to
+ * another pfn, or loses W)?
+ */
+export function leafChangeNeedsTlbFlush(old: bigint, newSpte: bigint): boolean {
+  if (!isShadowPresentPte(old)) return false;
+  if (!isShadowPresentPte(newSpte)) return true;
+  if (spteToPfn(old) !== spteToPfn(newSpte)) return true;
+  return isWritablePte(old) && !isWritablePte(newSpte);
+}
+
 export function spteHasVolatileBits(spte: bigint, atomicVolatileClear: boolean): boolean {
   if (!isShadowPresentPte(spte)) return false;
   if (atomicVolatileClear && isMmuWritableSpte(spte)) return true;
@@ -244,6 +272,7 @@ export function checkWritableBits(spte: bigint): string | null {
 export function formatSpte(spte: bigint): string {
   if (spte === 0n) return '0';
   if (spte === FROZEN_SPTE) return 'FROZEN';
+  if (isMmioSpte(spte)) return `MMIO gfn=0x${(spte >> 12n).toString(16)}`;
   const bits: string[] = [];
   if (isShadowPresentPte(spte)) bits.push('SP');
   if ((spte & SPTE_PRESENT_MASK) !== 0n) bits.push('P');

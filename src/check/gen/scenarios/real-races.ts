@@ -136,6 +136,70 @@ export const gpcRefreshRace = defineScenario({
   },
 });
 
+/** A VM with a second memslot (gfns 32 to 39, as a hot-pluggable DIMM), which the memslot scenarios delete. */
+const twoSlotVm = () => tinyVm(1, { slots: [{ baseGfn: 0, npages: 24 }, { baseGfn: 32, npages: 8 }], hostFrames: 40 });
+const D = 33;
+
+/**
+ * e0c378684b65: a fault on a memslot being deleted (marked invalid, its SPTEs not yet zapped) treated the gfn as
+ * MMIO and replaced a present SPTE with an MMIO SPTE, without the TLB flush a zap does.
+ */
+export const invalidSlotFault = defineScenario({
+  name: 'invalid-slot-fault',
+  description:
+    'Userspace deletes memslot 1 while vCPU 0 handles a fault on gfn D in it that another vCPU has already fixed ' +
+    '(D is mapped). Deletion marks the slot invalid, waits for SRCU readers, then zaps its SPTEs. Before the fix a ' +
+    "fault in that window found no usable slot, treated D as MMIO, and replaced D's present SPTE with an MMIO SPTE " +
+    'without flushing: a vCPU keeps its translation to the memory being deleted.',
+  guard: 'invalid-slot-retry',
+  fix: { commit: 'e0c378684b65', year: 2021, title: 'KVM: x86/mmu: Retry page faults that hit an invalid memslot' },
+  modes: ['tdp'],
+  machine: twoSlotVm,
+  setup(vm) {
+    vm.powerOn(16);
+    vm.program(0, [{ op: 'read', gva: D * 4096 }]);
+    return { gpa: D * 4096 };
+  },
+  threads: {
+    // The fault handler itself: the exit was taken before the other vCPU's fault mapped D.
+    'vCPU 0': (vm, d) => {
+      vm.kvm.mmu.kvmMmuPageFault(vm.vcpu(0).kv, d.gpa, 0);
+    },
+    userspace: (vm) => {
+      vm.kvm.deleteMemslot(1);
+    },
+  },
+});
+
+/**
+ * 3ccbf6f47098: KVM_PRE_FAULT_MEMORY retried a fault on an invalid memslot inside its SRCU read section, and the
+ * memslot deletion waited for that section to end: a deadlock.
+ */
+export const prefaultSlotDeadlock = defineScenario({
+  name: 'prefault-slot-deadlock',
+  description:
+    'Userspace pre-faults gfn D (KVM_PRE_FAULT_MEMORY) while another thread deletes its memslot. Pre-faulting holds ' +
+    'kvm->srcu across its retries; deletion marks the slot invalid and waits for SRCU readers. Since e0c378684b65 a ' +
+    'fault on an invalid slot retries, so before the fix the pre-fault retried until the slot changed while the ' +
+    'deletion waited for the pre-fault: a deadlock. Now the pre-fault returns -EAGAIN.',
+  guard: 'prefault-eagain',
+  fix: { commit: '3ccbf6f47098', year: 2025, title: 'KVM: x86/mmu: Return -EAGAIN if userspace deletes/moves memslot during prefault' },
+  modes: ['tdp'],
+  machine: twoSlotVm,
+  setup(vm) {
+    vm.powerOn(16);
+    return { gpa: D * 4096 };
+  },
+  threads: {
+    'KVM_PRE_FAULT_MEMORY': (vm, d) => {
+      vm.kvm.mmu.kvmPreFaultMemory(vm.vcpu(0).kv, d.gpa);
+    },
+    'KVM_SET_USER_MEMORY_REGION': (vm) => {
+      vm.kvm.deleteMemslot(1);
+    },
+  },
+});
+
 /** The scenarios of real races, in KVM-BUGS.md's order. */
-export const REAL_RACE_SCENARIOS = [obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace];
+export const REAL_RACE_SCENARIOS = [invalidSlotFault, obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace, prefaultSlotDeadlock];
 
