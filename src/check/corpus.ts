@@ -59,8 +59,7 @@ export const CORPUS: readonly CorpusEntry[] = [
     commit: 'a835429cda91',
     year: 2021,
     title: 'KVM: x86/mmu: Ensure TLBs are flushed when yielding during GFN range zap',
-    scenario: null,
-    why: 'needs several TDP roots and zaps that yield mmu_lock (not yet)',
+    scenario: 'zap-yield-flush',
   },
   {
     id: 'kvm-5',

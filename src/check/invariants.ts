@@ -274,8 +274,13 @@ class VcpuFlushes {
   }
   /** A writable TLB entry of vCPU v for a gfn `want` accepts that it may still write through (not about to flush), or null. */
   writableEntry(v: number, want: (gfn: number) => boolean): { mode: number; gfn: number } | null {
+    return this.usableEntry(v, want, true);
+  }
+
+  /** A TLB entry of vCPU v (only writable ones if `writable`) for a gfn `want` accepts that it may still use (not about to flush), or null. */
+  usableEntry(v: number, want: (gfn: number) => boolean, writable: boolean): { mode: number; gfn: number } | null {
     for (const e of this.o.tlb(v)) {
-      if ((e.acc & ACC_WRITE_MASK) === 0 || !want(e.gfn)) continue;
+      if ((writable && (e.acc & ACC_WRITE_MASK) === 0) || !want(e.gfn)) continue;
       // Only with such an entry does the answer depend on the vCPU's mode and requests: read them then.
       const mode = this.o.vcpuMode(v);
       const pending = this.o.flushPending(v);
@@ -322,6 +327,42 @@ class TlbAfterWriteProtect implements Monitor {
     for (const s of this.o.leafSptes((g) => g === gfn)) {
       if (isWritablePte(s.spte) || isMmuWritableSpte(s.spte))
         return `an SPTE still maps gfn ${hex(gfn)} as ${formatSpte(s.spte)} after its write-protection returned`;
+    }
+    return null;
+  }
+}
+
+/**
+ * The MMU notifier's contract: once invalidate_range_start returns, no vCPU can reach a page of the range (the host
+ * goes on to unmap and may free it), so no vCPU holds a TLB entry for one unless it is about to flush. Every path
+ * that zaps an SPTE flushes before it drops mmu_lock for this reason (a835429cda91: a zap that yielded with a
+ * flush owed let the notifier find nothing to zap and skip its own). Reads, at the unmapDone mark: every vCPU's
+ * TLB, and its mode and requests when it holds such an entry (VcpuFlushes, kept up to date by
+ * tlb-after-write-protect).
+ */
+class TlbAfterUnmap implements Monitor {
+  readonly name = 'tlb-after-unmap';
+  readonly statement =
+    'after an MMU-notifier invalidation of a range returns, no vCPU holds a TLB entry for a page in it (unless it is about to flush)';
+  constructor(
+    private readonly o: Observer,
+    private readonly flushes: VcpuFlushes,
+  ) {}
+  onNote(_ex: Execution, _t: number, kind: number, start: number, end: number): string | null {
+    if (kind !== NOTE.unmapDone) return null;
+    const k = this.o.kvm;
+    const inRange = (gfn: number): boolean => {
+      if (k.slotOf(gfn) < 0) return false;
+      const hvpn = k.gfnToHvpn(gfn);
+      return hvpn >= start && hvpn < end;
+    };
+    for (let v = 0; v < k.config.vcpus; v++) {
+      const e = this.flushes.usableEntry(v, inRange, false);
+      if (e !== null)
+        return (
+          `vCPU ${v} still holds a TLB entry for gfn ${hex(e.gfn)} after the MMU-notifier invalidation of its page returned, ` +
+          `with no flush pending (vCPU in ${MODE_NAMES[e.mode]}): it can reach a page the host may now free`
+        );
     }
     return null;
   }
@@ -831,6 +872,7 @@ export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monit
   const flushes = new VcpuFlushes(o);
   return [
     new TlbAfterWriteProtect(o, flushes),
+    new TlbAfterUnmap(o, flushes),
     new NoFreedPageWalk(o),
     new SpteWithinHostMapping(o),
     new FrameDirtyBeforeDrop(o),
@@ -847,6 +889,7 @@ export function builtinMonitors(machine: ScenarioMachine, fp?: Footprint): Monit
 
 export const INVARIANT_NAMES = [
   'tlb-after-write-protect',
+  'tlb-after-unmap',
   'no-freed-page-walk',
   'spte-within-host-mapping',
   'frame-dirty-before-drop',

@@ -32,6 +32,8 @@ export const GUARDS = {
   'invalid-slot-retry': 1 << 10,
   /** KVM_PRE_FAULT_MEMORY returns -EAGAIN for a memslot being deleted or moved instead of retrying inside its SRCU read section (3ccbf6f47098, 2025). */
   'prefault-eagain': 1 << 11,
+  /** TDP MMU: a range zap that yields mmu_lock first flushes what it zapped in every root so far, not only in the current one (a835429cda91, 2021). */
+  'flush-before-yield': 1 << 12,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -51,6 +53,7 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'gpc-refresh-retry': 'a gfn→pfn cache refresh publishes a pfn an MMU-notifier invalidation has already passed by: KVM writes a freed page',
   'invalid-slot-retry': 'TDP: a fault on a memslot being deleted maps the gfn as MMIO, replacing a present SPTE without a TLB flush',
   'prefault-eagain': 'TDP: pre-faulting memory retries for ever inside SRCU while the memslot update it waits for waits for SRCU: a deadlock',
+  'flush-before-yield': "TDP: a range zap yields mmu_lock in one root with another root's zaps unflushed: a vCPU writes a page the host then frees",
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

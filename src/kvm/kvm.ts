@@ -250,6 +250,7 @@ export class Kvm {
   readonly guardGpcRefreshRetry: boolean;
   readonly guardInvalidSlotRetry: boolean;
   readonly guardPrefaultEagain: boolean;
+  readonly guardFlushBeforeYield: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
 
@@ -308,6 +309,7 @@ export class Kvm {
     this.guardGpcRefreshRetry = (g & GUARDS['gpc-refresh-retry']) !== 0;
     this.guardInvalidSlotRetry = (g & GUARDS['invalid-slot-retry']) !== 0;
     this.guardPrefaultEagain = (g & GUARDS['prefault-eagain']) !== 0;
+    this.guardFlushBeforeYield = (g & GUARDS['flush-before-yield']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.fastPath = config.fastPath;
 
@@ -378,6 +380,20 @@ export class Kvm {
   memslotFlags(gfn: number): number {
     const s = this.slotOf(gfn);
     return s < 0 ? -1 : this.mem.load32(this.slotFlagsWord(s));
+  }
+
+  /**
+   * KVM's kvm_zap_gfn_range (an MTRR or CR0.CD change, a memory attribute
+   * update): drop every SPTE mapping a gfn in [start, end), in every root,
+   * under the write lock — yielding it between roots, as the TDP MMU's walk may
+   * whenever it has made progress — and flush before returning. TDP mode only.
+   */
+  kvmZapGfnRange(start: number, end: number): void {
+    if (!this.isTdp) throw new KvmmuError('kvmmu models kvm_zap_gfn_range in tdp mode only');
+    this.mem.writeLock(this.mmuLock);
+    if (this.tdp.zapLeafsYielding(start, end)) this.kvmFlushRemoteTlbs();
+    this.mem.writeUnlock(this.mmuLock);
+    this.tdp.reclaim();
   }
 
   /**

@@ -51,6 +51,8 @@ export const ROLE_LEVEL_MASK = 7;
 export const ROLE_DIRECT = 1 << 3;
 export const ROLE_ACCESS_SHIFT = 4;
 export const ROLE_INVALID = 1 << 7;
+/** role.smm: the page belongs to SMM's address space (a vCPU in SMM has a root of its own). */
+export const ROLE_SMM = 1 << 8;
 
 /** Keep at least this many pages free before a fault builds its path (KVM_MIN_FREE_MMU_PAGES is 5; a path needs up to 4). */
 const MIN_FREE_PAGES = 5;

@@ -1,6 +1,7 @@
 // KVM's MMU-notifier handlers: zap SPTEs for a host range being invalidated, bump the invalidation sequence, age pages.
 
 import type { MmuNotifier } from '../host/host';
+import { NOTE } from '../shm/access';
 import { KVM_STAT, MMU_IN_PROGRESS, MMU_MN_ACTIVE, MMU_RANGE_END, MMU_RANGE_START, MMU_SEQ, type Kvm } from './kvm';
 
 export class KvmNotifier implements MmuNotifier {
@@ -36,6 +37,7 @@ export class KvmNotifier implements MmuNotifier {
     if (flush) k.kvmFlushRemoteTlbs();
     k.mmuUnlockWrite();
     k.count(KVM_STAT.invalidations);
+    k.mem.note(NOTE.unmapDone, start, end);
   }
 
   /**

@@ -30,7 +30,7 @@
 import { LOCK_WORDS, NOTE } from '../shm/access';
 import { region, type LayoutBuilder } from '../shm/layout';
 import { Rcu, rcuWords } from '../shm/rcu';
-import { ACC_ALL, ACC_WRITE_MASK } from '../x86/pte';
+import { ACC_ALL, ACC_WRITE_MASK, CPU_SMM } from '../x86/pte';
 import {
   FROZEN_SPTE,
   SPTE_ACCESSED_MASK,
@@ -53,7 +53,7 @@ import {
 import { clearBits } from '../x86/pte';
 import type { VmConfig } from './config';
 import { KVM_STAT, MMU_SEQ, SLOT_DELETED, SLOT_INVALID, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
-import { ROLE_INVALID, SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
+import { ROLE_INVALID, ROLE_SMM, SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
 import { RET_PF_EAGAIN, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
@@ -237,17 +237,20 @@ export class TdpMmu {
     const k = this.kvm;
     const m = k.mem;
     m.writeLock(k.mmuLock);
+    // The vCPU's MMU role picks its root: SMM has an address space, and so a root, of its own.
+    const role = makeRole(4, true, ACC_ALL) | ((vcpu.cpu & CPU_SMM) !== 0 ? ROLE_SMM : 0);
     let root = -1;
     for (let i = 0; i < this.nRootSlots && root < 0; i++) {
       const r = this.rootAt(i);
-      if (r >= 0 && !this.isObsoleteRoot(r)) {
-        // A valid root holds its validity reference, so under mmu_lock the count is never zero here.
+      if (r >= 0 && m.load32(k.pages.hdr(r, SP_ROLE)) === role) {
+        // A valid root (its role without ROLE_INVALID) holds its validity reference, so under mmu_lock the count is
+        // never zero here.
         m.fetchAdd32(k.pages.hdr(r, SP_ROOT_COUNT), 1);
         root = r;
       }
     }
     if (root < 0) {
-      root = this.allocPage(makeRole(4, true, ACC_ALL), 0);
+      root = this.allocPage(role, 0);
       m.store32(k.pages.hdr(root, SP_ROOT_COUNT), 2);
       m.lock(this.pagesLock);
       let slot = -1;
@@ -284,6 +287,35 @@ export class TdpMmu {
     }
     m.unlock(this.pagesLock);
     this.freeAfterGracePeriod(root);
+  }
+
+  /** KVM's kvm_tdp_mmu_get_root: a reference on `root` unless its last one is already gone (refcount_inc_not_zero). */
+  private getRootUnlessZero(root: number): boolean {
+    const m = this.kvm.mem;
+    const w = this.kvm.pages.hdr(root, SP_ROOT_COUNT);
+    let c = m.load32(w);
+    for (;;) {
+      if (c === 0) return false;
+      const old = m.cmpxchg32(w, c, c + 1);
+      if (old === c) return true;
+      c = old;
+    }
+  }
+
+  /**
+   * KVM's kvm_mmu_reset_context as a change of MMU role needs it (entering or
+   * leaving SMM): drop the vCPU's root and load the one of its new role.
+   */
+  resetContext(vcpu: KvmVcpu): void {
+    const k = this.kvm;
+    if (vcpu.root >= 0) {
+      k.mem.readLock(k.mmuLock);
+      this.putRoot(vcpu.root);
+      k.mem.readUnlock(k.mmuLock);
+      this.reclaim();
+    }
+    vcpu.root = -1;
+    this.getVcpuRoot(vcpu);
   }
 
   /**
@@ -633,6 +665,48 @@ export class TdpMmu {
         flush = true;
       }
     }
+    return flush;
+  }
+
+  /**
+   * KVM's kvm_tdp_mmu_zap_leafs as kvm_zap_gfn_range calls it (may yield):
+   * every leaf mapping a gfn in [start, end), root after root, each root held
+   * by a reference while the walk is in it (for_each_tdp_mmu_root_yield_safe).
+   * KVM's walk may drop mmu_lock at any step once it has made progress
+   * (tdp_mmu_iter_cond_resched, when the scheduler or a waiter asks); kvmmu
+   * drops it where that matters, as the walk of the next root begins. Before
+   * dropping it, the flush owed for every root zapped so far is done (guard
+   * `flush-before-yield`); before a835429cda91 the walk flushed only what the
+   * current root owed — nothing yet — and kept the rest for the end. Returns
+   * whether TLBs must still be flushed. Contract: mmu_lock held for write.
+   */
+  zapLeafsYielding(start: number, end: number): boolean {
+    const k = this.kvm;
+    const it = this.iter;
+    let flush = false;
+    let prev = -1;
+    for (let i = 0; i < this.nRootSlots; i++) {
+      const root = this.rootAt(i);
+      if (root < 0 || !this.getRootUnlessZero(root)) continue;
+      if (prev >= 0) {
+        if (flush && k.guardFlushBeforeYield) {
+          k.kvmFlushRemoteTlbs();
+          flush = false;
+        }
+        k.mem.writeUnlock(k.mmuLock);
+        k.mem.writeLock(k.mmuLock);
+        this.putRoot(prev);
+      }
+      for (it.begin(root, start, end); it.valid; it.next()) {
+        if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
+        const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
+        this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
+        it.oldSpte = 0n;
+        flush = true;
+      }
+      prev = root;
+    }
+    if (prev >= 0) this.putRoot(prev);
     return flush;
   }
 

@@ -115,6 +115,8 @@ export const NOTE = {
   gpcAccess: 15,
   /** A page fault changed the present leaf SPTE of gfn a in a way that needs a TLB flush, which faults never do (KVM WARNs). */
   faultNeedsFlush: 16,
+  /** An MMU-notifier invalidation of host pages [a, b) returned: no vCPU may reach them now. */
+  unmapDone: 17,
 } as const;
 
 // How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).

@@ -29,9 +29,11 @@
 
 import { region, type LayoutBuilder } from '../shm/layout';
 import { NOTE } from '../shm/access';
+import { KvmmuError } from '../shm/errors';
 import {
   CPU_CR0_WP,
   CPU_EFER_NX,
+  CPU_SMM,
   LEVEL_BYTES_INV,
   PFERR_PRESENT_MASK,
   accessErrorCode,
@@ -153,6 +155,18 @@ export class Vcpu {
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
     this.kvm.selfVcpu = this.idx;
     this.kvm.mmu.kvmMmuLoad(this.kv);
+  }
+
+  /**
+   * Enter System Management Mode (TDP mode): the MMU role changes, so KVM
+   * resets the MMU context and the vCPU gets the SMM root. Outside guest mode.
+   */
+  enterSmm(): void {
+    if (!this.kvm.isTdp) throw new KvmmuError('kvmmu models SMM in tdp mode only (a root of its own)');
+    this.kv.cpu |= CPU_SMM;
+    this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = this.kv.cpu;
+    this.kvm.tdp.resetContext(this.kv);
+    this.flushTlb();
   }
 
   /**

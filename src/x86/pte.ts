@@ -46,6 +46,8 @@ export const CPU_CR4_SMEP = 1 << 2;
 export const CPU_CR4_SMAP = 1 << 3;
 /** RFLAGS.AC: with SMAP, lets an explicit supervisor data access reach a user page. */
 export const CPU_RFLAGS_AC = 1 << 4;
+/** The vCPU is in System Management Mode (KVM's HF_SMM_MASK): its MMU role, and so its TDP root, differ. */
+export const CPU_SMM = 1 << 5;
 
 /** An access the guest makes: write / user / fetch as in the error code, plus `implicit` (a supervisor access by the CPU itself, never AC-exempt). */
 export interface AccessKind {

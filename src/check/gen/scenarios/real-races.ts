@@ -61,6 +61,41 @@ export const tdpVolatileXchg = defineScenario({
 
 const B = 6;
 
+const P = 3;
+
+/**
+ * a835429cda91: a range zap across roots yielded mmu_lock in the second root while the flush for what it zapped in
+ * the first was still owed, and whoever took the lock next could find nothing left to zap and skip its own flush.
+ */
+export const zapYieldFlush = defineScenario({
+  name: 'zap-yield-flush',
+  description:
+    "vCPU 0's TLB holds gfn P; vCPU 1 is in SMM, which has a TDP root of its own. KVM zaps P in every root, and may " +
+    'yield mmu_lock between roots. Before the fix it flushed before yielding only what the current root had zapped, ' +
+    "so after zapping P in vCPU 0's root it yielded with that flush owed. An MMU-notifier invalidation of P (the host " +
+    "unmapping it) then found no SPTE for P, flushed nothing and returned, while vCPU 0 could still reach P's page " +
+    'through its TLB.',
+  guard: 'flush-before-yield',
+  fix: { commit: 'a835429cda91', year: 2021, title: 'KVM: x86/mmu: Ensure TLBs are flushed when yielding during GFN range zap' },
+  modes: ['tdp'],
+  machine: () => tinyVm(2),
+  setup(vm) {
+    vm.powerOn(16);
+    vm.vcpu(1).enterSmm(); // a second root, after vCPU 0's in the list
+    vm.program(0, [{ op: 'write', gva: vm.addr(P), value: 1n }]); // vCPU 0's root maps P; its TLB holds it
+  },
+  threads: {
+    kvm_zap_gfn_range: (vm) => {
+      vm.kvm.kvmZapGfnRange(P, P + 1);
+    },
+    // The host unmaps P (mprotect, say): KVM's invalidate_range_start and _end.
+    'MMU notifier': (vm) => {
+      vm.kvm.notifier.invalidateRangeStart(P, P + 1);
+      vm.kvm.notifier.invalidateRangeEnd(P, P + 1);
+    },
+  },
+});
+
 /**
  * a955cad84cda: a TDP fault did not check, once it held mmu_lock, whether its root had been invalidated, so it
  * could link a table into a root that kvm_tdp_mmu_zap_invalidated_roots had already swept.
@@ -201,5 +236,5 @@ export const prefaultSlotDeadlock = defineScenario({
 });
 
 /** The scenarios of real races, in KVM-BUGS.md's order. */
-export const REAL_RACE_SCENARIOS = [invalidSlotFault, obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace, prefaultSlotDeadlock];
+export const REAL_RACE_SCENARIOS = [invalidSlotFault, zapYieldFlush, obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace, prefaultSlotDeadlock];
 
