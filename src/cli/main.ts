@@ -97,6 +97,9 @@ export function buildProgram(): Command {
         .default('pin'),
     )
     .addOption(pageMarkingOption().default('spte'))
+    .addOption(
+      new Option('--ad-bits <on|off>', 'A/D bits in SPTEs; off: access tracking, as KVM without EPT A/D (tdp mode)').choices(['on', 'off']).default('on'),
+    )
     .option('--seed <n>', 'random seed for the workload and host pressure', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--json', 'print one JSON object instead of text', false)
     .action(async (opts: RunCliOptions) => {
@@ -187,6 +190,7 @@ interface RunCliOptions {
   fastPath: 'on' | 'off';
   indirectFastPath: IndirectFastPath;
   pageMarking: PageMarking;
+  adBits: 'on' | 'off';
   seed: number;
   json: boolean;
 }
@@ -206,6 +210,7 @@ async function runCommand(o: RunCliOptions): Promise<number> {
     fastPath: o.fastPath === 'on',
     indirectFastPath: o.indirectFastPath,
     pageMarking: o.pageMarking,
+    adBits: o.adBits === 'on',
     seed: o.seed,
     onProgress: progress === null ? undefined : (p) => progress.update(p.elapsed, `${p.passes} passes, ${p.fastFaults} fast / ${p.slowFaults} slow faults`),
   });
@@ -220,7 +225,8 @@ export function formatRunReport(r: RunReport): string {
   const lines = [
     `kvmmu run: ${r.mode} mode, ${r.vcpus} vCPU(s), ${fmtBytes(r.memBytes)} guest memory, ` +
       (r.guardsOff.length === 0 ? 'all guards on' : `guards off: ${r.guardsOff.join(', ')}`) +
-      (r.pageMarking === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : ''),
+      (r.pageMarking === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : '') +
+      (r.adBits ? '' : ', no A/D bits (access tracking)'),
     `faults:    ${f.pfFast} fast, ${f.pfSlow} slow (${f.pfLockContended} found mmu_lock taken), ${f.pfSpurious} spurious, ${f.pfRetry} retried, ` +
       `${f.pfEmulate} emulated, ${f.pfGuest} guest #PF; ${f.exits} exits, ${f.tlbFlushes} TLB flushes`,
     `guest:     ${r.workload.passes} passes, ${r.workload.writes} writes, ${r.workload.remaps} remaps`,

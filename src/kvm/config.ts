@@ -97,6 +97,12 @@ export interface VmConfig {
   readonly fastPath: boolean;
   readonly indirectFastPath: IndirectFastPath;
   readonly pageMarking: PageMarking;
+  /**
+   * The processor maintains A/D bits in SPTEs (EPT with A/D). Off (TDP mode):
+   * SPTEs are A/D-disabled, host aging makes them access-tracked, and the
+   * fast path restores them (KVM without EPT A/D bits).
+   */
+  readonly adBits: boolean;
 }
 
 /** What a user may set; everything else gets a default sized from it. */
@@ -114,6 +120,7 @@ export interface VmOptions {
   fastPath?: boolean;
   indirectFastPath?: IndirectFastPath;
   pageMarking?: PageMarking;
+  adBits?: boolean;
 }
 
 export const MAX_VCPUS = 64;
@@ -157,6 +164,9 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
   const pageMarking = o.pageMarking ?? 'spte';
   if (!PAGE_MARKING.includes(pageMarking))
     throw new KvmmuError(`unknown page-marking setting '${String(pageMarking)}': use spte or fault`);
+  if (o.adBits !== undefined && typeof o.adBits !== 'boolean') throw new KvmmuError(`adBits is true or false, not ${String(o.adBits)}`);
+  const adBits = o.adBits ?? true;
+  if (!adBits && mode !== 'tdp') throw new KvmmuError(`A/D bits off (access tracking) is modelled in tdp mode only, not ${mode}`);
   return {
     mode,
     vcpus,
@@ -169,6 +179,7 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
     fastPath: o.fastPath ?? true,
     indirectFastPath,
     pageMarking,
+    adBits,
   };
 }
 

@@ -253,6 +253,8 @@ export class Kvm {
   readonly guardFlushBeforeYield: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
+  /** config.adBits: SPTEs carry A/D bits the processor sets; off, they are A/D-disabled and aging access-tracks them. */
+  readonly adBits: boolean;
 
   /** The vCPU this thread runs, or -1 (host, migration and test threads); a remote flush does not wait for itself. */
   selfVcpu = -1;
@@ -311,6 +313,7 @@ export class Kvm {
     this.guardPrefaultEagain = (g & GUARDS['prefault-eagain']) !== 0;
     this.guardFlushBeforeYield = (g & GUARDS['flush-before-yield']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
+    this.adBits = config.adBits;
     this.fastPath = config.fastPath;
 
     this.pages = new MmuPages(this);

@@ -23,7 +23,9 @@ import {
 import {
   SPTE_WRITABLE_MASK,
   isLastSpte,
+  isAccessTrackSpte,
   isMmuWritableSpte,
+  restoreAccTrackSpte,
   isShadowPresentLow,
   isShadowPresentPte,
   isWritablePte,
@@ -93,8 +95,11 @@ export function accessFromErrorCode(ec: number): AccessKind {
  * fault) can be fixed by setting W. kvmmu has no access-tracked SPTEs (it models
  * SPTEs with A/D bits), the other case KVM fixes there today.
  */
-export function pageFaultCanBeFast(ec: number): boolean {
-  return (ec & PFERR_RSVD_MASK) === 0 && (ec & PFERR_PRESENT_MASK) !== 0 && (ec & PFERR_WRITE_MASK) !== 0;
+export function pageFaultCanBeFast(ec: number, adBits = true): boolean {
+  if ((ec & PFERR_RSVD_MASK) !== 0) return false;
+  // Not present to the processor: without A/D bits, perhaps an access-tracked SPTE the fast path restores.
+  if ((ec & PFERR_PRESENT_MASK) === 0) return !adBits;
+  return (ec & PFERR_WRITE_MASK) !== 0;
 }
 
 export class Mmu implements GuestPtAccess {
@@ -235,7 +240,7 @@ export class Mmu implements GuestPtAccess {
    * RET_PF_INVALID (take the slow path).
    */
   fastPageFault(vcpu: KvmVcpu, gva: number, ec: number, gfn: number): number {
-    if (!pageFaultCanBeFast(ec)) return RET_PF_INVALID;
+    if (!pageFaultCanBeFast(ec, this.kvm.adBits)) return RET_PF_INVALID;
     const k = this.kvm;
     const mem = k.mem;
     const pages = k.pages;
@@ -257,6 +262,23 @@ export class Mmu implements GuestPtAccess {
       if (level > 1) break;
       const spte = mem.load64(sptep);
       if (!isShadowPresentPte(spte)) break;
+      if (isAccessTrackSpte(spte)) {
+        // The fast path's second job (A/D bits off): restore an SPTE aging made access-tracked — with W too for a
+        // write, from MMU-writable — with one cmpxchg, as KVM's fast_page_fault does.
+        const fix = this.fastPfRestoreAccTrack(sptep, spte, (ec & PFERR_WRITE_MASK) !== 0, gfn);
+        if (fix === FAST_FIX_DONE) {
+          ret = RET_PF_FIXED;
+          break;
+        }
+        if (fix === FAST_FIX_REFUSED) break;
+        vcpu.count(VCPU_STAT.pfFastRetry);
+        continue;
+      }
+      // Present to the processor: a read fault has nothing left to fix (only A/D-disabled SPTEs bring reads here).
+      if ((ec & PFERR_WRITE_MASK) === 0) {
+        ret = RET_PF_SPURIOUS;
+        break;
+      }
       // Another vCPU fixed it, or this is a stale TLB entry: nothing to do (KVM's is_access_allowed).
       if (isWritablePte(spte)) {
         ret = RET_PF_SPURIOUS;
@@ -289,6 +311,26 @@ export class Mmu implements GuestPtAccess {
     if (k.mem.cmpxchg64(sptep, spte, setBits(spte, SPTE_WRITABLE_MASK)) !== spte) return FAST_FIX_LOST;
     k.markPageDirty(gfn);
     k.mem.note(NOTE.fastFixed, sptep, gfn);
+    return FAST_FIX_DONE;
+  }
+
+  /**
+   * Restore the access-tracked SPTE `spte` at `sptep` (TDP mode, A/D bits off):
+   * P back, and W for a write when the SPTE is MMU-writable (then mark `gfn`
+   * dirty). A write to an SPTE that is not MMU-writable is the slow path's.
+   */
+  private fastPfRestoreAccTrack(sptep: number, spte: bigint, write: boolean, gfn: number): number {
+    const k = this.kvm;
+    let newSpte = restoreAccTrackSpte(spte);
+    if (write) {
+      if (!isMmuWritableSpte(spte)) return FAST_FIX_REFUSED;
+      newSpte = setBits(newSpte, SPTE_WRITABLE_MASK);
+    }
+    if (k.mem.cmpxchg64(sptep, spte, newSpte) !== spte) return FAST_FIX_LOST;
+    if (write) {
+      k.markPageDirty(gfn);
+      k.mem.note(NOTE.fastFixed, sptep, gfn);
+    }
     return FAST_FIX_DONE;
   }
 

@@ -43,6 +43,8 @@ import {
   isWritablePte,
   leafChangeNeedsTlbFlush,
   makeMmioSpte,
+  markSpteForAccessTrack,
+  spteAdEnabled,
   makeNonleafSpte,
   makeSpte,
   pagesPerSpte,
@@ -554,7 +556,7 @@ export class TdpMmu {
     // only under the write lock, so the read lock held here keeps it steady.
     // pfn < 0: an MMIO SPTE (mapMmio).
     const tracked = pfn >= 0 && k.pages.gfnTrackCount(k.gfnToHvpn(gfn)) > 0;
-    let newSpte = pfn < 0 ? makeMmioSpte(gfn) : makeSpte(tracked ? ACC_ALL & ~ACC_WRITE_MASK : ACC_ALL, pfn, hostWritable, true, write);
+    let newSpte = pfn < 0 ? makeMmioSpte(gfn) : makeSpte(tracked ? ACC_ALL & ~ACC_WRITE_MASK : ACC_ALL, pfn, hostWritable, true, write, !k.adBits);
     if (pfn >= 0 && isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
     if (old === newSpte) return RET_PF_SPURIOUS;
     if (k.mem.cmpxchg64(it.sptep, old, newSpte) !== old) return RET_PF_RETRY;
@@ -831,8 +833,9 @@ export class TdpMmu {
 
   /**
    * KVM's kvm_tdp_mmu_age_gfn_range: clear A in the leaves mapping [start,
-   * end) with an atomic bit clear, inside an RCU read section and without
-   * mmu_lock; true if any had A set. No flush, as on x86.
+   * end) with an atomic bit clear — or, for A/D-disabled SPTEs, make them
+   * access-tracked — inside an RCU read section and without mmu_lock; true if
+   * any was accessed. No flush, as on x86.
    */
   ageGfnRange(start: number, end: number): boolean {
     const k = this.kvm;
@@ -844,9 +847,14 @@ export class TdpMmu {
         for (;;) {
           const old = it.oldSpte;
           if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || !isAccessedSpte(old)) break;
-          if (k.mem.cmpxchg64(it.sptep, old, clearBits(old, SPTE_ACCESSED_MASK)) === old) {
+          // A clear of A; an A/D-disabled SPTE is access-tracked instead: P and W go, and the next access faults.
+          if (k.mem.cmpxchg64(it.sptep, old, markSpteForAccessTrack(old)) === old) {
             young = true;
-            if (!k.marksAtFault) k.host.setPfnAccessed(spteToPfn(old));
+            if (!k.marksAtFault) {
+              k.host.setPfnAccessed(spteToPfn(old));
+              // Without a D bit a writable SPTE counts as dirty, and it loses W here (as KVM before 6.13 did).
+              if (!spteAdEnabled(old) && isDirtySpte(old)) k.host.setPfnDirty(spteToPfn(old));
+            }
             break;
           }
           it.refresh();

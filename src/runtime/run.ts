@@ -38,6 +38,8 @@ export interface RunOptions {
   readonly fastPath?: boolean;
   readonly indirectFastPath?: IndirectFastPath;
   readonly pageMarking?: PageMarking;
+  /** SPTEs carry A/D bits (default); false: access tracking (tdp mode). */
+  readonly adBits?: boolean;
   readonly seed?: number;
   /** Called about twice a second during the timed phase. */
   readonly onProgress?: (p: RunProgress) => void;
@@ -58,6 +60,7 @@ export interface RunReport {
   readonly memBytes: number;
   readonly guardsOff: string[];
   readonly pageMarking: PageMarking;
+  readonly adBits: boolean;
   readonly wallSeconds: number;
   readonly faults: Record<keyof typeof VCPU_STAT, number>;
   readonly host: Record<keyof typeof HOST_STAT, number>;
@@ -90,6 +93,7 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
     fastPath: o.fastPath,
     indirectFastPath: o.indirectFastPath,
     pageMarking: o.pageMarking,
+    adBits: o.adBits,
   });
   const totalPagesWanted = o.memBytes / 4096;
   const tablePages = o.mode === 'shadow' ? tablePagesFor(totalPagesWanted) : 0;
@@ -228,6 +232,7 @@ function buildReport(
     memBytes: o.memBytes,
     guardsOff: guardsOff(o.guards),
     pageMarking: o.pageMarking ?? 'spte',
+    adBits: o.adBits ?? true,
     wallSeconds: wallMs / 1000,
     faults,
     host,

@@ -51,6 +51,7 @@ import {
   spteIndex,
   spteLowToChild,
   spteToPfn,
+  SPTE_AD_DISABLED,
 } from '../x86/spte';
 import type { VmConfig } from '../kvm/config';
 import {
@@ -365,8 +366,10 @@ export class Vcpu {
         return -1;
       }
       // Usually A (and D for a write) are set already: test the bits before building a new value (no BigInt to allocate).
+      // An A/D-disabled SPTE (EPT without A/D) gets neither: a write through it is allowed by W alone.
       let dirty = hasBits(spte, SPTE_DIRTY_MASK);
-      if (!hasBits(spte, SPTE_ACCESSED_MASK) || (kind.write && !dirty)) {
+      if (hasBits(spte, SPTE_AD_DISABLED)) dirty = kind.write;
+      else if (!hasBits(spte, SPTE_ACCESSED_MASK) || (kind.write && !dirty)) {
         const want = setBits(spte, kind.write ? SPTE_ACCESSED_MASK | SPTE_DIRTY_MASK : SPTE_ACCESSED_MASK);
         if (this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
         dirty ||= kind.write;

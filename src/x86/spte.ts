@@ -81,6 +81,7 @@ const NONLEAF_BITS =
 // (pteFromParts): all but NX sit in the low word.
 const low = (m: bigint): number => Number(m & 0xffffffffn);
 const LOW_PRESENT = low(SPTE_MMU_PRESENT_MASK | SPTE_PRESENT_MASK);
+const HIGH_AD_DISABLED = 1 << 20; // bit 52
 const LOW_ACCESSED = low(SPTE_ACCESSED_MASK);
 const LOW_USER = low(SPTE_USER_MASK);
 const LOW_HOST_WRITABLE = low(SPTE_HOST_WRITABLE);
@@ -136,12 +137,51 @@ export function isHostWritableSpte(spte: bigint): boolean {
   return BigInt.asUintN(64, spte & SPTE_HOST_WRITABLE) !== 0n;
 }
 
+/**
+ * An SPTE whose A/D bits the processor does not maintain (KVM's
+ * SPTE_TDP_AD_DISABLED, as when EPT runs without A/D bits): KVM tracks
+ * accesses by making the SPTE not present to the processor instead
+ * (mark_spte_for_access_track), and counts it dirty while it is writable.
+ */
+export const SPTE_AD_DISABLED = 1n << 52n;
+/** Where an access-tracked SPTE keeps its P bit (KVM's SHADOW_ACC_TRACK_SAVED_BITS, at bit 54). */
+export const SPTE_ACC_TRACK_SAVED = 1n << 54n;
+
+export function spteAdEnabled(spte: bigint): boolean {
+  return BigInt.asUintN(64, spte & SPTE_AD_DISABLED) === 0n;
+}
+
+/** KVM's is_access_track_spte: an A/D-disabled SPTE made not present to the processor, to see the next access. */
+export function isAccessTrackSpte(spte: bigint): boolean {
+  return !spteAdEnabled(spte) && isShadowPresentPte(spte) && BigInt.asUintN(64, spte & SPTE_PRESENT_MASK) === 0n;
+}
+
+/** KVM's is_accessed_spte: A, or for an A/D-disabled SPTE, not access-tracked. */
 export function isAccessedSpte(spte: bigint): boolean {
+  if (!spteAdEnabled(spte)) return isShadowPresentPte(spte) && !isAccessTrackSpte(spte);
   return BigInt.asUintN(64, spte & SPTE_ACCESSED_MASK) !== 0n;
 }
 
+/** KVM's is_dirty_spte: D, or for an A/D-disabled SPTE, W (a writable page may have been written). */
 export function isDirtySpte(spte: bigint): boolean {
+  if (!spteAdEnabled(spte)) return BigInt.asUintN(64, spte & SPTE_WRITABLE_MASK) !== 0n;
   return BigInt.asUintN(64, spte & SPTE_DIRTY_MASK) !== 0n;
+}
+
+/**
+ * KVM's mark_spte_for_access_track: for an A/D-enabled SPTE, clear A; else
+ * save P and clear P and W, so the next access faults (and the fast path
+ * restores the SPTE). W comes back only on a write, from MMU-writable.
+ */
+export function markSpteForAccessTrack(spte: bigint): bigint {
+  if (spteAdEnabled(spte)) return BigInt.asUintN(64, spte & ~SPTE_ACCESSED_MASK);
+  if (isAccessTrackSpte(spte)) return spte;
+  return BigInt.asUintN(64, (spte & ~(SPTE_PRESENT_MASK | SPTE_WRITABLE_MASK)) | SPTE_ACC_TRACK_SAVED);
+}
+
+/** KVM's restore_acc_track_spte: the P bit back from where markSpteForAccessTrack saved it. */
+export function restoreAccTrackSpte(spte: bigint): bigint {
+  return BigInt.asUintN(64, (spte & ~SPTE_ACC_TRACK_SAVED) | SPTE_PRESENT_MASK);
 }
 
 /** A leaf: the last level, or a large page. kvmmu's shadow pages are 4 KiB leaves, so level 1. */
@@ -237,18 +277,21 @@ export function spteHasVolatileBits(spte: bigint, atomicVolatileClear: boolean):
  * `accessed`: set A (a real fault, not a prefetch). `dirty`: set D with W (the fault is a write).
  * Returns the SPTE; writable SPTEs carry MMU_WRITABLE and HOST_WRITABLE.
  */
-export function makeSpte(acc: number, pfn: number, hostWritable: boolean, accessed: boolean, dirty: boolean): bigint {
+export function makeSpte(acc: number, pfn: number, hostWritable: boolean, accessed: boolean, dirty: boolean, adDisabled = false): bigint {
   let lo = LOW_PRESENT;
   let hi = 0;
-  if (accessed) lo |= LOW_ACCESSED;
+  if (accessed && !adDisabled) lo |= LOW_ACCESSED;
   if ((acc & ACC_EXEC_MASK) === 0) hi |= HIGH_NX;
   if ((acc & ACC_USER_MASK) !== 0) lo |= LOW_USER;
   if (hostWritable) lo |= LOW_HOST_WRITABLE;
   if (hostWritable && (acc & ACC_WRITE_MASK) !== 0) {
     lo |= LOW_WRITABLE;
-    if (dirty) lo |= LOW_DIRTY;
+    if (dirty && !adDisabled) lo |= LOW_DIRTY;
   }
-  return pteFromParts(lo, hi, pfn);
+  if (!adDisabled) return pteFromParts(lo, hi, pfn);
+  // Without A/D bits a prefetched SPTE starts access-tracked (KVM's make_spte), so its first access is seen.
+  const spte = pteFromParts(lo, hi | HIGH_AD_DISABLED, pfn);
+  return accessed ? spte : markSpteForAccessTrack(spte);
 }
 
 /** A non-leaf SPTE pointing to shadow page `child` (KVM's make_nonleaf_spte). */
@@ -283,5 +326,6 @@ export function formatSpte(spte: bigint): string {
   if (isHostWritableSpte(spte)) bits.push('HW');
   if (isMmuWritableSpte(spte)) bits.push('MW');
   if ((spte & SPTE_NX_MASK) !== 0n) bits.push('NX');
+  if (!spteAdEnabled(spte)) bits.push(isAccessTrackSpte(spte) ? 'noAD ACC-TRACKED' : 'noAD');
   return `pfn=0x${spteToPfn(spte).toString(16)} ${bits.join(' ')}`;
 }

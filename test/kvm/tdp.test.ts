@@ -10,7 +10,16 @@ import { TdpIter } from '../../src/kvm/tdp-iter';
 import { ALL_GUARDS, GUARDS, type GuardName } from '../../src/kvm/config';
 import { runCheck } from '../../src/check/check';
 import { findScenario, loadCatalog, loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
-import { isShadowPresentPte } from '../../src/x86/spte';
+import {
+  SPTE_ACCESSED_MASK,
+  SPTE_DIRTY_MASK,
+  formatSpte,
+  isAccessTrackSpte,
+  isMmuWritableSpte,
+  isShadowPresentPte,
+  isWritablePte,
+  spteAdEnabled,
+} from '../../src/x86/spte';
 import { makeVm } from '../helpers/vm';
 
 const ROOT = path.join(__dirname, '..', '..', '..');
@@ -45,6 +54,48 @@ test('tdp: the iterator starts at the first entry covering the range and stops a
   const leaves: number[] = [];
   for (it.begin(v.kv.root, 4, 9); it.valid; it.next()) if (it.level === 1) leaves.push(it.gfn);
   assert.deepEqual(leaves, [4, 5, 6, 7, 8]);
+});
+
+test('tdp with A/D bits off: SPTEs are A/D-disabled, aging access-tracks them, and the fast path restores them (W only for a write)', () => {
+  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, adBits: false });
+  const v = vm.vcpus[0]!;
+  const k = vm.host;
+  const leaf = (gfn: number): bigint => {
+    const it = new TdpIter(k);
+    for (it.begin(v.kv.root, gfn, gfn + 1); it.valid; it.next()) if (it.level === 1) return it.oldSpte;
+    throw new Error('no leaf');
+  };
+  v.write64(vm.addr(7), 5n);
+  v.exitGuest();
+  let spte = leaf(7);
+  assert.ok(!spteAdEnabled(spte) && isWritablePte(spte) && !isAccessTrackSpte(spte), formatSpte(spte));
+  assert.equal(spte & (SPTE_ACCESSED_MASK | SPTE_DIRTY_MASK), 0n, 'the processor sets no A/D bits in it');
+  // Host aging: young, and now access-tracked (P and W gone, MMU-writable kept); the page counts as dirty.
+  assert.equal(k.host.clearYoung(7), true);
+  spte = leaf(7);
+  assert.ok(isAccessTrackSpte(spte) && !isWritablePte(spte) && isMmuWritableSpte(spte), formatSpte(spte));
+  assert.equal(k.host.clearYoung(7), false, 'not young again until accessed');
+  // Aging does not flush (x86): once the TLB entry is gone, a read faults (not present to the processor) and the
+  // fast path restores P, not W.
+  v.flushTlb();
+  const fastBefore = v.kv.stat('pfFast');
+  v.enterGuest();
+  assert.equal(v.read64(vm.addr(7)), 5n);
+  v.exitGuest();
+  spte = leaf(7);
+  assert.ok(!isAccessTrackSpte(spte) && !isWritablePte(spte), formatSpte(spte));
+  assert.equal(v.kv.stat('pfFast'), fastBefore + 1);
+  // A write then takes the fast path again and sets W from MMU-writable.
+  v.enterGuest();
+  v.write64(vm.addr(7), 6n);
+  v.exitGuest();
+  assert.ok(isWritablePte(leaf(7)));
+  assert.equal(v.kv.stat('pfFast'), fastBefore + 2);
+  assert.equal(k.host.readUser64(7, 0), 6n);
+});
+
+test('A/D bits off is refused outside tdp mode', () => {
+  assert.throws(() => makeVm({ mode: 'direct', adBits: false }), /tdp mode only/);
 });
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-tdp-'));
