@@ -11,6 +11,7 @@ import { isLoopbackHost, runningChecks, startServer, type RunningServer } from '
 import * as http from 'node:http';
 import type { BenchResponse, CheckReport, ScenarioList, StepResponse } from '../../src/web/api-types';
 import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
+import { GUARD_NAMES } from '../../src/kvm/config';
 
 let server: RunningServer;
 let base: string;
@@ -54,10 +55,7 @@ test('the scenario list names each scenario with its description, guard, modes a
   assert.equal(d.vm, true);
   assert.match(d.description, /Dirty bit/);
   assert.equal(list.scenarios.find((s) => s.name === 'lost-update')?.vm, false);
-  assert.deepEqual(
-    list.guards.map((g) => g.name),
-    ['pin-indirect', 'flush-mmu-writable', 'atomic-volatile-clear', 'notifier-retry', 'lockless-walk-sync', 'rcu-deferred-free', 'write-lock-exclusion'],
-  );
+  assert.deepEqual(list.guards.map((g) => g.name), GUARD_NAMES);
 });
 
 test('a check with atomic-volatile-clear off returns the counterexample; replaying it shows the Dirty bit set just before the plain store', async () => {
