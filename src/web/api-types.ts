@@ -3,10 +3,10 @@
 import type { CheckReport } from '../check/check';
 import type { MachineState, PrefixResult, SpteView, VcpuView, FrameView } from '../check/inspect';
 import type { TraceRow } from '../check/trace';
-import type { NextOperation } from '../check/web-api';
+import type { NextOperation, Touch } from '../check/web-api';
 import type { DirtyLogResult as DirtyLogBench, ScaleResult as ScaleBench } from '../bench/results';
 
-export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation };
+export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation, Touch };
 
 /** GET /api/scenarios */
 export interface ScenarioInfo {

@@ -156,6 +156,58 @@ test('a check whose client goes away is stopped: it does not keep a core and a p
   assert.equal(runningChecks(), 0, 'closing the connection stopped it, long before its budget');
 });
 
+test('a client that half-closes its side after POST /api/check still gets the report', async () => {
+  const body = JSON.stringify({ scenario: 'dirty-bit-loss', guardsOff: OFF });
+  const reply = await new Promise<Buffer>((resolve, reject) => {
+    const sock = net.connect(server.port, '127.0.0.1', () => {
+      sock.write(`POST /api/check HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      // shutdown(SHUT_WR): the request is all sent; the answer is still awaited.
+      sock.end();
+    });
+    const chunks: Buffer[] = [];
+    sock.on('data', (d: Buffer) => chunks.push(d));
+    sock.on('close', () => resolve(Buffer.concat(chunks)));
+    sock.on('error', reject);
+  });
+  const split = reply.indexOf('\r\n\r\n');
+  const head = reply.subarray(0, split).toString('latin1');
+  assert.match(head, /^HTTP\/1\.1 200 /);
+  let raw = reply.subarray(split + 4);
+  if (/transfer-encoding: chunked/i.test(head)) {
+    // De-chunk (sizes count bytes): size line, data, CRLF, until the size 0.
+    const out: Buffer[] = [];
+    for (let i = 0; ; ) {
+      const eol = raw.indexOf('\r\n', i);
+      const size = parseInt(raw.subarray(i, eol).toString('latin1'), 16);
+      assert.ok(Number.isInteger(size), 'a chunk size');
+      if (size === 0) break;
+      out.push(raw.subarray(eol + 2, eol + 2 + size));
+      i = eol + 2 + size + 2;
+    }
+    raw = Buffer.concat(out);
+  }
+  const text = raw.toString('utf8');
+  const json = JSON.parse(text) as CheckReport;
+  assert.equal(json.violation?.invariant, 'frame-dirty-before-drop');
+});
+
+test('asked for progress (Accept: application/x-ndjson), a check streams progress lines and then its report', async () => {
+  const r = await request(base, 'POST', '/api/check', JSON.stringify({ scenario: 'wp-tlb-flush', strategy: 'dfs', seconds: 1 }), { accept: 'application/x-ndjson' });
+  assert.equal(r.status, 200);
+  assert.match(r.type, /application\/x-ndjson/);
+  const lines = r.body.trim().split('\n').map((l) => JSON.parse(l) as { progress?: { executions: number; seconds: number }; report?: CheckReport });
+  assert.ok(lines.length >= 2, r.body);
+  const progress = lines.filter((l) => l.progress !== undefined);
+  assert.ok(progress.length >= 1 && progress.every((l) => l.progress!.executions > 0));
+  const last = lines[lines.length - 1]!;
+  assert.equal(last.report?.strategy, 'dfs');
+  assert.equal(last.report?.complete, false);
+  // A bad request is still an ordinary JSON error.
+  const bad = await request(base, 'POST', '/api/check', JSON.stringify({ scenario: 'nope' }), { accept: 'application/x-ndjson' });
+  assert.equal(bad.status, 404);
+  assert.match(bad.json<{ error: string }>().error, /unknown scenario/);
+});
+
 test('a body that is not JSON, or not sent as JSON, is refused with a JSON error', async () => {
   const notJson = await request(base, 'POST', '/api/check', '{scenario', { 'content-type': 'application/json' });
   assert.equal(notJson.status, 400);
