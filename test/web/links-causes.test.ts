@@ -84,6 +84,18 @@ async function visibleSteps(page: Page): Promise<number[]> {
 
 const spteOf = (r: StepResponse, step: number): string => r.rows[step - 1]!.target;
 
+async function waitForPlayStep(page: Page, k: number): Promise<void> {
+  await page.waitForFunction((want) => (document.querySelector('#p-status')?.textContent ?? '').startsWith(`step ${want} `), k);
+}
+
+/** Play a schedule by clicking each thread's button and waiting for the step to come back. */
+async function playSchedule(page: Page, schedule: readonly number[]): Promise<void> {
+  for (let k = 0; k < schedule.length; k++) {
+    await page.click(`#p-threads button.run-thread[data-thread="${schedule[k]}"]`);
+    await waitForPlayStep(page, k + 1);
+  }
+}
+
 test('a copied link at step 36 of the lost-Dirty-bit race opens in a new page at step 36 with the same trace', async () => {
   const n = race.rows.length;
   assert.ok(n >= 36, `the race has ${n} steps`);
@@ -129,8 +141,8 @@ test('a link naming only a replay string and a step opens at that step, and the 
 
 test('editing the address in an open tab shows the step and the trace it names', async () => {
   const n = race.rows.length;
-  const page = await openPage(`#replay=${encodeURIComponent(race.replay)}&step=5`);
-  await waitForStep(page, 5, n);
+  const page = await openPage(`#replay=${encodeURIComponent(race.replay)}`);
+  await waitForStep(page, 0, n);
   const p = new URLSearchParams((await page.evaluate(() => location.hash)).slice(1));
   p.set('step', '20');
   await page.evaluate((h) => (location.hash = h), p.toString());
@@ -223,23 +235,35 @@ test('the filter keeps the steps the violation depends on; a page-table walk fol
   await page.close();
 });
 
-test('Space presses a focused checkbox or button instead of playing; clicking a trace row shows that step', async () => {
+test('clicking a trace row shows that step', async () => {
   const n = race.rows.length;
   const page = await openPage();
   await checkRace(page);
   await page.click(`#r-trace .cell[data-step="10"]:not(.empty)`);
   assert.equal(await stepLabel(page), `step 10 / ${n}`);
+  await page.click(`#r-trace .step-no[data-step="${n}"]`);
+  assert.equal(await stepLabel(page), `step ${n} / ${n}`);
+  await page.close();
+});
+
+test('Space presses a focused checkbox or button instead of playing', async () => {
+  const n = race.rows.length;
+  const page = await openPage();
+  await checkRace(page);
   await page.focus('#guard-pin-indirect');
   await page.keyboard.press(' ');
   assert.equal(await page.isChecked('#guard-pin-indirect'), false, 'Space toggled the focused checkbox');
   assert.equal(await page.textContent('#r-play'), '▶ Play', 'and did not start playing');
-  assert.equal(await stepLabel(page), `step 10 / ${n}`);
+  assert.equal(await stepLabel(page), `step 0 / ${n}`);
   await page.focus('#guard-pin-indirect');
   await page.keyboard.press(' ');
   assert.equal(await page.isChecked('#guard-pin-indirect'), true);
+  // Space on the Run button runs the check (the summary goes through "checking…" to a new report).
+  await page.evaluate(() => ((document.querySelector('#check-summary') as unknown as { textContent: string }).textContent = 'before'));
   await page.focus('#run-check');
   await page.keyboard.press(' ');
-  await page.waitForFunction(() => /^checking|^dpor:/.test(document.querySelector('#check-summary')?.textContent ?? '') && document.querySelector('#step-label')?.textContent?.startsWith('step 0 ') === true);
+  await page.waitForFunction(() => /^dpor: .*VIOLATION/.test(document.querySelector('#check-summary')?.textContent ?? ''));
+  assert.equal(await page.textContent('#r-play'), '▶ Play');
   await page.close();
 });
 
@@ -280,20 +304,18 @@ test('play: a change of dirty marking or of the indirect fast path starts a new 
   const schedule = decodeReplay(race.replay).schedule;
   const page = await openPage('#view=play&scenario=dirty-bit-loss&off=atomic-volatile-clear');
   await page.waitForSelector('#p-threads button.run-thread[data-thread="0"]:not([disabled])');
-  await page.click('#p-status');
-  for (const t of schedule) await page.keyboard.press(String(t + 1));
+  await playSchedule(page, schedule);
   await page.waitForSelector('#race-found');
   await page.selectOption('#page-marking', 'fault');
-  await page.waitForFunction(() => (document.querySelector('#p-status')?.textContent ?? '').startsWith('step 0 '));
+  await waitForPlayStep(page, 0);
   assert.equal(await page.locator('#race-found').count(), 0, 'no race is claimed for settings it was not found with');
   // The indirect fast path (shadow mode): a few moves, then another setting.
   await page.selectOption('#page-marking', 'spte');
   await page.selectOption('#mode', 'shadow');
-  await page.waitForFunction(() => (document.querySelector('#p-status')?.textContent ?? '').startsWith('step 0 '));
-  await page.click('#p-threads button.run-thread[data-thread="0"]');
-  await page.waitForFunction(() => (document.querySelector('#p-status')?.textContent ?? '').startsWith('step 1 '));
+  await waitForPlayStep(page, 0);
+  await playSchedule(page, [0, 0]);
   await page.selectOption('#indirect-fast-path', 'unsafe');
-  await page.waitForFunction(() => (document.querySelector('#p-status')?.textContent ?? '').startsWith('step 0 '));
+  await waitForPlayStep(page, 0);
   await page.close();
 });
 
@@ -305,8 +327,7 @@ test("play: with page marking 'fault' Compare draws the checker's schedule", asy
   schedule.forEach((t, i) => (i > 0 && schedule[i - 1] === t ? runs[runs.length - 1]!++ : runs.push(1)));
   const page = await openPage('#view=play&scenario=free-during-walk&off=lockless-walk-sync&marking=fault');
   await page.waitForSelector('#p-threads button.run-thread[data-thread="0"]:not([disabled])');
-  await page.click('#p-status');
-  for (const t of schedule) await page.keyboard.press(String(t + 1));
+  await playSchedule(page, schedule);
   await page.waitForSelector('#race-found');
   await page.click('#p-compare-btn');
   await page.waitForSelector('#p-open-checker');
@@ -398,27 +419,27 @@ test('with the keyboard alone: run the check, step to the violation (announced t
   await page.close();
 });
 
-test('frame flags and shadow-page roles are named, vCPU modes are named alike in the trace and the panel, and the SPTE table fits at 1024 px', async () => {
-  const page = await openPage('', { width: 1024, height: 768 });
+test('frame flags and shadow-page roles are named, and vCPU modes are named alike in the trace and the panel', async () => {
+  const page = await openPage();
   await checkRace(page);
   const flags = race.rows.find((r) => /^frame 0x0 flags$/.test(r.target) && r.op === 'or32')!;
   const role = race.rows.find((r) => /^shadow page \d+ role$/.test(r.target))!;
-  await page.click('#r-trace button.fold >> nth=0').catch(() => undefined);
-  await page.click(`#r-trace .cell[data-step="${flags.step}"]:not(.empty)`);
   const flagsCell = (await page.locator(`#r-trace .cell[data-step="${flags.step}"]:not(.empty)`).textContent()) ?? '';
   assert.match(flagsCell, /REFERENCED → ACCESSED REFERENCED/);
   assert.doesNotMatch(flagsCell, /\d+ → \d+/);
   const roleCell = (await page.locator(`#r-trace .cell[data-step="${role.step}"]:not(.empty)`).textContent()) ?? '';
   assert.match(roleCell, /= level 1 direct acc=XWU/);
   // Step 1: the vCPU enters the guest; the trace and the panel call the mode the same.
-  await page.keyboard.press('Home');
   await page.keyboard.press('ArrowRight');
   const modeCell = (await page.locator('#r-trace .cell[data-step="1"]:not(.empty)').textContent()) ?? '';
   assert.match(modeCell, /OUTSIDE_GUEST_MODE → IN_GUEST_MODE/);
   assert.match((await page.textContent('#r-state .vcpu[data-vcpu="0"]')) ?? '', /IN_GUEST_MODE/);
-  // The SPTE table's headers: short, explained, and none overflows its column at 1024 px.
-  await page.keyboard.press('End');
-  await page.keyboard.press('Home');
+  await page.close();
+});
+
+test('at 1024 px no header of the SPTE table overflows its column, and HW and MW are explained', async () => {
+  const page = await openPage('', { width: 1024, height: 768 });
+  await checkRace(page);
   await pressTimes(page, 'ArrowRight', 33);
   const heads = await page.$$eval('#r-state table.bits thead th', (ths) =>
     ths.map((th) => {
