@@ -139,6 +139,48 @@ test('a link naming only a replay string and a step opens at that step, and the 
   await page.close();
 });
 
+test('a link with two guards off, and a game in the play view, reopen as they were', async () => {
+  const off = ['atomic-volatile-clear', 'notifier-retry'];
+  const found = (await post(serve.url, '/api/check', { scenario: 'dirty-bit-loss', guardsOff: off })).json<{ violation: { schedule: string; steps: number } }>();
+  assert.match(found.violation.schedule, /:atomic-volatile-clear\+notifier-retry:/);
+  const page = await openPage();
+  await page.fill('#replay-string', found.violation.schedule);
+  await page.click('#load-replay');
+  await waitForStep(page, 0, found.violation.steps);
+  await pressTimes(page, 'ArrowRight', 10);
+  const again = await openPage(new URL(await page.evaluate(() => location.href)).hash);
+  await waitForStep(again, 10, found.violation.steps);
+  assert.equal(await again.inputValue('#replay-string'), found.violation.schedule);
+  // A game: three moves, then the address opens it again at those moves.
+  await page.click('#tabs [data-view="play"]');
+  await page.waitForSelector('#p-threads button.run-thread[data-thread="0"]:not([disabled])');
+  await playSchedule(page, [0, 0, 1]);
+  const game = new URL(await page.evaluate(() => location.href)).hash;
+  assert.match(game, /[#&]play=0\*2,1(&|$)/);
+  const replayed = await openPage(game);
+  await waitForPlayStep(replayed, 3);
+  assert.equal(await replayed.isChecked('#guard-notifier-retry'), false);
+  for (const p of [page, again, replayed]) await p.close();
+});
+
+test('the trace exports as text, as kvmmu check prints it, and as JSON', async () => {
+  const page = await openPage(`#replay=${encodeURIComponent(race.replay)}`);
+  await waitForStep(page, 0, race.rows.length);
+  const [text] = await Promise.all([page.waitForEvent('download'), page.click('#export-text')]);
+  const body = fs.readFileSync((await text.path())!, 'utf8');
+  assert.match(body, new RegExp(`replay: kvmmu check --replay '${race.replay.replace(/[*+]/g, '\\$&')}'`));
+  assert.match(body, /VIOLATION of frame-dirty-before-drop at step 47/);
+  const store = race.rows[35]!;
+  assert.ok(body.split('\n').some((l) => /^\s+36\s/.test(l) && l.includes(`${store.op} ${store.target}`)), 'step 36 is a row of its own');
+  const [json] = await Promise.all([page.waitForEvent('download'), page.click('#export-json')]);
+  const data = JSON.parse(fs.readFileSync((await json.path())!, 'utf8')) as StepResponse;
+  assert.equal(data.replay, race.replay);
+  assert.deepEqual(data.rows, race.rows);
+  assert.equal(data.states.length, race.rows.length + 1);
+  assert.equal(data.touches.length, race.rows.length);
+  await page.close();
+});
+
 test('editing the address in an open tab shows the step and the trace it names', async () => {
   const n = race.rows.length;
   const page = await openPage(`#replay=${encodeURIComponent(race.replay)}`);

@@ -10,7 +10,8 @@ import type { TraceRow, Touch } from '../api-types';
  * - going back, a step that wrote an object the violation depends on is a cause, and so is every earlier step of
  *   the same call (the same thread's steps just before it, in a function of its call chain): the objects they read
  *   are depended on too (what a thread writes depends on what it read in that call), and what the earlier steps
- *   of the call wrote;
+ *   of the call wrote (locks excepted: taking one orders the steps, it carries no data, so a step of the call that
+ *   only takes or releases a lock is not a cause);
  * - the steps shown are those whose thread touched a depended-on object, and the violation's step.
  *
  * It is a dynamic slice over shared state: a value carried in a thread's locals from an earlier call is not seen.
@@ -21,7 +22,10 @@ export function violationSlice(rows: readonly TraceRow[], touches: readonly Touc
   const cause = new Set<number>([violationStep]);
   /** What step k touched: all of it (the violation's step), or what its thread read (a cause), or all its thread touched (a step of a cause's call). */
   const addAll = (k: number, which: 'all' | 'read' | 'thread'): void => {
-    for (const t of touches[k - 1] ?? []) if (which === 'all' || (t.thread && (which === 'thread' || t.read))) objects.add(t.id);
+    for (const t of touches[k - 1] ?? []) {
+      if (which === 'all') objects.add(t.id);
+      else if (t.thread && !t.id.startsWith('lock:') && (which === 'thread' || t.read)) objects.add(t.id);
+    }
   };
   addAll(violationStep, 'all');
   addCall(violationStep);
@@ -49,6 +53,8 @@ export function violationSlice(rows: readonly TraceRow[], touches: readonly Touc
       if (r.thread !== row.thread) continue;
       const fn = r.where.split(' ← ')[0] ?? '';
       if (!chain.has(fn)) return;
+      // A lock taken or released in the call orders its steps but carries no data.
+      if ((touches[j - 1] ?? []).every((t) => !t.thread || t.id.startsWith('lock:'))) continue;
       if (!cause.has(j)) {
         cause.add(j);
         addAll(j, 'thread');

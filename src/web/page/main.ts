@@ -219,7 +219,8 @@ class Page implements AppContext {
       const moves = this.play.linkState();
       if (moves !== null && moves !== '') p.set('play', moves);
     }
-    const hash = `#${p.toString().replace(/%3A/gi, ':').replace(/%2C/gi, ',').replace(/%2B/gi, '+').replace(/%2A/gi, '*')}`;
+    // Readable: ':' ',' '*' need no escaping in a fragment ('+' does: a query string reads it as a space).
+    const hash = `#${p.toString().replace(/%3A/gi, ':').replace(/%2C/gi, ',').replace(/%2A/gi, '*')}`;
     if (hash === location.hash) return;
     this.written = hash;
     history.replaceState(null, '', hash);

@@ -70,3 +70,34 @@ export const ABBREVIATIONS: readonly [string, string][] = [
   ['vpn', 'guest virtual page number (a TLB entry’s tag)'],
   ['level / direct / acc', 'a shadow page’s role: its level in the page table (1 = leaf), direct (maps gfns) or indirect (shadows a guest table), its access rights (X exec, W write, U user)'],
 ];
+
+/** An object id of the API's touches (check/web-api.ts Touch) as the page names it: "spte (sp 3, #3)", "frame 0x0". */
+export function objectLabel(id: string): string {
+  const [kind, ...rest] = id.split(':');
+  const v = rest.join(':');
+  const hex = (x: string): string => `0x${Number(x).toString(16)}`;
+  switch (kind) {
+    case 'spte': {
+      const [sp, i] = v.split(':');
+      return `spte (sp ${sp}, #${i})`;
+    }
+    case 'frame':
+      return `frame ${hex(v)}`;
+    case 'bitmap':
+      return `dirty-bitmap word (gfns ${v.split('-').map(hex).join('–')})`;
+    case 'lock':
+      return v;
+    case 'map':
+      return `host mapping of gfn ${hex(v)}`;
+    case 'vcpu':
+      return `vCPU ${v}`;
+    case 'sp':
+      return `shadow page ${v}`;
+    case 'word':
+      return `word(${v})`;
+    case 'ghost':
+      return `monitor state ${v}`;
+    default:
+      return v;
+  }
+}

@@ -5,7 +5,7 @@ import { api, Cancelled, type CheckProgress } from './api';
 import { describeSettings, namedOf, plural, sameSettings, settingsBody, type AppContext, type NamedSettings } from './app';
 import { violationSlice } from './causal';
 import { h, fill } from './dom';
-import { displayValue } from './names';
+import { displayValue, objectLabel } from './names';
 import { renderState, renderStepHead, type StateLinks } from './state-view';
 import { TraceView } from './trace-view';
 
@@ -372,30 +372,7 @@ export class ReplayView {
   }
 
   private objectName(id: string): string {
-    const [kind, ...rest] = id.split(':');
-    const v = rest.join(':');
-    switch (kind) {
-      case 'spte': {
-        const [sp, i] = v.split(':');
-        return `spte (sp ${sp}, #${i})`;
-      }
-      case 'frame':
-        return `frame 0x${Number(v).toString(16)}`;
-      case 'bitmap':
-        return `dirty-bitmap word (gfns ${v.split('-').map((g) => `0x${Number(g).toString(16)}`).join('–')})`;
-      case 'lock':
-        return v;
-      case 'map':
-        return `host mapping of gfn 0x${Number(v).toString(16)}`;
-      case 'vcpu':
-        return `vCPU ${v}`;
-      case 'sp':
-        return `shadow page ${v}`;
-      case 'word':
-        return `word(${v})`;
-      default:
-        return v;
-    }
+    return objectLabel(id);
   }
 
   private renderSelection(): void {

@@ -167,7 +167,7 @@ function framesSection(before: MachineState | null, after: MachineState, links: 
   const fb = new Map((before?.frames ?? []).map((f) => [f.pfn, f]));
   const fa = new Map(after.frames.map((f) => [f.pfn, f]));
   const pfns = [...new Set([...fb.keys(), ...fa.keys()])].sort((x, y) => x - y);
-  const flagText = (f: { dirty: boolean; ksm: boolean }): string => [f.dirty ? 'DIRTY' : '', f.ksm ? 'KSM' : ''].filter((x) => x !== '').join(', ') || '–';
+  const flagText = (f: { dirty: boolean; ksm: boolean }): string => `${f.dirty ? 'DIRTY' : 'clean'}${f.ksm ? ', KSM' : ''}`;
   const rows = pfns.map((p) => {
     const b = fb.get(p);
     const a = fa.get(p);
@@ -179,7 +179,7 @@ function framesSection(before: MachineState | null, after: MachineState, links: 
   return section(
     'Frames',
     'host frames in use: refcount, and the frame’s DIRTY flag (the page cache’s: swap-out writes the frame back only if it is set). Not the dirty bitmap’s bit.',
-    h('table', { class: 'plain' }, h('thead', null, h('tr', null, h('th', null, 'pfn'), h('th', null, 'refcount'), h('th', null, 'flags'), h('th', null, ''))), h('tbody', null, ...rows)),
+    h('table', { class: 'plain' }, h('thead', null, h('tr', null, h('th', null, 'pfn'), h('th', null, 'refcount'), h('th', { title: 'the frame’s DIRTY flag (and KSM when merged); the trace shows the whole flags word' }, 'DIRTY flag'), h('th', null, ''))), h('tbody', null, ...rows)),
   );
 }
 

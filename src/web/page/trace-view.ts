@@ -1,8 +1,8 @@
 // The interleaving as the locking document draws it: one column per thread, one row per step, the current step highlighted; a thread's page-table walk folds into one row; the steps that touched a selected object are marked.
 
 import type { TraceRow, Touch } from '../api-types';
-import { h, fill } from './dom';
-import { displayValue } from './names';
+import { h, fill, type Child } from './dom';
+import { displayValue, objectLabel } from './names';
 
 /** Words of `b` that are not in `a` (set bits appear, e.g. "W" or "D" in an SPTE's text). */
 function added(a: string, b: string): Set<string> {
@@ -103,17 +103,15 @@ export class TraceView {
     this.layout();
   }
 
-  private objectOf(step: number, r: TraceRow): string | null {
-    // The object the row names: the first one the thread's own operation touched.
-    const t = this.touches[step - 1]?.find((x) => x.thread);
-    void r;
-    return t?.id ?? null;
+  /** The object a row names: the first one its thread's own operation touched. */
+  private objectOf(step: number): string | null {
+    return this.touches[step - 1]?.find((x) => x.thread)?.id ?? null;
   }
 
   private stepCells(n: number, r: TraceRow, folded: boolean): HTMLElement[] {
     const cells: HTMLElement[] = [h('div', { class: 'step-no', 'data-step': r.step }, String(r.step))];
     const v = rowValues(r);
-    const obj = this.objectOf(r.step, r);
+    const obj = this.objectOf(r.step);
     for (let t = 0; t < n; t++) {
       if (t !== r.thread) {
         cells.push(h('div', { class: 'cell empty', 'data-step': r.step }));
@@ -134,11 +132,32 @@ export class TraceView {
               : h('span', { class: 'obj', 'data-obj': obj, title: 'select: mark every step that touched it', onclick: (e: Event) => this.clickObject(e, obj) }, v.target),
           ),
           valueChange(v.before, v.after),
+          this.alsoWrote(r.step, obj),
         ),
       );
     }
     for (const c of cells) c.addEventListener('click', () => this.cb.onStep?.(r.step));
     return cells;
+  }
+
+  /**
+   * What else happened in this step: plain stores the thread made after its operation and before its next one,
+   * and whether an invariant monitor took note (its own state changed: a free, a write, a flush it will check).
+   */
+  private alsoWrote(step: number, obj: string | null): HTMLElement | null {
+    const ts = this.touches[step - 1] ?? [];
+    const ids = ts.filter((t) => t.thread && t.write && t.id !== obj).map((t) => t.id);
+    const noted = ts.some((t) => !t.thread && t.write && t.id.startsWith('ghost:'));
+    if (ids.length === 0 && !noted) return null;
+    const obj1 = (id: string): Child =>
+      this.cb.onObject === undefined ? objectLabel(id) : h('span', { class: 'obj', 'data-obj': id, onclick: (e: Event) => this.clickObject(e, id) }, objectLabel(id));
+    return h(
+      'div',
+      { class: 'also', title: 'plain stores the thread made in this step, after its operation and before its next one; a note the invariant monitor took' },
+      ids.length === 0 ? null : ['+ plain store to ', ...ids.flatMap((id, i) => [i === 0 ? '' : ', ', obj1(id)])],
+      ids.length > 0 && noted ? ' · ' : null,
+      noted ? h('span', { class: 'noted' }, 'the monitor took note') : null,
+    );
   }
 
   private clickObject(e: Event, id: string): void {
@@ -269,7 +288,8 @@ export class TraceView {
         if (touched.has(s)) hit = true;
         if (changed.has(s)) chg = true;
       }
-      const isCurrent = l.group ? k >= l.first && k <= l.last : l.first === k;
+      // A hidden line (a folded walk's step, a step the filter hides) is not current: its walk's line is.
+      const isCurrent = !l.cells[0]!.hidden && (l.group ? k >= l.first && k <= l.last : l.first === k);
       for (const c of l.cells) {
         c.classList.toggle('current', isCurrent);
         c.classList.toggle('future', l.first > k);
