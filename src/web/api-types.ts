@@ -20,6 +20,8 @@ export interface ScenarioInfo {
   readonly threads: string[];
   /** It builds a VM (guards and modes apply). */
   readonly vm: boolean;
+  /** For a race KVM really had (the corpus, KVM-BUGS.md): the upstream commit that fixed it; null otherwise. */
+  readonly fix: { readonly commit: string; readonly year: number; readonly title: string } | null;
 }
 
 export interface ScenarioList {

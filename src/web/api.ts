@@ -44,6 +44,7 @@ export function listScenarios(catalog: ScenarioCatalog): ScenarioList {
         modes: [...(s.modes ?? MMU_MODES)],
         threads: Object.keys(s.threads),
         vm: s.machine !== undefined,
+        fix: s.fix === undefined ? null : { commit: s.fix.commit, year: s.fix.year, title: s.fix.title },
       })),
       ...catalog.examples.map((s) => ({
         name: s.name,
@@ -53,6 +54,7 @@ export function listScenarios(catalog: ScenarioCatalog): ScenarioList {
         modes: s.machine !== undefined ? [...(s.modes ?? MMU_MODES)] : [],
         threads: Object.keys(s.threads),
         vm: s.machine !== undefined,
+        fix: s.fix === undefined ? null : { commit: s.fix.commit, year: s.fix.year, title: s.fix.title },
       })),
     ],
     guards: GUARD_NAMES.map((name) => ({ name, protectsAgainst: GUARD_HELP[name] })),

@@ -55,6 +55,11 @@ test('the scenario list names each scenario with its description, guard, modes a
   assert.equal(d.vm, true);
   assert.match(d.description, /Dirty bit/);
   assert.equal(list.scenarios.find((s) => s.name === 'lost-update')?.vm, false);
+  assert.equal(d.fix, null);
+  // A race KVM really had names the commit that fixed it.
+  const real = list.scenarios.find((s) => s.name === 'tdp-volatile-xchg');
+  assert.deepEqual(real?.fix, { commit: 'ba3a6120a4e7', year: 2022, title: 'KVM: x86/mmu: Use atomic XCHG to write TDP MMU SPTEs with volatile bits' });
+  assert.deepEqual(real?.modes, ['tdp']);
   assert.deepEqual(list.guards.map((g) => g.name), GUARD_NAMES);
 });
 

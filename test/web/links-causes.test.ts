@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { BrowserContext, Page } from 'playwright-core';
-import type { StepResponse } from '../../src/web/api-types';
+import type { ScenarioList, StepResponse } from '../../src/web/api-types';
 import { decodeReplay } from '../../src/check/trace';
 import { CLI, launchChromium, post, startServe, type ServeProcess } from './helpers';
 
@@ -513,14 +513,21 @@ test('the Benchmarks view without results suggests commands that work: run them,
   await page.close();
 });
 
-test('the TDP MMU is among the modes, with its own scenarios, and its races replay in the view', async () => {
+test('the TDP MMU is among the modes with every scenario that runs in it, the real races name their fix, and a TDP race replays in the view', async () => {
+  const list = (await (await fetch(new URL('/api/scenarios', serve.url))).json()) as ScenarioList;
   const page = await openPage();
+  const offered = await page.$$eval('#scenario option', (os) => os.map((o) => (o as unknown as { value: string }).value));
+  const tdp = list.scenarios.filter((s) => s.modes.includes('tdp'));
+  assert.ok(tdp.some((s) => s.name === 'tdp-rcu-free') && tdp.some((s) => s.name === 'tdp-zap-vs-fault'));
+  for (const s of tdp) {
+    assert.ok(offered.includes(s.name), `${s.name} is offered`);
+    await page.selectOption('#scenario', s.name);
+    assert.deepEqual(await page.$$eval('#mode option', (os) => os.map((o) => (o as unknown as { value: string }).value)), s.modes, `${s.name}: its modes`);
+    if (s.fix !== null) assert.match((await page.textContent('#scenario-fix')) ?? '', new RegExp(`fixed in ${s.fix.commit} \\(${s.fix.year}\\)`));
+  }
   await page.selectOption('#scenario', 'dirty-bit-loss');
   assert.deepEqual(await page.$$eval('#mode option', (os) => os.map((o) => (o as unknown as { value: string }).value)), ['direct', 'shadow', 'tdp']);
-  const tdpOnly = await page.$$eval('#scenario option', (os) => os.map((o) => (o as unknown as { value: string }).value).filter((v) => v.startsWith('tdp-')));
-  assert.deepEqual(tdpOnly.sort(), ['tdp-rcu-free', 'tdp-zap-vs-fault']);
   await page.selectOption('#scenario', 'tdp-rcu-free');
-  assert.deepEqual(await page.$$eval('#mode option', (os) => os.map((o) => (o as unknown as { value: string }).value)), ['tdp']);
   await page.uncheck('#guard-rcu-deferred-free');
   await page.click('#run-check');
   await page.waitForFunction(() => /VIOLATION/.test(document.querySelector('#check-summary')?.textContent ?? ''));

@@ -54,7 +54,12 @@ class Page implements AppContext {
     );
     fill(
       this.ui.scenario,
-      h('optgroup', { label: 'KVM scenarios' }, ...catalog.scenarios.filter((s) => s.kind === 'built-in').map((s) => h('option', { value: s.name }, s.name))),
+      h('optgroup', { label: 'KVM scenarios' }, ...catalog.scenarios.filter((s) => s.kind === 'built-in' && s.fix === null).map((s) => h('option', { value: s.name }, s.name))),
+      h(
+        'optgroup',
+        { label: 'Real KVM races (fixed upstream)' },
+        ...catalog.scenarios.filter((s) => s.kind === 'built-in' && s.fix !== null).map((s) => h('option', { value: s.name, title: `${s.fix!.commit} ${s.fix!.title}` }, `${s.name} (${s.fix!.year})`)),
+      ),
       h('optgroup', { label: 'Examples (not KVM)' }, ...catalog.scenarios.filter((s) => s.kind !== 'built-in').map((s) => h('option', { value: s.name }, s.name))),
     );
     this.ui.scenario.addEventListener('change', () => {
@@ -132,7 +137,12 @@ class Page implements AppContext {
         );
       }),
     );
-    fill(this.ui.desc, h('b', null, `${s.kind === 'built-in' ? '' : 'example, threads '}${s.threads.join(' · ')} — `), s.description);
+    fill(
+      this.ui.desc,
+      s.fix === null ? null : h('span', { class: 'fix', id: 'scenario-fix' }, `a real race, fixed in ${s.fix.commit} (${s.fix.year}) “${s.fix.title}”: its guard off is the code before the fix. `),
+      h('b', null, `${s.kind === 'built-in' ? '' : 'example, threads '}${s.threads.join(' · ')} — `),
+      s.description,
+    );
     this.ui.desc.title = s.description;
   }
 
