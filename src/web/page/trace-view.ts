@@ -153,7 +153,7 @@ export class TraceView {
       this.cb.onObject === undefined ? objectLabel(id) : h('span', { class: 'obj', 'data-obj': id, onclick: (e: Event) => this.clickObject(e, id) }, objectLabel(id));
     return h(
       'div',
-      { class: 'also', title: 'plain stores the thread made in this step, after its operation and before its next one; a note the invariant monitor took' },
+      { class: `also${ids.length === 0 ? ' only-noted' : ''}`, title: 'plain stores the thread made in this step, after its operation and before its next one; a note the invariant monitor took (shown with the filter on)' },
       ids.length === 0 ? null : ['+ plain store to ', ...ids.flatMap((id, i) => [i === 0 ? '' : ', ', obj1(id)])],
       ids.length > 0 && noted ? ' · ' : null,
       noted ? h('span', { class: 'noted' }, 'the monitor took note') : null,
@@ -253,6 +253,8 @@ export class TraceView {
   /** Only show the steps in `steps` (null: all). */
   setFilter(steps: Set<number> | null): void {
     this.visible = steps;
+    // The monitor's notes say why a step is kept: shown with the filter.
+    this.root.classList.toggle('filtered', steps !== null);
     this.layout();
     this.scrollToCurrent();
   }
