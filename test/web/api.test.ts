@@ -88,6 +88,31 @@ test('a check with atomic-volatile-clear off returns the counterexample; replayi
   assert.deepEqual(step.states[store.step]!.sptes, [], 'and the store drops the SPTE, D bit and all');
 });
 
+test('a replay names, for each step, the objects it touched: the operation\'s word as the thread\'s, what a monitor read as not', async () => {
+  const r = await post(base, '/api/check', { scenario: 'dirty-bit-loss', guardsOff: OFF });
+  const step = (await post(base, '/api/replay', { replay: r.json<CheckReport>().violation!.schedule })).json<StepResponse>();
+  assert.equal(step.touches.length, step.rows.length);
+  const store = step.rows.find((row) => step.threads[row.thread] === 'host' && row.op === 'store64' && row.target.startsWith('spte'))!;
+  const m = /^spte \(sp (\d+), #(\d+)\)$/.exec(store.target)!;
+  const id = `spte:${m[1]}:${m[2]}`;
+  const own = step.touches[store.step - 1]!.find((t) => t.id === id);
+  assert.deepEqual(own, { id, read: false, write: true, changed: true, thread: true }, 'a plain store writes without reading');
+  // Every row whose target is that SPTE touches it as the thread's, and no other row does.
+  step.rows.forEach((row, i) => {
+    const t = step.touches[i]!.find((x) => x.id === id && x.thread);
+    assert.equal(t !== undefined, row.target === store.target, `step ${row.step}: ${row.op} ${row.target}`);
+  });
+  // A load reads and does not change; frame 0x0's flags and bytes are one object.
+  const load = step.rows.find((row) => row.op === 'load64' && row.target === store.target)!;
+  assert.deepEqual(step.touches[load.step - 1]!.find((t) => t.id === id), { id, read: true, write: false, changed: false, thread: true });
+  const frameSteps = step.rows.filter((row) => /^frame 0x0 /.test(row.target)).map((row) => row.step);
+  assert.ok(frameSteps.length >= 2);
+  for (const k of frameSteps) assert.ok(step.touches[k - 1]!.some((t) => t.id === 'frame:0' && t.thread), `step ${k}`);
+  // The monitors' own state is never the thread's.
+  assert.ok(step.touches.flat().some((t) => t.id.startsWith('ghost:')));
+  assert.ok(step.touches.flat().every((t) => !t.id.startsWith('ghost:') || !t.thread));
+});
+
 test('a step request runs a schedule prefix and says which threads can run next and what they would do', async () => {
   const r = await post(base, '/api/step', { scenario: 'dirty-bit-loss', guardsOff: OFF, schedule: [], peek: true });
   assert.equal(r.status, 200, r.body);

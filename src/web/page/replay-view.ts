@@ -2,7 +2,7 @@
 
 import type { CheckReport, StepResponse } from '../api-types';
 import { api, Cancelled, type CheckProgress } from './api';
-import { describeSettings, namedOf, plural, sameSettings, settingsBody, type AppContext, type NamedSettings } from './app';
+import { describeSettings, namedOf, plural, sameSettings, settingsBody, type AppContext } from './app';
 import { violationSlice } from './causal';
 import { h, fill } from './dom';
 import { displayValue, objectLabel } from './names';
@@ -73,6 +73,8 @@ export class ReplayView {
   private slice: { steps: Set<number>; objects: Set<string> } | null = null;
   /** Per object, the steps (ascending) whose thread changed it. */
   private changes = new Map<string, number[]>();
+  /** Every object some step touched. */
+  private known: string[] = [];
   private readonly trace: TraceView;
   private readonly ui: {
     run: HTMLButtonElement;
@@ -333,6 +335,7 @@ export class ReplayView {
         this.changes.set(t.id, list);
       }
     });
+    this.known = [...new Set(r.touches.flat().map((t) => t.id))];
     this.slice = r.violation === null ? null : violationSlice(r.rows, r.touches, r.violation.step);
     if (this.selected !== null && !r.touches.some((ts) => ts.some((t) => t.id === this.selected))) this.selected = null;
     this.trace.setData(r.threads, r.rows, 'no steps', r.touches);
@@ -347,6 +350,7 @@ export class ReplayView {
     this.result = null;
     this.slice = null;
     this.changes = new Map();
+    this.known = [];
     this.trace.setData([], [], text);
     fill(this.ui.stepHead);
     fill(this.ui.state);
@@ -393,12 +397,13 @@ export class ReplayView {
     );
   }
 
-  private setFiltered(on: boolean, scroll = true): void {
+  /** Show only the steps the violation depends on (or all); `redraw`: the monitor's line too (its hint). */
+  private setFiltered(on: boolean, redraw = true): void {
     this.filtered = on && this.slice !== null;
     this.ui.filter.checked = this.filtered;
     this.ui.filter.disabled = this.slice === null;
     this.trace.setFilter(this.filtered ? this.slice!.steps : null);
-    if (scroll) this.renderMonitor();
+    if (redraw) this.renderMonitor();
   }
 
   private lastChange(id: string): number | null {
@@ -413,7 +418,7 @@ export class ReplayView {
     return {
       selected: this.selected,
       lastChange: (id) => this.lastChange(id),
-      known: [...this.changes.keys(), ...(this.result?.touches.flat().map((t) => t.id) ?? [])],
+      known: this.known,
       select: (id) => this.select(id),
       go: (step) => {
         this.stop();
@@ -586,5 +591,3 @@ export class ReplayView {
     }
   }
 }
-
-export type { NamedSettings };
