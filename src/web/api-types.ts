@@ -85,6 +85,11 @@ export interface StepResponse extends PrefixResult {
   readonly next?: NextOperation[];
 }
 
+/** POST /api/source {fn} → each definition of the function of that name in the model's source (src/web/source.ts). */
+export interface SourceResponse {
+  readonly definitions: { readonly fn: string; readonly file: string; readonly line: number; readonly lines: string[]; readonly owner: string | null }[];
+}
+
 /** dirty-log.json and scale.json as `kvmmu bench` writes them (src/bench/results.ts). */
 export type { DirtyLogBench, ScaleBench };
 

@@ -7,6 +7,7 @@
 //                              {"progress": ...} lines while it runs, then {"report": ...} (closing the connection cancels it)
 //   POST /api/replay (/api/step) {replay} or {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, schedule?, peek?}
 //                              → runPrefix's result: rows, the state before and after every step, enabled threads, violation
+//   POST /api/source           {fn} → the model's function of that name: {definitions: [{fn, file, line, lines, owner}]}
 //   GET  /api/bench            dirty-log.json and scale.json from the --bench directory
 //
 // Bound to loopback, the server also refuses requests whose Host header is
@@ -22,7 +23,8 @@ import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import type { GenScenarioModule } from '../check/engine';
 import { loadCatalog, loadGenModule, type ScenarioCatalog } from '../cli/scenario-file';
-import { ApiError, CHECK_SECONDS_MAX, checkJobOf, listScenarios, readBench, step, type CheckJob } from './api';
+import { ApiError, CHECK_SECONDS_MAX, checkJobOf, listScenarios, readBench, sourceOf, step, type CheckJob } from './api';
+import { SourceIndex } from './source';
 import type { CheckWorkerReply } from './check-worker';
 import type { ExploreProgress } from '../check/explore';
 
@@ -255,6 +257,7 @@ function hostAllowed(header: string | undefined): boolean {
 
 interface Handlers {
   readonly gen: GenScenarioModule;
+  readonly source: SourceIndex;
   readonly catalog: ScenarioCatalog;
   readonly benchDir: string;
   readonly webRoot: string;
@@ -301,8 +304,11 @@ async function handle(h: Handlers, req: http.IncomingMessage, res: http.ServerRe
       case 'POST /api/step':
         sendJson(res, 200, step(h.gen, h.catalog, await readBody(req)));
         return;
+      case 'POST /api/source':
+        sendJson(res, 200, sourceOf(h.source, await readBody(req)));
+        return;
       default: {
-        const known = ['/api/scenarios', '/api/bench', '/api/check', '/api/replay', '/api/step'];
+        const known = ['/api/scenarios', '/api/bench', '/api/check', '/api/replay', '/api/step', '/api/source'];
         if (known.includes(url.pathname)) sendJson(res, 405, { error: `${method} is not allowed on ${url.pathname}` });
         else sendJson(res, 404, { error: `no such API: ${url.pathname} (the API is ${known.join(', ')})` });
       }
@@ -323,6 +329,8 @@ export async function startServer(o: ServeOptions = {}): Promise<RunningServer> 
   let loopback = isLoopbackHost(host);
   const handlers: Handlers = {
     gen: loadGenModule(),
+    // The project's root (this file is dist/src/web/server.js): the model's TypeScript is in its src directory.
+    source: new SourceIndex(path.join(__dirname, '..', '..', '..')),
     catalog: loadCatalog(),
     benchDir: path.resolve(o.benchDir ?? 'bench-out'),
     webRoot,

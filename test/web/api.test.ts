@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { isLoopbackHost, runningChecks, startServer, type RunningServer } from '../../src/web/server';
 import * as http from 'node:http';
-import type { BenchResponse, CheckReport, ScenarioList, StepResponse } from '../../src/web/api-types';
+import type { BenchResponse, CheckReport, ScenarioList, SourceResponse, StepResponse } from '../../src/web/api-types';
 import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
 import { GUARD_NAMES } from '../../src/kvm/config';
 
@@ -236,6 +236,23 @@ test('asked for progress (Accept: application/x-ndjson), a check streams progres
   const bad = await request(base, 'POST', '/api/check', JSON.stringify({ scenario: 'nope' }), { accept: 'application/x-ndjson' });
   assert.equal(bad.status, 404);
   assert.match(bad.json<{ error: string }>().error, /unknown scenario/);
+});
+
+test('the model\'s source is served by function name, never by path', async () => {
+  const r = await post(base, '/api/source', { fn: 'mmuSpteClearTrackBits' });
+  assert.equal(r.status, 200, r.body);
+  const d = r.json<SourceResponse>().definitions;
+  assert.equal(d.length, 1);
+  assert.equal(d[0]!.file, 'src/kvm/spte-update.ts');
+  assert.equal(d[0]!.owner, 'SpteUpdate');
+  const text = fs.readFileSync(path.join(__dirname, '..', '..', '..', d[0]!.file), 'utf8').split('\n');
+  assert.deepEqual(d[0]!.lines, text.slice(d[0]!.line - 1, d[0]!.line - 1 + d[0]!.lines.length));
+  assert.match(d[0]!.lines[0]!, /mmuSpteClearTrackBits\(/);
+  const path1 = await post(base, '/api/source', { fn: '../../package.json' });
+  assert.equal(path1.status, 400);
+  assert.match(path1.json<{ error: string }>().error, /must be a function name/);
+  const none = await post(base, '/api/source', { fn: 'noSuchFunction' });
+  assert.equal(none.status, 404);
 });
 
 test('a body that is not JSON, or not sent as JSON, is refused with a JSON error', async () => {

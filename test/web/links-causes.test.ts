@@ -250,6 +250,27 @@ test('a frame, a bitmap word and a lock are selectable too, from the state panel
   await page.close();
 });
 
+test('a row links to the code that made its access: the plain store of step 36 is a line of mmuSpteClearTrackBits', async () => {
+  const page = await openPage(`#replay=${encodeURIComponent(race.replay)}`);
+  await waitForStep(page, 0, race.rows.length);
+  const store = race.rows[35]!;
+  const fn = store.where.split(' ← ')[0]!;
+  await page.click(`#r-trace .cell[data-step="36"]:not(.empty) .fn-link`);
+  await waitForStep(page, 36, race.rows.length);
+  await page.waitForSelector('#r-code[open] .code-line.hit');
+  assert.match((await page.textContent('#r-code-summary')) ?? '', new RegExp(`${fn} — src/kvm/[\\w-]+\\.ts:\\d+`));
+  const hits = await page.locator('#r-code .code-line.hit').allTextContents();
+  assert.equal(hits.length, 1, hits.join('\n'));
+  assert.match(hits[0]!, /\.store64\(sptep, 0n\)/);
+  // The code follows the step: the hardware walk's D bit at step 33.
+  await page.keyboard.press('Home');
+  await pressTimes(page, 'ArrowRight', 33);
+  await page.waitForFunction(() => /hwWalk/.test(document.querySelector('#r-code-summary')?.textContent ?? ''));
+  await page.waitForSelector('#r-code .code-line.hit');
+  assert.ok((await page.locator('#r-code .code-line.hit').allTextContents()).every((l) => l.includes('.cmpxchg64(')));
+  await page.close();
+});
+
 test('the filter keeps the steps the violation depends on; a page-table walk folds into one row that opens', async () => {
   const page = await openPage();
   await checkRace(page);

@@ -30,7 +30,11 @@ async function main(): Promise<void> {
     const cx = (await post(serve.url, '/api/replay', { replay })).json<StepResponse>();
     const store = cx.rows.find((r) => cx.threads[r.thread] === 'host' && r.op === 'store64' && r.target.startsWith('spte'))!;
     for (let k = 0; k < store.step; k++) await page.keyboard.press('ArrowRight');
+    // The code of the plain store, beside the trace.
+    await page.click(`#r-trace .cell[data-step="${store.step}"]:not(.empty) .fn-link`);
+    await page.waitForSelector('#r-code .code-line.hit');
     await page.screenshot({ path: path.join(out, 'replay.png') });
+    await page.click('#r-code-summary');
 
     // The causal view: the SPTE the plain store cleared selected (the steps that touched it marked), and only the
     // steps the violation depends on.

@@ -1,6 +1,6 @@
 // The page's side of the JSON API: typed calls to `kvmmu serve`, and errors carrying the server's message.
 
-import type { BenchResponse, CheckReport, CheckRequest, ScenarioList, StepRequest, StepResponse } from '../api-types';
+import type { BenchResponse, CheckReport, CheckRequest, ScenarioList, SourceResponse, StepRequest, StepResponse } from '../api-types';
 
 export class ApiFailure extends Error {
   override readonly name = 'ApiFailure';
@@ -89,4 +89,5 @@ export const api = {
   check: (req: CheckRequest): Promise<CheckReport> => call('POST', '/api/check', req),
   step: (req: StepRequest): Promise<StepResponse> => call('POST', '/api/replay', req),
   bench: (): Promise<BenchResponse> => call('GET', '/api/bench'),
+  source: (fn: string): Promise<SourceResponse> => call('POST', '/api/source', { fn }),
 };

@@ -4,6 +4,7 @@ import type { CheckReport, StepResponse } from '../api-types';
 import { api, Cancelled, type CheckProgress } from './api';
 import { describeSettings, namedOf, plural, sameSettings, settingsBody, type AppContext } from './app';
 import { violationSlice } from './causal';
+import { CodeView } from './code-view';
 import { h, fill } from './dom';
 import { displayValue, objectLabel } from './names';
 import { renderState, renderStepHead, type StateLinks } from './state-view';
@@ -76,6 +77,7 @@ export class ReplayView {
   /** Every object some step touched. */
   private known: string[] = [];
   private readonly trace: TraceView;
+  private readonly code = new CodeView();
   private readonly ui: {
     run: HTMLButtonElement;
     cancel: HTMLButtonElement;
@@ -166,7 +168,7 @@ export class ReplayView {
       ...SPEEDS.map(([name, ms]) => h('option', { value: ms, selected: ms === this.interval }, name)),
     );
     const traceEl = h('div', { id: 'r-trace', tabindex: 0, 'aria-label': 'the trace: one column per thread, one row per step (arrow keys step)' });
-    this.trace = new TraceView(traceEl, { onStep: (k) => this.go(k), onObject: (id) => this.select(id) });
+    this.trace = new TraceView(traceEl, { onStep: (k) => this.go(k), onObject: (id) => this.select(id), onCode: () => this.code.open() });
     this.el = h(
       'section',
       { id: 'view-replay', class: 'view' },
@@ -205,7 +207,7 @@ export class ReplayView {
         h('label', { title: 'hide the steps that touch nothing the violation depends on (see the Legend)' }, ui.filter, ' only steps the violation depends on'),
         ui.selection,
       ),
-      h('div', { class: 'panes' }, h('div', { class: 'trace-pane' }, traceEl), h('div', { class: 'state-pane', 'aria-label': 'the state before and after the step' }, ui.stepHead, ui.state)),
+      h('div', { class: 'panes' }, h('div', { class: 'trace-pane' }, traceEl), h('div', { class: 'state-pane', 'aria-label': 'the state before and after the step' }, ui.stepHead, this.code.el, ui.state)),
     );
     this.trace.setData([], [], 'Run the check: its counterexample appears here, one column per thread.');
     this.updateControls();
@@ -354,6 +356,7 @@ export class ReplayView {
     this.trace.setData([], [], text);
     fill(this.ui.stepHead);
     fill(this.ui.state);
+    this.code.show(null);
     this.ui.replay.value = '';
     this.k = 0;
     this.renderStale();
@@ -446,6 +449,7 @@ export class ReplayView {
     this.renderMonitor(was);
     this.updateControls();
     renderStepHead(this.ui.stepHead, row, r.threads, this.steps);
+    this.code.show(row);
     this.renderStateNow();
     this.trace.setCurrent(this.k, r.violation?.step ?? null);
     this.app.linkChanged();

@@ -63,6 +63,8 @@ export interface TraceCallbacks {
   onStep?(step: number): void;
   /** The user clicked the object a row touched: select it. */
   onObject?(id: string): void;
+  /** The user clicked a row's function: show its code. */
+  onCode?(step: number): void;
 }
 
 export class TraceView {
@@ -121,7 +123,7 @@ export class TraceView {
         h(
           'div',
           { class: `cell t${t % 6}${folded ? ' in-walk' : ''}`, 'data-step': r.step, 'data-thread': t, title: r.where === '' ? null : r.where },
-          r.where === '' ? null : h('div', { class: 'fn' }, fnOf(r.where)),
+          r.where === '' ? null : this.fnLabel(r),
           h(
             'div',
             { class: 'op' },
@@ -157,6 +159,27 @@ export class TraceView {
       ids.length === 0 ? null : ['+ plain store to ', ...ids.flatMap((id, i) => [i === 0 ? '' : ', ', obj1(id)])],
       ids.length > 0 && noted ? ' · ' : null,
       noted ? h('span', { class: 'noted' }, 'the monitor took note') : null,
+    );
+  }
+
+  private fnLabel(r: TraceRow): HTMLElement {
+    if (this.cb.onCode === undefined) return h('div', { class: 'fn' }, fnOf(r.where));
+    return h(
+      'div',
+      { class: 'fn' },
+      h(
+        'span',
+        {
+          class: 'fn-link',
+          title: `show the code of ${fnOf(r.where)} (called from ${r.where.split(' ← ').slice(1).join(' ← ') || 'the thread'})`,
+          onclick: (e: Event) => {
+            e.stopPropagation();
+            this.cb.onStep?.(r.step);
+            this.cb.onCode?.(r.step);
+          },
+        },
+        fnOf(r.where),
+      ),
     );
   }
 
