@@ -271,6 +271,37 @@ test('a row links to the code that made its access: the plain store of step 36 i
   await page.close();
 });
 
+test('the steps the locking document draws are marked with its lines; a mode it does not draw has none', async () => {
+  const page = await openPage(`#replay=${encodeURIComponent(race.replay)}`);
+  await waitForStep(page, 0, race.rows.length);
+  const marks = new Map(
+    (await page.$$eval('#r-trace .cell .drawn', (els) =>
+      els.map((e) => [Number((e as unknown as { closest(s: string): { dataset: { step: string } } }).closest('.cell').dataset.step), e.textContent ?? ''] as [number, string]),
+    )),
+  );
+  const host = race.threads.indexOf('host');
+  const fn = (r: StepResponse['rows'][number]): string => r.where.split(' ← ')[0]!;
+  const step = (pred: (r: StepResponse['rows'][number]) => boolean): number => race.rows.find(pred)!.step;
+  const expected = new Map<number, RegExp>([
+    [step((r) => r.thread === host && fn(r) === 'mmuSpteClearTrackBits' && r.op === 'load64'), /old_spte = \*spte;/],
+    [step((r) => r.thread === host && r.op === 'store64' && r.target.startsWith('spte')), /spte = 0ull;/],
+    [step((r) => r.thread !== host && fn(r) === 'fastPfFixDirectSpte'), /spte\.W = 1/],
+    [step((r) => r.thread !== host && r.op === 'cmpxchg64' && / D /.test(`${r.after} `) && !/ D /.test(`${r.before} `)), /spte\.Dirty = 1/],
+    [step((r) => fn(r) === 'setPfnAccessed'), /kvm_set_pfn_accessed/],
+  ]);
+  assert.deepEqual([...marks.keys()].sort((a, b) => a - b), [...expected.keys()].sort((a, b) => a - b));
+  for (const [k, re] of expected) assert.match(marks.get(k)!, re, `step ${k}`);
+  assert.match((await page.textContent('#r-drawn')) ?? '', /5 steps the locking document draws \(3\) Dirty bit tracking\)/);
+  // In TDP mode the document draws nothing (its functions are the shadow MMU's).
+  const tdp = (await post(serve.url, '/api/check', { scenario: 'dirty-bit-loss', mode: 'tdp', guardsOff: ['atomic-volatile-clear'] })).json<{ violation: { schedule: string; steps: number } }>();
+  await page.fill('#replay-string', tdp.violation.schedule);
+  await page.click('#load-replay');
+  await waitForStep(page, 0, tdp.violation.steps);
+  assert.equal(await page.locator('#r-trace .cell .drawn').count(), 0);
+  assert.equal(await page.isVisible('#r-drawn'), false);
+  await page.close();
+});
+
 test('the filter keeps the steps the violation depends on; a page-table walk folds into one row that opens', async () => {
   const page = await openPage();
   await checkRace(page);

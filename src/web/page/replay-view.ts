@@ -5,6 +5,7 @@ import { api, Cancelled, type CheckProgress } from './api';
 import { describeSettings, namedOf, plural, sameSettings, settingsBody, type AppContext } from './app';
 import { violationSlice } from './causal';
 import { CodeView } from './code-view';
+import { drawnSteps } from './drawn';
 import { h, fill } from './dom';
 import { displayValue, objectLabel } from './names';
 import { renderState, renderStepHead, type StateLinks } from './state-view';
@@ -102,6 +103,7 @@ export class ReplayView {
     exportJson: HTMLButtonElement;
     filter: HTMLInputElement;
     selection: HTMLElement;
+    drawn: HTMLElement;
     monitor: HTMLElement;
     stepHead: HTMLElement;
     state: HTMLElement;
@@ -147,6 +149,7 @@ export class ReplayView {
       exportJson: h('button', { id: 'export-json', title: 'download the trace as JSON: settings, replay string, rows, states, what each step touched', onclick: () => this.exportAs('json') }, 'JSON'),
       filter: h('input', { id: 'r-filter', type: 'checkbox', onchange: () => this.setFiltered(this.ui.filter.checked) }),
       selection: h('span', { id: 'r-selection', class: 'selection' }),
+      drawn: h('span', { id: 'r-drawn', class: 'drawn-note', hidden: true }),
       monitor: h('div', { id: 'r-monitor', class: 'monitor idle' }, 'No counterexample loaded.'),
       stepHead: h('div', { id: 'r-step-head', class: 'step-head' }),
       state: h('div', { id: 'r-state', class: 'state' }),
@@ -205,6 +208,7 @@ export class ReplayView {
         'div',
         { class: 'toolbar causal' },
         h('label', { title: 'hide the steps that touch nothing the violation depends on (see the Legend)' }, ui.filter, ' only steps the violation depends on'),
+        ui.drawn,
         ui.selection,
       ),
       h('div', { class: 'panes' }, h('div', { class: 'trace-pane' }, traceEl), h('div', { class: 'state-pane', 'aria-label': 'the state before and after the step' }, ui.stepHead, this.code.el, ui.state)),
@@ -341,6 +345,10 @@ export class ReplayView {
     this.slice = r.violation === null ? null : violationSlice(r.rows, r.touches, r.violation.step);
     if (this.selected !== null && !r.touches.some((ts) => ts.some((t) => t.id === this.selected))) this.selected = null;
     this.trace.setData(r.threads, r.rows, 'no steps', r.touches);
+    const drawn = drawnSteps(r.scenario, r.mode, r.threads, r.rows);
+    this.trace.setDrawn(drawn?.section ?? null, drawn?.steps ?? null);
+    this.ui.drawn.hidden = drawn === null;
+    if (drawn !== null) fill(this.ui.drawn, h('span', { class: 'doc-tag' }, 'doc'), ` marks the ${plural(drawn.steps.size, 'step')} the locking document draws (${drawn.section})`);
     this.trace.select(this.selected);
     this.setFiltered(this.filtered && this.slice !== null, false);
     this.renderStale();
@@ -354,6 +362,7 @@ export class ReplayView {
     this.changes = new Map();
     this.known = [];
     this.trace.setData([], [], text);
+    this.ui.drawn.hidden = true;
     fill(this.ui.stepHead);
     fill(this.ui.state);
     this.code.show(null);

@@ -273,6 +273,30 @@ export class TraceView {
     this.mark();
   }
 
+  /** Mark the steps the locking document draws with its line (null: none). */
+  setDrawn(section: string | null, steps: ReadonlyMap<number, string> | null): void {
+    for (const l of this.lines) {
+      if (l.group) continue;
+      const cell = l.cells.find((c) => c.classList.contains('cell') && !c.classList.contains('empty'));
+      if (cell === undefined) continue;
+      cell.querySelector('.drawn')?.remove();
+      const text = steps?.get(l.first);
+      if (text === undefined) continue;
+      cell.classList.add('has-drawn');
+      const op = cell.querySelector('.op');
+      const mark = h('div', { class: 'drawn', title: `the locking document draws this step: ${section ?? ''}` }, h('span', { class: 'doc-tag' }, 'doc'), ' ', text);
+      if (op !== null) op.before(mark);
+      else cell.append(mark);
+    }
+    // A folded walk holding a drawn step says so.
+    for (const l of this.lines) {
+      if (!l.group) continue;
+      let drawn = false;
+      for (let k = l.first; k <= l.last; k++) if (steps?.has(k) === true) drawn = true;
+      for (const c of l.cells) c.classList.toggle('has-drawn', drawn);
+    }
+  }
+
   /** Only show the steps in `steps` (null: all). */
   setFilter(steps: Set<number> | null): void {
     this.visible = steps;
