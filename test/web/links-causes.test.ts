@@ -271,7 +271,7 @@ test('a row links to the code that made its access: the plain store of step 36 i
   await page.close();
 });
 
-test('the steps the locking document draws are marked with its lines; a mode it does not draw has none', async () => {
+test('the steps the locking document draws are marked with its lines, in the TDP MMU too; a race it does not draw has none', async () => {
   const page = await openPage(`#replay=${encodeURIComponent(race.replay)}`);
   await waitForStep(page, 0, race.rows.length);
   const marks = new Map(
@@ -292,11 +292,20 @@ test('the steps the locking document draws are marked with its lines; a mode it 
   assert.deepEqual([...marks.keys()].sort((a, b) => a - b), [...expected.keys()].sort((a, b) => a - b));
   for (const [k, re] of expected) assert.match(marks.get(k)!, re, `step ${k}`);
   assert.match((await page.textContent('#r-drawn')) ?? '', /5 steps the locking document draws \(3\) Dirty bit tracking\)/);
-  // In TDP mode the document draws nothing (its functions are the shadow MMU's).
-  const tdp = (await post(serve.url, '/api/check', { scenario: 'dirty-bit-loss', mode: 'tdp', guardsOff: ['atomic-volatile-clear'] })).json<{ violation: { schedule: string; steps: number } }>();
+  // In the TDP MMU (the corpus's tdp-volatile-xchg, ba3a6120a4e7) the same drawing marks kvm_tdp_mmu_write_spte's plain store.
+  const tdp = (await post(serve.url, '/api/check', { scenario: 'tdp-volatile-xchg', guardsOff: ['atomic-volatile-clear'] })).json<{ violation: { schedule: string; steps: number } }>();
+  const tdpRows = (await post(serve.url, '/api/replay', { replay: tdp.violation.schedule })).json<StepResponse>();
   await page.fill('#replay-string', tdp.violation.schedule);
   await page.click('#load-replay');
   await waitForStep(page, 0, tdp.violation.steps);
+  const plain = tdpRows.rows.find((r) => r.op === 'store64' && r.where.startsWith('writeSpte') && r.after === '0')!;
+  assert.match((await page.textContent(`#r-trace .cell[data-step="${plain.step}"]:not(.empty) .drawn`)) ?? '', /spte = 0ull;/);
+  assert.match((await page.textContent('#r-drawn')) ?? '', /in the TDP MMU/);
+  // A race the document does not draw: no marks.
+  const other = (await post(serve.url, '/api/check', { scenario: 'notifier-race', guardsOff: ['notifier-retry'] })).json<{ violation: { schedule: string; steps: number } }>();
+  await page.fill('#replay-string', other.violation.schedule);
+  await page.click('#load-replay');
+  await waitForStep(page, 0, other.violation.steps);
   assert.equal(await page.locator('#r-trace .cell .drawn').count(), 0);
   assert.equal(await page.isVisible('#r-drawn'), false);
   await page.close();

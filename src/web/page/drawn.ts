@@ -1,4 +1,4 @@
-// The locking document's drawings (the seed's three races): which step of a trace each line of a drawing is, so the view marks the steps the document draws.
+// The locking document's drawings (the seed's three races, and the TDP MMU's form of the third): which step of a trace each line of a drawing is, so the view marks the steps the document draws.
 
 import type { TraceRow } from '../api-types';
 import { fnOf } from './trace-view';
@@ -27,9 +27,24 @@ interface Drawing {
 
 const hasBit = (v: string | null, bit: string): boolean => v !== null && v.split(' ').includes(bit);
 
-/** seed/000_0abe0897143c50e5.txt, "But we need carefully check these cases". */
-const DRAWINGS: Readonly<Record<string, Drawing>> = {
-  'aba-gfn-pfn': {
+/** Section 3's drawing in the TDP MMU: the zap's plain store is kvm_tdp_mmu_write_spte's (ba3a6120a4e7), the old value the iterator's read. */
+const DIRTY_BIT_TDP: Drawing = {
+  section: '3) Dirty bit tracking, in the TDP MMU',
+  modes: ['tdp'],
+  lines: [
+    { text: 'old_spte = *spte;', thread: 'host', fn: 'read', op: 'load64', when: (r) => hasBit(r.before, 'MW') },
+    { text: 'spte = 0ull;', thread: 'host', fn: 'writeSpte', op: 'store64' },
+    { text: 'else old_spte = xchg(spte, 0ull)', thread: 'host', fn: 'writeSpte', op: 'xchg64' },
+    { text: 'on fast page fault path: spte.W = 1', thread: 'vCPU 0', fn: 'fastPfFixDirectSpte', op: 'cmpxchg64' },
+    { text: 'memory write on the spte: spte.Dirty = 1', thread: 'vCPU 0', fn: 'hwWalk', op: 'cmpxchg64', when: (r) => hasBit(r.after, 'D') && !hasBit(r.before, 'D') },
+    { text: 'if (old_spte.Accessed == 1) kvm_set_pfn_accessed(spte.pfn);', thread: 'host', fn: 'setPfnAccessed', op: 'or32' },
+    { text: 'if (old_spte.Dirty == 1) kvm_set_pfn_dirty(spte.pfn);', thread: 'host', fn: 'setPfnDirty', op: 'or32' },
+  ],
+};
+
+/** seed/000_0abe0897143c50e5.txt, "But we need carefully check these cases"; a scenario may have a drawing per group of modes. */
+const DRAWINGS: Readonly<Record<string, readonly Drawing[]>> = {
+  'aba-gfn-pfn': [{
     section: '1) The mapping from gfn to pfn',
     modes: ['shadow'],
     lines: [
@@ -40,8 +55,8 @@ const DRAWINGS: Readonly<Record<string, Drawing>> = {
       { text: 'if (cmpxchg(spte, old_spte, old_spte+W)', thread: 'vCPU 0', fn: 'fastPfFixDirectSpte', op: 'cmpxchg64' },
       { text: 'mark_page_dirty(vcpu->kvm, gfn1)  OOPS!!!', thread: 'vCPU 0', fn: 'markPageDirty', op: 'or32', after: 4 },
     ],
-  },
-  'wp-tlb-flush': {
+  }],
+  'wp-tlb-flush': [{
     section: '2) flush tlbs due to shadow page table write-protected',
     modes: ['shadow'],
     lines: [
@@ -51,8 +66,8 @@ const DRAWINGS: Readonly<Record<string, Drawing>> = {
       { text: 'the spte is fetched/prefetched into tlb by CPU', thread: 'vCPU 0', fn: 'hwWalk', op: 'load64', when: (r) => hasBit(r.before, 'W') && hasBit(r.before, 'MW'), after: 2 },
       { text: 'spte = (spte | SPTE_WRITE_PROTECT) & ~PT_WRITABLE_MASK;', thread: 'vCPU 1', fn: 'mmuSpteUpdate', op: 'xchg64', after: 2 },
     ],
-  },
-  'dirty-bit-loss': {
+  }],
+  'dirty-bit-loss': [{
     section: '3) Dirty bit tracking',
     modes: ['direct', 'shadow'],
     lines: [
@@ -64,7 +79,9 @@ const DRAWINGS: Readonly<Record<string, Drawing>> = {
       { text: 'if (old_spte.Accessed == 1) kvm_set_pfn_accessed(spte.pfn);', thread: 'host', fn: 'setPfnAccessed', op: 'or32' },
       { text: 'if (old_spte.Dirty == 1) kvm_set_pfn_dirty(spte.pfn);', thread: 'host', fn: 'setPfnDirty', op: 'or32' },
     ],
-  },
+  }, DIRTY_BIT_TDP],
+  // KVM-BUGS.md 7: the seed's race 3 in the TDP MMU.
+  'tdp-volatile-xchg': [DIRTY_BIT_TDP],
 };
 
 export interface DrawnMarks {
@@ -75,8 +92,8 @@ export interface DrawnMarks {
 
 /** The steps of a trace the locking document draws (null: the document draws no race of this scenario in this mode). */
 export function drawnSteps(scenario: string, mode: string | null, threads: readonly string[], rows: readonly TraceRow[]): DrawnMarks | null {
-  const d = DRAWINGS[scenario];
-  if (d === undefined || mode === null || !d.modes.includes(mode)) return null;
+  const d = mode === null ? undefined : DRAWINGS[scenario]?.find((x) => x.modes.includes(mode));
+  if (d === undefined) return null;
   const at: (number | null)[] = [];
   const steps = new Map<number, string>();
   d.lines.forEach((line, i) => {

@@ -70,7 +70,7 @@ export function legend(catalog: ScenarioList): HTMLElement {
         '“Only steps the violation depends on” keeps the steps that touched an object the violation depends on: what the step where the monitor fired touched (and what the monitor read there), and, going back, what was read by each step that wrote one of those, and by the steps of the same call before it.',
       ),
       h('p', null, 'A thread’s page-table walk (consecutive SPTE loads in one function) folds into one row; ▸ opens it.'),
-      h('p', null, h('span', { class: 'doc-tag' }, 'doc'), ' marks a step the locking document draws in its picture of the race (for the seed’s three races: aba-gfn-pfn, wp-tlb-flush, dirty-bit-loss), with the document’s line.'),
+      h('p', null, h('span', { class: 'doc-tag' }, 'doc'), ' marks a step the locking document draws in its picture of the race (the seed’s three races: aba-gfn-pfn, wp-tlb-flush, dirty-bit-loss, and the last in the TDP MMU, tdp-volatile-xchg), with the document’s line.'),
       h('p', null, 'A row’s function name opens its code beside the trace, the line of the access marked.'),
       h('h2', null, 'Keys'),
       dl([
