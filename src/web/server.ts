@@ -171,7 +171,7 @@ function checkInWorker(job: CheckJob, gone: AbortSignal, onProgress?: (p: Explor
 
 /**
  * POST /api/check's plain answer. A client may half-close its side once the request is sent (shutdown(SHUT_WR):
- * \`curl\` does not, \`nc -N\` and some libraries do) and still wait for the answer; one that closes the
+ * `curl` does not, `nc -N` and some libraries do) and still wait for the answer; one that closes the
  * connection has gone away, and its check must stop. Both look the same to the server, an end of the request
  * stream (FIN); only a write tells them apart (a closed peer answers it with RST). So from that moment the answer
  * starts early: status 200 and its headers, then a space (JSON allows white space before a value) every 250 ms
@@ -183,8 +183,11 @@ async function answerCheck(req: http.IncomingMessage, res: http.ServerResponse, 
   const onEnd = (): void => {
     if (res.headersSent || res.destroyed) return;
     res.writeHead(200, JSON_HEADERS);
-    res.write(' ');
-    beat = setInterval(() => res.write(' '), 250);
+    const space = (): void => {
+      if (!res.destroyed) res.write(' ');
+    };
+    space();
+    beat = setInterval(space, 250);
   };
   if (req.socket.readableEnded) onEnd();
   else req.socket.once('end', onEnd);
@@ -343,7 +346,7 @@ export async function startServer(o: ServeOptions = {}): Promise<RunningServer> 
     });
   });
   server.keepAliveTimeout = 2000;
-  // A client that half-closes its side after sending a request (shutdown(SHUT_WR), as \`nc -N\` and some HTTP
+  // A client that half-closes its side after sending a request (shutdown(SHUT_WR), as `nc -N` and some HTTP
   // libraries do) still waits for the answer; by default Node would drop the request and close the socket
   // (lib/_http_server.js socketOnEnd reads this flag; @types/node does not declare it).
   (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
