@@ -8,10 +8,10 @@ import * as path from 'node:path';
 import * as net from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { isLoopbackHost, runningChecks, startServer, type RunningServer } from '../../src/web/server';
+import { GUARD_NAMES } from '../../src/kvm/config';
 import * as http from 'node:http';
 import type { BenchResponse, CheckReport, ScenarioList, SourceResponse, StepResponse } from '../../src/web/api-types';
 import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
-import { GUARD_NAMES } from '../../src/kvm/config';
 
 let server: RunningServer;
 let base: string;
@@ -60,7 +60,10 @@ test('the scenario list names each scenario with its description, guard, modes a
   const real = list.scenarios.find((s) => s.name === 'tdp-volatile-xchg');
   assert.deepEqual(real?.fix, { commit: 'ba3a6120a4e7', year: 2022, title: 'KVM: x86/mmu: Use atomic XCHG to write TDP MMU SPTEs with volatile bits' });
   assert.deepEqual(real?.modes, ['tdp']);
+  // Every guard, in the order kvmmu check --help lists them: the seed's five first.
   assert.deepEqual(list.guards.map((g) => g.name), GUARD_NAMES);
+  assert.deepEqual(list.guards.slice(0, 5).map((g) => g.name), ['pin-indirect', 'flush-mmu-writable', 'atomic-volatile-clear', 'notifier-retry', 'lockless-walk-sync']);
+  assert.ok(list.guards.every((g) => g.protectsAgainst.length > 0));
 });
 
 test('a check with atomic-volatile-clear off returns the counterexample; replaying it shows the Dirty bit set just before the plain store', async () => {
