@@ -21,6 +21,7 @@ import { Engine, type Chooser, type Execution, type GenScenarioModule } from './
 import { countPreemptions } from './explore';
 import { builtinMonitors, Observer } from './invariants';
 import { traceRows, type TraceRow } from './trace';
+import { touchesOf, type Touch } from './web-api';
 import type { ScenarioContext, ScenarioSpec } from './gen/scenario';
 
 export interface SpteView {
@@ -161,6 +162,8 @@ export interface PrefixResult {
   readonly finished: boolean;
   readonly preemptions: number;
   readonly violation: { invariant: string; statement: string; message: string; step: number } | null;
+  /** For each step, the state objects it touched (web-api.ts, Touch). */
+  readonly touches: Touch[][];
 }
 
 /** Runs the given schedule, then stops (the threads not finished stay paused). */
@@ -211,6 +214,7 @@ export function runPrefix(gen: GenScenarioModule, spec: ScenarioSpec, ctx: Scena
   return {
     threads: engine.threadNames,
     rows: traceRows(engine.machine.shm.layout, engine.machine.config, r.steps),
+    touches: touchesOf(engine.machine.shm.layout, engine.machine.config, r.steps),
     states,
     enabled: v !== null ? [] : probe,
     finished: finished || v !== null,

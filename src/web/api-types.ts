@@ -3,10 +3,10 @@
 import type { CheckReport } from '../check/check';
 import type { MachineState, PrefixResult, SpteView, VcpuView, FrameView } from '../check/inspect';
 import type { TraceRow } from '../check/trace';
-import type { NextOperation } from '../check/web-api';
+import type { NextOperation, Touch } from '../check/web-api';
 import type { DirtyLogResult as DirtyLogBench, ScaleResult as ScaleBench } from '../bench/results';
 
-export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation };
+export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation, Touch };
 
 /** GET /api/scenarios */
 export interface ScenarioInfo {
@@ -20,6 +20,8 @@ export interface ScenarioInfo {
   readonly threads: string[];
   /** It builds a VM (guards and modes apply). */
   readonly vm: boolean;
+  /** For a race KVM really had (the corpus, KVM-BUGS.md): the upstream commit that fixed it; null otherwise. */
+  readonly fix: { readonly commit: string; readonly year: number; readonly title: string } | null;
 }
 
 export interface ScenarioList {
@@ -81,6 +83,11 @@ export interface StepResponse extends PrefixResult {
   readonly replay: string;
   /** With peek: each thread's next operation ([] once the execution ended). */
   readonly next?: NextOperation[];
+}
+
+/** POST /api/source {fn} → each definition of the function of that name in the model's source (src/web/source.ts). */
+export interface SourceResponse {
+  readonly definitions: { readonly fn: string; readonly file: string; readonly line: number; readonly lines: string[]; readonly owner: string | null }[];
 }
 
 /** dirty-log.json and scale.json as `kvmmu bench` writes them (src/bench/results.ts). */

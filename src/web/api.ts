@@ -12,7 +12,8 @@ import { contextOf, runPrefix } from '../check/inspect';
 import { decodeReplay, decodeSchedule, encodeReplay } from '../check/trace';
 import { nextOperations } from '../check/web-api';
 import { findScenario, type ScenarioCatalog } from '../cli/scenario-file';
-import type { BenchResponse, CheckRequest, DirtyLogBench, ScaleBench, ScenarioList, StepResponse } from './api-types';
+import type { BenchResponse, CheckRequest, DirtyLogBench, ScaleBench, ScenarioList, SourceResponse, StepResponse } from './api-types';
+import type { SourceIndex } from './source';
 
 /** A request the server answers with `status` and {error: message}. */
 export class ApiError extends Error {
@@ -44,6 +45,7 @@ export function listScenarios(catalog: ScenarioCatalog): ScenarioList {
         modes: [...(s.modes ?? MMU_MODES)],
         threads: Object.keys(s.threads),
         vm: s.machine !== undefined,
+        fix: s.fix === undefined ? null : { commit: s.fix.commit, year: s.fix.year, title: s.fix.title },
       })),
       ...catalog.examples.map((s) => ({
         name: s.name,
@@ -53,6 +55,7 @@ export function listScenarios(catalog: ScenarioCatalog): ScenarioList {
         modes: s.machine !== undefined ? [...(s.modes ?? MMU_MODES)] : [],
         threads: Object.keys(s.threads),
         vm: s.machine !== undefined,
+        fix: s.fix === undefined ? null : { commit: s.fix.commit, year: s.fix.year, title: s.fix.title },
       })),
     ],
     guards: GUARD_NAMES.map((name) => ({ name, protectsAgainst: GUARD_HELP[name] })),
@@ -261,6 +264,17 @@ export function step(gen: GenScenarioModule, catalog: ScenarioCatalog, body: unk
     ...prefix,
     ...(next === undefined ? {} : { next }),
   };
+}
+
+/** POST /api/source {fn}: the model's function of that name (a name, never a path: only the model's own source is read). */
+export function sourceOf(index: SourceIndex, body: unknown): SourceResponse {
+  if (!isRecord(body)) throw bad('the request body must be a JSON object');
+  allowOnly(body, ['fn']);
+  const fn = str(body, 'fn');
+  if (fn === undefined || !/^[\w$]{1,100}$/.test(fn)) throw bad("'fn' must be a function name (letters, digits, _ and $)");
+  const definitions = index.find(fn);
+  if (definitions.length === 0) throw new ApiError(404, `no function named ${fn} in the model's source`);
+  return { definitions };
 }
 
 // ---- benchmark results ----

@@ -4,10 +4,12 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import { runCheck } from '../check/check';
 import { findScenario, loadCatalog, loadGenModule } from '../cli/scenario-file';
+import type { ExploreProgress } from '../check/explore';
 import type { CheckJob } from './api';
 
-/** What the worker posts back: the report, or the error that stopped it. */
+/** What the worker posts: progress while it explores (about five times a second), then the report, or the error that stopped it. */
 export type CheckWorkerReply =
+  | { readonly progress: ExploreProgress }
   | { readonly ok: true; readonly report: unknown }
   /** `user`: a KvmmuError (the request's fault), else an internal error. */
   | { readonly ok: false; readonly error: string; readonly user: boolean };
@@ -15,7 +17,8 @@ export type CheckWorkerReply =
 function run(job: CheckJob): CheckWorkerReply {
   try {
     const spec = findScenario(loadCatalog(), job.scenario);
-    return { ok: true, report: runCheck(loadGenModule(), spec, job.options) };
+    const onProgress = (progress: ExploreProgress): void => parentPort?.postMessage({ progress } satisfies CheckWorkerReply);
+    return { ok: true, report: runCheck(loadGenModule(), spec, { ...job.options, onProgress }) };
   } catch (e) {
     return { ok: false, error: (e as Error).message, user: e instanceof KvmmuError };
   }

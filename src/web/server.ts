@@ -3,9 +3,11 @@
 // API (every answer is JSON; a bad request gets a 4xx and {"error": "..."}):
 //   GET  /api/scenarios        scenarios, guards, modes, strategies
 //   POST /api/check            {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, strategy?, preemptions?, executions?, seconds?, seed?}
-//                              → the checker's CheckReport (run in a worker thread)
+//                              → the checker's CheckReport (run in a worker thread); with Accept: application/x-ndjson,
+//                              {"progress": ...} lines while it runs, then {"report": ...} (closing the connection cancels it)
 //   POST /api/replay (/api/step) {replay} or {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, schedule?, peek?}
 //                              → runPrefix's result: rows, the state before and after every step, enabled threads, violation
+//   POST /api/source           {fn} → the model's function of that name: {definitions: [{fn, file, line, lines, owner}]}
 //   GET  /api/bench            dirty-log.json and scale.json from the --bench directory
 //
 // Bound to loopback, the server also refuses requests whose Host header is
@@ -21,8 +23,10 @@ import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import type { GenScenarioModule } from '../check/engine';
 import { loadCatalog, loadGenModule, type ScenarioCatalog } from '../cli/scenario-file';
-import { ApiError, CHECK_SECONDS_MAX, checkJobOf, listScenarios, readBench, step, type CheckJob } from './api';
+import { ApiError, CHECK_SECONDS_MAX, checkJobOf, listScenarios, readBench, sourceOf, step, type CheckJob } from './api';
+import { SourceIndex } from './source';
 import type { CheckWorkerReply } from './check-worker';
+import type { ExploreProgress } from '../check/explore';
 
 export interface ServeOptions {
   /** Address to listen on (default 127.0.0.1). */
@@ -74,9 +78,11 @@ const TYPES: Readonly<Record<string, string>> = {
 
 const MAX_BODY = 1 << 20;
 
+const JSON_HEADERS = { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' };
+
 function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+  res.writeHead(status, { ...JSON_HEADERS, 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 
@@ -127,7 +133,7 @@ const MAX_RUNNING_CHECKS = 2;
  * nobody is waiting for the answer, and the check would hold a core and one of
  * the MAX_RUNNING_CHECKS places for up to its whole budget).
  */
-function checkInWorker(job: CheckJob, gone: AbortSignal): Promise<unknown> {
+function checkInWorker(job: CheckJob, gone: AbortSignal, onProgress?: (p: ExploreProgress) => void): Promise<unknown> {
   if (running >= MAX_RUNNING_CHECKS) return Promise.reject(new ApiError(503, `${running} checks are running already: try again when one has finished`));
   if (gone.aborted) return Promise.reject(new ApiError(499, 'the client closed the connection'));
   running++;
@@ -141,7 +147,11 @@ function checkInWorker(job: CheckJob, gone: AbortSignal): Promise<unknown> {
     };
     const timer = setTimeout(() => stop(new ApiError(503, `the check ran past its ${job.options.seconds} s budget and was stopped`)), limit);
     gone.addEventListener('abort', () => stop(new ApiError(499, 'the client closed the connection')), { once: true });
-    worker.once('message', (m: CheckWorkerReply) => {
+    worker.on('message', (m: CheckWorkerReply) => {
+      if ('progress' in m) {
+        onProgress?.(m.progress);
+        return;
+      }
       clearTimeout(timer);
       void worker.terminate();
       if (m.ok) resolve(m.report);
@@ -157,6 +167,66 @@ function checkInWorker(job: CheckJob, gone: AbortSignal): Promise<unknown> {
       reject(new Error(`the check's worker thread exited (code ${code}) without a report`));
     });
   }).finally(() => running--);
+}
+
+/**
+ * POST /api/check's plain answer. A client may half-close its side once the request is sent (shutdown(SHUT_WR):
+ * `curl` does not, `nc -N` and some libraries do) and still wait for the answer; one that closes the
+ * connection has gone away, and its check must stop. Both look the same to the server, an end of the request
+ * stream (FIN); only a write tells them apart (a closed peer answers it with RST). So from that moment the answer
+ * starts early: status 200 and its headers, then a space (JSON allows white space before a value) every 250 ms
+ * until the report. A client that went away fails the next write, and its check is stopped; one that half-closed
+ * gets the report, or, if the check fails after the status was sent, {"error": ...} under status 200.
+ */
+async function answerCheck(req: http.IncomingMessage, res: http.ServerResponse, job: CheckJob, gone: AbortSignal): Promise<void> {
+  let beat: NodeJS.Timeout | undefined;
+  const onEnd = (): void => {
+    if (res.headersSent || res.destroyed) return;
+    res.writeHead(200, JSON_HEADERS);
+    const space = (): void => {
+      if (!res.destroyed) res.write(' ');
+    };
+    space();
+    beat = setInterval(space, 250);
+  };
+  if (req.socket.readableEnded) onEnd();
+  else req.socket.once('end', onEnd);
+  try {
+    const report = await checkInWorker(job, gone);
+    if (res.headersSent) res.end(JSON.stringify(report));
+    else sendJson(res, 200, report);
+  } catch (e) {
+    if (!res.headersSent || res.destroyed) throw e;
+    res.end(JSON.stringify({ error: e instanceof ApiError ? e.message : `internal error: ${(e as Error).message}` }));
+  } finally {
+    clearInterval(beat);
+    req.socket.off('end', onEnd);
+  }
+}
+
+/** The client asked for progress lines (`Accept: application/x-ndjson`). */
+function wantsStream(req: http.IncomingMessage): boolean {
+  return (req.headers.accept ?? '').split(',').some((t) => t.split(';')[0]!.trim().toLowerCase() === 'application/x-ndjson');
+}
+
+/**
+ * POST /api/check with `Accept: application/x-ndjson`: one JSON object a line, {"progress": {executions, seconds,
+ * pending}} while the check runs (about five a second), then {"report": ...} or {"error": "...", "status": N}.
+ * Errors found before the check starts (a bad request, no free place) are ordinary JSON answers.
+ */
+async function streamCheck(res: http.ServerResponse, job: CheckJob, gone: AbortSignal): Promise<void> {
+  if (running >= MAX_RUNNING_CHECKS) throw new ApiError(503, `${running} checks are running already: try again when one has finished`);
+  res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+  const line = (v: unknown): void => {
+    if (!res.destroyed) res.write(`${JSON.stringify(v)}\n`);
+  };
+  try {
+    line({ report: await checkInWorker(job, gone, (progress) => line({ progress })) });
+  } catch (e) {
+    if (e instanceof ApiError) line({ error: e.message, status: e.status });
+    else line({ error: `internal error: ${(e as Error).message}`, status: 500 });
+  }
+  res.end();
 }
 
 function serveStatic(root: string, urlPath: string, res: http.ServerResponse): void {
@@ -190,6 +260,7 @@ function hostAllowed(header: string | undefined): boolean {
 
 interface Handlers {
   readonly gen: GenScenarioModule;
+  readonly source: SourceIndex;
   readonly catalog: ScenarioCatalog;
   readonly benchDir: string;
   readonly webRoot: string;
@@ -228,15 +299,19 @@ async function handle(h: Handlers, req: http.IncomingMessage, res: http.ServerRe
         res.once('close', () => {
           if (!res.writableFinished) gone.abort();
         });
-        sendJson(res, 200, await checkInWorker(job, gone.signal));
+        if (wantsStream(req)) await streamCheck(res, job, gone.signal);
+        else await answerCheck(req, res, job, gone.signal);
         return;
       }
       case 'POST /api/replay':
       case 'POST /api/step':
         sendJson(res, 200, step(h.gen, h.catalog, await readBody(req)));
         return;
+      case 'POST /api/source':
+        sendJson(res, 200, sourceOf(h.source, await readBody(req)));
+        return;
       default: {
-        const known = ['/api/scenarios', '/api/bench', '/api/check', '/api/replay', '/api/step'];
+        const known = ['/api/scenarios', '/api/bench', '/api/check', '/api/replay', '/api/step', '/api/source'];
         if (known.includes(url.pathname)) sendJson(res, 405, { error: `${method} is not allowed on ${url.pathname}` });
         else sendJson(res, 404, { error: `no such API: ${url.pathname} (the API is ${known.join(', ')})` });
       }
@@ -257,6 +332,8 @@ export async function startServer(o: ServeOptions = {}): Promise<RunningServer> 
   let loopback = isLoopbackHost(host);
   const handlers: Handlers = {
     gen: loadGenModule(),
+    // The project's root (this file is dist/src/web/server.js): the model's TypeScript is in its src directory.
+    source: new SourceIndex(path.join(__dirname, '..', '..', '..')),
     catalog: loadCatalog(),
     benchDir: path.resolve(o.benchDir ?? 'bench-out'),
     webRoot,
@@ -269,6 +346,10 @@ export async function startServer(o: ServeOptions = {}): Promise<RunningServer> 
     });
   });
   server.keepAliveTimeout = 2000;
+  // A client that half-closes its side after sending a request (shutdown(SHUT_WR), as `nc -N` and some HTTP
+  // libraries do) still waits for the answer; by default Node would drop the request and close the socket
+  // (lib/_http_server.js socketOnEnd reads this flag; @types/node does not declare it).
+  (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'EADDRINUSE') reject(new KvmmuError(`port ${port} on ${host} is in use: pick another with --port (0 picks a free one)`));

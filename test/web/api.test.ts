@@ -8,10 +8,10 @@ import * as path from 'node:path';
 import * as net from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { isLoopbackHost, runningChecks, startServer, type RunningServer } from '../../src/web/server';
-import * as http from 'node:http';
-import type { BenchResponse, CheckReport, ScenarioList, StepResponse } from '../../src/web/api-types';
-import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
 import { GUARD_NAMES } from '../../src/kvm/config';
+import * as http from 'node:http';
+import type { BenchResponse, CheckReport, ScenarioList, SourceResponse, StepResponse } from '../../src/web/api-types';
+import { CLI, benchFixtureDir, post, request, sampleDirtyLog, startServe } from './helpers';
 
 let server: RunningServer;
 let base: string;
@@ -55,7 +55,15 @@ test('the scenario list names each scenario with its description, guard, modes a
   assert.equal(d.vm, true);
   assert.match(d.description, /Dirty bit/);
   assert.equal(list.scenarios.find((s) => s.name === 'lost-update')?.vm, false);
+  assert.equal(d.fix, null);
+  // A race KVM really had names the commit that fixed it.
+  const real = list.scenarios.find((s) => s.name === 'tdp-volatile-xchg');
+  assert.deepEqual(real?.fix, { commit: 'ba3a6120a4e7', year: 2022, title: 'KVM: x86/mmu: Use atomic XCHG to write TDP MMU SPTEs with volatile bits' });
+  assert.deepEqual(real?.modes, ['tdp']);
+  // Every guard, in the order kvmmu check --help lists them: the seed's five first.
   assert.deepEqual(list.guards.map((g) => g.name), GUARD_NAMES);
+  assert.deepEqual(list.guards.slice(0, 5).map((g) => g.name), ['pin-indirect', 'flush-mmu-writable', 'atomic-volatile-clear', 'notifier-retry', 'lockless-walk-sync']);
+  assert.ok(list.guards.every((g) => g.protectsAgainst.length > 0));
 });
 
 test('a check with atomic-volatile-clear off returns the counterexample; replaying it shows the Dirty bit set just before the plain store', async () => {
@@ -81,6 +89,31 @@ test('a check with atomic-volatile-clear off returns the counterexample; replayi
   assert.equal(spteBefore.length, 1);
   assert.equal(spteBefore[0]!.bits.D, true, 'the D bit is set before the store');
   assert.deepEqual(step.states[store.step]!.sptes, [], 'and the store drops the SPTE, D bit and all');
+});
+
+test('a replay names, for each step, the objects it touched: the operation\'s word as the thread\'s, what a monitor read as not', async () => {
+  const r = await post(base, '/api/check', { scenario: 'dirty-bit-loss', guardsOff: OFF });
+  const step = (await post(base, '/api/replay', { replay: r.json<CheckReport>().violation!.schedule })).json<StepResponse>();
+  assert.equal(step.touches.length, step.rows.length);
+  const store = step.rows.find((row) => step.threads[row.thread] === 'host' && row.op === 'store64' && row.target.startsWith('spte'))!;
+  const m = /^spte \(sp (\d+), #(\d+)\)$/.exec(store.target)!;
+  const id = `spte:${m[1]}:${m[2]}`;
+  const own = step.touches[store.step - 1]!.find((t) => t.id === id);
+  assert.deepEqual(own, { id, read: false, write: true, changed: true, thread: true }, 'a plain store writes without reading');
+  // Every row whose target is that SPTE touches it as the thread's, and no other row does.
+  step.rows.forEach((row, i) => {
+    const t = step.touches[i]!.find((x) => x.id === id && x.thread);
+    assert.equal(t !== undefined, row.target === store.target, `step ${row.step}: ${row.op} ${row.target}`);
+  });
+  // A load reads and does not change; frame 0x0's flags and bytes are one object.
+  const load = step.rows.find((row) => row.op === 'load64' && row.target === store.target)!;
+  assert.deepEqual(step.touches[load.step - 1]!.find((t) => t.id === id), { id, read: true, write: false, changed: false, thread: true });
+  const frameSteps = step.rows.filter((row) => /^frame 0x0 /.test(row.target)).map((row) => row.step);
+  assert.ok(frameSteps.length >= 2);
+  for (const k of frameSteps) assert.ok(step.touches[k - 1]!.some((t) => t.id === 'frame:0' && t.thread), `step ${k}`);
+  // The monitors' own state is never the thread's.
+  assert.ok(step.touches.flat().some((t) => t.id.startsWith('ghost:')));
+  assert.ok(step.touches.flat().every((t) => !t.id.startsWith('ghost:') || !t.thread));
 });
 
 test('a step request runs a schedule prefix and says which threads can run next and what they would do', async () => {
@@ -154,6 +187,75 @@ test('a check whose client goes away is stopped: it does not keep a core and a p
   req.destroy();
   while (runningChecks() !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   assert.equal(runningChecks(), 0, 'closing the connection stopped it, long before its budget');
+});
+
+test('a client that half-closes its side after POST /api/check still gets the report', async () => {
+  const body = JSON.stringify({ scenario: 'dirty-bit-loss', guardsOff: OFF });
+  const reply = await new Promise<Buffer>((resolve, reject) => {
+    const sock = net.connect(server.port, '127.0.0.1', () => {
+      sock.write(`POST /api/check HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      // shutdown(SHUT_WR): the request is all sent; the answer is still awaited.
+      sock.end();
+    });
+    const chunks: Buffer[] = [];
+    sock.on('data', (d: Buffer) => chunks.push(d));
+    sock.on('close', () => resolve(Buffer.concat(chunks)));
+    sock.on('error', reject);
+  });
+  const split = reply.indexOf('\r\n\r\n');
+  const head = reply.subarray(0, split).toString('latin1');
+  assert.match(head, /^HTTP\/1\.1 200 /);
+  let raw = reply.subarray(split + 4);
+  if (/transfer-encoding: chunked/i.test(head)) {
+    // De-chunk (sizes count bytes): size line, data, CRLF, until the size 0.
+    const out: Buffer[] = [];
+    for (let i = 0; ; ) {
+      const eol = raw.indexOf('\r\n', i);
+      const size = parseInt(raw.subarray(i, eol).toString('latin1'), 16);
+      assert.ok(Number.isInteger(size), 'a chunk size');
+      if (size === 0) break;
+      out.push(raw.subarray(eol + 2, eol + 2 + size));
+      i = eol + 2 + size + 2;
+    }
+    raw = Buffer.concat(out);
+  }
+  const text = raw.toString('utf8');
+  const json = JSON.parse(text) as CheckReport;
+  assert.equal(json.violation?.invariant, 'frame-dirty-before-drop');
+});
+
+test('asked for progress (Accept: application/x-ndjson), a check streams progress lines and then its report', async () => {
+  const r = await request(base, 'POST', '/api/check', JSON.stringify({ scenario: 'wp-tlb-flush', strategy: 'dfs', seconds: 1 }), { accept: 'application/x-ndjson' });
+  assert.equal(r.status, 200);
+  assert.match(r.type, /application\/x-ndjson/);
+  const lines = r.body.trim().split('\n').map((l) => JSON.parse(l) as { progress?: { executions: number; seconds: number }; report?: CheckReport });
+  assert.ok(lines.length >= 2, r.body);
+  const progress = lines.filter((l) => l.progress !== undefined);
+  assert.ok(progress.length >= 1 && progress.every((l) => l.progress!.executions > 0));
+  const last = lines[lines.length - 1]!;
+  assert.equal(last.report?.strategy, 'dfs');
+  assert.equal(last.report?.complete, false);
+  // A bad request is still an ordinary JSON error.
+  const bad = await request(base, 'POST', '/api/check', JSON.stringify({ scenario: 'nope' }), { accept: 'application/x-ndjson' });
+  assert.equal(bad.status, 404);
+  assert.match(bad.json<{ error: string }>().error, /unknown scenario/);
+});
+
+test('the model\'s source is served by function name, never by path', async () => {
+  const r = await post(base, '/api/source', { fn: 'mmuSpteClearTrackBits' });
+  assert.equal(r.status, 200, r.body);
+  const d = r.json<SourceResponse>().definitions;
+  assert.equal(d.length, 1);
+  assert.equal(d[0]!.file, 'src/kvm/spte-update.ts');
+  assert.equal(d[0]!.owner, 'SpteUpdate');
+  const text = fs.readFileSync(path.join(__dirname, '..', '..', '..', d[0]!.file), 'utf8').split('\n');
+  assert.deepEqual(d[0]!.lines, text.slice(d[0]!.line - 1, d[0]!.line - 1 + d[0]!.lines.length));
+  assert.match(d[0]!.lines[0]!, /mmuSpteClearTrackBits\(/);
+  const path1 = await post(base, '/api/source', { fn: '../../package.json' });
+  assert.equal(path1.status, 400);
+  assert.match(path1.json<{ error: string }>().error, /must be a function name/);
+  const none = await post(base, '/api/source', { fn: 'noSuchFunction' });
+  assert.equal(none.status, 404);
 });
 
 test('a body that is not JSON, or not sent as JSON, is refused with a JSON error', async () => {

@@ -1,4 +1,4 @@
-// Regenerates the README's screenshots of the browser view (docs/replay.png, docs/play.png, docs/bench.png): node dist/test/web/screenshots.js [--bench DIR] [--out DIR].
+// Regenerates the README's screenshots of the browser view (docs/replay.png, docs/causal.png, docs/legend.png, docs/play.png, docs/bench.png): node dist/test/web/screenshots.js [--bench DIR] [--out DIR].
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -30,7 +30,24 @@ async function main(): Promise<void> {
     const cx = (await post(serve.url, '/api/replay', { replay })).json<StepResponse>();
     const store = cx.rows.find((r) => cx.threads[r.thread] === 'host' && r.op === 'store64' && r.target.startsWith('spte'))!;
     for (let k = 0; k < store.step; k++) await page.keyboard.press('ArrowRight');
+    // The code of the plain store, beside the trace.
+    await page.click(`#r-trace .cell[data-step="${store.step}"]:not(.empty) .fn-link`);
+    await page.waitForSelector('#r-code .code-line.hit');
     await page.screenshot({ path: path.join(out, 'replay.png') });
+    await page.click('#r-code-summary');
+
+    // The causal view: the SPTE the plain store cleared selected (the steps that touched it marked), and only the
+    // steps the violation depends on.
+    const m = /^spte \(sp (\d+), #(\d+)\)$/.exec(store.target)!;
+    await page.click(`#r-state .obj-btn[data-obj="spte:${m[1]}:${m[2]}"]`);
+    await page.check('#r-filter');
+    await page.screenshot({ path: path.join(out, 'causal.png') });
+    await page.uncheck('#r-filter');
+    await page.keyboard.press('Escape');
+
+    await page.click('#legend-toggle');
+    await page.screenshot({ path: path.join(out, 'legend.png') });
+    await page.click('#legend-toggle');
 
     // Play: stop just before the host's plain store, where the user has to choose.
     await page.click('#tabs [data-view="play"]');

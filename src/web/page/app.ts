@@ -37,12 +37,55 @@ export interface AppContext {
   showView(v: ViewName): void;
   /** Open a replay string in the replay view. */
   openReplay(replay: string, source: string): void;
+  /** What a view shows changed (a step, a loaded trace, a move in the game): write it to the address. */
+  linkChanged(): void;
+  /** Say something to screen readers (an aria-live region). */
+  announce(text: string): void;
 }
 
 /** The settings as the API takes them. */
 export function settingsBody(s: Settings): { scenario: string; mode?: string; guardsOff: string[]; indirectFastPath?: string; pageMarking?: string } {
   if (s.mode === null) return { scenario: s.scenario.name, guardsOff: s.guardsOff };
   return { scenario: s.scenario.name, mode: s.mode, guardsOff: s.guardsOff, indirectFastPath: s.indirectFastPath, pageMarking: s.pageMarking };
+}
+
+/** The settings a view shows, by name (for sameSettings). */
+export function namedOf(s: Settings): NamedSettings {
+  return { scenario: s.scenario.name, mode: s.mode, guardsOff: s.guardsOff, indirectFastPath: s.indirectFastPath, pageMarking: s.pageMarking };
+}
+
+/** The schedule of a replay string: its last field, in runs like 0*14,1*7 (the fields before it name the settings; there are five or six). */
+export function scheduleOfReplay(replay: string): number[] {
+  const runs = replay.trim().split(':').pop() ?? '';
+  const out: number[] = [];
+  for (const run of runs.split(',')) {
+    if (run.trim() === '') continue;
+    const [t, times] = run.split('*');
+    for (let i = 0; i < Number(times ?? 1); i++) out.push(Number(t));
+  }
+  return out;
+}
+
+/** Run-length form of a schedule, as replay strings write it: 0*14,1*7,0. */
+export function encodeRuns(schedule: readonly number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < schedule.length; ) {
+    let j = i;
+    while (j < schedule.length && schedule[j] === schedule[i]) j++;
+    runs.push(j - i === 1 ? `${schedule[i]}` : `${schedule[i]}*${j - i}`);
+    i = j;
+  }
+  return runs.join(',');
+}
+
+/** The settings as the settings bar names them, for a note ("dirty-bit-loss, direct, guards off: ..."). */
+export function describeSettings(s: NamedSettings): string {
+  const parts = [s.scenario];
+  if (s.mode !== null) parts.push(`${s.mode} mode`);
+  parts.push(s.guardsOff.length === 0 ? 'all guards on' : `off: ${[...s.guardsOff].sort().join(', ')}`);
+  if ((s.indirectFastPath ?? DEFAULT_INDIRECT_FAST_PATH) !== DEFAULT_INDIRECT_FAST_PATH) parts.push(`indirect fast path ${s.indirectFastPath}`);
+  if ((s.pageMarking ?? DEFAULT_PAGE_MARKING) !== DEFAULT_PAGE_MARKING) parts.push(`page marking ${s.pageMarking}`);
+  return parts.join(', ');
 }
 
 export function sameSettings(a: Settings, b: NamedSettings): boolean {

@@ -105,7 +105,15 @@ export class BenchView {
           'div',
           { class: 'empty-bench' },
           h('p', null, h('b', null, 'No benchmark results here yet.')),
-          h('p', null, 'Run ', h('code', null, `kvmmu bench --out ${b.dir}`), ', or start the server with ', h('code', null, 'kvmmu serve --bench DIR'), ' pointing at a directory that has them, then reload.'),
+          h('p', null, 'Write them with'),
+          h(
+            'pre',
+            { id: 'bench-commands' },
+            h('code', null, `kvmmu bench dirty-log --fast-path both --out ${b.dir}`),
+            '\n',
+            h('code', null, `kvmmu bench scale --out ${b.dir}`),
+          ),
+          h('p', null, 'or start the server with ', h('code', null, 'kvmmu serve --bench DIR'), ' pointing at a directory that has them, then reload.'),
         ),
       );
     }

@@ -1,8 +1,9 @@
-// The page's entry point: the settings bar (scenario, mode, guards, the fast path on indirect pages, page marking), the three views, the URL hash and the keyboard.
+// The page's entry point: the settings bar (scenario, mode, guards, the fast path on indirect pages, page marking), the three views, the address (a link reopens the same trace at the same step), the keyboard, the legend and screen-reader announcements.
 
 import type { ScenarioInfo, ScenarioList } from '../api-types';
 import { api } from './api';
-import { DEFAULT_INDIRECT_FAST_PATH, DEFAULT_PAGE_MARKING, type AppContext, type NamedSettings, type Settings, type ViewName } from './app';
+import { DEFAULT_INDIRECT_FAST_PATH, DEFAULT_PAGE_MARKING, scheduleOfReplay, type AppContext, type NamedSettings, type Settings, type ViewName } from './app';
+import { legend } from './legend';
 import { BenchView } from './bench-view';
 import { byId, h, fill } from './dom';
 import { PlayView } from './play-view';
@@ -53,7 +54,12 @@ class Page implements AppContext {
     );
     fill(
       this.ui.scenario,
-      h('optgroup', { label: 'KVM scenarios' }, ...catalog.scenarios.filter((s) => s.kind === 'built-in').map((s) => h('option', { value: s.name }, s.name))),
+      h('optgroup', { label: 'KVM scenarios' }, ...catalog.scenarios.filter((s) => s.kind === 'built-in' && s.fix === null).map((s) => h('option', { value: s.name }, s.name))),
+      h(
+        'optgroup',
+        { label: 'Real KVM races (fixed upstream)' },
+        ...catalog.scenarios.filter((s) => s.kind === 'built-in' && s.fix !== null).map((s) => h('option', { value: s.name, title: `${s.fix!.commit} ${s.fix!.title}` }, `${s.name} (${s.fix!.year})`)),
+      ),
       h('optgroup', { label: 'Examples (not KVM)' }, ...catalog.scenarios.filter((s) => s.kind !== 'built-in').map((s) => h('option', { value: s.name }, s.name))),
     );
     this.ui.scenario.addEventListener('change', () => {
@@ -131,7 +137,12 @@ class Page implements AppContext {
         );
       }),
     );
-    fill(this.ui.desc, h('b', null, `${s.kind === 'built-in' ? '' : 'example, threads '}${s.threads.join(' · ')} — `), s.description);
+    fill(
+      this.ui.desc,
+      s.fix === null ? null : h('span', { class: 'fix', id: 'scenario-fix' }, `a real race, fixed in ${s.fix.commit} (${s.fix.year}) “${s.fix.title}”: its guard off is the code before the fix. `),
+      h('b', null, `${s.kind === 'built-in' ? '' : 'example, threads '}${s.threads.join(' · ')} — `),
+      s.description,
+    );
     this.ui.desc.title = s.description;
   }
 
@@ -164,7 +175,7 @@ class Page implements AppContext {
     byId('error').hidden = true;
   }
 
-  showView(v: ViewName): void {
+  showView(v: ViewName, activate = true): void {
     this.view = v;
     this.replay.stop();
     for (const name of VIEWS) {
@@ -174,7 +185,7 @@ class Page implements AppContext {
     }
     byId('settings').hidden = v === 'bench';
     this.writeHash();
-    if (v === 'play') void this.play.activate();
+    if (v === 'play' && activate) void this.play.activate();
     if (v === 'bench') void this.bench.activate();
   }
 
@@ -183,18 +194,78 @@ class Page implements AppContext {
     void this.replay.loadReplay(replay, source);
   }
 
-  /** #view=replay&scenario=dirty-bit-loss&mode=direct&off=atomic-volatile-clear (&ifp=unsafe&marking=fault when not the defaults) */
+  /** The address this page last wrote (a hashchange to anything else is the user's edit). */
+  private written = '';
+
+  linkChanged(): void {
+    this.writeHash();
+  }
+
+  announce(text: string): void {
+    const live = byId('live');
+    // The same text twice is announced twice only if the region changes in between.
+    live.textContent = '';
+    window.setTimeout(() => (live.textContent = text), 30);
+  }
+
+  /**
+   * #view=replay&scenario=dirty-bit-loss&mode=direct&off=atomic-volatile-clear (&ifp=unsafe&marking=fault when
+   * not the defaults), then what the view shows: &replay=STRING&step=N for a loaded trace, &play=RUNS for a game.
+   */
   private writeHash(): void {
     const p = new URLSearchParams({ view: this.view, scenario: this.scenario.name });
     if (this.scenario.vm && this.mode !== null) p.set('mode', this.mode);
-    if (this.guardsOff.length > 0) p.set('off', this.guardsOff.join(','));
+    if (this.guardsOff.length > 0) p.set('off', [...this.guardsOff].sort().join(','));
     if (this.indirectFastPath !== DEFAULT_INDIRECT_FAST_PATH) p.set('ifp', this.indirectFastPath);
     if (this.pageMarking !== DEFAULT_PAGE_MARKING) p.set('marking', this.pageMarking);
-    history.replaceState(null, '', `#${p.toString()}`);
+    if (this.view === 'replay') {
+      const link = this.replay.linkState();
+      if (link !== null) {
+        p.set('replay', link.replay);
+        p.set('step', String(link.step));
+      }
+    }
+    if (this.view === 'play') {
+      const moves = this.play.linkState();
+      if (moves !== null && moves !== '') p.set('play', moves);
+    }
+    // Readable: ':' ',' '*' need no escaping in a fragment ('+' does: a query string reads it as a space).
+    const hash = `#${p.toString().replace(/%3A/gi, ':').replace(/%2C/gi, ',').replace(/%2A/gi, '*')}`;
+    if (hash === location.hash) return;
+    this.written = hash;
+    history.replaceState(null, '', hash);
+  }
+
+  /** The user edited the address (or followed a link into this open page): show what it names. */
+  onHashChange(): void {
+    if (location.hash === this.written) return;
+    this.clearError();
+    void this.openHash();
+  }
+
+  /** Show what the address names: its settings, its view, and the trace at its step (or the game at its moves). */
+  async openHash(): Promise<void> {
+    const named = this.hashNamesSettings();
+    const { view, replay, step, play } = this.readHash();
+    this.view = view;
+    this.showView(view, false);
+    if (view === 'replay' && replay !== null) {
+      const shown = this.replay.linkState();
+      if (shown !== null && shown.replay === replay) this.replay.go(step);
+      // The settings bar keeps what the address names; the trace is the replay string's.
+      else await this.replay.loadReplay(replay, 'link', step, !named);
+    } else if (view === 'play') {
+      await this.play.restore(play === null ? [] : scheduleOfReplay(play));
+    }
+    this.writeHash();
+  }
+
+  private hashNamesSettings(): boolean {
+    return new URLSearchParams(location.hash.slice(1)).has('scenario');
   }
 
   /** The settings a link names; what the page does not know is said, not silently replaced. */
-  readHash(): { view: ViewName; replay: string | null } {
+  readHash(): { view: ViewName; replay: string | null; step: number; play: string | null } {
     const p = new URLSearchParams(location.hash.slice(1));
     const unknown: string[] = [];
     const name = p.get('scenario');
@@ -219,22 +290,49 @@ class Page implements AppContext {
     }
     const v = p.get('view');
     if (v !== null && !VIEWS.includes(v as ViewName)) unknown.push(`view '${v}'`);
+    const stepText = p.get('step');
+    const step = stepText !== null && /^\d+$/.test(stepText) ? Number(stepText) : 0;
+    if (stepText !== null && !/^\d+$/.test(stepText)) unknown.push(`step '${stepText}'`);
+    const play = p.get('play');
+    if (play !== null && !/^(\d+(\*\d+)?)(,\d+(\*\d+)?)*$/.test(play)) unknown.push(`moves '${play}'`);
     if (unknown.length > 0) this.showError(new Error(`the link names what this page does not know, so defaults are shown instead: ${unknown.join(', ')}`));
-    return { view: v !== null && VIEWS.includes(v as ViewName) ? (v as ViewName) : 'replay', replay: p.get('replay') };
+    return {
+      view: v !== null && VIEWS.includes(v as ViewName) ? (v as ViewName) : 'replay',
+      replay: p.get('replay'),
+      step,
+      play: play !== null && /^(\d+(\*\d+)?)(,\d+(\*\d+)?)*$/.test(play) ? play : null,
+    };
   }
 
   onKey(e: KeyboardEvent): boolean {
+    if (e.key === '?') {
+      byId('legend-toggle').click();
+      return true;
+    }
+    if (e.key === 'Escape' && !byId('legend').hidden) {
+      byId('legend-toggle').click();
+      byId('legend-toggle').focus();
+      return true;
+    }
     if (this.view === 'replay') return this.replay.onKey(e);
     if (this.view === 'play') return this.play.onKey(e);
     return false;
   }
 }
 
-/** Keys go to the views unless the user is typing or choosing in a list. */
-function typing(e: KeyboardEvent): boolean {
+/**
+ * Keys go to the views unless the focused control wants them: typing in a field, choosing in a list, a range
+ * moved with the arrows, and Space or Enter on a button, checkbox or link (which press it, as everywhere else).
+ */
+function controlWants(e: KeyboardEvent): boolean {
   const t = e.target;
   if (t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement) return true;
-  return t instanceof HTMLInputElement && t.type !== 'checkbox' && t.type !== 'range' && t.type !== 'button';
+  if (t instanceof HTMLInputElement) {
+    if (t.type === 'range') return e.key !== ' ' && e.key !== 'v' && e.key !== 'V';
+    if (t.type !== 'checkbox' && t.type !== 'radio' && t.type !== 'button') return true;
+  }
+  if (e.key !== ' ' && e.key !== 'Enter') return false;
+  return t instanceof HTMLButtonElement || t instanceof HTMLInputElement || t instanceof HTMLAnchorElement || (t instanceof HTMLElement && t.tagName === 'SUMMARY');
 }
 
 async function start(): Promise<void> {
@@ -254,25 +352,19 @@ async function start(): Promise<void> {
       tab.blur();
     });
   }
-  document.addEventListener(
-    'keydown',
-    (e) => {
-      if (e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
-      if (page.onKey(e)) e.preventDefault();
-    },
-    true,
-  );
-  // Space on a focused button or checkbox would click it on key-up; it plays/pauses instead.
-  document.addEventListener(
-    'keyup',
-    (e) => {
-      if (e.key === ' ' && !typing(e)) e.preventDefault();
-    },
-    true,
-  );
-  const { view, replay } = page.readHash();
-  page.showView(view);
-  if (replay !== null) page.openReplay(replay, 'link');
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || controlWants(e)) return;
+    if (page.onKey(e)) e.preventDefault();
+  });
+  window.addEventListener('hashchange', () => page.onHashChange());
+  const legendBox = byId('legend');
+  fill(legendBox, legend(catalog));
+  byId('legend-toggle').addEventListener('click', () => {
+    legendBox.hidden = !legendBox.hidden;
+    byId('legend-toggle').setAttribute('aria-expanded', String(!legendBox.hidden));
+    if (!legendBox.hidden) legendBox.focus();
+  });
+  await page.openHash();
   document.body.classList.add('ready');
 }
 

@@ -1,8 +1,8 @@
-// Play the scheduler: the user picks which thread runs next, the invariant monitor watches, and the page says when the race is found.
+// Play the scheduler: the user picks which thread runs next (clicks and keys are queued, none is dropped), the invariant monitor watches, and the page says when the race is found.
 
 import type { CheckReport, NextOperation, StepResponse } from '../api-types';
 import { api } from './api';
-import { plural, settingsBody, type AppContext } from './app';
+import { encodeRuns, namedOf, plural, sameSettings, scheduleOfReplay, settingsBody, type AppContext, type NamedSettings } from './app';
 import { h, fill } from './dom';
 import { describeReport } from './replay-view';
 import { renderState, renderStepHead } from './state-view';
@@ -30,6 +30,10 @@ export class PlayView {
   private result: StepResponse | null = null;
   private busy = false;
   private compared: CheckReport | null = null;
+  /** The settings the game is played with (a change of the settings bar starts a new game). */
+  private playing: NamedSettings | null = null;
+  /** Moves (clicks and keys) run one after another: a key pressed while a step is on its way is not dropped. */
+  private queue: Promise<unknown> = Promise.resolve();
   private readonly trace: TraceView;
   private readonly ui: {
     undo: HTMLButtonElement;
@@ -47,7 +51,7 @@ export class PlayView {
     this.ui = {
       undo: h('button', { id: 'p-undo', title: 'take the last step back (←)', onclick: () => void this.undo() }, '↶ Undo'),
       redo: h('button', { id: 'p-redo', title: 'run the step you took back again (→)', onclick: () => void this.redoStep() }, '↷ Redo'),
-      reset: h('button', { id: 'p-reset', title: 'start over', onclick: () => void this.reset() }, 'Reset'),
+      reset: h('button', { id: 'p-reset', title: 'start over', onclick: () => void this.enqueue(() => this.reset()) }, 'Reset'),
       status: h('span', { id: 'p-status', class: 'step-label' }),
       threads: h('div', { id: 'p-threads', class: 'thread-buttons' }),
       monitor: h('div', { id: 'p-monitor', class: 'monitor ok' }),
@@ -77,9 +81,34 @@ export class PlayView {
   /** The view is shown or the settings changed: start over if what is on screen is for other settings. */
   async activate(): Promise<void> {
     const s = this.app.settings();
-    const r = this.result;
-    const same = r !== null && r.scenario === s.scenario.name && (r.mode === s.mode || !s.scenario.vm) && r.guardsOff.join() === [...s.guardsOff].join();
-    if (!same) await this.reset();
+    if (this.playing === null || this.result === null || !sameSettings(s, this.playing)) await this.enqueue(() => this.reset());
+  }
+
+  /** The moves so far, run-length (for the address), or null before the first game. */
+  linkState(): string | null {
+    return this.playing === null ? null : encodeRuns(this.schedule);
+  }
+
+  /** Start a game at a position a link names (the settings bar already shows its settings). */
+  async restore(schedule: readonly number[]): Promise<void> {
+    await this.enqueue(async () => {
+      this.schedule = [...schedule];
+      this.redo = [];
+      this.compared = null;
+      this.ui.compare.hidden = true;
+      this.playing = namedOf(this.app.settings());
+      if (!(await this.refresh())) {
+        this.schedule = [];
+        await this.refresh();
+      }
+    });
+  }
+
+  /** Run `move` after the moves queued before it. */
+  private enqueue(move: () => Promise<unknown>): Promise<void> {
+    const next = this.queue.then(move);
+    this.queue = next.catch(() => undefined);
+    return next.then(() => undefined);
   }
 
   async reset(): Promise<void> {
@@ -87,27 +116,36 @@ export class PlayView {
     this.redo = [];
     this.compared = null;
     this.ui.compare.hidden = true;
+    this.playing = namedOf(this.app.settings());
     await this.refresh();
   }
 
-  /** Run thread t for one step. */
-  async run(t: number): Promise<void> {
-    if (this.busy || this.result === null || !this.result.enabled.includes(t)) return;
+  /** Run thread t for one step (queued behind any move on its way). */
+  run(t: number): Promise<void> {
+    return this.enqueue(() => this.runNow(t));
+  }
+
+  private async runNow(t: number): Promise<void> {
+    if (this.result === null || !this.result.enabled.includes(t)) return;
     this.schedule.push(t);
     if (this.redo.length > 0 && this.redo[this.redo.length - 1] === t) this.redo.pop();
     else this.redo = [];
     if (!(await this.refresh())) this.schedule.pop();
   }
 
-  async undo(): Promise<void> {
-    if (this.busy || this.schedule.length === 0) return;
-    this.redo.push(this.schedule.pop()!);
-    if (!(await this.refresh())) this.schedule.push(this.redo.pop()!);
+  undo(): Promise<void> {
+    return this.enqueue(async () => {
+      if (this.schedule.length === 0) return;
+      this.redo.push(this.schedule.pop()!);
+      if (!(await this.refresh())) this.schedule.push(this.redo.pop()!);
+    });
   }
 
-  async redoStep(): Promise<void> {
-    if (this.busy || this.redo.length === 0) return;
-    await this.run(this.redo[this.redo.length - 1]!);
+  redoStep(): Promise<void> {
+    return this.enqueue(async () => {
+      if (this.redo.length === 0) return;
+      await this.runNow(this.redo[this.redo.length - 1]!);
+    });
   }
 
   private async refresh(): Promise<boolean> {
@@ -126,6 +164,7 @@ export class PlayView {
     this.el.classList.remove('busy');
     this.renderButtons();
     if (ok) this.render();
+    this.app.linkChanged();
     return ok;
   }
 
@@ -183,6 +222,7 @@ export class PlayView {
     const m = this.ui.monitor;
     const v = r.violation;
     if (v !== null) {
+      if (!m.classList.contains('found')) this.app.announce(`You found the race! ${v.invariant} broke at step ${v.step}. ${v.message}`);
       m.className = 'monitor violation found';
       fill(
         m,
@@ -199,7 +239,8 @@ export class PlayView {
       return;
     }
     if (r.finished) {
-      m.className = 'monitor ok';
+      if (!m.classList.contains('finished')) this.app.announce('Every thread finished and every invariant held.');
+      m.className = 'monitor ok finished';
       fill(
         m,
         h('b', null, '✓ Every thread finished and every invariant held.'),
@@ -214,30 +255,31 @@ export class PlayView {
   }
 
   /** Run the checker with the same settings and show its schedule next to the user's. */
-  async compare(): Promise<void> {
-    if (this.busy) return;
+  compare(): Promise<void> {
+    return this.enqueue(() => this.compareNow());
+  }
+
+  private async compareNow(): Promise<void> {
     const r = this.result;
     if (r === null) return;
+    const played = this.playing;
     this.busy = true;
     this.renderButtons();
     const box = this.ui.compare;
     box.hidden = false;
     fill(box, 'Running the checker…');
     try {
-      this.compared ??= await api.check(settingsBody(this.app.settings()));
-      const c = this.compared;
+      const c = this.compared ?? (await api.check(settingsBody(this.app.settings())));
+      // The settings bar moved on while the checker ran: this game is over, its comparison too.
+      if (played !== this.playing) return;
+      this.compared = c;
       const v = c.violation;
       const yours = h('div', { class: 'cmp-row' }, h('span', { class: 'who' }, 'you'), scheduleStrip(r.schedule, r.threads), h('span', null, `${plural(r.rows.length, 'step')}, ${plural(r.preemptions, 'preemption')}`));
       if (v === null) {
         fill(box, h('div', null, describeReport(c)), yours);
         return;
       }
-      const sched = v.schedule.split(':')[4] ?? '';
-      const theirs: number[] = [];
-      for (const run of sched.split(',')) {
-        const [t, times] = run.split('*');
-        for (let i = 0; i < Number(times ?? 1); i++) theirs.push(Number(t));
-      }
+      const theirs = scheduleOfReplay(v.schedule);
       fill(
         box,
         h('div', null, h('b', null, "The checker's shortest counterexample"), ` (${describeReport(c)})`),
@@ -253,7 +295,7 @@ export class PlayView {
       this.busy = false;
       this.renderButtons();
       // The comparison took room from the panes: keep the last step in view.
-      this.trace.setCurrent(r.rows.length, r.violation?.step ?? null);
+      if (this.result !== null) this.trace.setCurrent(this.result.rows.length, this.result.violation?.step ?? null);
     }
   }
 
