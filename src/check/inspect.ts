@@ -12,10 +12,13 @@ import {
   SPTE_USER_MASK,
   SPTE_WRITABLE_MASK,
   SPTE_PRESENT_MASK,
+  FROZEN_SPTE,
   formatSpte,
   spteToPfn,
 } from '../x86/spte';
 import { readTlb } from '../vcpu/vcpu';
+import { ROLE_INVALID, ROLE_SMM, SP_ROLE, SP_ROOT_COUNT, SP_STATE } from '../kvm/mmu-page';
+import { ROOT_ZAP_OWED, ROOT_ZAP_TAKEN } from '../kvm/tdp-mmu';
 import { ALL_GUARDS } from '../kvm/config';
 import { Engine, type Chooser, type Execution, type GenScenarioModule } from './engine';
 import { countPreemptions } from './explore';
@@ -48,6 +51,18 @@ export interface FrameView {
   readonly ksm: boolean;
 }
 
+/** The TDP MMU's own state (mode tdp). */
+export interface TdpView {
+  /** The root list: each root's page, whether it is SMM's, invalid, its refcount, and its zap (owed: invalidated, not yet zapped). */
+  readonly roots: { sp: number; smm: boolean; invalid: boolean; refcount: number; zap: 'none' | 'owed' | 'taken' }[];
+  /** Entries frozen (FROZEN_SPTE) in tables in use: someone owns them for a multi-step change. */
+  readonly frozen: { sp: number; index: number }[];
+  /** RCU over the page tables: the epoch, the grace-period sequence (odd: one running), readers inside per slot, tables waiting for a grace period. */
+  readonly rcu: { epoch: number; gracePeriod: number; readers: number[]; waiting: number[] };
+  /** Readers inside kvm->srcu (the memslots' SRCU), per slot. */
+  readonly srcuReaders: number[];
+}
+
 export interface MachineState {
   /** Present leaf SPTEs. */
   readonly sptes: SpteView[];
@@ -63,6 +78,8 @@ export interface MachineState {
   readonly hostLock: string | null;
   /** For scenarios without a VM: their first 16 words. */
   readonly words: number[];
+  /** TDP mode: roots, frozen entries, RCU; else null. */
+  readonly tdp: TdpView | null;
 }
 
 function holder(o: Observer, word: number, names: readonly string[], rw = false): string | null {
@@ -86,7 +103,7 @@ export function snapshotState(engine: Engine, observer: Observer | null): Machin
     const r = engine.machine.shm.layout.regions['scenario.words'];
     const i32 = new Int32Array(engine.machine.shm.meta);
     const words = r === undefined ? [] : Array.from(i32.subarray(r.off / 4, r.off / 4 + Math.min(16, r.bytes / 4)));
-    return { sptes: [], vcpus: [], dirty: [], dirtyLogging: false, mappings: [], frames: [], mmuLock: null, hostLock: null, words };
+    return { sptes: [], vcpus: [], dirty: [], dirtyLogging: false, mappings: [], frames: [], mmuLock: null, hostLock: null, words, tdp: null };
   }
   const k = observer.kvm;
   const i32 = k.mem.i32;
@@ -148,6 +165,39 @@ export function snapshotState(engine: Engine, observer: Observer | null): Machin
     mmuLock: holder(observer, k.mmuLock, engine.threadNames, k.isTdp),
     hostLock: holder(observer, k.host.lockWord, engine.threadNames),
     words: [],
+    tdp: k.isTdp ? tdpState(observer) : null,
+  };
+}
+
+/** The TDP MMU's roots, frozen entries and RCU, read plainly. */
+function tdpState(o: Observer): TdpView {
+  const k = o.kvm;
+  const i32 = k.mem.i32;
+  const roots: TdpView['roots'] = [];
+  for (let i = 0; i < k.tdp.nRootSlots; i++) {
+    const sp = i32[k.tdp.rootsBase + 2 * i]! - 1;
+    if (sp < 0) continue;
+    const role = i32[k.pages.hdr(sp, SP_ROLE)]!;
+    const zap = k.tdp.peekRootZap(i);
+    roots.push({
+      sp,
+      smm: (role & ROLE_SMM) !== 0,
+      invalid: (role & ROLE_INVALID) !== 0,
+      refcount: i32[k.pages.hdr(sp, SP_ROOT_COUNT)]!,
+      zap: zap === ROOT_ZAP_OWED ? 'owed' : zap === ROOT_ZAP_TAKEN ? 'taken' : 'none',
+    });
+  }
+  const frozen: TdpView['frozen'] = [];
+  for (let sp = 0; sp < k.pages.nSp; sp++) {
+    if (i32[k.pages.hdr(sp, SP_STATE)] !== 1) continue;
+    for (let e = 0; e < 512; e++) if (k.mem.u64[k.pages.sptep(sp, e)] === FROZEN_SPTE) frozen.push({ sp, index: e });
+  }
+  const r = k.tdp.rcu.peekState();
+  return {
+    roots,
+    frozen,
+    rcu: { ...r, waiting: k.tdp.rcu.peekQueued() },
+    srcuReaders: k.srcu.peekState().readers,
   };
 }
 

@@ -183,6 +183,14 @@ export class Rcu {
     return n;
   }
 
+  /** The state at a glance, with plain reads (for displays): the epoch, the grace-period sequence (odd: one running), readers inside per slot (both epochs). */
+  peekState(): { epoch: number; gracePeriod: number; readers: number[] } {
+    const t = this.mem.i32;
+    const readers: number[] = [];
+    for (let s = 0; s < this.readerSlots; s++) readers.push(t[this.counts + 2 * s]! + t[this.counts + 2 * s + 1]!);
+    return { epoch: t[this.base + EPOCH]!, gracePeriod: t[this.base + GP]!, readers };
+  }
+
   /** The queued objects, oldest first, with plain reads (for monitors and displays: no scheduling point). */
   peekQueued(): number[] {
     const t = this.mem.i32;

@@ -1,12 +1,12 @@
 // The JSON API between `kvmmu serve` and the browser page: request and response shapes (types only; the page imports them too).
 
 import type { CheckReport } from '../check/check';
-import type { MachineState, PrefixResult, SpteView, VcpuView, FrameView } from '../check/inspect';
+import type { MachineState, PrefixResult, SpteView, VcpuView, FrameView, TdpView } from '../check/inspect';
 import type { TraceRow } from '../check/trace';
 import type { NextOperation, Touch } from '../check/web-api';
 import type { DirtyLogResult as DirtyLogBench, ScaleResult as ScaleBench } from '../bench/results';
 
-export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TraceRow, NextOperation, Touch };
+export type { CheckReport, MachineState, PrefixResult, SpteView, VcpuView, FrameView, TdpView, TraceRow, NextOperation, Touch };
 
 /** GET /api/scenarios */
 export interface ScenarioInfo {

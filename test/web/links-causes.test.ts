@@ -605,3 +605,29 @@ test('the TDP MMU is among the modes with every scenario that runs in it, the re
   assert.match((await page.textContent('#mmu-lock')) ?? '', /mmu_lock/);
   await page.close();
 });
+
+test('TDP state panel: roots with their refcounts and invalid or zapped state, RCU readers inside a read section, and entries frozen by a teardown', async () => {
+  // kvm-5: the fault links tables into the root that a memslot update invalidated and zapped.
+  const found = (await post(serve.url, '/api/check', { scenario: 'obsolete-root-fault', guardsOff: ['obsolete-root-retry'] })).json<{ violation: { schedule: string } }>();
+  const r = (await post(serve.url, '/api/replay', { replay: found.violation.schedule })).json<StepResponse>();
+  // A step where the vCPU's fault is inside its RCU read section (its reader count just went 0 -> 1).
+  const inside = r.rows.find((row) => r.threads[row.thread] === 'vCPU 0' && row.op === 'fetchAdd32' && /^rcu readers/.test(row.target));
+  assert.ok(inside !== undefined, 'the fault enters an RCU read section');
+  assert.deepEqual(r.states[inside.step]!.tdp?.rcu.readers.filter((n) => n > 0), [1]);
+  const last = r.states[r.states.length - 1]!.tdp!;
+  assert.ok(last.roots.some((x) => x.sp === 0 && x.invalid && x.zap === 'taken'), JSON.stringify(last.roots));
+  const page = await openPage(`#replay=${encodeURIComponent(found.violation.schedule)}&step=${inside.step}`);
+  await waitForStep(page, inside.step, r.rows.length);
+  assert.match((await page.textContent('#tdp-rcu')) ?? '', /RCU readers: .*slot 0: 1/);
+  assert.match((await page.textContent('#tdp-roots')) ?? '', /root sp 0: .*refcount \d/);
+  await page.keyboard.press('End');
+  await waitForStep(page, r.rows.length, r.rows.length);
+  assert.match((await page.textContent('#tdp-roots')) ?? '', /root sp 0: .*invalid, zapped/);
+  await page.close();
+  // Entries frozen by handle_removed_pt: zapping everything under the write lock freezes the removed tables' entries.
+  const rcu = (await post(serve.url, '/api/check', { scenario: 'tdp-rcu-free', guardsOff: ['rcu-deferred-free'] })).json<{ violation: { schedule: string } }>();
+  const rr = (await post(serve.url, '/api/replay', { replay: rcu.violation.schedule })).json<StepResponse>();
+  const freeze = rr.rows.find((row) => row.op === 'xchg64' && row.after === 'FROZEN');
+  assert.ok(freeze !== undefined, 'the teardown freezes an entry');
+  assert.ok(rr.states[freeze.step]!.tdp!.frozen.length >= 1);
+});

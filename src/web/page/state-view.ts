@@ -219,6 +219,58 @@ function locksLine(before: MachineState | null, after: MachineState, links: Stat
   );
 }
 
+/** TDP mode: the roots with their refcounts, frozen entries, and RCU's readers and waiting tables. */
+function tdpSection(before: MachineState | null, after: MachineState): HTMLElement | null {
+  const t = after.tdp;
+  if (t === null || t === undefined) return null;
+  const b = before?.tdp ?? null;
+  const rootText = (r: (typeof t.roots)[number]): string =>
+    `refcount ${r.refcount}${r.invalid ? ', invalid' : ''}${r.zap === 'owed' ? ', zap owed' : r.zap === 'taken' ? ', zapped' : ''}`;
+  const roots = t.roots.map((r) => {
+    const rb = b?.roots.find((x) => x.sp === r.sp);
+    return h(
+      'li',
+      { 'data-tdp-root': r.sp },
+      `root sp ${r.sp}${r.smm ? ' (SMM)' : ''}: `,
+      change(b === null ? undefined : rb === undefined ? 'not a root' : rootText(rb), rootText(r), (x) => x),
+    );
+  });
+  const frozenText = (f: readonly { sp: number; index: number }[]): string => (f.length === 0 ? 'none' : f.map((x) => `sp ${x.sp} #${x.index}`).join(', '));
+  const readersText = (r: readonly number[]): string => {
+    const inside = r.map((n, i) => (n === 0 ? '' : `slot ${i}: ${n}`)).filter((x) => x !== '');
+    return inside.length === 0 ? 'none' : inside.join(', ');
+  };
+  const gpText = (gp: number): string => `${gp >> 1} ended${(gp & 1) !== 0 ? ', one running' : ''}`;
+  const waitingText = (w: readonly number[]): string => (w.length === 0 ? 'none' : w.map((sp) => `sp ${sp}`).join(', '));
+  return section(
+    'TDP MMU',
+    'roots (each vCPU holds a reference; an invalidated root is zapped under the read lock, then freed at its last put), entries frozen by a thread for a multi-step change (FROZEN_SPTE), and RCU: readers inside a read section (one slot per vCPU, two for host threads), grace periods, and removed tables waiting for one before they are freed',
+    h('ul', { class: 'plain', id: 'tdp-roots' }, ...roots),
+    h(
+      'div',
+      { id: 'tdp-frozen' },
+      h('span', { class: 'muted', title: 'FROZEN_SPTE: no thread but its freezer may change it' }, 'frozen entries: '),
+      change(b === null ? undefined : frozenText(b.frozen), frozenText(t.frozen), (x) => x),
+    ),
+    h(
+      'div',
+      { id: 'tdp-rcu' },
+      h('span', { class: 'muted' }, 'RCU readers: '),
+      change(b === null ? undefined : readersText(b.rcu.readers), readersText(t.rcu.readers), (x) => x),
+      h('span', { class: 'muted' }, ' · grace periods: '),
+      change(b === null ? undefined : gpText(b.rcu.gracePeriod), gpText(t.rcu.gracePeriod), (x) => x),
+      h('span', { class: 'muted' }, ' · waiting to be freed: '),
+      change(b === null ? undefined : waitingText(b.rcu.waiting), waitingText(t.rcu.waiting), (x) => x),
+    ),
+    h(
+      'div',
+      { id: 'tdp-srcu' },
+      h('span', { class: 'muted', title: 'kvm->srcu: faults and pre-faulting read the memslots inside it; a memslot update waits for them' }, 'kvm->srcu readers: '),
+      change(b === null ? undefined : readersText(b.srcuReaders), readersText(t.srcuReaders), (x) => x),
+    ),
+  );
+}
+
 function wordsSection(before: MachineState | null, after: MachineState, links: StateLinks | null): HTMLElement | null {
   if (after.words.length === 0) return null;
   const cells = after.words.map((w, i) =>
@@ -244,6 +296,7 @@ export function renderState(root: HTMLElement, before: MachineState | null, afte
     dirtySection(before, after, links),
     framesSection(before, after, links),
     mappingsSection(before, after, links),
+    tdpSection(before, after),
     wordsSection(before, after, links),
   );
 }
