@@ -45,8 +45,6 @@ interface Named {
   readonly kind: 'spte' | 'mode' | 'map' | 'word' | 'bytes';
 }
 
-/** A word of the TDP MMU's RCU region (shm/rcu.ts layout). */
-
 /** Name the location of meta byte offset `off` (or data byte offset when `data`). */
 export function nameLocation(layout: Layout, config: VmConfig | null, off: number, data: boolean): Named {
   for (const [name, r] of Object.entries(layout.regions)) {

@@ -655,19 +655,24 @@ export class TdpMmu {
    * caller flushes before it drops the lock. Contract: mmu_lock held for write.
    */
   zapLeafs(start: number, end: number): boolean {
-    const it = this.iter;
     let flush = false;
     // Invalid roots too: until they are zapped they still map the range.
-    for (const root of this.roots(false)) {
-      for (it.begin(root, start, end); it.valid; it.next()) {
-        if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
-        const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
-        this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
-        it.oldSpte = 0n;
-        flush = true;
-      }
-    }
+    for (const root of this.roots(false)) if (this.zapLeafsOfRoot(root, start, end)) flush = true;
     return flush;
+  }
+
+  /** Drop every leaf of `root` mapping a gfn in [start, end); true if any was. Contract: mmu_lock held for write. */
+  private zapLeafsOfRoot(root: number, start: number, end: number): boolean {
+    const it = this.iter;
+    let zapped = false;
+    for (it.begin(root, start, end); it.valid; it.next()) {
+      if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
+      const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
+      this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
+      it.oldSpte = 0n;
+      zapped = true;
+    }
+    return zapped;
   }
 
   /**
@@ -684,7 +689,6 @@ export class TdpMmu {
    */
   zapLeafsYielding(start: number, end: number): boolean {
     const k = this.kvm;
-    const it = this.iter;
     let flush = false;
     let prev = -1;
     for (let i = 0; i < this.nRootSlots; i++) {
@@ -699,13 +703,7 @@ export class TdpMmu {
         k.mem.writeLock(k.mmuLock);
         this.putRoot(prev);
       }
-      for (it.begin(root, start, end); it.valid; it.next()) {
-        if (!isShadowPresentPte(it.oldSpte) || !isLastSpte(it.oldSpte, it.level)) continue;
-        const old = this.writeSpte(it.sptep, it.oldSpte, 0n);
-        this.handleChangedSpte(it.gfn, old, 0n, it.level, false);
-        it.oldSpte = 0n;
-        flush = true;
-      }
+      if (this.zapLeafsOfRoot(root, start, end)) flush = true;
       prev = root;
     }
     if (prev >= 0) this.putRoot(prev);
