@@ -139,10 +139,15 @@ export class Vcpu {
   /**
    * Control bits the hardware walk applies to SPTE rights. Direct mode runs the
    * guest with paging off, so no SMEP/SMAP; shadow paging runs the guest's
-   * paging on the shadow tables with CR0.WP forced on, as KVM does.
+   * paging on the shadow tables with CR0.WP and EFER.NX forced on, as KVM does
+   * (an SPTE is NX only where the guest's own rules make the page
+   * non-executable). With NX on, the hardware's error code says whether a
+   * fault was a fetch even when the guest's EFER.NX and CR4.SMEP are off, so
+   * KVM walks the guest's tables for the right access; the error code KVM
+   * injects drops the fetch bit again where the guest's settings say so.
    */
   private cpuForWalk(): number {
-    return this.direct ? CPU_CR0_WP | CPU_EFER_NX : this.kv.cpu | CPU_CR0_WP;
+    return this.direct ? CPU_CR0_WP | CPU_EFER_NX : this.kv.cpu | CPU_CR0_WP | CPU_EFER_NX;
   }
 
   /**

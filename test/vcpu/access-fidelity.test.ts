@@ -1,0 +1,55 @@
+// Accesses through the whole stack in shadow mode (guest tables, TLB, SPTEs, the fault path, the injected #PF) give the SDM's answer (issue 16's cases, one by one).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CPU_CR0_WP, CPU_CR4_SMAP, CPU_CR4_SMEP, CPU_EFER_NX } from '../../src/x86/pte';
+import { GuestPageFault } from '../../src/vcpu/vcpu';
+import { inGuest, makeVm } from '../helpers/vm';
+
+/** A shadow-mode vCPU with control bits `cpu`; data page 3 is a user page (P W U), 2 MiB above the data is unmapped. */
+function shadowVcpu(cpu: number) {
+  const vm = makeVm({ mode: 'shadow', vcpus: 1, dataPages: 16 });
+  const v = vm.vcpus[0]!;
+  v.setup(vm.pt!.cr3, cpu);
+  return { vm, v, userPage: vm.addr(3), unmapped: vm.addr(0) + 4 * (2 << 20) };
+}
+
+/** Run `f` in the guest; the guest #PF's error code, or null when the access succeeded. */
+function pf(v: ReturnType<typeof shadowVcpu>['v'], f: () => void): number | null {
+  try {
+    inGuest(v, f);
+    return null;
+  } catch (e) {
+    if (e instanceof GuestPageFault) return e.errorCode;
+    throw e;
+  }
+}
+
+test('shadow: a supervisor fetch from a user page with SMAP on and NXE, SMEP off succeeds (SMAP applies to data accesses only)', () => {
+  const { v, userPage } = shadowVcpu(CPU_CR0_WP | CPU_CR4_SMAP);
+  assert.equal(pf(v, () => v.fetch(userPage)), null);
+  // And so it does after other accesses to the page (no history dependence).
+  v.user = true;
+  assert.equal(pf(v, () => v.read64(userPage)), null);
+  v.user = false;
+  assert.equal(pf(v, () => v.fetch(userPage)), null);
+  // A supervisor data read of the same page is what SMAP forbids: a present fault, not a fetch.
+  assert.equal(pf(v, () => v.read64(userPage)), 0x1);
+});
+
+test('shadow: the injected error code has the fetch bit only when EFER.NX or CR4.SMEP is on', () => {
+  for (const [cpu, ec] of [
+    [CPU_CR0_WP, 0x0],
+    [CPU_CR0_WP | CPU_CR4_SMAP, 0x0],
+    [CPU_CR0_WP | CPU_EFER_NX, 0x10],
+    [CPU_CR0_WP | CPU_CR4_SMEP, 0x10],
+  ] as const) {
+    const { v, unmapped } = shadowVcpu(cpu);
+    assert.equal(pf(v, () => v.fetch(unmapped)), ec, `cpu bits ${cpu}`);
+  }
+});
+
+test('shadow: SMEP forbids a supervisor fetch from a user page (present, fetch)', () => {
+  const { v, userPage } = shadowVcpu(CPU_CR0_WP | CPU_CR4_SMEP);
+  assert.equal(pf(v, () => v.fetch(userPage)), 0x11);
+});
