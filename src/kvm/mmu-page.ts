@@ -53,6 +53,15 @@ export const ROLE_ACCESS_SHIFT = 4;
 export const ROLE_INVALID = 1 << 7;
 /** role.smm: the page belongs to SMM's address space (a vCPU in SMM has a root of its own). */
 export const ROLE_SMM = 1 << 8;
+/**
+ * Shadow paging: the guest control bits that change what a guest PTE means
+ * (KVM's role.efer_nx, cr0_wp, smep_andnot_wp, smap_andnot_wp), so that vCPUs
+ * whose settings differ never share a shadow page built under the other's rules.
+ */
+export const ROLE_EFER_NX = 1 << 9;
+export const ROLE_CR0_WP = 1 << 10;
+export const ROLE_SMEP_ANDNOT_WP = 1 << 11;
+export const ROLE_SMAP_ANDNOT_WP = 1 << 12;
 
 /** Keep at least this many pages free before a fault builds its path (KVM_MIN_FREE_MMU_PAGES is 5; a path needs up to 4). */
 const MIN_FREE_PAGES = 5;

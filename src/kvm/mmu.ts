@@ -13,6 +13,9 @@ import {
   PT_DIRTY_MASK,
   PT_PRESENT_MASK,
   CPU_CR0_WP,
+  CPU_CR4_SMAP,
+  CPU_CR4_SMEP,
+  CPU_EFER_NX,
   gpteAccess,
   gpteGfn,
   hasBits,
@@ -54,7 +57,21 @@ import {
   type Kvm,
   type KvmVcpu,
 } from './kvm';
-import { SP_FLOOD, SP_GFN, SP_ROLE, SP_ROOT_COUNT, WRITE_FLOOD_LIMIT, makeRole, roleAccess, roleIsDirect, roleLevel } from './mmu-page';
+import {
+  ROLE_CR0_WP,
+  ROLE_EFER_NX,
+  ROLE_SMAP_ANDNOT_WP,
+  ROLE_SMEP_ANDNOT_WP,
+  SP_FLOOD,
+  SP_GFN,
+  SP_ROLE,
+  SP_ROOT_COUNT,
+  WRITE_FLOOD_LIMIT,
+  makeRole,
+  roleAccess,
+  roleIsDirect,
+  roleLevel,
+} from './mmu-page';
 import { SpteUpdate } from './spte-update';
 
 /** Page-fault results (KVM's RET_PF_*), plus RET_PF_GUEST: the guest's own tables fault; inject #PF. */
@@ -130,7 +147,7 @@ export class Mmu implements GuestPtAccess {
     let root: number;
     try {
       k.pages.makeMmuPagesAvailable();
-      root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL));
+      root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL) | this.cpuRole(vcpu));
     } catch (e) {
       k.mem.unlock(k.mmuLock); // kvmmu's shadow-page pool is too small: report it, do not hang the others
       throw e;
@@ -140,6 +157,23 @@ export class Mmu implements GuestPtAccess {
     vcpu.root = root;
     k.mem.store32(k.vcpuWord(vcpu.idx, VCPU_ROOT), root + 1);
     k.mem.unlock(k.mmuLock);
+  }
+
+  /**
+   * The role bits the guest's control bits contribute in shadow mode (KVM's
+   * kvm_calc_cpu_role: efer_nx, cr0_wp, and SMEP/SMAP when CR0.WP is off);
+   * none in direct mode, which runs the guest with paging off.
+   */
+  private cpuRole(vcpu: KvmVcpu): number {
+    if (this.kvm.config.mode !== 'shadow') return 0;
+    const c = vcpu.cpu;
+    const wp = (c & CPU_CR0_WP) !== 0;
+    return (
+      ((c & CPU_EFER_NX) !== 0 ? ROLE_EFER_NX : 0) |
+      (wp ? ROLE_CR0_WP : 0) |
+      (!wp && (c & CPU_CR4_SMEP) !== 0 ? ROLE_SMEP_ANDNOT_WP : 0) |
+      (!wp && (c & CPU_CR4_SMAP) !== 0 ? ROLE_SMAP_ANDNOT_WP : 0)
+    );
   }
 
   // ---- the fault entry point ----
@@ -642,7 +676,7 @@ export class Mmu implements GuestPtAccess {
       const present = isShadowPresentLow(low);
       const child = present
         ? spteLowToChild(low)
-        : k.pages.getShadowPage(w.tableGfn[level - 1]!, makeRole(level - 1, false, w.tableAccess[level - 1]!));
+        : k.pages.getShadowPage(w.tableGfn[level - 1]!, makeRole(level - 1, false, w.tableAccess[level - 1]!) | this.cpuRole(vcpu));
       if (this.gpteChanged(vcpu, level - 1)) return RET_PF_RETRY;
       if (!present) k.spte.linkShadowPage(sptep, child);
       sp = child;
@@ -668,7 +702,7 @@ export class Mmu implements GuestPtAccess {
         k.kvmFlushRemoteTlbs();
       }
       const span = pagesPerSpte(level);
-      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, acc));
+      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, acc) | this.cpuRole(vcpu));
       k.spte.linkShadowPage(sptep, child);
       sp = child;
     }

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Kvm } from '../../src/kvm/kvm';
 import { KVM_REQ_TLB_FLUSH, VCPU_REQUESTS } from '../../src/kvm/kvm';
-import { SP_ROOT_COUNT, makeRole, roleIsDirect, roleLevel } from '../../src/kvm/mmu-page';
+import { ROLE_CR0_WP, ROLE_EFER_NX, SP_ROOT_COUNT, makeRole, roleIsDirect, roleLevel } from '../../src/kvm/mmu-page';
 import { readTlb, type Vcpu } from '../../src/vcpu/vcpu';
 import { PFERR_PRESENT_MASK, PFERR_WRITE_MASK, PT_PAGE_SIZE_MASK, pteIndex } from '../../src/x86/pte';
 import { RET_PF_FIXED } from '../../src/kvm/mmu';
@@ -237,7 +237,8 @@ test('a 2 MiB guest page is mapped through a direct level-1 shadow page whose en
     sp = spteToChild(spteAt(vm, k.pages.sptep(sp, pteIndex(G, level))));
   }
   const role = k.pages.role(sp);
-  assert.equal(role, makeRole(1, true, v.kv.walker.pteAccess), 'a valid direct level-1 page with the guest rights');
+  // Its role: level 1, direct, the guest rights, and the bits of the vCPU's settings (EFER.NX and CR0.WP here).
+  assert.equal(role, makeRole(1, true, v.kv.walker.pteAccess) | ROLE_EFER_NX | ROLE_CR0_WP, 'a valid direct level-1 page with the guest rights');
   assert.equal(k.mmu.spGfn(sp), 512, 'its first gfn is the large page base');
   for (const [i, gfn] of [
     [5, 517],

@@ -53,3 +53,18 @@ test('shadow: SMEP forbids a supervisor fetch from a user page (present, fetch)'
   const { v, userPage } = shadowVcpu(CPU_CR0_WP | CPU_CR4_SMEP);
   assert.equal(pf(v, () => v.fetch(userPage)), 0x11);
 });
+
+test('shadow: vCPUs with different EFER.NXE do not share shadow pages (role.efer_nx): XD with NXE off is a reserved-bit #PF', () => {
+  const vm = makeVm({ mode: 'shadow', vcpus: 2, dataPages: 16 });
+  const [v0, v1] = vm.vcpus as [(typeof vm.vcpus)[0], (typeof vm.vcpus)[0]];
+  const G = vm.addr(5);
+  // Data page 5's PTE gets XD (bit 63): a non-executable page for a vCPU with NXE, a reserved bit for one without.
+  const pteGpa = vm.pt!.pteGpa(G);
+  vm.host.host.writeUser64(Math.floor(pteGpa / 4096), pteGpa % 4096, vm.host.host.readUser64(Math.floor(pteGpa / 4096), pteGpa % 4096) | (1n << 63n));
+  v0.setup(vm.pt!.cr3, CPU_CR0_WP | CPU_EFER_NX);
+  v1.setup(vm.pt!.cr3, CPU_CR0_WP);
+  assert.equal(pf(v0, () => v0.read64(G)), null, 'vCPU 0 (NXE on) reads the page; its shadow SPTE is built');
+  assert.notEqual(v0.kv.root, v1.kv.root, 'the two vCPUs have roots of their own');
+  assert.equal(pf(v1, () => v1.read64(G)), 0x9, 'vCPU 1 (NXE off): present, reserved bit');
+  assert.equal(pf(v1, () => v1.write64(G, 1n)), 0xb, 'and for a write');
+});

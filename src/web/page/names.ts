@@ -1,7 +1,27 @@
 // Names for what the trace prints as numbers or short forms: vCPU modes as KVM names them, frame flags, shadow-page roles; and the legend's words.
 
 import { FRAME_ACCESSED, FRAME_DIRTY, FRAME_FREE, FRAME_KSM, FRAME_REFERENCED } from '../../host/host';
-import { ROLE_INVALID, roleAccess, roleIsDirect, roleLevel } from '../../kvm/mmu-page';
+import {
+  ROLE_CR0_WP,
+  ROLE_EFER_NX,
+  ROLE_INVALID,
+  ROLE_SMAP_ANDNOT_WP,
+  ROLE_SMEP_ANDNOT_WP,
+  ROLE_SMM,
+  roleAccess,
+  roleIsDirect,
+  roleLevel,
+} from '../../kvm/mmu-page';
+
+/** The role's flag bits, as KVM names the fields of kvm_mmu_page_role. */
+const ROLE_FLAGS: readonly (readonly [number, string])[] = [
+  [ROLE_INVALID, 'invalid'],
+  [ROLE_SMM, 'smm'],
+  [ROLE_EFER_NX, 'efer_nx'],
+  [ROLE_CR0_WP, 'cr0_wp'],
+  [ROLE_SMEP_ANDNOT_WP, 'smep_andnot_wp'],
+  [ROLE_SMAP_ANDNOT_WP, 'smap_andnot_wp'],
+];
 import { ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK } from '../../x86/pte';
 
 /** The trace's short mode names (check/trace.ts) → KVM's, as the state panel shows them. */
@@ -32,11 +52,12 @@ export function frameFlagsText(v: number): string {
   return names.length === 0 ? 'none' : names.join(' ');
 }
 
-/** A shadow page's role word: "level 1 direct acc=XWU" (KVM's kvm_mmu_page_role: level, direct, access, invalid). */
+/** A shadow page's role word: "level 1 direct acc=XWU efer_nx" (KVM's kvm_mmu_page_role: level, direct, access, invalid, smm, the CPU bits). */
 export function roleText(v: number): string {
   const acc = roleAccess(v);
   const a = `${(acc & ACC_EXEC_MASK) !== 0 ? 'X' : '-'}${(acc & ACC_WRITE_MASK) !== 0 ? 'W' : '-'}${(acc & ACC_USER_MASK) !== 0 ? 'U' : '-'}`;
-  return `level ${roleLevel(v)} ${roleIsDirect(v) ? 'direct' : 'indirect'} acc=${a}${(v & ROLE_INVALID) !== 0 ? ' invalid' : ''}`;
+  const flags = ROLE_FLAGS.filter(([bit]) => (v & bit) !== 0).map(([, name]) => ` ${name}`).join('');
+  return `level ${roleLevel(v)} ${roleIsDirect(v) ? 'direct' : 'indirect'} acc=${a}${flags}`;
 }
 
 /** A value in a trace row, as the page shows it: numbers that are flags or roles decoded, modes as KVM names them. */
