@@ -3,6 +3,8 @@
 import { NOTE } from '../shm/access';
 import {
   ACC_ALL,
+  ACC_EXEC_MASK,
+  ACC_USER_MASK,
   ACC_WRITE_MASK,
   PFERR_FETCH_MASK,
   PFERR_PRESENT_MASK,
@@ -141,8 +143,6 @@ export class Mmu implements GuestPtAccess {
       return;
     }
     const direct = k.config.mode === 'direct';
-    if (!direct && (vcpu.cpu & CPU_CR0_WP) === 0)
-      throw new KvmmuError('kvmmu models shadow paging with CR0.WP set only');
     k.mem.lock(k.mmuLock);
     let root: number;
     try {
@@ -650,6 +650,13 @@ export class Mmu implements GuestPtAccess {
     const k = this.kvm;
     const w = vcpu.walker;
     if (!w.walk(this, vcpu.cr3, gva, accessFromErrorCode(ec), vcpu.cpu)) return RET_PF_GUEST;
+    // CR0.WP=0: the guest's supervisor may write a read-only page, but the shadow tables run with WP=1. KVM makes
+    // the SPTE writable and supervisor-only (and, with SMEP, not executable); a user access then faults and
+    // remakes it from the guest PTE (FNAME(page_fault)).
+    if ((ec & PFERR_WRITE_MASK) !== 0 && (ec & PFERR_USER_MASK) === 0 && (w.pteAccess & ACC_WRITE_MASK) === 0 && (vcpu.cpu & CPU_CR0_WP) === 0) {
+      w.pteAccess = (w.pteAccess | ACC_WRITE_MASK) & ~ACC_USER_MASK;
+      if ((vcpu.cpu & CPU_CR4_SMEP) !== 0) w.pteAccess &= ~ACC_EXEC_MASK;
+    }
     if (k.fastPath && k.config.indirectFastPath !== 'off') {
       const r = this.fastPageFault(vcpu, gva, ec, w.gfn);
       if (r !== RET_PF_INVALID) return r;

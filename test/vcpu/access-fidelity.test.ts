@@ -68,3 +68,29 @@ test('shadow: vCPUs with different EFER.NXE do not share shadow pages (role.efer
   assert.equal(pf(v1, () => v1.read64(G)), 0x9, 'vCPU 1 (NXE off): present, reserved bit');
   assert.equal(pf(v1, () => v1.write64(G, 1n)), 0xb, 'and for a write');
 });
+
+test('shadow with CR0.WP=0: the supervisor writes a read-only page; the SPTE is writable and supervisor-only until a user access remakes it', () => {
+  const { vm, v } = shadowVcpu(CPU_EFER_NX); // CR0.WP off
+  const G = vm.addr(6);
+  // Data page 6 becomes read-only to the guest: P U A, no W.
+  const pteGpa = vm.pt!.pteGpa(G);
+  const hvpn = Math.floor(pteGpa / 4096);
+  vm.host.host.writeUser64(hvpn, pteGpa % 4096, vm.host.host.readUser64(hvpn, pteGpa % 4096) & ~2n);
+  assert.equal(pf(v, () => v.write64(G, 0x66n)), null, 'a supervisor write with WP=0 succeeds');
+  assert.equal(vm.host.host.readUser64(6, 0), 0x66n);
+  v.user = true;
+  assert.equal(pf(v, () => v.read64(G)), null, 'a user read succeeds (the SPTE is remade user, read-only)');
+  assert.equal(pf(v, () => v.write64(G, 1n)), 0x7, 'a user write faults: present, write, user');
+  v.user = false;
+  assert.equal(pf(v, () => v.write64(G, 0x67n)), null, 'and the supervisor can write it again');
+  assert.equal(vm.host.host.readUser64(6, 0), 0x67n);
+});
+
+test('shadow with CR0.WP=1: the same supervisor write to a read-only page faults (present, write)', () => {
+  const { vm, v } = shadowVcpu(CPU_CR0_WP | CPU_EFER_NX);
+  const G = vm.addr(6);
+  const pteGpa = vm.pt!.pteGpa(G);
+  const hvpn = Math.floor(pteGpa / 4096);
+  vm.host.host.writeUser64(hvpn, pteGpa % 4096, vm.host.host.readUser64(hvpn, pteGpa % 4096) & ~2n);
+  assert.equal(pf(v, () => v.write64(G, 0x66n)), 0x3);
+});
