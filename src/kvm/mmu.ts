@@ -62,6 +62,7 @@ import {
 import {
   ROLE_CR0_WP,
   ROLE_EFER_NX,
+  ROLE_INVALID,
   ROLE_SMAP_ANDNOT_WP,
   ROLE_SMEP_ANDNOT_WP,
   SP_FLOOD,
@@ -157,6 +158,44 @@ export class Mmu implements GuestPtAccess {
     vcpu.root = root;
     k.mem.store32(k.vcpuWord(vcpu.idx, VCPU_ROOT), root + 1);
     k.mem.unlock(k.mmuLock);
+  }
+
+  /**
+   * KVM's kvm_mmu_reset_context after the guest changed a control bit that its
+   * MMU role depends on (CR0.WP, CR4.SMEP/SMAP, EFER.NX, SMM): drop the vCPU's
+   * root (kvm_mmu_unload; a root no vCPU holds any more and already zapped is
+   * freed) and load the one for the new role. The caller flushes the vCPU's TLB.
+   */
+  kvmMmuResetContext(vcpu: KvmVcpu): void {
+    const k = this.kvm;
+    if (k.isTdp) {
+      k.tdp.resetContext(vcpu);
+      return;
+    }
+    if (vcpu.root >= 0) {
+      k.mem.lock(k.mmuLock);
+      const rc = k.pages.hdr(vcpu.root, SP_ROOT_COUNT);
+      const n = k.lockedLoad(rc) - 1;
+      k.lockedStore(rc, n);
+      if (n === 0 && (k.lockedLoad(k.pages.hdr(vcpu.root, SP_ROLE)) & ROLE_INVALID) !== 0) {
+        k.pages.prepareZap(vcpu.root, this.invalid);
+        k.pages.commitZap(this.invalid);
+      }
+      k.mem.unlock(k.mmuLock);
+      vcpu.root = -1;
+    }
+    this.kvmMmuLoad(vcpu);
+  }
+
+  /** Does going from control bits `a` to `b` change the MMU role (so the context must be reset)? */
+  roleChanges(vcpu: KvmVcpu, a: number, b: number): boolean {
+    const saved = vcpu.cpu;
+    vcpu.cpu = a;
+    const ra = this.cpuRole(vcpu);
+    vcpu.cpu = b;
+    const rb = this.cpuRole(vcpu);
+    vcpu.cpu = saved;
+    return ra !== rb;
   }
 
   /**

@@ -164,6 +164,26 @@ export class Vcpu {
   }
 
   /**
+   * The guest writes CR0, CR4, EFER or RFLAGS so that its control bits (CPU_*)
+   * become `cpu`. Under shadow paging KVM intercepts the control registers;
+   * when a bit the MMU role depends on changes it resets the MMU context
+   * (kvm_mmu_reset_context: the vCPU's root for the new role) and the TLB is
+   * flushed. Call in guest mode, as the instruction runs.
+   */
+  setControlBits(cpu: number): void {
+    const old = this.kv.cpu;
+    if ((old & CPU_SMM) !== (cpu & CPU_SMM)) throw new KvmmuError('SMM is entered with enterSmm, not by writing control bits');
+    this.exitGuest();
+    this.kv.cpu = cpu;
+    this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
+    if (this.kvm.mmu.roleChanges(this.kv, old, cpu)) {
+      this.kvm.mmu.kvmMmuResetContext(this.kv);
+      this.flushTlb();
+    }
+    this.enterGuest();
+  }
+
+  /**
    * Enter System Management Mode (TDP mode): the MMU role changes, so KVM
    * resets the MMU context and the vCPU gets the SMM root. Outside guest mode.
    */

@@ -94,3 +94,31 @@ test('shadow with CR0.WP=1: the same supervisor write to a read-only page faults
   vm.host.host.writeUser64(hvpn, pteGpa % 4096, vm.host.host.readUser64(hvpn, pteGpa % 4096) & ~2n);
   assert.equal(pf(v, () => v.write64(G, 0x66n)), 0x3);
 });
+
+test('shadow: a guest write of EFER.NX resets the MMU context, so a PTE with XD becomes a reserved-bit fault for the same vCPU', () => {
+  const { vm, v } = shadowVcpu(CPU_CR0_WP | CPU_EFER_NX);
+  const G = vm.addr(5);
+  const pteGpa = vm.pt!.pteGpa(G);
+  const hvpn = Math.floor(pteGpa / 4096);
+  vm.host.host.writeUser64(hvpn, pteGpa % 4096, vm.host.host.readUser64(hvpn, pteGpa % 4096) | (1n << 63n));
+  assert.equal(pf(v, () => v.read64(G)), null, 'with NXE, XD only forbids fetches');
+  const before = v.kv.root;
+  assert.equal(pf(v, () => v.setControlBits(CPU_CR0_WP)), null);
+  assert.notEqual(v.kv.root, before, 'a root for the new role');
+  assert.equal(pf(v, () => v.read64(G)), 0x9, 'without NXE, XD is a reserved bit');
+  // And back: the old root (still cached by KVM's hash) serves NXE again.
+  assert.equal(pf(v, () => v.setControlBits(CPU_CR0_WP | CPU_EFER_NX)), null);
+  assert.equal(pf(v, () => v.read64(G)), null);
+});
+
+test('shadow: clearing CR0.WP takes effect at once: the supervisor then writes a read-only page', () => {
+  const { vm, v } = shadowVcpu(CPU_CR0_WP | CPU_EFER_NX);
+  const G = vm.addr(6);
+  const pteGpa = vm.pt!.pteGpa(G);
+  const hvpn = Math.floor(pteGpa / 4096);
+  vm.host.host.writeUser64(hvpn, pteGpa % 4096, vm.host.host.readUser64(hvpn, pteGpa % 4096) & ~2n);
+  assert.equal(pf(v, () => v.write64(G, 1n)), 0x3);
+  assert.equal(pf(v, () => v.setControlBits(CPU_EFER_NX)), null);
+  assert.equal(pf(v, () => v.write64(G, 2n)), null);
+  assert.equal(vm.host.host.readUser64(6, 0), 2n);
+});
