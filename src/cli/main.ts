@@ -22,6 +22,7 @@ import { ProgressLine } from './progress';
 import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
 import { tourCommand } from './tour';
 import { corpusCommand, type CorpusCliOptions } from './corpus-command';
+import { accessCommand, type AccessCliOptions } from './access-command';
 import { STRATEGIES } from '../check/explore';
 import { registerServe } from './serve-command';
 import { registerBench } from './bench-command';
@@ -158,6 +159,15 @@ export function buildProgram(): Command {
         return;
       }
       for (const n of GUARD_NAMES) process.stdout.write(`${n.padEnd(22)} ${GUARD_HELP[n]}\n`);
+    });
+
+  program
+    .command('access')
+    .description("kvmmu's own access.c: guest PDE/PTE flags, control bits and access kinds through the shadow MMU, each compared with the SDM")
+    .addOption(new Option('--mode <mode>', 'MMU mode (shadow: the mode that walks the guest tables)').choices(MMU_MODES as string[]).default('shadow'))
+    .option('--json', 'print one JSON object', false)
+    .action((opts: AccessCliOptions) => {
+      process.exitCode = accessCommand(opts);
     });
 
   program

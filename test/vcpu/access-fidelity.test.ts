@@ -4,7 +4,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CPU_CR0_WP, CPU_CR4_SMAP, CPU_CR4_SMEP, CPU_EFER_NX } from '../../src/x86/pte';
 import { GuestPageFault } from '../../src/vcpu/vcpu';
+import { sdmAccess } from '../../src/x86/sdm';
+import { runAccessMatrix } from '../../src/runtime/access-matrix';
 import { inGuest, makeVm } from '../helpers/vm';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 
 /** A shadow-mode vCPU with control bits `cpu`; data page 3 is a user page (P W U), 2 MiB above the data is unmapped. */
 function shadowVcpu(cpu: number) {
@@ -121,4 +125,40 @@ test('shadow: clearing CR0.WP takes effect at once: the supervisor then writes a
   assert.equal(pf(v, () => v.setControlBits(CPU_EFER_NX)), null);
   assert.equal(pf(v, () => v.write64(G, 2n)), null);
   assert.equal(vm.host.host.readUser64(6, 0), 2n);
+});
+
+// ---- the SDM reference and kvmmu access ----
+
+const P = { p: true, w: false, u: false, xd: false };
+const PWU = { p: true, w: true, u: true, xd: false };
+const cpu0 = { wp: true, nxe: true, smep: false, smap: false, ac: false };
+
+test('the SDM reference answers the manual’s cases', () => {
+  const user = (w: boolean) => ({ ...PWU, w });
+  // User write to a read-only page: present, write, user.
+  assert.equal(sdmAccess([PWU, PWU, PWU, user(false)], cpu0, 'write', true).errorCode, 0x7);
+  // Supervisor write to a read-only page: faults with WP, not without.
+  assert.equal(sdmAccess([PWU, PWU, PWU, user(false)], cpu0, 'write', false).errorCode, 0x3);
+  assert.equal(sdmAccess([PWU, PWU, PWU, user(false)], { ...cpu0, wp: false }, 'write', false).errorCode, null);
+  // SMAP: supervisor data accesses to user pages, unless AC; never fetches. SMEP: supervisor fetches from user pages.
+  assert.equal(sdmAccess([PWU, PWU, PWU, PWU], { ...cpu0, smap: true }, 'read', false).errorCode, 0x1);
+  assert.equal(sdmAccess([PWU, PWU, PWU, PWU], { ...cpu0, smap: true, ac: true }, 'read', false).errorCode, null);
+  assert.equal(sdmAccess([PWU, PWU, PWU, PWU], { ...cpu0, smap: true, nxe: false }, 'fetch', false).errorCode, null);
+  assert.equal(sdmAccess([PWU, PWU, PWU, PWU], { ...cpu0, smep: true }, 'fetch', false).errorCode, 0x11);
+  // XD: a fetch fault with NXE, a reserved bit without; the I/D bit only with NXE or SMEP.
+  assert.equal(sdmAccess([PWU, PWU, PWU, { ...PWU, xd: true }], cpu0, 'fetch', true).errorCode, 0x15);
+  assert.equal(sdmAccess([PWU, PWU, PWU, { ...PWU, xd: true }], { ...cpu0, nxe: false }, 'read', false).errorCode, 0x9);
+  assert.equal(sdmAccess([PWU, PWU, { ...P, p: false }, PWU], { ...cpu0, nxe: false }, 'fetch', false).errorCode, 0x0);
+  // U and W are ANDed over the levels.
+  assert.equal(sdmAccess([PWU, PWU, P, PWU], cpu0, 'read', true).errorCode, 0x5);
+});
+
+test('kvmmu access: every combination through the shadow MMU agrees with the SDM (and --json says how they are counted)', () => {
+  const r = runAccessMatrix();
+  assert.equal(r.combinations, 15_552);
+  assert.deepEqual(r.mismatches, []);
+  assert.equal(Object.values(r.dimensions).reduce((a, b) => a * b, 1), r.combinations);
+  const cli = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'access', '--json'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.equal(JSON.parse(cli.stdout).mismatchCount, 0);
 });

@@ -1,0 +1,155 @@
+// kvmmu's own access.c: guest PTE and PDE flags, access kinds and control bits run through the whole shadow-paging stack (guest tables in guest memory, the vCPU's TLB, SPTEs, the fault paths, the injected #PF), each outcome compared with the SDM reference (x86/sdm.ts).
+
+import { KvmmuError } from '../shm/errors';
+import { createMachine, openKvm } from '../vcpu/machine';
+import { GuestPageTables } from '../vcpu/guest-pt';
+import { GuestPageFault, Vcpu } from '../vcpu/vcpu';
+import {
+  CPU_CR0_WP,
+  CPU_CR4_SMAP,
+  CPU_CR4_SMEP,
+  CPU_EFER_NX,
+  CPU_RFLAGS_AC,
+  PT_ACCESSED_MASK,
+  PT_DIRTY_MASK,
+  PT_PRESENT_MASK,
+  PT_USER_MASK,
+  PT_WRITABLE_MASK,
+} from '../x86/pte';
+import { sdmAccess, type SdmCpu, type SdmEntry, type SdmKind } from '../x86/sdm';
+
+const PT_XD = 1n << 63n;
+const FLAG_BITS = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | PT_ACCESSED_MASK | PT_DIRTY_MASK | PT_XD;
+
+/** One combination: the PDE's and the PTE's P/W/U/XD (PML4E and PDPTE grant everything), the control bits, the access. */
+export interface AccessCase {
+  readonly pde: SdmEntry;
+  readonly pte: SdmEntry;
+  readonly cpu: SdmCpu;
+  readonly kind: SdmKind;
+  readonly user: boolean;
+}
+
+export interface AccessMismatch {
+  readonly case: AccessCase;
+  /** What the SDM says: the #PF's error code, or null for success. */
+  readonly expected: number | null;
+  readonly got: number | null;
+  /** On a success: whether every entry got A and the PTE D (for a write); else null. */
+  readonly adWrong: string | null;
+}
+
+export interface AccessReport {
+  readonly mode: 'shadow';
+  readonly combinations: number;
+  /** How they are counted: the dimensions and their sizes. */
+  readonly dimensions: Record<string, number>;
+  readonly mismatches: AccessMismatch[];
+  readonly mismatchCount: number;
+  readonly seconds: number;
+}
+
+const ENTRY_STATES: readonly SdmEntry[] = (() => {
+  const out: SdmEntry[] = [{ p: false, w: false, u: false, xd: false }];
+  for (let b = 0; b < 8; b++) out.push({ p: true, w: (b & 1) !== 0, u: (b & 2) !== 0, xd: (b & 4) !== 0 });
+  return out;
+})();
+const KINDS: readonly SdmKind[] = ['read', 'write', 'fetch'];
+const FULL: SdmEntry = { p: true, w: true, u: true, xd: false };
+
+function cpuBits(c: SdmCpu): number {
+  return (c.wp ? CPU_CR0_WP : 0) | (c.nxe ? CPU_EFER_NX : 0) | (c.smep ? CPU_CR4_SMEP : 0) | (c.smap ? CPU_CR4_SMAP : 0) | (c.ac ? CPU_RFLAGS_AC : 0);
+}
+
+function entryFlags(e: SdmEntry): bigint {
+  return (e.p ? PT_PRESENT_MASK : 0n) | (e.w ? PT_WRITABLE_MASK : 0n) | (e.u ? PT_USER_MASK : 0n) | (e.xd ? PT_XD : 0n);
+}
+
+/** Every combination, in a fixed order. */
+export function* accessCases(): Generator<AccessCase> {
+  for (let c = 0; c < 32; c++) {
+    const cpu: SdmCpu = { wp: (c & 1) !== 0, nxe: (c & 2) !== 0, smep: (c & 4) !== 0, smap: (c & 8) !== 0, ac: (c & 16) !== 0 };
+    for (const pde of ENTRY_STATES)
+      for (const pte of ENTRY_STATES)
+        for (const kind of KINDS) for (const user of [false, true]) yield { pde, pte, cpu, kind, user };
+  }
+}
+
+/**
+ * Run every combination on one shadow-mode VM, reused: for each, the guest's
+ * entries are rewritten (A and D clear), every shadow page is zapped (as a
+ * guest's invlpg after editing its tables leads KVM to), the control bits set
+ * (resetting the MMU context when the role changes), the TLB flushed, and the
+ * access made; then the outcome, and on success the A/D bits left in the
+ * guest's entries, are compared with sdmAccess.
+ */
+export function runAccessMatrix(o: { keep?: number; onProgress?: (done: number, total: number) => void } = {}): AccessReport {
+  const keep = o.keep ?? 20;
+  const dataPages = 16;
+  const tablePages = 8;
+  const spec = createMachine({ mode: 'shadow', vcpus: 1, memBytes: (dataPages + tablePages) * 4096, spPages: 64 });
+  const k = openKvm(spec, -2);
+  const pt = GuestPageTables.build(k, dataPages, tablePages);
+  const G = 2 ** 39 + 5 * 4096;
+  pt.map(G, 5, PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK);
+  pt.mapTablesIdentity();
+  const v = new Vcpu(openKvm(spec, 0), 0);
+  v.setup(pt.cr3, CPU_CR0_WP | CPU_EFER_NX);
+  const gpa = [4, 3, 2, 1].map((l) => pt.pteGpa(G, l));
+  const entryAt = (level: number): bigint => k.host.readUser64(Math.floor(gpa[4 - level]! / 4096), gpa[4 - level]! % 4096);
+  const setEntry = (level: number, e: SdmEntry): void => {
+    const a = gpa[4 - level]!;
+    k.host.writeUser64(Math.floor(a / 4096), a % 4096, (entryAt(level) & ~FLAG_BITS) | entryFlags(e));
+  };
+  const total = 32 * ENTRY_STATES.length * ENTRY_STATES.length * KINDS.length * 2;
+  const mismatches: AccessMismatch[] = [];
+  let count = 0;
+  let wrong = 0;
+  const t0 = performance.now();
+  for (const c of accessCases()) {
+    setEntry(4, FULL);
+    setEntry(3, FULL);
+    setEntry(2, c.pde);
+    setEntry(1, c.pte);
+    k.mmu.kvmMmuZapAll();
+    v.enterGuest();
+    v.setControlBits(cpuBits(c.cpu));
+    v.flushTlb();
+    v.user = c.user;
+    let got: number | null = null;
+    try {
+      if (c.kind === 'read') v.read64(G);
+      else if (c.kind === 'write') v.write64(G, 1n);
+      else v.fetch(G);
+    } catch (e) {
+      if (!(e instanceof GuestPageFault)) throw e;
+      got = e.errorCode;
+    } finally {
+      v.user = false;
+      v.exitGuest();
+    }
+    const expected = sdmAccess([FULL, FULL, c.pde, c.pte], c.cpu, c.kind, c.user).errorCode;
+    let adWrong: string | null = null;
+    if (expected === null && got === null) {
+      const missingA = [4, 3, 2, 1].filter((l) => (entryAt(l) & PT_ACCESSED_MASK) === 0n);
+      const d = (entryAt(1) & PT_DIRTY_MASK) !== 0n;
+      if (missingA.length > 0) adWrong = `A not set at level${missingA.length > 1 ? 's' : ''} ${missingA.join(', ')}`;
+      else if (d !== (c.kind === 'write')) adWrong = d ? 'D set by a read or fetch' : 'D not set by the write';
+    }
+    if (got !== expected || adWrong !== null) {
+      wrong++;
+      if (mismatches.length < keep) mismatches.push({ case: c, expected, got, adWrong });
+    }
+    count++;
+    if (o.onProgress !== undefined && (count & 1023) === 0) o.onProgress(count, total);
+  }
+  if (count !== total) throw new KvmmuError(`access matrix: ran ${count} combinations, expected ${total}`);
+  return {
+    mode: 'shadow',
+    combinations: count,
+    dimensions: { 'PDE (P=0, or P with W/U/XD)': ENTRY_STATES.length, 'PTE (the same)': ENTRY_STATES.length, 'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': 32, 'read, write, fetch': 3, 'supervisor, user': 2 },
+    mismatches,
+    mismatchCount: wrong,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
