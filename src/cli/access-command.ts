@@ -1,11 +1,12 @@
 // `kvmmu access`: kvmmu's own access.c — every combination of guest PDE/PTE flags, control bits and access kinds through the whole shadow-paging stack, compared with the SDM reference; a table of mismatches or JSON.
 
 import { KvmmuError } from '../shm/errors';
-import { runAccessMatrix, type AccessMismatch } from '../runtime/access-matrix';
+import { runAccessMatrixParallel, type AccessMismatch } from '../runtime/access-matrix';
 import { ProgressLine } from './progress';
 
 export interface AccessCliOptions {
   mode: string;
+  workers?: number;
   json: boolean;
 }
 
@@ -21,16 +22,19 @@ function describe(m: AccessMismatch): string {
   );
 }
 
-export function accessCommand(o: AccessCliOptions): number {
+export async function accessCommand(o: AccessCliOptions): Promise<number> {
   if (o.mode !== 'shadow') throw new KvmmuError(`kvmmu access runs shadow paging only (the mode whose walk of the guest's tables it checks), not ${o.mode}`);
   const progress = !o.json && process.stderr.isTTY ? new ProgressLine('access', 1) : null;
-  const r = runAccessMatrix({ onProgress: progress === null ? undefined : (done, total) => progress.update(done / total, `${done} of ${total} combinations`) });
+  const r = await runAccessMatrixParallel({
+    workers: o.workers,
+    onProgress: progress === null ? undefined : (done, total) => progress.update(done / total, `${done.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} combinations`),
+  });
   progress?.done();
   if (o.json) {
     process.stdout.write(JSON.stringify(r) + '\n');
   } else {
     const lines = [
-      `kvmmu access: ${r.combinations.toLocaleString('en-US')} combinations through the shadow MMU in ${r.seconds.toFixed(2)} s, ${r.mismatchCount} mismatch${r.mismatchCount === 1 ? '' : 'es'} with the SDM`,
+        `kvmmu access: ${r.combinations.toLocaleString('en-US')} combinations through the shadow MMU in ${r.seconds.toFixed(2)} s, ${r.mismatchCount} mismatch${r.mismatchCount === 1 ? '' : 'es'} with the SDM`,
       `counted as: ${Object.entries(r.dimensions).map(([k, n]) => `${k} ${n}`).join(' × ')}`,
       ...r.mismatches.map((m) => `  ${describe(m)}`),
     ];

@@ -165,9 +165,10 @@ export function buildProgram(): Command {
     .command('access')
     .description("kvmmu's own access.c: guest PDE/PTE flags, control bits and access kinds through the shadow MMU, each compared with the SDM")
     .addOption(new Option('--mode <mode>', 'MMU mode (shadow: the mode that walks the guest tables)').choices(MMU_MODES as string[]).default('shadow'))
+    .option('--workers <n>', 'worker threads (default: the cores)', int('--workers', 1, 32))
     .option('--json', 'print one JSON object', false)
-    .action((opts: AccessCliOptions) => {
-      process.exitCode = accessCommand(opts);
+    .action(async (opts: AccessCliOptions) => {
+      process.exitCode = await accessCommand(opts);
     });
 
   program

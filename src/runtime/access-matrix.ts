@@ -1,5 +1,8 @@
 // kvmmu's own access.c: guest PTE and PDE flags, access kinds and control bits run through the whole shadow-paging stack (guest tables in guest memory, the vCPU's TLB, SPTEs, the fault paths, the injected #PF), each outcome compared with the SDM reference (x86/sdm.ts).
 
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
 import { createMachine, openKvm } from '../vcpu/machine';
 import { GuestPageTables } from '../vcpu/guest-pt';
@@ -21,8 +24,10 @@ import { sdmAccess, type SdmCpu, type SdmEntry, type SdmKind } from '../x86/sdm'
 const PT_XD = 1n << 63n;
 const FLAG_BITS = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | PT_ACCESSED_MASK | PT_DIRTY_MASK | PT_XD;
 
-/** One combination: the PDE's and the PTE's P/W/U/XD (PML4E and PDPTE grant everything), the control bits, the access. */
+/** One combination: each level's P/W/U/XD (PML4E first), the control bits, the access. */
 export interface AccessCase {
+  readonly pml4e: SdmEntry;
+  readonly pdpte: SdmEntry;
   readonly pde: SdmEntry;
   readonly pte: SdmEntry;
   readonly cpu: SdmCpu;
@@ -65,14 +70,29 @@ function entryFlags(e: SdmEntry): bigint {
   return (e.p ? PT_PRESENT_MASK : 0n) | (e.w ? PT_WRITABLE_MASK : 0n) | (e.u ? PT_USER_MASK : 0n) | (e.xd ? PT_XD : 0n);
 }
 
-/** Every combination, in a fixed order. */
-export function* accessCases(): Generator<AccessCase> {
-  for (let c = 0; c < 32; c++) {
+/**
+ * Every combination, in a fixed order: with `upper`, the PML4E and PDPTE
+ * take every state too (else they grant everything). `part`/`parts` deal the
+ * combinations out by control bits, for workers.
+ */
+export function* accessCases(upper: boolean, part = 0, parts = 1): Generator<AccessCase> {
+  const uppers = upper ? ENTRY_STATES : [FULL];
+  for (let c = part; c < 32; c += parts) {
     const cpu: SdmCpu = { wp: (c & 1) !== 0, nxe: (c & 2) !== 0, smep: (c & 4) !== 0, smap: (c & 8) !== 0, ac: (c & 16) !== 0 };
-    for (const pde of ENTRY_STATES)
-      for (const pte of ENTRY_STATES)
-        for (const kind of KINDS) for (const user of [false, true]) yield { pde, pte, cpu, kind, user };
+    for (const pml4e of uppers)
+      for (const pdpte of uppers)
+        for (const pde of ENTRY_STATES)
+          for (const pte of ENTRY_STATES)
+            for (const kind of KINDS) for (const user of [false, true]) yield { pml4e, pdpte, pde, pte, cpu, kind, user };
   }
+}
+
+/** How many combinations accessCases yields for one part. */
+export function accessCaseCount(upper: boolean, part = 0, parts = 1): number {
+  let cpus = 0;
+  for (let c = part; c < 32; c += parts) cpus++;
+  const u = upper ? ENTRY_STATES.length ** 2 : 1;
+  return cpus * u * ENTRY_STATES.length ** 2 * KINDS.length * 2;
 }
 
 /**
@@ -83,7 +103,10 @@ export function* accessCases(): Generator<AccessCase> {
  * access made; then the outcome, and on success the A/D bits left in the
  * guest's entries, are compared with sdmAccess.
  */
-export function runAccessMatrix(o: { keep?: number; onProgress?: (done: number, total: number) => void } = {}): AccessReport {
+export function runAccessMatrix(
+  o: { upper?: boolean; part?: number; parts?: number; keep?: number; onProgress?: (done: number, total: number) => void } = {},
+): AccessReport {
+  const upper = o.upper ?? false;
   const keep = o.keep ?? 20;
   const dataPages = 16;
   const tablePages = 8;
@@ -101,14 +124,14 @@ export function runAccessMatrix(o: { keep?: number; onProgress?: (done: number, 
     const a = gpa[4 - level]!;
     k.host.writeUser64(Math.floor(a / 4096), a % 4096, (entryAt(level) & ~FLAG_BITS) | entryFlags(e));
   };
-  const total = 32 * ENTRY_STATES.length * ENTRY_STATES.length * KINDS.length * 2;
+  const total = accessCaseCount(upper, o.part, o.parts);
   const mismatches: AccessMismatch[] = [];
   let count = 0;
   let wrong = 0;
   const t0 = performance.now();
-  for (const c of accessCases()) {
-    setEntry(4, FULL);
-    setEntry(3, FULL);
+  for (const c of accessCases(upper, o.part, o.parts)) {
+    setEntry(4, c.pml4e);
+    setEntry(3, c.pdpte);
     setEntry(2, c.pde);
     setEntry(1, c.pte);
     k.mmu.kvmMmuZapAll();
@@ -128,7 +151,7 @@ export function runAccessMatrix(o: { keep?: number; onProgress?: (done: number, 
       v.user = false;
       v.exitGuest();
     }
-    const expected = sdmAccess([FULL, FULL, c.pde, c.pte], c.cpu, c.kind, c.user).errorCode;
+    const expected = sdmAccess([c.pml4e, c.pdpte, c.pde, c.pte], c.cpu, c.kind, c.user).errorCode;
     let adWrong: string | null = null;
     if (expected === null && got === null) {
       const missingA = [4, 3, 2, 1].filter((l) => (entryAt(l) & PT_ACCESSED_MASK) === 0n);
@@ -147,9 +170,62 @@ export function runAccessMatrix(o: { keep?: number; onProgress?: (done: number, 
   return {
     mode: 'shadow',
     combinations: count,
-    dimensions: { 'PDE (P=0, or P with W/U/XD)': ENTRY_STATES.length, 'PTE (the same)': ENTRY_STATES.length, 'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': 32, 'read, write, fetch': 3, 'supervisor, user': 2 },
+    dimensions: {
+      ...(upper ? { 'PML4E (P=0, or P with W/U/XD)': ENTRY_STATES.length, 'PDPTE (the same)': ENTRY_STATES.length } : {}),
+      'PDE (P=0, or P with W/U/XD)': ENTRY_STATES.length,
+      'PTE (the same)': ENTRY_STATES.length,
+      'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': Math.round(total / ((upper ? ENTRY_STATES.length ** 2 : 1) * ENTRY_STATES.length ** 2 * 6)),
+      'read, write, fetch': 3,
+      'supervisor, user': 2,
+    },
     mismatches,
     mismatchCount: wrong,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/**
+ * The whole space split over `workers` threads (default: the cores), each on
+ * a VM of its own; the reports summed (mismatches kept up to `keep`).
+ */
+export async function runAccessMatrixParallel(
+  o: { upper?: boolean; workers?: number; keep?: number; onProgress?: (done: number, total: number) => void } = {},
+): Promise<AccessReport> {
+  const upper = o.upper ?? true;
+  const workers = Math.max(1, Math.min(32, o.workers ?? os.availableParallelism()));
+  const keep = o.keep ?? 20;
+  const total = accessCaseCount(upper);
+  const done = new Array<number>(workers).fill(0);
+  const t0 = performance.now();
+  const reports = await Promise.all(
+    Array.from(
+      { length: workers },
+      (_, part) =>
+        new Promise<AccessReport>((resolve, reject) => {
+          const w = new Worker(path.join(__dirname, 'access-worker.js'), { workerData: { upper, part, parts: workers, keep } });
+          w.on('message', (m: { progress?: number; report?: AccessReport }) => {
+            if (m.report !== undefined) resolve(m.report);
+            else if (m.progress !== undefined) {
+              done[part] = m.progress;
+              o.onProgress?.(done.reduce((a, b) => a + b, 0), total);
+            }
+          });
+          w.on('error', reject);
+          w.on('exit', (code) => {
+            if (code !== 0) reject(new Error(`kvmmu access: worker ${part} exited with ${code}`));
+          });
+        }),
+    ),
+  );
+  const first = reports[0]!;
+  const combinations = reports.reduce((n, r) => n + r.combinations, 0);
+  if (combinations !== total) throw new KvmmuError(`access matrix: the workers ran ${combinations} combinations, expected ${total}`);
+  return {
+    mode: 'shadow',
+    combinations,
+    dimensions: { ...first.dimensions, 'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': 32 },
+    mismatches: reports.flatMap((r) => r.mismatches).slice(0, keep),
+    mismatchCount: reports.reduce((n, r) => n + r.mismatchCount, 0),
     seconds: (performance.now() - t0) / 1000,
   };
 }
