@@ -30,6 +30,9 @@ export interface AccessCase {
   readonly pdpte: SdmEntry;
   readonly pde: SdmEntry;
   readonly pte: SdmEntry;
+  /** The PTE's A and D bits before the access (the walk sets what the access needs). */
+  readonly pteA: boolean;
+  readonly pteD: boolean;
   readonly cpu: SdmCpu;
   readonly kind: SdmKind;
   readonly user: boolean;
@@ -97,7 +100,9 @@ export function* accessCases(upper: boolean, part = 0, parts = 1): Generator<Acc
       for (const pdpte of uppers)
         for (const pde of ENTRY_STATES)
           for (const pte of ENTRY_STATES)
-            for (const kind of KINDS) for (const user of [false, true]) yield { pml4e, pdpte, pde, pte, cpu, kind, user };
+            for (let ad = 0; ad < 4; ad++)
+              for (const kind of KINDS)
+                for (const user of [false, true]) yield { pml4e, pdpte, pde, pte, pteA: (ad & 1) !== 0, pteD: (ad & 2) !== 0, cpu, kind, user };
   }
 }
 
@@ -106,7 +111,7 @@ export function accessCaseCount(upper: boolean, part = 0, parts = 1): number {
   let cpus = 0;
   for (let c = part; c < 32; c += parts) cpus++;
   const u = upper ? ENTRY_STATES.length ** 2 : 1;
-  return cpus * u * ENTRY_STATES.length ** 2 * KINDS.length * 2;
+  return cpus * u * ENTRY_STATES.length ** 2 * 4 * KINDS.length * 2;
 }
 
 /**
@@ -148,6 +153,10 @@ export function runAccessMatrix(
     setEntry(3, c.pdpte);
     setEntry(2, c.pde);
     setEntry(1, c.pte);
+    if (c.pteA || c.pteD) {
+      const a = gpa[3]!;
+      k.host.writeUser64(Math.floor(a / 4096), a % 4096, entryAt(1) | (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n));
+    }
     k.mmu.kvmMmuZapAll();
     v.enterGuest();
     v.setControlBits(cpuBits(c.cpu));
@@ -171,7 +180,7 @@ export function runAccessMatrix(
       const missingA = [4, 3, 2, 1].filter((l) => (entryAt(l) & PT_ACCESSED_MASK) === 0n);
       const d = (entryAt(1) & PT_DIRTY_MASK) !== 0n;
       if (missingA.length > 0) adWrong = `A not set at level${missingA.length > 1 ? 's' : ''} ${missingA.join(', ')}`;
-      else if (d !== (c.kind === 'write')) adWrong = d ? 'D set by a read or fetch' : 'D not set by the write';
+      else if (d !== (c.pteD || c.kind === 'write')) adWrong = d ? 'D set by a read or fetch' : c.pteD ? 'D cleared' : 'D not set by the write';
     }
     if (got !== expected || adWrong !== null) {
       wrong++;
@@ -188,7 +197,8 @@ export function runAccessMatrix(
       ...(upper ? { 'PML4E (P=0, or P with W/U/XD)': ENTRY_STATES.length, 'PDPTE (the same)': ENTRY_STATES.length } : {}),
       'PDE (P=0, or P with W/U/XD)': ENTRY_STATES.length,
       'PTE (the same)': ENTRY_STATES.length,
-      'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': Math.round(total / ((upper ? ENTRY_STATES.length ** 2 : 1) * ENTRY_STATES.length ** 2 * 6)),
+      "PTE's A and D beforehand": 4,
+      'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': Math.round(total / ((upper ? ENTRY_STATES.length ** 2 : 1) * ENTRY_STATES.length ** 2 * 4 * 6)),
       'read, write, fetch': 3,
       'supervisor, user': 2,
     },
