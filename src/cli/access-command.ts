@@ -18,7 +18,7 @@ function describe(m: AccessMismatch): string {
   const bits = [c.wp && 'WP', c.nxe && 'NXE', c.smep && 'SMEP', c.smap && 'SMAP', c.ac && 'AC'].filter(Boolean).join(' ') || 'none';
   const ad = `${m.case.pteA ? 'A' : ''}${m.case.pteD ? 'D' : ''}` || 'no A/D';
   return (
-    `${m.case.user ? 'user' : 'supervisor'} ${m.case.kind}; PML4E ${e(m.case.pml4e)}, PDPTE ${e(m.case.pdpte)}, PDE ${e(m.case.pde)}, PTE ${e(m.case.pte)} (${ad} before); control bits ${bits}: ` +
+    `${m.case.user ? 'user' : 'supervisor'} ${m.case.kind}; PML4E ${e(m.case.pml4e)}, PDPTE ${e(m.case.pdpte)}, PDE ${e(m.case.pde)}${m.case.large ? ' (2 MiB page)' : `, PTE ${e(m.case.pte)}`} (${ad} before); control bits ${bits}: ` +
     `SDM says ${ec(m.expected)}, kvmmu gave ${ec(m.got)}${m.adWrong !== null ? ` (${m.adWrong})` : ''}`
   );
 }

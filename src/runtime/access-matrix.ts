@@ -15,6 +15,7 @@ import {
   CPU_RFLAGS_AC,
   PT_ACCESSED_MASK,
   PT_DIRTY_MASK,
+  PT_PAGE_SIZE_MASK,
   PT_PRESENT_MASK,
   PT_USER_MASK,
   PT_WRITABLE_MASK,
@@ -29,8 +30,10 @@ export interface AccessCase {
   readonly pml4e: SdmEntry;
   readonly pdpte: SdmEntry;
   readonly pde: SdmEntry;
+  /** The PDE maps a 2 MiB page (PS): the walk ends there, and `pte` is not used. */
+  readonly large: boolean;
   readonly pte: SdmEntry;
-  /** The PTE's A and D bits before the access (the walk sets what the access needs). */
+  /** The leaf's (PTE's, or the large PDE's) A and D bits before the access (the walk sets what the access needs). */
   readonly pteA: boolean;
   readonly pteD: boolean;
   readonly cpu: SdmCpu;
@@ -99,10 +102,11 @@ export function* accessCases(upper: boolean, part = 0, parts = 1): Generator<Acc
     for (const pml4e of uppers)
       for (const pdpte of uppers)
         for (const pde of ENTRY_STATES)
-          for (const pte of ENTRY_STATES)
-            for (let ad = 0; ad < 4; ad++)
-              for (const kind of KINDS)
-                for (const user of [false, true]) yield { pml4e, pdpte, pde, pte, pteA: (ad & 1) !== 0, pteD: (ad & 2) !== 0, cpu, kind, user };
+          for (const large of [false, true])
+            for (const pte of large ? [FULL] : ENTRY_STATES)
+              for (let ad = 0; ad < 4; ad++)
+                for (const kind of KINDS)
+                  for (const user of [false, true]) yield { pml4e, pdpte, pde, large, pte, pteA: (ad & 1) !== 0, pteD: (ad & 2) !== 0, cpu, kind, user };
   }
 }
 
@@ -111,7 +115,7 @@ export function accessCaseCount(upper: boolean, part = 0, parts = 1): number {
   let cpus = 0;
   for (let c = part; c < 32; c += parts) cpus++;
   const u = upper ? ENTRY_STATES.length ** 2 : 1;
-  return cpus * u * ENTRY_STATES.length ** 2 * 4 * KINDS.length * 2;
+  return cpus * u * ENTRY_STATES.length * (ENTRY_STATES.length + 1) * 4 * KINDS.length * 2;
 }
 
 /**
@@ -127,7 +131,8 @@ export function runAccessMatrix(
 ): AccessReport {
   const upper = o.upper ?? false;
   const keep = o.keep ?? 20;
-  const dataPages = 16;
+  // 512 data pages, so that a large PDE can map gfns 0-511 (G's page is gfn 5 either way), then the tables.
+  const dataPages = 512;
   const tablePages = 8;
   const spec = createMachine({ mode: 'shadow', vcpus: 1, memBytes: (dataPages + tablePages) * 4096, spPages: 64 });
   const k = openKvm(spec, -2);
@@ -139,10 +144,13 @@ export function runAccessMatrix(
   v.setup(pt.cr3, CPU_CR0_WP | CPU_EFER_NX);
   const gpa = [4, 3, 2, 1].map((l) => pt.pteGpa(G, l));
   const entryAt = (level: number): bigint => k.host.readUser64(Math.floor(gpa[4 - level]! / 4096), gpa[4 - level]! % 4096);
-  const setEntry = (level: number, e: SdmEntry): void => {
+  const write = (level: number, value: bigint): void => {
     const a = gpa[4 - level]!;
-    k.host.writeUser64(Math.floor(a / 4096), a % 4096, (entryAt(level) & ~FLAG_BITS) | entryFlags(e));
+    k.host.writeUser64(Math.floor(a / 4096), a % 4096, value);
   };
+  // The PDE's address part: the PT's frame for a 4 KiB walk; gfn 0 (the large page's first frame) with PS.
+  const pdeTable = entryAt(2) & ~FLAG_BITS;
+  const setEntry = (level: number, e: SdmEntry): void => write(level, (entryAt(level) & ~FLAG_BITS) | entryFlags(e));
   const total = accessCaseCount(upper, o.part, o.parts);
   const mismatches: AccessMismatch[] = [];
   let count = 0;
@@ -151,12 +159,10 @@ export function runAccessMatrix(
   for (const c of accessCases(upper, o.part, o.parts)) {
     setEntry(4, c.pml4e);
     setEntry(3, c.pdpte);
-    setEntry(2, c.pde);
+    write(2, (c.large ? PT_PAGE_SIZE_MASK : pdeTable) | entryFlags(c.pde));
     setEntry(1, c.pte);
-    if (c.pteA || c.pteD) {
-      const a = gpa[3]!;
-      k.host.writeUser64(Math.floor(a / 4096), a % 4096, entryAt(1) | (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n));
-    }
+    const leaf = c.large ? 2 : 1;
+    if (c.pteA || c.pteD) write(leaf, entryAt(leaf) | (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n));
     k.mmu.kvmMmuZapAll();
     v.enterGuest();
     v.setControlBits(cpuBits(c.cpu));
@@ -173,12 +179,12 @@ export function runAccessMatrix(
       v.user = false;
       v.exitGuest();
     }
-    const expected = sdmAccess([c.pml4e, c.pdpte, c.pde, c.pte], c.cpu, c.kind, c.user).errorCode;
+    const expected = sdmAccess(c.large ? [c.pml4e, c.pdpte, c.pde] : [c.pml4e, c.pdpte, c.pde, c.pte], c.cpu, c.kind, c.user).errorCode;
     const got = first !== expected ? first : second;
     let adWrong: string | null = null;
     if (expected === null && got === null) {
-      const missingA = [4, 3, 2, 1].filter((l) => (entryAt(l) & PT_ACCESSED_MASK) === 0n);
-      const d = (entryAt(1) & PT_DIRTY_MASK) !== 0n;
+      const missingA = (c.large ? [4, 3, 2] : [4, 3, 2, 1]).filter((l) => (entryAt(l) & PT_ACCESSED_MASK) === 0n);
+      const d = (entryAt(leaf) & PT_DIRTY_MASK) !== 0n;
       if (missingA.length > 0) adWrong = `A not set at level${missingA.length > 1 ? 's' : ''} ${missingA.join(', ')}`;
       else if (d !== (c.pteD || c.kind === 'write')) adWrong = d ? 'D set by a read or fetch' : c.pteD ? 'D cleared' : 'D not set by the write';
     }
@@ -196,9 +202,9 @@ export function runAccessMatrix(
     dimensions: {
       ...(upper ? { 'PML4E (P=0, or P with W/U/XD)': ENTRY_STATES.length, 'PDPTE (the same)': ENTRY_STATES.length } : {}),
       'PDE (P=0, or P with W/U/XD)': ENTRY_STATES.length,
-      'PTE (the same)': ENTRY_STATES.length,
-      "PTE's A and D beforehand": 4,
-      'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': Math.round(total / ((upper ? ENTRY_STATES.length ** 2 : 1) * ENTRY_STATES.length ** 2 * 4 * 6)),
+      'PTE (the same), or none: the PDE maps 2 MiB': ENTRY_STATES.length + 1,
+      "the leaf's A and D beforehand": 4,
+      'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': Math.round(total / ((upper ? ENTRY_STATES.length ** 2 : 1) * ENTRY_STATES.length * (ENTRY_STATES.length + 1) * 4 * 6)),
       'read, write, fetch': 3,
       'supervisor, user': 2,
     },
