@@ -1,11 +1,12 @@
 // `kvmmu access`: kvmmu's own access.c — every combination of guest PDE/PTE flags, control bits and access kinds through the whole shadow-paging stack, compared with the SDM reference; a table of mismatches or JSON.
 
 import { KvmmuError } from '../shm/errors';
-import { runAccessMatrixParallel, type AccessMismatch } from '../runtime/access-matrix';
+import { runAccessMatrixParallel, type AccessEdit, type AccessMismatch } from '../runtime/access-matrix';
 import { ProgressLine } from './progress';
 
 export interface AccessCliOptions {
   mode: string;
+  edit: AccessEdit;
   workers?: number;
   json: boolean;
 }
@@ -27,6 +28,7 @@ export async function accessCommand(o: AccessCliOptions): Promise<number> {
   if (o.mode !== 'shadow') throw new KvmmuError(`kvmmu access runs shadow paging only (the mode whose walk of the guest's tables it checks), not ${o.mode}`);
   const progress = !o.json && process.stderr.isTTY ? new ProgressLine('access', 1) : null;
   const r = await runAccessMatrixParallel({
+    edit: o.edit,
     workers: o.workers,
     onProgress: progress === null ? undefined : (done, total) => progress.update(done / total, `${done.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} combinations`),
   });
@@ -35,7 +37,9 @@ export async function accessCommand(o: AccessCliOptions): Promise<number> {
     process.stdout.write(JSON.stringify(r) + '\n');
   } else {
     const lines = [
-        `kvmmu access: ${r.combinations.toLocaleString('en-US')} combinations through the shadow MMU in ${r.seconds.toFixed(2)} s, ${r.mismatchCount} mismatch${r.mismatchCount === 1 ? '' : 'es'} with the SDM`,
+        `kvmmu access: ${r.combinations.toLocaleString('en-US')} combinations through the shadow MMU in ${r.seconds.toFixed(2)} s ` +
+        `(entries written ${r.edit === 'host' ? 'by the host, shadow pages zapped' : 'by the guest, emulated, then invlpg'}), ` +
+        `${r.mismatchCount} mismatch${r.mismatchCount === 1 ? '' : 'es'} with the SDM`,
       `counted as: ${Object.entries(r.dimensions).map(([k, n]) => `${k} ${n}`).join(' × ')}`,
       ...r.mismatches.map((m) => `  ${describe(m)}`),
     ];

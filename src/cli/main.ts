@@ -165,6 +165,11 @@ export function buildProgram(): Command {
     .command('access')
     .description("kvmmu's own access.c: guest PDE/PTE flags, control bits and access kinds through the shadow MMU, each compared with the SDM")
     .addOption(new Option('--mode <mode>', 'MMU mode (shadow: the mode that walks the guest tables)').choices(MMU_MODES as string[]).default('shadow'))
+    .addOption(
+      new Option('--edit <how>', "who writes each combination's entries: the host (every shadow page zapped) or the guest (emulated writes, invlpg)")
+        .choices(['host', 'guest'])
+        .default('host'),
+    )
     .option('--workers <n>', 'worker threads (default: the cores)', int('--workers', 1, 32))
     .option('--json', 'print one JSON object', false)
     .action(async (opts: AccessCliOptions) => {

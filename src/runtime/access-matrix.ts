@@ -23,7 +23,7 @@ import {
 import { sdmAccess, type SdmCpu, type SdmEntry, type SdmKind } from '../x86/sdm';
 
 const PT_XD = 1n << 63n;
-const FLAG_BITS = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | PT_ACCESSED_MASK | PT_DIRTY_MASK | PT_XD;
+const FLAG_BITS = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | PT_ACCESSED_MASK | PT_DIRTY_MASK | PT_PAGE_SIZE_MASK | PT_XD;
 
 /** One combination: each level's P/W/U/XD (PML4E first), the control bits, the access. */
 export interface AccessCase {
@@ -51,8 +51,12 @@ export interface AccessMismatch {
   readonly adWrong: string | null;
 }
 
+/** How a combination's entries are put in place: by the host (shadow pages zapped), or by the guest (emulated writes, invlpg). */
+export type AccessEdit = 'host' | 'guest';
+
 export interface AccessReport {
   readonly mode: 'shadow';
+  readonly edit: AccessEdit;
   readonly combinations: number;
   /** How they are counted: the dimensions and their sizes. */
   readonly dimensions: Record<string, number>;
@@ -127,9 +131,18 @@ export function accessCaseCount(upper: boolean, part = 0, parts = 1): number {
  * the guest's entries, are compared with sdmAccess.
  */
 export function runAccessMatrix(
-  o: { upper?: boolean; part?: number; parts?: number; keep?: number; onProgress?: (done: number, total: number) => void } = {},
+  o: {
+    upper?: boolean;
+    /** How each combination's entries are written: by the host with every shadow page zapped, or by the guest itself and invlpg. */
+    edit?: AccessEdit;
+    part?: number;
+    parts?: number;
+    keep?: number;
+    onProgress?: (done: number, total: number) => void;
+  } = {},
 ): AccessReport {
   const upper = o.upper ?? false;
+  const edit = o.edit ?? 'host';
   const keep = o.keep ?? 20;
   // 512 data pages, so that a large PDE can map gfns 0-511 (G's page is gfn 5 either way), then the tables.
   const dataPages = 512;
@@ -150,23 +163,44 @@ export function runAccessMatrix(
   };
   // The PDE's address part: the PT's frame for a 4 KiB walk; gfn 0 (the large page's first frame) with PS.
   const pdeTable = entryAt(2) & ~FLAG_BITS;
-  const setEntry = (level: number, e: SdmEntry): void => write(level, (entryAt(level) & ~FLAG_BITS) | entryFlags(e));
+  // With edit 'guest' the entries are written by the guest itself through the identity mapping of its tables
+  // (a separate tree from G's): each write to a shadowed table is emulated and zaps what it made stale; unchanged
+  // entries are not written, as a guest would not.
+  const writeAsGuest = (level: number, value: bigint): void => {
+    if (entryAt(level) !== value) v.write64(gpa[4 - level]!, value);
+  };
+  const values = (c: AccessCase): bigint[] => {
+    const leaf = c.large ? 2 : 1;
+    const ad = (level: number): bigint => (level === leaf ? (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n) : 0n);
+    return [
+      (entryAt(4) & ~FLAG_BITS) | entryFlags(c.pml4e) | ad(4),
+      (entryAt(3) & ~FLAG_BITS) | entryFlags(c.pdpte) | ad(3),
+      (c.large ? PT_PAGE_SIZE_MASK : pdeTable) | entryFlags(c.pde) | ad(2),
+      (entryAt(1) & ~FLAG_BITS) | entryFlags(c.pte) | ad(1),
+    ];
+  };
   const total = accessCaseCount(upper, o.part, o.parts);
   const mismatches: AccessMismatch[] = [];
   let count = 0;
   let wrong = 0;
   const t0 = performance.now();
   for (const c of accessCases(upper, o.part, o.parts)) {
-    setEntry(4, c.pml4e);
-    setEntry(3, c.pdpte);
-    write(2, (c.large ? PT_PAGE_SIZE_MASK : pdeTable) | entryFlags(c.pde));
-    setEntry(1, c.pte);
     const leaf = c.large ? 2 : 1;
-    if (c.pteA || c.pteD) write(leaf, entryAt(leaf) | (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n));
-    k.mmu.kvmMmuZapAll();
-    v.enterGuest();
-    v.setControlBits(cpuBits(c.cpu));
-    v.flushTlb();
+    const want = values(c);
+    if (edit === 'host') {
+      for (let level = 4; level >= 1; level--) write(level, want[4 - level]!);
+      k.mmu.kvmMmuZapAll();
+      v.enterGuest();
+      v.setControlBits(cpuBits(c.cpu));
+      v.flushTlb();
+    } else {
+      v.enterGuest();
+      // Edit with settings that let the supervisor write its tables (they are mapped user: no SMAP), then switch.
+      v.setControlBits(CPU_CR0_WP | CPU_EFER_NX);
+      for (let level = 4; level >= 1; level--) writeAsGuest(level, want[4 - level]!);
+      v.invlpg(G);
+      v.setControlBits(cpuBits(c.cpu));
+    }
     v.user = c.user;
     // The access twice, as access.c repeats one: the second meets what the first left (TLB entry, SPTE, A/D bits)
     // and must give the same answer; a mismatch reports the one that differs from the SDM.
@@ -198,6 +232,7 @@ export function runAccessMatrix(
   if (count !== total) throw new KvmmuError(`access matrix: ran ${count} combinations, expected ${total}`);
   return {
     mode: 'shadow',
+    edit,
     combinations: count,
     dimensions: {
       ...(upper ? { 'PML4E (P=0, or P with W/U/XD)': ENTRY_STATES.length, 'PDPTE (the same)': ENTRY_STATES.length } : {}),
@@ -219,9 +254,10 @@ export function runAccessMatrix(
  * a VM of its own; the reports summed (mismatches kept up to `keep`).
  */
 export async function runAccessMatrixParallel(
-  o: { upper?: boolean; workers?: number; keep?: number; onProgress?: (done: number, total: number) => void } = {},
+  o: { upper?: boolean; edit?: AccessEdit; workers?: number; keep?: number; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<AccessReport> {
   const upper = o.upper ?? true;
+  const edit = o.edit ?? 'host';
   const workers = Math.max(1, Math.min(32, o.workers ?? os.availableParallelism()));
   const keep = o.keep ?? 20;
   const total = accessCaseCount(upper);
@@ -232,7 +268,7 @@ export async function runAccessMatrixParallel(
       { length: workers },
       (_, part) =>
         new Promise<AccessReport>((resolve, reject) => {
-          const w = new Worker(path.join(__dirname, 'access-worker.js'), { workerData: { upper, part, parts: workers, keep } });
+          const w = new Worker(path.join(__dirname, 'access-worker.js'), { workerData: { upper, edit, part, parts: workers, keep } });
           w.on('message', (m: { progress?: number; report?: AccessReport }) => {
             if (m.report !== undefined) resolve(m.report);
             else if (m.progress !== undefined) {
@@ -252,6 +288,7 @@ export async function runAccessMatrixParallel(
   if (combinations !== total) throw new KvmmuError(`access matrix: the workers ran ${combinations} combinations, expected ${total}`);
   return {
     mode: 'shadow',
+    edit,
     combinations,
     dimensions: { ...first.dimensions, 'CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC': 32 },
     mismatches: reports.flatMap((r) => r.mismatches).slice(0, keep),

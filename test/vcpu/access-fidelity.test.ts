@@ -157,6 +157,10 @@ test('kvmmu access: every combination through the shadow MMU agrees with the SDM
   const r = runAccessMatrix();
   assert.equal(r.combinations, 69_120);
   assert.deepEqual(r.mismatches, []);
+  // The same with the guest writing its own entries (emulated writes to its shadowed tables) and invlpg.
+  const g = runAccessMatrix({ edit: 'guest' });
+  assert.equal(g.combinations, 69_120);
+  assert.deepEqual(g.mismatches, []);
   assert.equal(Object.values(r.dimensions).reduce((a, b) => a * b, 1), r.combinations);
   // The whole space (5.6 million combinations, about a minute on two cores).
   const cli = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'access', '--workers', '2', '--json'], { encoding: 'utf8', timeout: 600_000 });
