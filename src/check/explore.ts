@@ -30,6 +30,11 @@ export interface ExploreOptions {
   readonly pctDepth?: number;
   /** Keep exploring after the first violation (to find a shorter one). */
   readonly continueAfterViolation?: boolean;
+  /**
+   * Count only violations of this invariant; an execution that breaks another is passed over and the search
+   * goes on (the minimizer looks for a simpler counterexample of the bug it was given, not of another one).
+   */
+  readonly invariant?: string;
   /** Called about every 200 ms. */
   readonly onProgress?: (p: ExploreProgress) => void;
   /** Wall clock in ms (injectable for tests and the browser). */
@@ -585,7 +590,7 @@ function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
     executions++;
     if (r.abandoned) redundant++;
     maxSteps = Math.max(maxSteps, r.steps.length);
-    if (r.violation !== null) {
+    if (r.violation !== null && (o.invariant === undefined || r.violation.invariant === o.invariant)) {
       const schedule = rec !== null ? rec.schedule : r.steps.map((s) => s.thread);
       const enabled = rec !== null ? rec.enabled : sys!.nodes.slice(0, schedule.length).map((nd) => nd.enabled);
       const fv: FoundViolation = {
