@@ -164,7 +164,8 @@ function report(
         schedule: found.schedule,
       }),
       preemptions: found.preemptions,
-      steps: found.schedule.length,
+      // What ran: the rows of the trace (a schedule is replayed strictly, so it is the schedule's length too).
+      steps: replayed.steps.length,
       trace,
       table: renderTable(trace, engine.threadNames),
     };

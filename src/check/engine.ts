@@ -255,7 +255,8 @@ export class Engine {
     this.threadNames = Object.keys(spec.threads);
     this.threadLabels = this.threadNames.map((name) => `scenario ${spec.name}'s thread '${name}'`);
     if (this.threadNames.length === 0) throw new KvmmuError(`scenario ${spec.name} has no threads`);
-    if (this.threadNames.length > 30) throw new KvmmuError(`scenario ${spec.name} has more than 30 threads`);
+    if (this.threadNames.length > 30) throw new KvmmuError(`scenario ${spec.name} has ${this.threadNames.length} threads; the checker runs at most 30`);
+    for (const name of this.threadNames) checkThreadName(spec.name, name);
     this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
     this.machine = gen.createScenarioMachine(spec, ctx);
     // eslint-disable-next-line @typescript-eslint/no-this-alias
@@ -542,6 +543,17 @@ export class Engine {
     }
     return `no thread can run: ${parts.join('; ')}`;
   }
+}
+
+/**
+ * A thread's name goes into trace headers, deadlock messages and the browser view as it is: it must be
+ * non-empty and printable (no newline, no control character, so no terminal escape code).
+ */
+export function checkThreadName(scenario: string, name: string): void {
+  if (name.trim() === '') throw new KvmmuError(`scenario ${scenario} has a thread with an empty name: name each thread (its column in traces)`);
+  // C0 and C1 control characters (ESC starts a terminal escape code), and the Unicode line and paragraph separators.
+  if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(name))
+    throw new KvmmuError(`scenario ${scenario}'s thread ${JSON.stringify(name)}: a thread name must be printable (no newline, tab or other control character)`);
 }
 
 /** Chunk size for tracking written memory between executions. */

@@ -624,10 +624,25 @@ function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
   };
 }
 
-/** Run exactly `schedule`; returns the execution and the schedule's preemption count. */
+/**
+ * Run exactly `schedule`; returns the execution and the schedule's preemption count. Strict both ways: a
+ * schedule that ends while threads can still run, or that goes on after the execution ended (every thread
+ * finished, or a violation stopped it), is a ScheduleMismatch naming where.
+ */
 export function replaySchedule(engine: Engine, schedule: readonly number[]): { result: ExecutionResult; preemptions: number } {
   const rec = new Recorder(new ReplayChooser(schedule));
   const result = engine.execute(rec);
+  const ran = result.steps.length;
+  if (ran < schedule.length) {
+    const v = result.violation;
+    const end =
+      v === null
+        ? 'every thread finished'
+        : v.invariant === 'deadlock'
+          ? 'no thread could run (deadlock)'
+          : `it broke ${v.invariant}`;
+    throw new ScheduleMismatch(`the execution ended after step ${ran} (${end}), but the schedule has ${schedule.length} steps: ${schedule.length - ran} too many`);
+  }
   return { result, preemptions: countPreemptions(rec.schedule, rec.enabled) };
 }
 

@@ -45,6 +45,7 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
     const r = decodeReplay(o.replay);
     matchReplayFlags(o, r);
     const spec = o.file !== undefined ? loadScenarioFile(o.file, r.scenario) : findScenario(catalog, r.scenario);
+    vmSettingsApply(o, spec);
     const report = userCode(o.file, () => replayCheck(gen, spec, r));
     if (o.engine === 'threads') return threadsReplay(r, report, o.json);
     print(report, o.json, o.file);
@@ -57,6 +58,7 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
     : [o.file !== undefined ? loadScenarioFile(o.file, o.scenario) : findScenario(catalog, o.scenario!)];
   const reports: CheckReport[] = [];
   for (const spec of specs) {
+    vmSettingsApply(o, spec);
     if (o.mode !== undefined && spec.modes !== undefined && !spec.modes.includes(o.mode)) {
       if (o.all) continue;
       throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${o.mode}`);
@@ -103,6 +105,19 @@ function userCode<T>(file: string | undefined, f: () => T): T {
     if (e instanceof KvmmuError) throw e;
     throw new KvmmuError(`scenario file ${file}: ${(e as Error).message}`);
   }
+}
+
+/** A scenario on raw memory has no VM: a guard or MMU setting given for it would be silently ignored, so it is an error. */
+function vmSettingsApply(o: CheckCliOptions, spec: ScenarioSpec): void {
+  if (spec.machine !== undefined) return;
+  const given = [
+    o.mode !== undefined ? '--mode' : '',
+    o.guard.length > 0 ? '--guard' : '',
+    o.indirectFastPath !== undefined ? '--indirect-fast-path' : '',
+    o.pageMarking !== undefined ? '--page-marking' : '',
+  ].filter((f) => f !== '');
+  if (given.length > 0)
+    throw new KvmmuError(`scenario ${spec.name} runs on raw memory, with no VM: ${given.join(' and ')} ${given.length === 1 ? 'does' : 'do'} not apply to it (no guard or MMU setting reaches its code)`);
 }
 
 /** Every setting given with --replay must be the replay string's: the string fixes them all. */
