@@ -3,7 +3,7 @@
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARDS, GUARD_NAMES, guardsOff, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { Engine, type GenScenarioModule } from './engine';
-import { ReplayChooser, ScheduleMismatch, explore, replaySchedule, type ExploreProgress, type ExploreResult, type FoundViolation, type Strategy } from './explore';
+import { ReplayChooser, ScheduleMismatch, exploreSlices, replaySchedule, runSlices, type ExploreProgress, type ExploreResult, type FoundViolation, type StopRequest, type Strategy } from './explore';
 import { builtinMonitors } from './invariants';
 import { encodeReplay, renderTable, traceRows, type ReplaySpec, type TraceRow } from './trace';
 import type { ScenarioContext, ScenarioSpec } from './gen/scenario';
@@ -24,6 +24,8 @@ export interface CheckOptions {
   readonly minimize?: boolean;
   readonly onProgress?: (p: ExploreProgress) => void;
   readonly now?: () => number;
+  /** Stop early when set (runCheckAsync lets a signal handler set it); the report then says how far it got. */
+  readonly stop?: StopRequest;
 }
 
 export interface CheckViolation {
@@ -57,6 +59,10 @@ export interface CheckReport {
   readonly maxSteps: number;
   readonly threads: string[];
   readonly violation: CheckViolation | null;
+  /** Stopped by a StopRequest (Ctrl-C): the figures say how far it got, the violation is the best found so far. */
+  readonly interrupted: boolean;
+  /** DPOR/DFS: alternatives left unexplored when it stopped (0 when complete); null for random, PCT and replay. */
+  readonly pending: number | null;
 }
 
 const STATEMENTS: Readonly<Record<string, string>> = {
@@ -84,10 +90,19 @@ function engineFor(gen: GenScenarioModule, spec: ScenarioSpec, ctx: ScenarioCont
 
 /** Explore `spec`; on a violation, look for a simpler one and render it. */
 export function runCheck(gen: GenScenarioModule, spec: ScenarioSpec, o: CheckOptions = {}): CheckReport {
+  return runSlices(checkSlices(gen, spec, o));
+}
+
+/**
+ * runCheck in slices: it yields about every 100 ms, so an asynchronous caller can let the event loop run between
+ * slices (a SIGINT or SIGTERM handler setting `o.stop`; see kvmmu check); a stopped check reports what it explored
+ * and the best counterexample so far.
+ */
+export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: CheckOptions): Generator<void, CheckReport> {
   const ctx = contextFor(spec, o);
   const engine = engineFor(gen, spec, ctx);
   const strategy = o.strategy ?? 'dpor';
-  const result = explore(engine, {
+  const result = yield* exploreSlices(engine, {
     strategy,
     preemptions: o.preemptions,
     maxExecutions: o.executions,
@@ -96,10 +111,17 @@ export function runCheck(gen: GenScenarioModule, spec: ScenarioSpec, o: CheckOpt
     pctDepth: o.pctDepth,
     onProgress: o.onProgress,
     now: o.now,
+    stop: o.stop,
   });
   let found = result.violation;
-  if (found !== null && o.minimize !== false) found = minimize(engine, found, o);
-  return report(engine, spec, ctx, strategy, o.preemptions ?? null, result, found);
+  // Interrupted: the counterexample as found (the user asked to stop, not to wait for a simpler one).
+  let interrupted = result.interrupted;
+  if (found !== null && o.minimize !== false && !interrupted) {
+    const m = yield* minimize(engine, found, o);
+    found = m.best;
+    interrupted = m.interrupted;
+  }
+  return report(engine, spec, ctx, strategy, o.preemptions ?? null, { ...result, interrupted }, found);
 }
 
 /**
@@ -110,17 +132,18 @@ export function runCheck(gen: GenScenarioModule, spec: ScenarioSpec, o: CheckOpt
  * instead would hide the one the search found (a lost update reported as the
  * livelock met on the way).
  */
-function minimize(engine: Engine, found: FoundViolation, o: CheckOptions): FoundViolation {
+function* minimize(engine: Engine, found: FoundViolation, o: CheckOptions): Generator<void, { best: FoundViolation; interrupted: boolean }> {
   let best = found;
   const invariant = found.violation.invariant;
   for (let k = 0; k < best.preemptions; k++) {
-    const r = explore(engine, { strategy: 'dpor', preemptions: k, maxExecutions: 20_000, seconds: 3, invariant, now: o.now });
+    const r = yield* exploreSlices(engine, { strategy: 'dpor', preemptions: k, maxExecutions: 20_000, seconds: 3, invariant, now: o.now, stop: o.stop });
+    if (r.interrupted) return { best, interrupted: true };
     if (r.violation !== null) {
       best = r.violation.preemptions <= best.preemptions ? r.violation : best;
       break;
     }
   }
-  const r = explore(engine, {
+  const r = yield* exploreSlices(engine, {
     strategy: 'dpor',
     preemptions: best.preemptions,
     maxExecutions: 3_000,
@@ -128,9 +151,10 @@ function minimize(engine: Engine, found: FoundViolation, o: CheckOptions): Found
     continueAfterViolation: true,
     invariant,
     now: o.now,
+    stop: o.stop,
   });
   if (r.violation !== null && r.violation.preemptions <= best.preemptions && r.violation.schedule.length < best.schedule.length) best = r.violation;
-  return best;
+  return { best, interrupted: r.interrupted };
 }
 
 function report(
@@ -139,7 +163,7 @@ function report(
   ctx: ScenarioContext,
   strategy: Strategy | 'replay',
   bound: number | null,
-  r: Pick<ExploreResult, 'executions' | 'redundant' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps'>,
+  r: Pick<ExploreResult, 'executions' | 'redundant' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
   found: FoundViolation | null,
 ): CheckReport {
   const off = guardsOff(ctx.guards);
@@ -186,6 +210,8 @@ function report(
     maxSteps: r.maxSteps,
     threads: engine.threadNames,
     violation,
+    interrupted: r.interrupted,
+    pending: r.pending,
   };
 }
 
@@ -208,5 +234,5 @@ export function replayCheck(gen: GenScenarioModule, spec: ScenarioSpec, replay: 
   const r = run.result;
   const found: FoundViolation | null =
     r.violation === null ? null : { violation: r.violation, schedule: [...replay.schedule], preemptions: run.preemptions };
-  return report(engine, spec, ctx, 'replay', null, { executions: 1, redundant: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length }, found);
+  return report(engine, spec, ctx, 'replay', null, { executions: 1, redundant: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
 }

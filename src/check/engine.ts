@@ -277,7 +277,8 @@ export class Engine {
     this.data8 = new Uint8Array(this.machine.shm.data);
     // Setup runs sequentially on its own handle (thread id -1), with a hook that never yields.
     const setupMem = gen.threadMem(this.machine, -1);
-    setupMem.hook = SEQUENTIAL_HOOK;
+    const i32 = new Int32Array(this.machine.shm.meta);
+    setupMem.hook = sequentialHook(`scenario ${spec.name}'s setup`, i32, null);
     const setupVm = new gen.ScenarioVm(this.machine, setupMem as never);
     setupVm.setupPhase = true;
     resetLoopGuard(`scenario ${spec.name}'s setup`);
@@ -309,13 +310,8 @@ export class Engine {
     }
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const engine = this;
-    this.trackingHook = {
-      before(op: number, a: number, b: number, c: number) {
-        loopGuardStep();
-        engine.noteWrite(op, accessOf(op, a, b, c));
-      },
-      note() {},
-    };
+    // The final check's: bounded as setup is, and it records writes so the next restore undoes them.
+    this.trackingHook = sequentialHook(`scenario ${spec.name}'s final check`, i32, (op, acc) => engine.noteWrite(op, acc));
     for (let t = 0; t < this.threadNames.length; t++) {
       const mem = gen.threadMem(this.machine, t);
       mem.hook = this.makeHook(t);
@@ -482,6 +478,7 @@ export class Engine {
     }
     if (this.spec.check === undefined) return;
     const mem = this.gen.threadMem(this.machine, -1);
+    (this.trackingHook as SequentialHook).ops = 0;
     mem.hook = this.trackingHook;
     const vm = new this.gen.ScenarioVm(this.machine, mem as never);
     resetLoopGuard(`scenario ${this.spec.name}'s final check`);
@@ -560,13 +557,42 @@ export function checkThreadName(scenario: string, name: string): void {
 const CHUNK = 4096;
 const DATA_REGIONS = new Set(['host.frameData', 'host.swapData', 'scenario.data']);
 
-/** A hook for sequential phases: every operation proceeds at once (drain() resumes through each yield). */
-const SEQUENTIAL_HOOK: AccessHook = {
-  before() {
-    loopGuardStep();
-  },
-  note() {},
-};
+/**
+ * Operations a sequential phase (a scenario's setup, its final check) may run: the same kind of bound as an
+ * execution's step bound, larger because a setup builds the machine (a shadow-mode setup's guest page tables
+ * take about 18,600 operations). About a second of operations here.
+ */
+export const SEQUENTIAL_MAX_OPS = 1_000_000;
+
+interface SequentialHook extends AccessHook {
+  ops: number;
+}
+
+/**
+ * A hook for a sequential phase (`what` names it in errors): every operation proceeds at once (drain() resumes
+ * through each yield). No other thread runs there, so an operation that would block (a lock held, a
+ * waitWhile32 on the value the word holds) could never go on, and a phase that runs more than
+ * SEQUENTIAL_MAX_OPS operations is spinning on memory nothing else will change: both end the check with an error.
+ */
+function sequentialHook(what: string, i32: Int32Array, onOp: ((op: number, acc: Access) => void) | null): SequentialHook {
+  const hook: SequentialHook = {
+    ops: 0,
+    before(op: number, a: number, b: number, c: number) {
+      loopGuardStep();
+      if (++hook.ops > SEQUENTIAL_MAX_OPS)
+        throw new KvmmuError(
+          `${what} ran ${SEQUENTIAL_MAX_OPS.toLocaleString('en-US')} memory operations without finishing: it runs alone, so a loop waiting for shared memory to change never ends (wait for other threads in a thread, not in setup or check)`,
+        );
+      if (!isEnabled(i32, op, a, b))
+        throw new KvmmuError(
+          `${what} ${op === OP.waitWhile32 ? `waits for word ${a} to change from ${b}` : 'waits for a lock that is held'}: it runs alone, so nothing else can change it`,
+        );
+      onOp?.(op, accessOf(op, a, b, c));
+    },
+    note() {},
+  };
+  return hook;
+}
 
 /** V8's messages for a write to a frozen object (in strict code; sloppy code's writes are dropped silently). */
 const FROZEN_WRITE = /read only property|not extensible|Cannot delete property/;

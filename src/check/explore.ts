@@ -39,6 +39,13 @@ export interface ExploreOptions {
   readonly onProgress?: (p: ExploreProgress) => void;
   /** Wall clock in ms (injectable for tests and the browser). */
   readonly now?: () => number;
+  /** Set `requested` (from a signal handler, between slices of exploreSlices) to stop after the current execution. */
+  readonly stop?: StopRequest;
+}
+
+/** A request to stop an exploration early, keeping what it found (Ctrl-C on kvmmu check). */
+export interface StopRequest {
+  requested: boolean;
 }
 
 export interface ExploreProgress {
@@ -67,6 +74,10 @@ export interface ExploreResult {
   readonly seconds: number;
   readonly maxSteps: number;
   readonly violation: FoundViolation | null;
+  /** A StopRequest ended it (not a budget): the figures are how far it got. */
+  readonly interrupted: boolean;
+  /** DPOR/DFS: alternatives still waiting when it stopped (0 when complete); null for random and PCT. */
+  readonly pending: number | null;
 }
 
 /** Preemptions in a schedule: switches away from a thread that could have continued. */
@@ -551,17 +562,35 @@ class PctChooser implements Chooser {
 // ---------------------------------------------------------------- the driver
 
 export function explore(engine: Engine, o: ExploreOptions): ExploreResult {
+  return runSlices(exploreSlices(engine, o));
+}
+
+/** Run a sliced computation (exploreSlices, checkSlices) to its end without stopping between slices. */
+export function runSlices<T>(g: Generator<void, T>): T {
+  let r = g.next();
+  while (r.done !== true) r = g.next();
+  return r.value;
+}
+
+/** Milliseconds of exploring between two slices (a point where a caller may let signal handlers run). */
+const SLICE_MS = 100;
+
+/**
+ * The exploration, in slices: it yields about every SLICE_MS ms, so an asynchronous caller can let the event
+ * loop run (a SIGINT handler setting `o.stop`) between executions. explore() runs it straight through.
+ */
+export function* exploreSlices(engine: Engine, o: ExploreOptions): Generator<void, ExploreResult> {
   // Only the reduction needs what monitors and plain stores touched (Engine.trackFootprints).
   const tracked = engine.trackFootprints;
   engine.trackFootprints = o.strategy === 'dpor';
   try {
-    return exploreWith(engine, o);
+    return yield* exploreWith(engine, o);
   } finally {
     engine.trackFootprints = tracked;
   }
 }
 
-function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
+function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, ExploreResult> {
   const now = o.now ?? (() => performance.now());
   const t0 = now();
   const deadline = o.seconds !== undefined ? t0 + o.seconds * 1000 : Infinity;
@@ -573,6 +602,8 @@ function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
   let found: FoundViolation | null = null;
   let complete = false;
   let lastProgress = t0;
+  let lastSlice = t0;
+  let interrupted = false;
   const bound = o.preemptions ?? -1;
   const sys = o.strategy === 'dpor' || o.strategy === 'dfs' ? new Systematic(n, o.strategy === 'dpor', bound) : null;
 
@@ -611,6 +642,14 @@ function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
       lastProgress = t;
       o.onProgress({ executions, seconds: (t - t0) / 1000, pending: sys?.pending() ?? null });
     }
+    if (t - lastSlice >= SLICE_MS) {
+      yield;
+      lastSlice = now();
+    }
+    if (o.stop?.requested === true) {
+      interrupted = true;
+      break;
+    }
   }
   return {
     strategy: o.strategy,
@@ -621,6 +660,8 @@ function exploreWith(engine: Engine, o: ExploreOptions): ExploreResult {
     seconds: (now() - t0) / 1000,
     maxSteps,
     violation: found,
+    interrupted,
+    pending: sys === null ? null : complete ? 0 : sys.pending(),
   };
 }
 

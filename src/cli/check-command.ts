@@ -2,8 +2,8 @@
 
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
-import { replayCheck, runCheck, type CheckReport } from '../check/check';
-import type { Strategy } from '../check/explore';
+import { checkSlices, replayCheck, type CheckOptions, type CheckReport } from '../check/check';
+import type { StopRequest, Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
 import { decodeReplay, renderTable, type ReplaySpec } from '../check/trace';
 import { replayOnThreads } from '../runtime/thread-replay';
@@ -57,14 +57,42 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
     ? [...catalog.builtin]
     : [o.file !== undefined ? loadScenarioFile(o.file, o.scenario) : findScenario(catalog, o.scenario!)];
   const reports: CheckReport[] = [];
-  for (const spec of specs) {
-    vmSettingsApply(o, spec);
-    if (o.mode !== undefined && spec.modes !== undefined && !spec.modes.includes(o.mode)) {
-      if (o.all) continue;
-      throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${o.mode}`);
+  // Ctrl-C or SIGTERM: the check in progress stops after its current execution and reports how far it got.
+  const stop: StopRequest = { requested: false };
+  const onSignal = (): void => {
+    stop.requested = true;
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    for (const spec of specs) {
+      if (stop.requested) break;
+      vmSettingsApply(o, spec);
+      if (o.mode !== undefined && spec.modes !== undefined && !spec.modes.includes(o.mode)) {
+        if (o.all) continue;
+        throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${o.mode}`);
+      }
+      reports.push(await checkOne(o, gen, spec, guards, stop));
+      if (!o.json) process.stdout.write(formatCheckReport(reports[reports.length - 1]!, o.file) + '\n');
     }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  if (o.json) process.stdout.write(JSON.stringify(o.all ? reports.map(toJson) : toJson(reports[0]!)) + '\n');
+  if (stop.requested) {
+    if (!o.json && o.all && reports.length < specs.length) process.stdout.write(`interrupted: ${specs.length - reports.length} scenario(s) not checked\n`);
+    return EXIT_INTERRUPTED;
+  }
+  return reports.some((r) => r.violation !== null) ? 1 : 0;
+}
+
+/** The exit status of a check stopped by SIGINT or SIGTERM (128 + SIGINT's number, as shells report it). */
+export const EXIT_INTERRUPTED = 130;
+
+async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest): Promise<CheckReport> {
     const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
-    const report = userCode(o.file, () => runCheck(gen, spec, {
+    const report = await userCodeAsync(o.file, () => runCheckAsync(gen, spec, {
       mode: o.mode,
       guards,
       indirectFastPath: o.indirectFastPath,
@@ -83,13 +111,31 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
                 `check ${spec.name}: ${p.executions} executions, ${Math.round(p.executions / Math.max(p.seconds, 1e-3))}/s` +
                   (p.pending !== null ? `, ${p.pending} alternatives pending` : ''),
               ),
+      stop,
     }));
     status?.clear();
-    reports.push(report);
-    if (!o.json) process.stdout.write(formatCheckReport(report, o.file) + '\n');
+    return report;
+}
+
+/** runCheck, letting the event loop run between its slices (about every 100 ms), so a signal handler can set `o.stop`. */
+async function runCheckAsync(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, o: CheckOptions): Promise<CheckReport> {
+  const g = checkSlices(gen, spec, o);
+  for (;;) {
+    const r = g.next();
+    if (r.done === true) return r.value;
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
-  if (o.json) process.stdout.write(JSON.stringify(o.all ? reports.map(toJson) : toJson(reports[0]!)) + '\n');
-  return reports.some((r) => r.violation !== null) ? 1 : 0;
+}
+
+/** userCode for an asynchronous run. */
+async function userCodeAsync<T>(file: string | undefined, f: () => Promise<T>): Promise<T> {
+  if (file === undefined) return f();
+  try {
+    return await f();
+  } catch (e) {
+    if (e instanceof KvmmuError) throw e;
+    throw new KvmmuError(`scenario file ${file}: ${(e as Error).message}`);
+  }
 }
 
 /**
@@ -197,6 +243,8 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     executions: r.executions,
     seconds: r.seconds,
     threads: r.threads,
+    interrupted: r.interrupted,
+    pending: r.pending,
     violation:
       r.violation === null
         ? null
@@ -222,6 +270,13 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
   lines.push(`${r.strategy}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
+  if (r.interrupted) {
+    const pending = r.pending !== null ? `, ${r.pending} alternative${r.pending === 1 ? '' : 's'} left unexplored on the current path` : '';
+    lines.push(
+      `INTERRUPTED after ${r.executions} execution${r.executions === 1 ? '' : 's'} (longest ${r.maxSteps} steps)${pending}: NOT exhaustive` +
+        (r.violation !== null ? '; the counterexample below is the best found so far, not minimized' : '; no violation found so far'),
+    );
+  }
   if (r.violation !== null) {
     const v = r.violation;
     lines.push(`VIOLATION of ${v.invariant}${v.statement !== '' ? ` (${v.statement})` : ''}:`);
@@ -231,6 +286,8 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
     lines.push(v.table);
     lines.push('');
     lines.push(`replay: kvmmu check ${file !== undefined ? `--file ${shellWord(file)} ` : ''}--replay '${v.schedule}'`);
+  } else if (r.interrupted) {
+    // Said above.
   } else if (r.strategy === 'replay') {
     lines.push('no violation on this schedule');
   } else if (r.complete) {
