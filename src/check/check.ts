@@ -55,6 +55,10 @@ export interface CheckReport {
   readonly boundReached: boolean;
   readonly executions: number;
   readonly redundant: number;
+  /** Executions cut at the step bound because a thread that could run was starved (no livelock under a fair scheduler). */
+  readonly unfair: number;
+  /** Executions cut at the step bound that had not settled into a cycle: the exploration is then not exhaustive. */
+  readonly truncated: number;
   readonly seconds: number;
   readonly maxSteps: number;
   readonly threads: string[];
@@ -67,7 +71,7 @@ export interface CheckReport {
 
 const STATEMENTS: Readonly<Record<string, string>> = {
   deadlock: 'some thread can always make progress',
-  livelock: 'every execution ends within the step bound',
+  livelock: 'every thread ends: none spins for ever on words no other thread will change, and no execution under a fair schedule runs past the step bound',
   crash: 'no thread fails with an internal error',
   check: "the scenario's end-to-end check holds",
 };
@@ -163,7 +167,7 @@ function report(
   ctx: ScenarioContext,
   strategy: Strategy | 'replay',
   bound: number | null,
-  r: Pick<ExploreResult, 'executions' | 'redundant' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
+  r: Pick<ExploreResult, 'executions' | 'redundant' | 'unfair' | 'truncated' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
   found: FoundViolation | null,
 ): CheckReport {
   const off = guardsOff(ctx.guards);
@@ -206,6 +210,8 @@ function report(
     boundReached: r.boundReached,
     executions: r.executions,
     redundant: r.redundant,
+    unfair: r.unfair,
+    truncated: r.truncated,
     seconds: r.seconds,
     maxSteps: r.maxSteps,
     threads: engine.threadNames,
@@ -234,5 +240,5 @@ export function replayCheck(gen: GenScenarioModule, spec: ScenarioSpec, replay: 
   const r = run.result;
   const found: FoundViolation | null =
     r.violation === null ? null : { violation: r.violation, schedule: [...replay.schedule], preemptions: run.preemptions };
-  return report(engine, spec, ctx, 'replay', null, { executions: 1, redundant: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
+  return report(engine, spec, ctx, 'replay', null, { executions: 1, redundant: 0, unfair: 0, truncated: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
 }

@@ -13,8 +13,9 @@ import { OP } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
 import { accessOf, isEnabled, metaKey32, withExtra, type Access } from './ops';
-import { LoopGuardError, loopGuardStep, resetLoopGuard } from './loop-guard';
-import { nameLocation } from './trace';
+import { LoopGuardError, loopGuardStep, resetLoopGuard, setSpinHandler, type SpinHandler } from './loop-guard';
+import { SpinTracker } from './spin';
+import { nameLocation, traceRows } from './trace';
 
 /** The generator-form module the engine drives (dist/gen/src/check/gen/scenario.js, or a bundle of it). */
 export interface GenScenarioModule {
@@ -35,6 +36,8 @@ export interface Step {
   before?: bigint | number;
   after?: bigint | number;
   where?: string;
+  /** Filled when recording an awaitChange: the words it waited on and the values waited out. */
+  detail?: string;
 }
 
 export interface Violation {
@@ -83,13 +86,26 @@ export interface Chooser {
   choose(ex: Execution): number;
   /** Called after each step. */
   stepped?(ex: Execution, step: Step): void;
+  /**
+   * Called when the engine cuts an unfair execution at the step bound (a thread that could run did not, for the
+   * last half of it): the threads still pending never ran their next operation here, so a systematic explorer
+   * must order it against the steps it depends on (explore.ts), or it would never try the fair schedules.
+   */
+  cut?(ex: Execution): void;
 }
 
 export interface ExecutionResult {
   readonly violation: Violation | null;
   readonly steps: readonly Step[];
-  /** The execution was abandoned by the chooser (a redundant branch). */
+  /** The execution was abandoned by the chooser (a redundant branch), or cut as unfair. */
   readonly abandoned: boolean;
+  /** It reached the step bound with a thread that could run starved (not a livelock under a fair scheduler): cut. */
+  readonly unfair: boolean;
+  /**
+   * It reached the step bound on a fair schedule without settling into a cycle (threads still doing something
+   * new: a long execution, not one that repeats itself): cut, and the exploration is not exhaustive.
+   */
+  readonly truncated: boolean;
 }
 
 export interface EngineOptions {
@@ -110,7 +126,7 @@ function whereNow(): string {
     if (m === null) continue;
     const cls = m[1] ?? '';
     const fn = m[2]!.replace(/^\*/, '');
-    if (cls === 'Mem' || fn === 'before' || fn === 'next' || fn === 'whereNow' || cls === 'Engine' || cls === 'Execution') continue;
+    if (cls === 'Mem' || fn === 'before' || fn === 'next' || fn === 'whereNow' || fn === 'tick' || fn === 'spinTick' || cls === 'Engine' || cls === 'Execution') continue;
     if (/check[\\/](engine|explore|dpor)/.test(line)) continue;
     names.push(fn);
     if (names.length === 4) break;
@@ -168,6 +184,7 @@ export class Execution {
     this.pendAcc = new Array<Access>(n);
     this.pendWhere = new Array<string>(n).fill('');
     this.done = new Array<boolean>(n).fill(false);
+    this.lastRan = new Int32Array(n).fill(-1);
   }
 
   get nThreads(): number {
@@ -175,8 +192,13 @@ export class Execution {
   }
 
   isEnabled(t: number): boolean {
-    return !this.done[t] && isEnabled(this.i32, this.pendOp[t]!, this.pendA[t]!, this.pendB[t]!);
+    if (this.done[t]) return false;
+    const op = this.pendOp[t]!;
+    return op === OP.awaitChange ? this.engine.trackers[t]!.awaitEnabled() : isEnabled(this.i32, op, this.pendA[t]!, this.pendB[t]!);
   }
+
+  /** The step at which each thread last ran (-1: not yet). */
+  readonly lastRan: Int32Array;
 
   /** Bit mask of enabled threads (computed once per state). */
   enabledMask(): number {
@@ -229,7 +251,8 @@ export class Engine {
   private readonly mems: { hook: AccessHook | null; tid: number }[] = [];
   private readonly handles: Map<number, unknown>[] = [];
   private readonly setupData: unknown;
-  private readonly maxSteps: number;
+  /** Steps after which an execution is a livelock, or, with a thread starved, an unfair one (cut). */
+  readonly maxSteps: number;
   readonly monitors: readonly Monitor[];
   /** The monitors that look at every step (most only watch notes or the end). */
   private readonly stepMonitors: readonly Monitor[];
@@ -245,6 +268,13 @@ export class Engine {
   trackFootprints = true;
   /** A sequential hook that still records writes (for the end-of-execution check). */
   private readonly trackingHook: AccessHook;
+  /** Each thread's spin-loop record (check/spin.ts), and the sequential phases' (setup, final check). */
+  readonly trackers: SpinTracker[] = [];
+  private readonly seqTracker: SpinTracker;
+  /** A spin loop ticked or a hand-written await ran: the trackers must hear of every operation from now on. */
+  private spinUsed = false;
+  /** Judges spin loops in threads: an iteration that changed nothing blocks the thread (an awaitChange). */
+  private readonly threadSpin: SpinHandler;
 
   constructor(
     readonly gen: GenScenarioModule,
@@ -278,7 +308,26 @@ export class Engine {
     // Setup runs sequentially on its own handle (thread id -1), with a hook that never yields.
     const setupMem = gen.threadMem(this.machine, -1);
     const i32 = new Int32Array(this.machine.shm.meta);
-    setupMem.hook = sequentialHook(`scenario ${spec.name}'s setup`, i32, null);
+    const data32 = new Int32Array(this.machine.shm.data, 0, this.machine.shm.data.byteLength >> 2);
+    for (let t = 0; t < this.threadNames.length; t++) this.trackers.push(new SpinTracker(i32, data32));
+    this.seqTracker = new SpinTracker(i32, data32);
+    this.threadSpin = {
+      tick: (loop) => {
+        const ex = self.current;
+        const t = ex === null ? -1 : ex.running;
+        self.spinUsed = true;
+        if (t < 0 || !self.trackers[t]!.tick(loop)) return false;
+        // The iteration changed nothing: the thread's next operation is the wait for one of the words it read.
+        self.mems[t]!.hook!.before(OP.awaitChange, self.trackers[t]!.awIdx.length, 0, 0);
+        return true;
+      },
+      end: (loop) => {
+        const ex = self.current;
+        if (ex !== null && ex.running >= 0) self.trackers[ex.running]!.end(loop);
+      },
+    };
+    setupMem.hook = sequentialHook(`scenario ${spec.name}'s setup`, i32, null, this.seqTracker);
+    setSpinHandler(sequentialSpin(`scenario ${spec.name}'s setup`, this.seqTracker, (w) => this.wordName(w)));
     const setupVm = new gen.ScenarioVm(this.machine, setupMem as never);
     setupVm.setupPhase = true;
     resetLoopGuard(`scenario ${spec.name}'s setup`);
@@ -287,6 +336,7 @@ export class Engine {
       this.setupData = spec.setup === undefined ? undefined : freezePlain(drain(spec.setup(setupVm)));
       if (this.machine.config !== null) drain(setupVm.settle());
     } catch (e) {
+      setSpinHandler(null);
       if (e instanceof KvmmuError) throw e;
       // A user's scenario file's setup failing is the user's error; the CLI says so for files (check-command).
       throw new Error(`scenario ${spec.name}: its setup failed: ${(e as Error).message}`, { cause: e });
@@ -311,7 +361,8 @@ export class Engine {
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const engine = this;
     // The final check's: bounded as setup is, and it records writes so the next restore undoes them.
-    this.trackingHook = sequentialHook(`scenario ${spec.name}'s final check`, i32, (op, acc) => engine.noteWrite(op, acc));
+    this.trackingHook = sequentialHook(`scenario ${spec.name}'s final check`, i32, (op, acc) => engine.noteWrite(op, acc), this.seqTracker);
+    setSpinHandler(null);
     for (let t = 0; t < this.threadNames.length; t++) {
       const mem = gen.threadMem(this.machine, t);
       mem.hook = this.makeHook(t);
@@ -363,7 +414,12 @@ export class Engine {
     const hook = {
       before(op: number, a: number, b: number, c: number) {
         loopGuardStep();
-        const acc = accessOf(op, a, b, c);
+        let acc: Access;
+        if (engine.spinUsed) {
+          const tr = engine.trackers[t]!;
+          tr.op(op, a);
+          acc = op === OP.awaitChange ? tr.awaitAccess() : accessOf(op, a, b, c);
+        } else acc = accessOf(op, a, b, c);
         engine.noteWrite(op, acc);
         const ex = engine.current!;
         ex.pendOp[t] = op;
@@ -375,6 +431,10 @@ export class Engine {
       },
       plainStore(a: number) {
         if (engine.plainWatched[a] === 1) engine.current?.touch(metaKey32(a), true, false);
+      },
+      awaitSet(words: readonly number[], seen: readonly number[]) {
+        engine.spinUsed = true;
+        engine.trackers[t]!.setHandAwait(words, seen);
       },
       note(kind: number, a: number, b: number) {
         const ex = engine.current;
@@ -397,6 +457,8 @@ export class Engine {
     const ex = new Execution(this, new Int32Array(this.machine.shm.meta));
     this.current = ex;
     const n = this.threadNames.length;
+    for (const tr of this.trackers) tr.reset();
+    setSpinHandler(this.threadSpin);
     const gens: Generator[] = [];
     for (let t = 0; t < n; t++) {
       const vm = new this.gen.ScenarioVm(this.machine, this.mems[t] as never, this.handles[t]);
@@ -410,18 +472,30 @@ export class Engine {
     // What threads touched before their first operation is the same in every execution: no step owns it.
     ex.xn = 0;
     let abandoned = false;
+    let unfair = false;
+    let truncated = false;
     while (ex.violation === null) {
       if (ex.allDone()) break;
       if (ex.enabledMask() === 0) {
-        ex.violation = { invariant: 'deadlock', message: this.describeDeadlock(ex), step: ex.steps.length };
+        ex.violation = this.stuck(ex);
         break;
       }
       if (ex.steps.length >= this.maxSteps) {
-        ex.violation = {
-          invariant: 'livelock',
-          message: `no execution should take more than ${this.maxSteps} steps; threads are still running (a spin loop that never blocks?)`,
-          step: ex.steps.length,
-        };
+        const starved = this.starved(ex);
+        if (starved.length > 0) {
+          // Not a livelock under a fair scheduler: the schedule kept a thread that could run from running.
+          unfair = true;
+          abandoned = true;
+          chooser.cut?.(ex);
+          break;
+        }
+        const cycle = this.cycle(ex);
+        if (cycle === 0) {
+          truncated = true;
+          abandoned = true;
+          break;
+        }
+        ex.violation = { invariant: 'livelock', message: this.describeLivelock(ex, cycle), step: ex.steps.length };
         break;
       }
       const t = chooser.choose(ex);
@@ -441,8 +515,11 @@ export class Engine {
       if (this.recording) {
         step.before = this.valueOf(step);
         step.where = ex.pendWhere[t];
+        if (step.op === OP.awaitChange) step.detail = this.describeAwait(t);
       }
+      ex.lastRan[t] = ex.steps.length;
       ex.steps.push(step);
+      if (this.spinUsed) this.trackers[t]!.preExecute();
       this.advance(ex, gens, t);
       if (this.recording) step.after = this.valueOf(step);
       if (ex.violation === null) {
@@ -462,9 +539,10 @@ export class Engine {
       }
       chooser.stepped?.(ex, step);
     }
+    setSpinHandler(null);
     if (ex.violation === null && !abandoned) this.finish(ex);
     this.current = null;
-    return { violation: ex.violation, steps: ex.steps, abandoned };
+    return { violation: ex.violation, steps: ex.steps, abandoned, unfair, truncated };
   }
 
   /** End-of-execution checks: monitors, then the scenario's own oracle (run sequentially). */
@@ -482,6 +560,8 @@ export class Engine {
     mem.hook = this.trackingHook;
     const vm = new this.gen.ScenarioVm(this.machine, mem as never);
     resetLoopGuard(`scenario ${this.spec.name}'s final check`);
+    this.seqTracker.reset();
+    setSpinHandler(sequentialSpin(`scenario ${this.spec.name}'s final check`, this.seqTracker, (w) => this.wordName(w)));
     try {
       const msg = drain(this.spec.check(vm, this.setupData)) as unknown;
       // JavaScript files are not type-checked: a check returning true or nothing would read as a violation.
@@ -491,6 +571,8 @@ export class Engine {
     } catch (e) {
       if (e instanceof KvmmuError) throw e;
       ex.violation = { invariant: 'check', message: `the final check crashed: ${(e as Error).message}`, step: ex.steps.length };
+    } finally {
+      setSpinHandler(null);
     }
   }
 
@@ -521,11 +603,84 @@ export class Engine {
     return wordValue(this.machine.shm, s.op, s.a);
   }
 
-  private describeDeadlock(ex: Execution): string {
+  /**
+   * No thread can run: a deadlock, or, when a thread is stuck in a spin loop (an iteration that changed nothing,
+   * words no thread left can change), a livelock: that thread would spin for ever. The message shows each
+   * thread's wait; a spinning thread's is its loop's cycle, the words it reads and the values it keeps reading.
+   */
+  private stuck(ex: Execution): Violation {
+    let spinning = false;
+    for (let t = 0; t < ex.nThreads; t++) if (!ex.done[t] && ex.pendOp[t] === OP.awaitChange && this.trackers[t]!.fromSpin) spinning = true;
+    return spinning
+      ? { invariant: 'livelock', message: `a thread spins for ever: ${this.describeWaits(ex)}`, step: ex.steps.length }
+      : { invariant: 'deadlock', message: `no thread can run: ${this.describeWaits(ex)}`, step: ex.steps.length };
+  }
+
+  /** The words thread `t`'s awaitChange waits on, as `word = value` (the values it keeps reading). */
+  private describeAwait(t: number): string {
+    return describeWords(this.trackers[t]!, (w) => this.wordName(w));
+  }
+
+  /** A watched 32-bit word's name, as traces give it. */
+  private wordName(w: { data: boolean; index: number }): string {
+    return nameLocation(this.machine.shm.layout, this.machine.config, w.index * 4, w.data).name;
+  }
+
+  /** Threads that could run at the step bound but ran in none of the last half of the steps. */
+  private starved(ex: Execution): number[] {
+    const since = ex.steps.length - Math.floor(this.maxSteps / 2);
+    const out: number[] = [];
+    for (let t = 0; t < ex.nThreads; t++) if (ex.isEnabled(t) && ex.lastRan[t]! < since) out.push(t);
+    return out;
+  }
+
+  /**
+   * The period of the cycle the last quarter of the execution repeats (the same threads doing the same
+   * operations on the same words, over and over), or 0 if it does not settle into one of at most 200 steps.
+   */
+  private cycle(ex: Execution): number {
+    const steps = ex.steps;
+    const n = steps.length;
+    const tail = Math.max(1, this.maxSteps >> 2);
+    const same = (x: Step, y: Step): boolean => x.thread === y.thread && x.op === y.op && x.a === y.a && x.b === y.b;
+    for (let p = 1; p <= 200 && p + tail <= n; p++) {
+      let ok = true;
+      for (let k = n - 1; k >= n - tail && ok; k--) ok = same(steps[k]!, steps[k - p]!);
+      if (ok) return p;
+    }
+    return 0;
+  }
+
+  /**
+   * A livelock under a fair scheduler: at the step bound every thread that can run has run in the last half of
+   * the execution, and the last quarter repeats a cycle of `period` steps, which the message shows.
+   */
+  private describeLivelock(ex: Execution, period: number): string {
+    const steps = ex.steps;
+    const n = steps.length;
+    const shown = steps.slice(n - period);
+    const rows = traceRows(this.machine.shm.layout, this.machine.config, shown).map((r) => `'${this.threadNames[r.thread]}' ${r.op} ${r.target}`);
+    const running = [...new Set(shown.map((s) => `'${this.threadNames[s.thread]}'`))];
+    return (
+      `${n} steps and no end, on a fair schedule (every thread that could run did): ${running.join(' and ')} ${running.length === 1 ? 'repeats' : 'repeat'} ` +
+      `a cycle of ${period} step${period === 1 ? '' : 's'}: ${rows.join('; ')}`
+    );
+  }
+
+  /** What each unfinished thread waits for. */
+  private describeWaits(ex: Execution): string {
     const parts: string[] = [];
     for (let t = 0; t < ex.nThreads; t++) {
       if (ex.done[t]) continue;
       const op = ex.pendOp[t];
+      if (op === OP.awaitChange) {
+        parts.push(
+          this.trackers[t]!.fromSpin
+            ? `'${this.threadNames[t]}' repeats a loop that reads ${this.describeAwait(t)} and changes nothing (the cycle), and no thread left can change those words`
+            : `'${this.threadNames[t]}' waits for a change of ${this.describeAwait(t)}, which no thread left can make`,
+        );
+        continue;
+      }
       const what =
         op === OP.lock || op === OP.writeLock
           ? 'waits for a lock'
@@ -538,7 +693,7 @@ export class Engine {
                 : 'is runnable';
       parts.push(`'${this.threadNames[t]}' ${what} (${nameLocation(this.machine.shm.layout, this.machine.config, ex.pendA[t]! * 4, false).name})`);
     }
-    return `no thread can run: ${parts.join('; ')}`;
+    return parts.join('; ');
   }
 }
 
@@ -574,11 +729,21 @@ interface SequentialHook extends AccessHook {
  * waitWhile32 on the value the word holds) could never go on, and a phase that runs more than
  * SEQUENTIAL_MAX_OPS operations is spinning on memory nothing else will change: both end the check with an error.
  */
-function sequentialHook(what: string, i32: Int32Array, onOp: ((op: number, acc: Access) => void) | null): SequentialHook {
+function sequentialHook(what: string, i32: Int32Array, onOp: ((op: number, acc: Access) => void) | null, spin: SpinTracker): SequentialHook {
   const hook: SequentialHook = {
     ops: 0,
+    awaitSet(words: readonly number[], seen: readonly number[]) {
+      spin.setHandAwait(words, seen);
+    },
     before(op: number, a: number, b: number, c: number) {
       loopGuardStep();
+      // It runs at once, with nothing else between: the spin record sees it before and after.
+      spin.op(op, a);
+      spin.preExecute();
+      if (op === OP.awaitChange) {
+        if (spin.awaitEnabled()) return;
+        throw new KvmmuError(`${what} waits for a change of words it runs alone with (${spin.awaitWords().map((w) => `word ${w.index} = ${w.value}`).join(', ')}): nothing else can change them`);
+      }
       if (++hook.ops > SEQUENTIAL_MAX_OPS)
         throw new KvmmuError(
           `${what} ran ${SEQUENTIAL_MAX_OPS.toLocaleString('en-US')} memory operations without finishing: it runs alone, so a loop waiting for shared memory to change never ends (wait for other threads in a thread, not in setup or check)`,
@@ -592,6 +757,34 @@ function sequentialHook(what: string, i32: Int32Array, onOp: ((op: number, acc: 
     note() {},
   };
   return hook;
+}
+
+/** A tracker's await set as `name = value`, a 64-bit word's two halves once. */
+function describeWords(spin: SpinTracker, name: (w: { data: boolean; index: number }) => string): string {
+  const words: string[] = [];
+  const seen = new Set<string>();
+  for (const w of spin.awaitWords()) {
+    const named = name(w);
+    if (seen.has(named)) continue;
+    seen.add(named);
+    words.push(`${named} = ${w.value}`);
+  }
+  return words.join(', ');
+}
+
+/** The spin-loop handler of a sequential phase: a loop iteration that changed nothing there would repeat for ever. */
+function sequentialSpin(what: string, spin: SpinTracker, name: (w: { data: boolean; index: number }) => string): SpinHandler {
+  return {
+    tick(loop) {
+      if (!spin.tick(loop)) return false;
+      throw new KvmmuError(
+        `${what} spins for ever: an iteration of its loop read ${describeWords(spin, name)} and changed nothing, and it runs alone, so nothing else can change them (wait for other threads in a thread, not in setup or check)`,
+      );
+    },
+    end(loop) {
+      spin.end(loop);
+    },
+  };
 }
 
 /** V8's messages for a write to a frozen object (in strict code; sloppy code's writes are dropped silently). */

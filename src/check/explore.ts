@@ -67,6 +67,16 @@ export interface ExploreResult {
   readonly executions: number;
   /** Executions cut short as redundant (sleep-set blocked). */
   readonly redundant: number;
+  /**
+   * Executions cut at the step bound as unfair: a thread that could run was kept from running for the last half
+   * of them (not a livelock under a fair scheduler; DPOR tries the waiting thread earlier instead).
+   */
+  readonly unfair: number;
+  /**
+   * Executions cut at the step bound on a fair schedule that had not settled into a cycle (engine.ts): what
+   * they would have done after the bound is unexplored, so the exploration is not exhaustive.
+   */
+  readonly truncated: number;
   /** Every schedule (within the preemption bound, if any) was covered. */
   readonly complete: boolean;
   /** Schedules were skipped because of the preemption bound. */
@@ -252,8 +262,10 @@ class Systematic implements Chooser {
     if (!this.reduce) node.backtrack = node.enabled;
     const cand = node.enabled & ~node.sleep;
     if (cand === 0) return -1;
-    // Prefer continuing the thread that just ran: schedules with few preemptions first.
-    const q = node.prev >= 0 && (cand & (1 << node.prev)) !== 0 ? node.prev : lowest(cand);
+    // Prefer continuing the thread that just ran: schedules with few preemptions first; but not for ever
+    // (a fair schedule first, so a long execution is judged as a livelock or not on it).
+    const starved = starvedThread(ex, cand);
+    const q = starved >= 0 ? starved : node.prev >= 0 && (cand & (1 << node.prev)) !== 0 ? node.prev : lowest(cand);
     if (this.bound >= 0 && node.preemptions + (this.preempts(node, q) ? 1 : 0) > this.bound) {
       // Every other candidate preempts too (q is the running thread whenever it can continue).
       this.boundReached = true;
@@ -404,10 +416,25 @@ class Systematic implements Chooser {
    * windows and unreleased locks).
    */
   private blockedRaces(ex: Execution, j: number): void {
-    const n = this.n;
     const enabled = ex.enabledMask();
-    for (let p = 0; p < n; p++) {
-      if (ex.done[p] || (enabled & (1 << p)) !== 0) continue;
+    for (let p = 0; p < this.n; p++) if (!ex.done[p] && (enabled & (1 << p)) === 0) this.pendingRace(ex, p, j);
+  }
+
+  /**
+   * The engine cut this execution at the step bound as unfair (engine.ts): every thread still pending never ran
+   * its next operation, so, as for a blocked one, the latest step it depends on races with it. Without this, a
+   * thread starved by the first execution's schedule would never be tried earlier.
+   */
+  cut(ex: Execution): void {
+    if (!this.reduce) return;
+    const j = this.stepOf.length - 1;
+    for (let p = 0; p < this.n; p++) if (!ex.done[p]) this.pendingRace(ex, p, j);
+  }
+
+  /** Thread p's pending operation races with the latest step up to j it depends on and is not ordered after. */
+  private pendingRace(ex: Execution, p: number, j: number): void {
+    const n = this.n;
+    {
       const acc = ex.pendingAccess(p);
       const lp = this.lastOf[p]!;
       let latest = -1;
@@ -428,9 +455,9 @@ class Systematic implements Chooser {
         if (acc.writes[x]) for (let q = 0; q < n; q++) consider(ls.r[q]!);
         if (!acc.ors[x]) for (let q = 0; q < n; q++) consider(ls.o[q]!);
       }
-      if (latest < 0) continue;
+      if (latest < 0) return;
       const at = this.nodes[latest]!;
-      if ((at.backtrack & (1 << p)) !== 0) continue;
+      if ((at.backtrack & (1 << p)) !== 0) return;
       at.backtrack |= (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled;
     }
   }
@@ -508,6 +535,23 @@ class Systematic implements Chooser {
   }
 }
 
+/**
+ * A thread in `cand` that could run but has not for a quarter of the step bound, or -1. Any enabled thread may
+ * be explored first at a state, so preferring one changes no verdict; it makes the first schedule of a long
+ * execution a fair one (every runnable thread runs), on which the engine can tell a livelock (engine.ts) from
+ * a starved thread.
+ */
+function starvedThread(ex: Execution, cand: number): number {
+  const d = ex.steps.length;
+  const limit = ex.engine.maxSteps >> 2;
+  if (d <= limit) return -1;
+  for (let m = cand; m !== 0; m &= m - 1) {
+    const t = lowest(m);
+    if (d - ex.lastRan[t]! > limit) return t;
+  }
+  return -1;
+}
+
 // ---------------------------------------------------------------- random and PCT
 
 function makeRandom(seed: number): () => number {
@@ -545,6 +589,9 @@ class PctChooser implements Chooser {
     this.changeAt = Array.from({ length: Math.max(0, depth - 1) }, () => 1 + Math.floor(rnd() * Math.max(1, k)));
   }
   choose(ex: Execution): number {
+    // Priorities starve the lowest thread while a higher one loops: not for longer than a fair schedule allows.
+    const starved = starvedThread(ex, ex.enabledMask());
+    if (starved >= 0) return starved;
     let best = -1;
     for (const t of bitsOf(ex.enabledMask())) if (best < 0 || this.prio[t]! > this.prio[best]!) best = t;
     const step = ex.steps.length + 1;
@@ -598,6 +645,8 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
   const n = engine.threadNames.length;
   let executions = 0;
   let redundant = 0;
+  let unfair = 0;
+  let truncated = 0;
   let maxSteps = 0;
   let found: FoundViolation | null = null;
   let complete = false;
@@ -619,7 +668,9 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     const rec = sys === null ? new Recorder(inner) : null;
     const r: ExecutionResult = engine.execute(rec ?? inner);
     executions++;
-    if (r.abandoned) redundant++;
+    if (r.unfair) unfair++;
+    else if (r.truncated) truncated++;
+    else if (r.abandoned) redundant++;
     maxSteps = Math.max(maxSteps, r.steps.length);
     if (r.violation !== null && (o.invariant === undefined || r.violation.invariant === o.invariant)) {
       const schedule = rec !== null ? rec.schedule : r.steps.map((s) => s.thread);
@@ -633,7 +684,7 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
       if (o.continueAfterViolation !== true) break;
     }
     if (sys !== null && !sys.nextBranch()) {
-      complete = !sys.boundReached;
+      complete = !sys.boundReached && truncated === 0;
       break;
     }
     const t = now();
@@ -655,6 +706,8 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     strategy: o.strategy,
     executions,
     redundant,
+    unfair,
+    truncated,
     complete,
     boundReached: sys?.boundReached ?? false,
     seconds: (now() - t0) / 1000,

@@ -1,4 +1,4 @@
-// The checker's guard against a scenario file's loop that never reaches an access-layer operation (the scheduler could never take control back): a count of loop iterations since the last operation, which the engine resets and a scenario file's compiled loops tick.
+// What a scenario file's compiled loops call: the guard against a loop that never reaches an access-layer operation (a count of iterations since the last one, which the engine resets), and the spin-loop ticks the engine turns into awaits (check/spin.ts).
 
 import { KvmmuError } from '../shm/errors';
 
@@ -41,4 +41,32 @@ export function loopTick(): void {
 /** Called by the engine's hooks at each access-layer operation: the count starts again, for the same code. */
 export function loopGuardStep(): void {
   iterations = 0;
+}
+
+/** Who judges a scenario file's spin-candidate loops (check/spin.ts): the engine, or a thread-replay worker. */
+export interface SpinHandler {
+  /** The top of an iteration of loop `loop`; true when the thread must yield (it announced an await). */
+  tick(loop: number): boolean;
+  /** Loop `loop` was left. */
+  end(loop: number): void;
+}
+
+let spinHandler: SpinHandler | null = null;
+
+/** Set (or clear) the handler of spin-candidate loops for the code about to run on this JavaScript thread. */
+export function setSpinHandler(h: SpinHandler | null): void {
+  spinHandler = h;
+}
+
+/**
+ * Called at the top of every iteration of a scenario file's spin-candidate loop (gen-transform): true when the
+ * iteration before changed nothing and the thread now waits (the generator build then yields to the scheduler).
+ */
+export function spinTick(loop: number): boolean {
+  return spinHandler !== null && spinHandler.tick(loop);
+}
+
+/** Called when a spin-candidate loop is left, whichever way. */
+export function spinEnd(loop: number): void {
+  if (spinHandler !== null) spinHandler.end(loop);
 }

@@ -148,6 +148,8 @@ export function traceRows(layout: Layout, config: VmConfig | null, steps: readon
     if (s.op === OP.copyData) target = `${named.name} ← ${nameLocation(layout, config, s.c, true).name}`;
     if (s.op === OP.compareData) target = `${named.name} vs ${nameLocation(layout, config, s.c, true).name}`;
     if (s.op === OP.waitWhile32) target = `${named.name} (until it is no longer ${formatValue(named.kind, s.b)})`;
+    // A spin loop's iteration that changed nothing, or a hand-written awaitChange32: the words and the values waited out.
+    if (s.op === OP.awaitChange) target = s.detail !== undefined ? `until one changes: ${s.detail}` : 'until a word it read changes';
     return {
       step: k + 1,
       thread: s.thread,

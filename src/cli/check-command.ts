@@ -241,6 +241,8 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     complete: r.complete,
     boundReached: r.boundReached,
     executions: r.executions,
+    unfair: r.unfair,
+    truncated: r.truncated,
     seconds: r.seconds,
     threads: r.threads,
     interrupted: r.interrupted,
@@ -270,6 +272,14 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
   lines.push(`${r.strategy}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
+  if (r.unfair > 0)
+    lines.push(
+      `${r.unfair} of them reached the ${r.maxSteps}-step bound with a thread that could run starved: unfair schedules, not livelocks; each was cut and the starved thread tried earlier`,
+    );
+  if (r.truncated > 0)
+    lines.push(
+      `${r.truncated} of them reached the ${r.maxSteps}-step bound on a fair schedule without settling into a cycle: cut there, so what they would do next is unexplored`,
+    );
   if (r.interrupted) {
     const pending = r.pending !== null ? `, ${r.pending} alternative${r.pending === 1 ? '' : 's'} left unexplored on the current path` : '';
     lines.push(
@@ -293,7 +303,11 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   } else if (r.complete) {
     lines.push(`no violation: every schedule was explored${r.preemptionBound !== null ? ` within ${r.preemptionBound} preemptions` : ' (exhaustive)'}`);
   } else {
-    const why = r.boundReached ? `the preemption bound (${r.preemptionBound}) cut schedules off` : 'the execution or time budget ran out';
+    const why = r.boundReached
+      ? `the preemption bound (${r.preemptionBound}) cut schedules off`
+      : r.truncated > 0
+        ? 'executions were cut at the step bound'
+        : 'the execution or time budget ran out';
     lines.push(`no violation found, but the exploration is NOT exhaustive: ${why}`);
   }
   return lines.join('\n');

@@ -43,8 +43,13 @@ function isFnBoundary(n: ts.Node): boolean {
   return ts.isFunctionLike(n) || ts.isClassStaticBlockDeclaration(n);
 }
 
-/** The name a file compiled with a loop guard calls its tick by. */
+/** The names a file compiled with a loop guard calls its ticks by (check/loop-guard.ts). */
 const LOOP_TICK = '__kvmmuLoopTick';
+const SPIN_TICK = '__kvmmuSpinTick';
+const SPIN_END = '__kvmmuSpinEnd';
+
+/** Methods of JavaScript's own collections that change them: a loop calling one has an effect outside shared memory. */
+const MUTATORS = new Set(['push', 'pop', 'shift', 'unshift', 'splice', 'sort', 'reverse', 'fill', 'copyWithin', 'set', 'add', 'delete', 'clear']);
 
 /**
  * Transform `files` (and only those) of a program built from `rootNames` with
@@ -52,7 +57,13 @@ const LOOP_TICK = '__kvmmuLoopTick';
  * change a module specifier in the output (for user scenario files).
  * `loopGuard`, a module's path: every loop body in the emitted files first
  * calls that module's `loopTick` (the checker's guard against a loop that
- * never reaches an operation, check/loop-guard.ts).
+ * never reaches an operation, check/loop-guard.ts). A loop that may be a
+ * spin loop (`spinCandidates`: one that changes nothing outside shared
+ * memory) also calls `spinTick(id)` there, and yields when it says the
+ * thread now waits (check/spin.ts), and `spinEnd(id)` however it is left.
+ * With `plain`, no generator form: the files are compiled as they are, with
+ * the loop guard and spin ticks only (a thread-replay worker runs them, and
+ * its spinTick blocks itself).
  */
 export function buildGen(
   rootNames: readonly string[],
@@ -60,6 +71,7 @@ export function buildGen(
   files: readonly string[] | ((fileName: string) => boolean),
   rewriteImport?: (specifier: string, fromFile: string) => string,
   loopGuard?: string,
+  plain = false,
 ): GenBuildResult {
   const program = ts.createProgram(rootNames, options);
   const diags = ts.getPreEmitDiagnostics(program).filter((d) => d.category === ts.DiagnosticCategory.Error);
@@ -172,6 +184,20 @@ export function buildGen(
     const name = (d as { name?: ts.Node }).name;
     if (name !== undefined && ts.isIdentifier(name)) interruptibleNames.add(name.text);
   }
+  /**
+   * A thread body given to the scenario API's threads(n, body), or stored into an object's property or element
+   * (`bodies[name] = (vm) => ...`): a value the checker calls knowing it is a generator, as a scenario's threads.
+   */
+  const isThreadValue = (n: ts.Node): boolean => {
+    let p = n.parent;
+    while (ts.isParenthesizedExpression(p)) p = p.parent;
+    if (ts.isBinaryExpression(p) && p.operatorToken.kind === ts.SyntaxKind.EqualsToken && p.right !== n && (ts.isElementAccessExpression(p.left) || ts.isPropertyAccessExpression(p.left)))
+      return false;
+    if (ts.isBinaryExpression(p) && p.operatorToken.kind === ts.SyntaxKind.EqualsToken && (ts.isElementAccessExpression(p.left) || ts.isPropertyAccessExpression(p.left))) return true;
+    if (!ts.isCallExpression(p) || !p.arguments.includes(n as ts.Expression)) return false;
+    const d = calleeOf(p);
+    return d !== undefined && ts.isFunctionDeclaration(d) && d.name?.text === 'threads' && d.getSourceFile().fileName.endsWith(path.join('check', 'gen', 'scenario.ts').split(path.sep).join('/'));
+  };
   for (const sf of sources) {
     const visit = (n: ts.Node): void => {
       if (ts.isCallExpression(n)) {
@@ -190,7 +216,7 @@ export function buildGen(
       }
       // A function named as a property value (a scenario's thread, setup or check) is fine: the checker
       // calls those knowing they are generators. Anywhere else a value use would be called as a plain function.
-      if ((ts.isIdentifier(n) || ts.isPrivateIdentifier(n)) && !isCallee(n) && !isDeclarationName(n) && !ts.isPropertyAssignment(n.parent)) {
+      if ((ts.isIdentifier(n) || ts.isPrivateIdentifier(n)) && !isCallee(n) && !isDeclarationName(n) && !ts.isPropertyAssignment(n.parent) && !isThreadValue(n)) {
         const sym = checker.getSymbolAtLocation(n);
         const decls = sym?.getDeclarations() ?? [];
         if (decls.some((d) => interruptible.has(d) && isFnLike(d)) && !isTypePosition(n))
@@ -208,17 +234,19 @@ export function buildGen(
     if (ts.isArrowFunction(fn) || ts.isFunctionExpression(fn)) {
       let p: ts.Node = fn.parent;
       while (ts.isParenthesizedExpression(p)) p = p.parent;
-      if (!ts.isPropertyAssignment(p) && !ts.isVariableDeclaration(p))
+      if (!ts.isPropertyAssignment(p) && !ts.isVariableDeclaration(p) && !isThreadValue(fn))
         problems.push(`${where(fn)}: an interruptible function passed as a value (a callback the scheduler cannot follow); call kvmmu functions directly (a for...of loop instead of forEach or map)`);
     }
   }
   if (problems.length > 0) throw new GenTransformError(`cannot compile to generator form:\n  ${problems.join('\n  ')}`);
 
+  const spinLoops = loopGuard === undefined ? new Map<ts.IterationStatement, number>() : spinCandidates(sources, fnLikes, targets, checker, calleeOf, (fn) => plain || interruptible.has(fn));
+
   const transformer: ts.TransformerFactory<ts.SourceFile> = (ctx) => {
     const f = ctx.factory;
     const visit = (node: ts.Node): ts.Node => {
       const orig = ts.getOriginalNode(node);
-      if (ts.isCallExpression(node) && wrap.has(orig as ts.CallExpression)) {
+      if (!plain && ts.isCallExpression(node) && wrap.has(orig as ts.CallExpression)) {
         const inner = ts.visitEachChild(node, visit, ctx);
         // The hook's `before` itself stays a plain call (it records the operation); the yield follows it.
         // One generator fewer per operation than delegating to a generator `before`.
@@ -242,7 +270,7 @@ export function buildGen(
           return f.updateImportDeclaration(node, node.modifiers, node.importClause, f.createStringLiteral(spec), node.attributes);
         return f.updateExportDeclaration(node, node.modifiers, node.isTypeOnly, node.exportClause, f.createStringLiteral(spec), node.attributes);
       }
-      if (isFnLike(node) && interruptible.has(orig as ts.Declaration)) {
+      if (!plain && isFnLike(node) && interruptible.has(orig as ts.Declaration)) {
         const star = f.createToken(ts.SyntaxKind.AsteriskToken);
         const body = ts.visitEachChild(node, visit, ctx);
         if (ts.isFunctionDeclaration(body))
@@ -260,7 +288,11 @@ export function buildGen(
             : f.createParenthesizedExpression(gen);
         }
       }
-      if (loopGuard !== undefined && ts.isIterationStatement(node, false)) return withLoopTick(f, ts.visitEachChild(node, visit, ctx));
+      if (loopGuard !== undefined && ts.isIterationStatement(node, false)) {
+        const id = spinLoops.get(orig as ts.IterationStatement);
+        const loop = ts.visitEachChild(node, visit, ctx);
+        return id === undefined ? withLoopTick(f, loop) : withSpinTick(f, loop, id, plain);
+      }
       return ts.visitEachChild(node, visit, ctx);
     };
     return (sf) => {
@@ -270,7 +302,14 @@ export function buildGen(
       const req = f.createCallExpression(f.createIdentifier('require'), undefined, [f.createStringLiteral(loopGuard)]);
       const decl = f.createVariableStatement(
         undefined,
-        f.createVariableDeclarationList([f.createVariableDeclaration(LOOP_TICK, undefined, undefined, f.createPropertyAccessExpression(req, 'loopTick'))], ts.NodeFlags.Const),
+        f.createVariableDeclarationList(
+          [
+            f.createVariableDeclaration(LOOP_TICK, undefined, undefined, f.createPropertyAccessExpression(req, 'loopTick')),
+            f.createVariableDeclaration(SPIN_TICK, undefined, undefined, f.createPropertyAccessExpression(req, 'spinTick')),
+            f.createVariableDeclaration(SPIN_END, undefined, undefined, f.createPropertyAccessExpression(req, 'spinEnd')),
+          ],
+          ts.NodeFlags.Const,
+        ),
       );
       return f.updateSourceFile(out, [decl, ...out.statements]);
     };
@@ -293,10 +332,103 @@ export function buildGen(
   return { files: written, bySource, interruptible: names.sort() };
 }
 
-/** `loop` with a call of the loop guard's tick first in its body. */
-function withLoopTick(f: ts.NodeFactory, loop: ts.IterationStatement): ts.Statement {
+/**
+ * The loops of `sources` that may be spin loops, numbered: a while, do or for loop (not for-of or for-in, whose
+ * iterations differ by construction; not labelled) in a function the checker runs as a generator (`inGenerator`),
+ * that assigns no variable declared outside its body (a for loop's own counter included), no property or array
+ * element, calls no collection mutator and no function of the file's own that does any of these. Its iterations
+ * then differ only by what they read from shared memory, which check/spin.ts watches as they run.
+ */
+function spinCandidates(
+  sources: readonly ts.SourceFile[],
+  fnLikes: readonly FnLike[],
+  targets: ReadonlySet<string>,
+  checker: ts.TypeChecker,
+  calleeOf: (call: ts.CallExpression) => ts.Declaration | undefined,
+  inGenerator: (fn: FnLike) => boolean,
+): Map<ts.IterationStatement, number> {
+  const within = (d: ts.Node, scope: ts.Node): boolean => d.getSourceFile() === scope.getSourceFile() && d.pos >= scope.pos && d.end <= scope.end;
+  /** Does `node` change anything declared outside `scope`, or call something that may (`impure` so far)? */
+  const changesOutside = (node: ts.Node, scope: ts.Node, impure: ReadonlySet<ts.Declaration>): boolean => {
+    let found = false;
+    const target = (e: ts.Expression): void => {
+      while (ts.isParenthesizedExpression(e) || ts.isNonNullExpression(e) || ts.isAsExpression(e)) e = e.expression;
+      if (ts.isIdentifier(e)) {
+        const decls = checker.getSymbolAtLocation(e)?.getDeclarations() ?? [];
+        if (decls.length === 0 || decls.some((d) => !within(d, scope))) found = true;
+      } else if (ts.isObjectLiteralExpression(e) || ts.isArrayLiteralExpression(e)) {
+        // A destructuring assignment: each of its targets.
+        for (const el of ts.isObjectLiteralExpression(e) ? e.properties : e.elements) {
+          if (ts.isShorthandPropertyAssignment(el)) target(el.name);
+          else if (ts.isPropertyAssignment(el)) target(el.initializer);
+          else if (ts.isSpreadElement(el) || ts.isSpreadAssignment(el)) target(el.expression);
+          else if (ts.isExpression(el)) target(el);
+        }
+      } else found = true; // a property or an element: an object that outlives the iteration
+    };
+    const visit = (n: ts.Node): void => {
+      if (found) return;
+      if (ts.isBinaryExpression(n) && n.operatorToken.kind >= ts.SyntaxKind.FirstAssignment && n.operatorToken.kind <= ts.SyntaxKind.LastAssignment) target(n.left);
+      else if ((ts.isPrefixUnaryExpression(n) || ts.isPostfixUnaryExpression(n)) && (n.operator === ts.SyntaxKind.PlusPlusToken || n.operator === ts.SyntaxKind.MinusMinusToken)) target(n.operand);
+      else if (ts.isDeleteExpression(n)) found = true;
+      else if (ts.isCallExpression(n)) {
+        if (ts.isPropertyAccessExpression(n.expression) && MUTATORS.has(n.expression.name.text)) found = true;
+        const d = calleeOf(n);
+        if (d !== undefined && impure.has(d)) found = true;
+      }
+      if (!found) ts.forEachChild(n, visit);
+    };
+    visit(node);
+    return found;
+  };
+  // The file's own functions that change what outlives them, directly or through each other.
+  const own = fnLikes.filter((fn) => targets.has(path.resolve(fn.getSourceFile().fileName)));
+  const impure = new Set<ts.Declaration>();
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const fn of own) {
+      if (impure.has(fn) || fn.body === undefined) continue;
+      if (changesOutside(fn.body, fn, impure)) {
+        impure.add(fn);
+        changed = true;
+      }
+    }
+  }
+  const out = new Map<ts.IterationStatement, number>();
+  for (const sf of sources) {
+    const visit = (n: ts.Node): void => {
+      if ((ts.isWhileStatement(n) || ts.isDoStatement(n) || ts.isForStatement(n)) && !ts.isLabeledStatement(n.parent)) {
+        const fn = enclosingFn(n);
+        const parts: ts.Node[] = [n.statement];
+        if (ts.isForStatement(n)) {
+          if (n.condition !== undefined) parts.push(n.condition);
+          if (n.incrementor !== undefined) parts.push(n.incrementor);
+        } else parts.push(n.expression);
+        if (fn !== undefined && isFnLike(fn) && inGenerator(fn) && !parts.some((p) => changesOutside(p, n.statement, impure))) out.set(n, out.size + 1);
+      }
+      ts.forEachChild(n, visit);
+    };
+    visit(sf);
+  }
+  return out;
+}
+
+/**
+ * `loop` with the loop guard's tick and the spin tick first in its body (in generator form, a yield when the
+ * spin tick says the thread waits), inside a try whose finally tells the spin record the loop was left.
+ */
+function withSpinTick(f: ts.NodeFactory, loop: ts.IterationStatement, id: number, plain: boolean): ts.Statement {
+  const spinCall = f.createCallExpression(f.createIdentifier(SPIN_TICK), undefined, [f.createNumericLiteral(id)]);
+  const spin = plain ? f.createExpressionStatement(spinCall) : f.createIfStatement(spinCall, f.createExpressionStatement(f.createYieldExpression(undefined, undefined)));
+  const ticked = withLoopTick(f, loop, [spin]);
+  const end = f.createExpressionStatement(f.createCallExpression(f.createIdentifier(SPIN_END), undefined, [f.createNumericLiteral(id)]));
+  return f.createTryStatement(f.createBlock([ticked], true), undefined, f.createBlock([end], true));
+}
+
+/** `loop` with a call of the loop guard's tick (and `more`) first in its body. */
+function withLoopTick(f: ts.NodeFactory, loop: ts.IterationStatement, more: readonly ts.Statement[] = []): ts.Statement {
   const tick = f.createExpressionStatement(f.createCallExpression(f.createIdentifier(LOOP_TICK), undefined, []));
-  const body = f.createBlock([tick, ...(ts.isBlock(loop.statement) ? loop.statement.statements : [loop.statement])], true);
+  const body = f.createBlock([tick, ...more, ...(ts.isBlock(loop.statement) ? loop.statement.statements : [loop.statement])], true);
   if (ts.isForStatement(loop)) return f.updateForStatement(loop, loop.initializer, loop.condition, loop.incrementor, body);
   if (ts.isForInStatement(loop)) return f.updateForInStatement(loop, loop.initializer, loop.expression, body);
   if (ts.isForOfStatement(loop)) return f.updateForOfStatement(loop, loop.awaitModifier, loop.initializer, loop.expression, body);

@@ -51,6 +51,12 @@ export const OP = {
   /** Writer, second step: wait until the readers in before it have left. */
   writeLockWait: 26,
   writeUnlock: 27,
+  /**
+   * Wait until one of several words no longer holds the value the thread last saw there (Mem.awaitChange32, and
+   * the checker's blocking of a spin loop's iteration that changed nothing). The words come through
+   * AccessHook.awaitSet just before; `a` is their number.
+   */
+  awaitChange: 28,
 } as const;
 
 export const OP_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
@@ -79,6 +85,11 @@ export interface AccessHook {
    * thread (at a mark), and its partial-order reduction must see that dependency.
    */
   plainStore?(a: number): void;
+  /**
+   * Optional: the words (meta Int32 indexes) and the values seen there of the OP.awaitChange operation whose
+   * `before` comes next. A scheduler that has it treats the thread as blocked until one of the words changes.
+   */
+  awaitSet?(words: readonly number[], seen: readonly number[]): void;
 }
 
 /** Ghost events: annotations for monitors, never scheduling points. */
@@ -452,6 +463,40 @@ export class Mem {
       if (cur !== v) return cur;
       if (++spins < this.spinLimit) continue;
       Atomics.wait(a, i, v, WAIT_SLICE_MS);
+    }
+  }
+
+  /**
+   * Return once one of the meta words `words` no longer holds the value in `seen` (the same index): the
+   * multi-word waitWhile32, for a thread that waits on a condition over several words (Peterson's lock waits
+   * on the other thread's flag and the turn). Under a scheduler one operation, not runnable while every word
+   * still holds what was seen. Use waitUntil32 for the usual loop around it.
+   */
+  awaitChange32(words: readonly number[], seen: readonly number[]): void {
+    if (this.hook !== null) {
+      this.hook.awaitSet?.(words, seen);
+      this.hook.before(OP.awaitChange, words.length, 0, 0);
+    }
+    const a = this.i32;
+    let spins = 0;
+    for (;;) {
+      for (let k = 0; k < words.length; k++) if (Atomics.load(a, words[k]!) !== seen[k]) return;
+      // Writers need not notify: a sleeper looks again every WAIT_SLICE_MS (on the first word).
+      if (++spins >= this.spinLimit) Atomics.wait(a, words[0]!, seen[0]!, WAIT_SLICE_MS);
+    }
+  }
+
+  /**
+   * Read the meta words `words` (one load32 each, in order) until `holds` accepts their values, and return
+   * those values. Between two tries the thread waits (awaitChange32) until one of the words changes, so under
+   * the checker a wait is one blocked operation, not a spin. `holds` must only look at the values.
+   */
+  waitUntil32(words: readonly number[], holds: (values: readonly number[]) => boolean): number[] {
+    for (;;) {
+      const values: number[] = [];
+      for (const w of words) values.push(this.load32(w));
+      if (holds(values)) return values;
+      this.awaitChange32(words, values);
     }
   }
 

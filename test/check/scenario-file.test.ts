@@ -171,7 +171,7 @@ test("a livelock's text trace shows its first and last steps, not all 20,000; --
     'livelock.ts',
     `import { defineScenario } from 'kvmmu/scenario';
 export const s = defineScenario({ name: 'spin', description: '', memory: { metaBytes: 64 }, threads: {
-  A: (vm) => { while (vm.mem.load32(vm.word(0)) === 0) { /* nobody sets it */ } },
+  A: (vm) => { while (vm.mem.load32(vm.word(0)) === 0) { vm.mem.fetchAdd32(vm.word(4), 1); /* nobody sets word 0: a count for ever */ } },
 } });
 `,
   );

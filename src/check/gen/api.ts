@@ -1,6 +1,6 @@
 // The public scenario API (import it as 'kvmmu/scenario'): define scenarios, drive the VM, and the x86 constants a scenario needs.
 
-export { defineScenario, ScenarioVm, SHADOW_BASE, type ScenarioContext, type ScenarioSpec } from './scenario';
+export { defineScenario, threads, ScenarioVm, SHADOW_BASE, type ScenarioContext, type ScenarioSpec } from './scenario';
 export type { GuestOp, ProgramResult } from '../../vcpu/program';
 export { LOCK_WORDS, NOTE, RWLOCK_WORDS } from '../../shm/access';
 export { Rcu, rcuWords } from '../../shm/rcu';

@@ -67,6 +67,25 @@ export function defineScenario<D>(spec: ScenarioSpec<D>): ScenarioSpec<D> {
 }
 
 /**
+ * `n` threads from one body, for a scenario's `threads`: thread i is named `name(i)` (`T0`, `T1`, ... unless
+ * given) and runs `body(vm, data, i)`. `threads: threads(4, (vm, d, i) => ...)` is inc(4).
+ */
+export function threads<D>(
+  n: number,
+  body: (vm: ScenarioVm, data: D, i: number) => void,
+  name: (i: number) => string = (i) => `T${i}`,
+): Record<string, (vm: ScenarioVm, data: D) => void> {
+  if (!Number.isInteger(n) || n < 1 || n > 30) throw new KvmmuError(`threads(${n}): a scenario has 1 to 30 threads`);
+  const out: Record<string, (vm: ScenarioVm, data: D) => void> = {};
+  for (let i = 0; i < n; i++) {
+    const key = name(i);
+    if (key in out) throw new KvmmuError(`threads(${n}): two threads named '${key}'`);
+    out[key] = (vm, data) => body(vm, data, i);
+  }
+  return out;
+}
+
+/**
  * A scenario's misuse of its vm (a vCPU it does not have, raw words on a VM):
  * the user's error even when a thread makes it, so the checker stops with it
  * rather than reporting a crash. The mark works across the two builds' copies
