@@ -1,5 +1,8 @@
 // `kvmmu check` and `kvmmu scenarios`: run the interleaving checker on built-in or user scenarios and report in text or JSON.
 
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { checkSlices, replayCheck, type CheckOptions, type CheckReport } from '../check/check';
@@ -7,7 +10,7 @@ import type { StopRequest, Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
 import { decodeReplay, renderTable, type ReplaySpec } from '../check/trace';
 import { replayOnThreads } from '../runtime/thread-replay';
-import { findScenario, loadCatalog, loadGenModule, loadScenarioFile } from './scenario-file';
+import { compileScenarioFilePlain, findScenario, loadCatalog, loadGenModule, loadScenarioFile } from './scenario-file';
 import { StatusLine } from './progress';
 
 export interface CheckCliOptions {
@@ -30,10 +33,7 @@ export interface CheckCliOptions {
 
 /** Run the check command; returns the exit code (0 clean, 1 violation). Usage errors throw KvmmuError. */
 export async function checkCommand(o: CheckCliOptions): Promise<number> {
-  if (o.engine === 'threads') {
-    if (o.replay === undefined) throw new KvmmuError('--engine threads replays one schedule: give --replay STRING');
-    if (o.file !== undefined) throw new KvmmuError('--engine threads replays built-in scenarios only');
-  }
+  if (o.engine === 'threads' && o.replay === undefined) throw new KvmmuError('--engine threads replays one schedule: give --replay STRING');
   const gen = loadGenModule();
   const catalog = loadCatalog();
   const chosen = [o.all, o.scenario !== undefined && o.file === undefined, o.file !== undefined, o.replay !== undefined].filter(Boolean).length;
@@ -47,7 +47,7 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
     const spec = o.file !== undefined ? loadScenarioFile(o.file, r.scenario) : findScenario(catalog, r.scenario);
     vmSettingsApply(o, spec);
     const report = userCode(o.file, () => replayCheck(gen, spec, r));
-    if (o.engine === 'threads') return threadsReplay(r, report, o.json);
+    if (o.engine === 'threads') return threadsReplay(r, report, o.json, o.file);
     print(report, o.json, o.file);
     return report.violation === null ? 0 : 1;
   }
@@ -188,8 +188,15 @@ function matchReplayFlags(o: CheckCliOptions, r: ReplaySpec): void {
  * schedule replayed there): the threads run the same operations, and the exit
  * status says whether that schedule breaks one.
  */
-async function threadsReplay(r: ReplaySpec, report: CheckReport, json: boolean): Promise<number> {
-  const res = await replayOnThreads(r);
+async function threadsReplay(r: ReplaySpec, report: CheckReport, json: boolean, file: string | undefined): Promise<number> {
+  // A scenario file runs on the workers as it is, against the normal build (no generator form).
+  const outDir = file === undefined ? null : fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-threads-'));
+  let res;
+  try {
+    res = await replayOnThreads(r, outDir === null ? {} : { js: compileScenarioFilePlain(file!, outDir) });
+  } finally {
+    if (outDir !== null) fs.rmSync(outDir, { recursive: true, force: true });
+  }
   const v = report.violation;
   if (json) {
     process.stdout.write(

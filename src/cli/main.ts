@@ -124,7 +124,7 @@ export function buildProgram(): Command {
     .option('--seed <n>', 'random seed (random and pct)', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--replay <string>', 'replay a schedule printed by an earlier check')
     .addOption(
-      new Option('--engine <engine>', 'gen: threads as generators on one thread (explores); threads: one worker_thread each (replay only)')
+      new Option('--engine <engine>', 'gen: threads as generators on one thread (explores); threads: one worker_thread each, replaying the --replay schedule (built-in scenarios and --file)')
         .choices(['gen', 'threads'])
         .default('gen'),
     )

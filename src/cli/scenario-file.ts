@@ -87,11 +87,21 @@ export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
 }
 
 /**
- * Compile scenario file `abs` (named `file` in errors) and the files of its
- * own it imports to generator form under `outDir`; returns the file's
- * JavaScript. Errors are KvmmuErrors.
+ * Compile scenario file `file` as it is (no generator form) against the normal build, under `outDir`, for
+ * threads on worker_threads (`kvmmu check --engine threads`): the loop guard and the spin-loop ticks are there,
+ * which a worker answers by parking itself. Returns the file's JavaScript; load it with require in each thread.
+ * The file is assumed to have loaded with loadScenarioFile already (same errors).
  */
-function compileScenarioFile(abs: string, file: string, outDir: string): string {
+export function compileScenarioFilePlain(file: string, outDir: string): string {
+  return compileScenarioFile(path.resolve(file), file, outDir, true);
+}
+
+/**
+ * Compile scenario file `abs` (named `file` in errors) and the files of its
+ * own it imports to generator form (or, `plain`, as they are, against the
+ * normal build) under `outDir`; returns the file's JavaScript. Errors are KvmmuErrors.
+ */
+function compileScenarioFile(abs: string, file: string, outDir: string, plain = false): string {
   const options: ts.CompilerOptions = {
     target: ts.ScriptTarget.ES2022,
     module: ts.ModuleKind.CommonJS,
@@ -109,13 +119,13 @@ function compileScenarioFile(abs: string, file: string, outDir: string): string 
     sourceMap: false,
     declaration: false,
   };
-  const genApi = path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
+  const genApi = plain ? path.join(DIST, 'src', 'check', 'gen', 'api.js') : path.join(DIST, 'gen', 'src', 'check', 'gen', 'api.js');
   // The file and the files of its own it imports (not kvmmu's sources, which the paths mapping pulls in, nor packages).
   const src = path.join(ROOT, 'src') + path.sep;
   const own = (f: string): boolean => !path.resolve(f).startsWith(src) && !f.split(/[\\/]/).includes('node_modules');
   // The file's loops tick the checker's loop guard (the engine's copy, in this build: it resets the count).
   const loopGuard = path.join(DIST, 'src', 'check', 'loop-guard.js');
-  const build = (o: ts.CompilerOptions): GenBuildResult => buildGen([abs], o, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard);
+  const build = (o: ts.CompilerOptions): GenBuildResult => buildGen([abs], o, own, (spec) => (spec === 'kvmmu/scenario' ? genApi : spec), loopGuard, plain);
   const nodeTypes = path.join(ROOT, 'node_modules', '@types');
   let emitted: ReadonlyMap<string, string[]>;
   try {

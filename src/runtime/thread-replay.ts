@@ -13,7 +13,8 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { KvmmuError } from '../shm/errors';
 import { accessOf, isEnabled } from '../check/ops';
 import { wordValue, type Step } from '../check/engine';
-import { traceRows, type TraceRow } from '../check/trace';
+import { nameLocation, traceRows, type TraceRow } from '../check/trace';
+import { OP } from '../shm/access';
 import { contextFor } from '../check/check';
 import type { ReplaySpec } from '../check/trace';
 import { ALL_GUARDS, GUARDS } from '../kvm/config';
@@ -27,6 +28,13 @@ const S_OP = 2;
 const S_A = 3;
 const S_B = 4;
 const S_C = 5;
+
+/**
+ * Per-thread await area (Int32 words): how many words the thread's pending awaitChange waits on, then for each
+ * whether it is in the data buffer (1) or the meta buffer (0), its Int32 index, and the value it waits out.
+ */
+const AW_MAX = 64;
+const AW_WORDS = 1 + 3 * AW_MAX;
 
 export const RUNNING = 0;
 export const PARKED = 1;
@@ -46,6 +54,22 @@ export interface ThreadReplayResult {
   readonly handoffMicros: number;
   /** The steps as trace rows (no calling functions: those are known only inside the workers). */
   readonly rows: TraceRow[];
+}
+
+/** Where a scenario comes from: the built-in catalog, or a scenario file compiled as it is (compileScenarioFilePlain). */
+export interface ThreadScenarioSource {
+  /** The compiled file's JavaScript (it requires the normal build); absent: a built-in scenario. */
+  readonly js?: string;
+}
+
+/** The scenario `name` from `source`, in the normal build (this thread's or a worker's). */
+export function loadNormalScenario(name: string, source: ThreadScenarioSource): ScenarioSpec {
+  if (source.js === undefined) return findNormalScenario(name);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const mod = require(source.js) as Record<string, unknown>;
+  const found = Object.values(mod).find((v): v is ScenarioSpec => v !== null && typeof v === 'object' && (v as ScenarioSpec).name === name);
+  if (found === undefined) throw new KvmmuError(`the scenario file has no scenario '${name}'`);
+  return found;
 }
 
 /** Load the normal (not generator) build of the scenario catalog. */
@@ -75,8 +99,8 @@ function waitFor(ctrl: Int32Array, word: number, pred: (v: number) => boolean, w
 }
 
 /** Replay `replay` with one worker thread per scenario thread. */
-export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayResult> {
-  const spec = findNormalScenario(replay.scenario);
+export async function replayOnThreads(replay: ReplaySpec, source: ThreadScenarioSource = {}): Promise<ThreadReplayResult> {
+  const spec = loadNormalScenario(replay.scenario, source);
   let guards = ALL_GUARDS;
   for (const g of replay.guardsOff) guards &= ~GUARDS[g];
   const ctx = contextFor(spec, { mode: replay.mode, guards, indirectFastPath: replay.indirectFastPath, pageMarking: replay.pageMarking });
@@ -88,7 +112,29 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
   const names = Object.keys(spec.threads);
   const n = names.length;
   const ctrl = new Int32Array(new SharedArrayBuffer(n * SLOT_WORDS * 4));
+  const awaits = new Int32Array(new SharedArrayBuffer(n * AW_WORDS * 4));
   const i32 = new Int32Array(machine.shm.meta);
+  const d32 = new Int32Array(machine.shm.data, 0, machine.shm.data.byteLength >> 2);
+  // A thread's awaitChange (a spin loop's iteration that changed nothing, or awaitChange32) can go on once one of
+  // its words no longer holds the value it waits out.
+  const awaitEnabled = (t: number): boolean => {
+    const base = t * AW_WORDS;
+    for (let k = 0; k < awaits[base]!; k++) {
+      const at = base + 1 + 3 * k;
+      if ((awaits[at] === 1 ? d32 : i32)[awaits[at + 1]!] !== awaits[at + 2]) return true;
+    }
+    return false;
+  };
+  const awaitDetail = (t: number): string => {
+    const base = t * AW_WORDS;
+    const words: string[] = [];
+    for (let k = 0; k < awaits[base]!; k++) {
+      const at = base + 1 + 3 * k;
+      const w = `${nameLocation(machine.shm.layout, machine.config, awaits[at + 1]! * 4, awaits[at] === 1).name} = ${awaits[at + 2]}`;
+      if (!words.includes(w)) words.push(w);
+    }
+    return words.join(', ');
+  };
   const workers: Worker[] = [];
   // This thread waits synchronously (Atomics.wait), so worker events never reach it: a failing thread's
   // error comes through a port read with receiveMessageOnPort.
@@ -102,7 +148,7 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
       const { port1, port2 } = new MessageChannel();
       errorPorts.push(port1);
       const w = new Worker(path.join(__dirname, 'thread-replay-worker.js'), {
-        workerData: { scenario: spec.name, thread: t, shm: machine.shm, config: machine.config, ctrl, data, errors: port2 },
+        workerData: { scenario: spec.name, source, thread: t, shm: machine.shm, config: machine.config, ctrl, awaits, data, errors: port2 },
         transferList: [port2],
       });
       workers.push(w);
@@ -121,11 +167,14 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
         throw new KvmmuError(`the schedule does not fit scenario ${spec.name}: step ${k + 1} runs thread ${t}, which is not waiting at an operation`);
       const op = Atomics.load(ctrl, base + S_OP);
       const a = Atomics.load(ctrl, base + S_A);
-      if (!isEnabled(i32, op, a, Atomics.load(ctrl, base + S_B)))
+      if (!(op === OP.awaitChange ? awaitEnabled(t) : isEnabled(i32, op, a, Atomics.load(ctrl, base + S_B))))
         throw new KvmmuError(`the schedule does not fit scenario ${spec.name}: step ${k + 1} runs thread ${t}, which cannot run there`);
       const b = Atomics.load(ctrl, base + S_B);
       const c = Atomics.load(ctrl, base + S_C);
-      const step: Step = { thread: t, op, a, b, c, access: accessOf(op, a, b, c), before: wordValue(machine.shm, op, a) };
+      const step: Step =
+        op === OP.awaitChange
+          ? { thread: t, op, a, b, c, access: { keys: [], writes: [], ors: [] }, detail: awaitDetail(t) }
+          : { thread: t, op, a, b, c, access: accessOf(op, a, b, c), before: wordValue(machine.shm, op, a) };
       steps.push(step);
       Atomics.store(ctrl, base + S_STATE, RUNNING);
       Atomics.add(ctrl, base + S_GO, 1);
@@ -146,4 +195,4 @@ export async function replayOnThreads(replay: ReplaySpec): Promise<ThreadReplayR
   }
 }
 
-export const THREAD_SLOT = { SLOT_WORDS, S_STATE, S_GO, S_OP, S_A, S_B, S_C };
+export const THREAD_SLOT = { SLOT_WORDS, S_STATE, S_GO, S_OP, S_A, S_B, S_C, AW_WORDS, AW_MAX };

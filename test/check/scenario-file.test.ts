@@ -201,3 +201,44 @@ export const s = defineScenario({ name: 'tell', description: '', memory: { metaB
   // One thread, one operation: an execution takes microseconds, so 3 s hold far more than 10,000.
   assert.ok((JSON.parse(r.stdout) as { executions: number }).executions > 10_000, r.stdout);
 });
+
+test('--engine threads replays a scenario file on worker threads, spin-loop waits included, running the operations the checker ran', () => {
+  const f = tempFile(
+    'spins.ts',
+    `import { defineScenario } from 'kvmmu/scenario';
+export const s = defineScenario({ name: 'spins', description: '', memory: { metaBytes: 64 }, threads: {
+  waiter: (vm) => { while (vm.mem.load32(vm.word(0)) !== 2) {} vm.mem.store32(vm.word(4), 1); },
+  writer: (vm) => { vm.mem.store32(vm.word(0), 1); vm.mem.store32(vm.word(0), 2); },
+},
+  check: (vm) => (vm.mem.load32(vm.word(4)) === 1 ? null : 'the waiter never got through') });
+`,
+  );
+  // A schedule in which the waiter reads 0 twice (so it waits), is woken by the 1, waits again, and gets the 2.
+  const replay = 'spins:direct:none:pin:0*2,1,0*2,1,0*3';
+  const checker = kvmmu('check', '--file', f, '--replay', replay, '--json');
+  assert.equal(checker.code, 0, checker.stderr);
+  const rows = (JSON.parse(checker.stdout) as { violation: null; threads: string[] }).threads;
+  assert.deepEqual(rows, ['waiter', 'writer']);
+  const threads = kvmmu('check', '--file', f, '--replay', replay, '--engine', 'threads', '--json');
+  assert.equal(threads.code, 0, threads.stderr);
+  const j = JSON.parse(threads.stdout) as { engine: string; finished: boolean; check: string | null; trace: { thread: number; op: string; target: string }[] };
+  assert.equal(j.engine, 'threads');
+  assert.equal(j.finished, true);
+  assert.equal(j.check, null);
+  assert.deepEqual(
+    j.trace.map((r) => `${r.thread} ${r.op} ${r.target}`),
+    [
+      '0 load32 word(0)',
+      '0 load32 word(0)',
+      '1 store32 word(0)',
+      '0 awaitChange until one changes: word(0) = 0',
+      '0 load32 word(0)',
+      '1 store32 word(0)',
+      '0 awaitChange until one changes: word(0) = 1',
+      '0 load32 word(0)',
+      '0 store32 word(4)',
+    ],
+  );
+  // The generator engine ran the very same steps: a step more or less and the replay there would not fit.
+  assert.match(kvmmu('check', '--file', f, '--replay', replay + ',0').stderr, /ended after step 9 \(every thread finished\)/);
+});
