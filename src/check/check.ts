@@ -22,6 +22,8 @@ export interface CheckOptions {
   readonly pctDepth?: number;
   /** Search for a counterexample with fewer preemptions, then fewer steps (default true). */
   readonly minimize?: boolean;
+  /** Look for violations of this invariant only (a monitor's name, or deadlock / livelock / crash / check); others are passed over. */
+  readonly invariant?: string;
   readonly onProgress?: (p: ExploreProgress) => void;
   readonly now?: () => number;
   /** Stop early when set (runCheckAsync lets a signal handler set it); the report then says how far it got. */
@@ -116,6 +118,7 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
     onProgress: o.onProgress,
     now: o.now,
     stop: o.stop,
+    invariant: o.invariant,
   });
   let found = result.violation;
   // Interrupted: the counterexample as found (the user asked to stop, not to wait for a simpler one).

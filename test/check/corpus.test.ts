@@ -51,7 +51,9 @@ for (const e of CORPUS.filter((x) => x.source === 'kvm' && x.scenario !== null))
   const spec = findScenario(catalog, e.scenario!);
   for (const mode of spec.modes ?? ['direct', 'shadow']) {
     test(`${e.id} ${e.scenario} (${mode}): with ${spec.guard} off, ${EXPECTED[e.id]} breaks; with it on, exhaustive and clean`, () => {
-      const off = runCheck(gen, spec, { mode, guards: ALL_GUARDS & ~GUARDS[spec.guard!] });
+      // Searched for by name: the first violation DPOR meets may be another one (kvm-9's stale write shows in the
+      // end-to-end check first), and the minimizer no longer trades a violation for one of another kind (issue 17).
+      const off = runCheck(gen, spec, { mode, guards: ALL_GUARDS & ~GUARDS[spec.guard!], invariant: EXPECTED[e.id] });
       assert.equal(off.violation?.invariant, EXPECTED[e.id], off.violation?.message ?? 'no violation with the fix off');
       const on = runCheck(gen, spec, { mode });
       assert.equal(on.violation, null, on.violation?.message);
