@@ -457,7 +457,8 @@ export class Engine {
     const ex = new Execution(this, new Int32Array(this.machine.shm.meta));
     this.current = ex;
     const n = this.threadNames.length;
-    for (const tr of this.trackers) tr.reset();
+    // Trackers hear of operations only once a spin loop or an await has been met (spinUsed); until then they are clean.
+    if (this.spinUsed) for (const tr of this.trackers) tr.reset();
     setSpinHandler(this.threadSpin);
     const gens: Generator[] = [];
     for (let t = 0; t < n; t++) {

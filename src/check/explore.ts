@@ -264,7 +264,7 @@ class Systematic implements Chooser {
     if (cand === 0) return -1;
     // Prefer continuing the thread that just ran: schedules with few preemptions first; but not for ever
     // (a fair schedule first, so a long execution is judged as a livelock or not on it).
-    const starved = starvedThread(ex, cand);
+    const starved = d > ex.engine.maxSteps >> 2 ? starvedThread(ex, cand) : -1;
     const q = starved >= 0 ? starved : node.prev >= 0 && (cand & (1 << node.prev)) !== 0 ? node.prev : lowest(cand);
     if (this.bound >= 0 && node.preemptions + (this.preempts(node, q) ? 1 : 0) > this.bound) {
       // Every other candidate preempts too (q is the running thread whenever it can continue).

@@ -109,7 +109,7 @@ export function buildProgram(): Command {
 
   program
     .command('check')
-    .description('explore the interleavings of a scenario under a controlled scheduler and report the first invariant broken')
+    .description('explore the interleavings of a scenario under a controlled scheduler and report the first invariant broken (Ctrl-C: the report so far, exit 130)')
     .option('--scenario <name>', 'a built-in scenario (see kvmmu scenarios), or one in --file')
     .option('--file <path>', 'a scenario file (.ts or .js importing kvmmu/scenario)')
     .option('--all', 'every built-in scenario', false)
