@@ -139,7 +139,9 @@ for (const [scenario, guard, invariant] of [
     const on = runCheck(gen, spec, { mode: 'tdp' });
     assert.equal(on.violation, null);
     assert.equal(on.complete, true);
-    const off = runCheck(gen, spec, { mode: 'tdp', guards: ALL_GUARDS & ~GUARDS[guard as GuardName] });
+    // Searched for by name: the first violation DPOR meets may be another symptom of the same race (tdp-rcu-free's
+    // frozen-entry-owned), which the minimizer no longer trades for this one (issue 17).
+    const off = runCheck(gen, spec, { mode: 'tdp', guards: ALL_GUARDS & ~GUARDS[guard as GuardName], invariant });
     assert.equal(off.violation?.invariant, invariant);
   });
 }

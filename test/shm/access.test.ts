@@ -181,6 +181,7 @@ test('the hook sees every operation once, before it, with its op code and operan
   mem.readUnlock(rw);
   mem.writeLock(rw); // two operations: the claim, then the wait for readers
   mem.writeUnlock(rw);
+  mem.awaitChange32([5, 6], [0, 0]); // word 6 holds 1: returns at once
   const expected: Seen[] = [
     ['load64', 1, 0, 0],
     ['store64', 2, 0, 0],
@@ -209,6 +210,7 @@ test('the hook sees every operation once, before it, with its op code and operan
     ['writeLock', rw, 0, 0],
     ['writeLockWait', rw, 0, 0],
     ['writeUnlock', rw, 0, 0],
+    ['awaitChange', 2, 0, 0],
   ];
   assert.deepEqual(rec.seen, expected);
   assert.equal(Object.keys(OP).length, expected.length, 'every op code is exercised above');
