@@ -15,6 +15,11 @@ export interface CorpusEntry {
   readonly title: string;
   /** The built-in scenario that reproduces it, or null when kvmmu does not model it (see `why`). */
   readonly scenario: string | null;
+  /**
+   * The invariant the commit says breaks (the corpus searches for it with the fix off: an execution that breaks
+   * another one first, such as the scenario's end-to-end check, is passed over).
+   */
+  readonly invariant?: string;
   /** Why it is not modelled (or not yet), said plainly. */
   readonly why?: string;
 }
@@ -52,6 +57,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2021,
     title: 'KVM: x86/mmu: Retry page faults that hit an invalid memslot',
     scenario: 'invalid-slot-fault',
+    // a fault replaced a present SPTE with an MMIO SPTE, without the flush a zap does
+    invariant: 'fault-leaf-no-flush',
   },
   {
     id: 'kvm-4',
@@ -60,6 +67,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2021,
     title: 'KVM: x86/mmu: Ensure TLBs are flushed when yielding during GFN range zap',
     scenario: 'zap-yield-flush',
+    // a vCPU keeps using a translation to a zapped page once the lock was dropped unflushed
+    invariant: 'tlb-after-unmap',
   },
   {
     id: 'kvm-5',
@@ -68,6 +77,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2021,
     title: 'KVM: x86/mmu: Retry page fault if root is invalidated by memslot update',
     scenario: 'obsolete-root-fault',
+    // "inserting a SPTE into an obsolete root can leak a SP"
+    invariant: 'no-leaked-table',
   },
   {
     id: 'kvm-6',
@@ -76,6 +87,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2022,
     title: 'KVM: x86/mmu: Fix write-protection of PTs mapped by the TDP MMU',
     scenario: 'tdp-pt-wrprot',
+    // a gfn write-protected for page-table protection must not stay MMU-writable, nor its flush be skipped
+    invariant: 'tlb-after-write-protect',
   },
   {
     id: 'kvm-7',
@@ -84,6 +97,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2022,
     title: 'KVM: x86/mmu: Use atomic XCHG to write TDP MMU SPTEs with volatile bits',
     scenario: 'tdp-volatile-xchg',
+    // the lost Dirty bit, seen when the zapped SPTE's frame is dropped unwritten
+    invariant: 'frame-dirty-before-drop',
   },
   {
     id: 'kvm-8',
@@ -103,6 +118,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2022,
     title: 'KVM: Fix multiple races in gfn=>pfn cache refresh',
     scenario: 'gpc-refresh-race',
+    // the refresh published a pfn the host went on to free
+    invariant: 'gpc-pfn-mapped',
   },
   {
     id: 'kvm-10',
@@ -111,6 +128,8 @@ export const CORPUS: readonly CorpusEntry[] = [
     year: 2025,
     title: 'KVM: x86/mmu: Return -EAGAIN if userspace deletes/moves memslot during prefault',
     scenario: 'prefault-slot-deadlock',
+    // pre-faulting and the memslot update wait for each other
+    invariant: 'deadlock',
   },
   { id: 'seed-1', source: 'seed', commit: null, year: 2012, title: 'the fast path marks the wrong gfn dirty after pfn reuse (ABA)', scenario: 'aba-gfn-pfn' },
   { id: 'seed-2', source: 'seed', commit: null, year: 2012, title: 'write-protection skips the TLB flush of an MMU-writable SPTE', scenario: 'wp-tlb-flush' },
@@ -175,7 +194,13 @@ export function runCorpus(gen: GenScenarioModule, builtin: readonly ScenarioSpec
     const modes = (spec.modes ?? ['direct', 'shadow']).filter((m) => o.mode === undefined || m === o.mode);
     for (const mode of modes) {
       const progress = (what: string) => (o.onProgress === undefined ? undefined : (p: { executions: number }) => o.onProgress!(what, p.executions));
-      const off = runCheck(gen, spec, { mode, guards: ALL_GUARDS & ~GUARDS[guard], seconds, onProgress: progress(`${entry.id} ${mode} ${guard}=off`) });
+      const off = runCheck(gen, spec, {
+        mode,
+        guards: ALL_GUARDS & ~GUARDS[guard],
+        invariant: entry.invariant,
+        seconds,
+        onProgress: progress(`${entry.id} ${mode} ${guard}=off`),
+      });
       const on = runCheck(gen, spec, { mode, seconds, onProgress: progress(`${entry.id} ${mode} fix on`) });
       const status = off.violation === null ? 'not-found' : on.violation !== null ? 'fix-on-violates' : 'found';
       const row: CorpusRow = { entry, mode, guard, status, off, on };
