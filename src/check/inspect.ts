@@ -175,7 +175,7 @@ function tdpState(o: Observer): TdpView {
   const i32 = k.mem.i32;
   const roots: TdpView['roots'] = [];
   for (let i = 0; i < k.tdp.nRootSlots; i++) {
-    const sp = i32[k.tdp.rootsBase + 2 * i]! - 1;
+    const sp = k.tdp.peekRootAt(i);
     if (sp < 0) continue;
     const role = i32[k.pages.hdr(sp, SP_ROLE)]!;
     const zap = k.tdp.peekRootZap(i);

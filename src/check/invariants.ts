@@ -792,7 +792,7 @@ class NoLeakedTable implements Monitor {
       }
     };
     for (let i = 0; i < k.tdp.nRootSlots; i++) {
-      const root = t[k.tdp.rootsBase + 2 * i]! - 1;
+      const root = k.tdp.peekRootAt(i);
       if (root < 0) continue;
       // A root whose zap (kvm_tdp_mmu_zap_invalidated_roots) is over is freed at its last put without another
       // sweep: anything still linked into it then is lost with it.

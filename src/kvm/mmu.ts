@@ -148,7 +148,7 @@ export class Mmu implements GuestPtAccess {
     let root: number;
     try {
       k.pages.makeMmuPagesAvailable();
-      root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL) | this.cpuRole(vcpu));
+      root = k.pages.getShadowPage(direct ? 0 : Math.floor(vcpu.cr3 / 4096), makeRole(4, direct, ACC_ALL) | this.cpuRole(vcpu.cpu));
     } catch (e) {
       k.mem.unlock(k.mmuLock); // kvmmu's shadow-page pool is too small: report it, do not hang the others
       throw e;
@@ -188,14 +188,8 @@ export class Mmu implements GuestPtAccess {
   }
 
   /** Does going from control bits `a` to `b` change the MMU role (so the context must be reset)? */
-  roleChanges(vcpu: KvmVcpu, a: number, b: number): boolean {
-    const saved = vcpu.cpu;
-    vcpu.cpu = a;
-    const ra = this.cpuRole(vcpu);
-    vcpu.cpu = b;
-    const rb = this.cpuRole(vcpu);
-    vcpu.cpu = saved;
-    return ra !== rb;
+  roleChanges(a: number, b: number): boolean {
+    return this.cpuRole(a) !== this.cpuRole(b);
   }
 
   /**
@@ -203,9 +197,8 @@ export class Mmu implements GuestPtAccess {
    * kvm_calc_cpu_role: efer_nx, cr0_wp, and SMEP/SMAP when CR0.WP is off);
    * none in direct mode, which runs the guest with paging off.
    */
-  private cpuRole(vcpu: KvmVcpu): number {
+  private cpuRole(c: number): number {
     if (this.kvm.config.mode !== 'shadow') return 0;
-    const c = vcpu.cpu;
     const wp = (c & CPU_CR0_WP) !== 0;
     return (
       ((c & CPU_EFER_NX) !== 0 ? ROLE_EFER_NX : 0) |
@@ -335,7 +328,8 @@ export class Mmu implements GuestPtAccess {
       if (level > 1) break;
       const spte = mem.load64(sptep);
       if (!isShadowPresentPte(spte)) break;
-      if (isAccessTrackSpte(spte)) {
+      // (Only A/D-disabled SPTEs are ever access-tracked: with A/D bits the test is skipped.)
+      if (!k.adBits && isAccessTrackSpte(spte)) {
         // The fast path's second job (A/D bits off): restore an SPTE aging made access-tracked — with W too for a
         // write, from MMU-writable — with one cmpxchg, as KVM's fast_page_fault does.
         const fix = this.fastPfRestoreAccTrack(sptep, spte, (ec & PFERR_WRITE_MASK) !== 0, gfn);
@@ -722,7 +716,7 @@ export class Mmu implements GuestPtAccess {
       const present = isShadowPresentLow(low);
       const child = present
         ? spteLowToChild(low)
-        : k.pages.getShadowPage(w.tableGfn[level - 1]!, makeRole(level - 1, false, w.tableAccess[level - 1]!) | this.cpuRole(vcpu));
+        : k.pages.getShadowPage(w.tableGfn[level - 1]!, makeRole(level - 1, false, w.tableAccess[level - 1]!) | this.cpuRole(vcpu.cpu));
       if (this.gpteChanged(vcpu, level - 1)) return RET_PF_RETRY;
       if (!present) k.spte.linkShadowPage(sptep, child);
       sp = child;
@@ -748,7 +742,7 @@ export class Mmu implements GuestPtAccess {
         k.kvmFlushRemoteTlbs();
       }
       const span = pagesPerSpte(level);
-      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, acc) | this.cpuRole(vcpu));
+      const child = k.pages.getShadowPage(Math.floor(w.gfn / span) * span, makeRole(level - 1, true, acc) | this.cpuRole(vcpu.cpu));
       k.spte.linkShadowPage(sptep, child);
       sp = child;
     }

@@ -19,7 +19,7 @@
 import { NOTE, RWLOCK_WORDS } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import { region, type LayoutBuilder } from '../shm/layout';
-import { MMU_IN_PROGRESS, MMU_MN_ACTIVE, MMU_RANGE_END, MMU_RANGE_START, MMU_SEQ, type Kvm } from './kvm';
+import { MMU_MN_ACTIVE, MMU_SEQ, type Kvm } from './kvm';
 
 export const GPC_VALID = RWLOCK_WORDS;
 export const GPC_GFN = RWLOCK_WORDS + 1;
@@ -81,8 +81,12 @@ export class GfnToPfnCache {
       for (;;) {
         const seq = m.load32(k.mmuBase + MMU_SEQ);
         pfn = this.lookup(hvpn);
-        if (!this.notifierRetryHvpn(seq, hvpn)) break;
-        this.waitForInvalidation();
+        // mmu_notifier_retry_hva under mmu_lock: the check a fault makes.
+        k.mmuLockRead();
+        const stale = k.mmu.isPageFaultStale(seq, hvpn);
+        k.mmuUnlockRead();
+        if (!stale) break;
+        k.mmu.waitForInvalidation();
       }
       m.writeLock(b);
       m.store32(b + GPC_PFN, pfn + 1);
@@ -116,26 +120,6 @@ export class GfnToPfnCache {
     const pfn = host.getUserPage(hvpn, true);
     host.putPage(pfn);
     return pfn;
-  }
-
-  /** The old check (mmu_notifier_retry_hva): an invalidation covering `hvpn` is in progress, or the sequence moved. */
-  private notifierRetryHvpn(seq: number, hvpn: number): boolean {
-    const k = this.kvm;
-    const m = k.mem;
-    k.mmuLockRead();
-    const stale =
-      (m.load32(k.mmuBase + MMU_IN_PROGRESS) > 0 &&
-        hvpn >= m.load32(k.mmuBase + MMU_RANGE_START) &&
-        hvpn < m.load32(k.mmuBase + MMU_RANGE_END)) ||
-      m.load32(k.mmuBase + MMU_SEQ) !== seq;
-    k.mmuUnlockRead();
-    return stale;
-  }
-
-  private waitForInvalidation(): void {
-    const k = this.kvm;
-    const n = k.mem.load32(k.mmuBase + MMU_IN_PROGRESS);
-    if (n > 0) k.mem.waitWhile32(k.mmuBase + MMU_IN_PROGRESS, n);
   }
 
   /**

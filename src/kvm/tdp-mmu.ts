@@ -90,7 +90,7 @@ export class TdpMmu {
   private readonly rcuBase: number;
   private readonly pagesLock: number;
   /** The first word of the root list, and its number of slots. */
-  readonly rootsBase: number;
+  private readonly rootsBase: number;
   readonly nRootSlots: number;
   private readonly freeBase: number;
   private rcuHandle: Rcu | null = null;
@@ -213,6 +213,11 @@ export class TdpMmu {
 
   // ---- roots ----
 
+  /** The root in list slot `i`, or -1, with a plain read: for monitors and displays. */
+  peekRootAt(i: number): number {
+    return this.kvm.mem.i32[this.rootsBase + i * ROOT_WORDS + ROOT_SP]! - 1;
+  }
+
   /** Root list slot `i`'s zap state (0, ROOT_ZAP_OWED or ROOT_ZAP_TAKEN), with a plain read: for monitors. */
   peekRootZap(i: number): number {
     return this.kvm.mem.i32[this.rootsBase + i * ROOT_WORDS + ROOT_ZAP]!;
@@ -328,17 +333,8 @@ export class TdpMmu {
    * kvm_mmu_load does for a new root).
    */
   freeObsoleteRoot(vcpu: KvmVcpu): boolean {
-    const k = this.kvm;
-    const old = vcpu.root;
-    if (old >= 0 && !this.isObsoleteRoot(old)) return false;
-    if (old >= 0) {
-      k.mem.readLock(k.mmuLock);
-      this.putRoot(old);
-      k.mem.readUnlock(k.mmuLock);
-      this.reclaim();
-    }
-    vcpu.root = -1;
-    this.getVcpuRoot(vcpu);
+    if (vcpu.root >= 0 && !this.isObsoleteRoot(vcpu.root)) return false;
+    this.resetContext(vcpu);
     return true;
   }
 

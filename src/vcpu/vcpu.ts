@@ -116,6 +116,8 @@ export class Vcpu {
   /** Error code of the last hardware walk that faulted. */
   private lastEc = 0;
   private readonly direct: boolean;
+  /** The VM runs without A/D bits in SPTEs (config.adBits off): the walk looks for A/D-disabled SPTEs. */
+  private readonly adDisabled: boolean;
   /** PDE cache: per entry the 2 MiB region number + 1 (0 = empty), the leaf table's shadow page, the TLB generation at fill. */
   private readonly pdeTag = new Int32Array(PDE_CACHE_ENTRIES);
   private readonly pdeSp = new Int32Array(PDE_CACHE_ENTRIES);
@@ -134,6 +136,7 @@ export class Vcpu {
     this.tlbGenWord = kvm.vcpuWord(idx, VCPU_TLB_GEN);
     this.tlbGen = this.mem.i32[this.tlbGenWord]!;
     this.direct = kvm.config.mode === 'direct';
+    this.adDisabled = !kvm.config.adBits;
   }
 
   /**
@@ -176,7 +179,7 @@ export class Vcpu {
     this.exitGuest();
     this.kv.cpu = cpu;
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
-    if (this.kvm.mmu.roleChanges(this.kv, old, cpu)) {
+    if (this.kvm.mmu.roleChanges(old, cpu)) {
       this.kvm.mmu.kvmMmuResetContext(this.kv);
       this.flushTlb();
     }
@@ -191,7 +194,7 @@ export class Vcpu {
     if (!this.kvm.isTdp) throw new KvmmuError('kvmmu models SMM in tdp mode only (a root of its own)');
     this.kv.cpu |= CPU_SMM;
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = this.kv.cpu;
-    this.kvm.tdp.resetContext(this.kv);
+    this.kvm.mmu.kvmMmuResetContext(this.kv);
     this.flushTlb();
   }
 
@@ -393,7 +396,7 @@ export class Vcpu {
       // Usually A (and D for a write) are set already: test the bits before building a new value (no BigInt to allocate).
       // An A/D-disabled SPTE (EPT without A/D) gets neither: a write through it is allowed by W alone.
       let dirty = hasBits(spte, SPTE_DIRTY_MASK);
-      if (hasBits(spte, SPTE_AD_DISABLED)) dirty = kind.write;
+      if (this.adDisabled && hasBits(spte, SPTE_AD_DISABLED)) dirty = kind.write;
       else if (!hasBits(spte, SPTE_ACCESSED_MASK) || (kind.write && !dirty)) {
         const want = setBits(spte, kind.write ? SPTE_ACCESSED_MASK | SPTE_DIRTY_MASK : SPTE_ACCESSED_MASK);
         if (this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
