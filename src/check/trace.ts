@@ -11,6 +11,7 @@ import { GPC_VALID } from '../kvm/pfncache';
 import { rcuWordName } from '../shm/rcu';
 import { MAP_PRESENT, MAP_WRITABLE, mapPfn } from '../host/host';
 import { formatSpte } from '../x86/spte';
+import { encodeSchedule } from './schedule';
 import type { Step } from './engine';
 
 export interface TraceRow {
@@ -214,17 +215,7 @@ export function renderTable(rows: readonly TraceRow[], threadNames: readonly str
 
 // ---- schedules ----
 
-/** Run-length form of a schedule: "0*12,1*3,0" (thread index, times). */
-export function encodeSchedule(schedule: readonly number[]): string {
-  const runs: string[] = [];
-  for (let i = 0; i < schedule.length; ) {
-    let j = i;
-    while (j < schedule.length && schedule[j] === schedule[i]) j++;
-    runs.push(j - i === 1 ? `${schedule[i]}` : `${schedule[i]}*${j - i}`);
-    i = j;
-  }
-  return runs.join(',');
-}
+export { encodeSchedule };
 
 /**
  * The longest schedule decodeSchedule accepts: several times the checker's

@@ -66,17 +66,8 @@ export function scheduleOfReplay(replay: string): number[] {
   return out;
 }
 
-/** Run-length form of a schedule, as replay strings write it: 0*14,1*7,0. */
-export function encodeRuns(schedule: readonly number[]): string {
-  const runs: string[] = [];
-  for (let i = 0; i < schedule.length; ) {
-    let j = i;
-    while (j < schedule.length && schedule[j] === schedule[i]) j++;
-    runs.push(j - i === 1 ? `${schedule[i]}` : `${schedule[i]}*${j - i}`);
-    i = j;
-  }
-  return runs.join(',');
-}
+/** Run-length form of a schedule, as replay strings write it: 0*14,1*7,0 (the checker's own encoder). */
+export { encodeSchedule as encodeRuns } from '../../check/schedule';
 
 /** The settings as the settings bar names them, for a note ("dirty-bit-loss, direct, guards off: ..."). */
 export function describeSettings(s: NamedSettings): string {
