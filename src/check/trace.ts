@@ -46,12 +46,20 @@ interface Named {
   readonly kind: 'spte' | 'mode' | 'map' | 'word' | 'bytes';
 }
 
-/** Name the location of meta byte offset `off` (or data byte offset when `data`). */
-export function nameLocation(layout: Layout, config: VmConfig | null, off: number, data: boolean): Named {
+/** The region holding meta byte offset `off` (or data byte offset when `data`), and the offset within it. */
+export function regionAt(layout: Layout, off: number, data: boolean): { name: string; rel: number } | null {
   for (const [name, r] of Object.entries(layout.regions)) {
     const inData = name === 'host.frameData' || name === 'host.swapData' || name === 'scenario.data';
-    if (inData !== data || off < r.off || off >= r.off + r.bytes) continue;
-    const rel = off - r.off;
+    if (inData === data && off >= r.off && off < r.off + r.bytes) return { name, rel: off - r.off };
+  }
+  return null;
+}
+
+/** Name the location of meta byte offset `off` (or data byte offset when `data`). */
+export function nameLocation(layout: Layout, config: VmConfig | null, off: number, data: boolean): Named {
+  const at = regionAt(layout, off, data);
+  if (at !== null) {
+    const { name, rel } = at;
     switch (name) {
       case 'kvm.spt': {
         const i = rel / 8;

@@ -4,7 +4,7 @@ import { Engine, type Chooser, type Execution, type GenScenarioModule, type Step
 import { builtinMonitors } from './invariants';
 import { accessOf } from './ops';
 import { OP } from '../shm/access';
-import { nameLocation, traceRows } from './trace';
+import { nameLocation, regionAt, traceRows } from './trace';
 import type { Layout } from '../shm/layout';
 import type { VmConfig } from '../kvm/config';
 import { VCPU_WORDS } from '../kvm/kvm';
@@ -104,10 +104,9 @@ function gfnOfPage(config: VmConfig | null, hvpn: number): number | null {
 
 /** The object holding meta byte offset `off` (or data byte offset `off` when `data`). */
 export function objectAt(layout: Layout, config: VmConfig | null, off: number, data: boolean): string {
-  for (const [name, r] of Object.entries(layout.regions)) {
-    const inData = name === 'host.frameData' || name === 'host.swapData' || name === 'scenario.data';
-    if (inData !== data || off < r.off || off >= r.off + r.bytes) continue;
-    const rel = off - r.off;
+  const at = regionAt(layout, off, data);
+  if (at !== null) {
+    const { name, rel } = at;
     switch (name) {
       case 'kvm.spt': {
         const i = Math.floor(rel / 8);
