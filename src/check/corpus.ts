@@ -47,8 +47,9 @@ export const CORPUS: readonly CorpusEntry[] = [
     commit: 'c126d94f2c90',
     year: 2013,
     title: 'KVM: MMU: lazily drop large spte',
-    scenario: null,
-    why: 'needs huge (2 MiB) SPTEs, which kvmmu does not map yet (the TDP issue lists them)',
+    scenario: 'huge-fast-dirty-log',
+    // "only dirty the first page into the dirty-bitmap that means other pages are missed"
+    invariant: 'dirty-log-complete',
   },
   {
     id: 'kvm-3',

@@ -115,6 +115,14 @@ export interface HostParams {
   readonly nFrames: number;
   /** Swap slots (0: no swap). */
   readonly nSwap: number;
+  /**
+   * Guest memory is backed by 2 MiB HugeTLB pages: every page is allocated
+   * and mapped at init (as a VMM that maps hugetlbfs memory with MAP_POPULATE),
+   * hvpn h by frame h, so each 512-page run is one physically contiguous,
+   * aligned huge page. HugeTLB pages are never swapped or merged by KSM, so
+   * these mappings never change.
+   */
+  readonly hugetlb?: boolean;
 }
 
 /**
@@ -207,6 +215,36 @@ export class Host {
     a[this.swapFree] = s;
     for (let k = 0; k < s; k++) a[this.swapFree + 1 + k] = s - 1 - k;
     this.buildPageTables();
+    if (this.p.hugetlb === true) this.populateHugetlb();
+  }
+
+  /**
+   * Back every host virtual page with its frame from the start: hvpn h gets
+   * frame h (the free stack hands out frame 0 first), mapped writable, with the
+   * mapping's reference. Single-threaded setup.
+   */
+  private populateHugetlb(): void {
+    const a = this.mem.i32;
+    const n = this.p.nPages;
+    if (this.p.nFrames < n) throw new KvmmuError(`host: ${n} huge-page-backed pages need as many frames, not ${this.p.nFrames}`);
+    for (let h = 0; h < n; h++) {
+      const f = this.frames + h * FRAME_WORDS;
+      a[f + FR_REF] = 1;
+      a[f + FR_FLAGS] = 0;
+      a[f + FR_LAST] = h + 1;
+      a[this.ptep(h)] = (h << MAP_PFN_SHIFT) | MAP_PRESENT | MAP_WRITABLE;
+    }
+    a[this.freeStack] = this.p.nFrames - n;
+  }
+
+  /**
+   * The level at which the host maps `hvpn` (KVM's host_pfn_mapping_level): 2
+   * for a page of a whole 2 MiB HugeTLB page, else 1. HugeTLB mappings are
+   * fixed at init, so this reads no shared state.
+   */
+  mappingLevel(hvpn: number): number {
+    if (this.p.hugetlb !== true) return 1;
+    return hvpn - (hvpn % PT_ENTRIES) + PT_ENTRIES <= this.p.nPages ? 2 : 1;
   }
 
   /**
@@ -567,9 +605,10 @@ export class Host {
    * reports D bits as frame dirtiness), unmap, write the bytes to swap if the
    * frame is dirty or has no swap copy, and drop the mapping's reference — the
    * frame is freed unless someone pins it. Returns false if the page was not
-   * present, is KSM-shared, or swap is full.
+   * present, is KSM-shared, is a HugeTLB page, or swap is full.
    */
   swapOut(hvpn: number): boolean {
+    if (this.p.hugetlb === true) return false; // HugeTLB pages are not swapped
     this.mem.lock(this.lockWord);
     const ptep = this.ptep(hvpn);
     const w = this.mem.load32(ptep);
@@ -617,7 +656,7 @@ export class Host {
    * which becomes KSM-shared, and `b`'s frame is released. Returns true if merged.
    */
   ksmMerge(a: number, b: number): boolean {
-    if (a === b) return false;
+    if (a === b || this.p.hugetlb === true) return false; // KSM does not merge HugeTLB pages
     this.mem.lock(this.lockWord);
     const wa = this.mem.load32(this.ptep(a));
     const wb = this.mem.load32(this.ptep(b));

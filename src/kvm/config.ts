@@ -34,6 +34,8 @@ export const GUARDS = {
   'prefault-eagain': 1 << 11,
   /** TDP MMU: a range zap that yields mmu_lock first flushes what it zapped in every root so far, not only in the current one (a835429cda91, 2021). */
   'flush-before-yield': 1 << 12,
+  /** The fast path never makes a huge SPTE writable in a dirty-logged slot: the slow path maps a 4 KiB page instead (c126d94f2c90, 2013). */
+  'fast-skips-huge': 1 << 13,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -54,6 +56,7 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'invalid-slot-retry': 'TDP: a fault on a memslot being deleted maps the gfn as MMIO, replacing a present SPTE without a TLB flush',
   'prefault-eagain': 'TDP: pre-faulting memory retries for ever inside SRCU while the memslot update it waits for waits for SRCU: a deadlock',
   'flush-before-yield': "TDP: a range zap yields mmu_lock in one root with another root's zaps unflushed: a vCPU writes a page the host then frees",
+  'fast-skips-huge': 'the fast path makes a read-only huge SPTE writable while the slot logs dirty pages and marks one 4 KiB page dirty: writes to the other 511 are never logged',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */
@@ -103,6 +106,14 @@ export interface VmConfig {
    * fast path restores them (KVM without EPT A/D bits).
    */
   readonly adBits: boolean;
+  /**
+   * Guest memory is backed by 2 MiB HugeTLB pages (preallocated, never
+   * swapped or merged), and faults map a 2 MiB SPTE where the memslot and
+   * the host allow it (TDP mode).
+   */
+  readonly hugePages: boolean;
+  /** KVM's eager_page_split module parameter: enabling dirty logging splits huge SPTEs first. */
+  readonly eagerSplit: boolean;
 }
 
 /** What a user may set; everything else gets a default sized from it. */
@@ -121,6 +132,8 @@ export interface VmOptions {
   indirectFastPath?: IndirectFastPath;
   pageMarking?: PageMarking;
   adBits?: boolean;
+  hugePages?: boolean;
+  eagerSplit?: boolean;
 }
 
 export const MAX_VCPUS = 64;
@@ -167,6 +180,11 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
   if (o.adBits !== undefined && typeof o.adBits !== 'boolean') throw new KvmmuError(`adBits is true or false, not ${String(o.adBits)}`);
   const adBits = o.adBits ?? true;
   if (!adBits && mode !== 'tdp') throw new KvmmuError(`A/D bits off (access tracking) is modelled in tdp mode only, not ${mode}`);
+  for (const [name, v] of [['hugePages', o.hugePages], ['eagerSplit', o.eagerSplit]] as const)
+    if (v !== undefined && typeof v !== 'boolean') throw new KvmmuError(`${name} is true or false, not ${String(v)}`);
+  const hugePages = o.hugePages ?? false;
+  if (hugePages && mode !== 'tdp')
+    throw new KvmmuError(`huge pages are modelled in tdp mode only, not ${mode}: the ${mode} MMU maps 4 KiB SPTEs`);
   return {
     mode,
     vcpus,
@@ -180,6 +198,8 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
     indirectFastPath,
     pageMarking,
     adBits,
+    hugePages,
+    eagerSplit: o.eagerSplit ?? true,
   };
 }
 

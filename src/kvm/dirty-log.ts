@@ -33,10 +33,16 @@ export class DirtyLog {
       k.mem.store32(bm + i, bits);
     }
     k.mem.fetchOr32(k.slotFlagsWord(slot), SLOT_DIRTY_LOG);
+    // A memslot update waits for the faults that may have read the slot without the flag (kvm_swap_active_memslots'
+    // synchronize_srcu): one of them could still map a huge page. kvmmu waits where huge pages exist; a 4 KiB fault
+    // reads the flag again when it marks the page (markPageDirty).
+    if (k.config.hugePages) k.srcu.synchronize();
     if (initiallySet) return;
     if (k.isTdp) {
-      // kvm_tdp_mmu_wrprot_slot, under the read lock: cmpxchg per SPTE, racing with faults.
+      // kvm_mmu_slot_apply_flags: eager page splitting (the eager_page_split parameter), then
+      // kvm_tdp_mmu_wrprot_slot, both under the read lock, with cmpxchg per SPTE, racing with faults.
       k.mem.readLock(k.mmuLock);
+      if (k.config.hugePages && k.config.eagerSplit) k.tdp.splitHugePagesOfSlot(slot);
       const wrprot = k.tdp.wrprotSlot(slot);
       k.mem.readUnlock(k.mmuLock);
       if (wrprot) k.kvmFlushRemoteTlbs();
@@ -51,10 +57,23 @@ export class DirtyLog {
     if (flush) k.kvmFlushRemoteTlbs();
   }
 
-  /** Turn dirty logging off; SPTEs regain W through later faults (the fast path among them). */
+  /**
+   * Turn dirty logging off; SPTEs regain W through later faults (the fast path
+   * among them). With huge pages (TDP mode), once no fault still holds the
+   * slot as it was (synchronize_srcu), the tables that split huge pages are
+   * zapped under the read lock (kvm_mmu_zap_collapsible_sptes), so faults map
+   * huge pages again.
+   */
   disable(slot: number): void {
+    const k = this.kvm;
     this.checkSlot(slot);
-    this.kvm.mem.fetchAnd32(this.kvm.slotFlagsWord(slot), ~SLOT_DIRTY_LOG);
+    k.mem.fetchAnd32(k.slotFlagsWord(slot), ~SLOT_DIRTY_LOG);
+    if (!k.config.hugePages) return;
+    k.srcu.synchronize();
+    k.mem.readLock(k.mmuLock);
+    k.tdp.zapCollapsibleSptes(slot);
+    k.mem.readUnlock(k.mmuLock);
+    k.tdp.reclaim();
   }
 
   /**
@@ -130,6 +149,13 @@ export class DirtyLog {
       mask &= k.mem.fetchAnd32(bm + w0 + i, ~mask);
       bits[i] = mask;
       if (mask === 0) continue;
+      // With KVM_DIRTY_LOG_INITIALLY_SET huge SPTEs were never write-protected: the 2 MiB leaves around the range
+      // lose W and MMU-writable first (kvm_arch_mmu_enable_log_dirty_pt_masked).
+      if (k.config.hugePages) {
+        const g = k.slotGfn[slot]! + (w0 + i) * 32;
+        if (k.tdp.writeProtectHugeGfn(g + 31 - Math.clz32(mask & -mask))) flush = true;
+        if (k.tdp.writeProtectHugeGfn(g + 31 - Math.clz32(mask))) flush = true;
+      }
       flush = true;
       cleared += this.protectMask(slot, w0 + i, mask);
     }

@@ -117,6 +117,7 @@ export const KVM_STAT = {
   dirtyLogGets: 8,
   dirtyLogClears: 9,
   rmapRecycles: 10,
+  hugeSplits: 11,
 } as const;
 export type KvmStatName = keyof typeof KVM_STAT;
 export type KvmStat = (typeof KVM_STAT)[KvmStatName];
@@ -251,6 +252,7 @@ export class Kvm {
   readonly guardInvalidSlotRetry: boolean;
   readonly guardPrefaultEagain: boolean;
   readonly guardFlushBeforeYield: boolean;
+  readonly guardFastSkipsHuge: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
   /** config.adBits: SPTEs carry A/D bits the processor sets; off, they are A/D-disabled and aging access-tracks them. */
@@ -273,7 +275,7 @@ export class Kvm {
     readonly config: VmConfig,
   ) {
     const pages = totalPages(config);
-    this.host = new Host(mem, layout, { nPages: pages, nFrames: config.hostFrames, nSwap: config.swapSlots });
+    this.host = new Host(mem, layout, { nPages: pages, nFrames: config.hostFrames, nSwap: config.swapSlots, hugetlb: config.hugePages });
     this.mmuLock = region(layout, 'kvm.mmuLock').off / 4;
     this.mmuBase = region(layout, 'kvm.mmu').off / 4;
     this.slotBase = region(layout, 'kvm.slots').off / 4;
@@ -312,6 +314,7 @@ export class Kvm {
     this.guardInvalidSlotRetry = (g & GUARDS['invalid-slot-retry']) !== 0;
     this.guardPrefaultEagain = (g & GUARDS['prefault-eagain']) !== 0;
     this.guardFlushBeforeYield = (g & GUARDS['flush-before-yield']) !== 0;
+    this.guardFastSkipsHuge = (g & GUARDS['fast-skips-huge']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.adBits = config.adBits;
     this.fastPath = config.fastPath;

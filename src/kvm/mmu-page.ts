@@ -17,6 +17,7 @@
 //   kvm.spHash    SP_BUCKETS      first page + 1 of each bucket, by gfn
 //   kvm.spFree    nSp + 1         [0] depth, [1..] free pages
 //   kvm.gfnTrack  pages           per gfn (by hvpn): indirect shadow pages shadowing it (KVM's write-tracking count)
+//   kvm.lpageDisallow  pages/512  per 2 MiB of host pages: write-tracked gfns in it (disallow_lpage)
 //
 // Locking: everything here changes only under mmu_lock. Words that no lockless
 // path reads (hash links, parents, LRU, free stack, write-tracking, present
@@ -97,6 +98,7 @@ export function reserveMmuPages(b: LayoutBuilder, c: VmConfig): void {
   b.meta('kvm.spHash', bucketsFor(c.spPages) * 4);
   b.meta('kvm.spFree', (c.spPages + 1) * 4);
   b.meta('kvm.gfnTrack', totalPages(c) * 4);
+  b.meta('kvm.lpageDisallow', Math.ceil(totalPages(c) / 512) * 4);
 }
 
 export class MmuPages {
@@ -108,6 +110,8 @@ export class MmuPages {
   private readonly hashMask: number;
   private readonly freeBase: number;
   readonly trackBase: number;
+  /** Per 2 MiB of host pages (hvpn / 512): write-tracked gfns in it (KVM's lpage_info disallow_lpage); a huge SPTE may map it only at 0. */
+  readonly lpageDisallowBase: number;
   readonly nSp: number;
 
   constructor(private readonly kvm: Kvm) {
@@ -119,6 +123,7 @@ export class MmuPages {
     this.hashMask = bucketsFor(kvm.config.spPages) - 1;
     this.freeBase = region(l, 'kvm.spFree').off / 4;
     this.trackBase = region(l, 'kvm.gfnTrack').off / 4;
+    this.lpageDisallowBase = region(l, 'kvm.lpageDisallow').off / 4;
     this.nSp = kvm.config.spPages;
     // Walks read a non-leaf SPTE's child from its low word (spteLowToChild).
     if (this.nSp > 2 ** 20) throw new Error(`mmu: ${this.nSp} shadow pages; a non-leaf SPTE's low word holds indexes below 2^20`);

@@ -31,6 +31,7 @@ import {
   isAccessTrackSpte,
   isMmuWritableSpte,
   restoreAccTrackSpte,
+  isLargeLow,
   isShadowPresentLow,
   isShadowPresentPte,
   isWritablePte,
@@ -319,13 +320,14 @@ export class Mmu implements GuestPtAccess {
       let level = 4;
       let sptep = pages.sptep(sp, spteIndex(gva, level));
       let low = mem.load64Low(sptep);
-      while (level > 1 && isShadowPresentLow(low)) {
+      while (level > 1 && isShadowPresentLow(low) && !isLargeLow(low)) {
         sp = spteLowToChild(low);
         level--;
         sptep = pages.sptep(sp, spteIndex(gva, level));
         if (level > 1) low = mem.load64Low(sptep);
       }
-      if (level > 1) break;
+      // Above level 1 only a huge leaf (TDP mode with huge pages) is a last SPTE.
+      if (level > 1 && !(isShadowPresentLow(low) && isLargeLow(low))) break;
       const spte = mem.load64(sptep);
       if (!isShadowPresentPte(spte)) break;
       // (Only A/D-disabled SPTEs are ever access-tracked: with A/D bits the test is skipped.)
@@ -352,6 +354,10 @@ export class Mmu implements GuestPtAccess {
         break;
       }
       if (!isMmuWritableSpte(spte)) break;
+      // A huge SPTE has one W bit for 512 pages but the fix marks one gfn dirty: while the slot logs dirty pages the
+      // slow path maps a 4 KiB page instead (guard `fast-skips-huge`, c126d94f2c90; before it, the 2013 fast path
+      // made the huge SPTE writable and marked only its first page).
+      if (level > 1 && k.guardFastSkipsHuge && (k.memslotFlags(gfn) & SLOT_DIRTY_LOG) !== 0) break;
       const role = pages.role(sp);
       const fix = roleIsDirect(role)
         ? this.fastPfFixDirectSpte(sptep, spte, k.config.mode === 'direct' ? gfn : pages.entryGfn(sp, pages.indexOf(sptep), role))
@@ -509,6 +515,26 @@ export class Mmu implements GuestPtAccess {
     )
       return true;
     return k.mem.load32(k.mmuBase + MMU_SEQ) !== mmuSeq;
+  }
+
+  /**
+   * The level a fault may map `gfn` at (KVM's kvm_mmu_hugepage_adjust with
+   * kvm_mmu_max_mapping_level): 2 (a 2 MiB SPTE) when the VM has huge pages,
+   * the memslot does not log dirty pages (`flags`, as the fault read them
+   * inside kvm->srcu), the aligned 2 MiB around `gfn` lies in the memslot at
+   * the same alignment in host memory, the host maps it with a huge page, and
+   * no gfn in it is write-tracked; else 1. Contract: mmu_lock held (the
+   * tracking count changes under the write lock).
+   */
+  maxMappingLevel(gfn: number, flags: number): number {
+    const k = this.kvm;
+    if (!k.config.hugePages || (flags & SLOT_DIRTY_LOG) !== 0) return 1;
+    const s = k.slotOf(gfn);
+    const g0 = gfn - (gfn % 512);
+    if (s < 0 || g0 < k.slotGfn[s]! || g0 + 512 > k.slotGfn[s]! + k.slotPages[s]!) return 1;
+    const h0 = k.gfnToHvpn(g0);
+    if (h0 % 512 !== 0 || k.host.mappingLevel(h0) < 2) return 1;
+    return k.lockedLoad(k.pages.lpageDisallowBase + h0 / 512) > 0 ? 1 : 2;
   }
 
   /**
@@ -884,6 +910,9 @@ export class Mmu implements GuestPtAccess {
     k.mmuLockWrite();
     const n = k.lockedLoad(k.pages.trackBase + hvpn);
     k.lockedStore(k.pages.trackBase + hvpn, n + 1);
+    // kvm_mmu_gfn_disallow_lpage: no huge SPTE may map a tracked gfn (the write-protection below catches one that does).
+    const lp = k.pages.lpageDisallowBase + Math.floor(hvpn / 512);
+    k.lockedStore(lp, k.lockedLoad(lp) + 1);
     const flush = k.isTdp ? k.tdp.writeProtectGfnForTracking(gfn) : k.spte.rmapWriteProtect(gfn, true);
     if (flush) k.kvmFlushRemoteTlbs();
     k.spte.noteWriteProtected(gfn);
@@ -901,6 +930,8 @@ export class Mmu implements GuestPtAccess {
       throw new KvmmuError(`gfn 0x${gfn.toString(16)} is not write-tracked`);
     }
     k.lockedStore(k.pages.trackBase + hvpn, n - 1);
+    const lp = k.pages.lpageDisallowBase + Math.floor(hvpn / 512);
+    k.lockedStore(lp, k.lockedLoad(lp) - 1);
     k.mmuUnlockWrite();
   }
 

@@ -42,7 +42,9 @@ import {
   isShadowPresentPte,
   isWritablePte,
   leafChangeNeedsTlbFlush,
+  makeHugeSpte,
   makeMmioSpte,
+  makeSmallSpte,
   markSpteForAccessTrack,
   spteAdEnabled,
   makeNonleafSpte,
@@ -470,7 +472,7 @@ export class TdpMmu {
     k.mem.note(NOTE.walkBegin, vcpu.idx, 0); // a walker the monitors watch, as the fast path's
     let ret: number;
     try {
-      ret = this.map(vcpu, gfn, pfn, hostWritable, write);
+      ret = this.map(vcpu, gfn, pfn, hostWritable, write, flags);
     } catch (e) {
       k.mem.note(NOTE.walkEnd, vcpu.idx, 0);
       rcu.readUnlock();
@@ -526,20 +528,28 @@ export class TdpMmu {
    * cmpxchg or shows FROZEN_SPTE, and the fault is retried whole.
    * Contract: mmu_lock held for read, inside an RCU read section.
    */
-  private map(vcpu: KvmVcpu, gfn: number, pfn: number, hostWritable: boolean, write: boolean): number {
+  private map(vcpu: KvmVcpu, gfn: number, pfn: number, hostWritable: boolean, write: boolean, flags = -1): number {
     const k = this.kvm;
     const it = this.iter;
+    // kvm_mmu_hugepage_adjust: the level to map at (2: a 2 MiB SPTE of the aligned huge page's first frame).
+    const goal = pfn >= 0 ? k.mmu.maxMappingLevel(gfn, flags) : 1;
+    if (goal === 2) pfn -= gfn % 512;
     it.begin(vcpu.root, gfn, gfn + 1);
-    while (it.level > 1) {
+    while (it.level > goal) {
       if (it.oldSpte === FROZEN_SPTE) return this.retryFrozen(it);
-      if (!isShadowPresentPte(it.oldSpte)) {
+      const present = isShadowPresentPte(it.oldSpte);
+      if (!present || isLastSpte(it.oldSpte, it.level)) {
+        // Absent: link a new table. A huge leaf where a smaller page must go: replace it by a table of 512 entries
+        // that map the same pages with the same bits (tdp_mmu_split_huge_page, as KVM's faults do since 6.x).
         const span = pagesPerSpte(it.level);
         const child = this.allocPage(makeRole(it.level - 1, true, ACC_ALL), gfn - (gfn % span));
+        if (present) this.fillSplitTable(child, it.oldSpte);
         const linked = makeNonleafSpte(child);
         if (k.mem.cmpxchg64(it.sptep, it.oldSpte, linked) !== it.oldSpte) {
           this.freePage(child, false); // never reachable: no grace period needed
           return RET_PF_RETRY;
         }
+        if (present) this.handleChangedSpte(gfn - (gfn % span), it.oldSpte, linked, it.level, true);
         it.oldSpte = linked;
       }
       // The entry read again (try_step_down): unlinked or frozen meanwhile, the fault starts over.
@@ -553,14 +563,29 @@ export class TdpMmu {
     // pfn < 0: an MMIO SPTE (mapMmio).
     const tracked = pfn >= 0 && k.pages.gfnTrackCount(k.gfnToHvpn(gfn)) > 0;
     let newSpte = pfn < 0 ? makeMmioSpte(gfn) : makeSpte(tracked ? ACC_ALL & ~ACC_WRITE_MASK : ACC_ALL, pfn, hostWritable, true, write, !k.adBits);
-    if (pfn >= 0 && isShadowPresentPte(old) && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
+    if (goal === 2) newSpte = makeHugeSpte(newSpte);
+    const oldLeaf = isShadowPresentPte(old) && isLastSpte(old, goal);
+    if (pfn >= 0 && oldLeaf && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
     if (old === newSpte) return RET_PF_SPURIOUS;
     if (k.mem.cmpxchg64(it.sptep, old, newSpte) !== old) return RET_PF_RETRY;
-    // A fault does not flush TLBs, so it must never make a change that needs it (KVM WARNs since 2022).
-    if (leafChangeNeedsTlbFlush(old, newSpte)) k.mem.note(NOTE.faultNeedsFlush, gfn, 1);
-    this.handleChangedSpte(gfn, old, newSpte, 1, true);
+    // A fault does not flush TLBs for a leaf, so it must never make a change that needs it (KVM WARNs since 2022).
+    if (oldLeaf && leafChangeNeedsTlbFlush(old, newSpte)) k.mem.note(NOTE.faultNeedsFlush, gfn, 1);
+    const first = gfn - (gfn % pagesPerSpte(goal));
+    this.handleChangedSpte(first, old, newSpte, goal, true);
+    // A huge leaf over a table (the 2 MiB became mappable again): the table's translations must go (KVM flushes the range).
+    if (isShadowPresentPte(old) && !oldLeaf) k.kvmFlushRemoteTlbs();
     if (isWritablePte(newSpte)) k.markPageDirty(gfn);
     return tracked && write ? RET_PF_EMULATE : RET_PF_FIXED;
+  }
+
+  /**
+   * Fill `child`, not yet linked, with the 512 entries that replace the huge
+   * leaf `huge` (tdp_mmu_split_huge_page): plain stores, since no other thread
+   * can reach the table before the cmpxchg that links it.
+   */
+  private fillSplitTable(child: number, huge: bigint): void {
+    const k = this.kvm;
+    for (let i = 0; i < 512; i++) k.mem.store64(k.pages.sptep(child, i), makeSmallSpte(huge, i));
   }
 
   /** Note where the walk met a frozen entry (see frozenAt) and retry the fault. */
@@ -589,9 +614,11 @@ export class TdpMmu {
     if (wasLeaf && isLeaf && spteToPfn(old) !== spteToPfn(newSpte))
       throw new Error(`tdp mmu: BUG: the present leaf for gfn 0x${gfn.toString(16)} changed to another pfn (0x${spteToPfn(old).toString(16)} → 0x${spteToPfn(newSpte).toString(16)})`);
     if (wasLeaf && !k.marksAtFault) {
+      // A huge leaf's A and D stand for each of its pages (KVM marks the folio).
       const pfn = spteToPfn(old);
-      if (isAccessedSpte(old) && !(isLeaf && isAccessedSpte(newSpte))) k.host.setPfnAccessed(pfn);
-      if (isDirtySpte(old) && !(isLeaf && isDirtySpte(newSpte))) k.host.setPfnDirty(pfn);
+      const n = pagesPerSpte(level);
+      if (isAccessedSpte(old) && !(isLeaf && isAccessedSpte(newSpte))) for (let j = 0; j < n; j++) k.host.setPfnAccessed(pfn + j);
+      if (isDirtySpte(old) && !(isLeaf && isDirtySpte(newSpte))) for (let j = 0; j < n; j++) k.host.setPfnDirty(pfn + j);
     }
     if (wasPresent && !wasLeaf && (!isPresent || isLeaf)) this.handleRemovedPt(spteToChild(old), level - 1, shared);
   }
@@ -820,6 +847,98 @@ export class TdpMmu {
       }
     }
     rcu.readUnlock();
+    return flush;
+  }
+
+  /**
+   * KVM's tdp_mmu_split_huge_pages_root over a slot (eager page splitting,
+   * kvm_mmu_slot_try_split_huge_pages, when dirty logging is enabled): each
+   * huge leaf of the slot is replaced by a table whose 512 entries map the
+   * same pages with the same bits, filled before a cmpxchg links it. No TLB
+   * flush: a TLB entry from the huge leaf translates as the new entries do.
+   * An entry that changed meanwhile is read again and retried. Contract:
+   * mmu_lock held for read.
+   */
+  splitHugePagesOfSlot(slot: number): void {
+    const k = this.kvm;
+    const it = this.iter;
+    const rcu = this.rcu;
+    rcu.readLock();
+    const start = k.slotGfn[slot]!;
+    for (const root of this.roots(true)) {
+      for (it.begin(root, start, start + k.slotPages[slot]!, 2); it.valid; it.next()) {
+        for (;;) {
+          const old = it.oldSpte;
+          if (it.level !== 2 || !isShadowPresentPte(old) || !isLastSpte(old, 2)) break;
+          const child = this.allocPage(makeRole(1, true, ACC_ALL), it.gfn);
+          this.fillSplitTable(child, old);
+          const linked = makeNonleafSpte(child);
+          if (k.mem.cmpxchg64(it.sptep, old, linked) === old) {
+            this.handleChangedSpte(it.gfn, old, linked, 2, true);
+            k.count(KVM_STAT.hugeSplits);
+            break;
+          }
+          this.freePage(child, false);
+          it.refresh();
+        }
+      }
+    }
+    rcu.readUnlock();
+  }
+
+  /**
+   * KVM's zap_collapsible_spte_range (kvm_mmu_zap_collapsible_sptes, when
+   * dirty logging is disabled): a table at level 1 whose 2 MiB could now be
+   * mapped by one huge SPTE is zapped — frozen with a cmpxchg, its entries
+   * torn down (handleRemovedPt, each frozen in turn), TLBs flushed, then
+   * cleared — so the next fault there maps a huge page. Contract: mmu_lock
+   * held for read.
+   */
+  zapCollapsibleSptes(slot: number): void {
+    const k = this.kvm;
+    const it = this.iter;
+    const rcu = this.rcu;
+    const mmu = k.mmu;
+    rcu.readLock();
+    const start = k.slotGfn[slot]!;
+    for (const root of this.roots(true)) {
+      for (it.begin(root, start, start + k.slotPages[slot]!, 2); it.valid; it.next()) {
+        const old = it.oldSpte;
+        if (it.level !== 2 || !isShadowPresentPte(old) || isLastSpte(old, 2)) continue;
+        if (mmu.maxMappingLevel(it.gfn, k.memslotFlags(it.gfn)) < 2) continue;
+        // tdp_mmu_zap_spte_atomic: freeze, tear down, flush, then clear.
+        if (k.mem.cmpxchg64(it.sptep, old, FROZEN_SPTE) !== old) continue; // changed meanwhile: leave it to its changer
+        this.handleChangedSpte(it.gfn, old, FROZEN_SPTE, 2, true);
+        k.kvmFlushRemoteTlbs();
+        k.mem.store64(it.sptep, 0n);
+        it.oldSpte = 0n;
+      }
+    }
+    rcu.readUnlock();
+  }
+
+  /**
+   * KVM's kvm_mmu_slot_gfn_write_protect at PG_LEVEL_2M, as a clear of the
+   * dirty log with KVM_DIRTY_LOG_INITIALLY_SET does before write-protecting the
+   * 4 KiB pages it clears: a huge leaf mapping `gfn` loses W and MMU-writable
+   * (write_protect_gfn), so a write faults and the slow path maps a 4 KiB page.
+   * Returns whether TLBs must be flushed. Contract: mmu_lock held for write.
+   */
+  writeProtectHugeGfn(gfn: number): boolean {
+    const it = this.iter;
+    let flush = false;
+    for (const root of this.roots(true)) {
+      for (it.begin(root, gfn, gfn + 1, 2); it.valid; it.next()) {
+        const old = it.oldSpte;
+        if (it.level !== 2 || !isShadowPresentPte(old) || !isLastSpte(old, 2)) continue;
+        const newSpte = clearBits(old, SPTE_WRITABLE_MASK | SPTE_MMU_WRITABLE);
+        if (newSpte === old) break;
+        const was = this.writeSpte(it.sptep, old, newSpte);
+        this.handleChangedSpte(it.gfn, was, newSpte, 2, false);
+        flush = true;
+        break;
+      }
+    }
     return flush;
   }
 

@@ -35,6 +35,7 @@ import {
   CPU_EFER_NX,
   CPU_SMM,
   LEVEL_BYTES_INV,
+  LEVEL_PAGES,
   PFERR_PRESENT_MASK,
   accessErrorCode,
   hasBits,
@@ -46,6 +47,7 @@ import {
   SPTE_ACCESSED_MASK,
   SPTE_DIRTY_MASK,
   SPTE_PRESENT_MASK,
+  isLargeLow,
   isPresentLow,
   spteAccess,
   spteIndex,
@@ -374,14 +376,16 @@ export class Vcpu {
       // Above level 1 the walk reads an entry's low word (see spteLowToChild).
       let sptep = pages.sptep(sp, spteIndex(gva, level));
       let low = level > 1 ? this.mem.load64Low(sptep) : 0;
-      while (level > 1 && isPresentLow(low)) {
+      while (level > 1 && isPresentLow(low) && !isLargeLow(low)) {
         sp = spteLowToChild(low);
         level--;
         sptep = pages.sptep(sp, spteIndex(gva, level));
         if (level > 1) low = this.mem.load64Low(sptep);
         else this.pdeFill(pi, region, sp);
       }
-      const spte = level > 1 ? 0n : this.mem.load64(sptep);
+      // A huge leaf (PS at level 2) ends the walk above level 1; it maps the 4 KiB page at gva's offset in it.
+      const huge = level > 1 && isPresentLow(low);
+      const spte = level > 1 && !huge ? 0n : this.mem.load64(sptep);
       if (!hasBits(spte, SPTE_PRESENT_MASK)) {
         this.pdeTag[pi] = 0;
         this.lastEc = accessErrorCode(kind, cpu);
@@ -402,13 +406,14 @@ export class Vcpu {
         if (this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
         dirty ||= kind.write;
       }
-      const pfn = spteToPfn(spte);
+      const sub = huge ? Math.floor(gva / 4096) % LEVEL_PAGES[level]! : 0;
+      const pfn = spteToPfn(spte) + sub;
       const t = this.mem.i32;
       t[e + TLB_TAG] = Math.floor(gva / 4096) + 1;
       t[e + TLB_GEN] = this.tlbGen;
       t[e + TLB_PFN] = pfn;
       t[e + TLB_FLAGS] = acc | (dirty ? TLB_DIRTY : 0);
-      t[e + TLB_GFN] = pages.peekEntryGfn(sp, pages.indexOf(sptep));
+      t[e + TLB_GFN] = pages.peekEntryGfn(sp, pages.indexOf(sptep)) + sub;
       t[e + TLB_SPTEP] = sptep;
       // For the checker, the whole TLB is one location keyed by its generation word (monitors read it: readTlb).
       this.mem.plainStoreDone(this.tlbGenWord);

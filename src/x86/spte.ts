@@ -8,7 +8,7 @@
 //   bit 2     U              user
 //   bit 5     A              accessed (hardware sets it)
 //   bit 6     D              dirty (hardware sets it on a write)
-//   bit 7     PS             large page (kvmmu maps 4 KiB SPTEs only; kept for the walker)
+//   bit 7     PS             large page: a leaf at level 2 maps 2 MiB (TDP mode with huge pages)
 //   bit 9     HOST_WRITABLE  the host mapping of the pfn is writable
 //   bit 10    MMU_WRITABLE   the guest's and KVM's view allow writes
 //   bit 11    MMU_PRESENT    a shadow-present SPTE (KVM's test for "present")
@@ -184,9 +184,30 @@ export function restoreAccTrackSpte(spte: bigint): bigint {
   return BigInt.asUintN(64, (spte & ~SPTE_ACC_TRACK_SAVED) | SPTE_PRESENT_MASK);
 }
 
-/** A leaf: the last level, or a large page. kvmmu's shadow pages are 4 KiB leaves, so level 1. */
+/** A leaf: the last level, or a large page (KVM's is_last_spte). */
 export function isLastSpte(spte: bigint, level: number): boolean {
   return level === 1 || BigInt.asUintN(64, spte & SPTE_PAGE_SIZE_MASK) !== 0n;
+}
+
+/** A present SPTE above level 1 that maps a huge page (KVM's is_large_pte). */
+export function isLargePte(spte: bigint): boolean {
+  return BigInt.asUintN(64, spte & SPTE_PAGE_SIZE_MASK) !== 0n;
+}
+
+/** A huge leaf: `spte` as made for level 1, with PS (make_spte at a level above 1). */
+export function makeHugeSpte(leaf: bigint): bigint {
+  return BigInt.asUintN(64, leaf | SPTE_PAGE_SIZE_MASK);
+}
+
+/**
+ * KVM's make_small_spte (make_huge_page_split_spte): entry `index` of the
+ * table that replaces the 2 MiB leaf `huge` — the same bits (W, D, A,
+ * MMU-writable all kept, so splitting needs no TLB flush) without PS, mapping
+ * the index'th 4 KiB page of the huge page.
+ */
+export function makeSmallSpte(huge: bigint, index: number): bigint {
+  const base = BigInt.asUintN(64, huge & ~(SPTE_PAGE_SIZE_MASK | SPTE_BASE_ADDR_MASK));
+  return base | (BigInt(spteToPfn(huge) + index) << 12n);
 }
 
 // Reading a non-leaf SPTE by its low word. Everything a walk uses of a
@@ -194,7 +215,8 @@ export function isLastSpte(spte: bigint, level: number): boolean {
 // which is below 2^20 since the meta buffer holding the shadow pages' 4 KiB
 // tables is at most 4 GiB (MmuPages checks). A walk reads an entry above level
 // 1 with Mem.load64Low, one 32-bit read instead of a 64-bit one and the BigInt
-// that costs; kvmmu makes no large SPTEs, so such an entry is never a leaf.
+// that costs. Such an entry may be a huge leaf (PS set) in TDP mode with huge
+// pages: walks test isLargeLow before following it.
 
 /** isShadowPresentPte on an SPTE's low 32 bits (Mem.load64Low), where its bit is. */
 export function isShadowPresentLow(low32: number): boolean {
@@ -206,9 +228,14 @@ export function isPresentLow(low32: number): boolean {
   return (low32 & LOW_HW_PRESENT) !== 0;
 }
 
+/** PS on an SPTE's low 32 bits: above level 1, a huge leaf, not a table. */
+export function isLargeLow(low32: number): boolean {
+  return (low32 & LOW_PAGE_SIZE) !== 0;
+}
+
 /** The child shadow page a present non-leaf SPTE points to, from its low 32 bits. */
 export function spteLowToChild(low32: number): number {
-  if ((low32 & LOW_PAGE_SIZE) !== 0) throw new Error('spte: a large SPTE above level 1; kvmmu makes none');
+  if ((low32 & LOW_PAGE_SIZE) !== 0) throw new Error('spte: a huge leaf followed as a table (test isLargeLow first)');
   return low32 >>> 12;
 }
 
@@ -326,6 +353,7 @@ export function formatSpte(spte: bigint): string {
   if (isHostWritableSpte(spte)) bits.push('HW');
   if (isMmuWritableSpte(spte)) bits.push('MW');
   if ((spte & SPTE_NX_MASK) !== 0n) bits.push('NX');
+  if (isLargePte(spte)) bits.push('2M');
   if (!spteAdEnabled(spte)) bits.push(isAccessTrackSpte(spte) ? 'noAD ACC-TRACKED' : 'noAD');
   return `pfn=0x${spteToPfn(spte).toString(16)} ${bits.join(' ')}`;
 }

@@ -236,5 +236,48 @@ export const prefaultSlotDeadlock = defineScenario({
 });
 
 /** The scenarios of real races, in KVM-BUGS.md's order. */
-export const REAL_RACE_SCENARIOS = [invalidSlotFault, zapYieldFlush, obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace, prefaultSlotDeadlock];
+/** A VM whose one memslot is a single 2 MiB HugeTLB page: the fault maps it with one huge SPTE. */
+const hugeVm = () => tinyVm(1, { memBytes: 512 * 4096, hostFrames: 512 + 8, hugePages: true, eagerSplit: false });
+const H = 0;
+const H2 = 7;
+
+/**
+ * c126d94f2c90: "lazily drop large spte" kept huge SPTEs mapped read-only when dirty logging began; its first
+ * version let the fast path make such an SPTE writable again while marking one 4 KiB page dirty.
+ */
+export const hugeFastDirtyLog = defineScenario({
+  name: 'huge-fast-dirty-log',
+  description:
+    'Guest memory is one 2 MiB huge page, mapped by one huge SPTE; dirty logging write-protected it (W clear, ' +
+    "MMU-writable kept; eager page splitting off, as before it existed). vCPU 0 writes page 0, then page 7; the host " +
+    "takes the dirty log. Before the fix the fast path fixed the huge SPTE's write fault like any other: W set, only " +
+    'the first page marked dirty. The write to page 7 then needs no fault and is never logged: a migration misses it.',
+  guard: 'fast-skips-huge',
+  fix: { commit: 'c126d94f2c90', year: 2013, title: 'KVM: MMU: lazily drop large spte' },
+  modes: ['tdp'],
+  machine: hugeVm,
+  setup(vm) {
+    vm.powerOn(16);
+    vm.program(0, [{ op: 'write', gva: vm.addr(H), value: 1n }]); // one huge SPTE, writable
+    vm.kvm.dirtyLog.enable(0); // W cleared in it, MMU-writable kept
+    return { a: vm.addr(H), b: vm.addr(H2) };
+  },
+  threads: {
+    'vCPU 0': (vm, d) => {
+      vm.program(0, [
+        { op: 'write', gva: d.a + 8, value: 2n },
+        { op: 'write', gva: d.b, value: 3n },
+      ]);
+    },
+    host: (vm) => {
+      vm.kvm.dirtyLog.get(0, new Int32Array(16));
+    },
+  },
+  check(vm) {
+    const v = vm.host.readUser64(H2, 0);
+    return v === 3n ? null : `gfn ${H2} holds ${v}; the guest wrote 3`;
+  },
+});
+
+export const REAL_RACE_SCENARIOS = [hugeFastDirtyLog, invalidSlotFault, zapYieldFlush, obsoleteRootFault, tdpPtWrprot, tdpVolatileXchg, gpcRefreshRace, prefaultSlotDeadlock];
 
