@@ -101,6 +101,8 @@ export function buildProgram(): Command {
     .addOption(
       new Option('--ad-bits <on|off>', 'A/D bits in SPTEs; off: access tracking, as KVM without EPT A/D (tdp mode)').choices(['on', 'off']).default('on'),
     )
+    .option('--huge-pages', 'back guest memory with 2 MiB HugeTLB pages, mapped by huge SPTEs (tdp mode; never swapped or KSM-merged)', false)
+    .addOption(new Option('--eager-split <on|off>', 'split huge SPTEs when dirty logging begins (KVM eager_page_split)').choices(['on', 'off']).default('on'))
     .option('--seed <n>', 'random seed for the workload and host pressure', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--json', 'print one JSON object instead of text', false)
     .action(async (opts: RunCliOptions) => {
@@ -207,6 +209,8 @@ interface RunCliOptions {
   indirectFastPath: IndirectFastPath;
   pageMarking: PageMarking;
   adBits: 'on' | 'off';
+  hugePages: boolean;
+  eagerSplit: 'on' | 'off';
   seed: number;
   json: boolean;
 }
@@ -227,6 +231,8 @@ async function runCommand(o: RunCliOptions): Promise<number> {
     indirectFastPath: o.indirectFastPath,
     pageMarking: o.pageMarking,
     adBits: o.adBits === 'on',
+    hugePages: o.hugePages,
+    eagerSplit: o.eagerSplit === 'on',
     seed: o.seed,
     onProgress: progress === null ? undefined : (p) => progress.update(p.elapsed, `${p.passes} passes, ${p.fastFaults} fast / ${p.slowFaults} slow faults`),
   });
@@ -242,7 +248,8 @@ export function formatRunReport(r: RunReport): string {
     `kvmmu run: ${r.mode} mode, ${r.vcpus} vCPU(s), ${fmtBytes(r.memBytes)} guest memory, ` +
       (r.guardsOff.length === 0 ? 'all guards on' : `guards off: ${r.guardsOff.join(', ')}`) +
       (r.pageMarking === 'fault' ? ', pages marked dirty at fault time (KVM 6.13 on)' : '') +
-      (r.adBits ? '' : ', no A/D bits (access tracking)'),
+      (r.adBits ? '' : ', no A/D bits (access tracking)') +
+      (r.hugePages ? ', 2 MiB HugeTLB pages' : ''),
     `faults:    ${f.pfFast} fast, ${f.pfSlow} slow (${f.pfLockContended} found mmu_lock taken), ${f.pfSpurious} spurious, ${f.pfRetry} retried, ` +
       `${f.pfEmulate} emulated, ${f.pfGuest} guest #PF; ${f.exits} exits, ${f.tlbFlushes} TLB flushes`,
     `guest:     ${r.workload.passes} passes, ${r.workload.writes} writes, ${r.workload.remaps} remaps`,

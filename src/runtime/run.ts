@@ -40,6 +40,10 @@ export interface RunOptions {
   readonly pageMarking?: PageMarking;
   /** SPTEs carry A/D bits (default); false: access tracking (tdp mode). */
   readonly adBits?: boolean;
+  /** Guest memory on 2 MiB HugeTLB pages, mapped by huge SPTEs (tdp mode). */
+  readonly hugePages?: boolean;
+  /** Split huge SPTEs when dirty logging begins (KVM's eager_page_split; default on). */
+  readonly eagerSplit?: boolean;
   readonly seed?: number;
   /** Called about twice a second during the timed phase. */
   readonly onProgress?: (p: RunProgress) => void;
@@ -61,6 +65,7 @@ export interface RunReport {
   readonly guardsOff: string[];
   readonly pageMarking: PageMarking;
   readonly adBits: boolean;
+  readonly hugePages: boolean;
   readonly wallSeconds: number;
   readonly faults: Record<keyof typeof VCPU_STAT, number>;
   readonly host: Record<keyof typeof HOST_STAT, number>;
@@ -94,6 +99,8 @@ export async function runVm(o: RunOptions): Promise<RunReport> {
     indirectFastPath: o.indirectFastPath,
     pageMarking: o.pageMarking,
     adBits: o.adBits,
+    hugePages: o.hugePages,
+    eagerSplit: o.eagerSplit,
   });
   const totalPagesWanted = o.memBytes / 4096;
   const tablePages = o.mode === 'shadow' ? tablePagesFor(totalPagesWanted) : 0;
@@ -233,6 +240,7 @@ function buildReport(
     guardsOff: guardsOff(o.guards),
     pageMarking: o.pageMarking ?? 'spte',
     adBits: o.adBits ?? true,
+    hugePages: o.hugePages ?? false,
     wallSeconds: wallMs / 1000,
     faults,
     host,
