@@ -107,7 +107,7 @@ export function snapshotState(engine: Engine, observer: Observer | null): Machin
   }
   const k = observer.kvm;
   const i32 = k.mem.i32;
-  const sptes: SpteView[] = observer.leafSptes().map((l) => ({
+  const sptes: SpteView[] = observer.leafSptes(undefined, false).map((l) => ({
     sptep: l.sptep,
     sp: l.sp,
     index: l.idx,

@@ -38,6 +38,7 @@ import {
   isWritablePte,
   spteToChild,
   spteToPfn,
+  SPTE_BASE_ADDR_MASK,
   SPTE_USER_MASK,
 } from '../x86/spte';
 import { ROOT_ZAP_TAKEN } from '../kvm/tdp-mmu';
@@ -56,6 +57,7 @@ const G_LOG_PENDING = 3; // by gfn: written while logging, not yet reported (Dir
 const G_LOG_REPORTED = 4; // by gfn: when a get last reported it (WritableSpteLogged)
 const G_ENTERING = 5; // by vCPU: it published IN_GUEST_MODE and has not read its requests yet (VcpuFlushes)
 const G_MARK_OWED = 6; // by gfn: a thread made an SPTE writable and has not marked the gfn yet (DirtyOrWriteProtected)
+const G_LOG_ENABLED = 7; // by slot: enabling dirty logging returned, and disabling it has not begun (DirtyLogComplete)
 
 
 /** A leaf SPTE as the monitors see it. */
@@ -64,7 +66,16 @@ export interface LeafSpte {
   readonly idx: number;
   readonly sptep: number;
   readonly spte: bigint;
+  /** The first gfn it maps. */
   readonly gfn: number;
+  /** Pages it maps from `gfn`: 1, or 512 for a huge leaf (PS at level 2). */
+  readonly pages: number;
+}
+
+/** The 4 KiB view of page `j` of leaf `l`: its gfn, and its SPTE with that page's pfn (PS kept, for the text). */
+export function leafPage(l: LeafSpte, j: number): LeafSpte {
+  if (l.pages === 1) return l;
+  return { ...l, gfn: l.gfn + j, spte: BigInt.asUintN(64, (l.spte & ~SPTE_BASE_ADDR_MASK) | (BigInt(spteToPfn(l.spte) + j) << 12n)), pages: 1 };
 }
 
 /**
@@ -161,20 +172,25 @@ export class Observer {
     const sp = k.pages.spOf(sptep);
     if (!this.spInUse(sp)) return null;
     const role = this.role(sp);
-    if (roleLevel(role) !== 1) return null;
+    const level = roleLevel(role);
+    if (level !== 1 && !(level === 2 && k.config.hugePages)) return null;
     const spte = this.r64(sptep);
-    if (!isShadowPresentPte(spte)) return null;
+    if (!isShadowPresentPte(spte) || !isLastSpte(spte, level)) return null;
     const idx = k.pages.indexOf(sptep);
-    return { sp, idx, sptep, spte, gfn: this.entryGfn(sp, idx, role) };
+    return { sp, idx, sptep, spte, gfn: this.entryGfn(sp, idx, role), pages: LEVEL_PAGES[level]! };
   }
 
   /** Every present leaf SPTE in allocated shadow pages (only those mapping a gfn `want` accepts: the others' SPTEs are not read). */
-  leafSptes(want?: (gfn: number) => boolean): LeafSpte[] {
+  leafSptes(want?: (gfn: number) => boolean, hugeAsPages = true): LeafSpte[] {
     const k = this.kvm;
     const out: LeafSpte[] = [];
     for (let sp = 0; sp < k.pages.nSp; sp++) {
       if (!this.spInUse(sp)) continue;
       const role = this.role(sp);
+      if (roleLevel(role) === 2 && k.config.hugePages) {
+        this.hugeLeaves(sp, want, hugeAsPages, out);
+        continue;
+      }
       if (roleLevel(role) !== 1) continue;
       // A direct leaf page maps gfn base + idx: its gfn word is read once, not per entry.
       const direct = roleIsDirect(role);
@@ -185,10 +201,29 @@ export class Observer {
         const sptep = k.pages.sptep(sp, idx);
         const spte = this.r64(sptep);
         if (!isShadowPresentPte(spte)) continue;
-        out.push({ sp, idx, sptep, spte, gfn });
+        out.push({ sp, idx, sptep, spte, gfn, pages: 1 });
       }
     }
     return out;
+  }
+
+  /** The huge leaves of level-2 table `sp` (TDP mode with huge pages), each as 512 pages or as one entry, into `out`. */
+  private hugeLeaves(sp: number, want: ((gfn: number) => boolean) | undefined, asPages: boolean, out: LeafSpte[]): void {
+    const k = this.kvm;
+    const base = this.r32(k.pages.hdr(sp, SP_GFN));
+    for (let idx = 0; idx < 512; idx++) {
+      const first = base + idx * 512;
+      if (k.slotOf(first) < 0) continue; // never mapped: not read
+      let wanted = want === undefined;
+      for (let j = 0; j < 512 && !wanted; j++) wanted = want!(first + j);
+      if (!wanted) continue;
+      const sptep = k.pages.sptep(sp, idx);
+      const spte = this.r64(sptep);
+      if (!isShadowPresentPte(spte) || !isLastSpte(spte, 2)) continue;
+      const l: LeafSpte = { sp, idx, sptep, spte, gfn: first, pages: 512 };
+      if (!asPages) out.push(l);
+      else for (let j = 0; j < 512; j++) if (want === undefined || want(first + j)) out.push(leafPage(l, j));
+    }
   }
 
   vcpuMode(v: number): number {
@@ -402,18 +437,27 @@ class DirtyOrWriteProtected implements Monitor {
   reset(): void {
     this.owed.clear();
     this.writable.clear();
+    this.splitting.length = 0;
   }
+  /** By thread: the table it is filling for a split (NOTE.splitFill), until its next SPTE write elsewhere. */
+  private readonly splitting: number[] = [];
   afterStep(_ex: Execution, s: Step): string | null {
     const o = this.o;
     if ((s.op === OP.store64 || s.op === OP.xchg64 || s.op === OP.cmpxchg64) && s.a >= o.sptLo && s.a < o.sptHi) {
       const spte = o.kvm.mem.u64[s.a]!; // the step's own word
       const now = isShadowPresentPte(spte) && isWritablePte(spte);
-      if (now && !this.writable.has(s.a)) {
+      // A split copies a writable huge SPTE into a table nobody reaches yet: the mapping was writable already. The
+      // thread's first SPTE write elsewhere (the cmpxchg that links the table) ends the copy.
+      const sp = o.kvm.pages.spOf(s.a);
+      if (this.splitting[s.thread] !== undefined && this.splitting[s.thread] !== sp) this.splitting[s.thread] = -1;
+      if (now && !this.writable.has(s.a) && sp !== this.splitting[s.thread]) {
         const leaf = o.leafAt(s.a);
-        if (leaf !== null && o.loggingOn(leaf.gfn)) {
-          o.ghostOr(G_MARK_OWED, leaf.gfn);
-          let who = this.owed.get(leaf.gfn);
-          if (who === undefined) this.owed.set(leaf.gfn, (who = new Set()));
+        for (let j = 0; leaf !== null && j < leaf.pages; j++) {
+          const gfn = leaf.gfn + j;
+          if (!o.loggingOn(gfn)) continue;
+          o.ghostOr(G_MARK_OWED, gfn);
+          let who = this.owed.get(gfn);
+          if (who === undefined) this.owed.set(gfn, (who = new Set()));
           who.add(s.thread);
         }
       }
@@ -436,7 +480,8 @@ class DirtyOrWriteProtected implements Monitor {
     }
     return null;
   }
-  onNote(_ex: Execution, _t: number, kind: number, slot: number): string | null {
+  onNote(_ex: Execution, t: number, kind: number, slot: number): string | null {
+    if (kind === NOTE.splitFill) this.splitting[t] = slot; // (`slot` is the table, here)
     if (kind !== NOTE.dirtyLogReturned) return null;
     const o = this.o;
     const k = o.kvm;
@@ -482,14 +527,24 @@ class DirtyOrWriteProtected implements Monitor {
  */
 class DirtyLogComplete implements Monitor {
   readonly name = 'dirty-log-complete';
-  readonly statement = 'every gfn the guest writes while dirty logging is on is reported by a later dirty-log get or clear';
+  readonly statement = 'every gfn the guest writes after enabling dirty logging returned (and before disabling it) is reported by a later dirty-log get or clear';
   private pending = new Map<number, number>();
+  /** Slots whose enabling of dirty logging has returned (and whose disabling has not begun). */
+  private readonly on = new Set<number>();
   constructor(private readonly o: Observer) {}
   reset(): void {
     this.pending.clear();
+    // Logging enabled before the execution began (in setup) is on from the start.
+    this.on.clear();
+    const k = this.o.kvm;
+    for (let s = 0; s < k.nSlots; s++) if ((k.mem.i32[k.slotFlagsWord(s)]! & SLOT_DIRTY_LOG) !== 0) this.on.add(s);
   }
-  onNote(ex: Execution, t: number, kind: number, a: number): string | null {
-    if (kind === NOTE.guestWrite && this.o.loggingOn(a)) {
+  onNote(ex: Execution, t: number, kind: number, a: number, b: number): string | null {
+    if (kind === NOTE.dirtyLogState) {
+      this.o.ghostWrite(G_LOG_ENABLED, a);
+      if (b === 1) this.on.add(a);
+      else this.on.delete(a);
+    } else if (kind === NOTE.guestWrite && this.loggingOn(a)) {
       this.o.ghostOr(G_LOG_PENDING, a);
       if (!this.pending.has(a)) this.pending.set(a, ex.steps.length);
     } else if (kind === NOTE.dirtyLogTaken) {
@@ -498,6 +553,17 @@ class DirtyLogComplete implements Monitor {
     }
     void t;
     return null;
+  }
+  /**
+   * Must a write of `gfn` be logged? Once enabling dirty logging has returned: a write while the enable runs (between
+   * the flag and the write-protection's flush) need not be, as in KVM, where userspace counts logging from the
+   * ioctl's return (its first pass sends every page).
+   */
+  private loggingOn(gfn: number): boolean {
+    const s = this.o.kvm.slotOf(gfn);
+    if (s < 0) return false;
+    this.o.ghostRead(G_LOG_ENABLED, s);
+    return this.on.has(s);
   }
   atEnd(): string | null {
     for (const [gfn, step] of this.pending) {
@@ -541,7 +607,7 @@ class WritableSpteLogged implements Monitor {
       if (!this.writableSince.has(s.a)) {
         this.writableSince.set(s.a, ex.steps.length);
         const leaf = this.o.leafAt(s.a);
-        if (leaf !== null) this.o.ghostRead(G_LOG_REPORTED, leaf.gfn);
+        for (let j = 0; leaf !== null && j < leaf.pages; j++) this.o.ghostRead(G_LOG_REPORTED, leaf.gfn + j);
       }
     } else this.writableSince.delete(s.a);
     return null;
@@ -550,8 +616,12 @@ class WritableSpteLogged implements Monitor {
     for (const [sptep, since] of this.writableSince) {
       const leaf = this.o.leafAt(sptep);
       if (leaf === null || !isWritablePte(leaf.spte)) continue;
-      const gfn = leaf.gfn;
-      if (!this.o.loggingOn(gfn) || this.o.bitmapHas(gfn) || (this.reported.get(gfn) ?? -1) >= since) continue;
+      let gfn = -1;
+      for (let j = 0; j < leaf.pages && gfn < 0; j++) {
+        const g = leaf.gfn + j;
+        if (this.o.loggingOn(g) && !this.o.bitmapHas(g) && (this.reported.get(g) ?? -1) < since) gfn = g;
+      }
+      if (gfn < 0) continue;
       return (
         `the SPTE for gfn ${hex(gfn)} became writable (step ${since}) while dirty logging was on, but gfn ${hex(gfn)} is neither ` +
         `dirty in the bitmap nor reported since: the guest's writes through it go unlogged`
@@ -665,7 +735,12 @@ class SpteWithinHostMapping implements Monitor {
     if (writesSpte) {
       // Only the SPTE this step wrote can have changed.
       const l = this.o.leafAt(s.a);
-      return l === null ? null : this.verify(ex, l, this.o.hostMapping(l.gfn));
+      for (let j = 0; l !== null && j < l.pages; j++) {
+        const p = leafPage(l, j);
+        const msg = this.verify(ex, p, this.o.hostMapping(p.gfn));
+        if (msg !== null) return msg;
+      }
+      return null;
     }
     if (!writesMap) return null;
     const m = this.o.kvm.mem.i32[s.a]!; // the step's own word

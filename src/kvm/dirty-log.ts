@@ -37,7 +37,10 @@ export class DirtyLog {
     // synchronize_srcu): one of them could still map a huge page. kvmmu waits where huge pages exist; a 4 KiB fault
     // reads the flag again when it marks the page (markPageDirty).
     if (k.config.hugePages) k.srcu.synchronize();
-    if (initiallySet) return;
+    if (initiallySet) {
+      k.mem.note(NOTE.dirtyLogState, slot, 1);
+      return;
+    }
     if (k.isTdp) {
       // kvm_mmu_slot_apply_flags: eager page splitting (the eager_page_split parameter), then
       // kvm_tdp_mmu_wrprot_slot, both under the read lock, with cmpxchg per SPTE, racing with faults.
@@ -47,6 +50,7 @@ export class DirtyLog {
       k.mem.readUnlock(k.mmuLock);
       if (wrprot) k.kvmFlushRemoteTlbs();
       k.tdp.reclaim();
+      k.mem.note(NOTE.dirtyLogState, slot, 1);
       return;
     }
     k.mem.lock(k.mmuLock);
@@ -55,6 +59,7 @@ export class DirtyLog {
     for (let p = 0; p < pages; p++) if (k.spte.rmapWriteProtectHvpn(base + p, false)) flush = true;
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
+    k.mem.note(NOTE.dirtyLogState, slot, 1);
   }
 
   /**
@@ -67,6 +72,7 @@ export class DirtyLog {
   disable(slot: number): void {
     const k = this.kvm;
     this.checkSlot(slot);
+    k.mem.note(NOTE.dirtyLogState, slot, 0);
     k.mem.fetchAnd32(k.slotFlagsWord(slot), ~SLOT_DIRTY_LOG);
     if (!k.config.hugePages) return;
     k.srcu.synchronize();

@@ -330,6 +330,8 @@ export class Mmu implements GuestPtAccess {
       if (level > 1 && !(isShadowPresentLow(low) && isLargeLow(low))) break;
       const spte = mem.load64(sptep);
       if (!isShadowPresentPte(spte)) break;
+      // Read again, the entry is no longer a huge leaf (split meanwhile): walk again.
+      if (level > 1 && !isLastSpte(spte, level)) continue;
       // (Only A/D-disabled SPTEs are ever access-tracked: with A/D bits the test is skipped.)
       if (!k.adBits && isAccessTrackSpte(spte)) {
         // The fast path's second job (A/D bits off): restore an SPTE aging made access-tracked — with W too for a

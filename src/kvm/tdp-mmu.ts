@@ -585,6 +585,7 @@ export class TdpMmu {
    */
   private fillSplitTable(child: number, huge: bigint): void {
     const k = this.kvm;
+    k.mem.note(NOTE.splitFill, child, 0);
     for (let i = 0; i < 512; i++) k.mem.store64(k.pages.sptep(child, i), makeSmallSpte(huge, i));
   }
 

@@ -128,6 +128,10 @@ export const NOTE = {
   faultNeedsFlush: 16,
   /** An MMU-notifier invalidation of host pages [a, b) returned: no vCPU may reach them now. */
   unmapDone: 17,
+  /** Table a, not yet linked, is about to be filled with the entries that replace a huge SPTE: copies, not new mappings. */
+  splitFill: 18,
+  /** Dirty logging of slot a: enabling it returned (b = 1; before it returns, writes need not be logged), or disabling it began (b = 0). */
+  dirtyLogState: 19,
 } as const;
 
 // How many times a waiter re-reads a word before it sleeps (Mem.spinLimit).

@@ -46,6 +46,7 @@ import {
 import {
   SPTE_ACCESSED_MASK,
   SPTE_DIRTY_MASK,
+  SPTE_PAGE_SIZE_MASK,
   SPTE_PRESENT_MASK,
   isLargeLow,
   isPresentLow,
@@ -386,6 +387,8 @@ export class Vcpu {
       // A huge leaf (PS at level 2) ends the walk above level 1; it maps the 4 KiB page at gva's offset in it.
       const huge = level > 1 && isPresentLow(low);
       const spte = level > 1 && !huge ? 0n : this.mem.load64(sptep);
+      // The whole entry, read again, is no longer a huge leaf (split meanwhile): walk again.
+      if (huge && !hasBits(spte, SPTE_PAGE_SIZE_MASK)) continue;
       if (!hasBits(spte, SPTE_PRESENT_MASK)) {
         this.pdeTag[pi] = 0;
         this.lastEc = accessErrorCode(kind, cpu);
