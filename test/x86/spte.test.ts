@@ -261,7 +261,7 @@ test('a non-leaf SPTE reads the same from its low word: present bits and child, 
   assert.equal(isShadowPresentLow(low32(FROZEN_SPTE)), false);
   assert.equal(isPresentLow(low32(SP)), false, 'MMU_PRESENT without P is not hardware-present');
   assert.equal(isShadowPresentLow(low32(P)), false, 'P without MMU_PRESENT is not shadow-present');
-  assert.throws(() => spteLowToChild(low32(makeNonleafSpte(5) | PS)), /large SPTE/);
+  assert.throws(() => spteLowToChild(low32(makeNonleafSpte(5) | PS)), /huge leaf followed as a table/);
 });
 
 test('pteFrame and pteFromParts agree with BigInt arithmetic on random entries, frames up to bit 51', () => {
