@@ -5,9 +5,10 @@ export const hugeSplitLog = defineScenario({
   name: 'huge-split-log',
   description:
     'Guest memory is one 2 MiB HugeTLB page mapped by one writable huge SPTE. The host enables dirty logging ' +
-    '(split the huge SPTE into 512 entries, then write-protect them) and takes the log, while vCPU 0 writes ' +
+    '(in tdp mode: split the huge SPTE into 512 entries, then write-protect them; in direct mode, which does not ' +
+    'split eagerly: write-protect the huge SPTE) and takes the log, while vCPU 0 writes ' +
     'page 2 and vCPU 1 writes page 9: every write after logging began must be logged, and none lost.',
-  modes: ['tdp'],
+  modes: ['tdp', 'direct'],
   machine: () => ({ vcpus: 2, memBytes: 512 * 4096, hostFrames: 520, spPages: 24, tlbEntries: 4, hugePages: true }),
   setup(vm) {
     vm.powerOn(16);

@@ -109,7 +109,7 @@ export interface VmConfig {
   /**
    * Guest memory is backed by 2 MiB HugeTLB pages (preallocated, never
    * swapped or merged), and faults map a 2 MiB SPTE where the memslot and
-   * the host allow it (TDP mode).
+   * the host allow it (direct and TDP modes).
    */
   readonly hugePages: boolean;
   /** KVM's eager_page_split module parameter: enabling dirty logging splits huge SPTEs first. */
@@ -183,8 +183,8 @@ export function resolveConfig(o: VmOptions = {}): VmConfig {
   for (const [name, v] of [['hugePages', o.hugePages], ['eagerSplit', o.eagerSplit]] as const)
     if (v !== undefined && typeof v !== 'boolean') throw new KvmmuError(`${name} is true or false, not ${String(v)}`);
   const hugePages = o.hugePages ?? false;
-  if (hugePages && mode !== 'tdp')
-    throw new KvmmuError(`huge pages are modelled in tdp mode only, not ${mode}: the ${mode} MMU maps 4 KiB SPTEs`);
+  if (hugePages && mode === 'shadow')
+    throw new KvmmuError('huge pages are modelled in direct and tdp mode: shadow mode shadows 4 KiB guest mappings only');
   return {
     mode,
     vcpus,

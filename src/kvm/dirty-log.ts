@@ -56,7 +56,8 @@ export class DirtyLog {
     k.mem.lock(k.mmuLock);
     let flush = false;
     const base = k.slotHvpn[slot]!;
-    for (let p = 0; p < pages; p++) if (k.spte.rmapWriteProtectHvpn(base + p, false)) flush = true;
+    // kvm_mmu_slot_remove_write_access from PG_LEVEL_4K up: huge SPTEs too (kvmmu does not split eagerly in direct mode).
+    for (let p = 0; p < pages; p++) if (k.spte.rmapWriteProtectHvpn(base + p, false, true)) flush = true;
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
     k.mem.note(NOTE.dirtyLogState, slot, 1);
@@ -76,10 +77,24 @@ export class DirtyLog {
     k.mem.fetchAnd32(k.slotFlagsWord(slot), ~SLOT_DIRTY_LOG);
     if (!k.config.hugePages) return;
     k.srcu.synchronize();
-    k.mem.readLock(k.mmuLock);
-    k.tdp.zapCollapsibleSptes(slot);
-    k.mem.readUnlock(k.mmuLock);
-    k.tdp.reclaim();
+    if (k.isTdp) {
+      k.mem.readLock(k.mmuLock);
+      k.tdp.zapCollapsibleSptes(slot);
+      k.mem.readUnlock(k.mmuLock);
+      k.tdp.reclaim();
+      return;
+    }
+    // The shadow MMU (kvm_rmap_zap_collapsible_sptes): the 4 KiB SPTEs of each 2 MiB that could be mapped huge go.
+    k.mem.lock(k.mmuLock);
+    let flush = false;
+    const base = k.slotHvpn[slot]!;
+    const flags = k.mem.load32(k.slotFlagsWord(slot));
+    for (let p = 0; p < k.slotPages[slot]!; p++) {
+      if (k.mmu.maxMappingLevel(k.slotGfn[slot]! + p, flags) < 2) continue;
+      if (k.spte.zapCollapsibleRmap(base + p)) flush = true;
+    }
+    k.mem.unlock(k.mmuLock);
+    if (flush) k.kvmFlushRemoteTlbs();
   }
 
   /**
@@ -159,8 +174,8 @@ export class DirtyLog {
       // lose W and MMU-writable first (kvm_arch_mmu_enable_log_dirty_pt_masked).
       if (k.config.hugePages) {
         const g = k.slotGfn[slot]! + (w0 + i) * 32;
-        if (k.tdp.writeProtectHugeGfn(g + 31 - Math.clz32(mask & -mask))) flush = true;
-        if (k.tdp.writeProtectHugeGfn(g + 31 - Math.clz32(mask))) flush = true;
+        for (const gfn of [g + 31 - Math.clz32(mask & -mask), g + 31 - Math.clz32(mask)])
+          if (k.isTdp ? k.tdp.writeProtectHugeGfn(gfn) : k.spte.writeProtectHuge(k.gfnToHvpn(gfn))) flush = true;
       }
       flush = true;
       cleared += this.protectMask(slot, w0 + i, mask);

@@ -32,9 +32,11 @@ import {
   isMmuWritableSpte,
   restoreAccTrackSpte,
   isLargeLow,
+  isLargePte,
   isShadowPresentLow,
   isShadowPresentPte,
   isWritablePte,
+  makeHugeSpte,
   makeSpte,
   pagesPerSpte,
   spteIndex,
@@ -361,8 +363,9 @@ export class Mmu implements GuestPtAccess {
       // made the huge SPTE writable and marked only its first page).
       if (level > 1 && k.guardFastSkipsHuge && (k.memslotFlags(gfn) & SLOT_DIRTY_LOG) !== 0) break;
       const role = pages.role(sp);
+      // (A huge SPTE marks the gfn its entry maps first, as 2013's fast_pf_fix_direct_spte took it from the page.)
       const fix = roleIsDirect(role)
-        ? this.fastPfFixDirectSpte(sptep, spte, k.config.mode === 'direct' ? gfn : pages.entryGfn(sp, pages.indexOf(sptep), role))
+        ? this.fastPfFixDirectSpte(sptep, spte, k.config.mode === 'direct' && level === 1 ? gfn : pages.entryGfn(sp, pages.indexOf(sptep), role))
         : this.fastPfFixIndirectSpte(sptep, spte, gfn);
       if (fix === FAST_FIX_DONE) {
         ret = RET_PF_FIXED;
@@ -436,11 +439,25 @@ export class Mmu implements GuestPtAccess {
   /** KVM's direct_page_fault: the fast path first, else the slow path (faultInAndMap). */
   directPageFault(vcpu: KvmVcpu, gpa: number, ec: number): number {
     const k = this.kvm;
+    // With huge pages the fault reads the memslot's flags (may it map 2 MiB?) inside kvm->srcu, which enabling
+    // dirty logging waits for (kvmmu models that SRCU section only where a memslot change depends on it).
+    if (!k.config.hugePages) return this.directPageFaultInSrcu(vcpu, gpa, ec, -1);
+    const srcu = k.srcu;
+    srcu.readLock();
+    try {
+      return this.directPageFaultInSrcu(vcpu, gpa, ec, k.memslotFlags(Math.floor(gpa / 4096)));
+    } finally {
+      srcu.readUnlock();
+    }
+  }
+
+  private directPageFaultInSrcu(vcpu: KvmVcpu, gpa: number, ec: number, flags: number): number {
+    const k = this.kvm;
     if (k.fastPath) {
       const r = this.fastPageFault(vcpu, gpa, ec, Math.floor(gpa / 4096));
       if (r !== RET_PF_INVALID) return r;
     }
-    return this.faultInAndMap(vcpu, gpa, Math.floor(gpa / 4096), (ec & PFERR_WRITE_MASK) !== 0);
+    return this.faultInAndMap(vcpu, gpa, Math.floor(gpa / 4096), (ec & PFERR_WRITE_MASK) !== 0, flags);
   }
 
   /**
@@ -450,7 +467,7 @@ export class Mmu implements GuestPtAccess {
    * invalidation ran meanwhile (guard `notifier-retry`), else build the path
    * of shadow pages and install the SPTE (direct_map or FNAME(fetch)).
    */
-  private faultInAndMap(vcpu: KvmVcpu, gva: number, gfn: number, write: boolean): number {
+  private faultInAndMap(vcpu: KvmVcpu, gva: number, gfn: number, write: boolean, flags = -1): number {
     const k = this.kvm;
     const hvpn = k.gfnToHvpn(gfn);
     const mmuSeq = k.mem.load32(k.mmuBase + MMU_SEQ);
@@ -468,7 +485,7 @@ export class Mmu implements GuestPtAccess {
     let ret: number;
     try {
       k.pages.makeMmuPagesAvailable();
-      ret = k.config.mode === 'direct' ? this.directMap(vcpu, gfn, pfn, hostWritable, write) : this.fetch(vcpu, gva, pfn, hostWritable, write);
+      ret = k.config.mode === 'direct' ? this.directMap(vcpu, gfn, pfn, hostWritable, write, flags) : this.fetch(vcpu, gva, pfn, hostWritable, write);
     } catch (e) {
       // kvmmu's pools ran dry (KVM fills its caches before taking the lock, so it
       // cannot fail here): let the error reach the caller, not leave every other
@@ -553,13 +570,21 @@ export class Mmu implements GuestPtAccess {
   }
 
   /** KVM's direct_map: walk from the root, creating direct shadow pages, and map gfn -> pfn. Contract: mmu_lock held. */
-  private directMap(vcpu: KvmVcpu, gfn: number, pfn: number, hostWritable: boolean, write: boolean): number {
+  private directMap(vcpu: KvmVcpu, gfn: number, pfn: number, hostWritable: boolean, write: boolean, flags = -1): number {
     const k = this.kvm;
     const gpa = gfn * 4096;
+    // kvm_mmu_hugepage_adjust: a 2 MiB SPTE of the huge page's first frame where one may map gfn.
+    const goal = this.maxMappingLevel(gfn, flags);
     let sp = vcpu.root;
-    for (let level = 4; level > 1; level--) {
+    for (let level = 4; level > goal; level--) {
       const sptep = k.pages.sptep(sp, spteIndex(gpa, level));
-      const low = k.mem.load64Low(sptep);
+      let low = k.mem.load64Low(sptep);
+      if (isShadowPresentLow(low) && isLargeLow(low)) {
+        // drop_large_spte: a huge SPTE where a smaller page must go is zapped (and flushed) first.
+        k.spte.dropSpte(sptep);
+        k.kvmFlushRemoteTlbs();
+        low = 0;
+      }
       if (isShadowPresentLow(low)) {
         sp = spteLowToChild(low);
         continue;
@@ -569,10 +594,41 @@ export class Mmu implements GuestPtAccess {
       k.spte.linkShadowPage(sptep, child);
       sp = child;
     }
-    const sptep = k.pages.sptep(sp, spteIndex(gpa, 1));
+    const sptep = k.pages.sptep(sp, spteIndex(gpa, goal));
+    if (goal === 2) return this.mmuSetHugeSpte(sptep, gfn - (gfn % 512), pfn - (gfn % 512), hostWritable, write);
     const ret = this.mmuSetSpte(sp, sptep, ACC_ALL, gfn, pfn, hostWritable, write, false);
     if (ret !== RET_PF_SPURIOUS && !this.invalidationInProgress()) this.directPtePrefetch(sptep, gfn, ACC_ALL);
     return ret;
+  }
+
+  /**
+   * mmu_set_spte at level 2: map the 2 MiB from `gfn` (aligned) to the huge
+   * page at `pfn` with one huge SPTE. A table linked there (the 2 MiB was
+   * mapped by 4 KiB pages while dirty logging was on) is unlinked first
+   * (drop_parent_pte; the table stays until it is zapped), and TLBs flushed.
+   * No prefetch: KVM prefetches into 4 KiB tables only. Contract: mmu_lock held.
+   */
+  private mmuSetHugeSpte(sptep: number, gfn: number, pfn: number, hostWritable: boolean, write: boolean): number {
+    const k = this.kvm;
+    let newSpte = makeHugeSpte(makeSpte(ACC_ALL, pfn, hostWritable, true, write));
+    const old = k.mem.load64(sptep);
+    let flush = false;
+    if (isShadowPresentPte(old) && (!isLargePte(old) || spteToPfn(old) !== pfn)) {
+      k.spte.mmuPageZapPte(sptep);
+      flush = true;
+    } else if (isShadowPresentPte(old)) {
+      newSpte = SpteUpdate.keepDirty(old, newSpte);
+      if (old === newSpte) return RET_PF_SPURIOUS;
+      if (k.spte.mmuSpteUpdate(sptep, newSpte)) flush = true;
+      if (isWritablePte(newSpte)) k.markPageDirty(gfn);
+      if (flush) k.kvmFlushRemoteTlbs();
+      return RET_PF_FIXED;
+    }
+    k.spte.mmuSpteSet(sptep, newSpte);
+    k.spte.rmapAdd(gfn, sptep, true);
+    if (isWritablePte(newSpte)) k.markPageDirty(gfn);
+    if (flush) k.kvmFlushRemoteTlbs();
+    return RET_PF_FIXED;
   }
 
   /** Is an MMU-notifier invalidation running? Prefetching then could map what it is removing. Contract: mmu_lock held. */

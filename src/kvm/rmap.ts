@@ -7,7 +7,8 @@
 // A descriptor is DESC_WORDS Int32 words: [0] next (same encoding as a chain
 // head, 0 at the end), [1..7] sptep + 1 or 0 for an empty slot.
 //
-// Regions: kvm.rmap (one head per gfn, indexed by hvpn), kvm.pteDesc
+// Regions: kvm.rmap (one head per gfn, indexed by hvpn), kvm.rmapHuge (one head
+// per 2 MiB of host pages, for huge SPTEs: KVM's rmap at PG_LEVEL_2M), kvm.pteDesc
 // (descriptors), kvm.pteDescFree ([0] depth, [1..] free descriptors).
 // Only mmu_lock holders touch any of it (plain accesses via Kvm.locked*).
 
@@ -25,18 +26,21 @@ function descCount(c: VmConfig): number {
 export function reserveRmaps(b: LayoutBuilder, c: VmConfig): void {
   const n = descCount(c);
   b.meta('kvm.rmap', totalPages(c) * 4);
+  b.meta('kvm.rmapHuge', Math.ceil(totalPages(c) / 512) * 4);
   b.meta('kvm.pteDesc', n * DESC_WORDS * 4);
   b.meta('kvm.pteDescFree', (n + 1) * 4);
 }
 
 export class Rmaps {
   readonly rmapBase: number;
+  private readonly rmapHugeBase: number;
   private readonly descBase: number;
   private readonly freeBase: number;
   private readonly nDesc: number;
 
   constructor(private readonly kvm: Kvm) {
     this.rmapBase = region(kvm.layout, 'kvm.rmap').off / 4;
+    this.rmapHugeBase = region(kvm.layout, 'kvm.rmapHuge').off / 4;
     this.descBase = region(kvm.layout, 'kvm.pteDesc').off / 4;
     this.freeBase = region(kvm.layout, 'kvm.pteDescFree').off / 4;
     this.nDesc = descCount(kvm.config);
@@ -51,6 +55,11 @@ export class Rmaps {
   /** Head word of `gfn`'s rmap, by its hvpn. */
   rmapHead(hvpn: number): number {
     return this.rmapBase + hvpn;
+  }
+
+  /** Head word of the rmap of the huge SPTEs mapping the 2 MiB that holds `hvpn` (a huge page is 512-aligned in host memory). */
+  rmapHugeHead(hvpn: number): number {
+    return this.rmapHugeBase + Math.floor(hvpn / 512);
   }
 
   private desc(d: number, slot: number): number {

@@ -16,6 +16,7 @@ import {
   SPTE_WRITABLE_MASK,
   isAccessedSpte,
   isDirtySpte,
+  isLargePte,
   isLastSpte,
   isMmuWritableSpte,
   isShadowPresentPte,
@@ -67,15 +68,14 @@ export class SpteUpdate {
     let old = read;
     if (!spteHasVolatileBits(read, k.guardAtomicVolatileClear)) k.mem.store64(sptep, newSpte);
     else old = k.mem.xchg64(sptep, newSpte);
-    const pfn = spteToPfn(old);
     let flush = false;
     // A/D cleared: flush so the processor sets them again; with `spte` page marking, tell the host too.
     if (isAccessedSpte(old) && !isAccessedSpte(newSpte)) {
-      if (!k.marksAtFault) k.host.setPfnAccessed(pfn);
+      if (!k.marksAtFault) this.setPagesAccessed(old);
       flush = true;
     }
     if (isDirtySpte(old) && !isDirtySpte(newSpte)) {
-      if (!k.marksAtFault) k.host.setPfnDirty(pfn);
+      if (!k.marksAtFault) this.setPagesDirty(old);
       flush = true;
     }
     if (!k.guardFlushMmuWritable) return flush || (isWritablePte(read) && !isWritablePte(newSpte));
@@ -113,10 +113,23 @@ export class SpteUpdate {
     else old = k.mem.xchg64(sptep, 0n);
     k.pages.clearPresent(sptep);
     if (!isShadowPresentPte(old) || k.marksAtFault) return old;
-    const pfn = spteToPfn(old);
-    if (isAccessedSpte(old)) k.host.setPfnAccessed(pfn);
-    if (isDirtySpte(old)) k.host.setPfnDirty(pfn);
+    if (isAccessedSpte(old)) this.setPagesAccessed(old);
+    if (isDirtySpte(old)) this.setPagesDirty(old);
     return old;
+  }
+
+  /** kvm_set_pfn_accessed for the page(s) of leaf `spte`: a huge SPTE's A stands for each of its 512 frames. */
+  private setPagesAccessed(spte: bigint): void {
+    const pfn = spteToPfn(spte);
+    const n = isLargePte(spte) ? 512 : 1;
+    for (let j = 0; j < n; j++) this.kvm.host.setPfnAccessed(pfn + j);
+  }
+
+  /** kvm_set_pfn_dirty for the page(s) of leaf `spte` (KVM marks a huge page's folio dirty). */
+  private setPagesDirty(spte: bigint): void {
+    const pfn = spteToPfn(spte);
+    const n = isLargePte(spte) ? 512 : 1;
+    for (let j = 0; j < n; j++) this.kvm.host.setPfnDirty(pfn + j);
   }
 
   /** KVM's mmu_spte_clear_no_track: clear a non-leaf SPTE (no A/D to report). Contract: mmu_lock held. */
@@ -125,23 +138,27 @@ export class SpteUpdate {
     this.kvm.pages.clearPresent(sptep);
   }
 
-  /** KVM's drop_spte: clear a leaf SPTE and remove it from its gfn's rmap. Contract: mmu_lock held. */
+  /** KVM's drop_spte: clear a leaf SPTE and remove it from its gfn's rmap (at its level). Contract: mmu_lock held. */
   dropSpte(sptep: number): void {
     const k = this.kvm;
     const old = this.mmuSpteClearTrackBits(sptep);
     if (!isShadowPresentPte(old)) return;
     const sp = k.pages.spOf(sptep);
     const gfn = k.pages.entryGfn(sp, k.pages.indexOf(sptep), k.lockedLoad(k.pages.hdr(sp, SP_ROLE)));
-    k.rmaps.remove(k.rmaps.rmapHead(k.gfnToHvpn(gfn)), sptep);
+    const hvpn = k.gfnToHvpn(gfn);
+    k.rmaps.remove(isLargePte(old) ? k.rmaps.rmapHugeHead(hvpn) : k.rmaps.rmapHead(hvpn), sptep);
   }
 
-  /** Record a new leaf SPTE in its gfn's rmap; if the descriptor pool is empty, zap that rmap first (KVM's rmap recycling). */
-  rmapAdd(gfn: number, sptep: number): void {
+  /**
+   * Record a new leaf SPTE in its gfn's rmap (`huge`: the 2 MiB level's); if the descriptor pool is empty, zap that
+   * rmap first (KVM's rmap recycling).
+   */
+  rmapAdd(gfn: number, sptep: number, huge = false): void {
     const k = this.kvm;
-    const head = k.rmaps.rmapHead(k.gfnToHvpn(gfn));
+    const head = huge ? k.rmaps.rmapHugeHead(k.gfnToHvpn(gfn)) : k.rmaps.rmapHead(k.gfnToHvpn(gfn));
     if (k.rmaps.add(head, sptep)) return;
     k.count(KVM_STAT.rmapRecycles);
-    if (this.kvmZapRmap(k.gfnToHvpn(gfn))) k.kvmFlushRemoteTlbs();
+    if (this.zapRmapAt(head)) k.kvmFlushRemoteTlbs();
     if (!k.rmaps.add(head, sptep)) throw new Error('rmap: descriptor pool empty after recycling');
   }
 
@@ -218,23 +235,70 @@ export class SpteUpdate {
    * Returns whether TLBs must be flushed; the caller flushes (before the
    * protection is relied on). Contract: mmu_lock held.
    */
-  rmapWriteProtectHvpn(hvpn: number, ptProtect: boolean): boolean {
+  rmapWriteProtectHvpn(hvpn: number, ptProtect: boolean, allLevels = false): boolean {
     const k = this.kvm;
-    const n = k.rmaps.collect(k.rmaps.rmapHead(hvpn), this.scratch);
     let flush = false;
-    for (let i = 0; i < n; i++) if (this.spteWriteProtect(this.scratch[i]!, ptProtect)) flush = true;
+    for (const head of this.heads(hvpn, allLevels)) {
+      const n = k.rmaps.collect(head, this.scratch);
+      for (let i = 0; i < n; i++) if (this.spteWriteProtect(this.scratch[i]!, ptProtect)) flush = true;
+    }
     k.count(KVM_STAT.writeProtects);
     return flush;
   }
 
+  /**
+   * Write-protect every SPTE that maps `gfn`, huge ones included (KVM's
+   * kvm_mmu_slot_gfn_write_protect from PG_LEVEL_4K up: write tracking, shadow
+   * paging). Contract: mmu_lock held.
+   */
   rmapWriteProtect(gfn: number, ptProtect: boolean): boolean {
-    return this.rmapWriteProtectHvpn(this.kvm.gfnToHvpn(gfn), ptProtect);
+    return this.rmapWriteProtectHvpn(this.kvm.gfnToHvpn(gfn), ptProtect, true);
   }
 
-  /** KVM's kvm_zap_rmap: drop every SPTE mapping the gfn at `hvpn`; true if any was. Contract: mmu_lock held. */
-  kvmZapRmap(hvpn: number): boolean {
+  /**
+   * Write-protect the huge SPTE over the gfn at `hvpn`, W and MMU-writable
+   * (kvm_mmu_slot_gfn_write_protect at PG_LEVEL_2M, as a clear with
+   * KVM_DIRTY_LOG_INITIALLY_SET does). Returns whether TLBs must be flushed.
+   * Contract: mmu_lock held.
+   */
+  writeProtectHuge(hvpn: number): boolean {
+    const n = this.kvm.rmaps.collect(this.kvm.rmaps.rmapHugeHead(hvpn), this.scratch);
+    let flush = false;
+    for (let i = 0; i < n; i++) if (this.spteWriteProtect(this.scratch[i]!, true)) flush = true;
+    return flush;
+  }
+
+  /**
+   * KVM's kvm_rmap_zap_collapsible_sptes for the gfn at `hvpn` (disabling
+   * dirty logging): drop its 4 KiB SPTEs (the caller asks only where its
+   * 2 MiB could now be mapped huge), so the next fault maps a huge page.
+   * Returns whether TLBs must be flushed. Contract: mmu_lock held.
+   */
+  zapCollapsibleRmap(hvpn: number): boolean {
+    return this.zapRmapAt(this.kvm.rmaps.rmapHead(hvpn));
+  }
+
+  /** The rmap heads for the gfn at `hvpn`: its 4 KiB rmap, and with `allLevels` (and huge pages) its 2 MiB one. */
+  private heads(hvpn: number, allLevels: boolean): number[] {
     const k = this.kvm;
-    const n = k.rmaps.collect(k.rmaps.rmapHead(hvpn), this.scratch);
+    const h = this.headScratch;
+    h.length = 0;
+    h.push(k.rmaps.rmapHead(hvpn));
+    if (allLevels && k.config.hugePages) h.push(k.rmaps.rmapHugeHead(hvpn));
+    return h;
+  }
+  private readonly headScratch: number[] = [];
+
+  /** KVM's kvm_zap_rmap over every level (kvm_unmap_gfn_range): drop every SPTE mapping the gfn at `hvpn`; true if any was. Contract: mmu_lock held. */
+  kvmZapRmap(hvpn: number): boolean {
+    let any = false;
+    for (const head of [...this.heads(hvpn, true)]) if (this.zapRmapAt(head)) any = true;
+    return any;
+  }
+
+  /** Drop every SPTE on the rmap at `head`; true if any was. Contract: mmu_lock held. */
+  private zapRmapAt(head: number): boolean {
+    const n = this.kvm.rmaps.collect(head, this.scratch);
     for (let i = 0; i < n; i++) this.dropSpte(this.scratch[i]!);
     return n > 0;
   }
@@ -246,7 +310,14 @@ export class SpteUpdate {
    */
   kvmAgeRmap(hvpn: number): boolean {
     const k = this.kvm;
-    const n = k.rmaps.collect(k.rmaps.rmapHead(hvpn), this.scratch);
+    let young = false;
+    for (const head of [...this.heads(hvpn, true)]) if (this.ageRmapAt(head)) young = true;
+    return young;
+  }
+
+  private ageRmapAt(head: number): boolean {
+    const k = this.kvm;
+    const n = k.rmaps.collect(head, this.scratch);
     let young = false;
     for (let i = 0; i < n; i++) {
       const sptep = this.scratch[i]!;
@@ -256,7 +327,7 @@ export class SpteUpdate {
         if (old === spte) {
           young = true;
           // Since 6.13 the answer (young) is all the host gets.
-          if (!k.marksAtFault) k.host.setPfnAccessed(spteToPfn(spte));
+          if (!k.marksAtFault) this.setPagesAccessed(spte);
           break;
         }
         spte = old;

@@ -254,7 +254,7 @@ export const hugeFastDirtyLog = defineScenario({
     'the first page marked dirty. The write to page 7 then needs no fault and is never logged: a migration misses it.',
   guard: 'fast-skips-huge',
   fix: { commit: 'c126d94f2c90', year: 2013, title: 'KVM: MMU: lazily drop large spte' },
-  modes: ['tdp'],
+  modes: ['direct', 'tdp'],
   machine: hugeVm,
   setup(vm) {
     vm.powerOn(16);
