@@ -101,7 +101,7 @@ export function buildProgram(): Command {
     .addOption(
       new Option('--ad-bits <on|off>', 'A/D bits in SPTEs; off: access tracking, as KVM without EPT A/D (tdp mode)').choices(['on', 'off']).default('on'),
     )
-    .option('--huge-pages', 'back guest memory with 2 MiB HugeTLB pages, mapped by huge SPTEs (tdp mode; never swapped or KSM-merged)', false)
+    .option('--huge-pages', 'back guest memory with 2 MiB HugeTLB pages, mapped by huge SPTEs (direct and tdp modes; never swapped or KSM-merged)', false)
     .addOption(new Option('--eager-split <on|off>', 'split huge SPTEs when dirty logging begins (KVM eager_page_split)').choices(['on', 'off']).default('on'))
     .option('--seed <n>', 'random seed for the workload and host pressure', int('--seed', 0, 2 ** 31 - 1), 1)
     .option('--json', 'print one JSON object instead of text', false)

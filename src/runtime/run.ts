@@ -40,7 +40,7 @@ export interface RunOptions {
   readonly pageMarking?: PageMarking;
   /** SPTEs carry A/D bits (default); false: access tracking (tdp mode). */
   readonly adBits?: boolean;
-  /** Guest memory on 2 MiB HugeTLB pages, mapped by huge SPTEs (tdp mode). */
+  /** Guest memory on 2 MiB HugeTLB pages, mapped by huge SPTEs (direct and tdp modes). */
   readonly hugePages?: boolean;
   /** Split huge SPTEs when dirty logging begins (KVM's eager_page_split; default on). */
   readonly eagerSplit?: boolean;
