@@ -108,9 +108,11 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
   const ctx = contextFor(spec, o);
   const engine = engineFor(gen, spec, ctx);
   const strategy = o.strategy ?? 'dpor';
+  // A scenario's own bound applies to the systematic strategies, unless the user gave one.
+  const bound = o.preemptions ?? (strategy === 'dpor' || strategy === 'dfs' ? spec.preemptions : undefined);
   const result = yield* exploreSlices(engine, {
     strategy,
-    preemptions: o.preemptions,
+    preemptions: bound,
     maxExecutions: o.executions,
     seconds: o.seconds,
     seed: o.seed,
@@ -128,7 +130,7 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
     found = m.best;
     interrupted = m.interrupted;
   }
-  return report(engine, spec, ctx, strategy, o.preemptions ?? null, { ...result, interrupted }, found);
+  return report(engine, spec, ctx, strategy, bound ?? null, { ...result, interrupted }, found);
 }
 
 /**

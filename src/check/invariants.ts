@@ -899,7 +899,7 @@ class NoLeakedTable implements Monitor {
 class FrozenEntryOwned implements Monitor {
   readonly name = 'frozen-entry-owned';
   readonly statement =
-    'in TDP mode, no thread changes an SPTE another thread froze, and no page table is freed while one of its entries is present';
+    'in TDP mode, no thread changes an SPTE another thread froze, and no page table is freed (or left to RCU to free) while one of its entries is present';
   private frozenBy = new Map<number, number>();
   constructor(private readonly o: Observer) {}
   reset(): void {
@@ -935,6 +935,24 @@ class FrozenEntryOwned implements Monitor {
       const spte = this.o.r64(sptep);
       if (isShadowPresentPte(spte))
         return `page table ${sp} (level ${level}) was freed while its entry #${i} (gfn 0x${g.toString(16)}) was present (${formatSpte(spte)}): a fault set it after the table was torn down, and the mapping vanishes with the table (step ${ex.steps.length})`;
+    }
+    return null;
+  }
+  /** A table torn down and waiting for its grace period is as good as freed: none of its entries may be present. */
+  atEnd(): string | null {
+    const k = this.o.kvm;
+    if (!k.isTdp) return null;
+    for (const sp of k.tdp.rcu.peekQueued()) {
+      const t = k.mem.i32;
+      const level = roleLevel(t[k.pages.hdr(sp, SP_ROLE)]!);
+      const base = t[k.pages.hdr(sp, SP_GFN)]!;
+      for (let i = 0; i < 512; i++) {
+        const g = base + i * LEVEL_PAGES[level]!;
+        if (k.slotOf(g) < 0) continue;
+        const spte = k.mem.u64[k.pages.sptep(sp, i)]!;
+        if (isShadowPresentPte(spte))
+          return `page table ${sp} (level ${level}) was torn down and waits to be freed, but its entry #${i} (gfn 0x${g.toString(16)}) is present (${formatSpte(spte)}): a fault set it after the teardown passed it, and the mapping vanishes with the table`;
+      }
     }
     return null;
   }

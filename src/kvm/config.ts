@@ -36,6 +36,8 @@ export const GUARDS = {
   'flush-before-yield': 1 << 12,
   /** The fast path never makes a huge SPTE writable in a dirty-logged slot: the slow path maps a 4 KiB page instead (c126d94f2c90, 2013). */
   'fast-skips-huge': 1 << 13,
+  /** TDP MMU: a table torn down under the read lock has each entry frozen (xchg to FROZEN_SPTE), so a fault that walked into it cannot set one afterwards. */
+  'freeze-removed-pt': 1 << 14,
 } as const;
 
 export type GuardName = keyof typeof GUARDS;
@@ -57,6 +59,7 @@ export const GUARD_HELP: Readonly<Record<GuardName, string>> = {
   'prefault-eagain': 'TDP: pre-faulting memory retries for ever inside SRCU while the memslot update it waits for waits for SRCU: a deadlock',
   'flush-before-yield': "TDP: a range zap yields mmu_lock in one root with another root's zaps unflushed: a vCPU writes a page the host then frees",
   'fast-skips-huge': 'the fast path makes a read-only huge SPTE writable while the slot logs dirty pages and marks one 4 KiB page dirty: writes to the other 511 are never logged',
+  'freeze-removed-pt': 'TDP: a table torn down under the read lock is cleared entry by entry without freezing them: a fault that walked into it sets an entry after the teardown passed it, and the mapping vanishes with the table',
 };
 
 /** direct and shadow: the shadow MMU of 2012; tdp: KVM's TDP MMU (tdp-mmu.ts), the default on today's hosts. */

@@ -253,6 +253,7 @@ export class Kvm {
   readonly guardPrefaultEagain: boolean;
   readonly guardFlushBeforeYield: boolean;
   readonly guardFastSkipsHuge: boolean;
+  readonly guardFreezeRemovedPt: boolean;
   /** config.pageMarking is `fault` (6.13 on): pages are marked when faults map them, not from SPTEs' A/D bits. */
   readonly marksAtFault: boolean;
   /** config.adBits: SPTEs carry A/D bits the processor sets; off, they are A/D-disabled and aging access-tracks them. */
@@ -315,6 +316,7 @@ export class Kvm {
     this.guardPrefaultEagain = (g & GUARDS['prefault-eagain']) !== 0;
     this.guardFlushBeforeYield = (g & GUARDS['flush-before-yield']) !== 0;
     this.guardFastSkipsHuge = (g & GUARDS['fast-skips-huge']) !== 0;
+    this.guardFreezeRemovedPt = (g & GUARDS['freeze-removed-pt']) !== 0;
     this.marksAtFault = config.pageMarking === 'fault';
     this.adBits = config.adBits;
     this.fastPath = config.fastPath;

@@ -644,6 +644,15 @@ export class TdpMmu {
       if (!this.inSlots(base + i * span, span)) continue;
       const sptep = k.pages.sptep(sp, i);
       let old: bigint;
+      if (shared && !k.guardFreezeRemovedPt) {
+        // Guard `freeze-removed-pt` off: the first TDP MMU's teardown under the read lock (2021, before "Mark SPTEs
+        // in disconnected pages as removed"), a read and a plain clear: a fault that walked into the table before it
+        // was unlinked can still set the entry afterwards.
+        old = m.load64(sptep);
+        m.store64(sptep, 0n);
+        this.handleChangedSpte(base + i * span, old, 0n, level, shared);
+        continue;
+      }
       if (shared) {
         for (;;) {
           old = m.xchg64(sptep, FROZEN_SPTE);

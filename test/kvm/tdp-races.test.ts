@@ -11,7 +11,8 @@ import { ALL_GUARDS, GUARDS } from '../../src/kvm/config';
 import { MMU_SEQ } from '../../src/kvm/kvm';
 import { SP_STATE } from '../../src/kvm/mmu-page';
 import { PFERR_WRITE_MASK } from '../../src/x86/pte';
-import { spteToChild } from '../../src/x86/spte';
+import { isShadowPresentPte, spteToChild } from '../../src/x86/spte';
+import { NOTE } from '../../src/shm/access';
 import { OP, inGuest, interleave, leafSptep, makeVm } from '../helpers/vm';
 
 const without = (g: keyof typeof GUARDS): number => ALL_GUARDS & ~GUARDS[g];
@@ -146,3 +147,47 @@ test('tdp obsolete-root-retry on: the fault sees the obsolete root and retries; 
 });
 
 
+
+// ---- freeze-removed-pt: a fault sets an entry of a table another fault is tearing down, both under the read lock ----
+
+function removedPtRace(guards: number) {
+  const vm = makeVm({ mode: 'tdp', vcpus: 2, dataPages: 512, hugePages: true, eagerSplit: false, guards });
+  const [v0, v1] = [vm.vcpus[0]!, vm.vcpus[1]!];
+  const k = vm.host;
+  k.dirtyLog.enable(0);
+  inGuest(v0, () => v0.write64(vm.addr(3), 1n)); // logging on: page 3 mapped 4 KiB, in table T
+  const T = k.pages.spOf(leafSptep(v0, vm.addr(3)));
+  const entry5 = k.pages.sptep(T, 5);
+  // vCPU 0's fault on page 5 began while logging was on (4 KiB), walked into T, and is about to set T's entry 5.
+  // Logging goes off (its flag; the rest of the disable waits for vCPU 0's SRCU section), and vCPU 1's fault on
+  // page 9 maps the 2 MiB huge, tearing T down.
+  let removedBefore = false;
+  let atFree: bigint | null = null;
+  const fired = interleave(
+    v0.mem,
+    (op, a) => op === OP.cmpxchg64 && a === entry5,
+    () => {
+      k.mem.fetchAnd32(k.slotFlagsWord(0), ~1);
+      inGuest(v1, () => v1.read64(vm.addr(9)));
+      removedBefore = k.tdp.rcu.peekQueued().includes(T);
+      // When vCPU 0, the last reader, frees T after its fault: what is left in entry 5 then.
+      interleave(v0.mem, () => false, () => (atFree = k.mem.u64[entry5]!), { note: (kind, a) => kind === NOTE.spFree && a === T });
+    },
+  );
+  inGuest(v0, () => v0.read64(vm.addr(5)));
+  assert.ok(fired(), "vCPU 0's fault reached T's entry 5");
+  assert.ok(removedBefore, 'T was torn down and queued for a grace period before the cmpxchg');
+  assert.notEqual(atFree, null, 'T was freed once vCPU 0 left its read section');
+  return { leftPresent: isShadowPresentPte(atFree!), value: v0.read64(vm.addr(3)) };
+}
+
+test('tdp freeze-removed-pt off: the fault sets an entry of the table already torn down, and the mapping vanishes with it', () => {
+  const r = removedPtRace(without('freeze-removed-pt'));
+  assert.equal(r.leftPresent, true);
+});
+
+test('tdp freeze-removed-pt on: the entry is frozen, the fault retries and finds the huge SPTE', () => {
+  const r = removedPtRace(ALL_GUARDS);
+  assert.equal(r.leftPresent, false);
+  assert.equal(r.value, 1n);
+});

@@ -49,6 +49,11 @@ export interface ScenarioSpec<D = unknown> {
   readonly fix?: RaceFix;
   /** Modes it runs in; the first is its default. */
   readonly modes?: readonly MmuMode[];
+  /**
+   * The preemption bound DPOR and DFS use unless the user gives one: for a scenario whose whole tree is too big to
+   * explore in minutes. Its report then says "within N preemptions", not "exhaustive".
+   */
+  readonly preemptions?: number;
   /** A VM to build (keep it tiny: every execution restores its memory). */
   readonly machine?: (ctx: ScenarioContext) => VmOptions;
   /** Or raw shared memory for a scenario that is not about KVM. */

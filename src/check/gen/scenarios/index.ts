@@ -6,7 +6,7 @@ import { dirtyBitLoss } from './dirty-bit-loss';
 import { freeDuringWalk } from './free-during-walk';
 import { notifierRace } from './notifier-race';
 import { wpTlbFlush } from './wp-tlb-flush';
-import { tdpRcuFree, tdpZapVsFault } from './tdp';
+import { tdpRcuFree, tdpRemovedPtFreeze, tdpZapVsFault } from './tdp';
 import { REAL_RACE_SCENARIOS } from './real-races';
 import { abbaDeadlock, atomicCounter, lostUpdate } from './examples';
 
@@ -19,6 +19,7 @@ export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
   freeDuringWalk,
   tdpRcuFree,
   tdpZapVsFault,
+  tdpRemovedPtFreeze,
   ...REAL_RACE_SCENARIOS,
 ] as unknown as ScenarioSpec<never>[];
 
