@@ -362,11 +362,15 @@ export class Mmu implements GuestPtAccess {
       // slow path maps a 4 KiB page instead (guard `fast-skips-huge`, c126d94f2c90; before it, the 2013 fast path
       // made the huge SPTE writable and marked only its first page).
       if (level > 1 && k.guardFastSkipsHuge && (k.memslotFlags(gfn) & SLOT_DIRTY_LOG) !== 0) break;
-      const role = pages.role(sp);
-      // (A huge SPTE marks the gfn its entry maps first, as 2013's fast_pf_fix_direct_spte took it from the page.)
-      const fix = roleIsDirect(role)
-        ? this.fastPfFixDirectSpte(sptep, spte, k.config.mode === 'direct' && level === 1 ? gfn : pages.entryGfn(sp, pages.indexOf(sptep), role))
-        : this.fastPfFixIndirectSpte(sptep, spte, gfn);
+      // A 4 KiB SPTE of a two-dimensional MMU (direct, TDP) maps the faulting gfn (KVM's fault->gfn); TDP tables are
+      // all direct, so the TDP MMU's fast path reads no role. A huge SPTE marks the gfn its entry maps first, as
+      // 2013's fast_pf_fix_direct_spte took it from the page; a direct page in shadow mode, the gfn it fixes.
+      let fix: number;
+      if (k.config.mode !== 'shadow' && level === 1) fix = this.fastPfFixDirectSpte(sptep, spte, gfn);
+      else {
+        const role = pages.role(sp);
+        fix = roleIsDirect(role) ? this.fastPfFixDirectSpte(sptep, spte, pages.entryGfn(sp, pages.indexOf(sptep), role)) : this.fastPfFixIndirectSpte(sptep, spte, gfn);
+      }
       if (fix === FAST_FIX_DONE) {
         ret = RET_PF_FIXED;
         break;
