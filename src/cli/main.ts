@@ -165,8 +165,14 @@ export function buildProgram(): Command {
 
   program
     .command('access')
-    .description("kvmmu's own access.c: guest PDE/PTE flags, control bits and access kinds through the shadow MMU, each compared with the SDM")
-    .addOption(new Option('--mode <mode>', 'MMU mode (shadow: the mode that walks the guest tables)').choices(MMU_MODES as string[]).default('shadow'))
+    .description("kvmmu's own access.c: guest entry flags, leaf sizes, control bits and access kinds through the whole stack, each compared with the SDM")
+    .addOption(
+      new Option('--mode <mode>', 'MMU mode: shadow (KVM walks the guest tables), or direct / tdp (the processor walks them, two-dimensional paging)')
+        .choices(MMU_MODES as string[])
+        .default('shadow'),
+    )
+    .option('--pku', 'protection keys too: CR4.PKE, the leaf key, PKRU (9 times the space; direct and tdp only, as KVM)', false)
+    .option('--dirty-log', "dirty logging on the guest's memory; the log fetched before each combination, a write must be in it", false)
     .addOption(
       new Option('--edit <how>', "who writes each combination's entries: the host (every shadow page zapped) or the guest (emulated writes, invlpg)")
         .choices(['host', 'guest'])

@@ -161,8 +161,10 @@ export class KvmVcpu {
   private modeGen = 0;
   /** Guest control bits (CPU_* in x86/pte.ts). */
   cpu = CPU_CR0_WP | CPU_EFER_NX;
-  /** Guest-physical address of the guest's PML4 (shadow mode). */
+  /** Guest-physical address of the guest's PML4 (shadow mode; two-dimensional paging with CPU_CR0_PG). */
   cr3 = 0;
+  /** The guest's PKRU (vcpu->arch.pkru): the rights of each protection key, which KVM's walker applies with CR4.PKE. */
+  pkru = 0;
   /** Root shadow page. */
   root = -1;
   readonly walker = new GuestWalker();

@@ -770,7 +770,7 @@ export class Mmu implements GuestPtAccess {
   shadowPageFault(vcpu: KvmVcpu, gva: number, ec: number): number {
     const k = this.kvm;
     const w = vcpu.walker;
-    if (!w.walk(this, vcpu.cr3, gva, accessFromErrorCode(ec), vcpu.cpu)) return RET_PF_GUEST;
+    if (!w.walk(this, vcpu.cr3, gva, accessFromErrorCode(ec), vcpu.cpu, vcpu.pkru)) return RET_PF_GUEST;
     // CR0.WP=0: the guest's supervisor may write a read-only page, but the shadow tables run with WP=1. KVM makes
     // the SPTE writable and supervisor-only (and, with SMEP, not executable); a user access then faults and
     // remakes it from the guest PTE (FNAME(page_fault)).

@@ -26,23 +26,40 @@
 // fault drops the faulting address's entry, so the walk after a fault is a
 // full one. KVM relies on this: it frees a shadow page only after a remote TLB
 // flush, which is what keeps a cached pointer to it from outliving it.
+//
+// Under two-dimensional paging (direct and tdp modes) a guest that sets
+// CR0.PG (CPU_CR0_PG) has its own tables walked by the processor: each entry is
+// read, and its A/D bits set, at a guest-physical address translated through
+// the SPTEs (an SPTE that refuses is a VM exit for that gpa, KVM's TDP fault);
+// the rights of the guest's translation, its protection key, CR0.WP, CR4.SMEP/
+// SMAP/PKE, RFLAGS.AC and PKRU are applied by the processor, and a guest #PF is
+// delivered to the guest without a VM exit. The TLB then caches the guest's
+// rights and key with the SPTE's, as a processor does; PKRU is read at each
+// access (WRPKRU flushes nothing).
 
 import { region, type LayoutBuilder } from '../shm/layout';
 import { NOTE } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import {
+  ACC_USER_MASK,
+  CPU_CR0_PG,
   CPU_CR0_WP,
+  CPU_CR4_PKE,
   CPU_EFER_NX,
+  CPU_RFLAGS_AC,
   CPU_SMM,
   LEVEL_BYTES_INV,
   LEVEL_PAGES,
   PFERR_PRESENT_MASK,
+  PT_DIRTY_MASK,
   accessErrorCode,
   hasBits,
   isPermissionFault,
   setBits,
   type AccessKind,
 } from '../x86/pte';
+import { permissionFault } from '../x86/permission';
+import { GuestWalker, type GuestPtAccess } from '../x86/walker';
 import {
   SPTE_ACCESSED_MASK,
   SPTE_DIRTY_MASK,
@@ -71,7 +88,7 @@ import {
   VCPU_TLB_GEN,
   type Kvm,
 } from '../kvm/kvm';
-import { RET_PF_EMULATE, RET_PF_GUEST } from '../kvm/mmu';
+import { RET_PF_EMULATE, RET_PF_GUEST, RET_PF_NAMES } from '../kvm/mmu';
 
 export const TLB_WORDS = 8;
 
@@ -85,6 +102,11 @@ export const TLB_GFN = 4;
 export const TLB_SPTEP = 5;
 /** Flag: the SPTE's D bit was set at fill, so a write needs no walk to set it. */
 export const TLB_DIRTY = 1 << 8;
+/** Under two-dimensional paging, the flags keep the leaf's protection key in bits 9..12. */
+const TLB_PKEY_SHIFT = 9;
+
+/** Exits for one instruction after which the vCPU reports a livelock (KVM keeps fixing what the processor keeps refusing). */
+const MAX_EXITS_PER_ACCESS = 1000;
 
 export const READ: AccessKind = { write: false, user: false, fetch: false };
 export const WRITE: AccessKind = { write: true, user: false, fetch: false };
@@ -92,9 +114,32 @@ export const FETCH: AccessKind = { write: false, user: false, fetch: true };
 export const USER_READ: AccessKind = { write: false, user: true, fetch: false };
 export const USER_WRITE: AccessKind = { write: true, user: true, fetch: false };
 export const USER_FETCH: AccessKind = { write: false, user: true, fetch: true };
+/** Implicit supervisor-mode accesses: the processor's own (descriptor tables, the TSS), supervisor at any CPL, SMAP whatever RFLAGS.AC. */
+export const IMPLICIT_READ: AccessKind = { write: false, user: false, fetch: false, implicit: true };
+export const IMPLICIT_WRITE: AccessKind = { write: true, user: false, fetch: false, implicit: true };
+/** The accesses of a two-dimensional walk at the SPTE level (EPT knows no user/supervisor). */
+const GPA_READ: AccessKind = READ;
+const GPA_WRITE: AccessKind = WRITE;
 
 export function reserveVcpus(b: LayoutBuilder, c: VmConfig): void {
   b.metaLines('vcpu.tlb', c.vcpus * c.tlbEntries * TLB_WORDS * 4);
+}
+
+/**
+ * One instruction took MAX_EXITS_PER_ACCESS VM exits without completing: KVM's
+ * fault handler keeps finding the access allowed (a spurious fault) while the
+ * processor keeps refusing it. Not a guest-visible event: the guest would hang.
+ */
+export class VcpuLivelock extends KvmmuError {
+  constructor(
+    readonly gva: number,
+    readonly errorCode: number,
+    readonly lastResult: string,
+  ) {
+    super(
+      `vCPU livelock at 0x${gva.toString(16)}: ${MAX_EXITS_PER_ACCESS} page-fault exits (error code 0x${errorCode.toString(16)}, KVM's last answer ${lastResult}) without completing the access`,
+    );
+  }
 }
 
 /** A page fault the guest's own page tables cause: delivered to the guest (#PF). */
@@ -127,6 +172,24 @@ export class Vcpu {
   private readonly pdeGen = new Int32Array(PDE_CACHE_ENTRIES);
   /** The root every valid PDE-cache entry was filled under. */
   private pdeRoot = -1;
+  /** Two-dimensional paging (direct, tdp): with CR0.PG the processor walks the guest's tables itself. */
+  private readonly twoDimensional: boolean;
+  /** The processor's walk of the guest's tables under two-dimensional paging (its own, not KVM's vcpu.walker). */
+  private readonly hwWalker = new GuestWalker();
+  /** The guest's tables as that walk sees them: each entry's gpa through the SPTEs (see nestedPt). */
+  private readonly nestedPt: GuestPtAccess;
+  /** A gpa whose SPTE refused the walk's access (-1: none): the VM exit the walk ends in, with error code nestedEc. */
+  private nestedGpa = -1;
+  private nestedEc = 0;
+  /** What the last SPTE walk (spteWalk) found: the leaf's rights, D, its sptep and shadow page. */
+  private walkAcc = 0;
+  private walkDirty = false;
+  private walkSptep = 0;
+  private walkSp = 0;
+  /** The 4 KiB page's offset in a huge leaf (0 for a 4 KiB one). */
+  private walkSub = 0;
+  /** Address KVM's fault handler gets for the last fault: the gva (shadow, unpaged), or the gpa under two-dimensional paging. */
+  private faultAddr = 0;
 
   constructor(
     readonly kvm: Kvm,
@@ -140,6 +203,31 @@ export class Vcpu {
     this.tlbGen = this.mem.i32[this.tlbGenWord]!;
     this.direct = kvm.config.mode === 'direct';
     this.adDisabled = !kvm.config.adBits;
+    this.twoDimensional = kvm.config.mode !== 'shadow';
+    this.nestedPt = new NestedGuestPt(this);
+  }
+
+  /** The guest's protection-key rights register (PKRU); with CR4.PKE set, the processor applies it to user pages. */
+  get pkru(): number {
+    return this.kv.pkru;
+  }
+
+  /**
+   * The guest's WRPKRU. Unprivileged and not intercepted: no VM exit, no TLB
+   * flush (a TLB entry keeps the key; PKRU is read at each access). #UD when
+   * CR4.PKE is clear.
+   */
+  wrpkru(value: number): void {
+    if ((this.kv.cpu & CPU_CR4_PKE) === 0) throw new KvmmuError('WRPKRU with CR4.PKE clear is #UD: set CPU_CR4_PKE first');
+    this.kv.pkru = value >>> 0;
+  }
+
+  /** With CR4.PKE, under shadow paging: KVM does not offer protection keys there (the guest's CPUID lacks PKU, so the CR4 write is #GP). */
+  private checkPke(cpu: number): void {
+    if ((cpu & CPU_CR4_PKE) !== 0 && !this.twoDimensional)
+      throw new KvmmuError(
+        'CR4.PKE under shadow paging is #GP: KVM offers protection keys only with TDP (cpuid.c clears PKU when tdp_enabled is off); use mode tdp or direct with CPU_CR0_PG',
+      );
   }
 
   /**
@@ -153,7 +241,12 @@ export class Vcpu {
    * injects drops the fetch bit again where the guest's settings say so.
    */
   private cpuForWalk(): number {
-    return this.direct ? CPU_CR0_WP | CPU_EFER_NX : this.kv.cpu | CPU_CR0_WP | CPU_EFER_NX;
+    return this.twoDimensional ? CPU_CR0_WP | CPU_EFER_NX : this.kv.cpu | CPU_CR0_WP | CPU_EFER_NX;
+  }
+
+  /** Does the processor walk the guest's own tables (two-dimensional paging with CR0.PG)? */
+  private guestPaging(): boolean {
+    return this.twoDimensional && (this.kv.cpu & CPU_CR0_PG) !== 0;
   }
 
   /**
@@ -161,6 +254,7 @@ export class Vcpu {
    * root. Call once, on the thread that will run this vCPU, before entering the guest.
    */
   setup(cr3 = 0, cpu = this.kv.cpu): void {
+    this.checkPke(cpu);
     this.kv.cr3 = cr3;
     this.kv.cpu = cpu;
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CR3_GFN)] = Math.floor(cr3 / 4096);
@@ -179,11 +273,15 @@ export class Vcpu {
   setControlBits(cpu: number): void {
     const old = this.kv.cpu;
     if ((old & CPU_SMM) !== (cpu & CPU_SMM)) throw new KvmmuError('SMM is entered with enterSmm, not by writing control bits');
+    this.checkPke(cpu);
     this.exitGuest();
     this.kv.cpu = cpu;
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
     if (this.kvm.mmu.roleChanges(old, cpu)) {
       this.kvm.mmu.kvmMmuResetContext(this.kv);
+      this.flushTlb();
+    } else if (this.twoDimensional && ((old ^ cpu) & ~CPU_RFLAGS_AC) !== 0) {
+      // The TLB holds the guest's rights as the old bits computed them (EFER.NX decides X; CR0.PG whether gva is gpa).
       this.flushTlb();
     }
     this.enterGuest();
@@ -261,21 +359,41 @@ export class Vcpu {
   // ---- guest instructions (call between enterGuest and exitGuest) ----
 
   read64(gva: number): bigint {
-    const kind = this.user ? USER_READ : READ;
-    for (;;) {
+    return this.readAs(gva, this.user ? USER_READ : READ);
+  }
+
+  write64(gva: number, value: bigint): void {
+    this.writeAs(gva, value, this.user ? USER_WRITE : WRITE);
+  }
+
+  /**
+   * An implicit supervisor-mode read, as the processor makes of a descriptor
+   * table or the TSS: a supervisor access whatever the CPL (`user`), and SMAP
+   * applies to it whatever RFLAGS.AC says.
+   */
+  implicitRead64(gva: number): bigint {
+    return this.readAs(gva, IMPLICIT_READ);
+  }
+
+  /** An implicit supervisor-mode write (the processor setting a descriptor's accessed or busy flag): see implicitRead64. */
+  implicitWrite64(gva: number, value: bigint): void {
+    this.writeAs(gva, value, IMPLICIT_WRITE);
+  }
+
+  private readAs(gva: number, kind: AccessKind): bigint {
+    for (let exits = 0; ; exits++) {
       this.boundary();
       const pfn = this.translate(gva, kind);
       if (pfn >= 0) {
         this.kv.count(VCPU_STAT.accesses);
         return this.mem.loadData64((this.kvm.host.frameByte(pfn) + (gva % 4096)) / 8);
       }
-      this.pageFaultExit(gva, null);
+      this.pageFaultExit(gva, null, exits);
     }
   }
 
-  write64(gva: number, value: bigint): void {
-    const kind = this.user ? USER_WRITE : WRITE;
-    for (;;) {
+  private writeAs(gva: number, value: bigint, kind: AccessKind): void {
+    for (let exits = 0; ; exits++) {
       this.boundary();
       const pfn = this.translate(gva, kind);
       if (pfn >= 0) {
@@ -285,20 +403,20 @@ export class Vcpu {
         if (this.mem.hook !== null) this.mem.note(NOTE.guestWrite, this.tlbGfn(gva), pfn);
         return;
       }
-      if (this.pageFaultExit(gva, value)) return;
+      if (this.pageFaultExit(gva, value, exits)) return;
     }
   }
 
   /** An instruction fetch from `gva` (no bytes are executed; the translation and its rights are what matter). */
   fetch(gva: number): void {
     const kind = this.user ? USER_FETCH : FETCH;
-    for (;;) {
+    for (let exits = 0; ; exits++) {
       this.boundary();
       if (this.translate(gva, kind) >= 0) {
         this.kv.count(VCPU_STAT.accesses);
         return;
       }
-      this.pageFaultExit(gva, null);
+      this.pageFaultExit(gva, null, exits);
     }
   }
 
@@ -321,36 +439,98 @@ export class Vcpu {
    * Returns true when emulation completed the instruction; throws GuestPageFault
    * when the guest's own tables fault.
    */
-  private pageFaultExit(gva: number, value: bigint | null): boolean {
+  private pageFaultExit(gva: number, value: bigint | null, exits: number): boolean {
     this.exitGuest();
-    const r = this.kvm.mmu.kvmMmuPageFault(this.kv, gva, this.lastEc);
+    const r = this.kvm.mmu.kvmMmuPageFault(this.kv, this.faultAddr, this.lastEc);
     let done = false;
     if (r === RET_PF_EMULATE) {
       if (value === null) throw new Error('vcpu: KVM asked to emulate an access that writes nothing');
       // Shadow paging: the guest's walk found the gpa; with two-dimensional paging (direct, TDP) the fault was on the gpa.
-      const gpa = this.kvm.config.mode === 'shadow' ? this.kv.walker.gfn * 4096 + (gva % 4096) : gva;
+      const gpa = this.kvm.config.mode === 'shadow' ? this.kv.walker.gfn * 4096 + (gva % 4096) : this.faultAddr;
       this.kvm.mmu.emulateWrite(gpa, value);
       done = true;
     }
     this.enterGuest();
     if (r === RET_PF_GUEST) throw new GuestPageFault(gva, this.kv.walker.errorCode);
+    if (!done && exits + 1 >= MAX_EXITS_PER_ACCESS) throw new VcpuLivelock(gva, this.lastEc, RET_PF_NAMES[r] ?? String(r));
     return done;
   }
 
   // ---- translation: TLB, then the hardware walk ----
 
-  /** The pfn `gva` translates to for `kind`, from the TLB or a hardware walk; -1 on a fault (error code in lastEc). */
+  /**
+   * The pfn `gva` translates to for `kind`, from the TLB or a hardware walk;
+   * -1 on a VM exit (error code in lastEc, the address for KVM in faultAddr).
+   * A guest #PF under two-dimensional paging is thrown (GuestPageFault) with no exit.
+   */
   private translate(gva: number, kind: AccessKind): number {
     const vpn = Math.floor(gva / 4096);
     const e = this.tlbBase + (vpn & this.tlbMask) * TLB_WORDS;
     const t = this.mem.i32;
+    const paged = this.guestPaging();
     if (t[e + TLB_TAG] === vpn + 1 && t[e + TLB_GEN] === this.tlbGen) {
       const flags = t[e + TLB_FLAGS]!;
-      if (!isPermissionFault(flags & 7, kind, this.cpuForWalk()) && (!kind.write || (flags & TLB_DIRTY) !== 0))
-        return t[e + TLB_PFN]!;
+      const denied = paged
+        ? permissionFault(this.kv.cpu, this.kv.pkru, flags & 7, (flags >>> TLB_PKEY_SHIFT) & 15, kind) !== 0
+        : isPermissionFault(flags & 7, kind, this.cpuForWalk());
+      if (!denied && (!kind.write || (flags & TLB_DIRTY) !== 0)) return t[e + TLB_PFN]!;
     }
     this.kv.count(VCPU_STAT.tlbMisses);
-    return this.hwWalk(gva, kind, e);
+    return paged ? this.hwWalkGuest(gva, kind, e) : this.hwWalk(gva, kind, e);
+  }
+
+  /**
+   * The processor's two-dimensional walk: the guest's tables from its CR3,
+   * each entry through the SPTEs (nestedPt), then the page's gpa through the
+   * SPTEs for the access itself. A refusal by the guest's tables is a #PF
+   * delivered to the guest; one by an SPTE a VM exit for that gpa. Fills TLB
+   * entry `e` with the guest's rights (cut by the SPTE's W and X), its key,
+   * and dirty only when both the guest's leaf and the SPTE have D.
+   */
+  private hwWalkGuest(gva: number, kind: AccessKind, e: number): number {
+    const w = this.hwWalker;
+    this.nestedGpa = -1;
+    const ok = w.walk(this.nestedPt, this.kv.cr3, gva, kind, this.kv.cpu, this.kv.pkru);
+    if (this.nestedGpa >= 0) {
+      this.faultAddr = this.nestedGpa;
+      this.lastEc = this.nestedEc;
+      return -1;
+    }
+    if (!ok) throw new GuestPageFault(gva, w.errorCode);
+    const gpa = w.gfn * 4096 + (gva % 4096);
+    const pfn = this.spteWalk(gpa, kind.write ? GPA_WRITE : kind.fetch ? FETCH : GPA_READ);
+    if (pfn < 0) {
+      this.faultAddr = gpa;
+      return -1;
+    }
+    const acc = w.pteAccess & (this.walkAcc | ACC_USER_MASK);
+    const dirty = this.walkDirty && hasBits(w.ptes[w.level]!, PT_DIRTY_MASK);
+    this.tlbFill(e, gva, pfn, acc | (w.pteKey << TLB_PKEY_SHIFT), dirty);
+    return pfn;
+  }
+
+  /** The walk's read of a guest entry at `gpa`: through the SPTEs; 0n (and a pending exit) once an SPTE refused. */
+  nestedRead(gpa: number): bigint {
+    if (this.nestedGpa >= 0) return 0n;
+    const pfn = this.spteWalk(gpa, GPA_READ);
+    if (pfn < 0) {
+      this.nestedGpa = gpa;
+      this.nestedEc = this.lastEc;
+      return 0n;
+    }
+    return this.mem.loadData64((this.kvm.host.frameByte(pfn) + (gpa % 4096)) / 8);
+  }
+
+  /** The walk's A/D update of a guest entry: a write through the SPTEs (so dirty logging sees the table page), then a locked cmpxchg. */
+  nestedCmpxchg(gpa: number, expected: bigint, v: bigint): bigint {
+    if (this.nestedGpa >= 0) return ~expected;
+    const pfn = this.spteWalk(gpa, GPA_WRITE);
+    if (pfn < 0) {
+      this.nestedGpa = gpa;
+      this.nestedEc = this.lastEc;
+      return ~expected;
+    }
+    return this.mem.cmpxchgData64((this.kvm.host.frameByte(pfn) + (gpa % 4096)) / 8, expected, v);
   }
 
   /**
@@ -360,6 +540,35 @@ export class Vcpu {
    * Fills TLB entry `e`. Returns the pfn, or -1 with `lastEc` set.
    */
   private hwWalk(gva: number, kind: AccessKind, e: number): number {
+    const pfn = this.spteWalk(gva, kind);
+    if (pfn < 0) {
+      this.faultAddr = gva;
+      return -1;
+    }
+    this.tlbFill(e, gva, pfn, this.walkAcc, this.walkDirty);
+    return pfn;
+  }
+
+  /** Fill TLB entry `e` for `gva` from the last spteWalk: `flags` are the rights (and key), `dirty` whether a write needs no walk. */
+  private tlbFill(e: number, gva: number, pfn: number, flags: number, dirty: boolean): void {
+    const pages = this.kvm.pages;
+    const t = this.mem.i32;
+    t[e + TLB_TAG] = Math.floor(gva / 4096) + 1;
+    t[e + TLB_GEN] = this.tlbGen;
+    t[e + TLB_PFN] = pfn;
+    t[e + TLB_FLAGS] = flags | (dirty ? TLB_DIRTY : 0);
+    t[e + TLB_GFN] = pages.peekEntryGfn(this.walkSp, pages.indexOf(this.walkSptep)) + this.walkSub;
+    t[e + TLB_SPTEP] = this.walkSptep;
+    // For the checker, the whole TLB is one location keyed by its generation word (monitors read it: readTlb).
+    this.mem.plainStoreDone(this.tlbGenWord);
+  }
+
+  /**
+   * The walk over the SPTEs for `addr` (a gva under shadow paging, a gpa
+   * otherwise) and access `kind`: the pfn, with walkAcc/walkDirty/walkSptep/
+   * walkSp set; or -1 with lastEc set.
+   */
+  private spteWalk(gva: number, kind: AccessKind): number {
     const pages = this.kvm.pages;
     const cpu = this.cpuForWalk();
     const region = Math.floor(gva * LEVEL_BYTES_INV[2]!);
@@ -409,18 +618,14 @@ export class Vcpu {
         if (this.mem.cmpxchg64(sptep, spte, want) !== spte) continue;
         dirty ||= kind.write;
       }
+      // A huge leaf maps gva's 4 KiB page at its offset in it.
       const sub = huge ? Math.floor(gva / 4096) % LEVEL_PAGES[level]! : 0;
-      const pfn = spteToPfn(spte) + sub;
-      const t = this.mem.i32;
-      t[e + TLB_TAG] = Math.floor(gva / 4096) + 1;
-      t[e + TLB_GEN] = this.tlbGen;
-      t[e + TLB_PFN] = pfn;
-      t[e + TLB_FLAGS] = acc | (dirty ? TLB_DIRTY : 0);
-      t[e + TLB_GFN] = pages.peekEntryGfn(sp, pages.indexOf(sptep)) + sub;
-      t[e + TLB_SPTEP] = sptep;
-      // For the checker, the whole TLB is one location keyed by its generation word (monitors read it: readTlb).
-      this.mem.plainStoreDone(this.tlbGenWord);
-      return pfn;
+      this.walkAcc = acc;
+      this.walkDirty = dirty;
+      this.walkSptep = sptep;
+      this.walkSp = sp;
+      this.walkSub = sub;
+      return spteToPfn(spte) + sub;
     }
   }
 
@@ -449,6 +654,19 @@ export class Vcpu {
       this.mem.i32[e + TLB_TAG] = 0;
       this.mem.plainStoreDone(this.tlbGenWord);
     }
+  }
+}
+
+/** The guest's tables as the processor's two-dimensional walk reads them (each entry's gpa through the SPTEs). */
+class NestedGuestPt implements GuestPtAccess {
+  constructor(private readonly v: Vcpu) {}
+
+  readGpte(gpa: number): bigint {
+    return this.v.nestedRead(gpa);
+  }
+
+  cmpxchgGpte(gpa: number, expected: bigint, v: bigint): bigint {
+    return this.v.nestedCmpxchg(gpa, expected, v);
   }
 }
 

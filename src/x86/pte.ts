@@ -48,9 +48,22 @@ export const CPU_CR4_SMAP = 1 << 3;
 export const CPU_RFLAGS_AC = 1 << 4;
 /** The vCPU is in System Management Mode (KVM's HF_SMM_MASK): its MMU role, and so its TDP root, differ. */
 export const CPU_SMM = 1 << 5;
+/** CR4.PKE: protection keys for user-mode addresses (the key in bits 62:59 of the leaf, the rights in PKRU). */
+export const CPU_CR4_PKE = 1 << 6;
+/**
+ * CR0.PG for a guest under two-dimensional paging (direct, tdp modes): the
+ * processor walks the guest's own tables from CR3, then each guest-physical
+ * address through the SPTEs. Shadow mode always runs the guest paged.
+ */
+export const CPU_CR0_PG = 1 << 7;
+
+/** Bits 62:59 of a leaf entry: its protection key (ignored in non-leaf entries). */
+export const PT64_PKEY_SHIFT = 59n;
+export const PT64_PKEY_MASK = 0xfn << PT64_PKEY_SHIFT;
 
 /** An access the guest makes: write / user / fetch as in the error code, plus `implicit` (a supervisor access by the CPU itself, never AC-exempt). */
 export interface AccessKind {
+  /** A data write (with `implicit`, one the processor makes itself, as to a descriptor table). */
   readonly write: boolean;
   readonly user: boolean;
   readonly fetch: boolean;
@@ -182,6 +195,12 @@ export const LEVEL_BYTES_INV: readonly number[] = [0, 2 ** -12, 2 ** -21, 2 ** -
 
 /** Pages one entry at `level` 1..4 maps: 1, 512, 512^2, 512^3. */
 export const LEVEL_PAGES: readonly number[] = [0, 1, 512, 512 ** 2, 512 ** 3];
+
+/** The protection key of a leaf guest PTE (bits 62:59; KVM's FNAME(gpte_pkeys)). */
+export function gptePkey(pte: bigint): number {
+  scratch64[0] = pte;
+  return (scratch32[1]! >>> 27) & 0xf;
+}
 
 /** Frame number a non-leaf or 4 KiB guest PTE points to. */
 export function gpteGfn(pte: bigint): number {

@@ -13,13 +13,14 @@ import {
   accessErrorCode,
   gpteAccess,
   gpteGfn,
+  gptePkey,
   hasBits,
-  isPermissionFault,
   isRsvdGpte,
   largeGpteGfn,
   pteIndex,
   type AccessKind,
 } from './pte';
+import { permissionFault } from './permission';
 
 /**
  * How the walker reads and updates guest page-table entries, by guest-physical
@@ -52,6 +53,8 @@ export class GuestWalker {
   readonly tableAccess: number[] = [0, 0, 0, 0, 0];
   /** ACC_* rights of the whole translation. */
   pteAccess = 0;
+  /** Protection key of the leaf (bits 62:59; it counts only with CR4.PKE, for user pages). */
+  pteKey = 0;
   /** Page-fault error code when the walk faulted. */
   errorCode = 0;
   /**
@@ -64,12 +67,13 @@ export class GuestWalker {
 
   /**
    * Translate `gva` for access `a` with CR3 = `cr3` (the PML4's guest-physical
-   * address) under control bits `cpu` (CPU_* in pte.ts).
+   * address) under control bits `cpu` (CPU_* in pte.ts) and PKRU `pkru`
+   * (with CR4.PKE, the rights of each protection key).
    *
    * Returns true on success, with A set in every entry used and D in the leaf
    * for a write; false on a fault, with `errorCode` set and no entry changed.
    */
-  walk(pt: GuestPtAccess, cr3: number, gva: number, a: AccessKind, cpu: number): boolean {
+  walk(pt: GuestPtAccess, cr3: number, gva: number, a: AccessKind, cpu: number, pkru = 0): boolean {
     const accessEc = accessErrorCode(a, cpu);
     // As KVM's walk_addr_generic: if an entry changed under us before our A/D update, walk again (no bound:
     // only a guest rewriting its own tables endlessly keeps this going).
@@ -106,8 +110,10 @@ export class GuestWalker {
       }
       this.level = level;
       this.pteAccess = acc;
-      if (isPermissionFault(acc, a, cpu)) {
-        this.errorCode = PFERR_PRESENT_MASK | accessEc;
+      this.pteKey = gptePkey(this.ptes[level]!);
+      const fault = permissionFault(cpu, pkru, acc, this.pteKey, a);
+      if (fault !== 0) {
+        this.errorCode = fault | accessEc;
         return false;
       }
       if (this.setAccessedDirty(pt, a.write)) return true;
