@@ -41,7 +41,6 @@ import { region, type LayoutBuilder } from '../shm/layout';
 import { NOTE } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import {
-  ACC_USER_MASK,
   CPU_CR0_PG,
   CPU_CR0_WP,
   CPU_CR4_PKE,
@@ -102,11 +101,17 @@ export const TLB_GFN = 4;
 export const TLB_SPTEP = 5;
 /** Flag: the SPTE's D bit was set at fill, so a write needs no walk to set it. */
 export const TLB_DIRTY = 1 << 8;
-/** Under two-dimensional paging, the flags keep the leaf's protection key in bits 9..12. */
+/**
+ * Under two-dimensional paging the flags keep the guest's rights in bits 0..2,
+ * the leaf's protection key in bits 9..12 and the SPTE's rights in bits 13..15:
+ * the guest's rules (CR0.WP=0 lets the supervisor write a read-only page) do
+ * not reach the SPTE's, which alone decide whether KVM must see the access.
+ */
 const TLB_PKEY_SHIFT = 9;
+const TLB_SPTE_ACC_SHIFT = 13;
 
 /** Exits for one instruction after which the vCPU reports a livelock (KVM keeps fixing what the processor keeps refusing). */
-const MAX_EXITS_PER_ACCESS = 1000;
+const MAX_EXITS_PER_ACCESS = 100;
 
 export const READ: AccessKind = { write: false, user: false, fetch: false };
 export const WRITE: AccessKind = { write: true, user: false, fetch: false };
@@ -471,7 +476,8 @@ export class Vcpu {
     if (t[e + TLB_TAG] === vpn + 1 && t[e + TLB_GEN] === this.tlbGen) {
       const flags = t[e + TLB_FLAGS]!;
       const denied = paged
-        ? permissionFault(this.kv.cpu, this.kv.pkru, flags & 7, (flags >>> TLB_PKEY_SHIFT) & 15, kind) !== 0
+        ? permissionFault(this.kv.cpu, this.kv.pkru, flags & 7, (flags >>> TLB_PKEY_SHIFT) & 15, kind) !== 0 ||
+          isPermissionFault((flags >>> TLB_SPTE_ACC_SHIFT) & 7, kind.fetch ? FETCH : kind.write ? GPA_WRITE : GPA_READ, this.cpuForWalk())
         : isPermissionFault(flags & 7, kind, this.cpuForWalk());
       if (!denied && (!kind.write || (flags & TLB_DIRTY) !== 0)) return t[e + TLB_PFN]!;
     }
@@ -484,8 +490,8 @@ export class Vcpu {
    * each entry through the SPTEs (nestedPt), then the page's gpa through the
    * SPTEs for the access itself. A refusal by the guest's tables is a #PF
    * delivered to the guest; one by an SPTE a VM exit for that gpa. Fills TLB
-   * entry `e` with the guest's rights (cut by the SPTE's W and X), its key,
-   * and dirty only when both the guest's leaf and the SPTE have D.
+   * entry `e` with the guest's rights, its key and the SPTE's rights, and
+   * dirty only when both the guest's leaf and the SPTE have D.
    */
   private hwWalkGuest(gva: number, kind: AccessKind, e: number): number {
     const w = this.hwWalker;
@@ -503,9 +509,8 @@ export class Vcpu {
       this.faultAddr = gpa;
       return -1;
     }
-    const acc = w.pteAccess & (this.walkAcc | ACC_USER_MASK);
     const dirty = this.walkDirty && hasBits(w.ptes[w.level]!, PT_DIRTY_MASK);
-    this.tlbFill(e, gva, pfn, acc | (w.pteKey << TLB_PKEY_SHIFT), dirty);
+    this.tlbFill(e, gva, pfn, w.pteAccess | (w.pteKey << TLB_PKEY_SHIFT) | (this.walkAcc << TLB_SPTE_ACC_SHIFT), dirty);
     return pfn;
   }
 

@@ -155,17 +155,29 @@ test('the SDM reference answers the manual’s cases', () => {
 
 test('kvmmu access: every combination through the shadow MMU agrees with the SDM (and --json says how they are counted)', () => {
   const r = runAccessMatrix();
-  assert.equal(r.combinations, 69_120);
+  assert.equal(r.combinations, 101_376);
   assert.deepEqual(r.mismatches, []);
+  assert.ok(r.implicitAsExplicit > 0, 'implicit accesses with AC=1 under SMAP get an explicit access answer, as under KVM');
   // The same with the guest writing its own entries (emulated writes to its shadowed tables) and invlpg.
   const g = runAccessMatrix({ edit: 'guest' });
-  assert.equal(g.combinations, 69_120);
+  assert.equal(g.combinations, 101_376);
   assert.deepEqual(g.mismatches, []);
   assert.equal(Object.values(r.dimensions).reduce((a, b) => a * b, 1), r.combinations);
-  // The whole space (5.6 million combinations, about a minute on two cores).
-  const cli = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'access', '--workers', '2', '--json'], { encoding: 'utf8', timeout: 600_000 });
+  // The whole space (7.5 million combinations, about two minutes on two cores).
+  const cli = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'access', '--workers', '2', '--json'], { encoding: 'utf8', timeout: 900_000 });
   assert.equal(cli.status, 0, cli.stderr);
-  const full = JSON.parse(cli.stdout) as { combinations: number; mismatchCount: number };
-  assert.equal(full.combinations, 5_598_720);
+  const full = JSON.parse(cli.stdout) as { combinations: number; mismatchCount: number; dimensions: Record<string, number> };
+  assert.equal(full.combinations, 7_547_904);
   assert.equal(full.mismatchCount, 0);
+  assert.equal(Object.values(full.dimensions).reduce((a, b) => a * b, 1), full.combinations);
+});
+
+test('kvmmu access: bad flags are one-line errors (exit 2)', () => {
+  const main = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
+  const pku = spawnSync(process.execPath, [main, 'access', '--pku'], { encoding: 'utf8' });
+  assert.equal(pku.status, 2);
+  assert.match(pku.stderr, /--pku needs --mode tdp or direct/);
+  const mode = spawnSync(process.execPath, [main, 'access', '--mode', 'nested'], { encoding: 'utf8' });
+  assert.notEqual(mode.status, 0);
+  assert.match(mode.stderr, /--mode/);
 });
