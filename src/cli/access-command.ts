@@ -21,7 +21,7 @@ function describe(m: AccessMismatch): string {
     [c.cpu.wp && 'WP', c.cpu.nxe && 'NXE', c.cpu.smep && 'SMEP', c.cpu.smap && 'SMAP', c.cpu.ac && 'AC', k.pke && `PKE (leaf key ${k.key1 ? 1 : 0}, key 1${k.ad ? ' AD' : ''}${k.wd ? ' WD' : ''})`]
       .filter(Boolean)
       .join(' ') || 'none';
-  const ad = `${c.pteA ? 'A' : ''}${c.pteD ? 'D' : ''}` || 'no A/D';
+  const ad = (`${c.pteA ? 'A' : ''}${c.pteD ? 'D' : ''}` || 'no A/D') + (c.upperAD ? ', A/D above it' : '');
   const shape = c.huge
     ? `PDPTE ${e(c.pdpte)} (1 GiB page)`
     : `PDPTE ${e(c.pdpte)}, PDE ${e(c.pde)}${c.large ? ' (2 MiB page)' : `, PTE ${e(c.pte)}`}`;

@@ -58,6 +58,8 @@ export interface AccessCase {
   /** The leaf's (PTE's, or the large PDE's / PDPTE's) A and D bits before the access (the walk sets what the access needs). */
   readonly pteA: boolean;
   readonly pteD: boolean;
+  /** The entries above the leaf have A and D set beforehand (else clear: the walk must set A). */
+  readonly upperAD: boolean;
   readonly cpu: SdmCpu;
   readonly pku: AccessPku;
   readonly kind: SdmKind;
@@ -208,8 +210,11 @@ export function* accessCases(upper: boolean, pku = false, part = 0, parts = 1): 
             for (const pte of leaf.huge || leaf.large ? [FULL] : ENTRY_STATES)
               for (let ad = 0; ad < 4; ad++)
                 for (const a of ACCESSES) {
-                  const before = ((c * 7 + n++) % (ACCESSES.length + 1)) - 1;
-                  yield { pml4e, pdpte, pde, large: leaf.large, huge: leaf.huge, pte, pteA: (ad & 1) !== 0, pteD: (ad & 2) !== 0, cpu, pku: pkuState, kind: a.kind, user: a.user, implicit: a.implicit, before };
+                  const before = ((c * 7 + n) % (ACCESSES.length + 1)) - 1;
+                  // The entries above the leaf have A and D set beforehand in half the combinations, by a hash of the
+                  // combination's number (not a dimension: it would double the count).
+                  const upperAD = (Math.imul(c * 1_000_003 + n++, 0x9e3779b1) >>> 31) !== 0;
+                  yield { pml4e, pdpte, pde, large: leaf.large, huge: leaf.huge, pte, pteA: (ad & 1) !== 0, pteD: (ad & 2) !== 0, upperAD, cpu, pku: pkuState, kind: a.kind, user: a.user, implicit: a.implicit, before };
                 }
   }
 }
@@ -312,7 +317,8 @@ export function runAccessMatrix(
     const leaf = leafOf(c);
     // As access.c: the leaf carries key 1 when the combination says so, entries above it key 2 (ignored there).
     const key = (level: number): bigint => (!c.pku.key1 ? 0n : level === leaf ? 1n << PT64_PKEY_SHIFT : 2n << PT64_PKEY_SHIFT);
-    const ad = (level: number): bigint => (level === leaf ? (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n) : 0n);
+    const ad = (level: number): bigint =>
+      level === leaf ? (c.pteA ? PT_ACCESSED_MASK : 0n) | (c.pteD ? PT_DIRTY_MASK : 0n) : c.upperAD ? PT_ACCESSED_MASK | PT_DIRTY_MASK : 0n;
     const at = (level: number, e: SdmEntry): bigint =>
       (level === leaf && level > 1 ? PT_PAGE_SIZE_MASK : level === 1 ? pteFrame : tableOf[level]!) | entryFlags(e) | ad(level) | key(level);
     return [at(4, c.pml4e), at(3, c.pdpte), at(2, c.pde), at(1, c.pte)];
