@@ -37,14 +37,22 @@ export async function accessCommand(o: AccessCliOptions): Promise<number> {
   const mode = o.mode as AccessMode;
   if (o.pku && mode === 'shadow')
     throw new KvmmuError('kvmmu access --pku needs --mode tdp or direct: KVM offers protection keys only with TDP (under shadow paging the guest has no PKU, and CR4.PKE is #GP)');
-  const progress = !o.json && process.stderr.isTTY ? new ProgressLine('access', 1) : null;
+  const progress = !o.json && process.stderr.isTTY ? new ProgressLine('access', 100, '%') : null;
+  const t0 = performance.now();
   const r = await runAccessMatrixParallel({
     mode,
     pku: o.pku,
     dirtyLog: o.dirtyLog,
     edit: o.edit,
     workers: o.workers,
-    onProgress: progress === null ? undefined : (done, total) => progress.update(done / total, `${done.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} combinations`),
+    onProgress:
+      progress === null
+        ? undefined
+        : (done, total) => {
+            const s = (performance.now() - t0) / 1000;
+            const left = done > 0 ? (s * (total - done)) / done : 0;
+            progress.update((100 * done) / total, `${done.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} combinations, ${s.toFixed(0)} s, about ${left.toFixed(0)} s left`);
+          },
   });
   progress?.done();
   if (o.json) {

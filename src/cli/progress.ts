@@ -5,10 +5,11 @@ import { SingleBar } from 'cli-progress';
 export class ProgressLine {
   private readonly bar: SingleBar;
 
-  constructor(label: string, total: number) {
+  /** `total` in `unit` (seconds by default; '%' for a share of work done). */
+  constructor(label: string, total: number, unit = ' s') {
     this.bar = new SingleBar(
       {
-        format: `${label} [{bar}] {value}/{total} s | {info}`,
+        format: `${label} [{bar}] {value}/{total}${unit} | {info}`,
         barsize: 24,
         hideCursor: true,
         stream: process.stderr,

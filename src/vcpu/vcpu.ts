@@ -147,13 +147,24 @@ export class VcpuLivelock extends KvmmuError {
   }
 }
 
-/** A page fault the guest's own page tables cause: delivered to the guest (#PF). */
+/**
+ * A page fault the guest's own page tables cause: delivered to the guest (#PF).
+ * A guest event, not a bug: it carries no stack trace, whose capture cost
+ * several times the walk that raised it (kvmmu access raises millions).
+ */
 export class GuestPageFault extends Error {
-  constructor(
-    readonly gva: number,
-    readonly errorCode: number,
-  ) {
+  readonly gva: number;
+  readonly errorCode: number;
+
+  constructor(gva: number, errorCode: number) {
+    // V8's Error.stackTraceLimit (not in the core's lib types): 0 while this error is made.
+    const v8Error = Error as { stackTraceLimit?: number };
+    const limit = v8Error.stackTraceLimit;
+    v8Error.stackTraceLimit = 0;
     super(`guest #PF at 0x${gva.toString(16)}, error code 0x${errorCode.toString(16)}`);
+    v8Error.stackTraceLimit = limit;
+    this.gva = gva;
+    this.errorCode = errorCode;
   }
 }
 
