@@ -179,7 +179,6 @@ export class Vcpu {
   user = false;
   /** Error code of the last hardware walk that faulted. */
   private lastEc = 0;
-  private readonly direct: boolean;
   /** The VM runs without A/D bits in SPTEs (config.adBits off): the walk looks for A/D-disabled SPTEs. */
   private readonly adDisabled: boolean;
   /** PDE cache: per entry the 2 MiB region number + 1 (0 = empty), the leaf table's shadow page, the TLB generation at fill. */
@@ -217,7 +216,6 @@ export class Vcpu {
     this.tlbBase = region(kvm.layout, 'vcpu.tlb').off / 4 + idx * kvm.config.tlbEntries * TLB_WORDS;
     this.tlbGenWord = kvm.vcpuWord(idx, VCPU_TLB_GEN);
     this.tlbGen = this.mem.i32[this.tlbGenWord]!;
-    this.direct = kvm.config.mode === 'direct';
     this.adDisabled = !kvm.config.adBits;
     this.twoDimensional = kvm.config.mode !== 'shadow';
     this.nestedPt = new NestedGuestPt(this);
@@ -247,8 +245,9 @@ export class Vcpu {
   }
 
   /**
-   * Control bits the hardware walk applies to SPTE rights. Direct mode runs the
-   * guest with paging off, so no SMEP/SMAP; shadow paging runs the guest's
+   * Control bits the hardware walk applies to SPTE rights. Under direct and tdp
+   * modes the SPTEs are the second dimension (EPT-like: W and X only; the
+   * guest's own bits apply to its own tables, see hwWalkGuest); shadow paging runs the guest's
    * paging on the shadow tables with CR0.WP and EFER.NX forced on, as KVM does
    * (an SPTE is NX only where the guest's own rules make the page
    * non-executable). With NX on, the hardware's error code says whether a
