@@ -172,6 +172,17 @@ function accessOnce(v: Vcpu, gva: number, a: { kind: SdmKind; user: boolean; imp
   }
 }
 
+/** `e` with protection key `key`, one object per entry and key (made once: the matrix asks millions of times). */
+const keyedEntries = new Map<SdmEntry, SdmEntry[]>();
+function withKey(e: SdmEntry, key: number): SdmEntry {
+  let byKey = keyedEntries.get(e);
+  if (byKey === undefined) {
+    byKey = [];
+    keyedEntries.set(e, byKey);
+  }
+  return (byKey[key] ??= { ...e, pkey: key });
+}
+
 /** An outcome as text: no fault, a #PF's error code, or a livelock. */
 export function ecText(v: number | null | 'livelock'): string {
   return v === null ? 'no fault' : v === 'livelock' ? 'a livelock (the access never completes)' : `#PF 0x${v.toString(16)}`;
@@ -337,7 +348,7 @@ export function runAccessMatrix(
     if (index++ % stride !== 0) continue;
     const leaf = leafOf(c);
     // The keys as values() writes them: the leaf's is 1 or 0, the others' 2 (ignored there).
-    const keyed = (e: SdmEntry, level: number): SdmEntry => (c.pku.key1 ? { ...e, pkey: level === leaf ? 1 : 2 } : e);
+    const keyed = (e: SdmEntry, level: number): SdmEntry => (c.pku.key1 ? withKey(e, level === leaf ? 1 : 2) : e);
     const walked = (c.huge ? [c.pml4e, c.pdpte] : c.large ? [c.pml4e, c.pdpte, c.pde] : [c.pml4e, c.pdpte, c.pde, c.pte]).map((e, i) => keyed(e, 4 - i));
     const want = values(c);
     const cpu = cpuBits(c.cpu, c.pku, paged);

@@ -157,14 +157,18 @@ export class GuestPageFault extends Error {
   readonly errorCode: number;
 
   constructor(gva: number, errorCode: number) {
-    // V8's Error.stackTraceLimit (not in the core's lib types): 0 while this error is made.
+    // V8's Error.stackTraceLimit (not in the core's lib types): 0 while this error is made. No message either: the getter makes it.
     const v8Error = Error as { stackTraceLimit?: number };
     const limit = v8Error.stackTraceLimit;
     v8Error.stackTraceLimit = 0;
-    super(`guest #PF at 0x${gva.toString(16)}, error code 0x${errorCode.toString(16)}`);
+    super();
     v8Error.stackTraceLimit = limit;
     this.gva = gva;
     this.errorCode = errorCode;
+  }
+
+  override get message(): string {
+    return `guest #PF at 0x${this.gva.toString(16)}, error code 0x${this.errorCode.toString(16)}`;
   }
 }
 
