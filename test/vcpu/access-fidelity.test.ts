@@ -163,7 +163,7 @@ test('kvmmu access: every combination through the shadow MMU agrees with the SDM
   assert.equal(g.combinations, 101_376);
   assert.deepEqual(g.mismatches, []);
   assert.equal(Object.values(r.dimensions).reduce((a, b) => a * b, 1), r.combinations);
-  // The whole space (7.5 million combinations, about two minutes on two cores).
+  // The whole space (7.5 million combinations, one to two minutes on two shared cores).
   const cli = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'src', 'cli', 'main.js'), 'access', '--workers', '2', '--json'], { encoding: 'utf8', timeout: 900_000 });
   assert.equal(cli.status, 0, cli.stderr);
   const full = JSON.parse(cli.stdout) as { combinations: number; mismatchCount: number; dimensions: Record<string, number> };
