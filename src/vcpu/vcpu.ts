@@ -200,7 +200,7 @@ export class Vcpu {
   /** A gpa whose SPTE refused the walk's access (-1: none): the VM exit the walk ends in, with error code nestedEc. */
   private nestedGpa = -1;
   private nestedEc = 0;
-  /** What the last SPTE walk (spteWalk) found: the leaf's rights, D, its sptep and shadow page. */
+  /** What the last SPTE walk (hwWalk) found: the leaf's rights, D, its sptep and shadow page. */
   private walkAcc = 0;
   private walkDirty = false;
   private walkSptep = 0;
@@ -496,7 +496,7 @@ export class Vcpu {
       if (!denied && (!kind.write || (flags & TLB_DIRTY) !== 0)) return t[e + TLB_PFN]!;
     }
     this.kv.count(VCPU_STAT.tlbMisses);
-    return paged ? this.hwWalkGuest(gva, kind, e) : this.hwWalk(gva, kind, e);
+    return paged ? this.hwWalkGuest(gva, kind, e) : this.hwWalkFill(gva, kind, e);
   }
 
   /**
@@ -518,7 +518,7 @@ export class Vcpu {
     }
     if (!ok) throw new GuestPageFault(gva, w.errorCode);
     const gpa = w.gfn * 4096 + (gva % 4096);
-    const pfn = this.spteWalk(gpa, kind.write ? GPA_WRITE : kind.fetch ? FETCH : GPA_READ);
+    const pfn = this.hwWalk(gpa, kind.write ? GPA_WRITE : kind.fetch ? FETCH : GPA_READ);
     if (pfn < 0) {
       this.faultAddr = gpa;
       return -1;
@@ -531,7 +531,7 @@ export class Vcpu {
   /** The walk's read of a guest entry at `gpa`: through the SPTEs; 0n (and a pending exit) once an SPTE refused. */
   nestedRead(gpa: number): bigint {
     if (this.nestedGpa >= 0) return 0n;
-    const pfn = this.spteWalk(gpa, GPA_READ);
+    const pfn = this.hwWalk(gpa, GPA_READ);
     if (pfn < 0) {
       this.nestedGpa = gpa;
       this.nestedEc = this.lastEc;
@@ -543,7 +543,7 @@ export class Vcpu {
   /** The walk's A/D update of a guest entry: a write through the SPTEs (so dirty logging sees the table page), then a locked cmpxchg. */
   nestedCmpxchg(gpa: number, expected: bigint, v: bigint): bigint {
     if (this.nestedGpa >= 0) return ~expected;
-    const pfn = this.spteWalk(gpa, GPA_WRITE);
+    const pfn = this.hwWalk(gpa, GPA_WRITE);
     if (pfn < 0) {
       this.nestedGpa = gpa;
       this.nestedEc = this.lastEc;
@@ -552,14 +552,9 @@ export class Vcpu {
     return this.mem.cmpxchgData64((this.kvm.host.frameByte(pfn) + (gpa % 4096)) / 8, expected, v);
   }
 
-  /**
-   * The processor's walk over the shadow tables: from the root, follow present
-   * non-leaf SPTEs; at the leaf check the rights, then set A (and D for a write)
-   * with a locked cmpxchg as x86 does — if the SPTE changed under us, walk again.
-   * Fills TLB entry `e`. Returns the pfn, or -1 with `lastEc` set.
-   */
-  private hwWalk(gva: number, kind: AccessKind, e: number): number {
-    const pfn = this.spteWalk(gva, kind);
+  /** The processor's walk over the SPTEs for `gva` (hwWalk), filling TLB entry `e`. Returns the pfn, or -1 with `lastEc` set. */
+  private hwWalkFill(gva: number, kind: AccessKind, e: number): number {
+    const pfn = this.hwWalk(gva, kind);
     if (pfn < 0) {
       this.faultAddr = gva;
       return -1;
@@ -568,7 +563,7 @@ export class Vcpu {
     return pfn;
   }
 
-  /** Fill TLB entry `e` for `gva` from the last spteWalk: `flags` are the rights (and key), `dirty` whether a write needs no walk. */
+  /** Fill TLB entry `e` for `gva` from the last hwWalk: `flags` are the rights (and key), `dirty` whether a write needs no walk. */
   private tlbFill(e: number, gva: number, pfn: number, flags: number, dirty: boolean): void {
     const pages = this.kvm.pages;
     const t = this.mem.i32;
@@ -583,11 +578,13 @@ export class Vcpu {
   }
 
   /**
-   * The walk over the SPTEs for `addr` (a gva under shadow paging, a gpa
-   * otherwise) and access `kind`: the pfn, with walkAcc/walkDirty/walkSptep/
-   * walkSp set; or -1 with lastEc set.
+   * The processor's walk over the SPTEs for `gva` (a gpa under two-dimensional
+   * paging): from the root, follow present non-leaf SPTEs; at the leaf check
+   * the rights for `kind`, then set A (and D for a write) with a locked cmpxchg
+   * as x86 does — if the SPTE changed under us, walk again. Returns the pfn,
+   * with walkAcc/walkDirty/walkSptep/walkSp/walkSub set; or -1 with lastEc set.
    */
-  private spteWalk(gva: number, kind: AccessKind): number {
+  private hwWalk(gva: number, kind: AccessKind): number {
     const pages = this.kvm.pages;
     const cpu = this.cpuForWalk();
     const region = Math.floor(gva * LEVEL_BYTES_INV[2]!);
