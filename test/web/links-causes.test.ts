@@ -533,17 +533,25 @@ test('frame flags and shadow-page roles are named, and vCPU modes are named alik
   const page = await openPage();
   await checkRace(page);
   const flags = race.rows.find((r) => /^frame 0x0 flags$/.test(r.target) && r.op === 'or32')!;
-  const role = race.rows.find((r) => /^shadow page \d+ role$/.test(r.target))!;
   const flagsCell = (await page.locator(`#r-trace .cell[data-step="${flags.step}"]:not(.empty)`).textContent()) ?? '';
   assert.match(flagsCell, /REFERENCED → ACCESSED REFERENCED/);
   assert.doesNotMatch(flagsCell, /\d+ → \d+/);
-  const roleCell = (await page.locator(`#r-trace .cell[data-step="${role.step}"]:not(.empty)`).textContent()) ?? '';
-  assert.match(roleCell, /= level 1 direct acc=XWU/);
   // Step 1: the vCPU enters the guest; the trace and the panel call the mode the same.
   await page.keyboard.press('ArrowRight');
   const modeCell = (await page.locator('#r-trace .cell[data-step="1"]:not(.empty)').textContent()) ?? '';
   assert.match(modeCell, /OUTSIDE_GUEST_MODE → IN_GUEST_MODE/);
   assert.match((await page.textContent('#r-state .vcpu[data-vcpu="0"]')) ?? '', /IN_GUEST_MODE/);
+  // A shadow page's role is read by shadow paging's fast path (a direct or TDP 4 KiB fix reads none): wp-tlb-flush.
+  const wp = (await post(serve.url, '/api/check', { scenario: 'wp-tlb-flush', guardsOff: ['flush-mmu-writable'] })).json<{ violation: { schedule: string } }>();
+  const wpRace = (await post(serve.url, '/api/replay', { replay: wp.violation.schedule })).json<StepResponse>();
+  const role = wpRace.rows.find((r) => /^shadow page \d+ role$/.test(r.target))!;
+  assert.ok(role !== undefined, 'the shadow-mode race reads a role');
+  await page.selectOption('#scenario', 'wp-tlb-flush');
+  await page.uncheck('#guard-flush-mmu-writable');
+  await page.click('#run-check');
+  await waitForStep(page, 0, wpRace.rows.length);
+  const roleCell = (await page.locator(`#r-trace .cell[data-step="${role.step}"]:not(.empty)`).textContent()) ?? '';
+  assert.match(roleCell, /= level 1 indirect acc=XWU efer_nx cr0_wp/);
   await page.close();
 });
 
