@@ -1,4 +1,4 @@
-// The registry of built-in scenarios (one per guard, DESIGN.md) and the non-KVM examples.
+// The registry of built-in scenarios (one per guard, DESIGN.md) and the non-KVM examples, classic benchmarks included.
 
 import type { ScenarioSpec } from '../scenario';
 import { abaGfnPfn } from './aba-gfn-pfn';
@@ -9,6 +9,7 @@ import { wpTlbFlush } from './wp-tlb-flush';
 import { tdpRcuFree, tdpRemovedPtFreeze, tdpZapVsFault } from './tdp';
 import { REAL_RACE_SCENARIOS } from './real-races';
 import { abbaDeadlock, atomicCounter, lostUpdate } from './examples';
+import { casRace, lastZero } from './classic';
 
 /** The built-ins: one per guard (DESIGN.md's five, then the TDP MMU's), then the races KVM really had (KVM-BUGS.md). */
 export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
@@ -23,4 +24,15 @@ export const BUILTIN_SCENARIOS: readonly ScenarioSpec<never>[] = [
   ...REAL_RACE_SCENARIOS,
 ] as unknown as ScenarioSpec<never>[];
 
-export const EXAMPLE_SCENARIOS: readonly ScenarioSpec<never>[] = [lostUpdate, atomicCounter, abbaDeadlock] as unknown as ScenarioSpec<never>[];
+/** Sizes of the classic benchmarks kept in the catalogue (bench/check.js measures more). */
+export const CLASSIC_SIZES = { lastzero: 10, cas: 8 } as const;
+
+export const EXAMPLE_SCENARIOS: readonly ScenarioSpec<never>[] = [
+  lostUpdate,
+  atomicCounter,
+  abbaDeadlock,
+  lastZero(CLASSIC_SIZES.lastzero),
+  casRace(CLASSIC_SIZES.cas),
+] as unknown as ScenarioSpec<never>[];
+
+export { casRace, lastZero };
