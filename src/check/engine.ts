@@ -12,7 +12,7 @@ import type { AccessHook } from '../shm/access';
 import { OP } from '../shm/access';
 import { KvmmuError } from '../shm/errors';
 import type { ScenarioContext, ScenarioMachine, ScenarioSpec, ScenarioVm } from './gen/scenario';
-import { accessOf, isEnabled, metaKey32, withExtra, type Access } from './ops';
+import { accessOf, isEnabled, metaKey32, readAccessOf, rmwWidth, withExtra, type Access } from './ops';
 import { LoopGuardError, loopGuardStep, resetLoopGuard, setSpinHandler, type SpinHandler } from './loop-guard';
 import { SpinTracker } from './spin';
 import { nameLocation, traceRows } from './trace';
@@ -239,6 +239,10 @@ export class Engine {
   private readonly threadLabels: string[];
   readonly machine: ScenarioMachine;
   private readonly meta8: Uint8Array;
+  /** Views for reading the word a read-modify-write targets, before and after it (rmwValue). */
+  private readonly metaI32: Int32Array;
+  private readonly metaU64: BigUint64Array;
+  private readonly dataU64: BigUint64Array;
   private readonly data8: Uint8Array;
   private readonly snapMeta: Uint8Array;
   private readonly snapData: Uint8Array;
@@ -305,6 +309,9 @@ export class Engine {
     this.stepMonitors = this.monitors.filter((m) => m.afterStep !== undefined);
     this.meta8 = new Uint8Array(this.machine.shm.meta);
     this.data8 = new Uint8Array(this.machine.shm.data);
+    this.metaI32 = new Int32Array(this.machine.shm.meta);
+    this.metaU64 = new BigUint64Array(this.machine.shm.meta, 0, this.machine.shm.meta.byteLength >> 3);
+    this.dataU64 = new BigUint64Array(this.machine.shm.data, 0, this.machine.shm.data.byteLength >> 3);
     // Setup runs sequentially on its own handle (thread id -1), with a hook that never yields.
     const setupMem = gen.threadMem(this.machine, -1);
     const i32 = new Int32Array(this.machine.shm.meta);
@@ -521,7 +528,11 @@ export class Engine {
       ex.lastRan[t] = ex.steps.length;
       ex.steps.push(step);
       if (this.spinUsed) this.trackers[t]!.preExecute();
+      // A read-modify-write that leaves its word as it was is a read (ops.ts rmwWidth): only the reduction cares.
+      const rmw = this.trackFootprints ? rmwWidth(step.op) : 0;
+      const old = rmw === 0 ? 0 : this.rmwValue(rmw, step.a);
       this.advance(ex, gens, t);
+      if (rmw !== 0 && this.rmwValue(rmw, step.a) === old) step.access = readAccessOf(step.op, step.a);
       if (this.recording) step.after = this.valueOf(step);
       if (ex.violation === null) {
         ex.running = t; // monitors' reads after the step are the step's
@@ -598,6 +609,11 @@ export class Engine {
       };
     }
     ex.running = -1;
+  }
+
+  /** The word a read-modify-write of width `w` (rmwWidth) targets at index `a`. */
+  private rmwValue(w: number, a: number): bigint | number {
+    return w === 32 ? this.metaI32[a]! : w === 64 ? this.metaU64[a]! : this.dataU64[a]!;
   }
 
   private valueOf(s: Step): bigint | number | undefined {

@@ -16,8 +16,17 @@ import { notRepeatable, type Chooser, type Engine, type Execution, type Executio
 export type Strategy = 'dpor' | 'dfs' | 'random' | 'pct';
 export const STRATEGIES: readonly Strategy[] = ['dpor', 'dfs', 'random', 'pct'];
 
+/**
+ * DPOR's reduction: `source` is Source-DPOR with sleep sets, which may begin an execution that its sleep sets then
+ * cut as redundant (an abandoned execution); `optimal` is Optimal-DPOR with wakeup trees, which begins none.
+ */
+export type Reduction = 'source' | 'optimal';
+export const REDUCTIONS: readonly Reduction[] = ['source', 'optimal'];
+
 export interface ExploreOptions {
   readonly strategy: Strategy;
+  /** DPOR's reduction (default DEFAULT_REDUCTION); with a preemption bound DPOR is always `source`. */
+  readonly reduction?: Reduction;
   /** Preemption bound (DPOR/DFS): schedules with more preemptions are not explored. */
   readonly preemptions?: number;
   /** Stop after this many executions. */
@@ -306,14 +315,17 @@ class Systematic implements Chooser {
     if (j >= this.fresh) {
       const node = this.nodes[j]!;
       if (acc !== node.pend[t]) {
-        // The step touched more than its operation (a monitor's reads, ghost state, plain stores): remember it for
-        // the sleep sets below this node, and wake the sleepers it conflicts with.
+        // The step touched more than its operation (a monitor's reads, ghost state, plain stores), or less (a
+        // read-modify-write that changed nothing is a read: ops.ts rmwWidth): remember it for the sleep sets
+        // below this node, and decide again who sleeps there, against what the step did.
         (node.full ??= new Array<Access | undefined>(n))[t] = acc;
-        for (let m = node.childSleep; m !== 0; m &= m - 1) {
+        let sl = (node.sleep | node.done) & ~(1 << t);
+        for (let m = sl; m !== 0; m &= m - 1) {
           const p = lowest(m);
           const pp = fullOf(node, p);
-          if (pp === null || conflicts(pp, acc)) node.childSleep &= ~(1 << p);
+          if (pp === null || conflicts(pp, acc)) sl &= ~(1 << p);
         }
+        node.childSleep = sl;
       }
     }
     this.local[t]! += 1;

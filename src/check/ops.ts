@@ -139,6 +139,43 @@ function computeAccess(op: number, a: number, b: number, c: number): Access {
 }
 
 /**
+ * Width of the word a read-modify-write operation targets, for telling whether it changed it: 32 (meta Int32
+ * word a), 64 (meta 64-bit word a), -64 (data 64-bit word a); 0 for every other operation. A compare-and-swap
+ * whose compare failed, a fetch-or or fetch-and or fetch-add or exchange that left the word as it was, wrote
+ * nothing anyone can see: the engine counts it as a read of the word (readAccessOf), as GenMC and Nidhugg do.
+ *
+ * Why that is sound: the operation is atomic, so no step runs between its read and its write, and the write put
+ * back the value it read; every other thread sees exactly what a load would have left. Its conflicts are then a
+ * read's: it conflicts with every write of the word (a successful compare-and-swap included) and commutes with
+ * reads and other failed ones. Whether it fails is a matter of the values, so in another order (a race reversed)
+ * the same operation may succeed and write: the reduction takes each step's kind from the execution it explored
+ * (Step.access), never from the operation code, and learns the kind in a reversed execution by running it.
+ */
+export function rmwWidth(op: number): number {
+  switch (op) {
+    case OP.cmpxchg32:
+    case OP.xchg32:
+    case OP.fetchAdd32:
+    case OP.fetchOr32:
+    case OP.fetchAnd32:
+      return 32;
+    case OP.cmpxchg64:
+    case OP.xchg64:
+      return 64;
+    case OP.cmpxchgData64:
+      return -64;
+    default:
+      return 0;
+  }
+}
+
+/** The access of read-modify-write `op` on word `a` that changed nothing: a read of the same word (rmwWidth). */
+export function readAccessOf(op: number, a: number): Access {
+  const w = rmwWidth(op);
+  return accessOf(w === 32 ? OP.load32 : w === 64 ? OP.load64 : OP.loadData64, a, 0, 0);
+}
+
+/**
  * `acc` with the extra locations in (keys, writes, ors)[0..n) added: a key already there keeps its
  * strongest use (a write beats an or beats a read; an or and a read of one key make a write).
  */
