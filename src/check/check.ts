@@ -3,7 +3,7 @@
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARDS, GUARD_NAMES, guardsOff, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { Engine, type GenScenarioModule } from './engine';
-import { ReplayChooser, ScheduleMismatch, exploreSlices, replaySchedule, runSlices, type ExploreProgress, type ExploreResult, type FoundViolation, type StopRequest, type Strategy } from './explore';
+import { ReplayChooser, ScheduleMismatch, exploreSlices, replaySchedule, runSlices, type ExploreProgress, type ExploreResult, type FoundViolation, type Reduction, type StopRequest, type Strategy } from './explore';
 import { builtinMonitors } from './invariants';
 import { encodeReplay, renderTable, traceRows, type ReplaySpec, type TraceRow } from './trace';
 import type { ScenarioContext, ScenarioSpec } from './gen/scenario';
@@ -15,6 +15,8 @@ export interface CheckOptions {
   readonly indirectFastPath?: IndirectFastPath;
   readonly pageMarking?: PageMarking;
   readonly strategy?: Strategy;
+  /** DPOR's reduction (explore.ts DEFAULT_REDUCTION unless given; Source-DPOR under a preemption bound). */
+  readonly reduction?: Reduction;
   readonly preemptions?: number;
   readonly executions?: number;
   readonly seconds?: number;
@@ -56,7 +58,12 @@ export interface CheckReport {
   readonly complete: boolean;
   readonly boundReached: boolean;
   readonly executions: number;
-  readonly redundant: number;
+  /** DPOR's reduction; null for the other strategies and replays. */
+  readonly reduction: Reduction | null;
+  /** Executions begun and then abandoned as redundant (sleep-set blocked); the complete ones are the rest, less the cut ones. */
+  readonly abandoned: number;
+  /** Executions cut at the preemption bound. */
+  readonly boundCut: number;
   /** Executions cut at the step bound because a thread that could run was starved (no livelock under a fair scheduler). */
   readonly unfair: number;
   /** Executions cut at the step bound that had not settled into a cycle: the exploration is then not exhaustive. */
@@ -112,6 +119,7 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
   const bound = o.preemptions ?? (strategy === 'dpor' || strategy === 'dfs' ? spec.preemptions : undefined);
   const result = yield* exploreSlices(engine, {
     strategy,
+    reduction: o.reduction,
     preemptions: bound,
     maxExecutions: o.executions,
     seconds: o.seconds,
@@ -172,7 +180,7 @@ function report(
   ctx: ScenarioContext,
   strategy: Strategy | 'replay',
   bound: number | null,
-  r: Pick<ExploreResult, 'executions' | 'redundant' | 'unfair' | 'truncated' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
+  r: Pick<ExploreResult, 'executions' | 'reduction' | 'abandoned' | 'boundCut' | 'unfair' | 'truncated' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
   found: FoundViolation | null,
 ): CheckReport {
   const off = guardsOff(ctx.guards);
@@ -214,7 +222,9 @@ function report(
     complete: r.complete,
     boundReached: r.boundReached,
     executions: r.executions,
-    redundant: r.redundant,
+    reduction: r.reduction,
+    abandoned: r.abandoned,
+    boundCut: r.boundCut,
     unfair: r.unfair,
     truncated: r.truncated,
     seconds: r.seconds,
@@ -245,5 +255,5 @@ export function replayCheck(gen: GenScenarioModule, spec: ScenarioSpec, replay: 
   const r = run.result;
   const found: FoundViolation | null =
     r.violation === null ? null : { violation: r.violation, schedule: [...replay.schedule], preemptions: run.preemptions };
-  return report(engine, spec, ctx, 'replay', null, { executions: 1, redundant: 0, unfair: 0, truncated: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
+  return report(engine, spec, ctx, 'replay', null, { executions: 1, reduction: null, abandoned: 0, boundCut: 0, unfair: 0, truncated: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
 }

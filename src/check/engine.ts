@@ -32,6 +32,11 @@ export interface Step {
   readonly c: number;
   /** The operation's locations, plus what monitors and plain stores touched during the step (Footprint). */
   access: Access;
+  /**
+   * Set when a read-modify-write changed nothing and `access` counts it as a read (ops.ts rmwWidth): the
+   * operation's locations as it would touch them if it wrote. In another order it may (Systematic.insertReversal).
+   */
+  writing?: Access;
   /** Filled when recording: value of the target word before and after (32/64-bit ops), and the calling functions. */
   before?: bigint | number;
   after?: bigint | number;
@@ -532,7 +537,10 @@ export class Engine {
       const rmw = this.trackFootprints ? rmwWidth(step.op) : 0;
       const old = rmw === 0 ? 0 : this.rmwValue(rmw, step.a);
       this.advance(ex, gens, t);
-      if (rmw !== 0 && this.rmwValue(rmw, step.a) === old) step.access = readAccessOf(step.op, step.a);
+      if (rmw !== 0 && this.rmwValue(rmw, step.a) === old) {
+        step.writing = step.access;
+        step.access = readAccessOf(step.op, step.a);
+      }
       if (this.recording) step.after = this.valueOf(step);
       if (ex.violation === null) {
         ex.running = t; // monitors' reads after the step are the step's

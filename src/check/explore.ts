@@ -1,16 +1,20 @@
-// Exploration strategies over the engine: exhaustive DFS with dynamic partial-order reduction (DPOR + sleep sets), plain DFS, random walk, PCT; preemption bounds; replay.
+// Exploration strategies over the engine: exhaustive DFS with dynamic partial-order reduction (Optimal-DPOR with wakeup trees, or Source-DPOR; sleep sets), plain DFS, random walk, PCT; preemption bounds; replay.
 //
-// DPOR is Source-DPOR (Abdulla, Aronis, Jonsson, Sagonas, POPL 2014) with sleep
-// sets: explore one execution; for each race in it — a step e' and an earlier
-// step e of another thread that conflict, with no other happens-before chain
-// between them (vector clocks over memory locations) — take the steps after e
-// that do not depend on e, followed by e' (the reversed race, v); unless a
-// thread that can start v is already scheduled at e's state, schedule one.
-// Sleep sets (Godefroid) keep an alternative from being explored twice.
+// DPOR (Abdulla, Aronis, Jonsson, Sagonas, POPL 2014 / JACM 2017) explores one
+// execution; for each race in it — a step e' and an earlier step e of another
+// thread that conflict, with no other happens-before chain between them
+// (vector clocks over memory locations) — it takes the steps after e that do
+// not depend on e, followed by e' (the reversed race, v). Source-DPOR: unless a
+// thread that can start v is already scheduled at e's state, schedule one; the
+// rest of v is left to chance, so an execution begun there may turn out
+// equivalent to one explored before, and sleep sets (Godefroid) abandon it
+// part way. Optimal-DPOR: unless a thread asleep at e's state can start v
+// (weak initials), insert v itself into that state's wakeup tree, which the
+// search follows before choosing freely, so every execution it begins is new.
 // Executions are stateless: each one replays its prefix from the snapshot.
 
 import { OP } from '../shm/access';
-import { conflicts, mayBeCoEnabled, type Access } from './ops';
+import { conflicts, mayBeCoEnabled, withExtra, type Access } from './ops';
 import { notRepeatable, type Chooser, type Engine, type Execution, type ExecutionResult, type Step, type Violation } from './engine';
 
 export type Strategy = 'dpor' | 'dfs' | 'random' | 'pct';
@@ -22,6 +26,7 @@ export const STRATEGIES: readonly Strategy[] = ['dpor', 'dfs', 'random', 'pct'];
  */
 export type Reduction = 'source' | 'optimal';
 export const REDUCTIONS: readonly Reduction[] = ['source', 'optimal'];
+export const DEFAULT_REDUCTION: Reduction = 'source';
 
 export interface ExploreOptions {
   readonly strategy: Strategy;
@@ -59,9 +64,17 @@ export interface StopRequest {
 
 export interface ExploreProgress {
   readonly executions: number;
+  /** Of those, abandoned as redundant (ExploreResult.abandoned). */
+  readonly abandoned: number;
   readonly seconds: number;
   /** DPOR/DFS: alternatives waiting at the current path's nodes. */
   readonly pending: number | null;
+  /**
+   * DPOR/DFS: an estimate of the executions the whole search takes (Systematic.estimate): the executions so far
+   * over the share of the search tree they cover, counting each known alternative as an equal share. Alternatives
+   * found later make it grow; null until there is one.
+   */
+  readonly estimate: number | null;
 }
 
 export interface FoundViolation {
@@ -74,8 +87,17 @@ export interface FoundViolation {
 export interface ExploreResult {
   readonly strategy: Strategy;
   readonly executions: number;
-  /** Executions cut short as redundant (sleep-set blocked). */
-  readonly redundant: number;
+  /**
+   * Executions begun and then abandoned as redundant: sleep sets showed them equivalent to one explored before
+   * (Source-DPOR's cost; Optimal-DPOR has none but where it falls back on Source-DPOR's rule, see Systematic).
+   */
+  readonly abandoned: number;
+  /** Executions cut because going on would exceed the preemption bound. */
+  readonly boundCut: number;
+  /** DPOR's reduction (Source-DPOR whenever a preemption bound is given); null for the other strategies. */
+  readonly reduction: Reduction | null;
+  /** Optimal-DPOR: wakeup sequences that could not be followed as recorded (Systematic; 0 expected). */
+  readonly wakeupMisses: number;
   /**
    * Executions cut at the step bound as unfair: a thread that could run was kept from running for the last half
    * of them (not a livelock under a fair scheduler; DPOR tries the waiting thread earlier instead).
@@ -156,6 +178,54 @@ interface Node {
    * Sleep sets compare whole steps: a sleeping thread whose monitor reads what the step taken writes wakes up.
    */
   full: (Access | undefined)[] | null;
+  /** Optimal-DPOR: the wakeup tree here (its root's children, leftmost first); null when empty. */
+  wakeup: WakeupNode[] | null;
+  /** Optimal-DPOR: the child of the wakeup tree the current execution follows from here, if any. */
+  branch: WakeupNode | null;
+}
+
+/**
+ * A node of a wakeup tree (Optimal-DPOR): a step of `thread` and the sequences that follow it. `access` is what
+ * the step touches, as observed in the execution the sequence came from; null where that may differ when the
+ * sequence runs: the reversed race's last step (which now runs before the step it raced with, and may read
+ * another value: a failed compare-and-swap may succeed), and a step added by a fallback rule. A null access is
+ * taken to conflict with everything.
+ */
+interface WakeupNode {
+  readonly thread: number;
+  readonly access: Access | null;
+  readonly children: WakeupNode[];
+}
+
+/** Does `x` conflict with `y`, an unknown (null) access conflicting with everything? */
+function conflictsOrUnknown(x: Access | null, y: Access | null): boolean {
+  return x === null || y === null || conflicts(x, y);
+}
+
+/**
+ * Is thread p, whose next step is `pAccess`, a weak initial of the sequence (thr, acc)[from..] minus the events
+ * in `removed`: can some execution that is equivalent to one extending the sequence start with p? Yes if p's
+ * first step in it depends on no earlier step of it, or if p has no step in it and its next step depends on none.
+ */
+function isWeakInitial(p: number, pAccess: Access | null, thr: readonly number[], acc: readonly (Access | null)[], removed: Uint8Array): boolean {
+  let f = -1;
+  for (let x = 0; x < thr.length; x++)
+    if (removed[x] === 0 && thr[x] === p) {
+      f = x;
+      break;
+    }
+  if (f >= 0) {
+    for (let x = 0; x < f; x++) if (removed[x] === 0 && conflictsOrUnknown(acc[x]!, acc[f]!)) return false;
+    return true;
+  }
+  if (pAccess === null) return false;
+  for (let x = 0; x < thr.length; x++) if (removed[x] === 0 && conflictsOrUnknown(pAccess, acc[x]!)) return false;
+  return true;
+}
+
+/** Ops whose step can be blocked: a reversed race ending in one may not be able to run (ops.ts isEnabled). */
+function canBlock(op: number): boolean {
+  return op === OP.lock || op === OP.readLock || op === OP.writeLock || op === OP.writeLockWait || op === OP.waitWhile32 || op === OP.awaitChange;
 }
 
 /** Thread p's whole step at `node`, as far as known (its operation's access until it has run from here or above). */
@@ -169,6 +239,11 @@ const bitsOf = (m: number): number[] => {
   return out;
 };
 const lowest = (m: number): number => 31 - Math.clz32(m & -m);
+const popcount = (m: number): number => {
+  let k = 0;
+  for (; m !== 0; m &= m - 1) k++;
+  return k;
+};
 
 /** Do two pending operations touch the same locations in the same way? */
 function sameAccess(x: Access, y: Access): boolean {
@@ -191,10 +266,23 @@ class LocState {
   ) {}
 }
 
-/** The systematic explorer: Source-DPOR with sleep sets (reduce = true) or plain DFS. */
+/**
+ * The systematic explorer: DPOR with sleep sets (reduce = true), Optimal-DPOR with wakeup trees when `optimal`
+ * (else Source-DPOR), or plain DFS.
+ *
+ * Optimal-DPOR falls back on Source-DPOR's rule (schedule one thread that can start the reversal, or every
+ * thread) where a wakeup sequence could not be run as recorded: a reversed race whose last step can block (a
+ * lock, a wait: in the other order it may not be enabled), a blocked thread's race (it never ran), an unfair
+ * cut. An execution begun there may be abandoned, and is counted (`abandoned`); `wakeupMisses` counts wakeup
+ * sequences that could not be followed (none expected).
+ */
 class Systematic implements Chooser {
   nodes: Node[] = [];
   boundReached = false;
+  /** Executions abandoned because every runnable thread was asleep (a redundant execution). */
+  abandoned = 0;
+  /** Wakeup sequences whose next thread could not run where the sequence said (none expected; see above). */
+  wakeupMisses = 0;
   /** Index of the first step of the current execution that is not a replay of the previous one. */
   private fresh = 0;
   // Happens-before tracking for the current execution (DPOR only). Step j's vector clock is
@@ -212,6 +300,7 @@ class Systematic implements Chooser {
     private readonly n: number,
     private readonly reduce: boolean,
     private readonly bound: number,
+    private readonly optimal: boolean = false,
   ) {}
 
   beginExecution(): void {
@@ -259,6 +348,8 @@ class Systematic implements Chooser {
       preemptions: parent === null ? 0 : parent.preemptions + (this.preempts(parent, parent.chosen) ? 1 : 0),
       pend,
       full: null,
+      wakeup: this.optimal && parent !== null && parent.branch !== null && parent.branch.children.length > 0 ? parent.branch.children : null,
+      branch: null,
     };
     // A sleeping thread has not moved: its whole step is what it was where it fell asleep.
     if (parent !== null && parent.full !== null)
@@ -270,7 +361,22 @@ class Systematic implements Chooser {
     this.nodes.push(node);
     if (!this.reduce) node.backtrack = node.enabled;
     const cand = node.enabled & ~node.sleep;
-    if (cand === 0) return -1;
+    if (cand === 0) {
+      this.abandoned++;
+      return -1;
+    }
+    // Optimal-DPOR: follow the wakeup tree first. Its sequences start with a runnable thread that is not asleep.
+    while (node.wakeup !== null) {
+      const c = node.wakeup[0]!;
+      if ((cand & (1 << c.thread)) !== 0) {
+        this.take(node, c.thread);
+        node.branch = c;
+        return c.thread;
+      }
+      this.wakeupMisses++;
+      node.wakeup.shift();
+      if (node.wakeup.length === 0) node.wakeup = null;
+    }
     // Prefer continuing the thread that just ran: schedules with few preemptions first; but not for ever
     // (a fair schedule first, so a long execution is judged as a livelock or not on it).
     const starved = d > ex.engine.maxSteps >> 2 ? starvedThread(ex, cand) : -1;
@@ -312,6 +418,7 @@ class Systematic implements Chooser {
     const j = this.stepOf.length;
     const t = step.thread;
     const acc = step.access;
+    this.curStep = step;
     if (j >= this.fresh) {
       const node = this.nodes[j]!;
       if (acc !== node.pend[t]) {
@@ -353,7 +460,7 @@ class Systematic implements Chooser {
       if (ls !== undefined && ls.lk >= 0) {
         const i = ls.lk;
         const s = this.stepOf[i]!;
-        if (s.thread !== t && vcs[base + s.thread]! < this.stepLocal[i]! && j >= this.fresh) this.reverse(i, j, t);
+        if (s.thread !== t && vcs[base + s.thread]! < this.stepLocal[i]! && j >= this.fresh) this.reverse(i, j, t, step.op);
       }
     }
     // The steps this one depends on: the last write of each location; for a write the reads since; for a
@@ -382,7 +489,7 @@ class Systematic implements Chooser {
     for (const i of deps) {
       const s = this.stepOf[i]!;
       if (vcs[base + s.thread]! >= this.stepLocal[i]!) continue;
-      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) this.reverse(i, j, t);
+      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) this.reverse(i, j, t, step.op);
       for (let x = 0; x < n; x++) if (vcs[i * n + x]! > vcs[base + x]!) vcs[base + x] = vcs[i * n + x]!;
     }
     for (let k = 0; k < acc.keys.length; k++) {
@@ -470,7 +577,7 @@ class Systematic implements Chooser {
       if (latest < 0) return;
       const at = this.nodes[latest]!;
       if ((at.backtrack & (1 << p)) !== 0) return;
-      at.backtrack |= (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled;
+      this.schedule(at, (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled);
     }
   }
 
@@ -480,7 +587,11 @@ class Systematic implements Chooser {
    * threads whose first step in v depends on no earlier step of v — can each
    * start the reversed race at i's state; if none is scheduled there, schedule one.
    */
-  private reverse(i: number, j: number, tj: number): void {
+  private reverse(i: number, j: number, tj: number, opJ: number): void {
+    if (this.optimal && !canBlock(opJ)) {
+      this.insertReversal(i, j, tj);
+      return;
+    }
     const at = this.nodes[i]!;
     const n = this.n;
     const ti = this.stepOf[i]!.thread;
@@ -507,13 +618,103 @@ class Systematic implements Chooser {
     if ((initials & at.backtrack) !== 0) return;
     const runnable = initials & at.enabled & ~at.sleep;
     // No initial can run there (blocked there, or asleep): fall back to every enabled thread.
-    at.backtrack |= runnable !== 0 ? 1 << lowest(runnable) : at.enabled;
+    this.schedule(at, runnable !== 0 ? 1 << lowest(runnable) : at.enabled);
   }
+
+  /**
+   * Schedule the threads in `mask` at `at` (Source-DPOR's backtrack set). In Optimal-DPOR each becomes a
+   * one-step sequence of the wakeup tree, after which the search chooses freely.
+   */
+  private schedule(at: Node, mask: number): void {
+    at.backtrack |= mask;
+    if (!this.optimal) return;
+    for (let m = mask & at.enabled & ~at.sleep & ~at.done; m !== 0; m &= m - 1) {
+      const q = lowest(m);
+      if (at.wakeup !== null && at.wakeup.some((c) => c.thread === q)) continue;
+      (at.wakeup ??= []).push({ thread: q, access: null, children: [] });
+    }
+  }
+
+  // The reversed race being inserted (Optimal-DPOR), reused to avoid garbage: threads, accesses, removed marks.
+  private readonly vThr: number[] = [];
+  private readonly vAcc: (Access | null)[] = [];
+  private vRemoved = new Uint8Array(64);
+
+  /**
+   * Optimal-DPOR: step j (thread tj, not yet in stepOf) races with step i. v is the steps after i that do not
+   * depend on i, then tj's step. Unless a thread asleep at i's state (one explored from there already, or asleep
+   * on arrival) is a weak initial of v — an execution equivalent to one starting with it would contain v's
+   * reordering — insert v into the wakeup tree at i's state (JACM 2017, Algorithm 2 and its insert).
+   */
+  private insertReversal(i: number, j: number, tj: number): void {
+    const at = this.nodes[i]!;
+    const ti = this.stepOf[i]!.thread;
+    const li = this.stepLocal[i]!;
+    const thr = this.vThr;
+    const acc = this.vAcc;
+    thr.length = 0;
+    acc.length = 0;
+    for (let k = i + 1; k < j; k++) {
+      if (this.vcAt(k, ti) >= li) continue; // depends on i: not in v
+      const s = this.stepOf[k]!;
+      thr.push(s.thread);
+      acc.push(s.access);
+    }
+    thr.push(tj);
+    // tj's step now runs before i, and may read another value there: a read-modify-write that changed nothing
+    // here may write (the only location whose use can change is the one i wrote, and no step of v touches it,
+    // since each would depend on i). So within v it counts as writing (a sleeping thread that reads that location
+    // does not start v); in the tree it is unknown (WakeupNode).
+    const cur = this.curStep!;
+    acc.push(cur.writing === undefined ? cur.access : withExtra(cur.access, cur.writing.keys, cur.writing.writes, cur.writing.ors, cur.writing.keys.length));
+    if (this.vRemoved.length < thr.length) this.vRemoved = new Uint8Array(thr.length * 2);
+    const removed = this.vRemoved;
+    removed.fill(0, 0, thr.length);
+    for (let m = at.sleep | at.done; m !== 0; m &= m - 1) {
+      const p = lowest(m);
+      if (isWeakInitial(p, fullOf(at, p), thr, acc, removed)) return;
+    }
+    // Walk down the tree: at each level the leftmost child whose thread is a weak initial of what is left of v.
+    let kids = (at.wakeup ??= []);
+    for (;;) {
+      let next: WakeupNode | null = null;
+      for (const c of kids)
+        if (isWeakInitial(c.thread, c.access, thr, acc, removed)) {
+          next = c;
+          break;
+        }
+      if (next === null) break;
+      // A leaf: the search already runs a sequence v extends (after reordering), and chooses freely after it.
+      if (next.children.length === 0) return;
+      for (let x = 0; x < thr.length; x++)
+        if (removed[x] === 0 && thr[x] === next.thread) {
+          removed[x] = 1;
+          break;
+        }
+      kids = next.children;
+      let left = false;
+      for (let x = 0; x < thr.length && !left; x++) left = removed[x] === 0;
+      if (!left) return; // v is a prefix of a sequence already in the tree
+    }
+    // What is left of v becomes the rightmost branch here.
+    const last = thr.length - 1;
+    let chain: WakeupNode[] = kids;
+    for (let x = 0; x <= last; x++) {
+      if (removed[x] !== 0) continue;
+      const node: WakeupNode = { thread: thr[x]!, access: x === last ? null : acc[x]!, children: [] };
+      chain.push(node);
+      chain = node.children;
+    }
+  }
+
+  /** The step stepped() is looking at (insertReversal's v ends with it). */
+  private curStep: Step | null = null;
 
   private firstLocal = new Int32Array(32);
 
   /** Move to the next unexplored alternative; false when the exploration is complete. */
   nextBranch(): boolean {
+    if (this.optimal) return this.nextWakeup();
     for (let d = this.nodes.length - 1; d >= 0; d--) {
       const node = this.nodes[d]!;
       let cand = node.backtrack & ~node.done & ~node.sleep & node.enabled;
@@ -534,7 +735,73 @@ class Systematic implements Chooser {
     return false;
   }
 
+  /** Optimal-DPOR's nextBranch: the deepest state with a wakeup sequence left; follow its leftmost one. */
+  private nextWakeup(): boolean {
+    for (let d = this.nodes.length - 1; d >= 0; d--) {
+      const node = this.nodes[d]!;
+      const w = node.wakeup;
+      if (w === null) continue;
+      // The branch just explored from here is done with.
+      const k = w.findIndex((c) => c.thread === node.chosen);
+      if (k >= 0) w.splice(k, 1);
+      while (w.length > 0) {
+        const c = w[0]!;
+        if ((node.enabled & ~node.sleep & ~node.done & (1 << c.thread)) === 0) {
+          this.wakeupMisses++;
+          w.shift();
+          continue;
+        }
+        this.take(node, c.thread);
+        node.branch = c;
+        this.nodes.length = d + 1;
+        this.fresh = d;
+        return true;
+      }
+      node.wakeup = null;
+    }
+    return false;
+  }
+
+  /**
+   * An estimate of the executions the whole search takes: the executions so far over the share of the search
+   * tree explored, where the alternatives known at each state of the current path (explored, being explored,
+   * waiting) are taken to be of equal size. Null when no alternative is known to be waiting.
+   */
+  estimate(executions: number): number | null {
+    let share = 0;
+    let weight = 1;
+    let waiting = false;
+    for (const node of this.nodes) {
+      if (node.chosen < 0) break; // where an abandoned execution stopped
+      const left = this.waitingAt(node);
+      if (left > 0) waiting = true;
+      const before = popcount(node.done) - 1; // explored before the one being explored
+      const all = before + 1 + left;
+      if (all <= 0) break;
+      share += (weight * before) / all;
+      weight /= all;
+    }
+    if (!waiting) return null;
+    share += weight; // the current execution
+    return share > 0 ? Math.round(executions / share) : null;
+  }
+
+  /** Alternatives waiting at `node`. */
+  private waitingAt(node: Node): number {
+    if (this.optimal) {
+      let k = 0;
+      if (node.wakeup !== null) for (const c of node.wakeup) if (c.thread !== node.chosen) k++;
+      return k;
+    }
+    return popcount(node.backtrack & ~node.done & ~node.sleep & node.enabled);
+  }
+
   pending(): number {
+    if (this.optimal) {
+      let k = 0;
+      for (const node of this.nodes) k += this.waitingAt(node);
+      return k;
+    }
     let n = 0;
     for (const node of this.nodes) {
       let m = node.backtrack & ~node.done & ~node.sleep & node.enabled;
@@ -656,7 +923,7 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
   const maxExec = o.maxExecutions ?? (o.strategy === 'random' || o.strategy === 'pct' ? 10_000 : Infinity);
   const n = engine.threadNames.length;
   let executions = 0;
-  let redundant = 0;
+  let boundCut = 0;
   let unfair = 0;
   let truncated = 0;
   let maxSteps = 0;
@@ -666,7 +933,9 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
   let lastSlice = t0;
   let interrupted = false;
   const bound = o.preemptions ?? -1;
-  const sys = o.strategy === 'dpor' || o.strategy === 'dfs' ? new Systematic(n, o.strategy === 'dpor', bound) : null;
+  // Optimal-DPOR's wakeup sequences take no account of a preemption bound: with one, DPOR is Source-DPOR.
+  const reduction: Reduction = bound >= 0 ? 'source' : (o.reduction ?? DEFAULT_REDUCTION);
+  const sys = o.strategy === 'dpor' || o.strategy === 'dfs' ? new Systematic(n, o.strategy === 'dpor', bound, o.strategy === 'dpor' && reduction === 'optimal') : null;
 
   const rnd = makeRandom(o.seed ?? 1);
   for (;;) {
@@ -678,11 +947,12 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     else inner = new PctChooser(n, o.pctDepth ?? 3, Math.max(maxSteps, 50), rnd);
     // The systematic explorer records each state's enabled set and choice in its nodes already.
     const rec = sys === null ? new Recorder(inner) : null;
+    const abandonedBefore = sys?.abandoned ?? 0;
     const r: ExecutionResult = engine.execute(rec ?? inner);
     executions++;
     if (r.unfair) unfair++;
     else if (r.truncated) truncated++;
-    else if (r.abandoned) redundant++;
+    else if (r.abandoned && sys !== null && sys.abandoned === abandonedBefore) boundCut++;
     maxSteps = Math.max(maxSteps, r.steps.length);
     if (r.violation !== null && (o.invariant === undefined || r.violation.invariant === o.invariant)) {
       const schedule = rec !== null ? rec.schedule : r.steps.map((s) => s.thread);
@@ -703,7 +973,7 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     if (executions >= maxExec || t >= deadline) break;
     if (o.onProgress !== undefined && t - lastProgress >= 200) {
       lastProgress = t;
-      o.onProgress({ executions, seconds: (t - t0) / 1000, pending: sys?.pending() ?? null });
+      o.onProgress({ executions, abandoned: sys?.abandoned ?? 0, seconds: (t - t0) / 1000, pending: sys?.pending() ?? null, estimate: sys?.estimate(executions) ?? null });
     }
     if (t - lastSlice >= SLICE_MS) {
       yield;
@@ -717,7 +987,10 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
   return {
     strategy: o.strategy,
     executions,
-    redundant,
+    abandoned: sys?.abandoned ?? 0,
+    boundCut,
+    reduction: o.strategy === 'dpor' ? reduction : null,
+    wakeupMisses: sys?.wakeupMisses ?? 0,
     unfair,
     truncated,
     complete,

@@ -129,7 +129,7 @@ function finalStates(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Redu
   };
   const res = explore(engine, { strategy, reduction, continueAfterViolation: true, maxExecutions: 200_000 });
   assert.ok(res.complete, `${strategy} did not finish: ${res.executions} executions, ${JSON.stringify(program)}`);
-  return { states, executions: res.executions, abandoned: res.redundant };
+  return { states, executions: res.executions, abandoned: res.abandoned };
 }
 
 for (const reduction of ['source', 'optimal'] as const) {
@@ -157,6 +157,6 @@ test('cas(N): N threads each compare-and-swapping one word take N executions, on
       const engine = new Engine(gen, cas, contextFor(cas, {}), { monitorsFor: builtinMonitors });
       const r = explore(engine, { strategy: 'dpor', reduction });
       assert.ok(r.complete && r.violation === null);
-      assert.deepEqual({ executions: r.executions, abandoned: r.redundant }, { executions: n, abandoned: 0 }, `${reduction} cas(${n})`);
+      assert.deepEqual({ executions: r.executions, abandoned: r.abandoned }, { executions: n, abandoned: 0 }, `${reduction} cas(${n})`);
     }
 });

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { contextFor } from '../../src/check/check';
 import { Engine } from '../../src/check/engine';
-import { explore } from '../../src/check/explore';
+import { explore, REDUCTIONS, type Reduction } from '../../src/check/explore';
 import { builtinMonitors } from '../../src/check/invariants';
 import { ALL_GUARDS, GUARDS, type MmuMode } from '../../src/kvm/config';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
@@ -110,7 +110,7 @@ const gen = loadGenModule();
 const spec = loadScenarioFile(file);
 
 /** The invariants violated over an exhaustive exploration (each execution stops at its first), or null if it ran out of budget. */
-function verdicts(program: Blk[][], strategy: 'dfs' | 'dpor', mode: MmuMode, off: string[]): Set<string> | null {
+function verdicts(program: Blk[][], strategy: 'dfs' | 'dpor', mode: MmuMode, off: string[], reduction?: Reduction): Set<string> | null {
   (globalThis as { __kvmmuMmuProgram?: Blk[][] }).__kvmmuMmuProgram = program;
   const engine = new Engine(gen, spec, contextFor(spec, { mode, guards: off.length === 0 ? ALL_GUARDS : ALL_GUARDS & ~GUARDS['flush-mmu-writable'] }), { monitorsFor: builtinMonitors });
   const found = new Set<string>();
@@ -120,11 +120,11 @@ function verdicts(program: Blk[][], strategy: 'dfs' | 'dpor', mode: MmuMode, off
     if (r.violation !== null) found.add(r.violation.invariant);
     return r;
   };
-  const res = explore(engine, { strategy, continueAfterViolation: true, maxExecutions: 20_000 });
+  const res = explore(engine, { strategy, reduction, continueAfterViolation: true, maxExecutions: 20_000 });
   return res.complete ? found : null;
 }
 
-test('DPOR reaches a violation exactly when exhaustive DFS does, on 120 random MMU programs whose monitors read a vCPU that is no thread', () => {
+test('DPOR (Source and Optimal) reaches a violation exactly when exhaustive DFS does, on 120 random MMU programs whose monitors read a vCPU that is no thread', () => {
   let compared = 0;
   let violating = 0;
   for (let seed = 1; seed <= 120; seed++) {
@@ -134,13 +134,15 @@ test('DPOR reaches a violation exactly when exhaustive DFS does, on 120 random M
     const off = r(2) === 0 ? [] : ['flush-mmu-writable'];
     const dfs = verdicts(program, 'dfs', mode, off);
     if (dfs === null) continue; // too large for plain DFS within the budget
-    const dpor = verdicts(program, 'dpor', mode, off);
-    assert.ok(dpor !== null, `seed ${seed}: DPOR did not finish`);
     compared++;
     if (dfs.size > 0) violating++;
-    const where = `seed ${seed} (${mode}, ${off.join(',') || 'all guards on'}): ${JSON.stringify(program)}`;
-    assert.equal(dpor.size > 0, dfs.size > 0, `${where}: DFS found ${[...dfs].join(', ') || 'nothing'}, DPOR ${[...dpor].join(', ') || 'nothing'}`);
-    for (const v of dpor) assert.ok(dfs.has(v), `${where}: DPOR found ${v}, which DFS never reached`);
+    for (const reduction of REDUCTIONS) {
+      const dpor = verdicts(program, 'dpor', mode, off, reduction);
+      assert.ok(dpor !== null, `seed ${seed}: ${reduction} DPOR did not finish`);
+      const where: string = `${reduction} DPOR, seed ${seed} (${mode}, ${off.join(',') || 'all guards on'}): ${JSON.stringify(program)}`;
+      assert.equal(dpor.size > 0, dfs.size > 0, `${where}: DFS found ${[...dfs].join(', ') || 'nothing'}, DPOR ${[...dpor].join(', ') || 'nothing'}`);
+      for (const v of dpor) assert.ok(dfs.has(v), `${where}: DPOR found ${v}, which DFS never reached`);
+    }
   }
   // Not vacuous: most programs are compared, and a good share of them violate an invariant.
   assert.ok(compared >= 85, `only ${compared} programs were small enough`);

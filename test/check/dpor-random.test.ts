@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { contextFor } from '../../src/check/check';
 import { Engine } from '../../src/check/engine';
-import { explore } from '../../src/check/explore';
+import { explore, REDUCTIONS, type Reduction } from '../../src/check/explore';
 import { builtinMonitors } from '../../src/check/invariants';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
 import { rng } from '../helpers/rng';
@@ -136,7 +136,7 @@ const gen = loadGenModule();
 const spec = loadScenarioFile(file);
 
 /** Every final state an exhaustive exploration reaches: how it ended, the words and the data bytes. */
-function finalStates(program: Op[][], strategy: 'dfs' | 'dpor'): Set<string> {
+function finalStates(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction): Set<string> {
   (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
   const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
   const { meta, data, layout } = engine.machine.shm;
@@ -152,18 +152,20 @@ function finalStates(program: Op[][], strategy: 'dfs' | 'dpor'): Set<string> {
     if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
     return r;
   };
-  const res = explore(engine, { strategy, continueAfterViolation: true, maxExecutions: 200_000 });
+  const res = explore(engine, { strategy, reduction, continueAfterViolation: true, maxExecutions: 200_000 });
   assert.ok(res.complete, `${strategy} did not finish: ${res.executions} executions, ${JSON.stringify(program)}`);
   return states;
 }
 
-test('DPOR reaches every final state exhaustive DFS reaches, on 300 random programs over every operation kind (blocked waits, reader-writer locks and unreleased locks included)', () => {
+test('DPOR (Source and Optimal) reaches every final state exhaustive DFS reaches, on 300 random programs over every operation kind (blocked waits, reader-writer locks and unreleased locks included)', () => {
   for (let seed = 1; seed <= 300; seed++) {
     const program = randomProgram(rng(seed * 7919));
     const dfs = finalStates(program, 'dfs');
-    const dpor = finalStates(program, 'dpor');
-    const missing = [...dfs].filter((s) => !dpor.has(s));
-    const extra = [...dpor].filter((s) => !dfs.has(s));
-    assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `seed ${seed}: ${JSON.stringify(program)}`);
+    for (const reduction of REDUCTIONS) {
+      const dpor = finalStates(program, 'dpor', reduction);
+      const missing = [...dfs].filter((s) => !dpor.has(s));
+      const extra = [...dpor].filter((s) => !dfs.has(s));
+      assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `${reduction}, seed ${seed}: ${JSON.stringify(program)}`);
+    }
   }
 });

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { contextFor } from '../../src/check/check';
 import { Engine } from '../../src/check/engine';
-import { explore, type Strategy } from '../../src/check/explore';
+import { explore, type Reduction, type Strategy } from '../../src/check/explore';
 import { OP } from '../../src/shm/access';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
 import { rng } from '../helpers/rng';
@@ -107,7 +107,7 @@ const g = globalThis as { __kvmmuProgram?: Op[][]; __kvmmuReal?: boolean; __kvmm
  * The final states of the executions `strategy` explores: how each ended ('ok', 'deadlock', 'livelock'...),
  * what each thread's operations returned, the words. Also whether any step was an await.
  */
-function finalStates(program: Op[][], strategy: Strategy, real: boolean, o: { maxSteps?: number; executions?: number } = {}): { states: Set<string>; complete: boolean; awaits: boolean } {
+function finalStates(program: Op[][], strategy: Strategy, real: boolean, o: { maxSteps?: number; executions?: number; reduction?: Reduction } = {}): { states: Set<string>; complete: boolean; awaits: boolean } {
   g.__kvmmuProgram = program;
   g.__kvmmuReal = real;
   const engine = new Engine(gen, spec, contextFor(spec, {}), { maxSteps: o.maxSteps });
@@ -124,19 +124,20 @@ function finalStates(program: Op[][], strategy: Strategy, real: boolean, o: { ma
     if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex')].join('|'));
     return r;
   };
-  const res = explore(engine, { strategy, continueAfterViolation: true, maxExecutions: o.executions ?? 200_000, seed: 1 });
+  const res = explore(engine, { strategy, reduction: o.reduction, continueAfterViolation: true, maxExecutions: o.executions ?? 200_000, seed: 1 });
   return { states, complete: res.complete, awaits };
 }
 
 const finished = (states: Set<string>): string[] => [...states].filter((s) => s.startsWith('ok|'));
 
-test('with spin loops as awaits, DPOR reaches every final state DFS reaches (spins that end, spin for ever, or take a lock) on 300 random programs', (t) => {
+test('with spin loops as awaits, DPOR (Source and Optimal) reaches every final state DFS reaches (spins that end, spin for ever, or take a lock) on 300 random programs', (t) => {
   let withAwaits = 0;
   let tooBig = 0;
   for (let seed = 1; seed <= 300; seed++) {
     const program = randomProgram(rng(seed * 104729));
-    const dpor = finalStates(program, 'dpor', false);
-    assert.ok(dpor.complete, `seed ${seed}: DPOR not exhaustive: ${JSON.stringify(program)}`);
+    const dpor = finalStates(program, 'dpor', false, { reduction: 'source' });
+    const optimal = finalStates(program, 'dpor', false, { reduction: 'optimal' });
+    assert.ok(dpor.complete && optimal.complete, `seed ${seed}: DPOR not exhaustive: ${JSON.stringify(program)}`);
     // A few programs take DFS hundreds of thousands of executions (one took 456,500): left out, and counted.
     const dfs = finalStates(program, 'dfs', false, { executions: 30_000 });
     if (!dfs.complete) {
@@ -146,7 +147,10 @@ test('with spin loops as awaits, DPOR reaches every final state DFS reaches (spi
     if (dfs.awaits) withAwaits++;
     const missing = [...dfs.states].filter((s) => !dpor.states.has(s));
     const extra = [...dpor.states].filter((s) => !dfs.states.has(s));
-    assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `seed ${seed}: ${JSON.stringify(program)}`);
+    assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `source, seed ${seed}: ${JSON.stringify(program)}`);
+    const missingOptimal = [...dfs.states].filter((s) => !optimal.states.has(s));
+    const extraOptimal = [...optimal.states].filter((s) => !dfs.states.has(s));
+    assert.deepEqual({ missing: missingOptimal, extra: extraOptimal }, { missing: [], extra: [] }, `optimal, seed ${seed}: ${JSON.stringify(program)}`);
   }
   t.diagnostic(`${withAwaits} programs ran an await; ${tooBig} left out as too big for DFS`);
   assert.ok(withAwaits > 50, `only ${withAwaits} programs blocked a spin loop`);
