@@ -26,7 +26,7 @@ export const STRATEGIES: readonly Strategy[] = ['dpor', 'dfs', 'random', 'pct'];
  */
 export type Reduction = 'source' | 'optimal';
 export const REDUCTIONS: readonly Reduction[] = ['source', 'optimal'];
-export const DEFAULT_REDUCTION: Reduction = 'source';
+export const DEFAULT_REDUCTION: Reduction = 'optimal';
 
 export interface ExploreOptions {
   readonly strategy: Strategy;

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { checkSlices, replayCheck, type CheckOptions, type CheckReport } from '../check/check';
-import type { StopRequest, Strategy } from '../check/explore';
+import type { ExploreProgress, Reduction, StopRequest, Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
 import { decodeReplay, renderTable, type ReplaySpec } from '../check/trace';
 import { replayOnThreads } from '../runtime/thread-replay';
@@ -22,6 +22,8 @@ export interface CheckCliOptions {
   indirectFastPath?: IndirectFastPath;
   pageMarking?: PageMarking;
   strategy: Strategy;
+  /** DPOR's reduction (explore.ts DEFAULT_REDUCTION when not given). */
+  reduction?: Reduction;
   preemptions?: number;
   executions?: number;
   seconds?: number;
@@ -98,6 +100,7 @@ async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule
       indirectFastPath: o.indirectFastPath,
       pageMarking: o.pageMarking,
       strategy: o.strategy,
+      reduction: o.reduction,
       preemptions: o.preemptions,
       // random and pct stop after 10,000 executions by default; a time budget given alone replaces that.
       executions: o.executions ?? (o.seconds !== undefined ? Number.MAX_SAFE_INTEGER : undefined),
@@ -106,15 +109,22 @@ async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule
       onProgress:
         status === null
           ? undefined
-          : (p) =>
-              status.show(
-                `check ${spec.name}: ${p.executions} executions, ${Math.round(p.executions / Math.max(p.seconds, 1e-3))}/s` +
-                  (p.pending !== null ? `, ${p.pending} alternatives pending` : ''),
-              ),
+          : (p) => status.show(progressLine(spec.name, p)),
       stop,
     }));
     status?.clear();
     return report;
+}
+
+/** The status line while a check runs: executions (abandoned ones apart), rate, alternatives pending, the estimate. */
+export function progressLine(scenario: string, p: ExploreProgress): string {
+  return (
+    `check ${scenario}: ${p.executions} executions` +
+    (p.abandoned > 0 ? ` (${p.abandoned} abandoned as redundant)` : '') +
+    `, ${Math.round(p.executions / Math.max(p.seconds, 1e-3))}/s` +
+    (p.pending !== null ? `, ${p.pending} alternatives pending` : '') +
+    (p.estimate !== null ? `, about ${p.estimate} in all (estimate: grows as races are found)` : '')
+  );
 }
 
 /** runCheck, letting the event loop run between its slices (about every 100 ms), so a signal handler can set `o.stop`. */
@@ -235,6 +245,11 @@ function print(report: CheckReport, json: boolean, file?: string): void {
   process.stdout.write(json ? JSON.stringify(toJson(report)) + '\n' : formatCheckReport(report, file) + '\n');
 }
 
+/** Executions that ran to their end: not abandoned as redundant, not cut (preemption bound, step bound). */
+export function completeExecutions(r: CheckReport): number {
+  return r.executions - r.abandoned - r.boundCut - r.unfair - r.truncated;
+}
+
 /** The documented JSON shape: {scenario, guards, strategy, complete, executions, seconds, violation}. */
 export function toJson(r: CheckReport): Record<string, unknown> {
   return {
@@ -244,10 +259,14 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     indirectFastPath: r.indirectFastPath,
     pageMarking: r.pageMarking,
     strategy: r.strategy,
+    reduction: r.reduction,
     preemptionBound: r.preemptionBound,
     complete: r.complete,
     boundReached: r.boundReached,
     executions: r.executions,
+    completeExecutions: completeExecutions(r),
+    abandoned: r.abandoned,
+    boundCut: r.boundCut,
     unfair: r.unfair,
     truncated: r.truncated,
     seconds: r.seconds,
@@ -278,7 +297,18 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   // A scenario on raw memory has no VM: no guard or MMU setting reaches its code.
   lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
-  lines.push(`${r.strategy}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
+  const how = r.reduction !== null ? ` (${r.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
+  lines.push(`${r.strategy}${how}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
+  if (r.strategy !== 'replay' && r.reduction !== null) {
+    // Sleep sets let no two complete executions be equivalent: each complete one is a class of its own.
+    const classes = completeExecutions(r);
+    const perClass = classes > 0 ? `: ${(r.executions / classes).toFixed(2)} begun per class of equivalent executions` : '';
+    lines.push(
+      `${classes} complete, ${r.abandoned} abandoned as redundant (begun, then cut by sleep sets)` +
+        (r.boundCut > 0 ? `, ${r.boundCut} cut at the preemption bound` : '') +
+        perClass,
+    );
+  }
   if (r.unfair > 0)
     lines.push(
       `${r.unfair} of them reached the ${r.maxSteps}-step bound with a thread that could run starved: unfair schedules, not livelocks; each was cut and the starved thread tried earlier`,

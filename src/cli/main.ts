@@ -23,7 +23,7 @@ import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-co
 import { tourCommand } from './tour';
 import { corpusCommand, type CorpusCliOptions } from './corpus-command';
 import { accessCommand, type AccessCliOptions } from './access-command';
-import { STRATEGIES } from '../check/explore';
+import { DEFAULT_REDUCTION, REDUCTIONS, STRATEGIES } from '../check/explore';
 import { registerServe } from './serve-command';
 import { registerBench } from './bench-command';
 
@@ -120,6 +120,11 @@ export function buildProgram(): Command {
     .addOption(new Option('--indirect-fast-path <setting>', 'fast path on indirect shadow pages').choices(INDIRECT_FAST_PATH as string[]))
     .addOption(pageMarkingOption())
     .addOption(new Option('--strategy <s>', 'exploration strategy').choices(STRATEGIES as string[]).default('dpor'))
+    .addOption(
+      new Option('--reduction <r>', "dpor's reduction: optimal (Optimal-DPOR, wakeup trees: begins no redundant execution) or source (Source-DPOR; under --preemptions always)")
+        .choices(REDUCTIONS as string[])
+        .default(DEFAULT_REDUCTION),
+    )
     .option('--preemptions <k>', 'explore only schedules with at most K preemptions', int('--preemptions', 0, 1000))
     .option('--executions <n>', 'stop after N executions (random and pct: 10000 unless --seconds is given)', int('--executions', 1))
     .option('--seconds <s>', 'stop after S seconds', positive('--seconds'))
