@@ -1,36 +1,90 @@
-// Checker benchmark: for each built-in scenario, exhaustive DPOR vs plain DFS (executions, time, executions/s), and the time to find the bug with its guard off.
+// Checker benchmark: for each built-in scenario and the classic benchmarks lastzero(N) and cas(N), exhaustive DPOR three ways side by side (the search before failed compare-and-swaps were reads, Source-DPOR, Optimal-DPOR: complete and abandoned executions, time, executions/s), plain DFS, and the time to find the bug with its guard off.
 //
-//   node dist/bench/check.js [--json] [--dfs-seconds S]
+//   node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic]
 //
-// Each scenario is explored once untimed first (compiling its code paths); the figures are the runs after.
+// Each scenario is explored once untimed first (compiling its code paths); the figures are the runs after, in
+// one process, one after the other, so they compare side by side.
 
 import { parseArgs } from 'node:util';
 import { ALL_GUARDS, GUARDS, type GuardName } from '../src/kvm/config';
-import { runCheck, type CheckReport } from '../src/check/check';
+import { contextFor, runCheck, type CheckReport } from '../src/check/check';
+import { Engine, type GenScenarioModule } from '../src/check/engine';
+import { explore, type ExploreResult, type Reduction } from '../src/check/explore';
+import { builtinMonitors } from '../src/check/invariants';
+import type { ScenarioSpec } from '../src/check/gen/scenario';
 import { loadCatalog, loadGenModule } from '../src/cli/scenario-file';
+
+interface Search {
+  executions: number;
+  /** Executions that ran to their end (each a class of equivalent executions of its own). */
+  completeExecutions: number;
+  /** Begun, then abandoned as redundant (sleep-set blocked). */
+  abandoned: number;
+  seconds: number;
+  perSecond: number;
+  complete: boolean;
+}
 
 interface Row {
   scenario: string;
-  dpor: { executions: number; seconds: number; perSecond: number; complete: boolean };
-  dfs: { executions: number; seconds: number; perSecond: number; complete: boolean };
-  guardOff: { guard: string; executions: number; seconds: number; invariant: string | null };
+  /** Source-DPOR with every read-modify-write a write: the search before 2026-12-07. */
+  before: Search;
+  source: Search;
+  optimal: Search;
+  dfs: { executions: number; seconds: number; perSecond: number; complete: boolean } | null;
+  guardOff: { guard: string; executions: number; seconds: number; invariant: string | null } | null;
+}
+
+function search(r: ExploreResult): Search {
+  return {
+    executions: r.executions,
+    completeExecutions: r.executions - r.abandoned - r.boundCut - r.unfair - r.truncated,
+    abandoned: r.abandoned,
+    seconds: r.seconds,
+    perSecond: r.executions / Math.max(r.seconds, 1e-9),
+    complete: r.complete,
+  };
+}
+
+/** Exhaustive DPOR on `spec` in its first mode, every guard on. */
+function dpor(gen: GenScenarioModule, spec: ScenarioSpec, reduction: Reduction, unchangedRmwIsRead: boolean): Search {
+  const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors, unchangedRmwIsRead });
+  return search(explore(engine, { strategy: 'dpor', reduction }));
 }
 
 function measure(r: CheckReport): { executions: number; seconds: number; perSecond: number; complete: boolean } {
   return { executions: r.executions, seconds: r.seconds, perSecond: r.executions / Math.max(r.seconds, 1e-9), complete: r.complete };
 }
 
-const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S]
+const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic]
 
-For each built-in scenario: exhaustive DPOR with every guard on, plain DFS for
-S seconds (default 20), and the executions DPOR needs to find the bug with the
-scenario's guard off. --json prints the rows as JSON.
+For each built-in scenario, side by side in one process: exhaustive DPOR as it
+was before failed compare-and-swaps counted as reads (Source-DPOR, every
+read-modify-write a write), Source-DPOR and Optimal-DPOR (complete and
+abandoned executions, seconds, executions/s); plain DFS for S seconds
+(default 20); the executions DPOR needs to find the bug with the scenario's
+guard off. Then the classic benchmarks lastzero(N) and cas(N) at a few sizes
+(DPOR three ways only). --only limits it to the named scenarios (lastzero-N and
+cas-N name any size); --no-classic leaves the classic ones out. --json prints
+the rows as JSON.
 `;
 
+/** The classic benchmarks measured by default: sizes where the search before took from a fraction of a second to seconds. */
+const CLASSIC = ['lastzero-8', 'lastzero-10', 'lastzero-12', 'cas-7', 'cas-8', 'cas-9'];
+
 function main(): void {
-  let values: { json?: boolean; help?: boolean; 'dfs-seconds'?: string };
+  let values: { json?: boolean; help?: boolean; 'dfs-seconds'?: string; only?: string; 'no-classic'?: boolean };
   try {
-    ({ values } = parseArgs({ options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, 'dfs-seconds': { type: 'string' } }, strict: true }));
+    ({ values } = parseArgs({
+      options: {
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+        'dfs-seconds': { type: 'string' },
+        only: { type: 'string' },
+        'no-classic': { type: 'boolean' },
+      },
+      strict: true,
+    }));
   } catch (e) {
     process.stderr.write(`bench/check: ${(e as Error).message.split('\n')[0]}\n${USAGE}`);
     process.exitCode = 2;
@@ -51,37 +105,64 @@ function main(): void {
   }
   const gen = loadGenModule();
   const catalog = loadCatalog();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const classic = require('../gen/src/check/gen/scenarios/index.js') as typeof import('../src/check/gen/scenarios/index');
+  const only = values.only?.split(',').map((s) => s.trim()) ?? null;
+  const classicSpec = (name: string): ScenarioSpec | null => {
+    const m = /^(lastzero|cas)-(\d+)$/.exec(name);
+    if (m === null) return null;
+    const n = Number(m[2]);
+    return (m[1] === 'lastzero' ? classic.lastZero(n) : classic.casRace(n)) as unknown as ScenarioSpec;
+  };
+  const builtins = catalog.builtin.filter((s) => only === null || only.includes(s.name));
+  const classics = (only ?? (values['no-classic'] === true ? [] : CLASSIC)).map(classicSpec).filter((s): s is ScenarioSpec => s !== null);
+  const unknown = (only ?? []).filter((n) => !builtins.some((s) => s.name === n) && classicSpec(n) === null);
+  if (unknown.length > 0) {
+    process.stderr.write(`bench/check: no built-in scenario ${unknown.join(', ')} (lastzero-N and cas-N name the classic benchmarks)\n`);
+    process.exitCode = 2;
+    return;
+  }
   const rows: Row[] = [];
-  for (const spec of catalog.builtin) {
-    const guard = spec.guard as GuardName;
+  for (const spec of [...builtins, ...classics]) {
+    const isBuiltin = builtins.includes(spec);
     // Steady state: one untimed run first compiles the scenario's code paths (kvmmu check's own
     // report includes that first-run cost).
     runCheck(gen, spec, { strategy: 'dpor', executions: 2000 });
-    const dpor = runCheck(gen, spec, { strategy: 'dpor' });
-    const dfs = runCheck(gen, spec, { strategy: 'dfs', seconds: dfsSeconds });
-    const off = runCheck(gen, spec, { guards: ALL_GUARDS & ~GUARDS[guard], minimize: false });
-    rows.push({
-      scenario: spec.name,
-      dpor: measure(dpor),
-      dfs: measure(dfs),
-      guardOff: { guard, executions: off.executions, seconds: off.seconds, invariant: off.violation?.invariant ?? null },
-    });
+    const before = dpor(gen, spec, 'source', false);
+    const source = dpor(gen, spec, 'source', true);
+    const optimal = dpor(gen, spec, 'optimal', true);
+    let dfs: Row['dfs'] = null;
+    let guardOff: Row['guardOff'] = null;
+    if (isBuiltin) {
+      dfs = measure(runCheck(gen, spec, { strategy: 'dfs', seconds: dfsSeconds }));
+      const guard = spec.guard as GuardName;
+      const off = runCheck(gen, spec, { guards: ALL_GUARDS & ~GUARDS[guard], minimize: false });
+      guardOff = { guard, executions: off.executions, seconds: off.seconds, invariant: off.violation?.invariant ?? null };
+    }
+    rows.push({ scenario: spec.name, before, source, optimal, dfs, guardOff });
     if (!json) process.stderr.write(`${spec.name} done\n`);
   }
   if (json) {
-    process.stdout.write(JSON.stringify({ kind: 'check', version: 1, node: process.version, rows }) + '\n');
+    process.stdout.write(JSON.stringify({ kind: 'check', version: 2, node: process.version, rows }) + '\n');
     return;
   }
   const pad = (s: string | number, n: number): string => String(s).padStart(n);
-  console.log(`${'scenario'.padEnd(18)} ${pad('DPOR execs', 11)} ${pad('s', 7)} ${pad('execs/s', 8)}   ${pad('DFS execs', 10)} ${pad('s', 6)} ${pad('execs/s', 8)}   guard off: execs to bug, s, invariant`);
+  const cell = (x: Search): string =>
+    `${pad(x.completeExecutions, 8)} ${pad(x.abandoned, 7)} ${pad(x.seconds.toFixed(2), 6)} ${pad(Math.round(x.perSecond), 7)}${x.complete ? ' ' : '!'}`;
+  const head = `${pad('complete', 8)} ${pad('abandon', 7)} ${pad('s', 6)} ${pad('execs/s', 7)} `;
+  console.log(`${''.padEnd(22)}${'before (Source, CAS a write)'.padEnd(38)}${'Source-DPOR'.padEnd(38)}${'Optimal-DPOR'.padEnd(38)}DFS; guard off`);
+  console.log(`${'scenario'.padEnd(22)}${head}${head}${head}`);
   for (const r of rows) {
-    console.log(
-      `${r.scenario.padEnd(18)} ${pad(r.dpor.executions, 11)} ${pad(r.dpor.seconds.toFixed(2), 7)} ${pad(Math.round(r.dpor.perSecond), 8)}   ` +
-        `${pad(r.dfs.executions + (r.dfs.complete ? '' : '+'), 10)} ${pad(r.dfs.seconds.toFixed(1), 6)} ${pad(Math.round(r.dfs.perSecond), 8)}   ` +
-        `${r.guardOff.executions} in ${r.guardOff.seconds.toFixed(2)} s, ${r.guardOff.invariant ?? 'NOT FOUND'}`,
-    );
+    const rest =
+      r.dfs === null || r.guardOff === null
+        ? ''
+        : `  DFS ${r.dfs.executions}${r.dfs.complete ? '' : '+'} in ${r.dfs.seconds.toFixed(1)} s (${Math.round(r.dfs.perSecond)}/s); ` +
+          `guard off: ${r.guardOff.executions} in ${r.guardOff.seconds.toFixed(2)} s, ${r.guardOff.invariant ?? 'NOT FOUND'}`;
+    console.log(`${r.scenario.padEnd(22)}${cell(r.before)} ${cell(r.source)} ${cell(r.optimal)}${rest}`);
   }
-  console.log(`(DFS counts with '+' stopped at the ${dfsSeconds} s budget without finishing; every DPOR run is exhaustive)`);
+  console.log(
+    `(complete: executions run to their end, one per class of equivalent executions; abandon: begun, then cut by sleep sets as redundant; '!' marks a DPOR run that was not exhaustive; DFS counts with '+' stopped at the ${dfsSeconds} s budget)`,
+  );
 }
 
 main();

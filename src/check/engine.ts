@@ -118,6 +118,12 @@ export interface EngineOptions {
   readonly maxSteps?: number;
   /** The invariants to watch, made for the scenario's machine; they declare what they touch to `fp`. */
   readonly monitorsFor?: (machine: ScenarioMachine, fp: Footprint) => Monitor[];
+  /**
+   * A read-modify-write that leaves its word as it was (a failed compare-and-swap) counts as a read for the
+   * reduction (ops.ts rmwWidth). Default true; false counts every one a write, as kvmmu did before 2026-12-07
+   * (bench/check.js measures the two side by side).
+   */
+  readonly unchangedRmwIsRead?: boolean;
 }
 
 const DEFAULT_MAX_STEPS = 20_000;
@@ -262,6 +268,8 @@ export class Engine {
   private readonly setupData: unknown;
   /** Steps after which an execution is a livelock, or, with a thread starved, an unfair one (cut). */
   readonly maxSteps: number;
+  /** EngineOptions.unchangedRmwIsRead. */
+  private readonly unchangedRmwIsRead: boolean;
   readonly monitors: readonly Monitor[];
   /** The monitors that look at every step (most only watch notes or the end). */
   private readonly stepMonitors: readonly Monitor[];
@@ -297,6 +305,7 @@ export class Engine {
     if (this.threadNames.length > 30) throw new KvmmuError(`scenario ${spec.name} has ${this.threadNames.length} threads; the checker runs at most 30`);
     for (const name of this.threadNames) checkThreadName(spec.name, name);
     this.maxSteps = o.maxSteps ?? DEFAULT_MAX_STEPS;
+    this.unchangedRmwIsRead = o.unchangedRmwIsRead ?? true;
     this.machine = gen.createScenarioMachine(spec, ctx);
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
@@ -534,7 +543,7 @@ export class Engine {
       ex.steps.push(step);
       if (this.spinUsed) this.trackers[t]!.preExecute();
       // A read-modify-write that leaves its word as it was is a read (ops.ts rmwWidth): only the reduction cares.
-      const rmw = this.trackFootprints ? rmwWidth(step.op) : 0;
+      const rmw = this.trackFootprints && this.unchangedRmwIsRead ? rmwWidth(step.op) : 0;
       const old = rmw === 0 ? 0 : this.rmwValue(rmw, step.a);
       this.advance(ex, gens, t);
       if (rmw !== 0 && this.rmwValue(rmw, step.a) === old) {

@@ -330,6 +330,25 @@ test('bench/check.js refuses a --dfs-seconds that is not a number of seconds (it
   assert.match(help.stdout, /^usage: node dist\/bench\/check\.js/);
 });
 
+test('bench/check.js measures the search before, Source-DPOR and Optimal-DPOR side by side: on cas(5) 5! executions before and 5 now, on lastzero(6) none abandoned by Optimal-DPOR', () => {
+  const run = (...args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bench', 'check.js'), ...args], { encoding: 'utf8', timeout: 120_000 });
+  const r = run('--only', 'cas-5,lastzero-6', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  type Search = { executions: number; completeExecutions: number; abandoned: number; complete: boolean };
+  const j = JSON.parse(r.stdout) as { rows: { scenario: string; before: Search; source: Search; optimal: Search; dfs: unknown }[] };
+  const [cas, lastzero] = j.rows;
+  assert.equal(cas!.scenario, 'cas-5');
+  assert.deepEqual([cas!.before.executions, cas!.source.executions, cas!.optimal.executions], [120, 5, 5]);
+  assert.equal(cas!.dfs, null, 'the classic benchmarks are measured with DPOR only');
+  assert.equal(lastzero!.scenario, 'lastzero-6');
+  assert.ok(lastzero!.source.abandoned > 0 && lastzero!.optimal.abandoned === 0);
+  assert.equal(lastzero!.optimal.completeExecutions, lastzero!.source.completeExecutions);
+  for (const x of [cas!, lastzero!]) for (const s of [x.before, x.source, x.optimal]) assert.ok(s.complete);
+  const bad = run('--only', 'no-such-scenario');
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /no built-in scenario no-such-scenario/);
+});
+
 test('bench demand-paging --json over 1..2 vCPUs in two modes prints one point per mode and vCPU count, every page a slow fault in tdp mode, and a gain per mode', () => {
   const r = kvmmu('bench', 'demand-paging', '-v', '2', '-b', '256K', '-t', '2', '--modes', 'direct,tdp', '--json');
   assert.equal(r.code, 0, r.stderr);
