@@ -50,6 +50,8 @@ export interface SettingsRequest {
 export interface CheckRequest extends SettingsRequest {
   /** Default dpor. */
   readonly strategy?: string;
+  /** DPOR's reduction: optimal (default) or source. */
+  readonly reduction?: string;
   readonly preemptions?: number;
   readonly executions?: number;
   /** Time budget (default 30, at most 300). */

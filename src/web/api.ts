@@ -6,7 +6,7 @@ import { KvmmuError } from '../shm/errors';
 import { GUARD_HELP, GUARD_NAMES, INDIRECT_FAST_PATH, MMU_MODES, PAGE_MARKING, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import type { CheckOptions } from '../check/check';
 import type { GenScenarioModule } from '../check/engine';
-import { STRATEGIES, type Strategy } from '../check/explore';
+import { REDUCTIONS, STRATEGIES, type Reduction, type Strategy } from '../check/explore';
 import type { ScenarioContext, ScenarioSpec } from '../check/gen/scenario';
 import { contextOf, runPrefix } from '../check/inspect';
 import { decodeReplay, decodeSchedule, encodeReplay } from '../check/trace';
@@ -156,7 +156,7 @@ export interface CheckJob {
   readonly options: Omit<CheckOptions, 'onProgress' | 'now'>;
 }
 
-const CHECK_FIELDS = ['scenario', 'guardsOff', 'mode', 'indirectFastPath', 'pageMarking', 'strategy', 'preemptions', 'executions', 'seconds', 'seed'];
+const CHECK_FIELDS = ['scenario', 'guardsOff', 'mode', 'indirectFastPath', 'pageMarking', 'strategy', 'reduction', 'preemptions', 'executions', 'seconds', 'seed'];
 
 /** Validate POST /api/check's body. */
 export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
@@ -172,6 +172,8 @@ export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
   });
   const strategy = str(body, 'strategy');
   if (strategy !== undefined && !STRATEGIES.includes(strategy as Strategy)) throw bad(`unknown strategy '${strategy}': the strategies are ${STRATEGIES.join(', ')}`);
+  const reduction = str(body, 'reduction');
+  if (reduction !== undefined && !REDUCTIONS.includes(reduction as Reduction)) throw bad(`unknown reduction '${reduction}': the reductions are ${REDUCTIONS.join(', ')}`);
   const seconds = body.seconds;
   if (seconds !== undefined && (typeof seconds !== 'number' || !(seconds > 0) || seconds > CHECK_SECONDS_MAX))
     throw bad(`'seconds' must be a number above 0 and at most ${CHECK_SECONDS_MAX}`);
@@ -183,6 +185,7 @@ export function checkJobOf(catalog: ScenarioCatalog, body: unknown): CheckJob {
       indirectFastPath: ctx.indirectFastPath,
       pageMarking: ctx.pageMarking,
       strategy: (strategy as Strategy | undefined) ?? 'dpor',
+      reduction: reduction as Reduction | undefined,
       preemptions: int(body, 'preemptions', 0, 1000),
       executions: int(body, 'executions', 1, 100_000_000),
       seconds: (seconds as number | undefined) ?? CHECK_SECONDS_DEFAULT,

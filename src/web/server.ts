@@ -2,7 +2,7 @@
 //
 // API (every answer is JSON; a bad request gets a 4xx and {"error": "..."}):
 //   GET  /api/scenarios        scenarios, guards, modes, strategies
-//   POST /api/check            {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, strategy?, preemptions?, executions?, seconds?, seed?}
+//   POST /api/check            {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, strategy?, reduction?, preemptions?, executions?, seconds?, seed?}
 //                              → the checker's CheckReport (run in a worker thread); with Accept: application/x-ndjson,
 //                              {"progress": ...} lines while it runs, then {"report": ...} (closing the connection cancels it)
 //   POST /api/replay (/api/step) {replay} or {scenario, guardsOff?, mode?, indirectFastPath?, pageMarking?, schedule?, peek?}

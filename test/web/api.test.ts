@@ -153,6 +153,7 @@ const BAD: [string, string, unknown, number, RegExp][] = [
   ['an unknown guard', '/api/check', { scenario: 'dirty-bit-loss', guardsOff: ['no-such-guard'] }, 400, /unknown guard 'no-such-guard'/],
   ['a mode the scenario does not run in', '/api/check', { scenario: 'wp-tlb-flush', mode: 'direct' }, 400, /runs in shadow mode, not direct/],
   ['an unknown strategy', '/api/check', { scenario: 'dirty-bit-loss', strategy: 'guess' }, 400, /unknown strategy 'guess'/],
+  ['an unknown reduction', '/api/check', { scenario: 'dirty-bit-loss', reduction: 'guess' }, 400, /unknown reduction 'guess': the reductions are source, optimal/],
   ['an unknown page-marking setting', '/api/check', { scenario: 'dirty-bit-loss', pageMarking: 'later' }, 400, /unknown page-marking setting 'later'/],
   ['a replay string and a page-marking setting', '/api/replay', { replay: 'dirty-bit-loss:direct:none:pin:0', pageMarking: 'fault' }, 400, /give a replay string or 'pageMarking'/],
   ['an unknown field', '/api/check', { scenario: 'dirty-bit-loss', guards: [] }, 400, /unknown field 'guards'/],
