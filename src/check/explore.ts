@@ -11,6 +11,8 @@
 // part way. Optimal-DPOR: unless a thread asleep at e's state can start v
 // (weak initials), insert v itself into that state's wakeup tree, which the
 // search follows before choosing freely, so every execution it begins is new.
+// Where it departs from the paper (blocked threads' races, sequences that reach
+// a leaf), Systematic and insertSequence say why.
 // Executions are stateless: each one replays its prefix from the snapshot.
 
 import { OP } from '../shm/access';
@@ -96,7 +98,7 @@ export interface ExploreResult {
   readonly boundCut: number;
   /** DPOR's reduction (Source-DPOR whenever a preemption bound is given); null for the other strategies. */
   readonly reduction: Reduction | null;
-  /** Optimal-DPOR: wakeup sequences that could not be followed as recorded (Systematic; 0 expected). */
+  /** Optimal-DPOR: wakeup sequences whose last step could not run where they put it (Systematic). */
   readonly wakeupMisses: number;
   /**
    * Executions cut at the step bound as unfair: a thread that could run was kept from running for the last half
@@ -223,11 +225,6 @@ function isWeakInitial(p: number, pAccess: Access | null, thr: readonly number[]
   return true;
 }
 
-/** Ops whose step can be blocked: a reversed race ending in one may not be able to run (ops.ts isEnabled). */
-function canBlock(op: number): boolean {
-  return op === OP.lock || op === OP.readLock || op === OP.writeLock || op === OP.writeLockWait || op === OP.waitWhile32 || op === OP.awaitChange;
-}
-
 /** Thread p's whole step at `node`, as far as known (its operation's access until it has run from here or above). */
 function fullOf(node: Node, p: number): Access | null {
   return node.full?.[p] ?? node.pend[p] ?? null;
@@ -270,18 +267,19 @@ class LocState {
  * The systematic explorer: DPOR with sleep sets (reduce = true), Optimal-DPOR with wakeup trees when `optimal`
  * (else Source-DPOR), or plain DFS.
  *
- * Optimal-DPOR falls back on Source-DPOR's rule (schedule one thread that can start the reversal, or every
- * thread) where a wakeup sequence could not be run as recorded: a reversed race whose last step can block (a
- * lock, a wait: in the other order it may not be enabled), a blocked thread's race (it never ran), an unfair
- * cut. An execution begun there may be abandoned, and is counted (`abandoned`); `wakeupMisses` counts wakeup
- * sequences that could not be followed (none expected).
+ * Blocked threads (a held lock, a wait) race too: a blocked thread's pending operation against the last step it
+ * depends on (pendingRace), whose reversal is a wakeup sequence ending in that operation. Where it could not run
+ * at that step's state either, Optimal-DPOR falls back on Source-DPOR's rule (schedule every thread there); an
+ * execution begun that way may be abandoned, and is counted (`abandoned`). A reversed race whose last step is a
+ * lock or a wait may find it unable to run (the step it raced with let it through): `wakeupMisses` counts those,
+ * and the search chooses freely there.
  */
 class Systematic implements Chooser {
   nodes: Node[] = [];
   boundReached = false;
   /** Executions abandoned because every runnable thread was asleep (a redundant execution). */
   abandoned = 0;
-  /** Wakeup sequences whose next thread could not run where the sequence said (none expected; see above). */
+  /** Wakeup sequences whose next thread could not run where the sequence said (see above). */
   wakeupMisses = 0;
   /** Index of the first step of the current execution that is not a replay of the previous one. */
   private fresh = 0;
@@ -460,7 +458,7 @@ class Systematic implements Chooser {
       if (ls !== undefined && ls.lk >= 0) {
         const i = ls.lk;
         const s = this.stepOf[i]!;
-        if (s.thread !== t && vcs[base + s.thread]! < this.stepLocal[i]! && j >= this.fresh) this.reverse(i, j, t, step.op);
+        if (s.thread !== t && vcs[base + s.thread]! < this.stepLocal[i]! && j >= this.fresh) this.reverse(i, j, t);
       }
     }
     // The steps this one depends on: the last write of each location; for a write the reads since; for a
@@ -489,7 +487,7 @@ class Systematic implements Chooser {
     for (const i of deps) {
       const s = this.stepOf[i]!;
       if (vcs[base + s.thread]! >= this.stepLocal[i]!) continue;
-      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) this.reverse(i, j, t, step.op);
+      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) this.reverse(i, j, t);
       for (let x = 0; x < n; x++) if (vcs[i * n + x]! > vcs[base + x]!) vcs[base + x] = vcs[i * n + x]!;
     }
     for (let k = 0; k < acc.keys.length; k++) {
@@ -576,6 +574,12 @@ class Systematic implements Chooser {
       }
       if (latest < 0) return;
       const at = this.nodes[latest]!;
+      if (this.optimal && (at.enabled & (1 << p)) !== 0) {
+        // No step after `latest` writes what p's operation reads (latest is the last that does), so after the steps
+        // that do not depend on it p can run as it could at latest's state: the sequence is one to wake up.
+        this.insertSequence(latest, j + 1, p, acc);
+        return;
+      }
       if ((at.backtrack & (1 << p)) !== 0) return;
       this.schedule(at, (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled);
     }
@@ -587,9 +591,16 @@ class Systematic implements Chooser {
    * threads whose first step in v depends on no earlier step of v — can each
    * start the reversed race at i's state; if none is scheduled there, schedule one.
    */
-  private reverse(i: number, j: number, tj: number, opJ: number): void {
-    if (this.optimal && !canBlock(opJ)) {
-      this.insertReversal(i, j, tj);
+  private reverse(i: number, j: number, tj: number): void {
+    if (this.optimal) {
+      // tj's step now runs before i, and may read another value there: a read-modify-write that changed nothing
+      // here may write (the only location whose use can change is the one i wrote, and no step of v touches it,
+      // since each would depend on i). So within v it counts as writing (a sleeping thread that reads that
+      // location does not start v); in the tree it is unknown (WakeupNode). A lock or a wait may not be enabled
+      // there at all (i may be what let it through): then the race could not be reversed, and the search, finding
+      // the sequence's last thread unable to run, chooses freely after the rest of it.
+      const cur = this.curStep!;
+      this.insertSequence(i, j, tj, cur.writing === undefined ? cur.access : withExtra(cur.access, cur.writing.keys, cur.writing.writes, cur.writing.ors, cur.writing.keys.length));
       return;
     }
     const at = this.nodes[i]!;
@@ -641,12 +652,13 @@ class Systematic implements Chooser {
   private vRemoved = new Uint8Array(64);
 
   /**
-   * Optimal-DPOR: step j (thread tj, not yet in stepOf) races with step i. v is the steps after i that do not
-   * depend on i, then tj's step. Unless a thread asleep at i's state (one explored from there already, or asleep
-   * on arrival) is a weak initial of v — an execution equivalent to one starting with it would contain v's
-   * reordering — insert v into the wakeup tree at i's state (JACM 2017, Algorithm 2 and its insert).
+   * Optimal-DPOR: a step of thread `last` (what it touches: `lastAccess`) races with step i, and should run
+   * before it. v is the steps after i and before `upto` that do not depend on i, then that step. Unless a thread
+   * asleep at i's state (one explored from there already, or asleep on arrival) is a weak initial of v — an
+   * execution equivalent to one starting with it would contain v's reordering — insert v into the wakeup tree at
+   * i's state (JACM 2017, Algorithm 2 and its insert).
    */
-  private insertReversal(i: number, j: number, tj: number): void {
+  private insertSequence(i: number, upto: number, last: number, lastAccess: Access): void {
     const at = this.nodes[i]!;
     const ti = this.stepOf[i]!.thread;
     const li = this.stepLocal[i]!;
@@ -654,19 +666,14 @@ class Systematic implements Chooser {
     const acc = this.vAcc;
     thr.length = 0;
     acc.length = 0;
-    for (let k = i + 1; k < j; k++) {
+    for (let k = i + 1; k < upto; k++) {
       if (this.vcAt(k, ti) >= li) continue; // depends on i: not in v
       const s = this.stepOf[k]!;
       thr.push(s.thread);
       acc.push(s.access);
     }
-    thr.push(tj);
-    // tj's step now runs before i, and may read another value there: a read-modify-write that changed nothing
-    // here may write (the only location whose use can change is the one i wrote, and no step of v touches it,
-    // since each would depend on i). So within v it counts as writing (a sleeping thread that reads that location
-    // does not start v); in the tree it is unknown (WakeupNode).
-    const cur = this.curStep!;
-    acc.push(cur.writing === undefined ? cur.access : withExtra(cur.access, cur.writing.keys, cur.writing.writes, cur.writing.ors, cur.writing.keys.length));
+    thr.push(last);
+    acc.push(lastAccess);
     if (this.vRemoved.length < thr.length) this.vRemoved = new Uint8Array(thr.length * 2);
     const removed = this.vRemoved;
     removed.fill(0, 0, thr.length);
@@ -684,8 +691,6 @@ class Systematic implements Chooser {
           break;
         }
       if (next === null) break;
-      // A leaf: the search already runs a sequence v extends (after reordering), and chooses freely after it.
-      if (next.children.length === 0) return;
       for (let x = 0; x < thr.length; x++)
         if (removed[x] === 0 && thr[x] === next.thread) {
           removed[x] = 1;
@@ -694,20 +699,23 @@ class Systematic implements Chooser {
       kids = next.children;
       let left = false;
       for (let x = 0; x < thr.length && !left; x++) left = removed[x] === 0;
-      if (!left) return; // v is a prefix of a sequence already in the tree
+      if (!left) return; // v is a prefix of a sequence already in the tree (after reordering)
+      // At a leaf, what is left of v goes below it. (The paper leaves the tree as it is when v only shares a weak
+      // prefix with a leaf, counting on the free choices after the leaf; with the sleep sets that follow, those
+      // need not reach v's order: a differential test found a class of executions missed that way.)
     }
     // What is left of v becomes the rightmost branch here.
-    const last = thr.length - 1;
+    const end = thr.length - 1;
     let chain: WakeupNode[] = kids;
-    for (let x = 0; x <= last; x++) {
+    for (let x = 0; x <= end; x++) {
       if (removed[x] !== 0) continue;
-      const node: WakeupNode = { thread: thr[x]!, access: x === last ? null : acc[x]!, children: [] };
+      const node: WakeupNode = { thread: thr[x]!, access: x === end ? null : acc[x]!, children: [] };
       chain.push(node);
       chain = node.children;
     }
   }
 
-  /** The step stepped() is looking at (insertReversal's v ends with it). */
+  /** The step stepped() is looking at (a reversed race's v ends with it). */
   private curStep: Step | null = null;
 
   private firstLocal = new Int32Array(32);

@@ -169,3 +169,17 @@ test('DPOR (Source and Optimal) reaches every final state exhaustive DFS reaches
     }
   }
 });
+
+test("Optimal-DPOR reverses a blocked wait's race as a whole sequence: a wait that in one order never runs still gets the order where it runs before the store that blocks it, after the other thread's store", () => {
+  // Found by the test above over more seeds (seed 1223 of 2,300): B's wait for word 0 to leave 2 runs only when B goes
+  // before A's store; the state where also C's 64-bit store comes first was missed when the wait's race was
+  // reversed by scheduling B alone (Source-DPOR's rule), since a sleeping A then covered C's race.
+  const program: Op[][] = [
+    [{ k: 'store32', l: 0, v: 2, w: 0 }],
+    [{ k: 'store64', l: 1, v: 2, w: 2, then: { k: 'xchg32', l: 2, v: 1, w: 2 }, when: 0 }, { k: 'waitWhile32', l: 0, v: 1, w: 2 }],
+    [{ k: 'store64', l: 1, v: 3, w: 0 }],
+  ];
+  const dfs = finalStates(program, 'dfs');
+  assert.equal(dfs.size, 4, 'the wait passes or blocks for good, with either 64-bit store last');
+  for (const reduction of REDUCTIONS) assert.deepEqual([...finalStates(program, 'dpor', reduction)].sort(), [...dfs].sort(), reduction);
+});
