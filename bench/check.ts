@@ -1,9 +1,10 @@
 // Checker benchmark: for each built-in scenario and the classic benchmarks lastzero(N) and cas(N), exhaustive DPOR three ways side by side (the search before failed compare-and-swaps were reads, Source-DPOR, Optimal-DPOR: complete and abandoned executions, time, executions/s), plain DFS, and the time to find the bug with its guard off.
 //
-//   node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic]
+//   node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic] [--repeat N]
 //
 // Each scenario is explored once untimed first (compiling its code paths); the figures are the runs after, in
-// one process, one after the other, so they compare side by side.
+// one process, one after the other, so they compare side by side. With --repeat N the three DPOR ways alternate
+// N times (before, Source, Optimal, before, ...) and each cell is the run of median time.
 
 import { parseArgs } from 'node:util';
 import { ALL_GUARDS, GUARDS, type GuardName } from '../src/kvm/config';
@@ -23,6 +24,8 @@ interface Search {
   seconds: number;
   perSecond: number;
   complete: boolean;
+  /** With --repeat: every run's seconds, in the order run (the cell is the median one's). */
+  secondsAll: number[];
 }
 
 interface Row {
@@ -43,7 +46,14 @@ function search(r: ExploreResult): Search {
     seconds: r.seconds,
     perSecond: r.executions / Math.max(r.seconds, 1e-9),
     complete: r.complete,
+    secondsAll: [r.seconds],
   };
+}
+
+/** The run of median time among `runs` (the lower middle one of an even number), with every run's seconds. */
+function median(runs: Search[]): Search {
+  const sorted = [...runs].sort((x, y) => x.seconds - y.seconds);
+  return { ...sorted[(sorted.length - 1) >> 1]!, secondsAll: runs.map((x) => x.seconds) };
 }
 
 /** Exhaustive DPOR on `spec` in its first mode, every guard on. */
@@ -56,7 +66,7 @@ function measure(r: CheckReport): { executions: number; seconds: number; perSeco
   return { executions: r.executions, seconds: r.seconds, perSecond: r.executions / Math.max(r.seconds, 1e-9), complete: r.complete };
 }
 
-const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic]
+const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic] [--repeat N]
 
 For each built-in scenario, side by side in one process: exhaustive DPOR as it
 was before failed compare-and-swaps counted as reads (Source-DPOR, every
@@ -65,15 +75,16 @@ abandoned executions, seconds, executions/s); plain DFS for S seconds
 (default 20); the executions DPOR needs to find the bug with the scenario's
 guard off. Then the classic benchmarks lastzero(N) and cas(N) at a few sizes
 (DPOR three ways only). --only limits it to the named scenarios (lastzero-N and
-cas-N name any size); --no-classic leaves the classic ones out. --json prints
-the rows as JSON.
+cas-N name any size); --no-classic leaves the classic ones out. --repeat N
+alternates the three DPOR ways N times (default 1) and reports the run of
+median time of each. --json prints the rows as JSON.
 `;
 
 /** The classic benchmarks measured by default: sizes where the search before took from a fraction of a second to seconds. */
 const CLASSIC = ['lastzero-8', 'lastzero-10', 'lastzero-12', 'cas-7', 'cas-8', 'cas-9'];
 
 function main(): void {
-  let values: { json?: boolean; help?: boolean; 'dfs-seconds'?: string; only?: string; 'no-classic'?: boolean };
+  let values: { json?: boolean; help?: boolean; 'dfs-seconds'?: string; only?: string; 'no-classic'?: boolean; repeat?: string };
   try {
     ({ values } = parseArgs({
       options: {
@@ -82,6 +93,7 @@ function main(): void {
         'dfs-seconds': { type: 'string' },
         only: { type: 'string' },
         'no-classic': { type: 'boolean' },
+        repeat: { type: 'string' },
       },
       strict: true,
     }));
@@ -100,6 +112,12 @@ function main(): void {
   const dfsSeconds = given === undefined ? 20 : /^\d+(\.\d+)?$/.test(given) ? Number(given) : NaN;
   if (!(dfsSeconds > 0)) {
     process.stderr.write(`bench/check: --dfs-seconds takes a number of seconds above 0, not '${given}'\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const repeat = values.repeat === undefined ? 1 : /^\d+$/.test(values.repeat) ? Number(values.repeat) : NaN;
+  if (!(repeat >= 1 && repeat <= 100)) {
+    process.stderr.write(`bench/check: --repeat takes a whole number of runs from 1 to 100, not '${values.repeat}'\n`);
     process.exitCode = 2;
     return;
   }
@@ -128,9 +146,15 @@ function main(): void {
     // Steady state: one untimed run first compiles the scenario's code paths (kvmmu check's own
     // report includes that first-run cost).
     runCheck(gen, spec, { strategy: 'dpor', executions: 2000 });
-    const before = dpor(gen, spec, 'source', false);
-    const source = dpor(gen, spec, 'source', true);
-    const optimal = dpor(gen, spec, 'optimal', true);
+    const runs: { before: Search[]; source: Search[]; optimal: Search[] } = { before: [], source: [], optimal: [] };
+    for (let k = 0; k < repeat; k++) {
+      runs.before.push(dpor(gen, spec, 'source', false));
+      runs.source.push(dpor(gen, spec, 'source', true));
+      runs.optimal.push(dpor(gen, spec, 'optimal', true));
+    }
+    const before = median(runs.before);
+    const source = median(runs.source);
+    const optimal = median(runs.optimal);
     let dfs: Row['dfs'] = null;
     let guardOff: Row['guardOff'] = null;
     if (isBuiltin) {
@@ -161,7 +185,9 @@ function main(): void {
     console.log(`${r.scenario.padEnd(22)}${cell(r.before)} ${cell(r.source)} ${cell(r.optimal)}${rest}`);
   }
   console.log(
-    `(complete: executions run to their end, one per class of equivalent executions; abandon: begun, then cut by sleep sets as redundant; '!' marks a DPOR run that was not exhaustive; DFS counts with '+' stopped at the ${dfsSeconds} s budget)`,
+    `(complete: executions run to their end, one per class of equivalent executions; abandon: begun, then cut by sleep sets as redundant; '!' marks a DPOR run that was not exhaustive; DFS counts with '+' stopped at the ${dfsSeconds} s budget` +
+      (repeat > 1 ? `; each DPOR cell the run of median time of ${repeat}, the three ways alternating` : '') +
+      ')',
   );
 }
 

@@ -347,6 +347,16 @@ test('bench/check.js measures the search before, Source-DPOR and Optimal-DPOR si
   const bad = run('--only', 'no-such-scenario');
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /no built-in scenario no-such-scenario/);
+  const badRepeat = run('--repeat', '0');
+  assert.equal(badRepeat.status, 2);
+  assert.match(badRepeat.stderr, /--repeat takes a whole number of runs from 1 to 100, not '0'/);
+  // Alternating runs: every run's time is kept, the cell is the median one's.
+  const repeated = run('--only', 'cas-4', '--repeat', '3', '--json');
+  assert.equal(repeated.status, 0, repeated.stderr);
+  const row = (JSON.parse(repeated.stdout) as { rows: { before: Search & { seconds: number; secondsAll: number[] } }[] }).rows[0]!;
+  assert.equal(row.before.secondsAll.length, 3);
+  assert.equal(row.before.seconds, [...row.before.secondsAll].sort((x, y) => x - y)[1]);
+  assert.equal(row.before.executions, 24);
 });
 
 test('bench demand-paging --json over 1..2 vCPUs in two modes prints one point per mode and vCPU count, every page a slow fault in tdp mode, and a gain per mode', () => {
