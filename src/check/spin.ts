@@ -18,6 +18,34 @@
 import { OP } from '../shm/access';
 import { dataPageKey, metaKey32, metaKey64, type Access } from './ops';
 
+/** The word an operation writes, by kind: none, a 32-bit meta word, a 64-bit meta word, a 64-bit data word. */
+const W_NONE = 0;
+const W_META32 = 1;
+const W_META64 = 2;
+const W_DATA64 = 3;
+
+function writtenWord(op: number): number {
+  switch (op) {
+    case OP.store32:
+    case OP.cmpxchg32:
+    case OP.xchg32:
+    case OP.fetchAdd32:
+    case OP.fetchOr32:
+    case OP.fetchAnd32:
+    case OP.or32:
+      return W_META32;
+    case OP.store64:
+    case OP.cmpxchg64:
+    case OP.xchg64:
+      return W_META64;
+    case OP.storeData64:
+    case OP.cmpxchgData64:
+      return W_DATA64;
+    default:
+      return W_NONE;
+  }
+}
+
 /** Where a watched 32-bit word lives. */
 const META = 0;
 const DATA = 1;
@@ -92,24 +120,15 @@ export class SpinTracker {
   preExecute(): void {
     if (this.loop < 0 || !this.hasPrev) return;
     const a = this.prevA;
-    switch (this.prevOp) {
-      case OP.store32:
-      case OP.cmpxchg32:
-      case OP.xchg32:
-      case OP.fetchAdd32:
-      case OP.fetchOr32:
-      case OP.fetchAnd32:
-      case OP.or32:
+    switch (writtenWord(this.prevOp)) {
+      case W_META32:
         this.pre0 = this.meta[a]!;
         break;
-      case OP.store64:
-      case OP.cmpxchg64:
-      case OP.xchg64:
+      case W_META64:
         this.pre0 = this.meta[2 * a]!;
         this.pre1 = this.meta[2 * a + 1]!;
         break;
-      case OP.storeData64:
-      case OP.cmpxchgData64:
+      case W_DATA64:
         this.pre0 = this.data[2 * a]!;
         this.pre1 = this.data[2 * a + 1]!;
         break;
@@ -160,22 +179,15 @@ export class SpinTracker {
       case OP.awaitChange:
         for (let k = 0; k < this.awIdx.length; k++) this.read(this.awBuf[k]!, this.awIdx[k]!, this.awKey[k]!);
         return;
-      case OP.store32:
-      case OP.cmpxchg32:
-      case OP.xchg32:
-      case OP.fetchAdd32:
-      case OP.fetchOr32:
-      case OP.fetchAnd32:
-      case OP.or32:
+    }
+    switch (writtenWord(this.prevOp)) {
+      case W_META32:
         this.wrote(META, a, metaKey32(a), false);
         return;
-      case OP.store64:
-      case OP.cmpxchg64:
-      case OP.xchg64:
+      case W_META64:
         this.wrote(META, 2 * a, metaKey64(a), true);
         return;
-      case OP.storeData64:
-      case OP.cmpxchgData64:
+      case W_DATA64:
         this.wrote(DATA, 2 * a, dataPageKey(Math.floor((a * 8) / 4096)), true);
         return;
       default:

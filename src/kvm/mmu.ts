@@ -599,41 +599,14 @@ export class Mmu implements GuestPtAccess {
       sp = child;
     }
     const sptep = k.pages.sptep(sp, spteIndex(gpa, goal));
-    if (goal === 2) return this.mmuSetHugeSpte(sptep, gfn - (gfn % 512), pfn - (gfn % 512), hostWritable, write);
+    // A huge page: one SPTE for the 2 MiB from its first gfn, mapping the huge page's first frame; no prefetch
+    // (KVM prefetches into 4 KiB tables only).
+    if (goal === 2) return this.mmuSetSpte(sp, sptep, ACC_ALL, gfn - (gfn % 512), pfn - (gfn % 512), hostWritable, write, false, 2);
     const ret = this.mmuSetSpte(sp, sptep, ACC_ALL, gfn, pfn, hostWritable, write, false);
     if (ret !== RET_PF_SPURIOUS && !this.invalidationInProgress()) this.directPtePrefetch(sptep, gfn, ACC_ALL);
     return ret;
   }
 
-  /**
-   * mmu_set_spte at level 2: map the 2 MiB from `gfn` (aligned) to the huge
-   * page at `pfn` with one huge SPTE. A table linked there (the 2 MiB was
-   * mapped by 4 KiB pages while dirty logging was on) is unlinked first
-   * (drop_parent_pte; the table stays until it is zapped), and TLBs flushed.
-   * No prefetch: KVM prefetches into 4 KiB tables only. Contract: mmu_lock held.
-   */
-  private mmuSetHugeSpte(sptep: number, gfn: number, pfn: number, hostWritable: boolean, write: boolean): number {
-    const k = this.kvm;
-    let newSpte = makeHugeSpte(makeSpte(ACC_ALL, pfn, hostWritable, true, write));
-    const old = k.mem.load64(sptep);
-    let flush = false;
-    if (isShadowPresentPte(old) && (!isLargePte(old) || spteToPfn(old) !== pfn)) {
-      k.spte.mmuPageZapPte(sptep);
-      flush = true;
-    } else if (isShadowPresentPte(old)) {
-      newSpte = SpteUpdate.keepDirty(old, newSpte);
-      if (old === newSpte) return RET_PF_SPURIOUS;
-      if (k.spte.mmuSpteUpdate(sptep, newSpte)) flush = true;
-      if (isWritablePte(newSpte)) k.markPageDirty(gfn);
-      if (flush) k.kvmFlushRemoteTlbs();
-      return RET_PF_FIXED;
-    }
-    k.spte.mmuSpteSet(sptep, newSpte);
-    k.spte.rmapAdd(gfn, sptep, true);
-    if (isWritablePte(newSpte)) k.markPageDirty(gfn);
-    if (flush) k.kvmFlushRemoteTlbs();
-    return RET_PF_FIXED;
-  }
 
   /** Is an MMU-notifier invalidation running? Prefetching then could map what it is removing. Contract: mmu_lock held. */
   private invalidationInProgress(): boolean {
@@ -714,8 +687,9 @@ export class Mmu implements GuestPtAccess {
    * rights `acc`. A gfn that holds a shadowed guest page table is mapped without
    * W or MMU_WRITABLE (KVM's mmu_try_to_unsync_pages refusing), and a write to it
    * is emulated. A writable SPTE marks the gfn dirty. A prefetched SPTE (no
-   * access asked for it yet) is made without the Accessed bit. Contract:
-   * mmu_lock held.
+   * access asked for it yet) is made without the Accessed bit. At `level` 2 it
+   * is a huge SPTE for the 2 MiB from `gfn` (its first page), on the 2 MiB
+   * rmap. Contract: mmu_lock held.
    */
   private mmuSetSpte(
     sp: number,
@@ -726,6 +700,7 @@ export class Mmu implements GuestPtAccess {
     hostWritable: boolean,
     write: boolean,
     prefetch: boolean,
+    level = 1,
   ): number {
     const k = this.kvm;
     let wrprot = false;
@@ -734,10 +709,17 @@ export class Mmu implements GuestPtAccess {
       wrprot = true;
     }
     let newSpte = makeSpte(acc, pfn, hostWritable, !prefetch, write);
+    if (level > 1) newSpte = makeHugeSpte(newSpte);
     let old = k.mem.load64(sptep);
     let flush = false;
     let ret = RET_PF_FIXED;
-    if (isShadowPresentPte(old) && spteToPfn(old) !== pfn) {
+    if (isShadowPresentPte(old) && level > 1 && !isLargePte(old)) {
+      // A huge page over a table (the 2 MiB was mapped by 4 KiB pages while dirty logging was on): the table is
+      // unlinked (drop_parent_pte; it stays until it is zapped).
+      k.spte.mmuPageZapPte(sptep);
+      flush = true;
+      old = 0n;
+    } else if (isShadowPresentPte(old) && spteToPfn(old) !== pfn) {
       k.spte.dropSpte(sptep);
       flush = true;
       old = 0n;
@@ -750,7 +732,7 @@ export class Mmu implements GuestPtAccess {
       // Record the gfn before the SPTE becomes present, so a lockless reader never pairs it with a stale gfn.
       if (!roleIsDirect(k.lockedLoad(k.pages.hdr(sp, SP_ROLE)))) k.pages.setEntryGfn(sp, k.pages.indexOf(sptep), gfn);
       k.spte.mmuSpteSet(sptep, newSpte);
-      k.spte.rmapAdd(gfn, sptep);
+      k.spte.rmapAdd(gfn, sptep, level > 1);
     }
     if (isWritablePte(newSpte)) k.markPageDirty(gfn);
     if (flush) k.kvmFlushRemoteTlbs();

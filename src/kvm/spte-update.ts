@@ -119,14 +119,14 @@ export class SpteUpdate {
   }
 
   /** kvm_set_pfn_accessed for the page(s) of leaf `spte`: a huge SPTE's A stands for each of its 512 frames. */
-  private setPagesAccessed(spte: bigint): void {
+  setPagesAccessed(spte: bigint): void {
     const pfn = spteToPfn(spte);
     const n = isLargePte(spte) ? 512 : 1;
     for (let j = 0; j < n; j++) this.kvm.host.setPfnAccessed(pfn + j);
   }
 
   /** kvm_set_pfn_dirty for the page(s) of leaf `spte` (KVM marks a huge page's folio dirty). */
-  private setPagesDirty(spte: bigint): void {
+  setPagesDirty(spte: bigint): void {
     const pfn = spteToPfn(spte);
     const n = isLargePte(spte) ? 512 : 1;
     for (let j = 0; j < n; j++) this.kvm.host.setPfnDirty(pfn + j);

@@ -615,11 +615,9 @@ export class TdpMmu {
     if (wasLeaf && isLeaf && spteToPfn(old) !== spteToPfn(newSpte))
       throw new Error(`tdp mmu: BUG: the present leaf for gfn 0x${gfn.toString(16)} changed to another pfn (0x${spteToPfn(old).toString(16)} → 0x${spteToPfn(newSpte).toString(16)})`);
     if (wasLeaf && !k.marksAtFault) {
-      // A huge leaf's A and D stand for each of its pages (KVM marks the folio).
-      const pfn = spteToPfn(old);
-      const n = pagesPerSpte(level);
-      if (isAccessedSpte(old) && !(isLeaf && isAccessedSpte(newSpte))) for (let j = 0; j < n; j++) k.host.setPfnAccessed(pfn + j);
-      if (isDirtySpte(old) && !(isLeaf && isDirtySpte(newSpte))) for (let j = 0; j < n; j++) k.host.setPfnDirty(pfn + j);
+      // (A huge leaf's A and D stand for each of its pages.)
+      if (isAccessedSpte(old) && !(isLeaf && isAccessedSpte(newSpte))) k.spte.setPagesAccessed(old);
+      if (isDirtySpte(old) && !(isLeaf && isDirtySpte(newSpte))) k.spte.setPagesDirty(old);
     }
     if (wasPresent && !wasLeaf && (!isPresent || isLeaf)) this.handleRemovedPt(spteToChild(old), level - 1, shared);
   }
@@ -911,11 +909,12 @@ export class TdpMmu {
     const mmu = k.mmu;
     rcu.readLock();
     const start = k.slotGfn[slot]!;
+    const flags = k.mem.load32(k.slotFlagsWord(slot));
     for (const root of this.roots(true)) {
       for (it.begin(root, start, start + k.slotPages[slot]!, 2); it.valid; it.next()) {
         const old = it.oldSpte;
         if (it.level !== 2 || !isShadowPresentPte(old) || isLastSpte(old, 2)) continue;
-        if (mmu.maxMappingLevel(it.gfn, k.memslotFlags(it.gfn)) < 2) continue;
+        if (mmu.maxMappingLevel(it.gfn, flags) < 2) continue;
         // tdp_mmu_zap_spte_atomic: freeze, tear down, flush, then clear.
         if (k.mem.cmpxchg64(it.sptep, old, FROZEN_SPTE) !== old) continue; // changed meanwhile: leave it to its changer
         this.handleChangedSpte(it.gfn, old, FROZEN_SPTE, 2, true);
@@ -974,9 +973,9 @@ export class TdpMmu {
           if (k.mem.cmpxchg64(it.sptep, old, markSpteForAccessTrack(old)) === old) {
             young = true;
             if (!k.marksAtFault) {
-              k.host.setPfnAccessed(spteToPfn(old));
+              k.spte.setPagesAccessed(old);
               // Without a D bit a writable SPTE counts as dirty, and it loses W here (as KVM before 6.13 did).
-              if (!spteAdEnabled(old) && isDirtySpte(old)) k.host.setPfnDirty(spteToPfn(old));
+              if (!spteAdEnabled(old) && isDirtySpte(old)) k.spte.setPagesDirty(old);
             }
             break;
           }
