@@ -21,7 +21,9 @@
 // a thread counts itself in its own slot (thread id modulo the slot count;
 // threads that share a slot still count atomically), and an updater sums the
 // slots. Readers of different slots then touch no common word, so the checker
-// does not try their read sections in both orders for nothing.
+// does not try their read sections in both orders for nothing; and each slot
+// has a cache line of its own, as per-CPU data does, so that two vCPUs' read
+// sections on two cores do not pass one line back and forth.
 //
 // The region (Int32 words from `base`; rcuWords() of them):
 //   [0..LOCK_WORDS)          lock: serializes the updaters (callRcu, poll), never readers
@@ -29,7 +31,10 @@
 //   [QHEAD], [QTAIL]         the callback queue's indices (FIFO, QTAIL - QHEAD entries)
 //   [EPOCH]                  the current epoch, 0 or 1
 //   [QUEUE + 2k, +1]         queue entry k (mod capacity): the object, and the GP sequence after which it may be freed
-//   [QUEUE + 2 capacity + 2s + e]  readers of slot s inside under epoch e
+//   [SLOTS + STRIDE s + e]   readers of slot s inside under epoch e, where SLOTS is
+//                            QUEUE + 2 capacity rounded up to a cache line and STRIDE
+//                            a cache line (16 words); with one slot, no rounding and
+//                            STRIDE 2
 //
 // An object queued while the sequence was q may be freed once the sequence is
 // at least (q even ? q + 2 : q + 3): the end of a grace period that began
@@ -47,9 +52,23 @@ const QTAIL = GP + 2;
 const EPOCH = GP + 3;
 const QUEUE = GP + 4;
 
+/** Int32 words in a cache line (64 bytes): the distance between two reader slots. */
+const LINE_WORDS = 16;
+
+/** Int32 words from one reader slot to the next. */
+function slotStride(readerSlots: number): number {
+  return readerSlots === 1 ? 2 : LINE_WORDS;
+}
+
+/** Offset of the first reader slot in the region (a cache line's start when there are several). */
+function slotsOffset(capacity: number, readerSlots: number): number {
+  const o = QUEUE + 2 * capacity;
+  return readerSlots === 1 ? o : Math.ceil(o / LINE_WORDS) * LINE_WORDS;
+}
+
 /** The region's size in Int32 words for `capacity` queued objects and `readerSlots` reader slots. */
 export function rcuWords(capacity: number, readerSlots = 1): number {
-  return QUEUE + 2 * capacity + 2 * readerSlots;
+  return slotsOffset(capacity, readerSlots) + slotStride(readerSlots) * readerSlots;
 }
 
 /** Reserve an RCU region in a layout. */
@@ -64,8 +83,10 @@ export function rcuWordName(w: number, capacity: number, readerSlots: number): s
   if (w < QUEUE) return names[w - GP]!;
   const q = w - QUEUE;
   if (q < 2 * capacity) return `rcu queue entry ${q >> 1} ${(q & 1) === 0 ? 'object' : 'grace period'}`;
-  const r = q - 2 * capacity;
-  return readerSlots === 1 ? `rcu readers (epoch ${r & 1})` : `rcu readers (slot ${r >> 1}, epoch ${r & 1})`;
+  const r = w - slotsOffset(capacity, readerSlots);
+  const stride = slotStride(readerSlots);
+  if (r < 0 || r % stride >= 2) return 'rcu padding';
+  return readerSlots === 1 ? `rcu readers (epoch ${r & 1})` : `rcu readers (slot ${Math.floor(r / stride)}, epoch ${r & 1})`;
 }
 
 export class Rcu {
@@ -74,8 +95,9 @@ export class Rcu {
   /** The epoch this handle's outermost read section counted itself in under. */
   private epoch = 0;
 
-  /** First word of the reader counts, and of this handle's own slot. */
+  /** First word of the reader counts, the words from one slot to the next, and this handle's own slot. */
   private readonly counts: number;
+  private readonly stride: number;
   private readonly mine: number;
 
   constructor(
@@ -85,8 +107,9 @@ export class Rcu {
     readonly capacity: number,
     readonly readerSlots = 1,
   ) {
-    this.counts = base + QUEUE + 2 * capacity;
-    this.mine = this.counts + 2 * (((mem.tid % readerSlots) + readerSlots) % readerSlots);
+    this.counts = base + slotsOffset(capacity, readerSlots);
+    this.stride = slotStride(readerSlots);
+    this.mine = this.counts + this.stride * (((mem.tid % readerSlots) + readerSlots) % readerSlots);
   }
 
   /** rcu_read_lock(): open a read section. */
@@ -113,7 +136,7 @@ export class Rcu {
 
   /** Is any reader inside under epoch `e`? (Each slot read once; a slot read as zero that fills later has a reader who began after this look.) */
   private readersIn(e: number): boolean {
-    for (let s = 0; s < this.readerSlots; s++) if (this.mem.load32(this.counts + 2 * s + e) !== 0) return true;
+    for (let s = 0; s < this.readerSlots; s++) if (this.mem.load32(this.counts + this.stride * s + e) !== 0) return true;
     return false;
   }
 
@@ -169,7 +192,7 @@ export class Rcu {
     // count in meanwhile and delay this: never a wrong answer, at worst a longer wait).
     for (let e = 0; e < 2; e++)
       for (let s = 0; s < this.readerSlots; s++) {
-        const w = this.counts + 2 * s + e;
+        const w = this.counts + this.stride * s + e;
         for (let c = m.load32(w); c !== 0; c = m.load32(w)) m.waitWhile32(w, c);
       }
   }
@@ -187,7 +210,7 @@ export class Rcu {
   peekState(): { epoch: number; gracePeriod: number; readers: number[] } {
     const t = this.mem.i32;
     const readers: number[] = [];
-    for (let s = 0; s < this.readerSlots; s++) readers.push(t[this.counts + 2 * s]! + t[this.counts + 2 * s + 1]!);
+    for (let s = 0; s < this.readerSlots; s++) readers.push(t[this.counts + this.stride * s]! + t[this.counts + this.stride * s + 1]!);
     return { epoch: t[this.base + EPOCH]!, gracePeriod: t[this.base + GP]!, readers };
   }
 

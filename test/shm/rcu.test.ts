@@ -106,3 +106,24 @@ test('an updater that frees at once is caught: the reader reads the freed object
   const r = runCheck(gen, loadScenarioFile(file(false)), {});
   assert.equal(r.violation?.message, 'the reader read a freed object');
 });
+
+test('each reader slot has a cache line of its own (as per-CPU counters do): two threads reading count in 64 bytes apart or more', () => {
+  const b = new LayoutBuilder();
+  layoutRcu(b, 'rcu', 8, 4);
+  const shm = createShm(b.finish());
+  const base = region(shm.layout, 'rcu').off / 4;
+  const written: number[] = [];
+  for (const tid of [0, 1, 2, 3]) {
+    const m = new Mem(shm);
+    m.tid = tid;
+    const before = Int32Array.from(m.i32);
+    const r = new Rcu(m, base, 8, 4);
+    r.readLock();
+    const changed = m.i32.findIndex((v, i) => v !== before[i]);
+    assert.ok(changed >= 0, `tid ${tid} counted itself in somewhere`);
+    written.push(changed * 4);
+    r.readUnlock();
+  }
+  for (const a of written) for (const c of written) if (a !== c) assert.notEqual(Math.floor(a / 64), Math.floor(c / 64), `slots at bytes ${a} and ${c} share a cache line`);
+  assert.equal(new Set(written).size, 4);
+});
