@@ -76,6 +76,10 @@ export interface CheckReport {
   readonly interrupted: boolean;
   /** DPOR/DFS: alternatives left unexplored when it stopped (0 when complete); null for random, PCT and replay. */
   readonly pending: number | null;
+  /** Worker threads or processes that explored (1: the sequential search). */
+  readonly workers: number;
+  /** A split search's jobs (parallel DPOR); null for the sequential search. */
+  readonly jobs: number | null;
 }
 
 const STATEMENTS: Readonly<Record<string, string>> = {
@@ -97,7 +101,7 @@ export function contextFor(
   };
 }
 
-function engineFor(gen: GenScenarioModule, spec: ScenarioSpec, ctx: ScenarioContext): Engine {
+export function engineFor(gen: GenScenarioModule, spec: ScenarioSpec, ctx: ScenarioContext): Engine {
   return new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
 }
 
@@ -115,8 +119,7 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
   const ctx = contextFor(spec, o);
   const engine = engineFor(gen, spec, ctx);
   const strategy = o.strategy ?? 'dpor';
-  // A scenario's own bound applies to the systematic strategies, unless the user gave one.
-  const bound = o.preemptions ?? (strategy === 'dpor' || strategy === 'dfs' ? spec.preemptions : undefined);
+  const bound = searchBound(spec, o);
   const result = yield* exploreSlices(engine, {
     strategy,
     reduction: o.reduction,
@@ -130,6 +133,28 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
     stop: o.stop,
     invariant: o.invariant,
   });
+  return yield* finishCheck(engine, spec, ctx, o, result);
+}
+
+/** The preemption bound a check explores under: the user's, else, for the systematic strategies, the scenario's own. */
+export function searchBound(spec: ScenarioSpec, o: Pick<CheckOptions, 'preemptions' | 'strategy'>): number | undefined {
+  const strategy = o.strategy ?? 'dpor';
+  return o.preemptions ?? (strategy === 'dpor' || strategy === 'dfs' ? spec.preemptions : undefined);
+}
+
+/**
+ * What follows an exploration, wherever it ran (here, or split over workers: cli/parallel.ts): minimize the
+ * counterexample on `engine`, then report.
+ */
+export function* finishCheck(
+  engine: Engine,
+  spec: ScenarioSpec,
+  ctx: ScenarioContext,
+  o: CheckOptions,
+  result: ExploreResult,
+  split: { workers: number; jobs: number } | null = null,
+): Generator<void, CheckReport> {
+  const strategy = o.strategy ?? 'dpor';
   let found = result.violation;
   // Interrupted: the counterexample as found (the user asked to stop, not to wait for a simpler one).
   let interrupted = result.interrupted;
@@ -138,7 +163,8 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
     found = m.best;
     interrupted = m.interrupted;
   }
-  return report(engine, spec, ctx, strategy, bound ?? null, { ...result, interrupted }, found);
+  const r = report(engine, spec, ctx, strategy, searchBound(spec, o) ?? null, { ...result, interrupted }, found);
+  return split === null ? r : { ...r, workers: split.workers, jobs: split.jobs };
 }
 
 /**
@@ -233,6 +259,8 @@ function report(
     violation,
     interrupted: r.interrupted,
     pending: r.pending,
+    workers: 1,
+    jobs: null,
   };
 }
 

@@ -57,6 +57,52 @@ export interface ExploreOptions {
   readonly now?: () => number;
   /** Set `requested` (from a signal handler, between slices of exploreSlices) to stop after the current execution. */
   readonly stop?: StopRequest;
+  /**
+   * A split search's job (split.ts): explore only the subtree below `job.prefix`, whose nodes belong to the
+   * coordinator; work owed there goes to `sink`. DPOR (Source-DPOR) and DFS only.
+   */
+  readonly job?: JobSeed;
+  readonly sink?: JobSink;
+}
+
+/** A job of a split search as the explorer takes it (split.ts builds it): the subtree below a schedule prefix. */
+export interface JobSeed {
+  /** The thread chosen at each node above the job's root (its length is the root's depth). */
+  readonly prefix: readonly number[];
+  /** At each prefix node: its sleep set, the threads explored or handed out there (done), its backtrack set. */
+  readonly sleep: readonly number[];
+  readonly done: readonly number[];
+  readonly backtrack: readonly number[];
+  /** At the last prefix node: each thread's whole step where known (Node.full), and the threads in done whose step is not known yet (taken to conflict with everything). */
+  readonly full: readonly (Access | null)[];
+  readonly unknown: number;
+}
+
+/** Work a job owes to nodes above its root (the coordinator's), and what it gives away. */
+export interface JobSink {
+  /** A race reversed at node `depth` (above the job's root): add `add` to its backtrack set unless it holds one of `initials`. */
+  race(depth: number, initials: number, add: number): void;
+  /** Thread `thread`'s whole step at node `depth` (the job root's parent), once it ran. */
+  full(depth: number, thread: number, access: Access): void;
+  /** Asked between executions: should the job give away part of its subtree (Systematic.donate)? */
+  splitWanted(): boolean;
+  /** Nodes handed over to the coordinator, from the job's root down (the job's root moves below them). */
+  donate(nodes: DonatedNode[]): void;
+}
+
+/** A node handed over to the coordinator (Systematic.donate). */
+export interface DonatedNode {
+  readonly enabled: number;
+  readonly sleep: number;
+  readonly done: number;
+  readonly backtrack: number;
+  readonly chosen: number;
+  readonly prev: number;
+  readonly preemptions: number;
+  /** Each thread's whole step here for the threads in done or sleep (null for the others). */
+  readonly full: (Access | null)[];
+  /** Threads in done whose step has not run yet (the chosen one, on a branch just taken). */
+  readonly unknown: number;
 }
 
 /** A request to stop an exploration early, keeping what it found (Ctrl-C on kvmmu check). */
@@ -184,6 +230,8 @@ interface Node {
   wakeup: WakeupNode[] | null;
   /** Optimal-DPOR: the child of the wakeup tree the current execution follows from here, if any. */
   branch: WakeupNode | null;
+  /** A split search's job, at its root's parent: threads whose whole step here is not known (taken to conflict). */
+  unknown: number;
 }
 
 /**
@@ -348,6 +396,7 @@ class Systematic implements Chooser {
       full: null,
       wakeup: this.optimal && parent !== null && parent.branch !== null && parent.branch.children.length > 0 ? parent.branch.children : null,
       branch: null,
+      unknown: 0,
     };
     // A sleeping thread has not moved: its whole step is what it was where it fell asleep.
     if (parent !== null && parent.full !== null)
@@ -357,6 +406,7 @@ class Systematic implements Chooser {
         if (f !== undefined) (node.full ??= new Array<Access | undefined>(this.n))[p] = f;
       }
     this.nodes.push(node);
+    if (d < this.root) return this.frozen(ex, node, d);
     if (!this.reduce) node.backtrack = node.enabled;
     const cand = node.enabled & ~node.sleep;
     if (cand === 0) {
@@ -388,6 +438,66 @@ class Systematic implements Chooser {
     return q;
   }
 
+  /**
+   * A node above a split search's job root, met on the job's first execution: its sets are the coordinator's
+   * (JobSeed), and the job follows its prefix through it. At the root's parent the child's sleep set is worked
+   * out as for any choice (take), a thread whose step is not known yet there kept awake.
+   */
+  private frozen(ex: Execution, node: Node, d: number): number {
+    const job = this.job!;
+    const q = job.prefix[d]!;
+    if ((node.enabled & (1 << q)) === 0) throw notRepeatable(ex.engine.spec.name, `the job's schedule prefix runs thread ${ex.engine.threadNames[q] ?? q} at step ${d + 1}, where it cannot run`);
+    node.sleep = job.sleep[d]!;
+    node.done = job.done[d]!;
+    node.backtrack = job.backtrack[d]!;
+    if (d === this.root - 1) {
+      node.full = job.full.map((a) => a ?? undefined);
+      node.unknown = job.unknown;
+      this.take(node, q);
+    } else {
+      node.done |= 1 << q;
+      node.backtrack |= 1 << q;
+      node.chosen = q;
+    }
+    return q;
+  }
+
+  /** Take a split search's job (ExploreOptions.job): the nodes above its root are the coordinator's. */
+  seed(job: JobSeed, sink: JobSink | null): void {
+    this.job = job;
+    this.sink = sink;
+    this.root = job.prefix.length;
+    this.fresh = Math.max(0, this.root - 1);
+  }
+
+  /**
+   * Give away the shallowest owned node with alternatives waiting, and every owned node above it: they become
+   * the coordinator's (it hands each alternative out as a job), and this job's root moves below them. The search
+   * goes on down the current path. Null when no owned node has an alternative waiting.
+   */
+  donate(): DonatedNode[] | null {
+    let d = -1;
+    for (let k = this.root; k < this.nodes.length && d < 0; k++) {
+      const nd = this.nodes[k]!;
+      if (nd.chosen >= 0 && (nd.backtrack & ~nd.done & ~nd.sleep & nd.enabled) !== 0) d = k;
+    }
+    if (d < 0) return null;
+    const out: DonatedNode[] = [];
+    for (let k = this.root; k <= d; k++) {
+      const nd = this.nodes[k]!;
+      const full = new Array<Access | null>(this.n).fill(null);
+      for (let m = nd.done | nd.sleep; m !== 0; m &= m - 1) {
+        const p = lowest(m);
+        full[p] = fullOf(nd, p);
+      }
+      // A branch just taken (the next execution's first new step) has not run: what it touches is not known yet.
+      const unknown = k >= this.fresh ? 1 << nd.chosen : 0;
+      out.push({ enabled: nd.enabled, sleep: nd.sleep, done: nd.done, backtrack: nd.backtrack, chosen: nd.chosen, prev: nd.prev, preemptions: nd.preemptions, full, unknown });
+    }
+    this.root = d + 1;
+    return out;
+  }
+
   /** Would running q at `node` be a preemption (switching away from a thread that could continue)? */
   private preempts(node: Node, q: number): boolean {
     return node.prev >= 0 && q !== node.prev && (node.enabled & (1 << node.prev)) !== 0;
@@ -402,7 +512,7 @@ class Systematic implements Chooser {
       for (let m = sl; m !== 0; m &= m - 1) {
         const p = lowest(m);
         const pp = fullOf(node, p);
-        if (pp === null || conflicts(pp, pq)) sl &= ~(1 << p);
+        if (pp === null || (node.unknown & (1 << p)) !== 0 || conflicts(pp, pq)) sl &= ~(1 << p);
       }
       node.childSleep = sl;
     }
@@ -428,10 +538,12 @@ class Systematic implements Chooser {
         for (let m = sl; m !== 0; m &= m - 1) {
           const p = lowest(m);
           const pp = fullOf(node, p);
-          if (pp === null || conflicts(pp, acc)) sl &= ~(1 << p);
+          if (pp === null || (node.unknown & (1 << p)) !== 0 || conflicts(pp, acc)) sl &= ~(1 << p);
         }
         node.childSleep = sl;
       }
+      // A split search's job: its root's parent is the coordinator's, which must learn what this step touched.
+      if (j === this.root - 1) this.sink?.full(j, t, acc);
     }
     this.local[t]! += 1;
     if ((j + 1) * n > this.vcs.length) {
@@ -581,7 +693,7 @@ class Systematic implements Chooser {
         return;
       }
       if ((at.backtrack & (1 << p)) !== 0) return;
-      this.schedule(at, (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled);
+      this.schedule(latest, (at.enabled & ~at.sleep & (1 << p)) !== 0 ? 1 << p : at.enabled, 1 << p);
     }
   }
 
@@ -629,15 +741,21 @@ class Systematic implements Chooser {
     if ((initials & at.backtrack) !== 0) return;
     const runnable = initials & at.enabled & ~at.sleep;
     // No initial can run there (blocked there, or asleep): fall back to every enabled thread.
-    this.schedule(at, runnable !== 0 ? 1 << lowest(runnable) : at.enabled);
+    this.schedule(i, runnable !== 0 ? 1 << lowest(runnable) : at.enabled, initials);
   }
 
   /**
    * Schedule the threads in `mask` at `at` (Source-DPOR's backtrack set). In Optimal-DPOR each becomes a
    * one-step sequence of the wakeup tree, after which the search chooses freely.
    */
-  private schedule(at: Node, mask: number): void {
+  private schedule(d: number, mask: number, initials: number): void {
+    const at = this.nodes[d]!;
     at.backtrack |= mask;
+    // Above a split search's job root: the coordinator owns that node (split.ts), and decides there.
+    if (d < this.root) {
+      this.sink!.race(d, initials, mask);
+      return;
+    }
     if (!this.optimal) return;
     for (let m = mask & at.enabled & ~at.sleep & ~at.done; m !== 0; m &= m - 1) {
       const q = lowest(m);
@@ -720,10 +838,15 @@ class Systematic implements Chooser {
 
   private firstLocal = new Int32Array(32);
 
+  /** A split search's job (seed): nodes above `root` are the coordinator's; work owed there goes to `sink`. */
+  private root = 0;
+  private job: JobSeed | null = null;
+  private sink: JobSink | null = null;
+
   /** Move to the next unexplored alternative; false when the exploration is complete. */
   nextBranch(): boolean {
     if (this.optimal) return this.nextWakeup();
-    for (let d = this.nodes.length - 1; d >= 0; d--) {
+    for (let d = this.nodes.length - 1; d >= this.root; d--) {
       const node = this.nodes[d]!;
       let cand = node.backtrack & ~node.done & ~node.sleep & node.enabled;
       while (cand !== 0) {
@@ -779,7 +902,8 @@ class Systematic implements Chooser {
     let share = 0;
     let weight = 1;
     let waiting = false;
-    for (const node of this.nodes) {
+    for (let k = this.root; k < this.nodes.length; k++) {
+      const node = this.nodes[k]!;
       if (node.chosen < 0) break; // where an abandoned execution stopped
       const left = this.waitingAt(node);
       if (left > 0) waiting = true;
@@ -811,7 +935,8 @@ class Systematic implements Chooser {
       return k;
     }
     let n = 0;
-    for (const node of this.nodes) {
+    for (let k = this.root; k < this.nodes.length; k++) {
+      const node = this.nodes[k]!;
       let m = node.backtrack & ~node.done & ~node.sleep & node.enabled;
       while (m !== 0) {
         n++;
@@ -942,9 +1067,14 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
   let interrupted = false;
   const bound = o.preemptions ?? -1;
   // Optimal-DPOR's wakeup sequences take no account of a preemption bound: with one, DPOR is Source-DPOR.
-  const reduction: Reduction = bound >= 0 ? 'source' : (o.reduction ?? DEFAULT_REDUCTION);
+  // A split search's job runs Source-DPOR: its nodes' alternatives are thread sets that can be handed over as they are.
+  const reduction: Reduction = bound >= 0 || o.job !== undefined ? 'source' : (o.reduction ?? DEFAULT_REDUCTION);
   const sys = o.strategy === 'dpor' || o.strategy === 'dfs' ? new Systematic(n, o.strategy === 'dpor', bound, o.strategy === 'dpor' && reduction === 'optimal') : null;
 
+  if (o.job !== undefined) {
+    if (sys === null) throw new Error('a split search runs dpor or dfs');
+    sys.seed(o.job, o.sink ?? null);
+  }
   const rnd = makeRandom(o.seed ?? 1);
   for (;;) {
     let inner: Chooser;
@@ -976,6 +1106,10 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     if (sys !== null && !sys.nextBranch()) {
       complete = !sys.boundReached && truncated === 0;
       break;
+    }
+    if (sys !== null && o.sink !== undefined && o.sink.splitWanted()) {
+      const given = sys.donate();
+      if (given !== null) o.sink.donate(given);
     }
     const t = now();
     if (executions >= maxExec || t >= deadline) break;

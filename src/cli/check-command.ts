@@ -5,7 +5,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
-import { checkSlices, replayCheck, type CheckOptions, type CheckReport } from '../check/check';
+import { checkSlices, contextFor, engineFor, finishCheck, replayCheck, type CheckOptions, type CheckReport } from '../check/check';
+import { runSlices } from '../check/explore';
+import { exploreParallel, kvmmuVersion, sha256File, type SearchSettings, type SplitProgress } from './parallel';
+import { exploreOnQueue } from './queue';
 import type { ExploreProgress, Reduction, StopRequest, Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
 import { decodeReplay, renderTable, type ReplaySpec } from '../check/trace';
@@ -31,6 +34,22 @@ export interface CheckCliOptions {
   replay?: string;
   engine: 'gen' | 'threads';
   json: boolean;
+  /** Worker threads for dpor and dfs (default: the cores available; 1 is the sequential search). */
+  workers?: number;
+  /** Write the split search's job tree to this JSON file (bench/split-sim.js replays it). */
+  recordJobs?: string;
+  /** redis://HOST:PORT: coordinate `kvmmu worker` processes through BullMQ instead (queue.ts). */
+  queue?: string;
+}
+
+/** The worker count a check runs with: --workers, else the cores available; 1 for what does not split. */
+export function workersFor(o: Pick<CheckCliOptions, 'workers' | 'strategy' | 'reduction' | 'replay'>): number {
+  const splits = o.strategy === 'dpor' || o.strategy === 'dfs';
+  if (o.workers !== undefined && o.workers > 1 && !splits) throw new KvmmuError(`--workers ${o.workers}: only dpor and dfs split over workers (random and pct run on one)`);
+  const n = o.workers ?? (splits && o.replay === undefined ? os.availableParallelism() : 1);
+  if (n > 1 && o.strategy === 'dpor' && o.reduction === 'optimal')
+    throw new KvmmuError(`--reduction optimal runs on one worker (its wakeup trees are not split): give --workers 1, or --reduction source to split the search over ${n}`);
+  return n;
 }
 
 /** Run the check command; returns the exit code (0 clean, 1 violation). Usage errors throw KvmmuError. */
@@ -94,6 +113,12 @@ export const EXIT_INTERRUPTED = 130;
 
 async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest): Promise<CheckReport> {
     const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
+    const workers = workersFor(o);
+    if (workers > 1 || o.queue !== undefined) {
+      const report = await userCodeAsync(o.file, () => splitCheck(o, gen, spec, guards, stop, workers, status));
+      status?.clear();
+      return report;
+    }
     const report = await userCodeAsync(o.file, () => runCheckAsync(gen, spec, {
       mode: o.mode,
       guards,
@@ -114,6 +139,53 @@ async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule
     }));
     status?.clear();
     return report;
+}
+
+/**
+ * A check split over worker threads (parallel.ts) or, with --queue, over `kvmmu worker` processes (queue.ts);
+ * the counterexample is minimized and rendered here, as in the sequential search.
+ */
+async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, workers: number, status: StatusLine | null): Promise<CheckReport> {
+  const co: CheckOptions = {
+    mode: o.mode,
+    guards,
+    indirectFastPath: o.indirectFastPath,
+    pageMarking: o.pageMarking,
+    strategy: o.strategy,
+    reduction: 'source',
+    preemptions: o.preemptions,
+    stop,
+  };
+  const ctx = contextFor(spec, co);
+  const engine = engineFor(gen, spec, ctx);
+  const settings: SearchSettings = {
+    source: o.file === undefined ? { name: spec.name } : { name: spec.name, file: path.resolve(o.file), sha256: sha256File(o.file) },
+    ctx,
+    strategy: o.strategy,
+    bound: o.preemptions ?? -1,
+    version: kvmmuVersion(),
+  };
+  const po = {
+    workers,
+    maxExecutions: o.executions,
+    seconds: o.seconds,
+    stop,
+    recordJobs: o.recordJobs !== undefined,
+    onProgress: status === null ? undefined : (p: SplitProgress) => status.show(splitProgressLine(spec.name, p)),
+  };
+  const result = o.queue !== undefined ? await exploreOnQueue(o.queue, settings, engine.threadNames.length, po) : await exploreParallel(settings, engine.threadNames.length, po);
+  if (o.recordJobs !== undefined && result.records !== null)
+    fs.writeFileSync(o.recordJobs, JSON.stringify({ scenario: spec.name, mode: ctx.mode, workers: result.workers, executions: result.executions, seconds: result.seconds, messages: result.messages, jobs: result.records }) + '\n');
+  return runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs }));
+}
+
+/** The status line of a split check: executions, rate, jobs queued, running and done. */
+export function splitProgressLine(scenario: string, p: SplitProgress): string {
+  return (
+    `check ${scenario} on ${p.workers} workers: ${p.executions} executions, ${Math.round(p.executions / Math.max(p.seconds, 1e-3))}/s, ` +
+    `jobs ${p.jobsQueued} queued, ${p.jobsRunning} running, ${p.jobsDone} done` +
+    (p.estimate !== null ? `, about ${p.estimate} in all (estimate)` : '')
+  );
 }
 
 /** The status line while a check runs: executions (abandoned ones apart), rate, alternatives pending, the estimate. */
@@ -273,6 +345,8 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     threads: r.threads,
     interrupted: r.interrupted,
     pending: r.pending,
+    workers: r.workers,
+    jobs: r.jobs,
     violation:
       r.violation === null
         ? null
@@ -298,7 +372,8 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
   const how = r.reduction !== null ? ` (${r.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
-  lines.push(`${r.strategy}${how}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}`);
+  const split = r.jobs !== null ? ` on ${r.workers} workers (${r.jobs} jobs)` : '';
+  lines.push(`${r.strategy}${how}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}${split}`);
   if (r.strategy !== 'replay' && r.reduction !== null) {
     // Sleep sets let no two complete executions be equivalent: each complete one is a class of its own.
     const classes = completeExecutions(r);

@@ -23,7 +23,7 @@ import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-co
 import { tourCommand } from './tour';
 import { corpusCommand, type CorpusCliOptions } from './corpus-command';
 import { accessCommand, type AccessCliOptions } from './access-command';
-import { DEFAULT_REDUCTION, REDUCTIONS, STRATEGIES } from '../check/explore';
+import { REDUCTIONS, STRATEGIES } from '../check/explore';
 import { registerServe } from './serve-command';
 import { registerBench } from './bench-command';
 
@@ -121,10 +121,14 @@ export function buildProgram(): Command {
     .addOption(pageMarkingOption())
     .addOption(new Option('--strategy <s>', 'exploration strategy').choices(STRATEGIES as string[]).default('dpor'))
     .addOption(
-      new Option('--reduction <r>', "dpor's reduction: optimal (Optimal-DPOR, wakeup trees: begins no redundant execution) or source (Source-DPOR; under --preemptions always)")
-        .choices(REDUCTIONS as string[])
-        .default(DEFAULT_REDUCTION),
+      new Option(
+        '--reduction <r>',
+        `dpor's reduction: optimal (Optimal-DPOR, wakeup trees: begins no redundant execution; the default on one worker) or source (Source-DPOR; under --preemptions always, and on more than one worker)`,
+      ).choices(REDUCTIONS as string[]),
     )
+    .option('--workers <n>', 'worker threads for dpor and dfs (default: the cores available; 1: the sequential search)', int('--workers', 1, 256))
+    .option('--queue <url>', 'redis://HOST:PORT: coordinate `kvmmu worker` processes through BullMQ (Redis) instead of threads here')
+    .option('--record-jobs <file>', 'a split search: write its job tree to FILE as JSON (bench/split-sim.js replays it)')
     .option('--preemptions <k>', 'explore only schedules with at most K preemptions', int('--preemptions', 0, 1000))
     .option('--executions <n>', 'stop after N executions (random and pct: 10000 unless --seconds is given)', int('--executions', 1))
     .option('--seconds <s>', 'stop after S seconds', positive('--seconds'))

@@ -1,0 +1,344 @@
+// Parallel DPOR on worker threads: a SplitCoordinator (check/split.ts) on the main thread hands jobs to workers that each load the scenario themselves; also what a job's runner shares with `kvmmu worker` over Redis.
+
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { KvmmuError } from '../shm/errors';
+import { Engine, type GenScenarioModule } from '../check/engine';
+import { exploreSlices, runSlices, type DonatedNode, type ExploreProgress, type ExploreResult, type FoundViolation, type JobSink, type StopRequest, type Strategy } from '../check/explore';
+import { builtinMonitors } from '../check/invariants';
+import { SplitCoordinator, type Job, type JobRecord } from '../check/split';
+import type { Access } from '../check/ops';
+import type { ScenarioContext, ScenarioSpec } from '../check/gen/scenario';
+import { findScenario, loadCatalog, loadGenModule, loadScenarioFile } from './scenario-file';
+
+/** Where a worker finds the scenario: never code from the coordinator, only a name or a file it was given itself. */
+export interface ScenarioSource {
+  /** A built-in or example scenario's name, or the one to pick in `file`. */
+  readonly name: string;
+  /** A scenario file's path (on this machine), and its sha256. */
+  readonly file?: string;
+  readonly sha256?: string;
+}
+
+/** The settings every job of a check runs under. */
+export interface SearchSettings {
+  readonly source: ScenarioSource;
+  readonly ctx: ScenarioContext;
+  readonly strategy: Strategy;
+  /** Preemption bound, or -1. */
+  readonly bound: number;
+  readonly invariant?: string;
+  readonly continueAfterViolation?: boolean;
+  /** The kvmmu version (package.json): a worker of another version refuses the job. */
+  readonly version: string;
+}
+
+export function kvmmuVersion(): string {
+  // dist/src/cli/parallel.js → the package root.
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export function sha256File(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+/**
+ * Load the scenario a job names, from this process's own catalog or from `localFile` (the file named on this
+ * worker's command line); refuse a version or file mismatch with a clear error.
+ */
+export function loadSource(s: SearchSettings, localFiles: readonly string[] = []): { gen: GenScenarioModule; spec: ScenarioSpec } {
+  const mine = kvmmuVersion();
+  if (s.version !== mine) throw new KvmmuError(`the coordinator runs kvmmu ${s.version}, this worker kvmmu ${mine}: run the same version on both`);
+  const gen = loadGenModule();
+  if (s.source.file === undefined) return { gen, spec: findScenario(loadCatalog(), s.source.name) };
+  const want = s.source.sha256!;
+  const candidates = localFiles.length > 0 ? localFiles : [s.source.file];
+  for (const f of candidates) {
+    if (!fs.existsSync(f)) continue;
+    if (sha256File(f) === want) return { gen, spec: loadScenarioFile(f, s.source.name) };
+  }
+  const have = candidates.filter((f) => fs.existsSync(f)).map((f) => `${f} (sha256 ${sha256File(f).slice(0, 12)}…)`);
+  throw new KvmmuError(
+    `the job is for scenario file ${path.basename(s.source.file)} with sha256 ${want.slice(0, 12)}…, and this worker has ${have.length > 0 ? have.join(', ') : 'no such file'}: give the worker the same file (--file PATH)`,
+  );
+}
+
+export function engineFor(gen: GenScenarioModule, spec: ScenarioSpec, ctx: ScenarioContext): Engine {
+  return new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
+}
+
+/** What a job reports when it ends. */
+export interface JobResult {
+  readonly executions: number;
+  readonly abandoned: number;
+  readonly boundCut: number;
+  readonly unfair: number;
+  readonly truncated: number;
+  readonly boundReached: boolean;
+  readonly maxSteps: number;
+  readonly complete: boolean;
+  readonly violation: FoundViolation | null;
+}
+
+/** Run one job on `engine` (synchronously; sink calls go out as they happen). */
+export function runJob(engine: Engine, s: SearchSettings, job: Job, sink: JobSink, stop: StopRequest, onProgress?: (p: ExploreProgress) => void): JobResult {
+  const r: ExploreResult = runSlices(
+    exploreSlices(engine, {
+      strategy: s.strategy,
+      reduction: 'source',
+      preemptions: s.bound >= 0 ? s.bound : undefined,
+      invariant: s.invariant,
+      continueAfterViolation: s.continueAfterViolation,
+      job,
+      sink,
+      stop,
+      onProgress,
+    }),
+  );
+  return {
+    executions: r.executions,
+    abandoned: r.abandoned,
+    boundCut: r.boundCut,
+    unfair: r.unfair,
+    truncated: r.truncated,
+    boundReached: r.boundReached,
+    maxSteps: r.maxSteps,
+    complete: r.complete,
+    violation: r.violation,
+  };
+}
+
+/** Messages from a job to its coordinator (worker thread or queue). */
+export type JobMessage =
+  | { type: 'race'; job: number; depth: number; initials: number; add: number }
+  | { type: 'full'; job: number; depth: number; thread: number; access: Access }
+  | { type: 'donate'; job: number; nodes: DonatedNode[] }
+  | { type: 'progress'; job: number; executions: number }
+  | { type: 'done'; job: number; result: JobResult }
+  | { type: 'error'; job: number; message: string };
+
+/** The coordinator's side of the search, whatever carries the jobs: totals, and what to do with each message. */
+export class SearchTotals {
+  executions = 0;
+  abandoned = 0;
+  boundCut = 0;
+  unfair = 0;
+  truncated = 0;
+  maxSteps = 0;
+  incomplete = false;
+  boundReached = false;
+  found: FoundViolation | null = null;
+  error: string | null = null;
+
+  constructor(readonly coord: SplitCoordinator) {}
+
+  /** Take one message; true when it ended a job. */
+  take(m: JobMessage): boolean {
+    const c = this.coord;
+    switch (m.type) {
+      case 'race':
+        c.race(m.job, m.depth, m.initials, m.add);
+        return false;
+      case 'full':
+        c.full(m.job, m.depth, m.thread, m.access);
+        return false;
+      case 'donate':
+        c.donate(m.job, m.nodes);
+        return false;
+      case 'progress':
+        c.progress(m.job, m.executions);
+        return false;
+      case 'error':
+        this.error ??= m.message;
+        c.done(m.job, 0);
+        return true;
+      case 'done': {
+        const r = m.result;
+        c.done(m.job, r.executions);
+        this.executions += r.executions;
+        this.abandoned += r.abandoned;
+        this.boundCut += r.boundCut;
+        this.unfair += r.unfair;
+        this.truncated += r.truncated;
+        this.maxSteps = Math.max(this.maxSteps, r.maxSteps);
+        if (r.boundReached) this.boundReached = true;
+        if (!r.complete && !r.boundReached && r.violation === null) this.incomplete = true;
+        if (r.violation !== null && better(r.violation, this.found)) this.found = r.violation;
+        return true;
+      }
+    }
+  }
+
+  /** Executions so far, the running jobs' included. */
+  get executionsNow(): number {
+    return this.executions + this.coord.runningExecutions();
+  }
+}
+
+function better(a: FoundViolation, b: FoundViolation | null): boolean {
+  if (b === null) return true;
+  if (a.preemptions !== b.preemptions) return a.preemptions < b.preemptions;
+  return a.schedule.length < b.schedule.length;
+}
+
+/** Progress of a split search, for the status line. */
+export interface SplitProgress extends ExploreProgress {
+  readonly workers: number;
+  readonly jobsQueued: number;
+  readonly jobsRunning: number;
+  readonly jobsDone: number;
+}
+
+export interface ParallelOptions {
+  readonly workers: number;
+  readonly maxExecutions?: number;
+  readonly seconds?: number;
+  readonly stop?: StopRequest;
+  readonly onProgress?: (p: SplitProgress) => void;
+  /** Record the job tree (bench/split-sim.js). */
+  readonly recordJobs?: boolean;
+}
+
+export interface ParallelResult extends ExploreResult {
+  readonly workers: number;
+  readonly jobs: number;
+  /** Messages the coordinator took from jobs. */
+  readonly messages: number;
+  readonly records: JobRecord[] | null;
+}
+
+/** Result of a split search from its totals. */
+export function splitResult(t: SearchTotals, s: SearchSettings, workers: number, seconds: number, interrupted: boolean, stoppedEarly: boolean): ParallelResult {
+  const c = t.coord;
+  const complete = !stoppedEarly && !interrupted && t.found === null && c.finished && !t.incomplete && !t.boundReached && !c.boundReached && t.truncated === 0;
+  return {
+    strategy: s.strategy,
+    executions: t.executions,
+    abandoned: t.abandoned,
+    boundCut: t.boundCut,
+    reduction: s.strategy === 'dpor' ? 'source' : null,
+    wakeupMisses: 0,
+    unfair: t.unfair,
+    truncated: t.truncated,
+    complete: t.found !== null && s.continueAfterViolation !== true ? false : complete,
+    boundReached: t.boundReached || c.boundReached,
+    seconds,
+    maxSteps: t.maxSteps,
+    violation: t.found,
+    interrupted,
+    pending: complete ? 0 : c.queue.length,
+    workers,
+    jobs: c.jobsMade,
+    messages: c.messages,
+    records: c.records.length > 0 ? c.records : null,
+  };
+}
+
+/**
+ * Explore on `o.workers` worker threads. Each worker loads the scenario itself (check-worker.js: a built-in's
+ * name, or the file and its sha256), takes jobs from the coordinator, and between executions looks at a shared
+ * flag that asks it to give part of its subtree away (a worker is idle and no job waits).
+ */
+export async function exploreParallel(s: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
+  const t0 = performance.now();
+  const coord = new SplitCoordinator(threads, s.bound, o.recordJobs === true);
+  const totals = new SearchTotals(coord);
+  // flags[0]: stop; flags[1 + i]: worker i is asked to give work away.
+  const flags = new Int32Array(new SharedArrayBuffer(4 * (1 + o.workers)));
+  const workers: Worker[] = [];
+  const busy = new Array<number>(o.workers).fill(-1);
+  let stopped = false;
+  let stoppedEarly = false;
+  let interrupted = false;
+  const deadline = o.seconds !== undefined ? t0 + o.seconds * 1000 : Infinity;
+  const maxExec = o.maxExecutions ?? Infinity;
+  const stopAll = (): void => {
+    stopped = true;
+    Atomics.store(flags, 0, 1);
+  };
+  return await new Promise<ParallelResult>((resolve, reject) => {
+    let ended = false;
+    const finish = (): void => {
+      if (ended) return;
+      ended = true;
+      clearInterval(timer);
+      for (const w of workers) void w.terminate();
+      if (totals.error !== null) {
+        reject(new KvmmuError(totals.error));
+        return;
+      }
+      resolve(splitResult(totals, s, o.workers, (performance.now() - t0) / 1000, interrupted, stoppedEarly));
+    };
+    const dispatch = (): void => {
+      for (let i = 0; i < workers.length; i++) {
+        if (busy[i] !== -1) continue;
+        if (stopped) break;
+        const job = coord.take();
+        if (job === undefined) break;
+        busy[i] = job.id;
+        const left = maxExec - totals.executionsNow;
+        workers[i]!.postMessage({ type: 'job', job, maxExecutions: Number.isFinite(left) ? Math.max(1, left) : undefined });
+      }
+      const idle = busy.some((b) => b === -1) && coord.queue.length === 0 && !stopped;
+      for (let i = 0; i < workers.length; i++) Atomics.store(flags, 1 + i, idle && busy[i] !== -1 ? 1 : 0);
+      const working = busy.some((b) => b >= 0 || b === -3);
+      if (!working && (stopped || coord.finished)) finish();
+    };
+    const onMessage = (i: number, m: JobMessage | { type: 'ready' } | { type: 'fatal'; message: string }): void => {
+      if (m.type === 'ready') {
+        busy[i] = -1;
+        dispatch();
+        return;
+      }
+      if (m.type === 'fatal') {
+        totals.error ??= m.message;
+        stopAll();
+        busy[i] = -2;
+        dispatch();
+        return;
+      }
+      const jobEnded = totals.take(m);
+      if (m.type === 'error') stopAll();
+      if (m.type === 'done' && m.result.violation !== null && s.continueAfterViolation !== true) stopAll();
+      if (jobEnded) busy[i] = -1;
+      if (jobEnded || m.type === 'donate' || m.type === 'race') dispatch();
+    };
+    const timer = setInterval(() => {
+      const now = performance.now();
+      if (o.stop?.requested === true && !stopped) {
+        interrupted = true;
+        stopAll();
+      }
+      if (!stopped && (now >= deadline || totals.executionsNow >= maxExec)) {
+        stoppedEarly = true;
+        stopAll();
+      }
+      o.onProgress?.({
+        executions: totals.executionsNow,
+        abandoned: totals.abandoned,
+        seconds: (now - t0) / 1000,
+        pending: coord.queue.length,
+        estimate: null,
+        workers: o.workers,
+        jobsQueued: coord.queue.length,
+        jobsRunning: coord.runningJobs,
+        jobsDone: coord.jobsDone,
+      });
+    }, 200);
+    for (let i = 0; i < o.workers; i++) {
+      busy[i] = -3; // loading
+      const w = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: { settings: s, flags, index: i } });
+      w.on('message', (m: Parameters<typeof onMessage>[1]) => onMessage(i, m));
+      w.on('error', (e) => {
+        totals.error ??= `a check worker failed: ${e.message}`;
+        stopAll();
+        busy[i] = -2;
+        dispatch();
+      });
+      workers.push(w);
+    }
+  });
+}
