@@ -1,6 +1,7 @@
 // Checker benchmark: for each built-in scenario and the classic benchmarks lastzero(N) and cas(N), exhaustive DPOR three ways side by side (the search before failed compare-and-swaps were reads, Source-DPOR, Optimal-DPOR: complete and abandoned executions, time, executions/s), plain DFS, and the time to find the bug with its guard off.
 //
 //   node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic] [--repeat N]
+//   node dist/bench/check.js --workers 1,2 [--seconds S] [--only NAME,...] [--json]   (parallel DPOR side by side)
 //
 // Each scenario is explored once untimed first (compiling its code paths); the figures are the runs after, in
 // one process, one after the other, so they compare side by side. With --repeat N the three DPOR ways alternate
@@ -13,7 +14,12 @@ import { Engine, type GenScenarioModule } from '../src/check/engine';
 import { explore, type ExploreResult, type Reduction } from '../src/check/explore';
 import { builtinMonitors } from '../src/check/invariants';
 import type { ScenarioSpec } from '../src/check/gen/scenario';
-import { loadCatalog, loadGenModule } from '../src/cli/scenario-file';
+import { loadCatalog, loadGenModule, loadScenarioFile } from '../src/cli/scenario-file';
+import { exploreParallel, kvmmuVersion, sha256File, type SearchSettings } from '../src/cli/parallel';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 interface Search {
   executions: number;
@@ -86,7 +92,152 @@ median time of each. --json prints the rows as JSON.
 /** The classic benchmarks measured by default: sizes where the search before took from a fraction of a second to seconds. */
 const CLASSIC = ['lastzero-8', 'lastzero-10', 'lastzero-12', 'cas-7', 'cas-8', 'cas-9'];
 
+/** One scenario of the --workers table: a built-in's name, or a file (and the scenario in it). */
+interface Source {
+  label: string;
+  name: string;
+  file?: string;
+  /** Explore past violations (inc(6): its every interleaving, a lost update in most). */
+  all?: boolean;
+}
+
+interface WorkersCell {
+  workers: number;
+  executions: number;
+  seconds: number;
+  /** Seconds before every worker had loaded the scenario (0 for the sequential search). */
+  startSeconds: number;
+  perSecond: number;
+  /** Executions a second once the workers had loaded the scenario. */
+  perSecondExploring: number;
+  jobs: number | null;
+  complete: boolean;
+  violation: string | null;
+}
+
+/**
+ * --workers: for each scenario, Source-DPOR on one thread (the sequential search) and split over N worker
+ * threads (kvmmu check --workers N), one after the other in this process, each for at most S seconds.
+ */
+async function workersTable(counts: number[], seconds: number, only: string[] | null, json: boolean): Promise<void> {
+  const gen = loadGenModule();
+  const catalog = loadCatalog();
+  const root = path.join(__dirname, '..', '..');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-bench-'));
+  const inc6 = path.join(tmp, 'inc6.ts');
+  fs.writeFileSync(inc6, fs.readFileSync(path.join(root, 'examples', 'inc.ts'), 'utf8').replace('const N = 3;', 'const N = 6;'));
+  const sources: Source[] = [
+    ...catalog.builtin.map((s) => ({ label: s.name, name: s.name })),
+    { label: 'inc(6)', name: 'inc', file: inc6, all: true },
+    { label: 'dirty-log-two-vcpus', name: 'dirty-log-two-vcpus', file: path.join(root, 'examples', 'dirty-log-two-vcpus.ts') },
+    { label: 'dirty-log-two-vcpus shadow', name: 'dirty-log-two-vcpus', file: path.join(root, 'examples', 'dirty-log-two-vcpus.ts') },
+  ].filter((s) => only === null || only.includes(s.label));
+  const rows: { scenario: string; cells: WorkersCell[]; independent: number | null }[] = [];
+  const cli = path.join(__dirname, '..', 'src', 'cli', 'main.js');
+  for (const src of sources) {
+    const spec = src.file === undefined ? catalog.builtin.find((s) => s.name === src.name)! : loadScenarioFile(src.file, src.name);
+    const ctx = contextFor(spec, { mode: src.label.endsWith('shadow') ? 'shadow' : undefined });
+    const cells: WorkersCell[] = [];
+    // Steady state for the sequential search: its code paths compiled first (workers pay that in startSeconds).
+    explore(new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), { strategy: 'dpor', reduction: 'source', maxExecutions: 2000, continueAfterViolation: src.all });
+    for (const n of counts) {
+      if (n === 1) {
+        const r = explore(new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), { strategy: 'dpor', reduction: 'source', seconds, continueAfterViolation: src.all });
+        const rate = r.executions / Math.max(r.seconds, 1e-9);
+        cells.push({ workers: 1, executions: r.executions, seconds: r.seconds, startSeconds: 0, perSecond: rate, perSecondExploring: rate, jobs: null, complete: r.complete, violation: r.violation?.violation.invariant ?? null });
+        continue;
+      }
+      const settings: SearchSettings = {
+        source: src.file === undefined ? { name: src.name } : { name: src.name, file: src.file, sha256: sha256File(src.file) },
+        ctx,
+        strategy: 'dpor',
+        bound: -1,
+        continueAfterViolation: src.all,
+        version: kvmmuVersion(),
+      };
+      const r = await exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, seconds });
+      cells.push({
+        workers: n,
+        executions: r.executions,
+        seconds: r.seconds,
+        startSeconds: r.startSeconds,
+        perSecond: r.executions / Math.max(r.seconds, 1e-9),
+        perSecondExploring: r.executions / Math.max(r.seconds - r.startSeconds, 1e-9),
+        jobs: r.jobs,
+        complete: r.complete,
+        violation: r.violation?.violation.invariant ?? null,
+      });
+    }
+    // The machine's ceiling: as many independent sequential searches as the largest worker count, at once
+    // (separate processes, nothing shared): the executions a second the cores give this run, whatever else runs.
+    let independent: number | null = null;
+    const most = Math.max(...counts);
+    if (most > 1 && src.all !== true) {
+      const args = ['check', '--workers', '1', '--reduction', 'source', '--seconds', String(seconds), '--json', ...(src.file !== undefined ? ['--file', src.file, '--scenario', src.name] : ['--scenario', src.name])];
+      if (src.label.endsWith('shadow')) args.push('--mode', 'shadow');
+      const runs = await Promise.all(
+        Array.from({ length: most }, () =>
+          new Promise<number>((resolve) => {
+            execFile(process.execPath, [cli, ...args], { maxBuffer: 1 << 26 }, (_e, out) => {
+              try {
+                const r = JSON.parse(out) as { executions: number; seconds: number };
+                resolve(r.executions / Math.max(r.seconds, 1e-9));
+              } catch {
+                resolve(NaN);
+              }
+            });
+          }),
+        ),
+      );
+      independent = runs.reduce((a, b) => a + b, 0);
+    }
+    rows.push({ scenario: src.label, cells, independent });
+    if (!json) process.stderr.write(`${src.label} done\n`);
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+  if (json) {
+    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, rows }) + '\n');
+    return;
+  }
+  const pad = (x: string | number, n: number): string => String(x).padStart(n);
+  console.log(`${'scenario'.padEnd(28)}${counts.map((n) => `${n === 1 ? 'sequential (Source-DPOR)' : `${n} workers`}`.padEnd(48)).join('')}ratio`);
+  for (const r of rows) {
+    const one = r.cells.find((c) => c.workers === 1);
+    const line = r.cells
+      .map((c) =>
+        `${pad(c.executions, 9)} ${pad(c.seconds.toFixed(1), 5)} s ${pad(Math.round(c.perSecond), 6)}/s` +
+        (c.workers > 1 ? ` (${pad(Math.round(c.perSecondExploring), 6)}/s after ${c.startSeconds.toFixed(1)} s start)` : ''.padEnd(31)) +
+        `${c.complete ? ' ' : '!'}${c.violation !== null ? '*' : ' '}`,
+      )
+      .map((x) => x.padEnd(48))
+      .join('');
+    const last = r.cells[r.cells.length - 1]!;
+    const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x (${(last.perSecondExploring / one.perSecond).toFixed(2)}x exploring)` : '';
+    const ceiling = r.independent !== null && one !== undefined ? `; ${Math.max(...counts)} independent sequential searches at once: ${Math.round(r.independent)}/s (${(r.independent / one.perSecond).toFixed(2)}x)` : '';
+    console.log(`${r.scenario.padEnd(28)}${line}${ratio}${ceiling}`);
+  }
+  console.log(`(each search at most ${seconds} s; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); ratio: executions/s of the last column over the sequential search's)`);
+}
+
 function main(): void {
+  const wi = process.argv.indexOf('--workers');
+  if (wi >= 0) {
+    const counts = (process.argv[wi + 1] ?? '').split(',').map(Number);
+    if (counts.length === 0 || counts.some((n) => !Number.isInteger(n) || n < 1)) {
+      process.stderr.write(`bench/check: --workers takes worker counts such as 1,2, not '${process.argv[wi + 1] ?? ''}'\n`);
+      process.exitCode = 2;
+      return;
+    }
+    const si = process.argv.indexOf('--seconds');
+    const seconds = si >= 0 ? Number(process.argv[si + 1]) : 20;
+    const oi = process.argv.indexOf('--only');
+    const only = oi >= 0 ? process.argv[oi + 1]!.split(',').map((x) => x.trim()) : null;
+    void workersTable(counts, seconds, only, process.argv.includes('--json')).catch((e: Error) => {
+      process.stderr.write(`bench/check: ${e.message}\n`);
+      process.exitCode = 1;
+    });
+    return;
+  }
   let values: { json?: boolean; help?: boolean; 'dfs-seconds'?: string; only?: string; 'no-classic'?: boolean; repeat?: string };
   try {
     ({ values } = parseArgs({

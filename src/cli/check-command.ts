@@ -175,7 +175,7 @@ async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModu
   };
   const result = o.queue !== undefined ? await exploreOnQueue(o.queue, settings, engine.threadNames.length, po) : await exploreParallel(settings, engine.threadNames.length, po);
   if (o.recordJobs !== undefined && result.records !== null)
-    fs.writeFileSync(o.recordJobs, JSON.stringify({ scenario: spec.name, mode: ctx.mode, workers: result.workers, executions: result.executions, seconds: result.seconds, messages: result.messages, jobs: result.records }) + '\n');
+    fs.writeFileSync(o.recordJobs, JSON.stringify({ scenario: spec.name, mode: ctx.mode, workers: result.workers, executions: result.executions, seconds: result.seconds, startSeconds: result.startSeconds, messages: result.messages, jobs: result.records }) + '\n');
   return runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs }));
 }
 

@@ -208,10 +208,12 @@ export interface ParallelResult extends ExploreResult {
   /** Messages the coordinator took from jobs. */
   readonly messages: number;
   readonly records: JobRecord[] | null;
+  /** Seconds until every worker had loaded the scenario (included in `seconds`). */
+  readonly startSeconds: number;
 }
 
 /** Result of a split search from its totals. */
-export function splitResult(t: SearchTotals, s: SearchSettings, workers: number, seconds: number, interrupted: boolean, stoppedEarly: boolean): ParallelResult {
+export function splitResult(t: SearchTotals, s: SearchSettings, workers: number, seconds: number, interrupted: boolean, stoppedEarly: boolean, startSeconds: number): ParallelResult {
   const c = t.coord;
   const complete = !stoppedEarly && !interrupted && t.found === null && c.finished && !t.incomplete && !t.boundReached && !c.boundReached && t.truncated === 0;
   return {
@@ -234,6 +236,7 @@ export function splitResult(t: SearchTotals, s: SearchSettings, workers: number,
     jobs: c.jobsMade,
     messages: c.messages,
     records: c.records.length > 0 ? c.records : null,
+    startSeconds,
   };
 }
 
@@ -251,6 +254,7 @@ export async function exploreParallel(s: SearchSettings, threads: number, o: Par
   const workers: Worker[] = [];
   const busy = new Array<number>(o.workers).fill(-1);
   let stopped = false;
+  let readyAt = t0;
   let stoppedEarly = false;
   let interrupted = false;
   const deadline = o.seconds !== undefined ? t0 + o.seconds * 1000 : Infinity;
@@ -270,7 +274,7 @@ export async function exploreParallel(s: SearchSettings, threads: number, o: Par
         reject(new KvmmuError(totals.error));
         return;
       }
-      resolve(splitResult(totals, s, o.workers, (performance.now() - t0) / 1000, interrupted, stoppedEarly));
+      resolve(splitResult(totals, s, o.workers, (performance.now() - t0) / 1000, interrupted, stoppedEarly, (readyAt - t0) / 1000));
     };
     const dispatch = (): void => {
       for (let i = 0; i < workers.length; i++) {
@@ -290,6 +294,7 @@ export async function exploreParallel(s: SearchSettings, threads: number, o: Par
     const onMessage = (i: number, m: JobMessage | { type: 'ready' } | { type: 'fatal'; message: string }): void => {
       if (m.type === 'ready') {
         busy[i] = -1;
+        if (!busy.includes(-3)) readyAt = performance.now();
         dispatch();
         return;
       }
