@@ -113,9 +113,28 @@ export class SplitCoordinator {
   /** The next job to hand out, now running; undefined when none waits. */
   take(): Job | undefined {
     const job = this.queue.shift();
-    if (job !== undefined) this.running.set(job.id, { parent: this.jobParent.get(job.id) ?? null, prefix: [...job.prefix], executions: 0 });
+    if (job !== undefined) {
+      this.running.set(job.id, { parent: this.jobParent.get(job.id) ?? null, prefix: [...job.prefix], executions: 0 });
+      this.origin.set(job.id, { parent: this.jobParent.get(job.id) ?? null, prefix: [...job.prefix] });
+    }
     this.jobParent.delete(job?.id ?? -1);
     return job;
+  }
+
+  /** Each job's root as made (restart). */
+  private readonly origin = new Map<number, { parent: CNode | null; prefix: number[] }>();
+
+  /**
+   * Job `id` runs again from its root (a queue's worker died in it, and another took it over): it owns its
+   * subtree again. Work it gave away before is the coordinator's still, and may be explored twice: sound.
+   */
+  restart(id: number): void {
+    const o = this.origin.get(id);
+    const r = this.running.get(id);
+    if (o === undefined || r === undefined) return;
+    r.parent = o.parent;
+    r.prefix = [...o.prefix];
+    r.executions = 0;
   }
 
   /** No job waits and none runs: the search is over. */
@@ -197,7 +216,8 @@ export class SplitCoordinator {
   /** Job `id` ended (its subtree explored, or stopped). */
   done(id: number, executions: number): void {
     this.messages++;
-    this.running.delete(id);
+    if (!this.running.delete(id)) return;
+    this.origin.delete(id);
     this.jobsDone++;
     if (this.record) {
       const rec = this.records.find((x) => x.id === id);

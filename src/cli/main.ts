@@ -20,6 +20,7 @@ import { pageMarkingOption } from './settings';
 import { runVm, type RunReport } from '../runtime/run';
 import { ProgressLine } from './progress';
 import { checkCommand, scenariosCommand, type CheckCliOptions } from './check-command';
+import { workerCommand, type WorkerCliOptions } from './queue';
 import { tourCommand } from './tour';
 import { corpusCommand, type CorpusCliOptions } from './corpus-command';
 import { accessCommand, type AccessCliOptions } from './access-command';
@@ -142,6 +143,16 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object', false)
     .action(async (opts: CheckCliOptions) => {
       process.exitCode = await checkCommand(opts);
+    });
+
+  program
+    .command('worker')
+    .description('take jobs of `kvmmu check --queue` runs from Redis (BullMQ) until killed: built-in scenarios, and the scenario files given here')
+    .requiredOption('--queue <url>', 'redis://HOST:PORT, as given to kvmmu check --queue')
+    .option('--file <path>', 'a scenario file jobs may name (by its sha256); repeatable', collect, [])
+    .option('--jobs <n>', 'exit after N jobs (default: run until killed)', int('--jobs', 1))
+    .action(async (opts: WorkerCliOptions) => {
+      process.exitCode = await workerCommand(opts);
     });
 
   program

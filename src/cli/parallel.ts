@@ -46,16 +46,18 @@ export function sha256File(file: string): string {
 }
 
 /**
- * Load the scenario a job names, from this process's own catalog or from `localFile` (the file named on this
- * worker's command line); refuse a version or file mismatch with a clear error.
+ * Load the scenario a job names, from this process's own catalog or from `localFiles` (the files named on this
+ * worker's command line; null: the coordinator's own path, for a worker thread); refuse a version or file
+ * mismatch with a clear error.
  */
-export function loadSource(s: SearchSettings, localFiles: readonly string[] = []): { gen: GenScenarioModule; spec: ScenarioSpec } {
+export function loadSource(s: SearchSettings, localFiles: readonly string[] | null = null): { gen: GenScenarioModule; spec: ScenarioSpec } {
   const mine = kvmmuVersion();
   if (s.version !== mine) throw new KvmmuError(`the coordinator runs kvmmu ${s.version}, this worker kvmmu ${mine}: run the same version on both`);
   const gen = loadGenModule();
   if (s.source.file === undefined) return { gen, spec: findScenario(loadCatalog(), s.source.name) };
   const want = s.source.sha256!;
-  const candidates = localFiles.length > 0 ? localFiles : [s.source.file];
+  // A worker thread reads the coordinator's own file (same machine); a queue's worker only the files it was given.
+  const candidates = localFiles ?? [s.source.file];
   for (const f of candidates) {
     if (!fs.existsSync(f)) continue;
     if (sha256File(f) === want) return { gen, spec: loadScenarioFile(f, s.source.name) };
