@@ -275,13 +275,25 @@ export function exploreSplitInline(
     /** Index of the waiting job to run next (default 0: the oldest). */
     pick?: (waiting: number) => number;
     record?: boolean;
+    /** Asked between executions: stop the search here (not exhaustive then). */
+    stopWhen?: () => boolean;
   },
 ): { executions: number; complete: boolean; violation: FoundViolation | null; jobs: number; messages: number; records: JobRecord[] } {
   const coord = new SplitCoordinator(engine.threadNames.length, o.preemptions ?? -1, o.record === true);
   let executions = 0;
   let complete = true;
   let violation: FoundViolation | null = null;
+  const stop = {
+    get requested(): boolean {
+      return o.stopWhen?.() ?? false;
+    },
+    set requested(_v: boolean) {},
+  };
   while (coord.queue.length > 0) {
+    if (stop.requested) {
+      complete = false;
+      break;
+    }
     const k = o.pick?.(coord.queue.length) ?? 0;
     const [job] = coord.queue.splice(k, 1);
     coord.queue.unshift(job!);
@@ -296,7 +308,7 @@ export function exploreSplitInline(
       },
       donate: (nodes) => coord.donate(j.id, nodes),
     };
-    const r = explore(engine, { strategy: o.strategy, reduction: 'source', preemptions: o.preemptions, continueAfterViolation: o.continueAfterViolation, job: j, sink });
+    const r = explore(engine, { strategy: o.strategy, reduction: 'source', preemptions: o.preemptions, continueAfterViolation: o.continueAfterViolation, job: j, sink, stop });
     coord.progress(j.id, r.executions);
     coord.done(j.id, r.executions);
     executions += r.executions;

@@ -328,7 +328,9 @@ export async function exploreParallel(s: SearchSettings, threads: number, o: Par
         abandoned: totals.abandoned,
         seconds: (now - t0) / 1000,
         pending: coord.queue.length,
-        estimate: null,
+        // The executions so far and, for each job still waiting, the mean of the jobs done (a rough figure: jobs
+        // made late are often smaller).
+        estimate: coord.jobsDone > 0 ? Math.round(totals.executionsNow + coord.queue.length * (totals.executions / coord.jobsDone)) : null,
         workers: o.workers,
         jobsQueued: coord.queue.length,
         jobsRunning: coord.runningJobs,

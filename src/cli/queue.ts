@@ -164,7 +164,9 @@ export async function exploreOnQueue(url: string, s: SearchSettings, threads: nu
         abandoned: totals.abandoned,
         seconds: (now - t0) / 1000,
         pending: coord.jobsMade - started.size,
-        estimate: null,
+        // The executions so far and, for each job still waiting, the mean of the jobs done (a rough figure: jobs
+        // made late are often smaller).
+        estimate: coord.jobsDone > 0 ? Math.round(totals.executionsNow + (coord.jobsMade - started.size) * (totals.executions / coord.jobsDone)) : null,
         workers: workersSeen.size,
         jobsQueued: coord.jobsMade - started.size,
         jobsRunning: coord.runningJobs - (coord.jobsMade - started.size),
