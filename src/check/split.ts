@@ -146,8 +146,12 @@ export class SplitCoordinator {
     return this.running.size;
   }
 
-  /** The coordinator node at `depth` above job `id`'s root. */
-  private nodeAt(id: number, depth: number): CNode {
+  /**
+   * The coordinator node at `depth` above job `id`'s root; null when the job is not running (a late message
+   * of a queue's job that was handed to another worker and has ended: what it says is known already).
+   */
+  private nodeAt(id: number, depth: number): CNode | null {
+    if (!this.running.has(id)) return null;
     let x = this.running.get(id)?.parent ?? null;
     while (x !== null && x.depth > depth) x = x.parent;
     if (x === null || x.depth !== depth) throw new Error(`split search: job ${id} names node ${depth}, which is not above its root`);
@@ -158,7 +162,7 @@ export class SplitCoordinator {
   race(id: number, depth: number, initials: number, add: number): void {
     this.messages++;
     const x = this.nodeAt(id, depth);
-    if ((x.backtrack & initials) !== 0) return;
+    if (x === null || (x.backtrack & initials) !== 0) return;
     x.backtrack |= add;
     this.expand(x, id);
   }
@@ -167,6 +171,7 @@ export class SplitCoordinator {
   full(id: number, depth: number, thread: number, access: Access): void {
     this.messages++;
     const x = this.nodeAt(id, depth);
+    if (x === null) return;
     x.full[thread] = access;
     x.unknown &= ~(1 << thread);
   }
@@ -175,7 +180,7 @@ export class SplitCoordinator {
   donate(id: number, nodes: readonly DonatedNode[]): void {
     this.messages++;
     const r = this.running.get(id);
-    if (r === undefined) throw new Error(`split search: job ${id} is not running`);
+    if (r === undefined) return;
     let parent = r.parent;
     const made: CNode[] = [];
     for (const nd of nodes) {

@@ -78,6 +78,7 @@ export async function exploreOnQueue(url: string, s: SearchSettings, threads: nu
   const totals = new SearchTotals(coord);
   const started = new Set<number>();
   const ended_ = new Set<number>();
+  const attempts = new Map<number, number>();
   let stopped = false;
   let stoppedEarly = false;
   let interrupted = false;
@@ -122,15 +123,18 @@ export async function exploreOnQueue(url: string, s: SearchSettings, threads: nu
     const msgs = new Worker(
       msgsQueue(run),
       async (j: BullJob) => {
-        const m = j.data as QueueMessage & { worker?: string };
+        const m = j.data as QueueMessage & { worker?: string; attempt?: number };
         if (m.worker !== undefined) workersSeen.add(m.worker);
         if (m.type === 'start') {
           if (firstStart < 0) firstStart = performance.now();
           if (started.has(m.job)) coord.restart(m.job);
           started.add(m.job);
+          attempts.set(m.job, m.attempt);
           await hungry();
           return;
         }
+        // A job BullMQ took from a worker it thought dead and gave another: only the newer attempt counts.
+        if ((m.attempt ?? 0) < (attempts.get(m.job) ?? 0)) return;
         if (totals.take(m)) ended_.add(m.job);
         if (m.type === 'error' || (m.type === 'done' && m.result.violation !== null && s.continueAfterViolation !== true)) await stopAll();
         if (m.type === 'donate' || m.type === 'race') {
@@ -209,9 +213,10 @@ export async function workerCommand(o: WorkerCliOptions): Promise<number> {
         out = new Queue(msgsQueue(run), { connection });
         outs.set(run, out);
       }
-      const buffer: (QueueMessage & { worker: string })[] = [];
+      const buffer: (QueueMessage & { worker: string; attempt: number })[] = [];
+      const attempt = bj.attemptsStarted;
       const send = (m: QueueMessage): void => {
-        buffer.push({ ...m, worker: id });
+        buffer.push({ ...m, worker: id, attempt });
       };
       const flush = async (): Promise<void> => {
         if (buffer.length === 0) return;
