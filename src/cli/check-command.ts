@@ -46,7 +46,8 @@ export interface CheckCliOptions {
 export function workersFor(o: Pick<CheckCliOptions, 'workers' | 'strategy' | 'reduction' | 'replay'>): number {
   const splits = o.strategy === 'dpor' || o.strategy === 'dfs';
   if (o.workers !== undefined && o.workers > 1 && !splits) throw new KvmmuError(`--workers ${o.workers}: only dpor and dfs split over workers (random and pct run on one)`);
-  const n = o.workers ?? (splits && o.replay === undefined ? os.availableParallelism() : 1);
+  // Optimal-DPOR asked for by name keeps the sequential search unless --workers says otherwise (an error then).
+  const n = o.workers ?? (splits && o.replay === undefined && o.reduction !== 'optimal' ? os.availableParallelism() : 1);
   if (n > 1 && o.strategy === 'dpor' && o.reduction === 'optimal')
     throw new KvmmuError(`--reduction optimal runs on one worker (its wakeup trees are not split): give --workers 1, or --reduction source to split the search over ${n}`);
   return n;
