@@ -83,6 +83,8 @@ export interface JobResult {
   readonly maxSteps: number;
   readonly complete: boolean;
   readonly violation: FoundViolation | null;
+  /** Alternatives left at its nodes when it stopped (0 when its subtree was explored). */
+  readonly pending: number;
 }
 
 /** Run one job on `engine` (synchronously; sink calls go out as they happen). */
@@ -110,6 +112,7 @@ export function runJob(engine: Engine, s: SearchSettings, job: Job, sink: JobSin
     maxSteps: r.maxSteps,
     complete: r.complete,
     violation: r.violation,
+    pending: r.pending ?? 0,
   };
 }
 
@@ -134,6 +137,8 @@ export class SearchTotals {
   boundReached = false;
   found: FoundViolation | null = null;
   error: string | null = null;
+  /** Alternatives left in jobs that stopped early. */
+  pending = 0;
 
   constructor(readonly coord: SplitCoordinator) {}
 
@@ -166,6 +171,7 @@ export class SearchTotals {
         this.unfair += r.unfair;
         this.truncated += r.truncated;
         this.maxSteps = Math.max(this.maxSteps, r.maxSteps);
+        this.pending += r.pending;
         if (r.boundReached) this.boundReached = true;
         if (!r.complete && !r.boundReached && r.violation === null) this.incomplete = true;
         if (r.violation !== null && better(r.violation, this.found)) this.found = r.violation;
@@ -233,7 +239,7 @@ export function splitResult(t: SearchTotals, s: SearchSettings, workers: number,
     maxSteps: t.maxSteps,
     violation: t.found,
     interrupted,
-    pending: complete ? 0 : c.queue.length,
+    pending: complete ? 0 : c.queue.length + t.pending,
     workers,
     jobs: c.jobsMade,
     messages: c.messages,

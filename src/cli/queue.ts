@@ -281,6 +281,7 @@ export async function workerCommand(o: WorkerCliOptions): Promise<number> {
             maxSteps: x.maxSteps,
             complete: x.complete,
             violation: x.violation,
+            pending: x.pending ?? 0,
           };
           send({ type: 'done', job: job.id, result });
           await flush();
