@@ -462,6 +462,11 @@ class Systematic implements Chooser {
     return q;
   }
 
+  /** Is this DPOR (sleep sets), not plain DFS? */
+  get reducing(): boolean {
+    return this.reduce;
+  }
+
   /** Take a split search's job (ExploreOptions.job): the nodes above its root are the coordinator's. */
   seed(job: JobSeed, sink: JobSink | null): void {
     this.job = job;
@@ -1073,7 +1078,7 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
 
   if (o.job !== undefined) {
     if (sys === null) throw new Error('a split search runs dpor or dfs');
-    sys.seed(o.job, o.sink ?? null);
+    sys.seed(o.job.unknown !== 0 && sys.reducing ? probeUnknown(engine, o.job) : o.job, o.sink ?? null);
   }
   const rnd = makeRandom(o.seed ?? 1);
   for (;;) {
@@ -1143,6 +1148,36 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     interrupted,
     pending: sys === null ? null : complete ? 0 : sys.pending(),
   };
+}
+
+/**
+ * A split search's job whose root's parent has threads in its done set whose whole step there no job has
+ * reported yet (JobSeed.unknown): run each such step once, from the prefix, to learn it (a partial execution,
+ * abandoned right after it; not counted), so the job's sleep sets need not keep those threads awake.
+ */
+function probeUnknown(engine: Engine, job: JobSeed): JobSeed {
+  const at = job.prefix.length - 1;
+  const full = job.full.slice();
+  let unknown = job.unknown;
+  for (let m = job.unknown; m !== 0; m &= m - 1) {
+    const p = lowest(m);
+    let seen: Access | null = null;
+    engine.execute({
+      choose: (ex) => {
+        const d = ex.steps.length;
+        if (d < at) return job.prefix[d]!;
+        return d === at && ex.isEnabled(p) ? p : -1;
+      },
+      stepped: (_ex, step) => {
+        if (step.thread === p && seen === null && _ex.steps.length - 1 === at) seen = step.access;
+      },
+    });
+    if (seen !== null) {
+      full[p] = seen;
+      unknown &= ~(1 << p);
+    }
+  }
+  return { ...job, full, unknown };
 }
 
 /**
