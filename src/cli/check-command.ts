@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
-import { checkSlices, contextFor, engineFor, finishCheck, replayCheck, type CheckOptions, type CheckReport } from '../check/check';
+import { checkSlices, contextFor, engineFor, finishCheck, replayCheck, searchBound, type CheckOptions, type CheckReport } from '../check/check';
 import { runSlices } from '../check/explore';
 import { exploreParallel, kvmmuVersion, sha256File, type SearchSettings, type SplitProgress } from './parallel';
 import { exploreOnQueue } from './queue';
@@ -163,7 +163,7 @@ async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModu
     source: o.file === undefined ? { name: spec.name } : { name: spec.name, file: path.resolve(o.file), sha256: sha256File(o.file) },
     ctx,
     strategy: o.strategy,
-    bound: o.preemptions ?? -1,
+    bound: searchBound(spec, { preemptions: o.preemptions, strategy: o.strategy }) ?? -1,
     version: kvmmuVersion(),
   };
   const po = {
