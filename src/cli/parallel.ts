@@ -223,7 +223,7 @@ export interface ParallelResult extends ExploreResult {
 /** Result of a split search from its totals. */
 export function splitResult(t: SearchTotals, s: SearchSettings, workers: number, seconds: number, interrupted: boolean, stoppedEarly: boolean, startSeconds: number): ParallelResult {
   const c = t.coord;
-  const complete = !stoppedEarly && !interrupted && t.found === null && c.finished && !t.incomplete && !t.boundReached && !c.boundReached && t.truncated === 0;
+  const complete = !stoppedEarly && !interrupted && (t.found === null || s.continueAfterViolation === true) && c.finished && !t.incomplete && !t.boundReached && !c.boundReached && t.truncated === 0;
   return {
     strategy: s.strategy,
     executions: t.executions,
