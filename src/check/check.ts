@@ -80,6 +80,13 @@ export interface CheckReport {
   readonly workers: number;
   /** A split search's jobs (parallel DPOR); null for the sequential search. */
   readonly jobs: number | null;
+  /**
+   * A split search begun after the sequential search had run for a while without an answer (kvmmu check
+   * without --workers): that first search's figures, not counted in `executions` (the split one starts afresh).
+   */
+  /** Over a queue: jobs begun again on another worker after theirs stopped answering (BullMQ's stalled-job retry). */
+  readonly retried?: number;
+  readonly sequentialFirst?: { readonly executions: number; readonly seconds: number; readonly reduction: Reduction | null };
 }
 
 const STATEMENTS: Readonly<Record<string, string>> = {
@@ -152,7 +159,7 @@ export function* finishCheck(
   ctx: ScenarioContext,
   o: CheckOptions,
   result: ExploreResult,
-  split: { workers: number; jobs: number } | null = null,
+  split: { workers: number; jobs: number; retried?: number } | null = null,
 ): Generator<void, CheckReport> {
   const strategy = o.strategy ?? 'dpor';
   let found = result.violation;
@@ -164,7 +171,7 @@ export function* finishCheck(
     interrupted = m.interrupted;
   }
   const r = report(engine, spec, ctx, strategy, searchBound(spec, o) ?? null, { ...result, interrupted }, found);
-  return split === null ? r : { ...r, workers: split.workers, jobs: split.jobs };
+  return split === null ? r : { ...r, workers: split.workers, jobs: split.jobs, ...(split.retried !== undefined ? { retried: split.retried } : {}) };
 }
 
 /**

@@ -7,7 +7,7 @@ import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARD_NAMES, guardsOff, parseGuards, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { checkSlices, contextFor, engineFor, finishCheck, replayCheck, searchBound, type CheckOptions, type CheckReport } from '../check/check';
 import { runSlices } from '../check/explore';
-import { exploreParallel, kvmmuVersion, sha256File, type SearchSettings, type SplitProgress } from './parallel';
+import { CheckPool, exploreParallel, kvmmuVersion, sha256File, type SearchSettings, type SplitProgress } from './parallel';
 import { exploreOnQueue } from './queue';
 import type { ExploreProgress, Reduction, StopRequest, Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
@@ -40,17 +40,33 @@ export interface CheckCliOptions {
   recordJobs?: string;
   /** redis://HOST:PORT: coordinate `kvmmu worker` processes through BullMQ instead (queue.ts). */
   queue?: string;
+  /** Without --workers: seconds of the sequential search before splitting (SEQUENTIAL_FIRST_SECONDS). */
+  splitAfter?: number;
 }
 
-/** The worker count a check runs with: --workers, else the cores available; 1 for what does not split. */
-export function workersFor(o: Pick<CheckCliOptions, 'workers' | 'strategy' | 'reduction' | 'replay'>): number {
+/**
+ * How long a check without --workers runs the sequential search before it splits the search over every core:
+ * most checks end sooner, and would only pay the workers' start (their code compiled by the JIT once per
+ * thread); a check still running after this is long enough to gain from the cores.
+ */
+export const SEQUENTIAL_FIRST_SECONDS = 10;
+
+/**
+ * The worker count a check runs with: --workers, else the cores available (`adaptive`: the sequential search
+ * first, for SEQUENTIAL_FIRST_SECONDS); 1 for what does not split.
+ */
+export function workersFor(o: Pick<CheckCliOptions, 'workers' | 'strategy' | 'reduction' | 'replay' | 'executions'>): { n: number; adaptive: boolean } {
   const splits = o.strategy === 'dpor' || o.strategy === 'dfs';
   if (o.workers !== undefined && o.workers > 1 && !splits) throw new KvmmuError(`--workers ${o.workers}: only dpor and dfs split over workers (random and pct run on one)`);
-  // Optimal-DPOR asked for by name keeps the sequential search unless --workers says otherwise (an error then).
-  const n = o.workers ?? (splits && o.replay === undefined && o.reduction !== 'optimal' ? os.availableParallelism() : 1);
-  if (n > 1 && o.strategy === 'dpor' && o.reduction === 'optimal')
-    throw new KvmmuError(`--reduction optimal runs on one worker (its wakeup trees are not split): give --workers 1, or --reduction source to split the search over ${n}`);
-  return n;
+  if (o.workers !== undefined) {
+    if (o.workers > 1 && o.strategy === 'dpor' && o.reduction === 'optimal')
+      throw new KvmmuError(`--reduction optimal runs on one worker (its wakeup trees are not split): give --workers 1, or --reduction source to split the search over ${o.workers}`);
+    return { n: o.workers, adaptive: false };
+  }
+  // Optimal-DPOR asked for by name, a replay, or an execution budget (counted by one search) keep to one worker.
+  const cores = os.availableParallelism();
+  const adaptive = splits && cores > 1 && o.replay === undefined && o.reduction !== 'optimal' && o.executions === undefined;
+  return { n: adaptive ? cores : 1, adaptive };
 }
 
 /** Run the check command; returns the exit code (0 clean, 1 violation). Usage errors throw KvmmuError. */
@@ -86,6 +102,9 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // A split check's worker threads, kept for every scenario of --all.
+  const nWorkers = workersFor(o);
+  const pool = nWorkers.n > 1 && !nWorkers.adaptive && o.queue === undefined ? new CheckPool(nWorkers.n) : undefined;
   try {
     for (const spec of specs) {
       if (stop.requested) break;
@@ -94,10 +113,11 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
         if (o.all) continue;
         throw new KvmmuError(`scenario ${spec.name} runs in ${spec.modes.join(' or ')} mode, not ${o.mode}`);
       }
-      reports.push(await checkOne(o, gen, spec, guards, stop));
+      reports.push(await checkOne(o, gen, spec, guards, stop, pool));
       if (!o.json) process.stdout.write(formatCheckReport(reports[reports.length - 1]!, o.file) + '\n');
     }
   } finally {
+    await pool?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
@@ -112,15 +132,29 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
 /** The exit status of a check stopped by SIGINT or SIGTERM (128 + SIGINT's number, as shells report it). */
 export const EXIT_INTERRUPTED = 130;
 
-async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest): Promise<CheckReport> {
-    const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
-    const workers = workersFor(o);
-    if (workers > 1 || o.queue !== undefined) {
-      const report = await userCodeAsync(o.file, () => splitCheck(o, gen, spec, guards, stop, workers, status));
-      status?.clear();
-      return report;
-    }
-    const report = await userCodeAsync(o.file, () => runCheckAsync(gen, spec, {
+async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, pool: CheckPool | undefined): Promise<CheckReport> {
+  const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
+  const workers = workersFor(o);
+  try {
+    if (o.queue !== undefined || (workers.n > 1 && !workers.adaptive)) return await userCodeAsync(o.file, () => splitCheck(o, gen, spec, guards, stop, workers.n, status, pool));
+    if (!workers.adaptive) return await sequentialCheck(o, gen, spec, guards, stop, status);
+    // No --workers: the sequential search first; if it has neither answer nor end by then, all the cores.
+    const first = Math.min(o.splitAfter ?? SEQUENTIAL_FIRST_SECONDS, o.seconds ?? Infinity);
+    const seq = await sequentialCheck({ ...o, seconds: first }, gen, spec, guards, stop, status);
+    const unfinished = seq.violation === null && !seq.interrupted && (seq.pending ?? 0) > 0;
+    const left = o.seconds !== undefined ? o.seconds - seq.seconds : undefined;
+    if (!unfinished || (left !== undefined && left <= 0)) return seq;
+    const split = await userCodeAsync(o.file, () => splitCheck({ ...o, seconds: left }, gen, spec, guards, stop, workers.n, status, pool));
+    return { ...split, sequentialFirst: { executions: seq.executions, seconds: seq.seconds, reduction: seq.reduction } };
+  } finally {
+    status?.clear();
+  }
+}
+
+/** The sequential search (one worker: this thread). */
+async function sequentialCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, status: StatusLine | null): Promise<CheckReport> {
+  return await userCodeAsync(o.file, () =>
+    runCheckAsync(gen, spec, {
       mode: o.mode,
       guards,
       indirectFastPath: o.indirectFastPath,
@@ -132,21 +166,17 @@ async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule
       executions: o.executions ?? (o.seconds !== undefined ? Number.MAX_SAFE_INTEGER : undefined),
       seconds: o.seconds,
       seed: o.seed,
-      onProgress:
-        status === null
-          ? undefined
-          : (p) => status.show(progressLine(spec.name, p)),
+      onProgress: status === null ? undefined : (p) => status.show(progressLine(spec.name, p)),
       stop,
-    }));
-    status?.clear();
-    return report;
+    }),
+  );
 }
 
 /**
  * A check split over worker threads (parallel.ts) or, with --queue, over `kvmmu worker` processes (queue.ts);
  * the counterexample is minimized and rendered here, as in the sequential search.
  */
-async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, workers: number, status: StatusLine | null): Promise<CheckReport> {
+async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, workers: number, status: StatusLine | null, pool: CheckPool | undefined): Promise<CheckReport> {
   const co: CheckOptions = {
     mode: o.mode,
     guards,
@@ -172,12 +202,13 @@ async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModu
     seconds: o.seconds,
     stop,
     recordJobs: o.recordJobs !== undefined,
+    pool,
     onProgress: status === null ? undefined : (p: SplitProgress) => status.show(splitProgressLine(spec.name, p)),
   };
   const result = o.queue !== undefined ? await exploreOnQueue(o.queue, settings, engine.threadNames.length, po) : await exploreParallel(settings, engine.threadNames.length, po);
   if (o.recordJobs !== undefined && result.records !== null)
     fs.writeFileSync(o.recordJobs, JSON.stringify({ scenario: spec.name, mode: ctx.mode, workers: result.workers, executions: result.executions, seconds: result.seconds, startSeconds: result.startSeconds, messages: result.messages, jobs: result.records }) + '\n');
-  return runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs }));
+  return runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs, retried: result.retried }));
 }
 
 /** The status line of a split check: executions, rate, jobs queued, running and done. */
@@ -348,6 +379,8 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     pending: r.pending,
     workers: r.workers,
     jobs: r.jobs,
+    sequentialFirst: r.sequentialFirst ?? null,
+    ...(r.retried !== undefined ? { retried: r.retried } : {}),
     violation:
       r.violation === null
         ? null
@@ -373,7 +406,12 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
   const how = r.reduction !== null ? ` (${r.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
-  const split = r.jobs !== null ? ` on ${r.workers} workers (${r.jobs} jobs)` : '';
+  const split = r.jobs !== null ? ` on ${r.workers} workers (${r.jobs} jobs${r.retried !== undefined && r.retried > 0 ? `, ${r.retried} begun again after their worker stopped answering` : ''})` : '';
+  if (r.sequentialFirst !== undefined) {
+    const f = r.sequentialFirst;
+    const fhow = f.reduction !== null ? ` (${f.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
+    lines.push(`${r.strategy}${fhow} on one worker: ${f.executions} executions in ${f.seconds.toFixed(2)} s without an end; split over ${r.workers} workers from the start (not counted below)`);
+  }
   lines.push(`${r.strategy}${how}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}${split}`);
   if (r.strategy !== 'replay' && r.reduction !== null) {
     // Sleep sets let no two complete executions be equivalent: each complete one is a class of its own.

@@ -1,4 +1,4 @@
-// A worker thread of a parallel check (parallel.ts): loads the scenario itself, then runs the jobs its coordinator hands it.
+// A worker thread of a parallel check (parallel.ts's CheckPool): loads each scenario it is told to once, then runs the jobs its coordinator hands it.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
@@ -6,18 +6,12 @@ import type { Job } from '../check/split';
 import type { JobSink, StopRequest } from '../check/explore';
 import { engineFor, loadSource, runJob, type JobMessage, type SearchSettings } from './parallel';
 
-const { settings, flags, index } = workerData as { settings: SearchSettings; flags: Int32Array; index: number };
+const { flags, index } = workerData as { flags: Int32Array; index: number };
 const port = parentPort!;
-const post = (m: JobMessage | { type: 'ready' } | { type: 'fatal'; message: string }): void => port.postMessage(m);
+const post = (m: JobMessage | { type: 'ready'; key: string } | { type: 'fatal'; message: string }): void => port.postMessage(m);
 
-let engine: ReturnType<typeof engineFor>;
-try {
-  const { gen, spec } = loadSource(settings);
-  engine = engineFor(gen, spec, settings.ctx);
-  post({ type: 'ready' });
-} catch (e) {
-  post({ type: 'fatal', message: e instanceof KvmmuError ? e.message : `a check worker could not load the scenario: ${(e as Error).message}` });
-}
+/** The scenarios this worker has loaded, by settings key (a pool runs one check after another). */
+const engines = new Map<string, { engine: ReturnType<typeof engineFor>; settings: SearchSettings }>();
 
 const stop: StopRequest = {
   get requested() {
@@ -26,8 +20,27 @@ const stop: StopRequest = {
   set requested(_v: boolean) {},
 };
 
-port.on('message', (m: { type: 'job'; job: Job; maxExecutions?: number }) => {
+type Message = { type: 'load'; key: string; settings: SearchSettings } | { type: 'job'; key: string; job: Job; maxExecutions?: number };
+
+port.on('message', (m: Message) => {
+  if (m.type === 'load') {
+    try {
+      if (!engines.has(m.key)) {
+        const { gen, spec } = loadSource(m.settings);
+        engines.set(m.key, { engine: engineFor(gen, spec, m.settings.ctx), settings: m.settings });
+      }
+      post({ type: 'ready', key: m.key });
+    } catch (e) {
+      post({ type: 'fatal', message: e instanceof KvmmuError ? e.message : `a check worker could not load the scenario: ${(e as Error).message}` });
+    }
+    return;
+  }
   const id = m.job.id;
+  const loaded = engines.get(m.key);
+  if (loaded === undefined) {
+    post({ type: 'error', job: id, message: 'a check worker was given a job for a scenario it has not loaded' });
+    return;
+  }
   const sink: JobSink = {
     race: (depth, initials, add) => post({ type: 'race', job: id, depth, initials, add }),
     full: (depth, thread, access) => post({ type: 'full', job: id, depth, thread, access }),
@@ -38,7 +51,7 @@ port.on('message', (m: { type: 'job'; job: Job; maxExecutions?: number }) => {
     },
   };
   try {
-    const result = runJob(engine, settings, m.job, sink, stop, (p) => post({ type: 'progress', job: id, executions: p.executions }));
+    const result = runJob(loaded.engine, loaded.settings, m.job, sink, stop, (p) => post({ type: 'progress', job: id, executions: p.executions }));
     post({ type: 'done', job: id, result });
   } catch (e) {
     post({ type: 'error', job: id, message: e instanceof KvmmuError ? e.message : `a check worker failed: ${(e as Error).stack ?? (e as Error).message}` });

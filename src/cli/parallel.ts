@@ -2,6 +2,7 @@
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KvmmuError } from '../shm/errors';
@@ -11,7 +12,7 @@ import { builtinMonitors } from '../check/invariants';
 import { SplitCoordinator, type Job, type JobRecord } from '../check/split';
 import type { Access } from '../check/ops';
 import type { ScenarioContext, ScenarioSpec } from '../check/gen/scenario';
-import { findScenario, loadCatalog, loadGenModule, loadScenarioFile } from './scenario-file';
+import { compileScenarioFileGen, findScenario, loadCatalog, loadCompiledScenario, loadGenModule, loadScenarioFile } from './scenario-file';
 
 /** Where a worker finds the scenario: never code from the coordinator, only a name or a file it was given itself. */
 export interface ScenarioSource {
@@ -33,6 +34,11 @@ export interface SearchSettings {
   readonly continueAfterViolation?: boolean;
   /** The kvmmu version (package.json): a worker of another version refuses the job. */
   readonly version: string;
+  /**
+   * Worker threads only: `source.file` compiled once by the coordinator (compileScenarioFileGen), so that each
+   * thread does not run the compiler. Never sent over a queue: there a worker compiles the file it was given.
+   */
+  readonly compiled?: string;
 }
 
 export function kvmmuVersion(): string {
@@ -55,6 +61,7 @@ export function loadSource(s: SearchSettings, localFiles: readonly string[] | nu
   if (s.version !== mine) throw new KvmmuError(`the coordinator runs kvmmu ${s.version}, this worker kvmmu ${mine}: run the same version on both`);
   const gen = loadGenModule();
   if (s.source.file === undefined) return { gen, spec: findScenario(loadCatalog(), s.source.name) };
+  if (localFiles === null && s.compiled !== undefined) return { gen, spec: loadCompiledScenario(s.compiled, s.source.file, s.source.name) };
   const want = s.source.sha256!;
   // A worker thread reads the coordinator's own file (same machine); a queue's worker only the files it was given.
   const candidates = localFiles ?? [s.source.file];
@@ -208,6 +215,8 @@ export interface ParallelOptions {
   readonly onProgress?: (p: SplitProgress) => void;
   /** Record the job tree (bench/split-sim.js). */
   readonly recordJobs?: boolean;
+  /** Worker threads kept from one check to the next (else a pool of `workers` is made for this check). */
+  readonly pool?: CheckPool;
 }
 
 export interface ParallelResult extends ExploreResult {
@@ -218,6 +227,8 @@ export interface ParallelResult extends ExploreResult {
   readonly records: JobRecord[] | null;
   /** Seconds until every worker had loaded the scenario (included in `seconds`). */
   readonly startSeconds: number;
+  /** Over a queue: jobs begun again after their worker stopped answering. */
+  readonly retried?: number;
 }
 
 /** Result of a split search from its totals. */
@@ -248,19 +259,118 @@ export function splitResult(t: SearchTotals, s: SearchSettings, workers: number,
   };
 }
 
+/** What a check worker thread sends its pool. */
+type WorkerMessage = JobMessage | { type: 'ready'; key: string } | { type: 'fatal'; message: string };
+
+/** A check's identity for a worker's cache of loaded engines: the scenario, the context it runs in, the search's settings. */
+export function settingsKey(s: SearchSettings): string {
+  return JSON.stringify(s);
+}
+
 /**
- * Explore on `o.workers` worker threads. Each worker loads the scenario itself (check-worker.js: a built-in's
- * name, or the file and its sha256), takes jobs from the coordinator, and between executions looks at a shared
- * flag that asks it to give part of its subtree away (a worker is idle and no job waits).
+ * Worker threads for parallel checks, kept alive from one check to the next (`check --all`, bench/check.js): a
+ * worker loads each scenario once and keeps the engine, and its code stays compiled by the JIT. A scenario file
+ * is compiled once here, not in each thread.
  */
-export async function exploreParallel(s: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
+export class CheckPool {
+  readonly size: number;
+  private readonly workers: Worker[] = [];
+  /** flags[0]: stop the running check; flags[1 + i]: worker i is asked to give work away. */
+  readonly flags: Int32Array;
+  /** The settings key each worker has loaded (null: none yet). */
+  private readonly loaded: (string | null)[];
+  private handler: ((i: number, m: WorkerMessage) => void) | null = null;
+  private broken: string | null = null;
+  private tmp: string | null = null;
+  private readonly compiledFiles = new Map<string, string>();
+
+  constructor(size: number) {
+    this.size = size;
+    this.flags = new Int32Array(new SharedArrayBuffer(4 * (1 + size)));
+    this.loaded = new Array<string | null>(size).fill(null);
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: { flags: this.flags, index: i } });
+      w.on('message', (m: WorkerMessage) => this.handler?.(i, m));
+      w.on('error', (e) => {
+        this.broken ??= `a check worker failed: ${e.message}`;
+        this.handler?.(i, { type: 'fatal', message: this.broken });
+      });
+      this.workers.push(w);
+    }
+  }
+
+  /** `s` with its scenario file compiled for the threads (once per file content). */
+  prepare(s: SearchSettings): SearchSettings {
+    if (s.source.file === undefined || s.compiled !== undefined) return s;
+    const key = `${s.source.file}:${s.source.sha256}`;
+    let js = this.compiledFiles.get(key);
+    if (js === undefined) {
+      this.tmp ??= fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-pool-'));
+      js = compileScenarioFileGen(s.source.file, fs.mkdtempSync(path.join(this.tmp, 'f-')));
+      this.compiledFiles.set(key, js);
+    }
+    return { ...s, compiled: js };
+  }
+
+  /** Begin a check: route the workers' messages to `handler`, clear the flags, and have each worker load `s`. */
+  begin(s: SearchSettings, handler: (i: number, m: WorkerMessage) => void): void {
+    if (this.broken !== null) throw new KvmmuError(this.broken);
+    this.handler = handler;
+    Atomics.store(this.flags, 0, 0);
+    for (let i = 0; i < this.size; i++) Atomics.store(this.flags, 1 + i, 0);
+    const key = settingsKey(s);
+    for (let i = 0; i < this.size; i++) {
+      if (this.loaded[i] === key) {
+        // Already loaded: ready at once (after this call returns, as a message would be).
+        queueMicrotask(() => this.handler?.(i, { type: 'ready', key }));
+      } else {
+        this.loaded[i] = key;
+        this.workers[i]!.postMessage({ type: 'load', settings: s, key });
+      }
+    }
+  }
+
+  post(i: number, m: { type: 'job'; key: string; job: Job; maxExecutions?: number }): void {
+    this.workers[i]!.postMessage(m);
+  }
+
+  /** The check is over (every worker idle): its messages go nowhere. */
+  end(): void {
+    this.handler = null;
+  }
+
+  async close(): Promise<void> {
+    this.handler = null;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+    if (this.tmp !== null) fs.rmSync(this.tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Explore on the worker threads of `o.pool` (or of a pool made for this check and closed after it). Each worker
+ * loads the scenario (check-worker.js: a built-in's name, or the file the pool compiled), takes jobs from the
+ * coordinator, and between executions looks at a shared flag that asks it to give part of its subtree away (a
+ * worker is idle and no job waits).
+ */
+export async function exploreParallel(s0: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
+  const own = o.pool === undefined;
+  const pool = o.pool ?? new CheckPool(o.workers);
+  try {
+    return await exploreOnPool(pool, pool.prepare(s0), threads, o);
+  } finally {
+    if (own) await pool.close();
+  }
+}
+
+async function exploreOnPool(pool: CheckPool, s: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
   const t0 = performance.now();
+  const n = pool.size;
+  const key = settingsKey(s);
   const coord = new SplitCoordinator(threads, s.bound, o.recordJobs === true);
   const totals = new SearchTotals(coord);
-  // flags[0]: stop; flags[1 + i]: worker i is asked to give work away.
-  const flags = new Int32Array(new SharedArrayBuffer(4 * (1 + o.workers)));
-  const workers: Worker[] = [];
-  const busy = new Array<number>(o.workers).fill(-1);
+  const flags = pool.flags;
+  // Per worker: a job's id, -1 idle, -2 failed, -3 loading.
+  const busy = new Array<number>(n).fill(-3);
   let stopped = false;
   let readyAt = t0;
   let stoppedEarly = false;
@@ -277,30 +387,31 @@ export async function exploreParallel(s: SearchSettings, threads: number, o: Par
       if (ended) return;
       ended = true;
       clearInterval(timer);
-      for (const w of workers) void w.terminate();
+      pool.end();
       if (totals.error !== null) {
         reject(new KvmmuError(totals.error));
         return;
       }
-      resolve(splitResult(totals, s, o.workers, (performance.now() - t0) / 1000, interrupted, stoppedEarly, (readyAt - t0) / 1000));
+      resolve(splitResult(totals, s, n, (performance.now() - t0) / 1000, interrupted, stoppedEarly, (readyAt - t0) / 1000));
     };
     const dispatch = (): void => {
-      for (let i = 0; i < workers.length; i++) {
+      for (let i = 0; i < n; i++) {
         if (busy[i] !== -1) continue;
         if (stopped) break;
         const job = coord.take();
         if (job === undefined) break;
         busy[i] = job.id;
         const left = maxExec - totals.executionsNow;
-        workers[i]!.postMessage({ type: 'job', job, maxExecutions: Number.isFinite(left) ? Math.max(1, left) : undefined });
+        pool.post(i, { type: 'job', key, job, maxExecutions: Number.isFinite(left) ? Math.max(1, left) : undefined });
       }
       const idle = busy.some((b) => b === -1) && coord.queue.length === 0 && !stopped;
-      for (let i = 0; i < workers.length; i++) Atomics.store(flags, 1 + i, idle && busy[i] !== -1 ? 1 : 0);
+      for (let i = 0; i < n; i++) Atomics.store(flags, 1 + i, idle && busy[i]! >= 0 ? 1 : 0);
       const working = busy.some((b) => b >= 0 || b === -3);
       if (!working && (stopped || coord.finished)) finish();
     };
-    const onMessage = (i: number, m: JobMessage | { type: 'ready' } | { type: 'fatal'; message: string }): void => {
+    const onMessage = (i: number, m: WorkerMessage): void => {
       if (m.type === 'ready') {
+        if (m.key !== key) return;
         busy[i] = -1;
         if (!busy.includes(-3)) readyAt = performance.now();
         dispatch();
@@ -337,23 +448,17 @@ export async function exploreParallel(s: SearchSettings, threads: number, o: Par
         // The executions so far and, for each job still waiting, the mean of the jobs done (a rough figure: jobs
         // made late are often smaller).
         estimate: coord.jobsDone > 0 ? Math.round(totals.executionsNow + coord.queue.length * (totals.executions / coord.jobsDone)) : null,
-        workers: o.workers,
+        workers: n,
         jobsQueued: coord.queue.length,
         jobsRunning: coord.runningJobs,
         jobsDone: coord.jobsDone,
       });
     }, 200);
-    for (let i = 0; i < o.workers; i++) {
-      busy[i] = -3; // loading
-      const w = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: { settings: s, flags, index: i } });
-      w.on('message', (m: Parameters<typeof onMessage>[1]) => onMessage(i, m));
-      w.on('error', (e) => {
-        totals.error ??= `a check worker failed: ${e.message}`;
-        stopAll();
-        busy[i] = -2;
-        dispatch();
-      });
-      workers.push(w);
+    try {
+      pool.begin(s, onMessage);
+    } catch (e) {
+      clearInterval(timer);
+      reject(e as Error);
     }
   });
 }

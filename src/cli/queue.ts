@@ -79,6 +79,7 @@ export async function exploreOnQueue(url: string, s: SearchSettings, threads: nu
   const started = new Set<number>();
   const ended_ = new Set<number>();
   const attempts = new Map<number, number>();
+  let retried = 0;
   let stopped = false;
   let stoppedEarly = false;
   let interrupted = false;
@@ -117,7 +118,7 @@ export async function exploreOnQueue(url: string, s: SearchSettings, threads: nu
       await q.close().catch(() => {});
       await jobs.close().catch(() => {});
       if (totals.error !== null) reject(new KvmmuError(totals.error));
-      else resolve({ ...splitResult(totals, s, started.size === 0 ? 0 : workersSeen.size, (performance.now() - t0) / 1000, interrupted, stoppedEarly, firstStart < 0 ? 0 : (firstStart - t0) / 1000) });
+      else resolve({ ...splitResult(totals, s, started.size === 0 ? 0 : workersSeen.size, (performance.now() - t0) / 1000, interrupted, stoppedEarly, firstStart < 0 ? 0 : (firstStart - t0) / 1000), retried });
     };
     const workersSeen = new Set<string>();
     const msgs = new Worker(
@@ -128,6 +129,8 @@ export async function exploreOnQueue(url: string, s: SearchSettings, threads: nu
         if (m.type === 'start') {
           if (firstStart < 0) firstStart = performance.now();
           if (started.has(m.job)) coord.restart(m.job);
+          // BullMQ counts attempts from 1; a later one is a retry, whether or not the first said it had begun.
+          if (m.attempt !== undefined && m.attempt > 1) retried++;
           started.add(m.job);
           attempts.set(m.job, m.attempt);
           await hungry();
@@ -224,6 +227,9 @@ export async function workerCommand(o: WorkerCliOptions): Promise<number> {
         await out.addBulk(batch);
       };
       send({ type: 'start', job: job.id, attempt: bj.attemptsStarted });
+      await flush();
+      // For whoever watches the worker (and the test that kills one mid-job): a job begun, and later its end.
+      process.stderr.write(`kvmmu worker ${id}: job ${job.id} of check ${run} begun (attempt ${bj.attemptsStarted})\n`);
       let engine: ReturnType<typeof engineFor>;
       try {
         const key = JSON.stringify([settings.version, settings.source, settings.ctx]);
@@ -285,6 +291,7 @@ export async function workerCommand(o: WorkerCliOptions): Promise<number> {
           };
           send({ type: 'done', job: job.id, result });
           await flush();
+          process.stderr.write(`kvmmu worker ${id}: job ${job.id} of check ${run} done: ${x.executions} executions\n`);
           break;
         }
         // Between slices: send what the job owes, and look at the run's keys (a split wanted, a stop).

@@ -54,25 +54,38 @@ function isScenario(v: unknown): v is ScenarioSpec {
  * code the checker cannot follow, no scenario exported) are KvmmuErrors.
  */
 export function loadScenarioFile(file: string, pick?: string): ScenarioSpec {
-  const abs = path.resolve(file);
-  if (!fs.existsSync(abs) || !fs.statSync(abs).isFile()) throw new KvmmuError(`cannot read scenario file ${file}: no such file`);
-  if (!/\.(ts|js)$/.test(abs)) throw new KvmmuError(`scenario file ${file} must be a .ts or .js file (CommonJS or TypeScript, not an ES module)`);
   const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-scenario-'));
-  let mod: Record<string, unknown>;
   try {
-    const js = compileScenarioFile(abs, file, outDir);
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      mod = require(js) as Record<string, unknown>;
-    } catch (e) {
-      // A TypeScript file's require() of a module of its own is not followed by the compiler, so that module was not compiled with it.
-      const ownModule = (e as { code?: unknown }).code === 'MODULE_NOT_FOUND' && /Cannot find module '\.{1,2}\//.test((e as Error).message);
-      const hint = ownModule ? ' (a module of its own must be imported with import, or required from a .js file, to be compiled with the file)' : '';
-      throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message.split('\n')[0]}${hint}`);
-    }
+    return loadCompiledScenario(compileScenarioFileGen(file, outDir), file, pick);
   } finally {
     // Loaded or not, the compiled copy is not needed any more (require keeps the module).
     fs.rmSync(outDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Compile scenario file `file` to generator form under `outDir` and return its JavaScript, for loading with
+ * loadCompiledScenario — by this process, or by worker threads that should not each run the compiler (a
+ * parallel check). Errors as loadScenarioFile's.
+ */
+export function compileScenarioFileGen(file: string, outDir: string): string {
+  const abs = path.resolve(file);
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isFile()) throw new KvmmuError(`cannot read scenario file ${file}: no such file`);
+  if (!/\.(ts|js)$/.test(abs)) throw new KvmmuError(`scenario file ${file} must be a .ts or .js file (CommonJS or TypeScript, not an ES module)`);
+  return compileScenarioFile(abs, file, outDir);
+}
+
+/** Load the scenario (`pick`, or the only one) from `js`, scenario file `file` compiled by compileScenarioFileGen. */
+export function loadCompiledScenario(js: string, file: string, pick?: string): ScenarioSpec {
+  let mod: Record<string, unknown>;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    mod = require(js) as Record<string, unknown>;
+  } catch (e) {
+    // A TypeScript file's require() of a module of its own is not followed by the compiler, so that module was not compiled with it.
+    const ownModule = (e as { code?: unknown }).code === 'MODULE_NOT_FOUND' && /Cannot find module '\.{1,2}\//.test((e as Error).message);
+    const hint = ownModule ? ' (a module of its own must be imported with import, or required from a .js file, to be compiled with the file)' : '';
+    throw new KvmmuError(`scenario file ${file} does not load: ${(e as Error).message.split('\n')[0]}${hint}`);
   }
   // A scenario exported twice (as a name and as the default, say) is one scenario.
   const found = [...new Set(Object.values(mod).filter(isScenario))];
