@@ -229,3 +229,18 @@ test('kvmmu check refuses --workers 0, and --reduction optimal on more than one 
   assert.match(opt.stderr, /--reduction optimal runs on one worker/);
   assert.equal(opt.stdout, '');
 });
+
+test('kvmmu check without --workers: a short check stays on one worker; one still running after --split-after splits over the cores, from the start', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
+  const short = check(['--scenario', 'dirty-bit-loss']);
+  assert.equal(short.workers, 1);
+  assert.equal(short.sequentialFirst, null);
+  assert.equal(short.reduction, 'optimal');
+  // wp-tlb-flush runs for seconds: with --split-after 0.2 it splits, and the split search is exhaustive on its own.
+  const long = check(['--scenario', 'wp-tlb-flush', '--split-after', '0.2']);
+  assert.equal(long.workers, os.availableParallelism());
+  assert.equal(long.reduction, 'source');
+  const first = long.sequentialFirst as { executions: number; seconds: number; reduction: string };
+  assert.equal(first.reduction, 'optimal');
+  assert.ok(first.executions > 0 && first.seconds >= 0.2, JSON.stringify(first));
+  assert.equal(long.complete, true);
+});
