@@ -87,7 +87,7 @@ for (const [name, guard] of Object.entries(SCENARIO_GUARD)) {
     if (spec.preemptions === undefined) assert.equal(r.complete, true);
     else {
       assert.equal(r.preemptionBound, spec.preemptions);
-      assert.ok(r.complete || r.boundReached, 'everything within the bound explored');
+      assert.ok(r.complete || r.boundReached, 'the search finished, within the bound');
     }
   });
 }

@@ -136,7 +136,7 @@ const gen = loadGenModule();
 const spec = loadScenarioFile(file);
 
 /** Every final state an exhaustive exploration reaches: how it ended, the words and the data bytes. */
-function finalStates(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction): Set<string> {
+function finalStates(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction, preemptions?: number): Set<string> {
   (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
   const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
   const { meta, data, layout } = engine.machine.shm;
@@ -152,8 +152,9 @@ function finalStates(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Redu
     if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
     return r;
   };
-  const res = explore(engine, { strategy, reduction, continueAfterViolation: true, maxExecutions: 200_000 });
-  assert.ok(res.complete, `${strategy} did not finish: ${res.executions} executions, ${JSON.stringify(program)}`);
+  const res = explore(engine, { strategy, reduction, preemptions, continueAfterViolation: true, maxExecutions: 200_000 });
+  // Under a bound, complete means the bound cut nothing; finished (nothing left pending) is what is needed here.
+  assert.ok(res.complete || (preemptions !== undefined && res.pending === 0 && res.executions < 200_000), `${strategy} did not finish: ${res.executions} executions, ${JSON.stringify(program)}`);
   return states;
 }
 
@@ -182,4 +183,33 @@ test("Optimal-DPOR reverses a blocked wait's race as a whole sequence: a wait th
   const dfs = finalStates(program, 'dfs');
   assert.equal(dfs.size, 4, 'the wait passes or blocks for good, with either 64-bit store last');
   for (const reduction of REDUCTIONS) assert.deepEqual([...finalStates(program, 'dpor', reduction)].sort(), [...dfs].sort(), reduction);
+});
+
+/** Final states DPOR under a preemption bound misses (`missing`) and adds (`extra`) against DFS under the same bound. */
+function boundedDifferences(seeds: number): { missing: string[]; extra: string[] } {
+  const missing: string[] = [];
+  const extra: string[] = [];
+  for (let seed = 1; seed <= seeds; seed++) {
+    const program = randomProgram(rng(seed * 7919));
+    for (const bound of [0, 1, 2, 3]) {
+      const dfs = finalStates(program, 'dfs', undefined, bound);
+      for (const reduction of REDUCTIONS) {
+        const dpor = finalStates(program, 'dpor', reduction, bound);
+        if ([...dfs].some((s) => !dpor.has(s))) missing.push(`${reduction}, bound ${bound}, seed ${seed}`);
+        if ([...dpor].some((s) => !dfs.has(s))) extra.push(`${reduction}, bound ${bound}, seed ${seed}: ${JSON.stringify(program)}`);
+      }
+    }
+  }
+  return { missing, extra };
+}
+
+test('DPOR under a preemption bound of 0 to 3 reaches no final state that DFS under the same bound does not: every execution it runs to the end is within the bound', () => {
+  assert.deepEqual(boundedDifferences(300).extra, []);
+});
+
+// A known gap (explore.ts exploreWith): DPOR under a bound only prunes at it, so it misses final states DFS reaches
+// within the bound; on 2026-12-07, 15 of the first 31 programs here, mostly at bound 0 (BPOR's conservative branches made it
+// none of 3,000, at a cost too high for the default). Unskip when a bounded search is a proof within its bound.
+test('DPOR under a preemption bound of 0 to 3 reaches every final state DFS under the same bound reaches', { skip: 'known gap: a bounded DPOR search is a bug search, not a proof within the bound (explore.ts exploreWith)' }, () => {
+  assert.deepEqual(boundedDifferences(300).missing, []);
 });
