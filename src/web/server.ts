@@ -210,8 +210,8 @@ function wantsStream(req: http.IncomingMessage): boolean {
 }
 
 /**
- * POST /api/check with `Accept: application/x-ndjson`: one JSON object a line, {"progress": {executions, seconds,
- * pending}} while the check runs (about five a second), then {"report": ...} or {"error": "...", "status": N}.
+ * POST /api/check with `Accept: application/x-ndjson`: one JSON object a line, {"progress": {executions, abandoned,
+ * seconds, pending, estimate}} while the check runs (about five a second), then {"report": ...} or {"error": "...", "status": N}.
  * Errors found before the check starts (a bad request, no free place) are ordinary JSON answers.
  */
 async function streamCheck(res: http.ServerResponse, job: CheckJob, gone: AbortSignal): Promise<void> {

@@ -497,6 +497,39 @@ test("the checker's knobs reach the checker; a running check shows its progress 
   await page.close();
 });
 
+test("a check's progress gives the executions abandoned and an estimate of the executions in all, and its report the complete and abandoned ones apart, with the reduction", async () => {
+  const page = await openPage();
+  await page.selectOption('#scenario', 'lastzero-10');
+  // Under a preemption bound DPOR is Source-DPOR, whose sleep sets abandon executions on lastzero.
+  await page.selectOption('#k-strategy', 'dpor');
+  // (about 34,000 executions, most of them abandoned, in a second or two: long enough for progress lines).
+  await page.fill('#k-preemptions', '8');
+  await page.fill('#k-seconds', '30');
+  await page.click('#run-check');
+  const progress = await page
+    .waitForFunction(() => {
+      const t = document.querySelector('#check-progress')?.textContent ?? '';
+      return /\(([\d,]+) abandoned as redundant\)/.test(t) && /executions in all \(estimate\)/.test(t) ? t : false;
+    })
+    .then(async (h) => String(await h.jsonValue()));
+  const [, all] = /about ([\d,]+) executions in all \(estimate\)/.exec(progress) ?? [];
+  assert.ok(all !== undefined && Number(all.replace(/,/g, '')) > 0, progress);
+  await page.waitForFunction(() => /^dpor: /.test(document.querySelector('#check-summary')?.textContent ?? ''));
+  const bounded = (await page.textContent('#check-summary')) ?? '';
+  const m = /^dpor: ([\d,]+) executions in [\d.]+ s \(Source-DPOR: ([\d,]+) complete, ([\d,]+) abandoned as redundant(?:, ([\d,]+) cut at the preemption bound)?\)/.exec(bounded);
+  assert.ok(m !== null, bounded);
+  const n = (x: string | undefined): number => Number((x ?? '0').replace(/,/g, ''));
+  assert.ok(n(m[3]) > 0, `Source-DPOR abandons executions on lastzero-10: ${bounded}`);
+  assert.equal(n(m[2]) + n(m[3]) + n(m[4]), n(m[1]), 'complete, abandoned and cut add up to the executions');
+  // Without a bound, Optimal-DPOR: one complete execution per class, none abandoned.
+  await page.fill('#k-preemptions', '');
+  await page.fill('#k-seconds', '60');
+  await page.click('#run-check');
+  await page.waitForFunction(() => /^dpor: .*exhaustive/.test(document.querySelector('#check-summary')?.textContent ?? ''));
+  assert.match((await page.textContent('#check-summary')) ?? '', /^dpor: 3328 executions in [\d.]+ s \(Optimal-DPOR: 3328 complete, 0 abandoned as redundant\) — no violation: every schedule was explored \(exhaustive\)$/);
+  await page.close();
+});
+
 test('with the keyboard alone: run the check, step to the violation (announced to screen readers), select an object, read the legend', async () => {
   const page = await openPage();
   await page.selectOption('#scenario', 'dirty-bit-loss');

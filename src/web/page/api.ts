@@ -34,8 +34,12 @@ async function call<T>(method: 'GET' | 'POST', url: string, body?: unknown): Pro
 /** A check's progress as the server streams it (check/explore.ts ExploreProgress). */
 export interface CheckProgress {
   readonly executions: number;
+  /** Of those, begun and abandoned as redundant (Source-DPOR's sleep sets). */
+  readonly abandoned: number;
   readonly seconds: number;
   readonly pending: number | null;
+  /** DPOR/DFS: an estimate of the executions the whole search takes, null until alternatives wait (explore.ts). */
+  readonly estimate: number | null;
 }
 
 /** The user cancelled the check (the connection is closed; the server stops the check's worker). */

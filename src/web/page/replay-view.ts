@@ -13,11 +13,22 @@ import { TraceView } from './trace-view';
 
 /** One line on what a check found. */
 export function describeReport(r: CheckReport): string {
-  const rate = `${r.strategy}: ${plural(r.executions, 'execution')} in ${r.seconds.toFixed(2)} s`;
+  const rate = `${r.strategy}: ${plural(r.executions, 'execution')} in ${r.seconds.toFixed(2)} s${describeExecutions(r)}`;
   if (r.violation !== null)
     return `${rate} — VIOLATION of ${r.violation.invariant}: ${plural(r.violation.steps, 'step')}, ${plural(r.violation.preemptions, 'preemption')}`;
   if (r.complete) return `${rate} — no violation: every schedule was explored${r.preemptionBound !== null ? ` within ${r.preemptionBound} preemptions` : ' (exhaustive)'}`;
   return `${rate} — no violation found, but the exploration is not exhaustive (${r.boundReached ? 'preemption bound' : 'budget ran out'})`;
+}
+
+/**
+ * DPOR's executions as `kvmmu check` gives them (cli/check-command.ts): the reduction, the complete ones (one per
+ * class of equivalent executions) and the abandoned ones apart, and those the preemption bound cut.
+ */
+function describeExecutions(r: CheckReport): string {
+  if (r.reduction === null) return '';
+  const complete = r.executions - r.abandoned - r.boundCut - r.unfair - r.truncated;
+  const cut = r.boundCut > 0 ? `, ${r.boundCut} cut at the preemption bound` : '';
+  return ` (${r.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR: ${complete} complete, ${r.abandoned} abandoned as redundant${cut})`;
 }
 
 const SPEEDS: readonly [string, number][] = [
@@ -293,7 +304,11 @@ export class ReplayView {
   }
 
   private showProgress(p: CheckProgress): void {
-    this.ui.progress.textContent = `${p.executions.toLocaleString('en')} executions · ${p.seconds.toFixed(1)} s${p.pending === null ? '' : ` · ${p.pending.toLocaleString('en')} alternatives pending`}`;
+    const abandoned = p.abandoned > 0 ? ` (${p.abandoned.toLocaleString('en')} abandoned as redundant)` : '';
+    const pending = p.pending === null ? '' : ` · ${p.pending.toLocaleString('en')} alternatives pending`;
+    // An estimate, and it grows as the search finds races (explore.ts ExploreProgress): labelled so.
+    const estimate = p.estimate === null ? '' : ` · about ${p.estimate.toLocaleString('en')} executions in all (estimate)`;
+    this.ui.progress.textContent = `${p.executions.toLocaleString('en')} executions${abandoned} · ${p.seconds.toFixed(1)} s${pending}${estimate}`;
   }
 
   cancelCheck(): void {
