@@ -1,0 +1,136 @@
+// Random programs for differential tests of the checker: three threads of a few shared-memory operations (32- and 64-bit words, data bytes, a ticket lock and a reader-writer lock), and the scenario file that interprets them.
+
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
+import type { ScenarioSpec } from '../../src/check/gen/scenario';
+
+/** One operation of a random program: kind, location, values; `then` runs only when this one returned `when`. */
+export interface Op {
+  k: string;
+  l: number;
+  v: number;
+  w: number;
+  then?: Op;
+  when?: number;
+}
+
+/**
+ * The scenario interprets the program setup finds on globalThis. Locations:
+ * i32 words at bytes 0, 4, 8; i64 words at 16, 24; a lock at 32 (16 bytes); a reader-writer lock at 48;
+ * 16 data bytes at 0 and 4088 (the second across a page boundary); each
+ * thread's hash of what its operations returned goes to globalThis. Widths stay fixed per location.
+ */
+const INTERP = `import { defineScenario, type ScenarioVm } from 'kvmmu/scenario';
+interface Op { k: string; l: number; v: number; w: number; then?: Op; when?: number }
+const b64 = (x: number): bigint => BigInt(x) * 0x0101010101010101n;
+function one(vm: ScenarioVm, op: Op): number {
+  const w32 = vm.word(op.l * 4);
+  const w64 = vm.word(16 + op.l * 8) / 2;
+  const lk = vm.word(32);
+  const d = vm.machine.shm.layout.regions['scenario.data']!.off + (op.l === 0 ? 0 : 4088);
+  switch (op.k) {
+    case 'load32': return vm.mem.load32(w32);
+    case 'store32': vm.mem.store32(w32, op.v); return 0;
+    case 'storeRelease32': vm.mem.storeRelease32(w32, op.v); return 0;
+    case 'cmpxchg32': return vm.mem.cmpxchg32(w32, op.w, op.v);
+    case 'xchg32': return vm.mem.xchg32(w32, op.v);
+    case 'fetchAdd32': return vm.mem.fetchAdd32(w32, op.v);
+    case 'fetchOr32': return vm.mem.fetchOr32(w32, op.v);
+    case 'fetchAnd32': return vm.mem.fetchAnd32(w32, ~op.v);
+    case 'or32': vm.mem.or32(w32, op.v); return 0;
+    case 'waitWhile32': return vm.mem.waitWhile32(w32, op.w);
+    case 'load64': return Number(vm.mem.load64(w64) & 0xffn);
+    case 'store64': vm.mem.store64(w64, b64(op.v)); return 0;
+    case 'cmpxchg64': return Number(vm.mem.cmpxchg64(w64, b64(op.w), b64(op.v)) & 0xffn);
+    case 'xchg64': return Number(vm.mem.xchg64(w64, b64(op.v)) & 0xffn);
+    case 'lock': vm.mem.lock(lk); return 0;
+    case 'unlock': vm.mem.unlock(lk); return 0;
+    case 'readLock': vm.mem.readLock(vm.word(48)); return 0;
+    case 'readUnlock': vm.mem.readUnlock(vm.word(48)); return 0;
+    case 'writeLock': vm.mem.writeLock(vm.word(48)); return 0;
+    case 'writeUnlock': vm.mem.writeUnlock(vm.word(48)); return 0;
+    case 'loadData64': return Number(vm.mem.loadData64((d + 8 * (op.w & 1)) / 8) & 0xffn);
+    case 'storeData64': vm.mem.storeData64((d + 8 * (op.w & 1)) / 8, b64(op.v)); return 0;
+    case 'cmpxchgData64': return Number(vm.mem.cmpxchgData64((d + 8 * (op.w & 1)) / 8, 0n, b64(op.v)) & 0xffn);
+    case 'copyData': vm.mem.copyData(d + (op.w & 1) * 8, d + 4 - (op.w & 1) * 4, 8); return 0;
+    case 'writeData': vm.mem.writeData(d + 4 * (op.w % 3), new Uint8Array(4).fill(op.v), 0, 4); return 0;
+    case 'compareData': return vm.mem.compareData(d, d + 8, 8) ? 1 : 0;
+  }
+  throw new Error('unknown op ' + op.k);
+}
+function run(vm: ScenarioVm, ops: Op[], t: number): void {
+  let h = 7;
+  for (const op of ops) {
+    const r = one(vm, op);
+    h = (h * 31 + r) | 0;
+    if (op.then !== undefined && r === op.when) h = (h * 37 + one(vm, op.then) + 1) | 0;
+  }
+  // Kept outside shared memory (a step fewer per thread); no thread reads it.
+  (globalThis as { __kvmmuSeen?: number[] }).__kvmmuSeen![t] = h;
+}
+export const s = defineScenario({
+  name: 'random-program', description: 'interprets a random program', memory: { metaBytes: 64, dataBytes: 8192 },
+  setup(vm) {
+    const p = (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram!;
+    vm.mem.store32(vm.word(0), 1);
+    return { p };
+  },
+  threads: { A: (vm, d) => run(vm, d.p[0]!, 0), B: (vm, d) => run(vm, d.p[1]!, 1), C: (vm, d) => run(vm, d.p[2]!, 2) },
+});
+`;
+
+const KINDS32 = ['load32', 'store32', 'storeRelease32', 'cmpxchg32', 'xchg32', 'fetchAdd32', 'fetchOr32', 'fetchAnd32', 'or32', 'waitWhile32'];
+const KINDS64 = ['load64', 'store64', 'cmpxchg64', 'xchg64'];
+const KINDS_DATA = ['loadData64', 'storeData64', 'cmpxchgData64', 'copyData', 'writeData', 'compareData'];
+
+/** Two or three threads of one to four operations (a lock section's included), on a few locations. */
+export function randomProgram(r: (n: number) => number): Op[][] {
+  const pools = [KINDS32, KINDS64, KINDS_DATA].filter(() => r(3) > 0);
+  if (pools.length === 0) pools.push(KINDS32);
+  const lockUsed = r(2) === 0;
+  const simple = (): Op => {
+    const kinds = pools[r(pools.length)]!;
+    const k = kinds[r(kinds.length)]!;
+    const op: Op = { k, l: r(k.endsWith('64') && !k.includes('Data') ? 2 : k.includes('Data') ? 2 : 3), v: 1 + r(3), w: r(3) };
+    if (r(6) === 0) {
+      op.then = { k: KINDS32[r(KINDS32.length)]!, l: r(3), v: 1 + r(3), w: r(3) };
+      op.when = r(3);
+    }
+    return op;
+  };
+  const threads: Op[][] = [];
+  const n = 2 + r(2);
+  for (let t = 0; t < 3; t++) {
+    const ops: Op[] = [];
+    if (t < n) {
+      const len = 1 + r(n === 3 ? 3 : 4);
+      while (ops.length < len) {
+        const room = len - ops.length;
+        if (lockUsed && room >= 2 && r(3) === 0) {
+          // A section of the ticket lock, or of the reader-writer lock for reading or writing.
+          const kind = r(3);
+          const [take, release] = kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['readLock', 'readUnlock'] : ['writeLock', 'writeUnlock'];
+          ops.push({ k: take!, l: 0, v: 0, w: 0 });
+          for (let i = r(room - 1); i > 0; i--) ops.push(simple());
+          if (r(5) > 0) ops.push({ k: release!, l: 0, v: 0, w: 0 }); // sometimes never released
+        } else ops.push(simple());
+      }
+    }
+    threads.push(ops);
+  }
+  return threads;
+}
+
+
+/**
+ * The interpreter compiled as a scenario file (in a fresh temporary directory named after `tag`), and the
+ * generator runtime; a test sets globalThis.__kvmmuProgram before each exploration.
+ */
+export function randomProgramScenario(tag: string): { gen: ReturnType<typeof loadGenModule>; spec: ScenarioSpec } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `kvmmu-${tag}-`));
+  const file = path.join(dir, 'random-program.ts');
+  fs.writeFileSync(file, INTERP);
+  return { gen: loadGenModule(), spec: loadScenarioFile(file) };
+}
