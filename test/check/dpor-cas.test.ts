@@ -12,16 +12,9 @@ import { builtinMonitors } from '../../src/check/invariants';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
 import type { ScenarioSpec } from '../../src/check/gen/scenario';
 import { rng } from '../helpers/rng';
+// One operation: kind, word, values; `then` runs only when this one returned `when` (a branch on a CAS's outcome).
+import type { Op } from '../helpers/random-program';
 
-/** One operation: kind, word, values; `then` runs only when this one returned `when` (a branch on a CAS's outcome). */
-interface Op {
-  k: string;
-  l: number;
-  v: number;
-  w: number;
-  then?: Op;
-  when?: number;
-}
 
 /**
  * Words: three i32 at bytes 0, 4, 8 (word 0 starts at 1, the others at 0) and two i64 at 16, 24. `retry` is a

@@ -2,32 +2,15 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { contextFor } from '../../src/check/check';
-import { Engine } from '../../src/check/engine';
 import { explore, REDUCTIONS, type Reduction } from '../../src/check/explore';
-import { builtinMonitors } from '../../src/check/invariants';
 import { rng } from '../helpers/rng';
-import { randomProgram, randomProgramScenario, type Op } from '../helpers/random-program';
+import { randomProgram, randomProgramScenario, recordingEngine, type Op } from '../helpers/random-program';
 
 const { gen, spec } = randomProgramScenario('dpor-random');
 
 /** Every final state an exhaustive exploration reaches: how it ended, the words and the data bytes. */
 function finalStates(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction, preemptions?: number): Set<string> {
-  (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
-  const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
-  const { meta, data, layout } = engine.machine.shm;
-  const words = new Uint8Array(meta, layout.regions['scenario.words']!.off, 64);
-  const d = layout.regions['scenario.data']!.off;
-  const bytes = [new Uint8Array(data, d, 16), new Uint8Array(data, d + 4088, 16)];
-  const states = new Set<string>();
-  const execute = engine.execute.bind(engine);
-  const seen = ((globalThis as { __kvmmuSeen?: number[] }).__kvmmuSeen = [0, 0, 0]);
-  engine.execute = (chooser) => {
-    seen.fill(0);
-    const r = execute(chooser);
-    if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
-    return r;
-  };
+  const { engine, states } = recordingEngine(gen, spec, program);
   const res = explore(engine, { strategy, reduction, preemptions, continueAfterViolation: true, maxExecutions: 200_000 });
   // Under a bound, complete means the bound cut nothing; finished (nothing left pending) is what is needed here.
   assert.ok(res.complete || (preemptions !== undefined && res.pending === 0 && res.executions < 200_000), `${strategy} did not finish: ${res.executions} executions, ${JSON.stringify(program)}`);

@@ -13,7 +13,7 @@ import { builtinMonitors } from '../../src/check/invariants';
 import type { ScenarioSpec } from '../../src/check/gen/scenario';
 import { ALL_GUARDS, GUARDS } from '../../src/kvm/config';
 import { rng } from '../helpers/rng';
-import { randomProgram, randomProgramScenario, type Op } from '../helpers/random-program';
+import { randomProgram, randomProgramScenario, recordingEngine, type Op } from '../helpers/random-program';
 
 const { gen, spec } = randomProgramScenario('split-random');
 
@@ -22,21 +22,7 @@ type Run = 'dfs' | 'source' | 'split';
 
 /** Every final state an exhaustive exploration reaches; `split` runs the split search, a job giving work away at every chance. */
 function finalStates(program: Op[][], how: Run, seed = 1): Set<string> {
-  (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
-  const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
-  const { meta, data, layout } = engine.machine.shm;
-  const words = new Uint8Array(meta, layout.regions['scenario.words']!.off, 64);
-  const d = layout.regions['scenario.data']!.off;
-  const bytes = [new Uint8Array(data, d, 16), new Uint8Array(data, d + 4088, 16)];
-  const states = new Set<string>();
-  const execute = engine.execute.bind(engine);
-  const seen = ((globalThis as { __kvmmuSeen?: number[] }).__kvmmuSeen = [0, 0, 0]);
-  engine.execute = (chooser) => {
-    seen.fill(0);
-    const r = execute(chooser);
-    if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
-    return r;
-  };
+  const { engine, states } = recordingEngine(gen, spec, program);
   if (how === 'split') {
     const r = rng(seed);
     const res = exploreSplitInline(engine, { strategy: 'dpor', continueAfterViolation: true, split: () => r(3) > 0, pick: (n) => r(n) });

@@ -5,6 +5,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
 import type { ScenarioSpec } from '../../src/check/gen/scenario';
+import { contextFor } from '../../src/check/check';
+import { Engine } from '../../src/check/engine';
+import { builtinMonitors } from '../../src/check/invariants';
 
 /** One operation of a random program: kind, location, values; `then` runs only when this one returned `when`. */
 export interface Op {
@@ -133,4 +136,27 @@ export function randomProgramScenario(tag: string): { gen: ReturnType<typeof loa
   const file = path.join(dir, 'random-program.ts');
   fs.writeFileSync(file, INTERP);
   return { gen: loadGenModule(), spec: loadScenarioFile(file) };
+}
+
+/**
+ * An engine for `program` whose executions add their final state to `states` as they end (abandoned ones
+ * excepted): how it ended, what each thread's operations returned, the words and the data bytes.
+ */
+export function recordingEngine(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, program: Op[][]): { engine: Engine; states: Set<string> } {
+  (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
+  const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
+  const { meta, data, layout } = engine.machine.shm;
+  const words = new Uint8Array(meta, layout.regions['scenario.words']!.off, 64);
+  const d = layout.regions['scenario.data']!.off;
+  const bytes = [new Uint8Array(data, d, 16), new Uint8Array(data, d + 4088, 16)];
+  const states = new Set<string>();
+  const execute = engine.execute.bind(engine);
+  const seen = ((globalThis as { __kvmmuSeen?: number[] }).__kvmmuSeen = [0, 0, 0]);
+  engine.execute = (chooser) => {
+    seen.fill(0);
+    const r = execute(chooser);
+    if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
+    return r;
+  };
+  return { engine, states };
 }
