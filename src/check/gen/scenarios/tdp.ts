@@ -42,9 +42,9 @@ export const tdpRemovedPtFreeze = defineScenario({
     'teardown passed it, and the mapping vanishes with the table.',
   guard: 'freeze-removed-pt',
   modes: ['tdp'],
-  // Three threads, each taking kvm->srcu, RCU and mmu_lock for read: more than 18,000 executions unbounded in six
-  // minutes with the guard on and no verdict yet (2026-12-06); within 3 preemptions, 563 executions in 8 s.
-  preemptions: 3,
+  // Three threads, each taking kvm->srcu, RCU and mmu_lock for read: the largest built-in. Exhaustive with the guard
+  // on in 40,786 executions (Source-DPOR), 90 s on two workers (2026-12-07); it carried a preemption bound of 3
+  // before the checker split over cores, and a bounded search proves nothing (README, "a bug search").
   machine: () => tinyVm(2, { memBytes: 512 * 4096, hostFrames: 512 + 8, hugePages: true, eagerSplit: false }),
   setup(vm) {
     vm.powerOn(16);
