@@ -49,7 +49,7 @@ export interface CheckCliOptions {
  * most checks end sooner, and would only pay the workers' start (their code compiled by the JIT once per
  * thread); a check still running after this is long enough to gain from the cores.
  */
-export const SEQUENTIAL_FIRST_SECONDS = 10;
+export const SEQUENTIAL_FIRST_SECONDS = 20;
 
 /**
  * The worker count a check runs with: --workers, else the cores available (`adaptive`: the sequential search
