@@ -34,7 +34,7 @@ export interface CheckCliOptions {
   replay?: string;
   engine: 'gen' | 'threads';
   json: boolean;
-  /** Worker threads for dpor and dfs (default: the cores available; 1 is the sequential search). */
+  /** Worker threads for dpor and dfs (1 is the sequential search; default: workersFor's adaptive choice). */
   workers?: number;
   /** Write the split search's job tree to this JSON file (bench/split-sim.js replays it). */
   recordJobs?: string;
@@ -170,6 +170,15 @@ async function sequentialCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGe
       stop,
     }),
   );
+}
+
+/**
+ * Check a built-in scenario as `kvmmu check --scenario NAME` does with no other flag but the guards (the
+ * sequential search, then every core if it runs past --split-after): for the tour.
+ */
+export async function checkBuiltin(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number): Promise<CheckReport> {
+  const o: CheckCliOptions = { scenario: spec.name, all: false, guard: [], strategy: 'dpor', seed: 1, engine: 'gen', json: true };
+  return await checkOne(o, gen, spec, guards, { requested: false }, undefined);
 }
 
 /**
