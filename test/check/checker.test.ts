@@ -229,3 +229,8 @@ export const s = defineScenario({
   );
   assert.match(v.message, /is writable but the guest's translation is not/);
 });
+
+test('no built-in scenario carries its own preemption bound: a bounded search proves nothing, and kvmmu tour (npm start) counts a clean check that is not exhaustive as unexpected', () => {
+  const bounded = catalog.builtin.filter((s) => s.preemptions !== undefined).map((s) => s.name);
+  assert.deepEqual(bounded, []);
+});
