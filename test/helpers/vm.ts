@@ -5,7 +5,7 @@ import { setDebugLocks, type Kvm } from '../../src/kvm/kvm';
 import type { VmOptions } from '../../src/kvm/config';
 import { createMachine, openKvm, type MachineSpec } from '../../src/vcpu/machine';
 import { GuestPageTables } from '../../src/vcpu/guest-pt';
-import { Vcpu } from '../../src/vcpu/vcpu';
+import { GuestPageFault, Vcpu } from '../../src/vcpu/vcpu';
 
 setDebugLocks(true);
 
@@ -67,6 +67,17 @@ export function inGuest<T>(vcpu: Vcpu, f: () => T): T {
     return f();
   } finally {
     vcpu.exitGuest();
+  }
+}
+
+/** Run `f` in the guest; the guest #PF's error code, or null when the access succeeded. */
+export function pf(vcpu: Vcpu, f: () => void): number | null {
+  try {
+    inGuest(vcpu, f);
+    return null;
+  } catch (e) {
+    if (e instanceof GuestPageFault) return e.errorCode;
+    throw e;
   }
 }
 

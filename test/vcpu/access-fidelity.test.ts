@@ -3,10 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CPU_CR0_WP, CPU_CR4_SMAP, CPU_CR4_SMEP, CPU_EFER_NX } from '../../src/x86/pte';
-import { GuestPageFault } from '../../src/vcpu/vcpu';
 import { sdmAccess } from '../../src/x86/sdm';
 import { runAccessMatrix } from '../../src/runtime/access-matrix';
-import { inGuest, makeVm } from '../helpers/vm';
+import { makeVm, pf } from '../helpers/vm';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 
@@ -18,16 +17,6 @@ function shadowVcpu(cpu: number) {
   return { vm, v, userPage: vm.addr(3), unmapped: vm.addr(0) + 4 * (2 << 20) };
 }
 
-/** Run `f` in the guest; the guest #PF's error code, or null when the access succeeded. */
-function pf(v: ReturnType<typeof shadowVcpu>['v'], f: () => void): number | null {
-  try {
-    inGuest(v, f);
-    return null;
-  } catch (e) {
-    if (e instanceof GuestPageFault) return e.errorCode;
-    throw e;
-  }
-}
 
 test('shadow: a supervisor fetch from a user page with SMAP on and NXE, SMEP off succeeds (SMAP applies to data accesses only)', () => {
   const { v, userPage } = shadowVcpu(CPU_CR0_WP | CPU_CR4_SMAP);

@@ -24,11 +24,11 @@ import { permissionFault, updatePkruBitmask } from '../../src/x86/permission';
 import { sdmAccess, type SdmKind, type SdmMode } from '../../src/x86/sdm';
 import { createMachine, openKvm } from '../../src/vcpu/machine';
 import { GuestPageTables } from '../../src/vcpu/guest-pt';
-import { GuestPageFault, Vcpu, VcpuLivelock } from '../../src/vcpu/vcpu';
+import { Vcpu, VcpuLivelock } from '../../src/vcpu/vcpu';
 import { KvmmuError } from '../../src/shm/errors';
 import { VCPU_STAT } from '../../src/kvm/kvm';
 import { runAccessMatrix } from '../../src/runtime/access-matrix';
-import { inGuest, makeVm } from '../helpers/vm';
+import { inGuest, makeVm, pf } from '../helpers/vm';
 
 const G = 2 ** 39 + 5 * 4096;
 
@@ -47,16 +47,6 @@ function pagedVm(mode: 'shadow' | 'tdp' | 'direct', cpu: number, leaf: bigint = 
   return { k, v, pt, pte, setPte };
 }
 
-/** Run `f` in the guest; the guest #PF's error code, or null when the access succeeded. */
-function pf(v: Vcpu, f: () => void): number | null {
-  try {
-    inGuest(v, f);
-    return null;
-  } catch (e) {
-    if (e instanceof GuestPageFault) return e.errorCode;
-    throw e;
-  }
-}
 
 const TDP = CPU_CR0_PG | CPU_CR0_WP | CPU_EFER_NX;
 
