@@ -94,21 +94,23 @@ export interface JobResult {
   readonly pending: number;
 }
 
-/** Run one job on `engine` (synchronously; sink calls go out as they happen). */
-export function runJob(engine: Engine, s: SearchSettings, job: Job, sink: JobSink, stop: StopRequest, onProgress?: (p: ExploreProgress) => void): JobResult {
-  const r: ExploreResult = runSlices(
-    exploreSlices(engine, {
-      strategy: s.strategy,
-      reduction: 'source',
-      preemptions: s.bound >= 0 ? s.bound : undefined,
-      invariant: s.invariant,
-      continueAfterViolation: s.continueAfterViolation,
-      job,
-      sink,
-      stop,
-      onProgress,
-    }),
-  );
+/** One job's search on `engine`, in slices (a worker thread runs it through; a queue's worker looks at Redis between slices). */
+export function jobSlices(engine: Engine, s: SearchSettings, job: Job, sink: JobSink, stop: StopRequest, onProgress?: (p: ExploreProgress) => void): Generator<void, ExploreResult> {
+  return exploreSlices(engine, {
+    strategy: s.strategy,
+    reduction: 'source',
+    preemptions: s.bound >= 0 ? s.bound : undefined,
+    invariant: s.invariant,
+    continueAfterViolation: s.continueAfterViolation,
+    job,
+    sink,
+    stop,
+    onProgress,
+  });
+}
+
+/** What a job reports of its search's result. */
+export function jobResult(r: ExploreResult): JobResult {
   return {
     executions: r.executions,
     abandoned: r.abandoned,
@@ -121,6 +123,11 @@ export function runJob(engine: Engine, s: SearchSettings, job: Job, sink: JobSin
     violation: r.violation,
     pending: r.pending ?? 0,
   };
+}
+
+/** Run one job on `engine` (synchronously; sink calls go out as they happen). */
+export function runJob(engine: Engine, s: SearchSettings, job: Job, sink: JobSink, stop: StopRequest, onProgress?: (p: ExploreProgress) => void): JobResult {
+  return jobResult(runSlices(jobSlices(engine, s, job, sink, stop, onProgress)));
 }
 
 /** Messages from a job to its coordinator (worker thread or queue). */

@@ -12,9 +12,9 @@
 import * as crypto from 'node:crypto';
 import { Queue, Worker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
 import { KvmmuError } from '../shm/errors';
-import { exploreSlices, type JobSink, type StopRequest } from '../check/explore';
+import type { JobSink, StopRequest } from '../check/explore';
 import { SplitCoordinator, type Job } from '../check/split';
-import { engineFor, loadSource, SearchTotals, splitResult, type JobMessage, type JobResult, type ParallelOptions, type ParallelResult, type SearchSettings } from './parallel';
+import { engineFor, jobResult, jobSlices, loadSource, SearchTotals, splitResult, type JobMessage, type ParallelOptions, type ParallelResult, type SearchSettings } from './parallel';
 
 const JOBS = 'kvmmu-jobs';
 const msgsQueue = (run: string): string => `kvmmu-msgs-${run}`;
@@ -259,36 +259,15 @@ export async function workerCommand(o: WorkerCliOptions): Promise<number> {
         },
       };
       let executions = 0;
-      const g = exploreSlices(engine, {
-        strategy: settings.strategy,
-        reduction: 'source',
-        preemptions: settings.bound >= 0 ? settings.bound : undefined,
-        invariant: settings.invariant,
-        continueAfterViolation: settings.continueAfterViolation,
-        job,
-        sink,
-        stop,
-        onProgress: (p) => {
-          executions = p.executions;
-        },
+      const g = jobSlices(engine, settings, job, sink, stop, (p) => {
+        executions = p.executions;
       });
       let lastProgress = 0;
       for (;;) {
         const r = g.next();
         if (r.done === true) {
           const x = r.value;
-          const result: JobResult = {
-            executions: x.executions,
-            abandoned: x.abandoned,
-            boundCut: x.boundCut,
-            unfair: x.unfair,
-            truncated: x.truncated,
-            boundReached: x.boundReached,
-            maxSteps: x.maxSteps,
-            complete: x.complete,
-            violation: x.violation,
-            pending: x.pending ?? 0,
-          };
+          const result = jobResult(x);
           send({ type: 'done', job: job.id, result });
           await flush();
           process.stderr.write(`kvmmu worker ${id}: job ${job.id} of check ${run} done: ${x.executions} executions\n`);
