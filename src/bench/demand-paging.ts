@@ -42,10 +42,10 @@ export const DEMAND_PAGING_DEFAULTS: DemandPagingConfig = { maxVcpus: 2, bytesPe
  */
 function prefaultHost(vm: BenchVm): void {
   const host = vm.kvm.host;
-  const bytes = vm.kvm.mem.d8;
+  const mem = vm.kvm.mem;
   for (let hvpn = 0; hvpn < vm.pagesPerVcpu * vm.options.vcpus; hvpn++) {
     const pfn = host.getUserPage(hvpn, true);
-    bytes[host.frameByte(pfn)] = 0;
+    mem.storeData64(host.frameByte(pfn) / 8, 0n);
     host.putPage(pfn);
   }
 }
