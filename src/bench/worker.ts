@@ -24,10 +24,12 @@ function main(): void {
     parentPort!.postMessage({ type: 'ready' });
     let seen = CMD_NONE;
     for (;;) {
-      // Sleep until the host asks for a new pass (no timeout: the host always notifies).
+      // Sleep until the host asks for a new pass (no timeout: the host always notifies), out of KVM_RUN meanwhile.
+      vcpu.leaveRun();
       while (Atomics.load(ctrl, CMD) === seen) Atomics.wait(ctrl, CMD, seen);
       seen = Atomics.load(ctrl, CMD);
       if (seen === CMD_EXIT) break;
+      vcpu.enterRun();
       // Between passes none of this vCPU's faults is in flight, so the way can change here.
       kvm.fastPath = Atomics.load(ctrl, FAST_PATH) === 1;
       dirtyPass(vcpu, region);

@@ -57,8 +57,12 @@ export interface TdpView {
   readonly roots: { sp: number; smm: boolean; invalid: boolean; refcount: number; zap: 'none' | 'owed' | 'taken' }[];
   /** Entries frozen (FROZEN_SPTE) in tables in use: someone owns them for a multi-step change. */
   readonly frozen: { sp: number; index: number }[];
-  /** RCU over the page tables: the epoch, the grace-period sequence (odd: one running), readers inside per slot, tables waiting for a grace period. */
-  readonly rcu: { epoch: number; gracePeriod: number; readers: number[]; waiting: number[] };
+  /**
+   * RCU over the page tables: the epoch, the grace-period sequence (odd: one running), counted readers (host
+   * threads) inside per slot, per vCPU (QSBR readers: their read sections show nowhere) whether it is online
+   * and the running grace period still waits for it, and tables waiting for a grace period.
+   */
+  readonly rcu: { epoch: number; gracePeriod: number; readers: number[]; qsbr: { online: boolean; waitedFor: boolean }[]; waiting: number[] };
   /** Readers inside kvm->srcu (the memslots' SRCU), per slot. */
   readonly srcuReaders: number[];
 }

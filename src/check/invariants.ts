@@ -674,27 +674,35 @@ class NoFreedPageWalk implements Monitor {
   readonly statement = 'no lockless walker accesses a shadow page that was freed (and may be reused) after its walk began';
   private walking: (number | null)[] = [];
   private freed: Set<number>[] = [];
+  /**
+   * The thread's walk ended after its latest step, within the same run of its code: that step is still the walk's.
+   * (A thread's code runs on from a step to its next one before afterStep hears of the step, so a walk that reads a
+   * freed table's entry, finds it empty and ends, has ended by then.)
+   */
+  private ending: boolean[] = [];
   constructor(private readonly o: Observer) {}
   reset(ex: Execution): void {
     this.walking = new Array<number | null>(ex.nThreads).fill(null);
     this.freed = Array.from({ length: ex.nThreads }, () => new Set<number>());
+    this.ending = new Array<boolean>(ex.nThreads).fill(false);
   }
   onNote(_ex: Execution, t: number, kind: number, a: number): string | null {
     if (kind === NOTE.walkBegin) {
       this.o.ghostWrite(G_WALKING, t);
       this.o.ghostWrite(G_FREED, t);
       this.walking[t] = a;
+      this.ending[t] = false;
       this.freed[t]!.clear();
     } else if (kind === NOTE.walkEnd) {
       this.o.ghostWrite(G_WALKING, t);
-      this.walking[t] = null;
+      this.ending[t] = true;
     } else if (kind === NOTE.spAlloc) {
       // A walker that allocates a page itself (a TDP fault building its path) reaches it through its own new link.
       if (this.walking[t] !== null && this.freed[t]!.delete(a)) this.o.ghostWrite(G_FREED, t);
     } else if (kind === NOTE.spFree) {
       for (let u = 0; u < this.walking.length; u++) {
         this.o.ghostRead(G_WALKING, u);
-        if (this.walking[u] === null) continue;
+        if (this.walking[u] === null || this.ending[u]) continue;
         this.o.ghostOr(G_FREED, u);
         this.freed[u]!.add(a);
       }
@@ -704,6 +712,10 @@ class NoFreedPageWalk implements Monitor {
   afterStep(ex: Execution, s: Step): string | null {
     const v = this.walking[s.thread]; // the thread's own state: only its own marks write it
     if (v === null || v === undefined) return null;
+    if (this.ending[s.thread]) {
+      this.ending[s.thread] = false;
+      this.walking[s.thread] = null;
+    }
     if (s.op !== OP.load64 && s.op !== OP.cmpxchg64) return null;
     if (s.a < this.o.sptLo || s.a >= this.o.sptHi) return null;
     const sp = this.o.kvm.pages.spOf(s.a);

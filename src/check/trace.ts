@@ -81,7 +81,7 @@ export function nameLocation(layout: Layout, config: VmConfig | null, off: numbe
       case 'kvm.tdpRoots':
         return { name: rel % 8 === 0 ? `TDP root slot ${rel >> 3}` : `TDP root slot ${rel >> 3} zap state`, kind: 'word' };
       case 'kvm.rcu':
-        return { name: config === null ? `rcu word ${rel / 4}` : rcuWordName(rel / 4, config.spPages, rcuReaderSlots(config)), kind: 'word' };
+        return { name: config === null ? `rcu word ${rel / 4}` : rcuWordName(rel / 4, config.spPages, rcuReaderSlots(config), config.vcpus).replace('QSBR reader', 'vCPU'), kind: 'word' };
       case 'host.lock':
         return { name: 'host mm lock', kind: 'word' };
       case 'host.freeLock':

@@ -23,7 +23,7 @@
 // waiting for "this vCPU left the state I saw" cannot miss a quick exit and re-entry.
 
 import { LOCK_WORDS, NOTE, type Mem } from '../shm/access';
-import { Rcu, layoutRcu } from '../shm/rcu';
+import { Rcu, layoutRcu, type QsbrReaders } from '../shm/rcu';
 import { KvmmuError } from '../shm/errors';
 import { region, type Layout, type LayoutBuilder } from '../shm/layout';
 import { Host } from '../host/host';
@@ -43,6 +43,12 @@ export const OUTSIDE_GUEST_MODE = 0;
 export const IN_GUEST_MODE = 1;
 export const EXITING_GUEST_MODE = 2;
 export const READING_SHADOW_PAGE_TABLES = 3;
+/** Is a vCPU whose mode word holds `w` in a quiescent state for RCU (in guest mode, kicked or not)? */
+export function vcpuModeIsQuiescent(w: number): boolean {
+  const mode = w & 3;
+  return mode === IN_GUEST_MODE || mode === EXITING_GUEST_MODE;
+}
+
 export const MODE_NAMES = ['OUTSIDE_GUEST_MODE', 'IN_GUEST_MODE', 'EXITING_GUEST_MODE', 'READING_SHADOW_PAGE_TABLES'];
 
 /** vCPU request bits (KVM_REQ_*). */
@@ -265,6 +271,13 @@ export class Kvm {
   selfVcpu = -1;
 
   /**
+   * The vCPUs as the TDP MMU's RCU sees them (QSBR, shm/rcu.ts): a vCPU in guest mode (or kicked out of it, not yet
+   * out) is in a quiescent state, and each entry and exit changes its mode word, so a changed word means it passed
+   * one. Its read sections outside guest mode cost it nothing, as rcu_read_lock() costs the kernel nothing.
+   */
+  readonly vcpuQsbr: QsbrReaders;
+
+  /**
    * Whether this thread's faults try the lockless fast path first; starts as
    * config.fastPath. KVM compiles it in; a benchmark that runs both ways on
    * one VM switches it on each vCPU's thread between passes, when none of its
@@ -283,6 +296,10 @@ export class Kvm {
     this.mmuBase = region(layout, 'kvm.mmu').off / 4;
     this.slotBase = region(layout, 'kvm.slots').off / 4;
     this.vcpuBase = region(layout, 'kvm.vcpus').off / 4;
+    this.vcpuQsbr = {
+      words: Array.from({ length: config.vcpus }, (_, v) => this.vcpuWord(v, VCPU_MODE)),
+      quiescent: vcpuModeIsQuiescent,
+    };
     this.vcpuStatBase = region(layout, 'kvm.vcpuStats').off / 8;
     this.statBase = region(layout, 'kvm.stats').off / 4;
     const bitmapBase = region(layout, 'kvm.bitmap').off / 4;

@@ -257,9 +257,22 @@ export class Mmu implements GuestPtAccess {
   walkShadowPageLocklessBegin(vcpu: KvmVcpu): void {
     this.kvm.mem.note(NOTE.walkBegin, vcpu.idx, 0);
     if (!this.kvm.guardLocklessWalkSync) return;
-    // The TDP MMU's kvm_tdp_mmu_walk_lockless_begin: an RCU read section; removed tables are freed after a grace period.
+    // The TDP MMU's kvm_tdp_mmu_walk_lockless_begin: an RCU read section; removed tables are freed after a grace
+    // period. For a vCPU's own thread it touches no shared word (the vCPU is a QSBR reader: Kvm.vcpuQsbr).
     if (this.kvm.isTdp) this.kvm.tdp.rcu.readLock();
     else vcpu.setMode(READING_SHADOW_PAGE_TABLES);
+  }
+
+  /**
+   * The vCPU's task is switched out outside any RCU read section (TDP mode, guard `lockless-walk-sync` off): while
+   * it is out it holds no grace period back (offline, for RCU), any number of grace periods may end, and its CPU
+   * runs RCU's callbacks meanwhile (rcu_core), freeing tables.
+   */
+  private rcuPreemptionPoint(vcpu: KvmVcpu): void {
+    const tdp = this.kvm.tdp;
+    tdp.rcu.setOnline(vcpu.idx, false);
+    tdp.reclaim();
+    tdp.rcu.setOnline(vcpu.idx, true);
   }
 
   walkShadowPageLocklessEnd(vcpu: KvmVcpu): void {
@@ -315,6 +328,10 @@ export class Mmu implements GuestPtAccess {
     const pages = k.pages;
     let ret = RET_PF_INVALID;
     this.walkShadowPageLocklessBegin(vcpu);
+    // TDP mode without the RCU read section (guard `lockless-walk-sync` off): nothing holds a grace period off
+    // while the walk is between two tables, so a preemptible kernel may switch the task out there, for as long as
+    // it likes. Each step down is such a point (rcuPreemptionPoint).
+    const preemptible = k.isTdp && !k.guardLocklessWalkSync;
     for (let attempt = 0; attempt < FAST_PF_ATTEMPTS; attempt++) {
       // KVM's fast_pf_get_last_sptep: walk to the last shadow-present entry or the first absent one
       // (entries above level 1 read by their low word: see spteLowToChild).
@@ -325,6 +342,7 @@ export class Mmu implements GuestPtAccess {
       while (level > 1 && isShadowPresentLow(low) && !isLargeLow(low)) {
         sp = spteLowToChild(low);
         level--;
+        if (preemptible) this.rcuPreemptionPoint(vcpu);
         sptep = pages.sptep(sp, spteIndex(gva, level));
         if (level > 1) low = mem.load64Low(sptep);
       }

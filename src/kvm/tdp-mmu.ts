@@ -62,7 +62,7 @@ import { RET_PF_EAGAIN, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RET
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
 
-/** RCU reader slots: one per vCPU, and two for the host's threads. */
+/** RCU reader slots (counted readers): one per vCPU, and two for the host's threads. vCPUs that run as vCPUs read as QSBR readers instead (Kvm.vcpuQsbr). */
 export function rcuReaderSlots(c: VmConfig): number {
   return c.vcpus + 2;
 }
@@ -83,7 +83,7 @@ export function rootSlots(c: VmConfig): number {
 }
 
 export function reserveTdp(b: LayoutBuilder, c: VmConfig): void {
-  b.metaLines('kvm.rcu', rcuWords(c.spPages, rcuReaderSlots(c)) * 4);
+  b.metaLines('kvm.rcu', rcuWords(c.spPages, rcuReaderSlots(c), c.vcpus) * 4);
   b.metaLines('kvm.tdpPagesLock', LOCK_WORDS * 4);
   b.meta('kvm.tdpRoots', rootSlots(c) * ROOT_WORDS * 4);
 }
@@ -124,10 +124,17 @@ export class TdpMmu {
     this.frozenAt = -1;
   }
 
-  /** This thread's RCU handle. */
+  /**
+   * This thread's RCU handle: a QSBR reader when the thread runs a vCPU (its read sections are free, and the
+   * vCPU's guest entries are its quiescent states), else a counted reader. Made again when the thread takes a
+   * vCPU outside any read section.
+   */
   get rcu(): Rcu {
-    if (this.rcuHandle === null) this.rcuHandle = new Rcu(this.kvm.mem, this.rcuBase, this.kvm.config.spPages, rcuReaderSlots(this.kvm.config));
-    return this.rcuHandle;
+    const h = this.rcuHandle;
+    if (h !== null && h.qsbrSelf === this.kvm.selfVcpu) return h;
+    if (h !== null && h.reading) return h;
+    const k = this.kvm;
+    return (this.rcuHandle = new Rcu(k.mem, this.rcuBase, k.config.spPages, rcuReaderSlots(k.config), k.vcpuQsbr, k.selfVcpu));
   }
 
   // ---- page tables: allocation, and freeing after a grace period ----

@@ -38,6 +38,7 @@ function main(): void {
   switch (task.role) {
     case 'vcpu':
       result = runWorkload(vcpu!, task.workload, ctrl, rng);
+      vcpu!.leaveRun(); // back in the VMM for good: no grace period waits for this vCPU any more
       break;
     case 'host':
       result = runPressure(kvm, ctrl, task.pressure, rng);

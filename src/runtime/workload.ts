@@ -81,10 +81,12 @@ export function runWorkload(vcpu: Vcpu, w: WorkloadLayout, ctrl: Int32Array, rng
     // Stop writing. Wait outside guest mode (a remote flush waits for vCPUs in guest mode to answer its
     // kick), still taking part in pauses (the migration's final round waits for every vCPU).
     vcpu.exitGuest();
+    vcpu.leaveRun();
     while (!done()) {
       if (isSet(ctrl, CTRL_PAUSE)) paused(ctrl);
       else nap(5);
     }
+    vcpu.enterRun();
     vcpu.enterGuest();
   }
   // Verify: every page must hold the last value this vCPU wrote to it (pages never written hold 0), read
@@ -134,7 +136,9 @@ function remap(vcpu: Vcpu, w: WorkloadLayout, gfnOf: Int32Array, a: number, b: n
 /** The VMM stopped this vCPU: leave guest mode, report, wait to be let go. */
 function pauseHere(vcpu: Vcpu, ctrl: Int32Array): void {
   vcpu.exitGuest();
+  vcpu.leaveRun();
   paused(ctrl);
+  vcpu.enterRun();
   vcpu.enterGuest();
 }
 

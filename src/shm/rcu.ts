@@ -35,6 +35,26 @@
 //                            QUEUE + 2 capacity rounded up to a cache line and STRIDE
 //                            a cache line (16 words); with one slot, no rounding and
 //                            STRIDE 2
+//   [QSBR + 2r], [+1]        QSBR reader r: its state word's snapshot at the running grace
+//                            period's start (-1: quiescent already), and its online flag;
+//                            QSBR is the end of the slots, rounded up to a cache line
+//
+// Readers that report quiescent states (QSBR): the kernel's RCU does not count
+// its readers. rcu_read_lock() costs a CPU nothing (a nesting count at most),
+// and a grace period ends once every CPU has passed a quiescent state — a
+// context switch, idle, user mode or guest mode — which the CPU reports itself
+// or which shows in a word the CPU changes on its way in and out of them
+// (context tracking). Readers given as QsbrReaders work that way: each has a
+// state word of its own outside the region (for a vCPU, its mode word, which it
+// changes on every guest entry and exit), a flag saying whether it is online
+// (off: not running at all, quiescent throughout), and its read sections touch
+// no shared word. When a grace period begins, each reader's state word is
+// snapshotted (-1 if it is offline); the grace period waits for every reader
+// whose snapshot was not quiescent until it has gone offline or changed its word
+// (it passed a quiescent state). Such a reader must never be in a read section
+// at a quiescent state (quiescentState() checks), and the store that takes it
+// out of one must be a full barrier (a reader's store held back behind its next
+// loads would let an updater see it quiescent while it already walks).
 //
 // An object queued while the sequence was q may be freed once the sequence is
 // at least (q even ? q + 2 : q + 3): the end of a grace period that began
@@ -66,27 +86,45 @@ function slotsOffset(capacity: number, readerSlots: number): number {
   return readerSlots === 1 ? o : Math.ceil(o / LINE_WORDS) * LINE_WORDS;
 }
 
-/** The region's size in Int32 words for `capacity` queued objects and `readerSlots` reader slots. */
-export function rcuWords(capacity: number, readerSlots = 1): number {
-  return slotsOffset(capacity, readerSlots) + slotStride(readerSlots) * readerSlots;
+/** Offset of the QSBR readers' words in the region. */
+function qsbrOffset(capacity: number, readerSlots: number): number {
+  return Math.ceil((slotsOffset(capacity, readerSlots) + slotStride(readerSlots) * readerSlots) / LINE_WORDS) * LINE_WORDS;
+}
+
+/** The region's size in Int32 words for `capacity` queued objects, `readerSlots` reader slots and `qsbrReaders` QSBR readers. */
+export function rcuWords(capacity: number, readerSlots = 1, qsbrReaders = 0): number {
+  if (qsbrReaders === 0) return slotsOffset(capacity, readerSlots) + slotStride(readerSlots) * readerSlots;
+  return qsbrOffset(capacity, readerSlots) + 2 * qsbrReaders;
 }
 
 /** Reserve an RCU region in a layout. */
-export function layoutRcu(b: LayoutBuilder, name: string, capacity: number, readerSlots = 1): void {
-  b.metaLines(name, rcuWords(capacity, readerSlots) * 4);
+export function layoutRcu(b: LayoutBuilder, name: string, capacity: number, readerSlots = 1, qsbrReaders = 0): void {
+  b.metaLines(name, rcuWords(capacity, readerSlots, qsbrReaders) * 4);
 }
 
-/** What word `w` of an RCU region with `capacity` and `readerSlots` is (for traces). */
-export function rcuWordName(w: number, capacity: number, readerSlots: number): string {
+/** What word `w` of an RCU region with `capacity`, `readerSlots` and `qsbrReaders` is (for traces). */
+export function rcuWordName(w: number, capacity: number, readerSlots: number, qsbrReaders = 0): string {
   if (w < LOCK_WORDS) return 'rcu lock';
   const names = ['rcu grace period', 'rcu queue head', 'rcu queue tail', 'rcu epoch'];
   if (w < QUEUE) return names[w - GP]!;
   const q = w - QUEUE;
   if (q < 2 * capacity) return `rcu queue entry ${q >> 1} ${(q & 1) === 0 ? 'object' : 'grace period'}`;
+  if (qsbrReaders > 0 && w >= qsbrOffset(capacity, readerSlots)) {
+    const x = w - qsbrOffset(capacity, readerSlots);
+    return x < 2 * qsbrReaders ? `rcu QSBR reader ${x >> 1} ${(x & 1) === 0 ? 'snapshot' : 'online'}` : 'rcu padding';
+  }
   const r = w - slotsOffset(capacity, readerSlots);
   const stride = slotStride(readerSlots);
   if (r < 0 || r % stride >= 2) return 'rcu padding';
   return readerSlots === 1 ? `rcu readers (epoch ${r & 1})` : `rcu readers (slot ${Math.floor(r / stride)}, epoch ${r & 1})`;
+}
+
+/** Readers whose quiescent states show in words of their own (see the file's head): for the TDP MMU, the vCPUs. */
+export interface QsbrReaders {
+  /** Reader r's state word (an Int32 index outside the region), which only r changes, and at every quiescent state it passes. */
+  readonly words: readonly number[];
+  /** Whether a reader whose state word holds `v` is in a quiescent state now. */
+  quiescent(v: number): boolean;
 }
 
 export class Rcu {
@@ -99,22 +137,59 @@ export class Rcu {
   private readonly counts: number;
   private readonly stride: number;
   private readonly mine: number;
+  /** First word of the QSBR readers' snapshots and online flags, and how many there are. */
+  private readonly qsbrBase: number;
+  private readonly nQsbr: number;
 
   constructor(
     private readonly mem: Mem,
-    /** Int32 index of the region's first word (rcuWords(capacity, readerSlots) words, zero before first use). */
+    /** Int32 index of the region's first word (rcuWords(capacity, readerSlots, qsbr's count) words, zero before first use). */
     private readonly base: number,
     readonly capacity: number,
     readonly readerSlots = 1,
+    private readonly qsbr: QsbrReaders | null = null,
+    /** The QSBR reader this handle's thread is (its read sections then touch no shared word), or -1: a counted reader. */
+    readonly qsbrSelf = -1,
   ) {
     this.counts = base + slotsOffset(capacity, readerSlots);
     this.stride = slotStride(readerSlots);
     this.mine = this.counts + this.stride * (((mem.tid % readerSlots) + readerSlots) % readerSlots);
+    this.nQsbr = qsbr === null ? 0 : qsbr.words.length;
+    this.qsbrBase = base + qsbrOffset(capacity, readerSlots);
+    if (qsbrSelf >= this.nQsbr) throw new Error(`rcu: QSBR reader ${qsbrSelf} of ${this.nQsbr}`);
+  }
+
+  /** Whether this handle has a read section open. */
+  get reading(): boolean {
+    return this.depth > 0;
+  }
+
+  /**
+   * A QSBR reader's thread is at a quiescent state (the vCPU enters guest mode: rcu_virt_note_context_switch).
+   * Nothing to write (the state word's change is the report); a read section open here is a bug.
+   */
+  quiescentState(): void {
+    if (this.depth > 0) throw new Error('rcu: a quiescent state inside a read section');
+  }
+
+  /**
+   * QSBR reader r comes online (its thread begins to run: a vCPU enters KVM_RUN) or goes offline (quiescent until
+   * it comes back). A full-barrier store: what the thread reads next is ordered after it.
+   */
+  setOnline(r: number, online: boolean): void {
+    if (r < 0 || r >= this.nQsbr) throw new Error(`rcu: QSBR reader ${r} of ${this.nQsbr}`);
+    if (!online && r === this.qsbrSelf) this.quiescentState();
+    this.mem.store32(this.qsbrBase + 2 * r + 1, online ? 1 : 0);
+  }
+
+  /** Is QSBR reader r online? (Its own thread asks: a plain read.) */
+  isOnline(r: number): boolean {
+    return this.mem.i32[this.qsbrBase + 2 * r + 1] !== 0;
   }
 
   /** rcu_read_lock(): open a read section. */
   readLock(): void {
-    if (this.depth++ > 0) return;
+    if (this.depth++ > 0 || this.qsbrSelf >= 0) return;
     const m = this.mem;
     const b = this.base;
     for (;;) {
@@ -131,7 +206,38 @@ export class Rcu {
   /** rcu_read_unlock(). */
   readUnlock(): void {
     if (this.depth === 0) throw new Error('rcu: read unlock without a read section');
-    if (--this.depth === 0) this.mem.fetchAdd32(this.mine + this.epoch, -1);
+    if (--this.depth === 0 && this.qsbrSelf < 0) this.mem.fetchAdd32(this.mine + this.epoch, -1);
+  }
+
+  /**
+   * Begin a grace period for the QSBR readers: snapshot each one's state word, or -1 if it is offline or
+   * quiescent now. Contract: the lock held (the snapshots are the updaters' own, plain words under it).
+   */
+  private qsbrSnapshot(): void {
+    const m = this.mem;
+    const q = this.qsbr!;
+    for (let r = 0; r < this.nQsbr; r++) {
+      const w = this.qsbrBase + 2 * r;
+      const v = m.load32(w + 1) === 0 ? -1 : m.load32(q.words[r]!);
+      m.storePlain32(w, v === -1 || q.quiescent(v) ? -1 : v);
+    }
+  }
+
+  /**
+   * Has every QSBR reader passed a quiescent state since the running grace period began? One found to have is
+   * marked (snapshot -1), so later polls skip it. Contract: the lock held.
+   */
+  private qsbrPassed(): boolean {
+    const m = this.mem;
+    const q = this.qsbr!;
+    for (let r = 0; r < this.nQsbr; r++) {
+      const w = this.qsbrBase + 2 * r;
+      const snap = m.i32[w]!;
+      if (snap === -1) continue;
+      if (m.load32(w + 1) !== 0 && m.load32(q.words[r]!) === snap) return false;
+      m.storePlain32(w, -1);
+    }
+    return true;
   }
 
   /** Is any reader inside under epoch `e`? (Each slot read once; a slot read as zero that fills later has a reader who began after this look.) */
@@ -206,12 +312,23 @@ export class Rcu {
     return n;
   }
 
-  /** The state at a glance, with plain reads (for displays): the epoch, the grace-period sequence (odd: one running), readers inside per slot (both epochs). */
-  peekState(): { epoch: number; gracePeriod: number; readers: number[] } {
+  /**
+   * The state at a glance, with plain reads (for displays): the epoch, the grace-period sequence (odd: one
+   * running), readers inside per slot (both epochs), and per QSBR reader whether it is online and whether the
+   * running grace period still waits for it.
+   */
+  peekState(): { epoch: number; gracePeriod: number; readers: number[]; qsbr: { online: boolean; waitedFor: boolean }[] } {
     const t = this.mem.i32;
     const readers: number[] = [];
     for (let s = 0; s < this.readerSlots; s++) readers.push(t[this.counts + this.stride * s]! + t[this.counts + this.stride * s + 1]!);
-    return { epoch: t[this.base + EPOCH]!, gracePeriod: t[this.base + GP]!, readers };
+    const gracePeriod = t[this.base + GP]!;
+    const qsbr: { online: boolean; waitedFor: boolean }[] = [];
+    for (let r = 0; r < this.nQsbr; r++) {
+      const w = this.qsbrBase + 2 * r;
+      const online = t[w + 1] !== 0;
+      qsbr.push({ online, waitedFor: (gracePeriod & 1) !== 0 && online && t[w] !== -1 && t[this.qsbr!.words[r]!] === t[w] });
+    }
+    return { epoch: t[this.base + EPOCH]!, gracePeriod, readers, qsbr };
   }
 
   /** The queued objects, oldest first, with plain reads (for monitors and displays: no scheduling point). */
@@ -228,8 +345,9 @@ export class Rcu {
     const m = this.mem;
     const b = this.base;
     let gp = m.load32(b + GP);
-    // A running grace period ends when the epoch it flipped away from has no reader left.
-    if ((gp & 1) !== 0 && !this.readersIn(1 - m.load32(b + EPOCH))) m.store32(b + GP, ++gp);
+    // A running grace period ends when the epoch it flipped away from has no reader left, and every QSBR reader
+    // has passed a quiescent state.
+    if ((gp & 1) !== 0 && !this.readersIn(1 - m.load32(b + EPOCH)) && (this.nQsbr === 0 || this.qsbrPassed())) m.store32(b + GP, ++gp);
     const head = m.load32(b + QHEAD);
     const tail = m.load32(b + QTAIL);
     if ((gp & 1) === 0 && head !== tail && m.load32(b + QUEUE + 2 * (head % this.capacity) + 1) > gp) {
@@ -237,7 +355,8 @@ export class Rcu {
       const old = m.load32(b + EPOCH);
       m.store32(b + EPOCH, 1 - old);
       m.store32(b + GP, ++gp);
-      if (!this.readersIn(old)) m.store32(b + GP, ++gp);
+      if (this.nQsbr > 0) this.qsbrSnapshot();
+      if (!this.readersIn(old) && (this.nQsbr === 0 || this.qsbrPassed())) m.store32(b + GP, ++gp);
     }
     let n = 0;
     let k = head;

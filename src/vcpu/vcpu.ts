@@ -279,7 +279,24 @@ export class Vcpu {
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CR3_GFN)] = Math.floor(cr3 / 4096);
     this.mem.i32[this.kvm.vcpuWord(this.idx, VCPU_CPU)] = cpu;
     this.kvm.selfVcpu = this.idx;
+    this.enterRun();
     this.kvm.mmu.kvmMmuLoad(this.kv);
+  }
+
+  /**
+   * The vCPU's thread enters KVM_RUN (setup does, and a thread the VMM let go again): in TDP mode it is an online
+   * reader of the TDP MMU's RCU from here, its read sections free and its guest entries its quiescent states.
+   */
+  enterRun(): void {
+    if (this.kvm.isTdp) this.kvm.tdp.rcu.setOnline(this.idx, true);
+  }
+
+  /**
+   * The vCPU's thread leaves KVM_RUN for its VMM (a pause, the end of its work), outside guest mode: quiescent
+   * for RCU until enterRun, so no grace period waits for a vCPU that is not running.
+   */
+  leaveRun(): void {
+    if (this.kvm.isTdp) this.kvm.tdp.rcu.setOnline(this.idx, false);
   }
 
   /**
@@ -330,24 +347,41 @@ export class Vcpu {
     this.kv.cr3 = t[this.kvm.vcpuWord(this.idx, VCPU_CR3_GFN)]! * 4096;
     this.kv.cpu = t[this.kvm.vcpuWord(this.idx, VCPU_CPU)]!;
     this.kvm.selfVcpu = this.idx;
+    if (this.kvm.isTdp && !this.kvm.tdp.rcu.isOnline(this.idx)) this.enterRun();
     return this;
   }
 
   // ---- guest mode ----
 
-  /** KVM's vcpu_enter_guest: publish IN_GUEST_MODE, then handle requests that raced in (and try again). */
+  /**
+   * KVM's vcpu_enter_guest: publish IN_GUEST_MODE, then handle requests that raced in (and try again). In TDP mode
+   * guest mode is a quiescent state for the TDP MMU's RCU (rcu_virt_note_context_switch): no read section may be
+   * open here.
+   */
   enterGuest(): void {
+    if (this.kvm.isTdp) this.kvm.tdp.rcu.quiescentState();
     for (;;) {
       this.kv.setMode(IN_GUEST_MODE);
       if (this.mem.load32(this.kv.reqWord) === 0) return;
-      this.kv.setModeRelease(OUTSIDE_GUEST_MODE);
+      this.leaveGuestMode();
       this.handleRequests();
     }
   }
 
   exitGuest(): void {
-    this.kv.setModeRelease(OUTSIDE_GUEST_MODE);
+    this.leaveGuestMode();
     this.kv.count(VCPU_STAT.exits);
+  }
+
+  /**
+   * OUTSIDE_GUEST_MODE: a release store (smp_wmb after the store, in KVM), but a full barrier in TDP mode, where
+   * the word tells RCU the vCPU may now read page tables: a store held back behind the vCPU's next loads would
+   * let an updater see it quiescent, in guest mode, while it already walks (context tracking's transitions are
+   * fully ordered for the same reason).
+   */
+  private leaveGuestMode(): void {
+    if (this.kvm.isTdp) this.kv.setMode(OUTSIDE_GUEST_MODE);
+    else this.kv.setModeRelease(OUTSIDE_GUEST_MODE);
   }
 
   private handleRequests(): void {

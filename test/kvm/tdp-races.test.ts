@@ -13,6 +13,7 @@ import { SP_STATE } from '../../src/kvm/mmu-page';
 import { PFERR_WRITE_MASK } from '../../src/x86/pte';
 import { isShadowPresentPte, spteToChild } from '../../src/x86/spte';
 import { NOTE } from '../../src/shm/access';
+import { region } from '../../src/shm/layout';
 import { OP, inGuest, interleave, leafSptep, makeVm } from '../helpers/vm';
 
 const without = (g: keyof typeof GUARDS): number => ALL_GUARDS & ~GUARDS[g];
@@ -60,6 +61,57 @@ test('tdp rcu-deferred-free on: the torn-down tables wait on RCU until the walke
   assert.ok(r.queued >= 1, 'the leaf table (and those above it) queued for a grace period');
   assert.equal(r.freedAfter, true);
   assert.equal(r.value, 7n);
+});
+
+// ---- lockless-walk-sync: the fast path's RCU read section ----
+
+/**
+ * vCPU 0's fast path walks down to A's leaf table while the host zaps everything. With the read section (guard
+ * on) nothing in the walk lets a grace period end; without it, the kernel may switch the task out between two
+ * tables, and every grace period may end meanwhile: the replay runs the zap while the vCPU is switched out
+ * before its step into the leaf table (its third, after those into the level-3 and level-2 tables).
+ */
+function locklessWalkRace(guards: number) {
+  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, guards });
+  const v = vm.vcpus[0]!;
+  const k = vm.host;
+  const A = 3;
+  inGuest(v, () => v.read64(vm.addr(A)));
+  k.dirtyLog.enable(0); // A's SPTE write-protected: the next write takes the fast path
+  const leafTable = k.pages.spOf(leafSptep(v, vm.addr(A)));
+  const rcu = region(k.layout, 'kvm.rcu');
+  const inRcu = (a: number): boolean => a >= rcu.off / 4 && a < (rcu.off + rcu.bytes) / 4;
+  let rcuStores = 0;
+  let freedWhileOut = false;
+  let readFreed = false;
+  // The vCPU's stores into the RCU region before the zap are its online flag's: out and back in at each step down.
+  const fired = interleave(
+    v.mem,
+    (op, a) => op === OP.store32 && inRcu(a) && ++rcuStores === 5,
+    () => {
+      k.mmu.kvmMmuZapAll();
+      freedWhileOut = k.mem.i32[k.pages.hdr(leafTable, SP_STATE)] === 0;
+      // Whether the walk then reads the freed table: the next load of an entry of it.
+      interleave(v.mem, (op, a) => op === OP.load64 && k.pages.spOf(a) === leafTable, () => (readFreed = k.mem.i32[k.pages.hdr(leafTable, SP_STATE)] === 0));
+    },
+    { at: 'after' },
+  );
+  inGuest(v, () => v.write64(vm.addr(A), 7n));
+  v.mem.hook = null;
+  return { fired: fired(), rcuStores, freedWhileOut, readFreed };
+}
+
+test('tdp lockless-walk-sync off: switched out between two tables, the fast path then reads the leaf table the zap freed meanwhile', () => {
+  const r = locklessWalkRace(without('lockless-walk-sync'));
+  assert.ok(r.fired, 'the walk was switched out before its step into the leaf table');
+  assert.equal(r.freedWhileOut, true, 'every grace period ended while the vCPU was out: the leaf table is free');
+  assert.equal(r.readFreed, true);
+});
+
+test('tdp lockless-walk-sync on: the fast path touches no RCU word and is never switched out; the zapped tables wait', () => {
+  const r = locklessWalkRace(ALL_GUARDS);
+  assert.equal(r.fired, false);
+  assert.equal(r.rcuStores, 0, "a vCPU's read section is free (QSBR): no store into the RCU region");
 });
 
 // ---- write-lock-exclusion: the notifier's zap beside a fault under the read lock ----
@@ -162,6 +214,7 @@ function removedPtRace(guards: number) {
   // Logging goes off (its flag; the rest of the disable waits for vCPU 0's SRCU section), and vCPU 1's fault on
   // page 9 maps the 2 MiB huge, tearing T down.
   let removedBefore = false;
+  let heldBack = false;
   let atFree: bigint | null = null;
   const fired = interleave(
     v0.mem,
@@ -170,14 +223,20 @@ function removedPtRace(guards: number) {
       k.mem.fetchAnd32(k.slotFlagsWord(0), ~1);
       inGuest(v1, () => v1.read64(vm.addr(9)));
       removedBefore = k.tdp.rcu.peekQueued().includes(T);
-      // When vCPU 0, the last reader, frees T after its fault: what is left in entry 5 then.
-      interleave(v0.mem, () => false, () => (atFree = k.mem.u64[entry5]!), { note: (kind, a) => kind === NOTE.spFree && a === T });
+      // The vCPUs are RCU's QSBR readers: T's grace period waits for vCPU 0, in its fault since T was queued.
+      k.tdp.reclaim();
+      heldBack = k.tdp.rcu.peekQueued().includes(T);
     },
   );
   inGuest(v0, () => v0.read64(vm.addr(5)));
   assert.ok(fired(), "vCPU 0's fault reached T's entry 5");
   assert.ok(removedBefore, 'T was torn down and queued for a grace period before the cmpxchg');
-  assert.notEqual(atFree, null, 'T was freed once vCPU 0 left its read section');
+  assert.ok(heldBack, "T's grace period did not end while vCPU 0 was in its fault");
+  // vCPU 0 has entered the guest since (and vCPU 1 after its fault): the next poll frees T. What is left in entry 5 then.
+  interleave(k.mem, () => false, () => (atFree = k.mem.u64[entry5]!), { note: (kind, a) => kind === NOTE.spFree && a === T });
+  k.tdp.reclaim();
+  k.mem.hook = null;
+  assert.notEqual(atFree, null, 'T was freed once both vCPUs had passed a quiescent state');
   return { leftPresent: isShadowPresentPte(atFree!), value: v0.read64(vm.addr(3)) };
 }
 

@@ -647,7 +647,7 @@ test('the TDP MMU is among the modes with every scenario that runs in it, the re
   await page.close();
 });
 
-test('TDP state panel: roots with their refcounts and invalid or zapped state, RCU readers inside a read section, and entries frozen by a teardown', async () => {
+test('TDP state panel: roots with their refcounts and invalid or zapped state, RCU readers inside a read section, vCPUs a grace period waits for, and entries frozen by a teardown', async () => {
   // kvm-5: the fault links tables into the root that a memslot update invalidated and zapped.
   const found = (await post(serve.url, '/api/check', { scenario: 'obsolete-root-fault', guardsOff: ['obsolete-root-retry'] })).json<{ violation: { schedule: string } }>();
   const r = (await post(serve.url, '/api/replay', { replay: found.violation.schedule })).json<StepResponse>();
@@ -671,4 +671,14 @@ test('TDP state panel: roots with their refcounts and invalid or zapped state, R
   const freeze = rr.rows.find((row) => row.op === 'xchg64' && row.after === 'FROZEN');
   assert.ok(freeze !== undefined, 'the teardown freezes an entry');
   assert.ok(rr.states[freeze.step]!.tdp!.frozen.length >= 1);
+  // The vCPUs read as QSBR readers: their read sections show nowhere, but a grace period that began while a vCPU
+  // was outside guest mode (in its fault) waits for it, and the panel says so.
+  const pt = (await post(serve.url, '/api/check', { scenario: 'tdp-removed-pt-freeze', guardsOff: ['freeze-removed-pt'] })).json<{ violation: { schedule: string } }>();
+  const pr = (await post(serve.url, '/api/replay', { replay: pt.violation.schedule })).json<StepResponse>();
+  const waits = pr.states.findIndex((st) => st.tdp?.rcu.qsbr.some((q) => q.online && q.waitedFor) ?? false);
+  assert.ok(waits > 0, 'a grace period waits for a vCPU');
+  const page2 = await openPage(`#replay=${encodeURIComponent(pt.violation.schedule)}&step=${waits}`);
+  await waitForStep(page2, waits, pr.rows.length);
+  assert.match((await page2.textContent('#tdp-rcu')) ?? '', /vCPUs: .*vCPU \d: the grace period waits for it/);
+  await page2.close();
 });

@@ -240,11 +240,13 @@ function tdpSection(before: MachineState | null, after: MachineState): HTMLEleme
     const inside = r.map((n, i) => (n === 0 ? '' : `slot ${i}: ${n}`)).filter((x) => x !== '');
     return inside.length === 0 ? 'none' : inside.join(', ');
   };
+  const vcpusText = (q: readonly { online: boolean; waitedFor: boolean }[]): string =>
+    q.map((x, i) => `vCPU ${i}: ${!x.online ? 'offline' : x.waitedFor ? 'the grace period waits for it' : 'online'}`).join(', ') || 'none';
   const gpText = (gp: number): string => `${gp >> 1} ended${(gp & 1) !== 0 ? ', one running' : ''}`;
   const waitingText = (w: readonly number[]): string => (w.length === 0 ? 'none' : w.map((sp) => `sp ${sp}`).join(', '));
   return section(
     'TDP MMU',
-    'roots (each vCPU holds a reference; an invalidated root is zapped under the read lock, then freed at its last put), entries frozen by a thread for a multi-step change (FROZEN_SPTE), and RCU: readers inside a read section (one slot per vCPU, two for host threads), grace periods, and removed tables waiting for one before they are freed',
+    'roots (each vCPU holds a reference; an invalidated root is zapped under the read lock, then freed at its last put), entries frozen by a thread for a multi-step change (FROZEN_SPTE), and RCU: host threads inside a read section (counted per slot), the vCPUs (quiescent in guest mode: a grace period waits for each vCPU outside it until it enters the guest or stops running), grace periods, and removed tables waiting for one before they are freed',
     h('ul', { class: 'plain', id: 'tdp-roots' }, ...roots),
     h(
       'div',
@@ -255,8 +257,10 @@ function tdpSection(before: MachineState | null, after: MachineState): HTMLEleme
     h(
       'div',
       { id: 'tdp-rcu' },
-      h('span', { class: 'muted' }, 'RCU readers: '),
+      h('span', { class: 'muted', title: 'host threads count themselves in and out of each read section' }, 'RCU readers: '),
       change(b === null ? undefined : readersText(b.rcu.readers), readersText(t.rcu.readers), (x) => x),
+      h('span', { class: 'muted', title: "a vCPU's read sections touch no shared word (QSBR): its guest entries tell RCU it has passed a quiescent state" }, ' · vCPUs: '),
+      change(b === null ? undefined : vcpusText(b.rcu.qsbr), vcpusText(t.rcu.qsbr), (x) => x),
       h('span', { class: 'muted' }, ' · grace periods: '),
       change(b === null ? undefined : gpText(b.rcu.gracePeriod), gpText(t.rcu.gracePeriod), (x) => x),
       h('span', { class: 'muted' }, ' · waiting to be freed: '),
