@@ -56,7 +56,8 @@ export class DirtyLog {
     k.mem.lock(k.mmuLock);
     let flush = false;
     const base = k.slotHvpn[slot]!;
-    // kvm_mmu_slot_remove_write_access from PG_LEVEL_4K up: huge SPTEs too (kvmmu does not split eagerly in direct mode).
+    // kvm_mmu_slot_remove_write_access from PG_LEVEL_4K up: huge SPTEs too. No eager split here, as in KVM: the shadow
+    // MMU splits eagerly only a nested MMU's huge SPTEs (shadow_mmu_try_split_huge_pages), the TDP MMU the rest.
     for (let p = 0; p < pages; p++) if (k.spte.rmapWriteProtectHvpn(base + p, false, true)) flush = true;
     k.mem.unlock(k.mmuLock);
     if (flush) k.kvmFlushRemoteTlbs();
