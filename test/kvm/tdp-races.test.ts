@@ -20,14 +20,18 @@ const without = (g: keyof typeof GUARDS): number => ALL_GUARDS & ~GUARDS[g];
 
 // ---- rcu-deferred-free: a table freed while the fast path walks it ----
 
-function rcuFreeRace(guards: number) {
+/** One vCPU that has read page A, with dirty logging on: A's SPTE is write-protected, so the next write takes the fast path. */
+function fastPathVm(guards: number) {
   const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, guards });
   const v = vm.vcpus[0]!;
-  const k = vm.host;
   const A = 3;
   inGuest(v, () => v.read64(vm.addr(A)));
-  k.dirtyLog.enable(0); // A's SPTE write-protected: the next write takes the fast path
-  const leaf = leafSptep(v, vm.addr(A));
+  vm.host.dirtyLog.enable(0);
+  return { vm, v, k: vm.host, A, leaf: leafSptep(v, vm.addr(A)) };
+}
+
+function rcuFreeRace(guards: number) {
+  const { vm, v, k, A, leaf } = fastPathVm(guards);
   const leafTable = k.pages.spOf(leaf);
   let freedUnderWalker = false;
   let queued = 0;
@@ -72,13 +76,8 @@ test('tdp rcu-deferred-free on: the torn-down tables wait on RCU until the walke
  * before its step into the leaf table (its third, after those into the level-3 and level-2 tables).
  */
 function locklessWalkRace(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, guards });
-  const v = vm.vcpus[0]!;
-  const k = vm.host;
-  const A = 3;
-  inGuest(v, () => v.read64(vm.addr(A)));
-  k.dirtyLog.enable(0); // A's SPTE write-protected: the next write takes the fast path
-  const leafTable = k.pages.spOf(leafSptep(v, vm.addr(A)));
+  const { vm, v, k, A, leaf } = fastPathVm(guards);
+  const leafTable = k.pages.spOf(leaf);
   const rcu = region(k.layout, 'kvm.rcu');
   const inRcu = (a: number): boolean => a >= rcu.off / 4 && a < (rcu.off + rcu.bytes) / 4;
   let rcuStores = 0;

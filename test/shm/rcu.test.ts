@@ -90,11 +90,13 @@ export const s = defineScenario({
 
 const gen = loadGenModule();
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmmu-rcu-'));
-function file(graceful: boolean): string {
-  const f = path.join(dir, `rcu-${graceful}.ts`);
-  fs.writeFileSync(f, FILE(graceful));
+/** Write a scenario file into the test's directory; returns its path. */
+function scenarioFile(name: string, text: string): string {
+  const f = path.join(dir, `${name}.ts`);
+  fs.writeFileSync(f, text);
   return f;
 }
+const file = (graceful: boolean): string => scenarioFile(`rcu-${graceful}`, FILE(graceful));
 
 test('under the checker, an updater that frees after a grace period never frees what a reader still reads: exhaustive and clean', () => {
   const r = runCheck(gen, loadScenarioFile(file(true)), {});
@@ -222,11 +224,7 @@ export const s = defineScenario({
 });
 `;
 
-function qsbrFile(qsInside: boolean): string {
-  const f = path.join(dir, `rcu-qsbr-${qsInside}.ts`);
-  fs.writeFileSync(f, QSBR_FILE(qsInside));
-  return f;
-}
+const qsbrFile = (qsInside: boolean): string => scenarioFile(`rcu-qsbr-${qsInside}`, QSBR_FILE(qsInside));
 
 test('under the checker, QSBR readers that report quiescent states only between sections never read a freed object: exhaustive and clean', () => {
   const r = runCheck(gen, loadScenarioFile(qsbrFile(false)), {});
