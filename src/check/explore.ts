@@ -11,8 +11,9 @@
 // part way. Optimal-DPOR: unless a thread asleep at e's state can start v
 // (weak initials), insert v itself into that state's wakeup tree, which the
 // search follows before choosing freely, so every execution it begins is new.
-// Where it departs from the paper (blocked threads' races, sequences that reach
-// a leaf), Systematic and insertSequence say why.
+// Where it departs from the paper (blocked threads' races, which are reversed
+// only to where the blocked operation could run; sequences that reach a leaf),
+// Systematic and insertSequence say why.
 // Executions are stateless: each one replays its prefix from the snapshot.
 
 import { OP } from '../shm/access';
@@ -305,6 +306,8 @@ class LocState {
   lk = -1;
   /** Execution this state belongs to; older states are stale and reset on first use (no reallocation). */
   epoch = -1;
+  /** A commutative or wrote it in this execution (the ors' order, not the happens-before, decides its values). */
+  ored = false;
   constructor(
     readonly r: Int32Array,
     readonly o: Int32Array,
@@ -316,11 +319,15 @@ class LocState {
  * (else Source-DPOR), or plain DFS.
  *
  * Blocked threads (a held lock, a wait) race too: a blocked thread's pending operation against the last step it
- * depends on (pendingRace), whose reversal is a wakeup sequence ending in that operation. Where it could not run
- * at that step's state either, Optimal-DPOR falls back on Source-DPOR's rule (schedule every thread there); an
- * execution begun that way may be abandoned, and is counted (`abandoned`). A reversed race whose last step is a
- * lock or a wait may find it unable to run (the step it raced with let it through): `wakeupMisses` counts those,
- * and the search chooses freely there.
+ * depends on (pendingRace), whose reversal is a wakeup sequence ending in that operation. A race is reversed only
+ * where its last step can run at the end of the sequence: a lock taker at the holder's claim (the lock was free
+ * there), a waitWhile32 before the latest write of its word whose state held another value than the one it waits
+ * out (waitPoint: before a write that found the value waited out it would block, so that order is no alternative,
+ * and the wait races with the write before, where it could go through). Where that cannot be told (a writer's wait
+ * for readers, a spin loop's awaitChange, a wait on a word that ors write), the old rule stays: the sequence where
+ * the thread could run at that step's state, else Source-DPOR's rule (schedule every thread there), and an
+ * execution begun that way may be abandoned (`abandoned`) or find the sequence's last thread unable to run
+ * (`wakeupMisses`; the search chooses freely there).
  */
 class Systematic implements Chooser {
   nodes: Node[] = [];
@@ -354,7 +361,65 @@ class Systematic implements Chooser {
     this.local = new Int32Array(this.n);
     this.stepLocal = [];
     this.stepOf = [];
+    this.wStart.length = 0;
+    this.wKey.length = 0;
+    this.wPrev.length = 0;
+    this.wVal.length = 0;
+    this.preAt = -1;
     this.epoch++;
+  }
+
+  // The plain writes of meta words in this execution (waitPoint): step j's are wKey, wPrev, wVal from wStart[j]
+  // up to wStart[j + 1] (or the end): the word's key, the step that wrote it before (-1: none), the value it held
+  // before step j (NaN: not known, a write beyond the step's operation: a plain store, a monitor).
+  private readonly wStart: number[] = [];
+  private readonly wKey: number[] = [];
+  private readonly wPrev: number[] = [];
+  private readonly wVal: number[] = [];
+  // The words the operation of the step about to run (step preAt) writes, and their values just before it.
+  private preAt = -1;
+  private readonly preKey: number[] = [];
+  private readonly preVal: number[] = [];
+
+  /** Before thread q's step runs: the meta words its operation writes, with their values (stepped keeps them). */
+  private noteValues(ex: Execution, q: number): void {
+    this.preAt = ex.steps.length;
+    this.preKey.length = 0;
+    this.preVal.length = 0;
+    const acc = ex.pendingAccess(q);
+    for (let x = 0; x < acc.keys.length; x++) {
+      const key = acc.keys[x]!;
+      if (!acc.writes[x] || acc.ors[x] || key < 0 || (key & 1) !== 0 || key >> 1 >= ex.i32.length) continue;
+      this.preKey.push(key);
+      this.preVal.push(ex.i32[key >> 1]!);
+    }
+  }
+
+  /**
+   * Where thread p's waitWhile32 on meta word `key`, waiting out value `b`, is to run before a write of that word
+   * it depends on: walking back from write step `from` through the earlier writes of the word, the first whose
+   * state held another value than b. In that order the wait goes through; before a write whose state held b it
+   * would block, so that order is no alternative (reversing it would begin an execution whose wakeup sequence
+   * cannot run, and the sleep sets would cut it). No step between that write's state and the wait touches the
+   * word in the reversed order (each would depend on the write), so the wait sees what the write overwrote.
+   * `ordered(k)`: step k happens before p's wait anyway. Returns the step; -1 when there is none (the wait cannot
+   * run before any of them: no race); -2 when it cannot tell (a write whose value before it is not known, or
+   * commutative ors of the word, whose order rather than the happens-before decides its values).
+   */
+  private waitPoint(key: number, b: number, p: number, from: number, ordered: (k: number) => boolean): number {
+    const ls = this.loc(key);
+    if (ls === undefined || ls.ored) return -2;
+    for (let k = from; k >= 0; ) {
+      if (this.stepOf[k]!.thread === p || ordered(k)) return -1;
+      const end = k + 1 < this.wStart.length ? this.wStart[k + 1]! : this.wKey.length;
+      let x = this.wStart[k]!;
+      while (x < end && this.wKey[x] !== key) x++;
+      if (x === end) return -2;
+      const v = this.wVal[x]!;
+      if (Number.isNaN(v) || v !== b) return k;
+      k = this.wPrev[x]!;
+    }
+    return -1;
   }
 
   /** The state of location `key` in this execution, or undefined if untouched so far. */
@@ -368,6 +433,12 @@ class Systematic implements Chooser {
   }
 
   choose(ex: Execution): number {
+    const q = this.pick(ex);
+    if (q >= 0 && this.reduce) this.noteValues(ex, q);
+    return q;
+  }
+
+  private pick(ex: Execution): number {
     const d = ex.steps.length;
     if (d < this.nodes.length) {
       // Replaying the prefix: every thread must be about to do what it was about to do before.
@@ -550,6 +621,7 @@ class Systematic implements Chooser {
       // A split search's job: its root's parent is the coordinator's, which must learn what this step touched.
       if (j === this.root - 1) this.sink?.full(j, t, acc);
     }
+    this.wStart.push(this.wKey.length);
     this.local[t]! += 1;
     if ((j + 1) * n > this.vcs.length) {
       const grown = new Int32Array(this.vcs.length * 2);
@@ -604,7 +676,12 @@ class Systematic implements Chooser {
     for (const i of deps) {
       const s = this.stepOf[i]!;
       if (vcs[base + s.thread]! >= this.stepLocal[i]!) continue;
-      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) this.reverse(i, j, t);
+      if (s.thread !== t && j >= this.fresh && mayBeCoEnabled(s.op, s.a, step.op, step.a)) {
+        // A wait that read what i wrote: reversed only to a point where it could run (waitPoint).
+        const wk = 2 * step.a;
+        const k = step.op === OP.waitWhile32 && this.loc(wk)?.w === i ? this.waitPoint(wk, step.b, t, i, (x) => vcs[base + this.stepOf[x]!.thread]! >= this.stepLocal[x]!) : -2;
+        if (k !== -1) this.reverse(k === -2 ? i : k, j, t);
+      }
       for (let x = 0; x < n; x++) if (vcs[i * n + x]! > vcs[base + x]!) vcs[base + x] = vcs[i * n + x]!;
     }
     for (let k = 0; k < acc.keys.length; k++) {
@@ -618,13 +695,22 @@ class Systematic implements Chooser {
         ls.epoch = this.epoch;
         ls.w = -1;
         ls.lk = -1;
+        ls.ored = false;
         ls.r.fill(-1);
         ls.o.fill(-1);
       }
       if ((step.op === OP.lock || step.op === OP.writeLock) && k === 0) ls.lk = j;
       if (acc.ors[k]) {
         ls.o[t] = j;
+        ls.ored = true;
       } else if (acc.writes[k]) {
+        if (key >= 0 && (key & 1) === 0) {
+          // A meta word's plain write: the write before it, and the value the word held before it (waitPoint).
+          this.wKey.push(key);
+          this.wPrev.push(ls.w);
+          const x = this.preAt === j ? this.preKey.indexOf(key) : -1;
+          this.wVal.push(x >= 0 ? this.preVal[x]! : NaN);
+        }
         ls.w = j;
         ls.r.fill(-1);
         ls.o.fill(-1);
@@ -647,7 +733,9 @@ class Systematic implements Chooser {
    * that is not ordered before p races with it (Flanagan and Godefroid's rule
    * for next(s, p)): schedule p there, or, if p cannot run there, every
    * thread that can. Found by differential testing against DFS (waitWhile32
-   * windows and unreleased locks).
+   * windows and unreleased locks). For a wait, the last write before which it
+   * could run (pendingRace, waitPoint): a wait blocked for good by a word that
+   * held the value waited out all along races with nothing.
    */
   private blockedRaces(ex: Execution, j: number): void {
     const enabled = ex.enabledMask();
@@ -690,10 +778,29 @@ class Systematic implements Chooser {
         if (!acc.ors[x]) for (let q = 0; q < n; q++) consider(ls.o[q]!);
       }
       if (latest < 0) return;
+      const op = ex.pendOp[p]!;
+      // Can p's operation run after the steps that do not depend on `latest`, at latest's state? Those steps touch
+      // nothing latest wrote (each would depend on it), so p's operation finds there what latest overwrote.
+      let runs = false;
+      if (op === OP.waitWhile32) {
+        // A wait: only before a write whose state held another value than the one it waits out (waitPoint).
+        const wk = 2 * ex.pendA[p]!;
+        const k = this.loc(wk)?.w === latest ? this.waitPoint(wk, ex.pendB[p]!, p, latest, (x) => lp >= 0 && this.vcAt(lp, this.stepOf[x]!.thread) >= this.stepLocal[x]!) : -2;
+        if (k === -1) return;
+        if (k >= 0) {
+          latest = k;
+          runs = true;
+        }
+      } else if ((op === OP.lock || op === OP.readLock || op === OP.writeLock) && this.stepOf[latest]!.a === ex.pendA[p]) {
+        // A lock taker held out by the holder's claim: the lock was free at the claim's state.
+        const held = this.stepOf[latest]!.op;
+        runs = held === OP.lock || held === OP.writeLock;
+      }
       const at = this.nodes[latest]!;
-      if (this.optimal && (at.enabled & (1 << p)) !== 0) {
-        // No step after `latest` writes what p's operation reads (latest is the last that does), so after the steps
-        // that do not depend on it p can run as it could at latest's state: the sequence is one to wake up.
+      // Otherwise (a writer's wait for readers, a spin loop's awaitChange, a wait on a word that ors write, a write
+      // whose value before it is not known) the sequence is inserted where p could run at latest's state, though
+      // its last step may still find p blocked (a wakeup miss), and Source-DPOR's rule is the fallback elsewhere.
+      if (this.optimal && (runs || (at.enabled & (1 << p)) !== 0)) {
         this.insertSequence(latest, j + 1, p, acc);
         return;
       }

@@ -1,4 +1,4 @@
-// Random programs for differential tests of the checker: three threads of a few shared-memory operations (32- and 64-bit words, data bytes, a ticket lock and a reader-writer lock), and the scenario file that interprets them.
+// Random programs for differential tests of the checker: three threads of a few shared-memory operations (32- and 64-bit words, data bytes, a ticket lock and a reader-writer lock), the scenario file that interprets them, and each execution's final state and class of equivalent executions.
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { loadGenModule, loadScenarioFile } from '../../src/cli/scenario-file';
 import type { ScenarioSpec } from '../../src/check/gen/scenario';
 import { contextFor } from '../../src/check/check';
-import { Engine } from '../../src/check/engine';
+import { Engine, type Step } from '../../src/check/engine';
 import { builtinMonitors } from '../../src/check/invariants';
 
 /** One operation of a random program: kind, location, values; `then` runs only when this one returned `when`. */
@@ -128,6 +128,37 @@ export function randomProgram(r: (n: number) => number): Op[][] {
 
 
 /**
+ * Like randomProgram, but most threads take a lock (the ticket lock or the reader-writer lock) or wait on a word,
+ * and release late or never: the blocked threads' races (explore.ts pendingRace) come up in most programs.
+ */
+export function lockyProgram(r: (n: number) => number): Op[][] {
+  const word = (): Op => {
+    const kinds = ['load32', 'store32', 'cmpxchg32', 'fetchAdd32', 'waitWhile32', 'waitWhile32'];
+    return { k: kinds[r(kinds.length)]!, l: r(3), v: 1 + r(3), w: r(3) };
+  };
+  const threads: Op[][] = [];
+  const n = 2 + r(2);
+  for (let t = 0; t < 3; t++) {
+    const ops: Op[] = [];
+    if (t < n) {
+      const len = 1 + r(n === 3 ? 4 : 5);
+      while (ops.length < len) {
+        const room = len - ops.length;
+        if (room >= 2 && r(2) === 0) {
+          const kind = r(4);
+          const [take, release] = kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['writeLock', 'writeUnlock'] : ['readLock', 'readUnlock'];
+          ops.push({ k: take!, l: 0, v: 0, w: 0 });
+          for (let i = r(room - 1); i > 0; i--) ops.push(word());
+          if (r(4) > 0) ops.push({ k: release!, l: 0, v: 0, w: 0 });
+        } else ops.push(word());
+      }
+    }
+    threads.push(ops);
+  }
+  return threads;
+}
+
+/**
  * The interpreter compiled as a scenario file (in a fresh temporary directory named after `tag`), and the
  * generator runtime; a test sets globalThis.__kvmmuProgram before each exploration.
  */
@@ -139,12 +170,51 @@ export function randomProgramScenario(tag: string): { gen: ReturnType<typeof loa
 }
 
 /**
- * An engine for `program` whose executions add their final state to `states` as they end (abandoned ones
- * excepted): how it ended, what each thread's operations returned, the words and the data bytes.
+ * An execution's class of equivalent executions (its Mazurkiewicz trace) under the reduction's dependency: for
+ * each location, the order of the steps that touch it, the reads between two other uses (and the ors between two
+ * other uses) as a set; a step is named by its thread and its number in that thread. Two executions DPOR counts
+ * as equivalent have the same class, and two with the same class are equivalent.
  */
-export function recordingEngine(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, program: Op[][]): { engine: Engine; states: Set<string> } {
+export function classOf(steps: readonly Step[]): string {
+  const per = new Map<number, { kind: string; ids: string[] }[]>();
+  const count = new Map<number, number>();
+  for (const s of steps) {
+    const c = (count.get(s.thread) ?? 0) + 1;
+    count.set(s.thread, c);
+    const id = `${s.thread}.${c}`;
+    const a = s.access;
+    for (let x = 0; x < a.keys.length; x++) {
+      const kind = a.ors[x] ? 'o' : a.writes[x] ? 'w' : 'r';
+      let l = per.get(a.keys[x]!);
+      if (l === undefined) per.set(a.keys[x]!, (l = []));
+      const last = l[l.length - 1];
+      if (kind !== 'w' && last !== undefined && last.kind === kind) last.ids.push(id);
+      else l.push({ kind, ids: [id] });
+    }
+  }
+  return [...per.keys()]
+    .sort((x, y) => x - y)
+    .map((k) => `${k}:${per.get(k)!.map((g) => g.kind + g.ids.sort().join(',')).join(';')}`)
+    .join('|');
+}
+
+/**
+ * An engine for `program` whose executions add their final state to `states` as they end (abandoned ones
+ * excepted): how it ended, what each thread's operations returned, the words and the data bytes. With `classes`,
+ * each complete execution's class (classOf) is counted in `classes` too, and the engine tracks what monitors and
+ * plain stores touch whatever the strategy (DFS does not otherwise: exploreSlices), so classes compare across
+ * strategies.
+ */
+export function recordingEngine(
+  gen: ReturnType<typeof loadGenModule>,
+  spec: ScenarioSpec,
+  program: Op[][],
+  withClasses = false,
+): { engine: Engine; states: Set<string>; classes: Map<string, number> } {
   (globalThis as { __kvmmuProgram?: Op[][] }).__kvmmuProgram = program;
   const engine = new Engine(gen, spec, contextFor(spec, {}), { monitorsFor: builtinMonitors });
+  if (withClasses) Object.defineProperty(engine, 'trackFootprints', { get: () => true, set: () => {} });
+  const classes = new Map<string, number>();
   const { meta, data, layout } = engine.machine.shm;
   const words = new Uint8Array(meta, layout.regions['scenario.words']!.off, 64);
   const d = layout.regions['scenario.data']!.off;
@@ -155,8 +225,14 @@ export function recordingEngine(gen: ReturnType<typeof loadGenModule>, spec: Sce
   engine.execute = (chooser) => {
     seen.fill(0);
     const r = execute(chooser);
-    if (!r.abandoned) states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
+    if (!r.abandoned) {
+      states.add([r.violation?.invariant ?? 'ok', seen.join(','), Buffer.from(words).toString('hex'), ...bytes.map((b) => Buffer.from(b).toString('hex'))].join('|'));
+      if (withClasses) {
+        const c = classOf(r.steps);
+        classes.set(c, (classes.get(c) ?? 0) + 1);
+      }
+    }
     return r;
   };
-  return { engine, states };
+  return { engine, states, classes };
 }
