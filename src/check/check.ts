@@ -62,6 +62,8 @@ export interface CheckReport {
   readonly reduction: Reduction | null;
   /** Executions begun and then abandoned as redundant (sleep-set blocked); the complete ones are the rest, less the cut ones. */
   readonly abandoned: number;
+  /** Optimal-DPOR: wakeup sequences whose last step could not run where they put it (ExploreResult); absent from a split search's report. */
+  readonly wakeupMisses?: number;
   /** Executions cut at the preemption bound. */
   readonly boundCut: number;
   /** Executions cut at the step bound because a thread that could run was starved (no livelock under a fair scheduler). */
@@ -213,7 +215,7 @@ function report(
   ctx: ScenarioContext,
   strategy: Strategy | 'replay',
   bound: number | null,
-  r: Pick<ExploreResult, 'executions' | 'reduction' | 'abandoned' | 'boundCut' | 'unfair' | 'truncated' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
+  r: Pick<ExploreResult, 'executions' | 'reduction' | 'abandoned' | 'wakeupMisses' | 'boundCut' | 'unfair' | 'truncated' | 'complete' | 'boundReached' | 'seconds' | 'maxSteps' | 'interrupted' | 'pending'>,
   found: FoundViolation | null,
 ): CheckReport {
   const off = guardsOff(ctx.guards);
@@ -257,6 +259,7 @@ function report(
     executions: r.executions,
     reduction: r.reduction,
     abandoned: r.abandoned,
+    wakeupMisses: r.wakeupMisses,
     boundCut: r.boundCut,
     unfair: r.unfair,
     truncated: r.truncated,
@@ -290,5 +293,5 @@ export function replayCheck(gen: GenScenarioModule, spec: ScenarioSpec, replay: 
   const r = run.result;
   const found: FoundViolation | null =
     r.violation === null ? null : { violation: r.violation, schedule: [...replay.schedule], preemptions: run.preemptions };
-  return report(engine, spec, ctx, 'replay', null, { executions: 1, reduction: null, abandoned: 0, boundCut: 0, unfair: 0, truncated: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
+  return report(engine, spec, ctx, 'replay', null, { executions: 1, reduction: null, abandoned: 0, wakeupMisses: 0, boundCut: 0, unfair: 0, truncated: 0, complete: false, boundReached: false, seconds, maxSteps: r.steps.length, interrupted: false, pending: null }, found);
 }

@@ -379,6 +379,7 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     executions: r.executions,
     completeExecutions: completeExecutions(r),
     abandoned: r.abandoned,
+    wakeupMisses: r.wakeupMisses ?? 0,
     boundCut: r.boundCut,
     unfair: r.unfair,
     truncated: r.truncated,

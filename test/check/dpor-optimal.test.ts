@@ -59,9 +59,9 @@ test('kvmmu check reports complete and abandoned executions apart, in text and J
   // One worker: the sequential search, whose reduction is Optimal-DPOR unless told (more workers split Source-DPOR).
   const json = spawnSync(process.execPath, [CLI, 'check', '--scenario', 'lastzero-10', '--workers', '1', '--json'], { encoding: 'utf8' });
   assert.equal(json.status, 0, json.stderr);
-  const r = JSON.parse(json.stdout) as { reduction: string; executions: number; completeExecutions: number; abandoned: number; complete: boolean };
+  const r = JSON.parse(json.stdout) as { reduction: string; executions: number; completeExecutions: number; abandoned: number; wakeupMisses: number; complete: boolean };
   assert.deepEqual(
-    { reduction: r.reduction, executions: r.executions, completeExecutions: r.completeExecutions, abandoned: r.abandoned, complete: r.complete },
-    { reduction: 'optimal', executions: 3328, completeExecutions: 3328, abandoned: 0, complete: true },
+    { reduction: r.reduction, executions: r.executions, completeExecutions: r.completeExecutions, abandoned: r.abandoned, wakeupMisses: r.wakeupMisses, complete: r.complete },
+    { reduction: 'optimal', executions: 3328, completeExecutions: 3328, abandoned: 0, wakeupMisses: 0, complete: true },
   );
 });
