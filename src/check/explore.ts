@@ -361,38 +361,58 @@ class Systematic implements Chooser {
     this.local = new Int32Array(this.n);
     this.stepLocal = [];
     this.stepOf = [];
-    this.wStart.length = 0;
-    this.wKey.length = 0;
-    this.wPrev.length = 0;
-    this.wVal.length = 0;
+    this.wn = 0;
     this.preAt = -1;
     this.epoch++;
   }
 
-  // The plain writes of meta words in this execution (waitPoint): step j's are wKey, wPrev, wVal from wStart[j]
-  // up to wStart[j + 1] (or the end): the word's key, the step that wrote it before (-1: none), the value it held
-  // before step j (NaN: not known, a write beyond the step's operation: a plain store, a monitor).
-  private readonly wStart: number[] = [];
-  private readonly wKey: number[] = [];
-  private readonly wPrev: number[] = [];
-  private readonly wVal: number[] = [];
-  // The words the operation of the step about to run (step preAt) writes, and their values just before it.
+  // The plain writes of meta words in this execution (waitPoint), wn of them: step j's are wKey, wPrev, wVal from
+  // wStart[j] up to wStart[j + 1] (or wn for the last step): the word's key, the step that wrote it before (-1:
+  // none), the value it held before step j (NaN: not known, a write beyond the step's operation: a plain store).
+  private wStart = new Int32Array(1024);
+  private wKey = new Float64Array(1024);
+  private wPrev = new Int32Array(1024);
+  private wVal = new Float64Array(1024);
+  private wn = 0;
+  // The words the operation of the step about to run (step preAt) writes, preN of them, and their values then.
   private preAt = -1;
+  private preN = 0;
   private readonly preKey: number[] = [];
   private readonly preVal: number[] = [];
 
   /** Before thread q's step runs: the meta words its operation writes, with their values (stepped keeps them). */
   private noteValues(ex: Execution, q: number): void {
     this.preAt = ex.steps.length;
-    this.preKey.length = 0;
-    this.preVal.length = 0;
+    let m = 0;
     const acc = ex.pendingAccess(q);
     for (let x = 0; x < acc.keys.length; x++) {
       const key = acc.keys[x]!;
-      if (!acc.writes[x] || acc.ors[x] || key < 0 || (key & 1) !== 0 || key >> 1 >= ex.i32.length) continue;
-      this.preKey.push(key);
-      this.preVal.push(ex.i32[key >> 1]!);
+      if (!acc.writes[x] || acc.ors[x] || key < 0 || key % 2 !== 0 || key / 2 >= ex.i32.length) continue;
+      this.preKey[m] = key;
+      this.preVal[m++] = ex.i32[key / 2]!;
     }
+    this.preN = m;
+  }
+
+  /** Step j's plain write of meta word `key`, which `prev` wrote before it (-1: none): remember it (waitPoint). */
+  private noteWrite(j: number, key: number, prev: number): void {
+    const w = this.wn;
+    if (w === this.wKey.length) {
+      const grow = <T extends Float64Array | Int32Array>(a: T, make: (n: number) => T): T => {
+        const b = make(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.wKey = grow(this.wKey, (n) => new Float64Array(n));
+      this.wPrev = grow(this.wPrev, (n) => new Int32Array(n));
+      this.wVal = grow(this.wVal, (n) => new Float64Array(n));
+    }
+    this.wKey[w] = key;
+    this.wPrev[w] = prev;
+    let v = NaN;
+    if (this.preAt === j) for (let x = 0; x < this.preN; x++) if (this.preKey[x] === key) v = this.preVal[x]!;
+    this.wVal[w] = v;
+    this.wn = w + 1;
   }
 
   /**
@@ -411,7 +431,7 @@ class Systematic implements Chooser {
     if (ls === undefined || ls.ored) return -2;
     for (let k = from; k >= 0; ) {
       if (this.stepOf[k]!.thread === p || ordered(k)) return -1;
-      const end = k + 1 < this.wStart.length ? this.wStart[k + 1]! : this.wKey.length;
+      const end = k + 1 < this.stepOf.length ? this.wStart[k + 1]! : this.wn;
       let x = this.wStart[k]!;
       while (x < end && this.wKey[x] !== key) x++;
       if (x === end) return -2;
@@ -621,7 +641,12 @@ class Systematic implements Chooser {
       // A split search's job: its root's parent is the coordinator's, which must learn what this step touched.
       if (j === this.root - 1) this.sink?.full(j, t, acc);
     }
-    this.wStart.push(this.wKey.length);
+    if (j === this.wStart.length) {
+      const grown = new Int32Array(j * 2);
+      grown.set(this.wStart);
+      this.wStart = grown;
+    }
+    this.wStart[j] = this.wn;
     this.local[t]! += 1;
     if ((j + 1) * n > this.vcs.length) {
       const grown = new Int32Array(this.vcs.length * 2);
@@ -704,13 +729,7 @@ class Systematic implements Chooser {
         ls.o[t] = j;
         ls.ored = true;
       } else if (acc.writes[k]) {
-        if (key >= 0 && (key & 1) === 0) {
-          // A meta word's plain write: the write before it, and the value the word held before it (waitPoint).
-          this.wKey.push(key);
-          this.wPrev.push(ls.w);
-          const x = this.preAt === j ? this.preKey.indexOf(key) : -1;
-          this.wVal.push(x >= 0 ? this.preVal[x]! : NaN);
-        }
+        if (key >= 0 && key % 2 === 0) this.noteWrite(j, key, ls.w);
         ls.w = j;
         ls.r.fill(-1);
         ls.o.fill(-1);
