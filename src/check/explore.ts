@@ -11,8 +11,8 @@
 // part way. Optimal-DPOR: unless a thread asleep at e's state can start v
 // (weak initials), insert v itself into that state's wakeup tree, which the
 // search follows before choosing freely, so every execution it begins is new.
-// Where it departs from the paper (blocked threads' races, which are reversed
-// only to where the blocked operation could run; sequences that reach a leaf),
+// Where it departs from the paper (blocked threads' races; a wait's races,
+// reversed only to where the wait can run; sequences that reach a leaf),
 // Systematic and insertSequence say why.
 // Executions are stateless: each one replays its prefix from the snapshot.
 
@@ -319,15 +319,15 @@ class LocState {
  * (else Source-DPOR), or plain DFS.
  *
  * Blocked threads (a held lock, a wait) race too: a blocked thread's pending operation against the last step it
- * depends on (pendingRace), whose reversal is a wakeup sequence ending in that operation. A race is reversed only
- * where its last step can run at the end of the sequence: a lock taker at the holder's claim (the lock was free
- * there), a waitWhile32 before the latest write of its word whose state held another value than the one it waits
- * out (waitPoint: before a write that found the value waited out it would block, so that order is no alternative,
- * and the wait races with the write before, where it could go through). Where that cannot be told (a writer's wait
- * for readers, a spin loop's awaitChange, a wait on a word that ors write), the old rule stays: the sequence where
- * the thread could run at that step's state, else Source-DPOR's rule (schedule every thread there), and an
- * execution begun that way may be abandoned (`abandoned`) or find the sequence's last thread unable to run
- * (`wakeupMisses`; the search chooses freely there).
+ * depends on (pendingRace), whose reversal is a wakeup sequence ending in that operation. A waitWhile32's race, a
+ * blocked one's or one that ran, is reversed only where the wait can run at the end of the sequence: before the
+ * latest write of its word whose state held another value than the one it waits out (waitPoint: before a write
+ * that found the value waited out it would block, so that order is no alternative, and the wait races with the
+ * write before, where it could go through). Other blocked operations (a lock taker, a writer's wait for readers, a
+ * spin loop's awaitChange) and waits whose values cannot be told (a word that ors write) keep the older rule: the
+ * sequence where the thread could run at that step's state (a lock taker at the holder's claim, where the lock
+ * was free), else Source-DPOR's rule (schedule every thread there); an execution begun that way may be abandoned
+ * (`abandoned`) or find the sequence's last thread unable to run (`wakeupMisses`; the search chooses freely there).
  */
 class Systematic implements Chooser {
   nodes: Node[] = [];
@@ -810,15 +810,13 @@ class Systematic implements Chooser {
           latest = k;
           runs = true;
         }
-      } else if ((op === OP.lock || op === OP.readLock || op === OP.writeLock) && this.stepOf[latest]!.a === ex.pendA[p]) {
-        // A lock taker held out by the holder's claim: the lock was free at the claim's state.
-        const held = this.stepOf[latest]!.op;
-        runs = held === OP.lock || held === OP.writeLock;
       }
       const at = this.nodes[latest]!;
-      // Otherwise (a writer's wait for readers, a spin loop's awaitChange, a wait on a word that ors write, a write
-      // whose value before it is not known) the sequence is inserted where p could run at latest's state, though
-      // its last step may still find p blocked (a wakeup miss), and Source-DPOR's rule is the fallback elsewhere.
+      // Otherwise the sequence is inserted where p could run at latest's state: a lock taker held out by the
+      // holder's claim (the lock was free there), unless p's thread was blocked there on an earlier operation. Else
+      // (that case; a writer's wait for readers, a spin loop's awaitChange, a wait on a word that ors write, a write
+      // whose value before it is not known) p may still be blocked at the sequence's end (a wakeup miss) or cannot
+      // run at latest's state, and Source-DPOR's rule is the fallback.
       if (this.optimal && (runs || (at.enabled & (1 << p)) !== 0)) {
         this.insertSequence(latest, j + 1, p, acc);
         return;
