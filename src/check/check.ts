@@ -3,7 +3,7 @@
 import { KvmmuError } from '../shm/errors';
 import { ALL_GUARDS, GUARDS, GUARD_NAMES, guardsOff, type GuardName, type IndirectFastPath, type MmuMode, type PageMarking } from '../kvm/config';
 import { Engine, type GenScenarioModule } from './engine';
-import { ReplayChooser, ScheduleMismatch, exploreSlices, replaySchedule, runSlices, type ExploreProgress, type ExploreResult, type FoundViolation, type Reduction, type StopRequest, type Strategy } from './explore';
+import { ReplayChooser, ScheduleMismatch, exploreSlices, replaySchedule, runSlices, type ExploreProgress, type ExploreResult, type DonatedNode, type FoundViolation, type Reduction, type StopRequest, type Strategy } from './explore';
 import { builtinMonitors } from './invariants';
 import { encodeReplay, renderTable, traceRows, type ReplaySpec, type TraceRow } from './trace';
 import type { ScenarioContext, ScenarioSpec } from './gen/scenario';
@@ -30,6 +30,8 @@ export interface CheckOptions {
   readonly now?: () => number;
   /** Stop early when set (runCheckAsync lets a signal handler set it); the report then says how far it got. */
   readonly stop?: StopRequest;
+  /** A search stopped on its budget hands its state here, for a split search to carry on (explore's onHandOff). */
+  readonly onHandOff?: (nodes: DonatedNode[]) => void;
 }
 
 export interface CheckViolation {
@@ -82,13 +84,20 @@ export interface CheckReport {
   readonly workers: number;
   /** A split search's jobs (parallel DPOR); null for the sequential search. */
   readonly jobs: number | null;
-  /**
-   * A split search begun after the sequential search had run for a while without an answer (kvmmu check
-   * without --workers): that first search's figures, not counted in `executions` (the split one starts afresh).
-   */
   /** Over a queue: jobs begun again on another worker after theirs stopped answering (BullMQ's stalled-job retry). */
   readonly retried?: number;
-  readonly sequentialFirst?: { readonly executions: number; readonly seconds: number; readonly reduction: Reduction | null };
+  /**
+   * A split search begun after the sequential search had run for a while without an answer (kvmmu check
+   * without --workers): that first search's figures. Handed over, the split search carried on from where it
+   * stopped, and the totals count both; else the split search started afresh, and they count it alone.
+   */
+  readonly sequentialFirst?: {
+    readonly executions: number;
+    readonly seconds: number;
+    readonly reduction: Reduction | null;
+    /** The split search carried on from the sequential search's state (counted in the totals), rather than from the start. */
+    readonly handedOver: boolean;
+  };
 }
 
 const STATEMENTS: Readonly<Record<string, string>> = {
@@ -141,6 +150,7 @@ export function* checkSlices(gen: GenScenarioModule, spec: ScenarioSpec, o: Chec
     now: o.now,
     stop: o.stop,
     invariant: o.invariant,
+    onHandOff: o.onHandOff,
   });
   return yield* finishCheck(engine, spec, ctx, o, result);
 }

@@ -64,6 +64,11 @@ export interface ExploreOptions {
    */
   readonly job?: JobSeed;
   readonly sink?: JobSink;
+  /**
+   * When the search stops on its execution or time budget (DPOR or DFS, not a job): its state, handed over to a
+   * split search that carries on from there (Systematic.handOff), rather than starting afresh.
+   */
+  readonly onHandOff?: (nodes: DonatedNode[]) => void;
 }
 
 /** A job of a split search as the explorer takes it (split.ts builds it): the subtree below a schedule prefix. */
@@ -579,18 +584,44 @@ class Systematic implements Chooser {
     }
     if (d < 0) return null;
     const out: DonatedNode[] = [];
-    for (let k = this.root; k <= d; k++) {
-      const nd = this.nodes[k]!;
-      const full = new Array<Access | null>(this.n).fill(null);
-      for (let m = nd.done | nd.sleep; m !== 0; m &= m - 1) {
-        const p = lowest(m);
-        full[p] = fullOf(nd, p);
-      }
-      // A branch just taken (the next execution's first new step) has not run: what it touches is not known yet.
-      const unknown = k >= this.fresh ? 1 << nd.chosen : 0;
-      out.push({ enabled: nd.enabled, sleep: nd.sleep, done: nd.done, backtrack: nd.backtrack, chosen: nd.chosen, prev: nd.prev, preemptions: nd.preemptions, full, unknown });
-    }
+    // A branch just taken (the next execution's first new step) has not run: what it touches is not known yet.
+    for (let k = this.root; k <= d; k++) out.push(this.donated(this.nodes[k]!, k >= this.fresh ? 1 << this.nodes[k]!.chosen : 0));
     this.root = d + 1;
+    return out;
+  }
+
+  /** Node `nd` as the coordinator takes it (done, sleep and backtrack as they are; `unknown` as given). */
+  private donated(nd: Node, unknown: number): DonatedNode {
+    const full = new Array<Access | null>(this.n).fill(null);
+    for (let m = nd.done | nd.sleep; m !== 0; m &= m - 1) {
+      const p = lowest(m);
+      full[p] = fullOf(nd, p);
+    }
+    return { enabled: nd.enabled, sleep: nd.sleep, done: nd.done, backtrack: nd.backtrack, chosen: nd.chosen, prev: nd.prev, preemptions: nd.preemptions, full, unknown };
+  }
+
+  /**
+   * Hand the whole search over to a split search's coordinator (split.ts), just after nextBranch took a branch:
+   * every node of the current path, with what is still to explore at each as Source-DPOR's alternatives. The
+   * branch just taken at the deepest node has not run, so it goes back to waiting there; above it, each node's
+   * chosen branch is the one the deeper nodes carry on. Optimal-DPOR's wakeup sequences still waiting become
+   * their first threads: the split search explores from each freely, with the node's sleep set, as Source-DPOR
+   * does for a race whose initial it schedules. (Its sleep sets are Source-DPOR's, so the branches explored so
+   * far, in the done sets, keep the meaning Source-DPOR gives them.) This search ends here.
+   */
+  handOff(): DonatedNode[] {
+    const out: DonatedNode[] = [];
+    const last = this.nodes.length - 1;
+    for (let k = this.root; k <= last; k++) {
+      const nd = this.nodes[k]!;
+      if (nd.chosen < 0) break;
+      for (const c of nd.wakeup ?? []) if (k === last || c.thread !== nd.chosen) nd.backtrack |= 1 << c.thread;
+      if (k === last) {
+        nd.done &= ~(1 << nd.chosen);
+        nd.backtrack |= 1 << nd.chosen;
+      }
+      out.push(this.donated(nd, 0));
+    }
     return out;
   }
 
@@ -1256,7 +1287,10 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
       if (given !== null) o.sink.donate(given);
     }
     const t = now();
-    if (executions >= maxExec || t >= deadline) break;
+    if (executions >= maxExec || t >= deadline) {
+      if (sys !== null && o.onHandOff !== undefined && o.job === undefined) o.onHandOff(sys.handOff());
+      break;
+    }
     if (o.onProgress !== undefined && t - lastProgress >= 200) {
       lastProgress = t;
       o.onProgress({ executions, abandoned: sys?.abandoned ?? 0, seconds: (t - t0) / 1000, pending: sys?.pending() ?? null, estimate: sys?.estimate(executions) ?? null });

@@ -205,6 +205,18 @@ export class SplitCoordinator {
     for (const x of made) this.expand(x, id);
   }
 
+  /**
+   * Carry on a sequential search (explore's onHandOff, Systematic.handOff): the first job, the whole tree, is taken
+   * as the sequential search that ran it, which gives every node of its path to this coordinator and ends. Each
+   * alternative still waiting on that path becomes a job. Call before any job is taken.
+   */
+  handOff(nodes: readonly DonatedNode[]): void {
+    if (this.jobsMade !== 1 || this.queue.length !== 1) throw new Error('split search: a hand-off comes before any job runs');
+    const first = this.take()!;
+    this.donate(first.id, nodes);
+    this.done(first.id, 0);
+  }
+
   /** Progress of job `id`: executions so far. */
   progress(id: number, executions: number): void {
     const r = this.running.get(id);
@@ -282,9 +294,12 @@ export function exploreSplitInline(
     record?: boolean;
     /** Asked between executions: stop the search here (not exhaustive then). */
     stopWhen?: () => boolean;
+    /** Carry on from a sequential search's state (SplitCoordinator.handOff). */
+    handOff?: readonly DonatedNode[];
   },
 ): { executions: number; complete: boolean; violation: FoundViolation | null; jobs: number; messages: number; records: JobRecord[] } {
   const coord = new SplitCoordinator(engine.threadNames.length, o.preemptions ?? -1, o.record === true);
+  if (o.handOff !== undefined) coord.handOff(o.handOff);
   let executions = 0;
   let complete = true;
   let violation: FoundViolation | null = null;

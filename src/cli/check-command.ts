@@ -9,7 +9,7 @@ import { checkSlices, contextFor, engineFor, finishCheck, replayCheck, searchBou
 import { runSlices } from '../check/explore';
 import { CheckPool, exploreParallel, kvmmuVersion, sha256File, type SearchSettings, type SplitProgress } from './parallel';
 import { exploreOnQueue } from './queue';
-import type { ExploreProgress, Reduction, StopRequest, Strategy } from '../check/explore';
+import type { DonatedNode, ExploreProgress, Reduction, StopRequest, Strategy } from '../check/explore';
 import type { ScenarioSpec } from '../check/gen/scenario';
 import { decodeReplay, renderTable, type ReplaySpec } from '../check/trace';
 import { replayOnThreads } from '../runtime/thread-replay';
@@ -140,19 +140,41 @@ async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule
     if (!workers.adaptive) return await sequentialCheck(o, gen, spec, guards, stop, status);
     // No --workers: the sequential search first; if it has neither answer nor end by then, all the cores.
     const first = Math.min(o.splitAfter ?? SEQUENTIAL_FIRST_SECONDS, o.seconds ?? Infinity);
-    const seq = await sequentialCheck({ ...o, seconds: first }, gen, spec, guards, stop, status);
+    let handOff: DonatedNode[] | undefined;
+    const seq = await sequentialCheck({ ...o, seconds: first }, gen, spec, guards, stop, status, (nodes) => (handOff = nodes));
     const unfinished = seq.violation === null && !seq.interrupted && (seq.pending ?? 0) > 0;
     const left = o.seconds !== undefined ? o.seconds - seq.seconds : undefined;
     if (!unfinished || (left !== undefined && left <= 0)) return seq;
-    const split = await userCodeAsync(o.file, () => splitCheck({ ...o, seconds: left }, gen, spec, guards, stop, workers.n, status, pool));
-    return { ...split, sequentialFirst: { executions: seq.executions, seconds: seq.seconds, reduction: seq.reduction } };
+    // The split search carries on from the sequential search's state (its path's alternatives become jobs).
+    const split = await userCodeAsync(o.file, () => splitCheck({ ...o, seconds: left }, gen, spec, guards, stop, workers.n, status, pool, handOff));
+    const handedOver = handOff !== undefined;
+    const sequentialFirst = { executions: seq.executions, seconds: seq.seconds, reduction: seq.reduction, handedOver };
+    if (!handedOver) return { ...split, sequentialFirst };
+    return {
+      ...split,
+      executions: seq.executions + split.executions,
+      abandoned: seq.abandoned + split.abandoned,
+      boundCut: seq.boundCut + split.boundCut,
+      unfair: seq.unfair + split.unfair,
+      truncated: seq.truncated + split.truncated,
+      seconds: seq.seconds + split.seconds,
+      sequentialFirst,
+    };
   } finally {
     status?.clear();
   }
 }
 
 /** The sequential search (one worker: this thread). */
-async function sequentialCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, status: StatusLine | null): Promise<CheckReport> {
+async function sequentialCheck(
+  o: CheckCliOptions,
+  gen: ReturnType<typeof loadGenModule>,
+  spec: ScenarioSpec,
+  guards: number,
+  stop: StopRequest,
+  status: StatusLine | null,
+  onHandOff?: (nodes: DonatedNode[]) => void,
+): Promise<CheckReport> {
   return await userCodeAsync(o.file, () =>
     runCheckAsync(gen, spec, {
       mode: o.mode,
@@ -168,6 +190,7 @@ async function sequentialCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGe
       seed: o.seed,
       onProgress: status === null ? undefined : (p) => status.show(progressLine(spec.name, p)),
       stop,
+      onHandOff,
     }),
   );
 }
@@ -185,7 +208,17 @@ export async function checkBuiltin(gen: ReturnType<typeof loadGenModule>, spec: 
  * A check split over worker threads (parallel.ts) or, with --queue, over `kvmmu worker` processes (queue.ts);
  * the counterexample is minimized and rendered here, as in the sequential search.
  */
-async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, workers: number, status: StatusLine | null, pool: CheckPool | undefined): Promise<CheckReport> {
+async function splitCheck(
+  o: CheckCliOptions,
+  gen: ReturnType<typeof loadGenModule>,
+  spec: ScenarioSpec,
+  guards: number,
+  stop: StopRequest,
+  workers: number,
+  status: StatusLine | null,
+  pool: CheckPool | undefined,
+  handOff?: readonly DonatedNode[],
+): Promise<CheckReport> {
   const co: CheckOptions = {
     mode: o.mode,
     guards,
@@ -212,6 +245,7 @@ async function splitCheck(o: CheckCliOptions, gen: ReturnType<typeof loadGenModu
     stop,
     recordJobs: o.recordJobs !== undefined,
     pool,
+    handOff,
     onProgress: status === null ? undefined : (p: SplitProgress) => status.show(splitProgressLine(spec.name, p)),
   };
   const result = o.queue !== undefined ? await exploreOnQueue(o.queue, settings, engine.threadNames.length, po) : await exploreParallel(settings, engine.threadNames.length, po);
@@ -415,12 +449,17 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   // A scenario on raw memory has no VM: no guard or MMU setting reaches its code.
   lines.push(r.mode === null ? `scenario ${r.scenario} (raw memory, no VM)` : `scenario ${r.scenario}${mode}, ${off}${marking}`);
   const rate = r.seconds > 0 ? ` (${Math.round(r.executions / r.seconds)}/s)` : '';
-  const how = r.reduction !== null ? ` (${r.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
+  const name = (x: Reduction): string => `${x === 'optimal' ? 'Optimal' : 'Source'}-DPOR`;
+  const first = r.sequentialFirst?.handedOver === true ? r.sequentialFirst.reduction : null;
+  const how = r.reduction === null ? '' : first !== null && first !== r.reduction ? ` (${name(first)}, then ${name(r.reduction)})` : ` (${name(r.reduction)})`;
   const split = r.jobs !== null ? ` on ${r.workers} workers (${r.jobs} jobs${r.retried !== undefined && r.retried > 0 ? `, ${r.retried} begun again after their worker stopped answering` : ''})` : '';
   if (r.sequentialFirst !== undefined) {
     const f = r.sequentialFirst;
     const fhow = f.reduction !== null ? ` (${f.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
-    lines.push(`${r.strategy}${fhow} on one worker: ${f.executions} executions in ${f.seconds.toFixed(2)} s without an end; split over ${r.workers} workers from the start (not counted below)`);
+    lines.push(
+      `${r.strategy}${fhow} on one worker: ${f.executions} executions in ${f.seconds.toFixed(2)} s without an end; ` +
+        (f.handedOver ? `carried on over ${r.workers} workers from there (counted below)` : `split over ${r.workers} workers from the start (not counted below)`),
+    );
   }
   lines.push(`${r.strategy}${how}: ${r.executions} execution${r.executions === 1 ? '' : 's'} in ${r.seconds.toFixed(2)} s${rate}${split}`);
   if (r.strategy !== 'replay' && r.reduction !== null) {

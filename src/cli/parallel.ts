@@ -224,6 +224,8 @@ export interface ParallelOptions {
   readonly recordJobs?: boolean;
   /** Worker threads kept from one check to the next (else a pool of `workers` is made for this check). */
   readonly pool?: CheckPool;
+  /** Carry on from a sequential search's state (explore's onHandOff) instead of starting from the root. */
+  readonly handOff?: readonly DonatedNode[];
 }
 
 export interface ParallelResult extends ExploreResult {
@@ -374,6 +376,7 @@ async function exploreOnPool(pool: CheckPool, s: SearchSettings, threads: number
   const n = pool.size;
   const key = settingsKey(s);
   const coord = new SplitCoordinator(threads, s.bound, o.recordJobs === true);
+  if (o.handOff !== undefined) coord.handOff(o.handOff);
   const totals = new SearchTotals(coord);
   const flags = pool.flags;
   // Per worker: a job's id, -1 idle, -2 failed, -3 loading.

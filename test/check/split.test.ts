@@ -7,13 +7,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { contextFor } from '../../src/check/check';
 import { Engine } from '../../src/check/engine';
-import { explore } from '../../src/check/explore';
+import { explore, type DonatedNode, type Reduction } from '../../src/check/explore';
 import { exploreSplitInline } from '../../src/check/split';
 import { builtinMonitors } from '../../src/check/invariants';
 import type { ScenarioSpec } from '../../src/check/gen/scenario';
 import { ALL_GUARDS, GUARDS } from '../../src/kvm/config';
 import { rng } from '../helpers/rng';
-import { randomProgram, randomProgramScenario, recordingEngine, type Op } from '../helpers/random-program';
+import { lockyProgram, randomProgram, randomProgramScenario, recordingEngine, type Op } from '../helpers/random-program';
 
 const { gen, spec } = randomProgramScenario('split-random');
 
@@ -42,6 +42,36 @@ test('the split search (jobs taken in random order, work given away at random) r
     const missing = [...dfs].filter((s) => !split.has(s));
     const extra = [...split].filter((s) => !dfs.has(s));
     assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `seed ${seed}: ${JSON.stringify(program)}`);
+  }
+});
+
+/**
+ * The sequential search for `first` executions, then its state handed over to the split search (jobs in random
+ * order, work given away at random), which carries on: every final state either phase reached.
+ */
+function handedOverStates(program: Op[][], reduction: Reduction, first: number, seed: number): Set<string> {
+  const { engine, states } = recordingEngine(gen, spec, program);
+  let nodes: DonatedNode[] | null = null;
+  const seq = explore(engine, { strategy: 'dpor', reduction, continueAfterViolation: true, maxExecutions: first, onHandOff: (n) => (nodes = n) });
+  if (seq.complete) return states;
+  assert.ok(nodes !== null, 'a search stopped on its budget hands its state over');
+  const r = rng(seed);
+  const res = exploreSplitInline(engine, { strategy: 'dpor', continueAfterViolation: true, split: () => r(3) > 0, pick: (n) => r(n), handOff: nodes });
+  assert.ok(res.complete, `the split search did not finish after the hand-off: ${JSON.stringify(program)}`);
+  return states;
+}
+
+test('a sequential search handed over to the split search part way (Optimal- or Source-DPOR, after 1 to 12 executions) reaches every final state exhaustive DFS reaches, and no other, on 300 random programs', () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = rng(seed * 104_729);
+    const program = seed % 2 === 0 ? randomProgram(r) : lockyProgram(r);
+    const dfs = finalStates(program, 'dfs');
+    for (const reduction of ['optimal', 'source'] as const) {
+      const got = handedOverStates(program, reduction, 1 + r(12), seed);
+      const missing = [...dfs].filter((x) => !got.has(x));
+      const extra = [...got].filter((x) => !dfs.has(x));
+      assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `seed ${seed}, ${reduction}: ${JSON.stringify(program)}`);
+    }
   }
 });
 
@@ -94,17 +124,20 @@ test('kvmmu check refuses --workers 0, and --reduction optimal on more than one 
   assert.equal(opt.stdout, '');
 });
 
-test('kvmmu check without --workers: a short check stays on one worker; one still running after --split-after splits over the cores, from the start', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
+test('kvmmu check without --workers: a short check stays on one worker; one still running after --split-after carries on over the cores from where it stopped', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
   const short = check(['--scenario', 'dirty-bit-loss']);
   assert.equal(short.workers, 1);
   assert.equal(short.sequentialFirst, null);
   assert.equal(short.reduction, 'optimal');
-  // wp-tlb-flush runs for seconds: with --split-after 0.2 it splits, and the split search is exhaustive on its own.
+  // wp-tlb-flush runs for seconds: with --split-after 0.2 it splits, and the split search carries on from the
+  // sequential search's state to an exhaustive verdict; the totals count both.
   const long = check(['--scenario', 'wp-tlb-flush', '--split-after', '0.2']);
   assert.equal(long.workers, os.availableParallelism());
   assert.equal(long.reduction, 'source');
-  const first = long.sequentialFirst as { executions: number; seconds: number; reduction: string };
+  const first = long.sequentialFirst as { executions: number; seconds: number; reduction: string; handedOver: boolean };
   assert.equal(first.reduction, 'optimal');
+  assert.equal(first.handedOver, true);
   assert.ok(first.executions > 0 && first.seconds >= 0.2, JSON.stringify(first));
+  assert.ok((long.executions as number) > first.executions);
   assert.equal(long.complete, true);
 });
