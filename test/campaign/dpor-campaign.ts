@@ -1,11 +1,15 @@
 // A differential campaign (a script, not a test): Optimal- and Source-DPOR against exhaustive DFS on many random programs, by final states and by classes of equivalent executions, with the executions each reduction abandoned and its wakeup misses.
 //
-// npm run build && node dist/test/campaign/dpor-campaign.js [--from N] [--count N] [--locky] [--quiet] [--dump]
-//   --locky  programs where most threads take a lock or wait on a word and release late (lockyProgram)
-//   --quiet  print only what is wrong and the totals; --dump  one line a program, to compare two versions
+// npm run build && node dist/test/campaign/dpor-campaign.js [--from N] [--count N] [--locky] [--handoff] [--quiet] [--dump]
+//   --locky    programs where most threads take a lock or wait on a word and release late (lockyProgram)
+//   --handoff  Source-DPOR stops after a random number of executions (under half DFS's classes, so most
+//              do stop) and the split search carries on from its state (Optimal-DPOR's is not handed over)
+//              (kvmmu check past --split-after: Systematic.handOff), jobs in random order, work given away at random
+//   --quiet    print only what is wrong and the totals; --dump  one line a program, to compare two versions
 // Exits 1 if a reduction missed a final state or a class DFS reached, or reached one DFS did not.
 
-import { explore, type Reduction } from '../../src/check/explore';
+import { explore, type DonatedNode, type ExploreResult, type Reduction } from '../../src/check/explore';
+import { exploreSplitInline } from '../../src/check/split';
 import { rng } from '../helpers/rng';
 import { randomProgram, lockyProgram, randomProgramScenario, recordingEngine, type Op } from '../helpers/random-program';
 
@@ -19,16 +23,32 @@ const count = opt('--count', 1000);
 const locky = args.includes('--locky');
 const quiet = args.includes('--quiet');
 const dump = args.includes('--dump');
+const handoff = args.includes('--handoff');
 const { gen, spec } = randomProgramScenario('dpor-campaign');
 
-function run(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction) {
+function run(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction, seed = 1, dfsClasses = 2) {
   const { engine, states, classes } = recordingEngine(gen, spec, program, true);
+  if (handoff && strategy === 'dpor' && reduction === 'source') {
+    // The sequential search for a few executions, then the split search from its state; the counts are the first's.
+    const r = rng(seed * 31);
+    let nodes: DonatedNode[] | null = null;
+    const first = 1 + r(Math.max(1, Math.floor(dfsClasses / 2)));
+    const res: ExploreResult = explore(engine, { strategy, reduction, continueAfterViolation: true, maxExecutions: first, onHandOff: (x) => (nodes = x) });
+    if (!res.complete) handedOver++;
+    if (!res.complete) {
+      const rest = exploreSplitInline(engine, { strategy, continueAfterViolation: true, split: () => r(3) > 0, pick: (n) => r(n), handOff: nodes! });
+      if (!rest.complete) throw new Error(`the split search did not finish after the hand-off: ${JSON.stringify(program)}`);
+    }
+    return { states, classes, res };
+  }
   const res = explore(engine, { strategy, reduction, continueAfterViolation: true, maxExecutions: 200_000 });
   if (!res.complete) throw new Error(`${strategy} ${reduction ?? ''} did not finish: ${JSON.stringify(program)}`);
   return { states, classes, res };
 }
 
 let unsound = 0;
+/** Runs the split search carried on from (--handoff). */
+let handedOver = 0;
 // Classes DFS reaches that a reduction missed (its final states may all be reached still), and classes
 // Optimal-DPOR explored more than once.
 let classesMissed = 0;
@@ -42,7 +62,7 @@ for (let seed = from; seed < from + count; seed++) {
   totals.dfs += dfs.res.executions;
   totals.classes += dfs.classes.size;
   for (const reduction of ['optimal', 'source'] as const) {
-    const d = run(program, 'dpor', reduction);
+    const d = run(program, 'dpor', reduction, seed, dfs.classes.size);
     const missing = [...dfs.states].filter((s) => !d.states.has(s));
     const extra = [...d.states].filter((s) => !dfs.states.has(s));
     const lost = [...dfs.classes.keys()].filter((c) => !d.classes.has(c)).length;
@@ -67,5 +87,5 @@ for (let seed = from; seed < from + count; seed++) {
     }
   }
 }
-console.log(JSON.stringify({ from, count, locky, unsound, classesMissed, classesTwice, programsWithAbandons: withAbandons, ...totals, seconds: (Date.now() - t0) / 1000 }));
+console.log(JSON.stringify({ from, count, locky, handoff, handedOver, unsound, classesMissed, classesTwice, programsWithAbandons: withAbandons, ...totals, seconds: (Date.now() - t0) / 1000 }));
 process.exitCode = unsound > 0 ? 1 : 0;
