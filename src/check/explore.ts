@@ -291,6 +291,13 @@ const bitsOf = (m: number): number[] => {
   return out;
 };
 const lowest = (m: number): number => 31 - Math.clz32(m & -m);
+
+/** A typed array twice as long as `a`, starting with `a`'s contents (the explorer's per-step tables grow so). */
+function doubled<T extends Int32Array | Float64Array>(a: T): T {
+  const b = new (a.constructor as new (n: number) => T)(a.length * 2);
+  b.set(a);
+  return b;
+}
 const popcount = (m: number): number => {
   let k = 0;
   for (; m !== 0; m &= m - 1) k++;
@@ -404,14 +411,9 @@ class Systematic implements Chooser {
   private noteWrite(j: number, key: number, prev: number): void {
     const w = this.wn;
     if (w === this.wKey.length) {
-      const grow = <T extends Float64Array | Int32Array>(a: T, make: (n: number) => T): T => {
-        const b = make(a.length * 2);
-        b.set(a);
-        return b;
-      };
-      this.wKey = grow(this.wKey, (n) => new Float64Array(n));
-      this.wPrev = grow(this.wPrev, (n) => new Int32Array(n));
-      this.wVal = grow(this.wVal, (n) => new Float64Array(n));
+      this.wKey = doubled(this.wKey);
+      this.wPrev = doubled(this.wPrev);
+      this.wVal = doubled(this.wVal);
     }
     this.wKey[w] = key;
     this.wPrev[w] = prev;
@@ -681,18 +683,10 @@ class Systematic implements Chooser {
       // A split search's job: its root's parent is the coordinator's, which must learn what this step touched.
       if (j === this.root - 1) this.sink?.full(j, t, acc);
     }
-    if (j === this.wStart.length) {
-      const grown = new Int32Array(j * 2);
-      grown.set(this.wStart);
-      this.wStart = grown;
-    }
+    if (j === this.wStart.length) this.wStart = doubled(this.wStart);
     this.wStart[j] = this.wn;
     this.local[t]! += 1;
-    if ((j + 1) * n > this.vcs.length) {
-      const grown = new Int32Array(this.vcs.length * 2);
-      grown.set(this.vcs);
-      this.vcs = grown;
-    }
+    if ((j + 1) * n > this.vcs.length) this.vcs = doubled(this.vcs);
     const vcs = this.vcs;
     const base = j * n;
     const prev = this.lastOf[t]!;

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { contextFor } from '../../src/check/check';
 import { Engine } from '../../src/check/engine';
-import { explore, type DonatedNode, type Reduction } from '../../src/check/explore';
+import { explore, type DonatedNode } from '../../src/check/explore';
 import { exploreSplitInline } from '../../src/check/split';
 import { builtinMonitors } from '../../src/check/invariants';
 import type { ScenarioSpec } from '../../src/check/gen/scenario';
@@ -46,13 +46,13 @@ test('the split search (jobs taken in random order, work given away at random) r
 });
 
 /**
- * The sequential search for `first` executions, then its state handed over to the split search (jobs in random
+ * Source-DPOR for `first` executions, then its state handed over to the split search (jobs in random
  * order, work given away at random), which carries on: every final state either phase reached.
  */
-function handedOverStates(program: Op[][], reduction: Reduction, first: number, seed: number): Set<string> {
+function handedOverStates(program: Op[][], first: number, seed: number): Set<string> {
   const { engine, states } = recordingEngine(gen, spec, program);
   let nodes: DonatedNode[] | null = null;
-  const seq = explore(engine, { strategy: 'dpor', reduction, continueAfterViolation: true, maxExecutions: first, onHandOff: (n) => (nodes = n) });
+  const seq = explore(engine, { strategy: 'dpor', reduction: 'source', continueAfterViolation: true, maxExecutions: first, onHandOff: (n) => (nodes = n) });
   if (seq.complete) return states;
   assert.ok(nodes !== null, 'a search stopped on its budget hands its state over');
   const r = rng(seed);
@@ -66,7 +66,7 @@ test('a Source-DPOR search handed over to the split search part way (after 1 to 
     const r = rng(seed * 104_729);
     const program = seed % 2 === 0 ? randomProgram(r) : lockyProgram(r);
     const dfs = finalStates(program, 'dfs');
-    const got = handedOverStates(program, 'source', 1 + r(12), seed);
+    const got = handedOverStates(program, 1 + r(12), seed);
     const missing = [...dfs].filter((x) => !got.has(x));
     const extra = [...got].filter((x) => !dfs.has(x));
     assert.deepEqual({ missing, extra }, { missing: [], extra: [] }, `seed ${seed}: ${JSON.stringify(program)}`);

@@ -88,37 +88,36 @@ const KINDS32 = ['load32', 'store32', 'storeRelease32', 'cmpxchg32', 'xchg32', '
 const KINDS64 = ['load64', 'store64', 'cmpxchg64', 'xchg64'];
 const KINDS_DATA = ['loadData64', 'storeData64', 'cmpxchgData64', 'copyData', 'writeData', 'compareData'];
 
-/** Two or three threads of one to four operations (a lock section's included), on a few locations. */
-export function randomProgram(r: (n: number) => number): Op[][] {
-  const pools = [KINDS32, KINDS64, KINDS_DATA].filter(() => r(3) > 0);
-  if (pools.length === 0) pools.push(KINDS32);
-  const lockUsed = r(2) === 0;
-  const simple = (): Op => {
-    const kinds = pools[r(pools.length)]!;
-    const k = kinds[r(kinds.length)]!;
-    const op: Op = { k, l: r(k.endsWith('64') && !k.includes('Data') ? 2 : k.includes('Data') ? 2 : 3), v: 1 + r(3), w: r(3) };
-    if (r(6) === 0) {
-      op.then = { k: KINDS32[r(KINDS32.length)]!, l: r(3), v: 1 + r(3), w: r(3) };
-      op.when = r(3);
-    }
-    return op;
-  };
+/** How a random program's threads are drawn (programOf); every draw comes from the program's random stream, in this order. */
+interface ProgramShape {
+  /** Operations of a thread, when the program has `n` threads. */
+  len(n: number): number;
+  /** Open a lock section here, with `room` operations left to place? */
+  section(room: number): boolean;
+  /** The section's lock operations: take, release. */
+  lock(): [string, string];
+  /** Is the section released (else never)? */
+  released(): boolean;
+  /** One operation outside the lock words. */
+  op(): Op;
+}
+
+/** Two or three threads drawn to `shape`: operations, and lock sections holding some of them. */
+function programOf(r: (n: number) => number, shape: ProgramShape): Op[][] {
   const threads: Op[][] = [];
   const n = 2 + r(2);
   for (let t = 0; t < 3; t++) {
     const ops: Op[] = [];
     if (t < n) {
-      const len = 1 + r(n === 3 ? 3 : 4);
+      const len = shape.len(n);
       while (ops.length < len) {
         const room = len - ops.length;
-        if (lockUsed && room >= 2 && r(3) === 0) {
-          // A section of the ticket lock, or of the reader-writer lock for reading or writing.
-          const kind = r(3);
-          const [take, release] = kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['readLock', 'readUnlock'] : ['writeLock', 'writeUnlock'];
-          ops.push({ k: take!, l: 0, v: 0, w: 0 });
-          for (let i = r(room - 1); i > 0; i--) ops.push(simple());
-          if (r(5) > 0) ops.push({ k: release!, l: 0, v: 0, w: 0 }); // sometimes never released
-        } else ops.push(simple());
+        if (shape.section(room)) {
+          const [take, release] = shape.lock();
+          ops.push({ k: take, l: 0, v: 0, w: 0 });
+          for (let i = r(room - 1); i > 0; i--) ops.push(shape.op());
+          if (shape.released()) ops.push({ k: release, l: 0, v: 0, w: 0 });
+        } else ops.push(shape.op());
       }
     }
     threads.push(ops);
@@ -126,36 +125,49 @@ export function randomProgram(r: (n: number) => number): Op[][] {
   return threads;
 }
 
+/** Two or three threads of one to four operations (a lock section's included), on a few locations. */
+export function randomProgram(r: (n: number) => number): Op[][] {
+  const pools = [KINDS32, KINDS64, KINDS_DATA].filter(() => r(3) > 0);
+  if (pools.length === 0) pools.push(KINDS32);
+  const lockUsed = r(2) === 0;
+  return programOf(r, {
+    len: (n) => 1 + r(n === 3 ? 3 : 4),
+    // A section of the ticket lock, or of the reader-writer lock for reading or writing; sometimes never released.
+    section: (room) => lockUsed && room >= 2 && r(3) === 0,
+    lock: () => {
+      const kind = r(3);
+      return kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['readLock', 'readUnlock'] : ['writeLock', 'writeUnlock'];
+    },
+    released: () => r(5) > 0,
+    op: () => {
+      const kinds = pools[r(pools.length)]!;
+      const k = kinds[r(kinds.length)]!;
+      const op: Op = { k, l: r(k.endsWith('64') && !k.includes('Data') ? 2 : k.includes('Data') ? 2 : 3), v: 1 + r(3), w: r(3) };
+      if (r(6) === 0) {
+        op.then = { k: KINDS32[r(KINDS32.length)]!, l: r(3), v: 1 + r(3), w: r(3) };
+        op.when = r(3);
+      }
+      return op;
+    },
+  });
+}
 
 /**
  * Like randomProgram, but most threads take a lock (the ticket lock or the reader-writer lock) or wait on a word,
  * and release late or never: the blocked threads' races (explore.ts pendingRace) come up in most programs.
  */
 export function lockyProgram(r: (n: number) => number): Op[][] {
-  const word = (): Op => {
-    const kinds = ['load32', 'store32', 'cmpxchg32', 'fetchAdd32', 'waitWhile32', 'waitWhile32'];
-    return { k: kinds[r(kinds.length)]!, l: r(3), v: 1 + r(3), w: r(3) };
-  };
-  const threads: Op[][] = [];
-  const n = 2 + r(2);
-  for (let t = 0; t < 3; t++) {
-    const ops: Op[] = [];
-    if (t < n) {
-      const len = 1 + r(n === 3 ? 4 : 5);
-      while (ops.length < len) {
-        const room = len - ops.length;
-        if (room >= 2 && r(2) === 0) {
-          const kind = r(4);
-          const [take, release] = kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['writeLock', 'writeUnlock'] : ['readLock', 'readUnlock'];
-          ops.push({ k: take!, l: 0, v: 0, w: 0 });
-          for (let i = r(room - 1); i > 0; i--) ops.push(word());
-          if (r(4) > 0) ops.push({ k: release!, l: 0, v: 0, w: 0 });
-        } else ops.push(word());
-      }
-    }
-    threads.push(ops);
-  }
-  return threads;
+  const kinds = ['load32', 'store32', 'cmpxchg32', 'fetchAdd32', 'waitWhile32', 'waitWhile32'];
+  return programOf(r, {
+    len: (n) => 1 + r(n === 3 ? 4 : 5),
+    section: (room) => room >= 2 && r(2) === 0,
+    lock: () => {
+      const kind = r(4);
+      return kind === 0 ? ['lock', 'unlock'] : kind === 1 ? ['writeLock', 'writeUnlock'] : ['readLock', 'readUnlock'];
+    },
+    released: () => r(4) > 0,
+    op: () => ({ k: kinds[r(kinds.length)]!, l: r(3), v: 1 + r(3), w: r(3) }),
+  });
 }
 
 /**
