@@ -1,7 +1,7 @@
 // Checker benchmark: for each built-in scenario and the classic benchmarks lastzero(N) and cas(N), exhaustive DPOR three ways side by side (the search before failed compare-and-swaps were reads, Source-DPOR, Optimal-DPOR: complete and abandoned executions, time, executions/s), plain DFS, and the time to find the bug with its guard off.
 //
 //   node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic] [--repeat N]
-//   node dist/bench/check.js --workers 1,2 [--seconds S] [--only NAME,...] [--json]   (parallel DPOR side by side)
+//   node dist/bench/check.js --workers 1,2 [--seconds S] [--min-seconds M] [--only NAME,...] [--json]   (parallel DPOR side by side)
 //
 // Each scenario is explored once untimed first (compiling its code paths); the figures are the runs after, in
 // one process, one after the other, so they compare side by side. With --repeat N the three DPOR ways alternate
@@ -76,6 +76,7 @@ function measure(r: CheckReport): { executions: number; seconds: number; perSeco
 }
 
 const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic] [--repeat N]
+       node dist/bench/check.js --workers 1,2 [--seconds S] [--min-seconds M] [--only NAME,...] [--json]
 
 For each built-in scenario, side by side in one process: exhaustive DPOR as it
 was before failed compare-and-swaps counted as reads (Source-DPOR, every
@@ -87,6 +88,14 @@ guard off. Then the classic benchmarks lastzero(N) and cas(N) at a few sizes
 cas-N name any size); --no-classic leaves the classic ones out. --repeat N
 alternates the three DPOR ways N times (default 1) and reports the run of
 median time of each. --json prints the rows as JSON.
+
+With --workers, for each built-in, inc(6) and examples/dirty-log-two-vcpus.ts
+(direct and shadow mode): the sequential search (Source-DPOR) and the split
+search on each worker count, both warm, each for at most S seconds (default
+20); a search over in less than M seconds (default 1) runs again until its
+runs add up to M, and its figures are their sums. Then as many independent
+sequential searches at once as the largest count (the machine's ceiling), for
+scenarios whose searches each ran once.
 `;
 
 /** The classic benchmarks measured by default: sizes where the search before took from a fraction of a second to seconds. */
@@ -113,13 +122,34 @@ interface WorkersCell {
   jobs: number | null;
   complete: boolean;
   violation: string | null;
+  /** Searches timed (a search over in less than --min-seconds runs again until they add up to it); the other figures are their sums. */
+  runs: number;
+}
+
+/**
+ * Run `once` (one whole search) again and again until the runs add up to `minSeconds`, or once when it stops at
+ * its budget: a search of a few milliseconds is timed over many, not by one reading at the clock's resolution.
+ */
+async function repeated<R extends { executions: number; seconds: number; complete: boolean; violation: unknown }>(minSeconds: number, once: () => R | Promise<R>): Promise<{ first: R; executions: number; seconds: number; runs: number }> {
+  const first = await once();
+  let executions = first.executions;
+  let seconds = first.seconds;
+  let runs = 1;
+  const over = first.complete || first.violation !== null;
+  while (over && seconds < minSeconds) {
+    const r = await once();
+    executions += r.executions;
+    seconds += r.seconds;
+    runs++;
+  }
+  return { first, executions, seconds, runs };
 }
 
 /**
  * --workers: for each scenario, Source-DPOR on one thread (the sequential search) and split over N worker
  * threads (kvmmu check --workers N), one after the other in this process, each for at most S seconds.
  */
-async function workersTable(counts: number[], seconds: number, only: string[] | null, json: boolean): Promise<void> {
+async function workersTable(counts: number[], seconds: number, minSeconds: number, only: string[] | null, json: boolean): Promise<void> {
   const gen = loadGenModule();
   const catalog = loadCatalog();
   const root = path.join(__dirname, '..', '..');
@@ -146,9 +176,11 @@ async function workersTable(counts: number[], seconds: number, only: string[] | 
     explore(new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), { strategy: 'dpor', reduction: 'source', maxExecutions: 2000, continueAfterViolation: src.all });
     for (const n of counts) {
       if (n === 1) {
-        const r = explore(new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), { strategy: 'dpor', reduction: 'source', seconds, continueAfterViolation: src.all });
-        const rate = r.executions / Math.max(r.seconds, 1e-9);
-        cells.push({ workers: 1, executions: r.executions, seconds: r.seconds, startSeconds: 0, perSecond: rate, perSecondExploring: rate, jobs: null, complete: r.complete, violation: r.violation?.violation.invariant ?? null });
+        const engine = new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
+        const t = await repeated(minSeconds, () => explore(engine, { strategy: 'dpor', reduction: 'source', seconds, continueAfterViolation: src.all }));
+        const r = t.first;
+        const rate = t.executions / Math.max(t.seconds, 1e-9);
+        cells.push({ workers: 1, executions: t.executions, seconds: t.seconds, startSeconds: 0, perSecond: rate, perSecondExploring: rate, jobs: null, complete: r.complete, violation: r.violation?.violation.invariant ?? null, runs: t.runs });
         continue;
       }
       const settings: SearchSettings = {
@@ -161,24 +193,34 @@ async function workersTable(counts: number[], seconds: number, only: string[] | 
       };
       const pool = pools.get(n)!;
       await exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, maxExecutions: 2000 * n });
-      const r = await exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, seconds });
+      let start = 0;
+      let jobs = 0;
+      const t = await repeated(minSeconds, async () => {
+        const r = await exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, seconds });
+        start += r.startSeconds;
+        jobs += r.jobs;
+        return r;
+      });
+      const r = t.first;
       cells.push({
         workers: n,
-        executions: r.executions,
-        seconds: r.seconds,
-        startSeconds: r.startSeconds,
-        perSecond: r.executions / Math.max(r.seconds, 1e-9),
-        perSecondExploring: r.executions / Math.max(r.seconds - r.startSeconds, 1e-9),
-        jobs: r.jobs,
+        executions: t.executions,
+        seconds: t.seconds,
+        startSeconds: start,
+        perSecond: t.executions / Math.max(t.seconds, 1e-9),
+        perSecondExploring: t.executions / Math.max(t.seconds - start, 1e-9),
+        jobs,
         complete: r.complete,
         violation: r.violation?.violation.invariant ?? null,
+        runs: t.runs,
       });
     }
     // The machine's ceiling: as many independent sequential searches as the largest worker count, at once
     // (separate processes, nothing shared): the executions a second the cores give this run, whatever else runs.
     let independent: number | null = null;
     const most = Math.max(...counts);
-    if (most > 1 && src.all !== true) {
+    // Only for a search that ran once: a process's single search of a few milliseconds cannot be timed so.
+    if (most > 1 && src.all !== true && cells.every((c) => c.runs === 1)) {
       const args = ['check', '--workers', '1', '--reduction', 'source', '--seconds', String(seconds), '--json', ...(src.file !== undefined ? ['--file', src.file, '--scenario', src.name] : ['--scenario', src.name])];
       if (src.label.endsWith('shadow')) args.push('--mode', 'shadow');
       const runs = await Promise.all(
@@ -213,6 +255,7 @@ async function workersTable(counts: number[], seconds: number, only: string[] | 
     const line = r.cells
       .map((c) =>
         `${pad(c.executions, 9)} ${pad(c.seconds.toFixed(1), 5)} s ${pad(Math.round(c.perSecond), 6)}/s` +
+        (c.runs > 1 ? ` ×${c.runs}` : '') +
         (c.workers > 1 ? ` (${c.jobs} jobs)`.padEnd(13) : ''.padEnd(13)) +
         `${c.complete ? ' ' : '!'}${c.violation !== null ? '*' : ' '}`,
       )
@@ -223,7 +266,7 @@ async function workersTable(counts: number[], seconds: number, only: string[] | 
     const ceiling = r.independent !== null && one !== undefined ? `; ${Math.max(...counts)} independent sequential searches at once: ${Math.round(r.independent)}/s (${(r.independent / one.perSecond).toFixed(2)}x)` : '';
     console.log(`${r.scenario.padEnd(28)}${line}${ratio}${ceiling}`);
   }
-  console.log(`(each search at most ${seconds} s; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by a first untimed run, the split one's on worker threads kept for the whole run)`);
+  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by a first untimed run, the split one's on worker threads kept for the whole run)`);
 }
 
 function main(): void {
@@ -237,9 +280,16 @@ function main(): void {
     }
     const si = process.argv.indexOf('--seconds');
     const seconds = si >= 0 ? Number(process.argv[si + 1]) : 20;
+    const mi = process.argv.indexOf('--min-seconds');
+    const minSeconds = mi >= 0 ? Number(process.argv[mi + 1]) : 1;
+    if (!Number.isFinite(seconds) || seconds <= 0 || !Number.isFinite(minSeconds) || minSeconds < 0) {
+      process.stderr.write(`bench/check: --seconds takes a positive number and --min-seconds a number of seconds, 0 or more\n`);
+      process.exitCode = 2;
+      return;
+    }
     const oi = process.argv.indexOf('--only');
     const only = oi >= 0 ? process.argv[oi + 1]!.split(',').map((x) => x.trim()) : null;
-    void workersTable(counts, seconds, only, process.argv.includes('--json')).catch((e: Error) => {
+    void workersTable(counts, seconds, minSeconds, only, process.argv.includes('--json')).catch((e: Error) => {
       process.stderr.write(`bench/check: ${e.message}\n`);
       process.exitCode = 1;
     });

@@ -88,8 +88,8 @@ export interface CheckReport {
   readonly retried?: number;
   /**
    * A split search begun after the sequential search had run for a while without an answer (kvmmu check
-   * without --workers): that first search's figures. Handed over, the split search carried on from where it
-   * stopped, and the totals count both; else the split search started afresh, and they count it alone.
+   * without --workers): that first search's figures. Handed over (DPOR), the split search carried on from where
+   * it stopped, and the totals count both; else (DFS) the split search started afresh, and they count it alone.
    */
   readonly sequentialFirst?: {
     readonly executions: number;

@@ -65,9 +65,8 @@ export interface ExploreOptions {
   readonly job?: JobSeed;
   readonly sink?: JobSink;
   /**
-   * When a Source-DPOR search (not a job) stops on its execution or time budget: its state, handed over to a split
-   * search that carries on from there (Systematic.handOff), rather than starting afresh. Optimal-DPOR and DFS
-   * never call it.
+   * When a DPOR search (not a job) stops on its execution or time budget: its state, handed over to a split search
+   * that carries on from there (Systematic.handOff), rather than starting afresh. DFS never calls it.
    */
   readonly onHandOff?: (nodes: DonatedNode[]) => void;
 }
@@ -604,29 +603,35 @@ class Systematic implements Chooser {
   }
 
   /**
-   * Hand a Source-DPOR search over to a split search's coordinator (split.ts), just after nextBranch took a
-   * branch: every node of the current path, with the alternatives still waiting at each. The branch just taken at
-   * the deepest node has not run, so it goes back to waiting there; above it, each node's chosen branch is the
-   * one the deeper nodes carry on. This search ends here.
+   * Hand the search over to a split search's coordinator (split.ts), just after nextBranch took a branch: every
+   * node of the current path, with the alternatives still waiting at each. The branch just taken at the deepest
+   * node has not run, so it goes back to waiting there; above it, each node's chosen branch is the one the deeper
+   * nodes carry on. This search ends here.
    *
-   * Not Optimal-DPOR: turning its waiting wakeup sequences into Source-DPOR alternatives (their first threads,
-   * or every thread enabled there) lost a class of executions on a random lock-and-wait program
-   * (test/campaign/dpor-campaign.js --handoff --locky, seed 1455: handed over after 3 to 13 of its 15
-   * executions). There, after 3 executions, Source-DPOR has added thread 1 at the root for a race (the lowest
-   * of its initials) where Optimal-DPOR inserted the reversed sequence, which begins with 2; converted, only "2,
-   * freely" is left of it, no job reports a race at the root again, and the class that begins with thread 1 is
-   * lost. Presumably Optimal-DPOR's handling of the races found before the hand-off (its skips where a sleeping
-   * thread is a weak initial, its sequences instead of initials) is sound only with its own exploration of the
-   * rest, and nothing looks at those races again. A sound hand-off needs Optimal-DPOR in the jobs (wakeup
-   * sequences as job prefixes), or Source-DPOR's rule applied again to the executions explored so far.
+   * Source-DPOR's state is handed over as it is: the jobs carry on its backtrack sets and sleep sets.
+   *
+   * Optimal-DPOR's wakeup trees have no Source-DPOR form: a converted state (each waiting sequence's first
+   * thread, or every thread at the states that had one) lost a class of executions on a lock-and-wait program
+   * (the campaign's seed 1455, handed over after 3 to 13 of its 15 executions). Optimal-DPOR leaves out of its
+   * trees what it counts on its own later choices to reach (a race not inserted because a sleeping thread is a
+   * weak initial of it; a sequence placed below another), and the jobs, running Source-DPOR, make other choices.
+   * So every state of the path is opened instead: every thread enabled there and not asleep becomes an
+   * alternative, as in a search with sleep sets only (Godefroid's, which is sound for any order). What this
+   * leaves complete: each branch the sequential search finished below a state of the path (its subtree is the
+   * same, whoever explores the rest); the branch it was on, the path below, by the same argument one state down;
+   * and each new alternative, a job that Source-DPOR explores whole. Sleep sets keep their meaning: a thread
+   * asleep at a state of the path is one whose branch was finished above it and that nothing since depends on.
+   * The price is alternatives Optimal-DPOR would not have taken, paid once: on tdp-removed-pt-freeze, handed over
+   * after 20 s (7,586 executions), the split search ran 3,578 more where Optimal-DPOR alone ran 1,576.
    */
   handOff(): DonatedNode[] {
-    if (this.optimal) throw new Error('explore: an Optimal-DPOR search is not handed over (see Systematic.handOff)');
     const out: DonatedNode[] = [];
     const last = this.nodes.length - 1;
     for (let k = this.root; k <= last; k++) {
       const nd = this.nodes[k]!;
       if (nd.chosen < 0) break;
+      // Optimal-DPOR: every thread enabled and not asleep here (see above).
+      if (this.optimal) nd.backtrack = nd.enabled & ~nd.sleep;
       if (k === last) {
         nd.done &= ~(1 << nd.chosen);
         nd.backtrack |= 1 << nd.chosen;
@@ -1291,7 +1296,7 @@ function* exploreWith(engine: Engine, o: ExploreOptions): Generator<void, Explor
     }
     const t = now();
     if (executions >= maxExec || t >= deadline) {
-      if (sys !== null && o.onHandOff !== undefined && o.job === undefined && o.strategy === 'dpor' && reduction === 'source') o.onHandOff(sys.handOff());
+      if (sys !== null && o.onHandOff !== undefined && o.job === undefined && o.strategy === 'dpor') o.onHandOff(sys.handOff());
       break;
     }
     if (o.onProgress !== undefined && t - lastProgress >= 200) {

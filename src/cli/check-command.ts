@@ -145,8 +145,8 @@ async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule
     const unfinished = seq.violation === null && !seq.interrupted && (seq.pending ?? 0) > 0;
     const left = o.seconds !== undefined ? o.seconds - seq.seconds : undefined;
     if (!unfinished || (left !== undefined && left <= 0)) return seq;
-    // After Source-DPOR the split search carries on from the sequential search's state (its path's alternatives
-    // become jobs); Optimal-DPOR's is not handed over (Systematic.handOff says why), and the split search starts afresh.
+    // The split search carries on from the sequential search's state (Systematic.handOff): its path's alternatives
+    // become jobs (after Optimal-DPOR, every thread not asleep at each state of the path).
     const split = await userCodeAsync(o.file, () => splitCheck({ ...o, seconds: left }, gen, spec, guards, stop, workers.n, status, pool, handOff));
     const handedOver = handOff !== undefined;
     const sequentialFirst = { executions: seq.executions, seconds: seq.seconds, reduction: seq.reduction, handedOver };

@@ -2,9 +2,9 @@
 //
 // npm run build && node dist/test/campaign/dpor-campaign.js [--from N] [--count N] [--locky] [--handoff] [--quiet] [--dump]
 //   --locky    programs where most threads take a lock or wait on a word and release late (lockyProgram)
-//   --handoff  Source-DPOR stops after a random number of executions (under half DFS's classes, so most
-//              do stop) and the split search carries on from its state (Optimal-DPOR's is not handed over)
-//              (kvmmu check past --split-after: Systematic.handOff), jobs in random order, work given away at random
+//   --handoff  each reduction stops after a random number of executions (under half DFS's classes, so most
+//              do stop) and the split search carries on from its state (kvmmu check past --split-after:
+//              Systematic.handOff), jobs in random order, work given away at random; the counts are the first phase's
 //   --quiet    print only what is wrong and the totals; --dump  one line a program, to compare two versions
 // Exits 1 if a reduction missed a final state or a class DFS reached, or reached one DFS did not.
 
@@ -28,7 +28,7 @@ const { gen, spec } = randomProgramScenario('dpor-campaign');
 
 function run(program: Op[][], strategy: 'dfs' | 'dpor', reduction?: Reduction, seed = 1, dfsClasses = 2) {
   const { engine, states, classes } = recordingEngine(gen, spec, program, true);
-  if (handoff && strategy === 'dpor' && reduction === 'source') {
+  if (handoff && strategy === 'dpor') {
     // The sequential search for a few executions, then the split search from its state; the counts are the first's.
     const r = rng(seed * 31);
     let nodes: DonatedNode[] | null = null;
