@@ -330,6 +330,26 @@ test('bench/check.js refuses a --dfs-seconds that is not a number of seconds (it
   assert.match(help.stdout, /^usage: node dist\/bench\/check\.js/);
 });
 
+test('bench/check.js --workers times a search shorter than --min-seconds over repeated runs, and refuses a --min-seconds that is not a number', () => {
+  const run = (...args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bench', 'check.js'), ...args], { encoding: 'utf8', timeout: 120_000 });
+  const bad = run('--workers', '1,2', '--min-seconds', 'soon');
+  assert.equal(bad.status, 2, bad.stderr);
+  assert.match(bad.stderr, /--min-seconds a number of seconds/);
+  assert.equal(bad.stdout, '');
+  const r = run('--workers', '1,2', '--only', 'zap-yield-flush', '--seconds', '5', '--min-seconds', '0.2', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { rows: { scenario: string; cells: { workers: number; executions: number; seconds: number; runs: number; complete: boolean }[]; independent: number | null }[] };
+  const row = out.rows.find((x) => x.scenario === 'zap-yield-flush')!;
+  for (const c of row.cells) {
+    // Six executions a search, a few milliseconds: run again and again until 0.2 s, every run whole.
+    assert.ok(c.runs > 1, `${c.workers} worker(s): ${c.runs} run(s)`);
+    assert.equal(c.executions, 6 * c.runs);
+    assert.ok(c.seconds >= 0.2 && c.complete);
+  }
+  // A process's single search of milliseconds is not timed as the machine's ceiling.
+  assert.equal(row.independent, null);
+});
+
 test('bench/check.js measures the search before, Source-DPOR and Optimal-DPOR side by side: on cas(5) 5! executions before and 5 now, on lastzero(6) none abandoned by Optimal-DPOR', () => {
   const run = (...args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bench', 'check.js'), ...args], { encoding: 'utf8', timeout: 120_000 });
   const r = run('--only', 'cas-5,lastzero-6', '--json');
