@@ -620,7 +620,8 @@ class Systematic implements Chooser {
    * leaves complete: each branch the sequential search finished below a state of the path (its subtree is the
    * same, whoever explores the rest); the branch it was on, the path below, by the same argument one state down;
    * and each new alternative, a job that Source-DPOR explores whole. Sleep sets keep their meaning: a thread
-   * asleep at a state of the path is one whose branch was finished above it and that nothing since depends on.
+   * asleep at a state of the path is one whose branch was finished at a state above, and whose next step conflicts
+   * with none of the steps taken since.
    * Optimal-DPOR relies on the same property of its finished branches: once p is asleep, it skips every race p
    * could begin. The price is alternatives Optimal-DPOR would not have taken, paid once at the hand-off: on
    * tdp-removed-pt-freeze, handed over after 8,389 executions, the split search ran 2,487 more where
