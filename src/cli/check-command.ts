@@ -456,7 +456,7 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   const split = r.jobs !== null ? ` on ${r.workers} workers (${r.jobs} jobs${r.retried !== undefined && r.retried > 0 ? `, ${r.retried} begun again after their worker stopped answering` : ''})` : '';
   if (r.sequentialFirst !== undefined) {
     const f = r.sequentialFirst;
-    const fhow = f.reduction !== null ? ` (${f.reduction === 'optimal' ? 'Optimal' : 'Source'}-DPOR)` : '';
+    const fhow = f.reduction !== null ? ` (${name(f.reduction)})` : '';
     lines.push(
       `${r.strategy}${fhow} on one worker: ${f.executions} executions in ${f.seconds.toFixed(2)} s without an end; ` +
         (f.handedOver ? `carried on over ${r.workers} workers from there (counted below)` : `split over ${r.workers} workers from the start (not counted below)`),
