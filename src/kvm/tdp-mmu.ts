@@ -58,7 +58,7 @@ import { clearBits } from '../x86/pte';
 import type { VmConfig } from './config';
 import { KVM_STAT, MMU_SEQ, SLOT_DELETED, SLOT_INVALID, VCPU_ROOT, VCPU_STAT, type Kvm, type KvmVcpu } from './kvm';
 import { ROLE_INVALID, ROLE_SMM, SP_GEN, SP_GFN, SP_ROLE, SP_ROOT_COUNT, SP_STATE, makeRole } from './mmu-page';
-import { RET_PF_EAGAIN, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
+import { pageFaultCanBeFast, RET_PF_EAGAIN, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_INVALID, RET_PF_RETRY, RET_PF_SPURIOUS } from './mmu';
 import { SpteUpdate } from './spte-update';
 import { TdpIter } from './tdp-iter';
 
@@ -445,7 +445,7 @@ export class TdpMmu {
     const k = this.kvm;
     const mmu = k.mmu;
     const gfn = Math.floor(gpa / 4096);
-    if (k.fastPath && !prefetch) {
+    if (k.fastPath && !prefetch && pageFaultCanBeFast(ec, k.adBits)) {
       const r = mmu.fastPageFault(vcpu, gpa, ec, gfn);
       if (r !== RET_PF_INVALID) return r;
     }
