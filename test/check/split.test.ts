@@ -163,6 +163,24 @@ test('kvmmu check refuses --workers 0, and --reduction optimal on more than one 
   assert.equal(opt.stdout, '');
 });
 
+test('kvmmu check --all without --workers splits every scenario over the cores from its start (the worker threads start once for all), with the verdicts of the sequential search', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
+  const r = spawnSync(process.execPath, [CLI, 'check', '--all', '--mode', 'shadow', '--guard', 'flush-mmu-writable=off', '--json'], { encoding: 'utf8' });
+  assert.equal(r.status, 1, r.stderr);
+  const reports = JSON.parse(r.stdout) as { scenario: string; complete: boolean; violation: { invariant: string } | null; workers: number; jobs: number | null; sequentialFirst: unknown }[];
+  assert.deepEqual(
+    reports.map((x) => x.scenario),
+    ['aba-gfn-pfn', 'wp-tlb-flush', 'dirty-bit-loss', 'notifier-race', 'free-during-walk'],
+  );
+  for (const x of reports) {
+    assert.equal(x.workers, os.availableParallelism(), x.scenario);
+    assert.equal(typeof x.jobs, 'number', x.scenario);
+    assert.equal(x.sequentialFirst, null, x.scenario);
+    // The guard switched off is wp-tlb-flush's: its race is found; every other scenario is exhaustive and clean.
+    if (x.scenario === 'wp-tlb-flush') assert.equal(x.violation?.invariant, 'tlb-after-write-protect');
+    else assert.ok(x.complete && x.violation === null, x.scenario);
+  }
+});
+
 test('kvmmu check without --workers: a short check stays on one worker; one still running after --split-after splits over the cores, carrying on from where the sequential search stopped', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
   const short = check(['--scenario', 'dirty-bit-loss']);
   assert.equal(short.workers, 1);
