@@ -573,7 +573,9 @@ export class TdpMmu {
     if (goal === 2) newSpte = makeHugeSpte(newSpte);
     const oldLeaf = isShadowPresentPte(old) && isLastSpte(old, goal);
     if (pfn >= 0 && oldLeaf && spteToPfn(old) === spteToPfn(newSpte)) newSpte = SpteUpdate.keepDirty(old, newSpte);
-    if (old === newSpte) return RET_PF_SPURIOUS;
+    // Nothing to change; but a write to a tracked gfn is still emulated, as after any change (KVM's
+    // tdp_mmu_map_handle_target_level): returned as spurious, the vCPU would retry the write and fault for ever.
+    if (old === newSpte) return tracked && write ? RET_PF_EMULATE : RET_PF_SPURIOUS;
     if (k.mem.cmpxchg64(it.sptep, old, newSpte) !== old) return RET_PF_RETRY;
     // A fault does not flush TLBs for a leaf, so it must never make a change that needs it (KVM WARNs since 2022).
     if (oldLeaf && leafChangeNeedsTlbFlush(old, newSpte)) k.mem.note(NOTE.faultNeedsFlush, gfn, 1);

@@ -20,7 +20,7 @@ import {
   isWritablePte,
   spteAdEnabled,
 } from '../../src/x86/spte';
-import { makeVm } from '../helpers/vm';
+import { inGuest, leafSptep, makeVm } from '../helpers/vm';
 
 const ROOT = path.join(__dirname, '..', '..', '..');
 const gen = loadGenModule();
@@ -55,6 +55,27 @@ test('tdp: the iterator starts at the first entry covering the range and stops a
   for (it.begin(v.kv.root, 4, 9); it.valid; it.next()) if (it.level === 1) leaves.push(it.gfn);
   assert.deepEqual(leaves, [4, 5, 6, 7, 8]);
 });
+
+for (const mode of ['direct', 'tdp'] as const) {
+  test(`(${mode}) a write to a write-tracked gfn is emulated each time, even when its read-only SPTE is already what the fault would make`, () => {
+    const vm = makeVm({ mode, vcpus: 1, dataPages: 64 });
+    const v = vm.vcpus[0]!;
+    const X = 5;
+    inGuest(v, () => v.read64(vm.addr(X)));
+    vm.host.dirtyLog.enable(0);
+    vm.host.mmu.kvmWriteTrackAddGfn(X);
+    // The fault finds nothing to change (KVM's new_spte == old_spte) but must still emulate the write: answered
+    // as spurious, the vCPU retries it and faults for ever (TDP mode did, until this test).
+    inGuest(v, () => {
+      v.write64(vm.addr(X), 1n);
+      v.write64(vm.addr(X) + 8, 2n);
+    });
+    assert.equal(v.kv.stat('pfEmulate'), 2);
+    assert.equal(vm.host.host.readUser64(X, 0), 1n);
+    assert.equal(vm.host.host.readUser64(X, 8), 2n);
+    assert.equal(isWritablePte(vm.host.mem.u64[leafSptep(v, vm.addr(X))]!), false);
+  });
+}
 
 test('tdp with A/D bits off: SPTEs are A/D-disabled, aging access-tracks them, and the fast path restores them (W only for a write)', () => {
   const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, adBits: false });
