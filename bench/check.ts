@@ -162,7 +162,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     { label: 'dirty-log-two-vcpus', name: 'dirty-log-two-vcpus', file: path.join(root, 'examples', 'dirty-log-two-vcpus.ts') },
     { label: 'dirty-log-two-vcpus shadow', name: 'dirty-log-two-vcpus', file: path.join(root, 'examples', 'dirty-log-two-vcpus.ts') },
   ].filter((s) => only === null || only.includes(s.label));
-  const rows: { scenario: string; cells: WorkersCell[]; independent: number | null }[] = [];
+  const rows: { scenario: string; builtin: boolean; cells: WorkersCell[]; independent: number | null }[] = [];
   const cli = path.join(__dirname, '..', 'src', 'cli', 'main.js');
   // One pool per worker count for the whole run: its threads keep their compiled code from scenario to scenario,
   // as this thread does for the sequential search.
@@ -241,13 +241,29 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
       );
       independent = runs.reduce((a, b) => a + b, 0);
     }
-    rows.push({ scenario: src.label, cells, independent });
+    rows.push({ scenario: src.label, builtin: src.file === undefined, cells, independent });
     if (!json) process.stderr.write(`${src.label} done\n`);
   }
   for (const p of pools.values()) await p.close();
   fs.rmSync(tmp, { recursive: true, force: true });
+  // Every built-in in the table searched once, as `kvmmu check --all` checks them: the executions of one search of
+  // each on the most workers, at each column's rate for that scenario. The same work in every column, so a search
+  // a budget cut short in one column weighs as much in the others.
+  const builtins = rows.filter((r) => r.builtin);
+  const most = Math.max(...counts);
+  const allBuiltins = counts.map((n) => {
+    let executions = 0;
+    let secs = 0;
+    for (const r of builtins) {
+      const c = r.cells.find((x) => x.workers === n)!;
+      const ref = r.cells.find((x) => x.workers === most)!;
+      executions += ref.executions / ref.runs;
+      secs += ref.executions / ref.runs / Math.max(c.perSecond, 1e-9);
+    }
+    return { workers: n, scenarios: builtins.length, executions: Math.round(executions), seconds: secs, perSecond: executions / Math.max(secs, 1e-9) };
+  });
   if (json) {
-    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, rows }) + '\n');
+    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, rows, allBuiltins }) + '\n');
     return;
   }
   const pad = (x: string | number, n: number): string => String(x).padStart(n);
@@ -268,7 +284,14 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     const ceiling = r.independent !== null && one !== undefined ? `; ${Math.max(...counts)} independent sequential searches at once: ${Math.round(r.independent)}/s (${(r.independent / one.perSecond).toFixed(2)}x)` : '';
     console.log(`${r.scenario.padEnd(28)}${line}${ratio}${ceiling}`);
   }
-  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by untimed runs first, repeated as the timed ones are, the split one's on worker threads kept for the whole run)`);
+  if (builtins.length > 1) {
+    const one = allBuiltins.find((a) => a.workers === 1);
+    const last = allBuiltins[allBuiltins.length - 1]!;
+    const line = allBuiltins.map((a) => `${pad(a.executions, 9)} ${pad(a.seconds.toFixed(1), 5)} s ${pad(Math.round(a.perSecond), 6)}/s`.padEnd(48)).join('');
+    const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
+    console.log(`${`the ${builtins.length} built-ins, once each`.padEnd(28)}${line}${ratio}`);
+  }
+  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); the built-ins once each: one search's executions of each on ${most} workers, timed at each column's executions/s for it; ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by untimed runs first, repeated as the timed ones are, the split one's on worker threads kept for the whole run)`);
 }
 
 function main(): void {

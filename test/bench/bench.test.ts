@@ -336,9 +336,13 @@ test('bench/check.js --workers times a search shorter than --min-seconds over re
   assert.equal(bad.status, 2, bad.stderr);
   assert.match(bad.stderr, /--min-seconds a number of seconds/);
   assert.equal(bad.stdout, '');
-  const r = run('--workers', '1,2', '--only', 'zap-yield-flush', '--seconds', '5', '--min-seconds', '0.2', '--json');
+  const r = run('--workers', '1,2', '--only', 'zap-yield-flush,invalid-slot-fault', '--seconds', '5', '--min-seconds', '0.2', '--json');
   assert.equal(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { rows: { scenario: string; cells: { workers: number; executions: number; seconds: number; runs: number; complete: boolean }[]; independent: number | null }[] };
+  type Cell = { workers: number; executions: number; seconds: number; runs: number; complete: boolean };
+  const out = JSON.parse(r.stdout) as {
+    rows: { scenario: string; cells: Cell[]; independent: number | null }[];
+    allBuiltins: { workers: number; scenarios: number; executions: number; seconds: number }[];
+  };
   const row = out.rows.find((x) => x.scenario === 'zap-yield-flush')!;
   for (const c of row.cells) {
     // Six executions a search, a few milliseconds: run again and again until 0.2 s, every run whole.
@@ -348,6 +352,19 @@ test('bench/check.js --workers times a search shorter than --min-seconds over re
   }
   // A process's single search of milliseconds is not timed as the machine's ceiling.
   assert.equal(row.independent, null);
+  // The built-ins once each, as check --all runs them: 6 + 9 executions (one search of each on 2 workers), each at
+  // the column's rate for its scenario.
+  const slot = out.rows.find((x) => x.scenario === 'invalid-slot-fault')!;
+  for (const a of out.allBuiltins) {
+    assert.equal(a.scenarios, 2);
+    assert.equal(a.executions, 15);
+    const at = (r: typeof row, n: number): number => {
+      const c = r.cells.find((x) => x.workers === n)!;
+      return c.seconds / c.executions;
+    };
+    const expected = 6 * at(row, a.workers) + 9 * at(slot, a.workers);
+    assert.ok(Math.abs(a.seconds - expected) < 1e-9 * expected, `${a.seconds} against ${expected}`);
+  }
 });
 
 test('bench/check.js measures the search before, Source-DPOR and Optimal-DPOR side by side: on cas(5) 5! executions before and 5 now, on lastzero(6) none abandoned by Optimal-DPOR', () => {
