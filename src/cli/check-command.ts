@@ -140,9 +140,10 @@ export const EXIT_INTERRUPTED = 130;
 /**
  * Whether a check on more than one worker splits from its start rather than after --split-after seconds of the
  * sequential search: with --workers, and for --all. --all's worker threads start once for every scenario, so
- * each scenario gains from the cores without paying their start: `kvmmu check --all` took 17.2 s split from the
- * start on this 2-core machine, 27.5 s sequential, and 19.8 s with the scenarios' sequential searches run side by
- * side, one per worker, then split (tried, not kept: the longest scenario, begun late, decides the time).
+ * each scenario gains from the cores without paying their start: `kvmmu check --all` took 16.6 to 17.6 s split
+ * from the start on this 2-core machine, 26.3 to 27.5 s sequential, and 19.8 s with the scenarios' sequential
+ * searches run side by side, one per worker, then split (tried, not kept: the longest scenario, begun late,
+ * decides the time).
  */
 function splitsAtOnce(o: Pick<CheckCliOptions, 'all'>, workers: { n: number; adaptive: boolean }): boolean {
   return !workers.adaptive || o.all;
