@@ -214,12 +214,13 @@ async function sequentialCheck(
 }
 
 /**
- * Check a built-in scenario as `kvmmu check --scenario NAME` does with no other flag but the guards (the
- * sequential search, then every core if it runs past --split-after): for the tour.
+ * Check a built-in scenario for the tour: on `pool`'s workers, split from the start as `kvmmu check --all` does
+ * (the tour checks every scenario, on threads started once); without a pool, as `kvmmu check --scenario NAME`
+ * does with no other flag but the guards.
  */
-export async function checkBuiltin(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number): Promise<CheckReport> {
-  const o: CheckCliOptions = { scenario: spec.name, all: false, guard: [], strategy: 'dpor', seed: 1, engine: 'gen', json: true };
-  return await checkOne(o, gen, spec, guards, { requested: false }, undefined);
+export async function checkBuiltin(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, pool?: CheckPool): Promise<CheckReport> {
+  const o: CheckCliOptions = { scenario: spec.name, all: false, guard: [], strategy: 'dpor', seed: 1, engine: 'gen', json: true, workers: pool?.size };
+  return await checkOne(o, gen, spec, guards, { requested: false }, pool);
 }
 
 /**
