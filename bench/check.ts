@@ -167,6 +167,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
   // One pool per worker count for the whole run: its threads keep their compiled code from scenario to scenario,
   // as this thread does for the sequential search.
   const pools = new Map(counts.filter((n) => n > 1).map((n) => [n, new CheckPool(n)]));
+  const most = Math.max(...counts);
   for (const src of sources) {
     const spec = src.file === undefined ? catalog.builtin.find((s) => s.name === src.name)! : loadScenarioFile(src.file, src.name);
     const ctx = contextFor(spec, { mode: src.label.endsWith('shadow') ? 'shadow' : undefined });
@@ -220,7 +221,6 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     // The machine's ceiling: as many independent sequential searches as the largest worker count, at once
     // (separate processes, nothing shared): the executions a second the cores give this run, whatever else runs.
     let independent: number | null = null;
-    const most = Math.max(...counts);
     // Only for a search that ran once: a process's single search of a few milliseconds cannot be timed so.
     if (most > 1 && src.all !== true && cells.every((c) => c.runs === 1)) {
       const args = ['check', '--workers', '1', '--reduction', 'source', '--seconds', String(seconds), '--json', ...(src.file !== undefined ? ['--file', src.file, '--scenario', src.name] : ['--scenario', src.name])];
@@ -250,7 +250,6 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
   // each on the most workers, at each column's rate for that scenario. The same work in every column, so a search
   // a budget cut short in one column weighs as much in the others.
   const builtins = rows.filter((r) => r.builtin);
-  const most = Math.max(...counts);
   const allBuiltins = counts.map((n) => {
     let executions = 0;
     let secs = 0;
@@ -281,7 +280,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
       .join('');
     const last = r.cells[r.cells.length - 1]!;
     const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
-    const ceiling = r.independent !== null && one !== undefined ? `; ${Math.max(...counts)} independent sequential searches at once: ${Math.round(r.independent)}/s (${(r.independent / one.perSecond).toFixed(2)}x)` : '';
+    const ceiling = r.independent !== null && one !== undefined ? `; ${most} independent sequential searches at once: ${Math.round(r.independent)}/s (${(r.independent / one.perSecond).toFixed(2)}x)` : '';
     console.log(`${r.scenario.padEnd(28)}${line}${ratio}${ceiling}`);
   }
   if (builtins.length > 1) {
