@@ -13,7 +13,7 @@ import { contextFor, runCheck, type CheckReport } from '../src/check/check';
 import { Engine, type GenScenarioModule } from '../src/check/engine';
 import { explore, type ExploreResult, type Reduction } from '../src/check/explore';
 import { builtinMonitors } from '../src/check/invariants';
-import type { ScenarioSpec } from '../src/check/gen/scenario';
+import type { ScenarioContext, ScenarioSpec } from '../src/check/gen/scenario';
 import { loadCatalog, loadGenModule, loadScenarioFile } from '../src/cli/scenario-file';
 import { CheckPool, exploreParallel, kvmmuVersion, sha256File, type SearchSettings } from '../src/cli/parallel';
 import { execFile } from 'node:child_process';
@@ -95,7 +95,10 @@ search on each worker count, both warm, each for at most S seconds (default
 20); a search over in less than M seconds (default 1) runs again until its
 runs add up to M, and its figures are their sums. Then as many independent
 sequential searches at once as the largest count (the machine's ceiling), for
-scenarios whose searches each ran once.
+scenarios whose searches each ran once. Last, the built-ins once each (their
+executions on the most workers, at each column's rate) and together, measured:
+each whole, one after another on one thread, or all given at once to the
+workers, as kvmmu check --all gives them.
 `;
 
 /** The classic benchmarks measured by default: sizes where the search before took from a fraction of a second to seconds. */
@@ -124,6 +127,28 @@ interface WorkersCell {
   violation: string | null;
   /** Searches timed (a search over in less than --min-seconds runs again until they add up to it); the other figures are their sums. */
   runs: number;
+}
+
+/** The built-ins searched together, on one thread or on a pool of `workers`. */
+interface TogetherCell {
+  workers: number;
+  scenarios: number;
+  executions: number;
+  seconds: number;
+  perSecond: number;
+  runs: number;
+}
+
+/** The settings of a split search of `src` (its file's hash, for a file). */
+function settingsOf(src: Source, ctx: ScenarioContext): SearchSettings {
+  return {
+    source: src.file === undefined ? { name: src.name } : { name: src.name, file: src.file, sha256: sha256File(src.file) },
+    ctx,
+    strategy: 'dpor',
+    bound: -1,
+    continueAfterViolation: src.all,
+    version: kvmmuVersion(),
+  };
 }
 
 /**
@@ -168,6 +193,8 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
   // as this thread does for the sequential search.
   const pools = new Map(counts.filter((n) => n > 1).map((n) => [n, new CheckPool(n)]));
   const most = Math.max(...counts);
+  // The built-ins' searches, kept to be run again all together at the end.
+  const kept: { spec: ScenarioSpec; engine: Engine; settings: SearchSettings }[] = [];
   for (const src of sources) {
     const spec = src.file === undefined ? catalog.builtin.find((s) => s.name === src.name)! : loadScenarioFile(src.file, src.name);
     const ctx = contextFor(spec, { mode: src.label.endsWith('shadow') ? 'shadow' : undefined });
@@ -186,14 +213,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
         cells.push({ workers: 1, executions: t.executions, seconds: t.seconds, startSeconds: 0, perSecond: rate, perSecondExploring: rate, jobs: null, complete: r.complete, violation: r.violation?.violation.invariant ?? null, runs: t.runs });
         continue;
       }
-      const settings: SearchSettings = {
-        source: src.file === undefined ? { name: src.name } : { name: src.name, file: src.file, sha256: sha256File(src.file) },
-        ctx,
-        strategy: 'dpor',
-        bound: -1,
-        continueAfterViolation: src.all,
-        version: kvmmuVersion(),
-      };
+      const settings = settingsOf(src, ctx);
       const pool = pools.get(n)!;
       await repeated(minSeconds, () => exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, maxExecutions: 2000 * n }));
       let start = 0;
@@ -242,7 +262,32 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
       independent = runs.reduce((a, b) => a + b, 0);
     }
     rows.push({ scenario: src.label, builtin: src.file === undefined, cells, independent });
+    // An engine made once, as a pool's worker keeps the one it loaded.
+    if (src.file === undefined) kept.push({ spec, engine: new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), settings: settingsOf(src, ctx) });
     if (!json) process.stderr.write(`${src.label} done\n`);
+  }
+  // The built-ins measured together, as `kvmmu check --all` explores them: one after the other on this thread,
+  // and all given at once to each pool, which runs them side by side and splits each once a worker is free. Each
+  // search whole, with no budget, so that every column does the same work (a built-in's search is over in seconds).
+  const together: TogetherCell[] = [];
+  if (kept.length > 1) {
+    for (const n of counts) {
+      const pool = pools.get(n);
+      const t = await repeated(minSeconds, async () => {
+        const t0 = performance.now();
+        const results =
+          pool === undefined
+            ? kept.map(({ engine }) => explore(engine, { strategy: 'dpor', reduction: 'source' }))
+            : await Promise.all(kept.map(({ spec, settings }) => exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool })));
+        return {
+          executions: results.reduce((a, r) => a + r.executions, 0),
+          seconds: (performance.now() - t0) / 1000,
+          complete: results.every((r) => r.complete || r.violation !== null),
+          violation: null,
+        };
+      });
+      together.push({ workers: n, scenarios: kept.length, executions: t.executions, seconds: t.seconds, perSecond: t.executions / Math.max(t.seconds, 1e-9), runs: t.runs });
+    }
   }
   for (const p of pools.values()) await p.close();
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -262,7 +307,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     return { workers: n, scenarios: builtins.length, executions: Math.round(executions), seconds: secs, perSecond: executions / Math.max(secs, 1e-9) };
   });
   if (json) {
-    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, rows, allBuiltins }) + '\n');
+    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, rows, allBuiltins, together }) + '\n');
     return;
   }
   const pad = (x: string | number, n: number): string => String(x).padStart(n);
@@ -290,7 +335,14 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
     console.log(`${`the ${builtins.length} built-ins, once each`.padEnd(28)}${line}${ratio}`);
   }
-  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); the built-ins once each: one search's executions of each on ${most} workers, timed at each column's executions/s for it; ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by untimed runs first, repeated as the timed ones are, the split one's on worker threads kept for the whole run)`);
+  if (together.length > 0) {
+    const one = together.find((a) => a.workers === 1);
+    const last = together[together.length - 1]!;
+    const line = together.map((a) => `${pad(a.executions, 9)} ${pad(a.seconds.toFixed(1), 5)} s ${pad(Math.round(a.perSecond), 6)}/s${a.runs > 1 ? ` ×${a.runs}` : ''}`.padEnd(48)).join('');
+    const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
+    console.log(`${`the ${together[0]!.scenarios} built-ins together`.padEnd(28)}${line}${ratio}`);
+  }
+  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); the built-ins once each: one search's executions of each on ${most} workers, timed at each column's executions/s for it; the built-ins together: measured, each column's searches of them all, whole (no budget), one after the other on one thread, or given at once to the pool as check --all does; ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by untimed runs first, repeated as the timed ones are, the split one's on worker threads kept for the whole run)`);
 }
 
 function main(): void {

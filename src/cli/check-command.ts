@@ -116,10 +116,30 @@ export async function checkCommand(o: CheckCliOptions): Promise<number> {
   const nWorkers = workersFor(o);
   const pool = nWorkers.n > 1 && splitsAtOnce(o, nWorkers) && o.queue === undefined ? new CheckPool(nWorkers.n) : undefined;
   try {
-    for (const spec of todo) {
-      if (stop.requested) break;
-      reports.push(await checkOne(o, gen, spec, guards, stop, pool));
-      if (!o.json) process.stdout.write(formatCheckReport(reports[reports.length - 1]!, o.file) + '\n');
+    if (pool !== undefined && todo.length > 1) {
+      // Every scenario is given to the pool at once; it serves them in order, side by side (CheckPool). The
+      // reports are printed in the scenarios' order, each as soon as it and those before it are in.
+      const status = !o.json && process.stderr.isTTY ? new AllStatus(todo.length, pool.size) : null;
+      const pending = todo.map((spec) => checkOne(o, gen, spec, guards, stop, pool, status?.forScenario(spec.name) ?? null));
+      // A scenario that fails rejects its promise; the first one in order is the error reported (the others' are caught).
+      for (const p of pending) p.catch(() => undefined);
+      try {
+        for (const p of pending) {
+          const r = await p;
+          if (r.started === false) continue;
+          reports.push(r);
+          status?.clear();
+          if (!o.json) process.stdout.write(formatCheckReport(r, o.file) + '\n');
+        }
+      } finally {
+        status?.clear();
+      }
+    } else {
+      for (const spec of todo) {
+        if (stop.requested) break;
+        reports.push(await checkOne(o, gen, spec, guards, stop, pool));
+        if (!o.json) process.stdout.write(formatCheckReport(reports[reports.length - 1]!, o.file) + '\n');
+      }
     }
   } finally {
     await pool?.close();
@@ -139,18 +159,25 @@ export const EXIT_INTERRUPTED = 130;
 
 /**
  * Whether a check on more than one worker splits from its start rather than after --split-after seconds of the
- * sequential search: with --workers, and for --all. --all's worker threads start once for every scenario, so
- * each scenario gains from the cores without paying their start: `kvmmu check --all` took 16.6 to 17.6 s split
- * from the start on this 2-core machine, 26.3 to 27.5 s sequential, and 19.8 s with the scenarios' sequential
- * searches run side by side, one per worker, then split (tried, not kept: the longest scenario, begun late,
- * decides the time).
+ * sequential search: with --workers, and for --all. --all gives every scenario to one pool at once (its worker
+ * threads start once for all): they run side by side, and each is split once a worker is free and no other job
+ * waits (CheckPool). `kvmmu check --all` took 17.4 to 17.9 s so on this 2-core machine, 28.4 s on one worker with
+ * Source-DPOR, the same executions; splitting each scenario over both workers in turn took the same time.
  */
 function splitsAtOnce(o: Pick<CheckCliOptions, 'all'>, workers: { n: number; adaptive: boolean }): boolean {
   return !workers.adaptive || o.all;
 }
 
-async function checkOne(o: CheckCliOptions, gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, stop: StopRequest, pool: CheckPool | undefined): Promise<CheckReport> {
-  const status = !o.json && process.stderr.isTTY ? new StatusLine() : null;
+async function checkOne(
+  o: CheckCliOptions,
+  gen: ReturnType<typeof loadGenModule>,
+  spec: ScenarioSpec,
+  guards: number,
+  stop: StopRequest,
+  pool: CheckPool | undefined,
+  shared?: Status | null,
+): Promise<CheckReport & { started?: boolean }> {
+  const status = shared !== undefined ? shared : !o.json && process.stderr.isTTY ? new StatusLine() : null;
   const workers = workersFor(o);
   try {
     if (o.queue !== undefined || (workers.n > 1 && splitsAtOnce(o, workers))) return await userCodeAsync(o.file, () => splitCheck(o, gen, spec, guards, stop, workers.n, status, pool));
@@ -190,7 +217,7 @@ async function sequentialCheck(
   spec: ScenarioSpec,
   guards: number,
   stop: StopRequest,
-  status: StatusLine | null,
+  status: Status | null,
   onHandOff?: (nodes: DonatedNode[]) => void,
 ): Promise<CheckReport> {
   return await userCodeAsync(o.file, () =>
@@ -214,8 +241,8 @@ async function sequentialCheck(
 }
 
 /**
- * Check a built-in scenario for the tour: on `pool`'s workers, split from the start as `kvmmu check --all` does
- * (the tour checks every scenario, on threads started once); without a pool, as `kvmmu check --scenario NAME`
+ * Check a built-in scenario for the tour: on `pool`'s workers, beside the tour's other scenarios, as `kvmmu check
+ * --all` does (the tour checks every scenario, on threads started once); without a pool, as `kvmmu check --scenario NAME`
  * does with no other flag but the guards.
  */
 export async function checkBuiltin(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, guards: number, pool?: CheckPool): Promise<CheckReport> {
@@ -234,10 +261,10 @@ async function splitCheck(
   guards: number,
   stop: StopRequest,
   workers: number,
-  status: StatusLine | null,
+  status: Status | null,
   pool: CheckPool | undefined,
   handOff?: readonly DonatedNode[],
-): Promise<CheckReport> {
+): Promise<CheckReport & { started?: boolean }> {
   const co: CheckOptions = {
     mode: o.mode,
     guards,
@@ -265,12 +292,56 @@ async function splitCheck(
     recordJobs: o.recordJobs !== undefined,
     pool,
     handOff,
-    onProgress: status === null ? undefined : (p: SplitProgress) => status.show(splitProgressLine(spec.name, p)),
+    onProgress: status === null ? undefined : (p: SplitProgress) => (status.split !== undefined ? status.split(p) : status.show(splitProgressLine(spec.name, p))),
   };
   const result = o.queue !== undefined ? await exploreOnQueue(o.queue, settings, engine.threadNames.length, po) : await exploreParallel(settings, engine.threadNames.length, po);
   if (o.recordJobs !== undefined && result.records !== null)
     fs.writeFileSync(o.recordJobs, JSON.stringify({ scenario: spec.name, mode: ctx.mode, workers: result.workers, executions: result.executions, seconds: result.seconds, startSeconds: result.startSeconds, messages: result.messages, jobs: result.records }) + '\n');
-  return runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs, retried: result.retried }));
+  const report = runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs, retried: result.retried }));
+  return result.started === false ? { ...report, started: false } : report;
+}
+
+/** Where a check shows its progress: its own status line, or its part of --all's (AllStatus), which takes a split search's figures. */
+interface Status {
+  show(text: string): void;
+  clear(): void;
+  split?(p: SplitProgress): void;
+}
+
+/**
+ * The status line of `check --all` on a pool, whose scenarios run side by side: how many are checked, and each
+ * one running with its executions and rate.
+ */
+class AllStatus {
+  private readonly line = new StatusLine();
+  private readonly running = new Map<string, SplitProgress>();
+  private checked = 0;
+
+  constructor(
+    private readonly total: number,
+    private readonly workers: number,
+  ) {}
+
+  forScenario(name: string): Status {
+    return {
+      show: () => undefined,
+      clear: () => {
+        this.running.delete(name);
+        this.checked++;
+      },
+      split: (p) => this.progress(name, p),
+    };
+  }
+
+  progress(name: string, p: SplitProgress): void {
+    this.running.set(name, p);
+    const each = [...this.running].map(([n, q]) => `${n} ${q.executions} (${Math.round(q.executions / Math.max(q.seconds, 1e-3))}/s)`);
+    this.line.show(`check --all on ${this.workers} workers: ${this.checked} of ${this.total} checked; running ${each.join(', ')}`);
+  }
+
+  clear(): void {
+    this.line.clear();
+  }
 }
 
 /** The status line of a split check: executions, rate, jobs queued, running and done. */

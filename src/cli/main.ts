@@ -127,7 +127,7 @@ export function buildProgram(): Command {
         `dpor's reduction: optimal (Optimal-DPOR, wakeup trees: begins no redundant execution; the default on one worker) or source (Source-DPOR; under --preemptions always, and on more than one worker)`,
       ).choices(REDUCTIONS as string[]),
     )
-    .option('--workers <n>', 'worker threads for dpor and dfs (1: the sequential search; default: the sequential search for --split-after seconds, then, if it has not ended, Source-DPOR over the cores available, carrying on from where it stopped; with --all, every scenario split over the cores from its start)', int('--workers', 1, 256))
+    .option('--workers <n>', 'worker threads for dpor and dfs (1: the sequential search; default: the sequential search for --split-after seconds, then, if it has not ended, Source-DPOR over the cores available, carrying on from where it stopped; with --all, every scenario given to the cores at once, side by side, each split once a core is free)', int('--workers', 1, 256))
     .option('--split-after <s>', 'without --workers: how long the sequential search runs before the check splits over the cores', positive('--split-after'), SEQUENTIAL_FIRST_SECONDS)
     .option('--queue <url>', 'redis://HOST:PORT: coordinate `kvmmu worker` processes through BullMQ (Redis) instead of threads here')
     .option('--record-jobs <file>', 'a split search: write its job tree to FILE as JSON (bench/split-sim.js replays it)')

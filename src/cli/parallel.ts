@@ -238,6 +238,8 @@ export interface ParallelResult extends ExploreResult {
   readonly startSeconds: number;
   /** Over a queue: jobs begun again after their worker stopped answering. */
   readonly retried?: number;
+  /** False for a search on a pool stopped before any worker was free for it (`check --all` interrupted). */
+  readonly started?: boolean;
 }
 
 /** Result of a split search from its totals. */
@@ -269,41 +271,71 @@ export function splitResult(t: SearchTotals, s: SearchSettings, workers: number,
 }
 
 /** What a check worker thread sends its pool. */
-type WorkerMessage = JobMessage | { type: 'ready'; key: string } | { type: 'fatal'; message: string };
+type WorkerMessage = JobMessage | { type: 'ready'; key: string };
 
 /** A check's identity for a worker's cache of loaded engines: the scenario, the context it runs in, the search's settings. */
 export function settingsKey(s: SearchSettings): string {
   return JSON.stringify(s);
 }
 
+/** A search on a pool: its coordinator, totals and budget. */
+interface PoolSearch {
+  readonly settings: SearchSettings;
+  readonly key: string;
+  readonly o: ParallelOptions;
+  readonly coord: SplitCoordinator;
+  readonly totals: SearchTotals;
+  /** When its first job was handed out (its clock and budget start then); null before. */
+  t0: number | null;
+  deadline: number;
+  /** When the last worker that needed to load the scenario for it had loaded it. */
+  readyAt: number | null;
+  stopped: boolean;
+  stoppedEarly: boolean;
+  interrupted: boolean;
+  resolve: (r: ParallelResult) => void;
+  reject: (e: Error) => void;
+}
+
 /**
- * Worker threads for parallel checks, kept alive from one check to the next (`check --all`, bench/check.js): a
- * worker loads each scenario once and keeps the engine, and its code stays compiled by the JIT. A scenario file
- * is compiled once here, not in each thread.
+ * Worker threads for parallel checks, kept alive from one check to the next (`check --all`, the tour,
+ * bench/check.js): a worker loads each scenario once and keeps the engine, and its code stays compiled by the
+ * JIT. A scenario file is compiled once here, not in each thread.
+ *
+ * Several searches may run on one pool at once (`check --all` gives it every scenario): a worker that is free
+ * takes a job from the oldest search that has one waiting, so scenarios run side by side, one per worker, while
+ * there are scenarios to start; only when no search has a job waiting are busy workers asked to give work away.
+ * A small scenario is then explored whole on one worker, and a large one is split once the others are free.
  */
 export class CheckPool {
   readonly size: number;
   private readonly workers: Worker[] = [];
-  /** flags[0]: stop the running check; flags[1 + i]: worker i is asked to give work away. */
-  readonly flags: Int32Array;
-  /** The settings key each worker has loaded (null: none yet). */
-  private readonly loaded: (string | null)[];
-  private handler: ((i: number, m: WorkerMessage) => void) | null = null;
+  /** flags[i]: worker i is asked to give work away; flags[size + i]: worker i is to stop its job. */
+  private readonly flags: Int32Array;
+  /** The settings keys each worker has loaded. */
+  private readonly loaded: Set<string>[];
+  /** Per worker: the search whose job it runs (null: idle), and the job's id. */
+  private readonly owner: (PoolSearch | null)[];
+  private readonly jobOf: number[];
+  private readonly failed: boolean[];
+  /** The searches begun and not yet over, oldest first. */
+  private readonly searches: PoolSearch[] = [];
   private broken: string | null = null;
   private tmp: string | null = null;
   private readonly compiledFiles = new Map<string, string>();
+  private timer: ReturnType<typeof setInterval> | null = null;
 
   constructor(size: number) {
     this.size = size;
-    this.flags = new Int32Array(new SharedArrayBuffer(4 * (1 + size)));
-    this.loaded = new Array<string | null>(size).fill(null);
+    this.flags = new Int32Array(new SharedArrayBuffer(4 * 2 * size));
+    this.loaded = Array.from({ length: size }, () => new Set<string>());
+    this.owner = new Array<PoolSearch | null>(size).fill(null);
+    this.jobOf = new Array<number>(size).fill(-1);
+    this.failed = new Array<boolean>(size).fill(false);
     for (let i = 0; i < size; i++) {
-      const w = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: { flags: this.flags, index: i } });
-      w.on('message', (m: WorkerMessage) => this.handler?.(i, m));
-      w.on('error', (e) => {
-        this.broken ??= `a check worker failed: ${e.message}`;
-        this.handler?.(i, { type: 'fatal', message: this.broken });
-      });
+      const w = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: { flags: this.flags, index: i, size } });
+      w.on('message', (m: WorkerMessage) => this.onMessage(i, m));
+      w.on('error', (e) => this.onFailure(i, `a check worker failed: ${e.message}`));
       this.workers.push(w);
     }
   }
@@ -321,154 +353,181 @@ export class CheckPool {
     return { ...s, compiled: js };
   }
 
-  /** Begin a check: route the workers' messages to `handler`, clear the flags, and have each worker load `s`. */
-  begin(s: SearchSettings, handler: (i: number, m: WorkerMessage) => void): void {
-    if (this.broken !== null) throw new KvmmuError(this.broken);
-    this.handler = handler;
-    Atomics.store(this.flags, 0, 0);
-    for (let i = 0; i < this.size; i++) Atomics.store(this.flags, 1 + i, 0);
-    const key = settingsKey(s);
+  /**
+   * Explore `s0` on this pool's workers, beside any other search begun on it (those begun earlier are served
+   * first). Each worker loads the scenario (check-worker.js: a built-in's name, or the file the pool compiled)
+   * before its first job of it, and between executions looks at a shared flag that asks it to give part of its
+   * subtree away.
+   */
+  explore(s0: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
+    if (this.broken !== null) return Promise.reject(new KvmmuError(this.broken));
+    const settings = this.prepare(s0);
+    const coord = new SplitCoordinator(threads, settings.bound, o.recordJobs === true);
+    if (o.handOff !== undefined) coord.handOff(o.handOff);
+    return new Promise<ParallelResult>((resolve, reject) => {
+      const search: PoolSearch = {
+        settings,
+        key: settingsKey(settings),
+        o,
+        coord,
+        totals: new SearchTotals(coord),
+        t0: null,
+        deadline: Infinity,
+        readyAt: null,
+        stopped: false,
+        stoppedEarly: false,
+        interrupted: false,
+        resolve,
+        reject,
+      };
+      this.searches.push(search);
+      this.timer ??= setInterval(() => this.tick(), 200);
+      this.dispatch();
+    });
+  }
+
+  /** Stop `x`'s jobs (after their current execution): they report what they explored. */
+  private stop(x: PoolSearch): void {
+    x.stopped = true;
+    for (let i = 0; i < this.size; i++) if (this.owner[i] === x) Atomics.store(this.flags, this.size + i, 1);
+  }
+
+  /** Hand free workers jobs, oldest search first; ask for work to be given away when none waits; end what is over. */
+  private dispatch(): void {
+    const now = performance.now();
     for (let i = 0; i < this.size; i++) {
-      if (this.loaded[i] === key) {
-        // Already loaded: ready at once (after this call returns, as a message would be).
-        queueMicrotask(() => this.handler?.(i, { type: 'ready', key }));
-      } else {
-        this.loaded[i] = key;
-        this.workers[i]!.postMessage({ type: 'load', settings: s, key });
+      if (this.owner[i] !== null || this.failed[i]) continue;
+      for (const x of this.searches) {
+        if (x.stopped) continue;
+        const job = x.coord.take();
+        if (job === undefined) continue;
+        if (x.t0 === null) {
+          x.t0 = now;
+          x.deadline = x.o.seconds !== undefined ? now + x.o.seconds * 1000 : Infinity;
+          x.readyAt = now;
+        }
+        this.owner[i] = x;
+        this.jobOf[i] = job.id;
+        Atomics.store(this.flags, this.size + i, 0);
+        const w = this.workers[i]!;
+        if (!this.loaded[i]!.has(x.key)) {
+          this.loaded[i]!.add(x.key);
+          w.postMessage({ type: 'load', settings: x.settings, key: x.key });
+        }
+        const left = (x.o.maxExecutions ?? Infinity) - x.totals.executionsNow;
+        w.postMessage({ type: 'job', key: x.key, job, maxExecutions: Number.isFinite(left) ? Math.max(1, left) : undefined });
+        break;
       }
+    }
+    const waiting = this.searches.some((x) => !x.stopped && x.coord.queue.length > 0);
+    const idle = this.owner.some((x, i) => x === null && !this.failed[i]);
+    for (let i = 0; i < this.size; i++) Atomics.store(this.flags, i, idle && !waiting && this.owner[i] !== null && !this.owner[i]!.stopped ? 1 : 0);
+    for (const x of [...this.searches]) {
+      if (this.owner.includes(x)) continue;
+      if (!(x.stopped || x.coord.finished)) {
+        // Nothing runs it and nothing can: every worker has failed.
+        if (!this.failed.every(Boolean)) continue;
+        x.totals.error ??= this.broken ?? 'every check worker failed';
+      }
+      this.end(x);
     }
   }
 
-  post(i: number, m: { type: 'job'; key: string; job: Job; maxExecutions?: number }): void {
-    this.workers[i]!.postMessage(m);
+  private end(x: PoolSearch): void {
+    this.searches.splice(this.searches.indexOf(x), 1);
+    if (this.searches.length === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+    if (x.totals.error !== null) {
+      x.reject(new KvmmuError(x.totals.error));
+      return;
+    }
+    const now = performance.now();
+    const t0 = x.t0 ?? now;
+    x.resolve({ ...splitResult(x.totals, x.settings, this.size, (now - t0) / 1000, x.interrupted, x.stoppedEarly, ((x.readyAt ?? t0) - t0) / 1000), started: x.t0 !== null || !x.interrupted });
   }
 
-  /** The check is over (every worker idle): its messages go nowhere. */
-  end(): void {
-    this.handler = null;
+  private onMessage(i: number, m: WorkerMessage): void {
+    const x = this.owner[i];
+    if (x === null) return;
+    if (m.type === 'ready') {
+      x.readyAt = Math.max(x.readyAt ?? 0, performance.now());
+      return;
+    }
+    const jobEnded = x.totals.take(m);
+    if (m.type === 'error') this.stop(x);
+    if (m.type === 'done' && m.result.violation !== null && x.settings.continueAfterViolation !== true) this.stop(x);
+    if (jobEnded) {
+      this.owner[i] = null;
+      this.jobOf[i] = -1;
+    }
+    if (jobEnded || m.type === 'donate' || m.type === 'race') this.dispatch();
   }
 
+  /** Worker i's thread died: its job's search fails, and so does every search if no worker is left. */
+  private onFailure(i: number, message: string): void {
+    this.failed[i] = true;
+    this.broken ??= message;
+    const x = this.owner[i];
+    this.owner[i] = null;
+    if (x !== null) {
+      x.totals.error ??= message;
+      this.stop(x);
+    }
+    this.dispatch();
+  }
+
+  /** Every 200 ms: stop requests, budgets, progress. */
+  private tick(): void {
+    const now = performance.now();
+    for (const x of this.searches) {
+      if (x.o.stop?.requested === true && !x.stopped) {
+        x.interrupted = true;
+        this.stop(x);
+      }
+      if (x.t0 === null) continue;
+      if (!x.stopped && (now >= x.deadline || x.totals.executionsNow >= (x.o.maxExecutions ?? Infinity))) {
+        x.stoppedEarly = true;
+        this.stop(x);
+      }
+      const c = x.coord;
+      const t = x.totals;
+      x.o.onProgress?.({
+        executions: t.executionsNow,
+        abandoned: t.abandoned,
+        seconds: (now - x.t0) / 1000,
+        pending: c.queue.length,
+        // The executions so far and, for each job still waiting, the mean of the jobs done (a rough figure: jobs
+        // made late are often smaller).
+        estimate: c.jobsDone > 0 ? Math.round(t.executionsNow + c.queue.length * (t.executions / c.jobsDone)) : null,
+        workers: this.size,
+        jobsQueued: c.queue.length,
+        jobsRunning: c.runningJobs,
+        jobsDone: c.jobsDone,
+      });
+    }
+    this.dispatch();
+  }
+
+  /** Terminate the threads; a search still running on them fails. */
   async close(): Promise<void> {
-    this.handler = null;
+    for (const x of [...this.searches]) {
+      x.totals.error ??= 'the worker threads were closed before this search ended';
+      this.end(x);
+    }
     await Promise.all(this.workers.map((w) => w.terminate()));
     if (this.tmp !== null) fs.rmSync(this.tmp, { recursive: true, force: true });
   }
 }
 
-/**
- * Explore on the worker threads of `o.pool` (or of a pool made for this check and closed after it). Each worker
- * loads the scenario (check-worker.js: a built-in's name, or the file the pool compiled), takes jobs from the
- * coordinator, and between executions looks at a shared flag that asks it to give part of its subtree away (a
- * worker is idle and no job waits).
- */
+/** Explore on the worker threads of `o.pool` (or of a pool made for this check and closed after it): CheckPool.explore. */
 export async function exploreParallel(s0: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
   const own = o.pool === undefined;
   const pool = o.pool ?? new CheckPool(o.workers);
   try {
-    return await exploreOnPool(pool, pool.prepare(s0), threads, o);
+    return await pool.explore(s0, threads, o);
   } finally {
     if (own) await pool.close();
   }
-}
-
-async function exploreOnPool(pool: CheckPool, s: SearchSettings, threads: number, o: ParallelOptions): Promise<ParallelResult> {
-  const t0 = performance.now();
-  const n = pool.size;
-  const key = settingsKey(s);
-  const coord = new SplitCoordinator(threads, s.bound, o.recordJobs === true);
-  if (o.handOff !== undefined) coord.handOff(o.handOff);
-  const totals = new SearchTotals(coord);
-  const flags = pool.flags;
-  // Per worker: a job's id, -1 idle, -2 failed, -3 loading.
-  const busy = new Array<number>(n).fill(-3);
-  let stopped = false;
-  let readyAt = t0;
-  let stoppedEarly = false;
-  let interrupted = false;
-  const deadline = o.seconds !== undefined ? t0 + o.seconds * 1000 : Infinity;
-  const maxExec = o.maxExecutions ?? Infinity;
-  const stopAll = (): void => {
-    stopped = true;
-    Atomics.store(flags, 0, 1);
-  };
-  return await new Promise<ParallelResult>((resolve, reject) => {
-    let ended = false;
-    const finish = (): void => {
-      if (ended) return;
-      ended = true;
-      clearInterval(timer);
-      pool.end();
-      if (totals.error !== null) {
-        reject(new KvmmuError(totals.error));
-        return;
-      }
-      resolve(splitResult(totals, s, n, (performance.now() - t0) / 1000, interrupted, stoppedEarly, (readyAt - t0) / 1000));
-    };
-    const dispatch = (): void => {
-      for (let i = 0; i < n; i++) {
-        if (busy[i] !== -1) continue;
-        if (stopped) break;
-        const job = coord.take();
-        if (job === undefined) break;
-        busy[i] = job.id;
-        const left = maxExec - totals.executionsNow;
-        pool.post(i, { type: 'job', key, job, maxExecutions: Number.isFinite(left) ? Math.max(1, left) : undefined });
-      }
-      const idle = busy.some((b) => b === -1) && coord.queue.length === 0 && !stopped;
-      for (let i = 0; i < n; i++) Atomics.store(flags, 1 + i, idle && busy[i]! >= 0 ? 1 : 0);
-      const working = busy.some((b) => b >= 0 || b === -3);
-      if (!working && (stopped || coord.finished)) finish();
-    };
-    const onMessage = (i: number, m: WorkerMessage): void => {
-      if (m.type === 'ready') {
-        if (m.key !== key) return;
-        busy[i] = -1;
-        if (!busy.includes(-3)) readyAt = performance.now();
-        dispatch();
-        return;
-      }
-      if (m.type === 'fatal') {
-        totals.error ??= m.message;
-        stopAll();
-        busy[i] = -2;
-        dispatch();
-        return;
-      }
-      const jobEnded = totals.take(m);
-      if (m.type === 'error') stopAll();
-      if (m.type === 'done' && m.result.violation !== null && s.continueAfterViolation !== true) stopAll();
-      if (jobEnded) busy[i] = -1;
-      if (jobEnded || m.type === 'donate' || m.type === 'race') dispatch();
-    };
-    const timer = setInterval(() => {
-      const now = performance.now();
-      if (o.stop?.requested === true && !stopped) {
-        interrupted = true;
-        stopAll();
-      }
-      if (!stopped && (now >= deadline || totals.executionsNow >= maxExec)) {
-        stoppedEarly = true;
-        stopAll();
-      }
-      o.onProgress?.({
-        executions: totals.executionsNow,
-        abandoned: totals.abandoned,
-        seconds: (now - t0) / 1000,
-        pending: coord.queue.length,
-        // The executions so far and, for each job still waiting, the mean of the jobs done (a rough figure: jobs
-        // made late are often smaller).
-        estimate: coord.jobsDone > 0 ? Math.round(totals.executionsNow + coord.queue.length * (totals.executions / coord.jobsDone)) : null,
-        workers: n,
-        jobsQueued: coord.queue.length,
-        jobsRunning: coord.runningJobs,
-        jobsDone: coord.jobsDone,
-      });
-    }, 200);
-    try {
-      pool.begin(s, onMessage);
-    } catch (e) {
-      clearInterval(timer);
-      reject(e as Error);
-    }
-  });
 }

@@ -3,7 +3,7 @@
 import * as os from 'node:os';
 import { ALL_GUARDS, GUARDS, type GuardName } from '../kvm/config';
 import type { ScenarioSpec } from '../check/gen/scenario';
-import { runCheck } from '../check/check';
+import { runCheck, type CheckReport } from '../check/check';
 import { runVm } from '../runtime/run';
 import { checkBuiltin, formatCheckReport } from './check-command';
 import { formatRunReport } from './main';
@@ -18,12 +18,17 @@ export async function tourCommand(o: { seconds: number }): Promise<number> {
   const out = (s: string): void => void process.stdout.write(s + '\n');
   out('kvmmu tour: the locking document\'s races, found by the interleaving checker in the real MMU code.\n');
   let problems = 0;
-  // The clean checks on every core, as `kvmmu check --all` runs them: each split over worker threads started once.
+  // The clean checks on every core, as `kvmmu check --all` runs them: all given at once to worker threads
+  // started once, which run them side by side and split each once a thread is free (CheckPool).
   const cores = os.availableParallelism();
   const pool = cores > 1 ? new CheckPool(cores) : undefined;
   try {
     // The per-guard scenarios here; the real races (scenarios with a fix) in the corpus table at the end.
-    for (const spec of builtin.filter((x) => x.fix === undefined)) problems += await tourScenario(gen, spec, pool, out);
+    const specs = builtin.filter((x) => x.fix === undefined);
+    const clean = pool === undefined ? null : specs.map((spec) => checkBuiltin(gen, spec, ALL_GUARDS, pool));
+    // A check that fails rejects its promise; the first in order is the one reported.
+    clean?.forEach((p) => p.catch(() => undefined));
+    for (const [i, spec] of specs.entries()) problems += await tourScenario(gen, spec, clean?.[i] ?? checkBuiltin(gen, spec, ALL_GUARDS), out);
   } finally {
     await pool?.close();
   }
@@ -48,13 +53,13 @@ export async function tourCommand(o: { seconds: number }): Promise<number> {
   return problems === 0 ? 0 : 1;
 }
 
-/** One per-guard scenario of the tour: clean with every guard on (on `pool`'s workers), broken with its guard off; returns the unexpected results. */
-async function tourScenario(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, pool: CheckPool | undefined, out: (s: string) => void): Promise<number> {
+/** One per-guard scenario of the tour: clean with every guard on (`checked`: that check, begun), broken with its guard off; returns the unexpected results. */
+async function tourScenario(gen: ReturnType<typeof loadGenModule>, spec: ScenarioSpec, checked: Promise<CheckReport>, out: (s: string) => void): Promise<number> {
   let problems = 0;
   const guard = spec.guard as GuardName;
   out(`=== ${spec.name} (guard ${guard})`);
   out(spec.description + '\n');
-  const clean = await checkBuiltin(gen, spec, ALL_GUARDS, pool);
+  const clean = await checked;
   const where = clean.workers > 1 ? `, on ${clean.workers} workers` : '';
   out(`With every guard on: ${clean.violation === null && clean.complete ? 'no violation in any interleaving' : 'UNEXPECTED'} ` +
     `(${clean.executions} executions, exhaustive DPOR, ${clean.seconds.toFixed(2)} s${where}).`);

@@ -342,6 +342,7 @@ test('bench/check.js --workers times a search shorter than --min-seconds over re
   const out = JSON.parse(r.stdout) as {
     rows: { scenario: string; cells: Cell[]; independent: number | null }[];
     allBuiltins: { workers: number; scenarios: number; executions: number; seconds: number }[];
+    together: { workers: number; scenarios: number; executions: number; seconds: number; perSecond: number; runs: number }[];
   };
   const row = out.rows.find((x) => x.scenario === 'zap-yield-flush')!;
   for (const c of row.cells) {
@@ -364,6 +365,19 @@ test('bench/check.js --workers times a search shorter than --min-seconds over re
     };
     const expected = 6 * at(row, a.workers) + 9 * at(slot, a.workers);
     assert.ok(Math.abs(a.seconds - expected) < 1e-9 * expected, `${a.seconds} against ${expected}`);
+  }
+  // The two measured together, in each column: every run both whole (6 + 9 executions), repeated to 0.2 s.
+  assert.deepEqual(
+    out.together.map((t) => [t.workers, t.scenarios]),
+    [
+      [1, 2],
+      [2, 2],
+    ],
+  );
+  for (const t of out.together) {
+    assert.ok(t.runs > 1 && t.seconds >= 0.2, JSON.stringify(t));
+    assert.equal(t.executions, 15 * t.runs);
+    assert.ok(Math.abs(t.perSecond - t.executions / t.seconds) < 1e-6 * t.perSecond);
   }
 });
 
