@@ -86,6 +86,8 @@ export interface CheckReport {
   readonly jobs: number | null;
   /** Over a queue: jobs begun again on another worker after theirs stopped answering (BullMQ's stalled-job retry). */
   readonly retried?: number;
+  /** Its workers explored other scenarios' searches beside it at some time (`check --all`): its seconds count that time. */
+  readonly shared?: boolean;
   /**
    * A split search begun after the sequential search had run for a while without an answer (kvmmu check
    * without --workers): that first search's figures. Handed over (DPOR), the split search carried on from where
@@ -171,7 +173,7 @@ export function* finishCheck(
   ctx: ScenarioContext,
   o: CheckOptions,
   result: ExploreResult,
-  split: { workers: number; jobs: number; retried?: number } | null = null,
+  split: { workers: number; jobs: number; retried?: number; shared?: boolean } | null = null,
 ): Generator<void, CheckReport> {
   const strategy = o.strategy ?? 'dpor';
   let found = result.violation;
@@ -183,7 +185,8 @@ export function* finishCheck(
     interrupted = m.interrupted;
   }
   const r = report(engine, spec, ctx, strategy, searchBound(spec, o) ?? null, { ...result, interrupted }, found);
-  return split === null ? r : { ...r, workers: split.workers, jobs: split.jobs, ...(split.retried !== undefined ? { retried: split.retried } : {}) };
+  if (split === null) return r;
+  return { ...r, workers: split.workers, jobs: split.jobs, ...(split.retried !== undefined ? { retried: split.retried } : {}), ...(split.shared === true ? { shared: true } : {}) };
 }
 
 /**

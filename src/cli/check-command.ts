@@ -297,7 +297,7 @@ async function splitCheck(
   const result = o.queue !== undefined ? await exploreOnQueue(o.queue, settings, engine.threadNames.length, po) : await exploreParallel(settings, engine.threadNames.length, po);
   if (o.recordJobs !== undefined && result.records !== null)
     fs.writeFileSync(o.recordJobs, JSON.stringify({ scenario: spec.name, mode: ctx.mode, workers: result.workers, executions: result.executions, seconds: result.seconds, startSeconds: result.startSeconds, messages: result.messages, jobs: result.records }) + '\n');
-  const report = runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs, retried: result.retried }));
+  const report = runSlices(finishCheck(engine, spec, ctx, co, result, { workers: result.workers, jobs: result.jobs, retried: result.retried, shared: result.shared }));
   return result.started === false ? { ...report, started: false } : report;
 }
 
@@ -515,6 +515,7 @@ export function toJson(r: CheckReport): Record<string, unknown> {
     jobs: r.jobs,
     sequentialFirst: r.sequentialFirst ?? null,
     ...(r.retried !== undefined ? { retried: r.retried } : {}),
+    ...(r.shared === true ? { shared: true } : {}),
     violation:
       r.violation === null
         ? null
@@ -542,7 +543,10 @@ export function formatCheckReport(r: CheckReport, file?: string): string {
   const name = (x: Reduction): string => `${x === 'optimal' ? 'Optimal' : 'Source'}-DPOR`;
   const first = r.sequentialFirst?.handedOver === true ? r.sequentialFirst.reduction : null;
   const how = r.reduction === null ? '' : first !== null && first !== r.reduction ? ` (${name(first)}, then ${name(r.reduction)})` : ` (${name(r.reduction)})`;
-  const split = r.jobs !== null ? ` on ${r.workers} workers (${r.jobs} jobs${r.retried !== undefined && r.retried > 0 ? `, ${r.retried} begun again after their worker stopped answering` : ''})` : '';
+  const split =
+    r.jobs !== null
+      ? ` on ${r.workers} workers${r.shared === true ? ' shared with other scenarios' : ''} (${r.jobs} job${r.jobs === 1 ? '' : 's'}${r.retried !== undefined && r.retried > 0 ? `, ${r.retried} begun again after their worker stopped answering` : ''})`
+      : '';
   if (r.sequentialFirst !== undefined) {
     const f = r.sequentialFirst;
     const fhow = f.reduction !== null ? ` (${name(f.reduction)})` : '';

@@ -240,6 +240,8 @@ export interface ParallelResult extends ExploreResult {
   readonly retried?: number;
   /** False for a search on a pool stopped before any worker was free for it (`check --all` interrupted). */
   readonly started?: boolean;
+  /** On a pool, other searches ran on its workers beside it at some time. */
+  readonly shared?: boolean;
 }
 
 /** Result of a split search from its totals. */
@@ -293,6 +295,8 @@ interface PoolSearch {
   stopped: boolean;
   stoppedEarly: boolean;
   interrupted: boolean;
+  /** Another search's jobs ran on the pool while one of its own did. */
+  shared: boolean;
   resolve: (r: ParallelResult) => void;
   reject: (e: Error) => void;
 }
@@ -377,6 +381,7 @@ export class CheckPool {
         stopped: false,
         stoppedEarly: false,
         interrupted: false,
+        shared: false,
         resolve,
         reject,
       };
@@ -419,6 +424,8 @@ export class CheckPool {
         break;
       }
     }
+    const running = new Set(this.owner.filter((x) => x !== null));
+    if (running.size > 1) for (const x of running) x!.shared = true;
     const waiting = this.searches.some((x) => !x.stopped && x.coord.queue.length > 0);
     const idle = this.owner.some((x, i) => x === null && !this.failed[i]);
     for (let i = 0; i < this.size; i++) Atomics.store(this.flags, i, idle && !waiting && this.owner[i] !== null && !this.owner[i]!.stopped ? 1 : 0);
@@ -445,7 +452,7 @@ export class CheckPool {
     }
     const now = performance.now();
     const t0 = x.t0 ?? now;
-    x.resolve({ ...splitResult(x.totals, x.settings, this.size, (now - t0) / 1000, x.interrupted, x.stoppedEarly, ((x.readyAt ?? t0) - t0) / 1000), started: x.t0 !== null || !x.interrupted });
+    x.resolve({ ...splitResult(x.totals, x.settings, this.size, (now - t0) / 1000, x.interrupted, x.stoppedEarly, ((x.readyAt ?? t0) - t0) / 1000), started: x.t0 !== null || !x.interrupted, shared: x.shared });
   }
 
   private onMessage(i: number, m: WorkerMessage): void {

@@ -163,10 +163,13 @@ test('kvmmu check refuses --workers 0, and --reduction optimal on more than one 
   assert.equal(opt.stdout, '');
 });
 
-test('kvmmu check --all without --workers splits every scenario over the cores from its start (the worker threads start once for all), with the verdicts of the sequential search', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
+test('kvmmu check --all without --workers gives every scenario to the cores at once (the worker threads start once for all; the scenarios side by side), with the verdicts of the sequential search', { skip: os.availableParallelism() < 2 ? 'one core' : false }, () => {
   const r = spawnSync(process.execPath, [CLI, 'check', '--all', '--mode', 'shadow', '--guard', 'flush-mmu-writable=off', '--json'], { encoding: 'utf8' });
   assert.equal(r.status, 1, r.stderr);
-  const reports = JSON.parse(r.stdout) as { scenario: string; complete: boolean; violation: { invariant: string } | null; workers: number; jobs: number | null; sequentialFirst: unknown }[];
+  const reports = JSON.parse(r.stdout) as { scenario: string; complete: boolean; violation: { invariant: string } | null; workers: number; jobs: number | null; sequentialFirst: unknown; shared?: boolean }[];
+  // Given to the workers at once, the scenarios ran side by side: the first two began together.
+  assert.equal(reports[0]!.shared, true);
+  assert.equal(reports[1]!.shared, true);
   assert.deepEqual(
     reports.map((x) => x.scenario),
     ['aba-gfn-pfn', 'wp-tlb-flush', 'dirty-bit-loss', 'notifier-race', 'free-during-walk'],

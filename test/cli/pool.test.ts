@@ -39,10 +39,14 @@ test('searches given to a pool at once each get the sequential verdict: a violat
       assert.ok(r.executions > 0, name);
     }
     assert.equal(results[0]!.violation?.violation.invariant, 'tlb-after-write-protect');
-    // The pool is idle again, and serves a search after these.
+    // The first two began at once, one on each worker: each says it shared them.
+    assert.equal(results[0]!.shared, true);
+    assert.equal(results[1]!.shared, true);
+    // The pool is idle again, and serves a search after these, alone.
     const again = search('free-during-walk');
     const r = await pool.explore(again.settings, again.threads, { workers: 2 });
     assert.ok(r.complete && r.violation === null);
+    assert.equal(r.shared, false);
   } finally {
     await pool.close();
   }
