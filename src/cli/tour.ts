@@ -60,7 +60,7 @@ async function tourScenario(gen: ReturnType<typeof loadGenModule>, spec: Scenari
   out(`=== ${spec.name} (guard ${guard})`);
   out(spec.description + '\n');
   const clean = await checked;
-  const where = clean.workers > 1 ? `, on ${clean.workers} workers` : '';
+  const where = clean.workers > 1 ? `, on ${clean.workers} workers${clean.shared === true ? ' shared with other scenarios' : ''}` : '';
   out(`With every guard on: ${clean.violation === null && clean.complete ? 'no violation in any interleaving' : 'UNEXPECTED'} ` +
     `(${clean.executions} executions, exhaustive DPOR, ${clean.seconds.toFixed(2)} s${where}).`);
   if (clean.violation !== null || !clean.complete) problems++;
