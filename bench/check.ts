@@ -76,7 +76,7 @@ function measure(r: CheckReport): { executions: number; seconds: number; perSeco
 }
 
 const USAGE = `usage: node dist/bench/check.js [--json] [--dfs-seconds S] [--only NAME,...] [--no-classic] [--repeat N]
-       node dist/bench/check.js --workers 1,2 [--seconds S] [--min-seconds M] [--only NAME,...] [--json]
+       node dist/bench/check.js --workers 1,2 [--seconds S] [--min-seconds M] [--only NAME,...] [--repeat R] [--json]
 
 For each built-in scenario, side by side in one process: exhaustive DPOR as it
 was before failed compare-and-swaps counted as reads (Source-DPOR, every
@@ -98,7 +98,9 @@ sequential searches at once as the largest count (the machine's ceiling), for
 scenarios whose searches each ran once. Last, the built-ins once each (their
 executions on the most workers, at each column's rate) and together, measured:
 each whole, one after another on one thread, or all given at once to the
-workers, as kvmmu check --all gives them.
+workers, as kvmmu check --all gives them. --repeat R measures the columns R
+times, one after the other each time (default 1), and gives each row the
+median of the R ratios and their range.
 `;
 
 /** The classic benchmarks measured by default: sizes where the search before took from a fraction of a second to seconds. */
@@ -127,6 +129,26 @@ interface WorkersCell {
   violation: string | null;
   /** Searches timed (a search over in less than --min-seconds runs again until they add up to it); the other figures are their sums. */
   runs: number;
+}
+
+/** Executions a second of a run's last column over its sequential one (NaN without both). */
+function ratioOf(cells: readonly { workers: number; perSecond: number }[]): number {
+  const one = cells.find((c) => c.workers === 1);
+  const last = cells[cells.length - 1]!;
+  return one !== undefined && last.workers > 1 ? last.perSecond / one.perSecond : NaN;
+}
+
+/** Index of the median of `xs` (the lower of the two middle ones for an even count). */
+function medianIndex(xs: readonly number[]): number {
+  const order = xs.map((x, i) => [x, i] as const).sort((a, b) => a[0] - b[0]);
+  return order[(order.length - 1) >> 1]![1];
+}
+
+/** A row's ratio: the median of its runs, and their range when there are several. */
+function ratioText(ratios: readonly number[]): string {
+  if (ratios.length === 0 || ratios.some((x) => Number.isNaN(x))) return '';
+  const m = ratios[medianIndex(ratios)]!;
+  return ratios.length === 1 ? `${m.toFixed(2)}x` : `${m.toFixed(2)}x [${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}]`;
 }
 
 /** The built-ins searched together, on one thread or on a pool of `workers`. */
@@ -174,7 +196,7 @@ async function repeated<R extends { executions: number; seconds: number; complet
  * --workers: for each scenario, Source-DPOR on one thread (the sequential search) and split over N worker
  * threads (kvmmu check --workers N), one after the other in this process, each for at most S seconds.
  */
-async function workersTable(counts: number[], seconds: number, minSeconds: number, only: string[] | null, json: boolean): Promise<void> {
+async function workersTable(counts: number[], seconds: number, minSeconds: number, only: string[] | null, json: boolean, repeat = 1): Promise<void> {
   const gen = loadGenModule();
   const catalog = loadCatalog();
   const root = path.join(__dirname, '..', '..');
@@ -187,7 +209,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     { label: 'dirty-log-two-vcpus', name: 'dirty-log-two-vcpus', file: path.join(root, 'examples', 'dirty-log-two-vcpus.ts') },
     { label: 'dirty-log-two-vcpus shadow', name: 'dirty-log-two-vcpus', file: path.join(root, 'examples', 'dirty-log-two-vcpus.ts') },
   ].filter((s) => only === null || only.includes(s.label));
-  const rows: { scenario: string; builtin: boolean; cells: WorkersCell[]; independent: number | null }[] = [];
+  const rows: { scenario: string; builtin: boolean; cells: WorkersCell[]; ratios: number[]; independent: number | null }[] = [];
   const cli = path.join(__dirname, '..', 'src', 'cli', 'main.js');
   // One pool per worker count for the whole run: its threads keep their compiled code from scenario to scenario,
   // as this thread does for the sequential search.
@@ -198,12 +220,17 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
   for (const src of sources) {
     const spec = src.file === undefined ? catalog.builtin.find((s) => s.name === src.name)! : loadScenarioFile(src.file, src.name);
     const ctx = contextFor(spec, { mode: src.label.endsWith('shadow') ? 'shadow' : undefined });
-    const cells: WorkersCell[] = [];
     // Steady state: each search's code paths compiled first, the sequential one's here and the split one's on
     // its pool's threads (what a long check reaches after its first seconds).
     // A search that ends early is repeated for --min-seconds, as it is timed: once would compile little of it.
     const warm = new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
     await repeated(minSeconds, () => explore(warm, { strategy: 'dpor', reduction: 'source', maxExecutions: 2000, continueAfterViolation: src.all }));
+    // --repeat: the columns measured again, one after the other each time, so that each run's ratio is of
+    // searches moments apart; the row shows the run of median ratio.
+    const runs: WorkersCell[][] = [];
+    for (let rep = 0; rep < repeat; rep++) {
+    const cells: WorkersCell[] = [];
+    runs.push(cells);
     for (const n of counts) {
       if (n === 1) {
         const engine = new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
@@ -238,6 +265,9 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
         runs: t.runs,
       });
     }
+    }
+    const ratios = runs.map(ratioOf);
+    const cells = runs[medianIndex(ratios)]!;
     // The machine's ceiling: as many independent sequential searches as the largest worker count, at once
     // (separate processes, nothing shared): the executions a second the cores give this run, whatever else runs.
     let independent: number | null = null;
@@ -261,7 +291,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
       );
       independent = runs.reduce((a, b) => a + b, 0);
     }
-    rows.push({ scenario: src.label, builtin: src.file === undefined, cells, independent });
+    rows.push({ scenario: src.label, builtin: src.file === undefined, cells, ratios, independent });
     // An engine made once, as a pool's worker keeps the one it loaded.
     if (src.file === undefined) kept.push({ spec, engine: new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), settings: settingsOf(src, ctx) });
     if (!json) process.stderr.write(`${src.label} done\n`);
@@ -269,8 +299,12 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
   // The built-ins measured together, as `kvmmu check --all` explores them: one after the other on this thread,
   // and all given at once to each pool, which runs them side by side and splits each once a worker is free. Each
   // search whole, with no budget, so that every column does the same work (a built-in's search is over in seconds).
-  const together: TogetherCell[] = [];
-  if (kept.length > 1) {
+  let together: TogetherCell[] = [];
+  const togetherRatios: number[] = [];
+  const togetherRuns: TogetherCell[][] = [];
+  for (let rep = 0; rep < repeat && kept.length > 1; rep++) {
+    const cells: TogetherCell[] = [];
+    togetherRuns.push(cells);
     for (const n of counts) {
       const pool = pools.get(n);
       const t = await repeated(minSeconds, async () => {
@@ -286,9 +320,11 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
           violation: null,
         };
       });
-      together.push({ workers: n, scenarios: kept.length, executions: t.executions, seconds: t.seconds, perSecond: t.executions / Math.max(t.seconds, 1e-9), runs: t.runs });
+      cells.push({ workers: n, scenarios: kept.length, executions: t.executions, seconds: t.seconds, perSecond: t.executions / Math.max(t.seconds, 1e-9), runs: t.runs });
     }
+    togetherRatios.push(ratioOf(cells));
   }
+  if (togetherRuns.length > 0) together = togetherRuns[medianIndex(togetherRatios)]!;
   for (const p of pools.values()) await p.close();
   fs.rmSync(tmp, { recursive: true, force: true });
   // Every built-in in the table searched once, as `kvmmu check --all` checks them: the executions of one search of
@@ -307,7 +343,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     return { workers: n, scenarios: builtins.length, executions: Math.round(executions), seconds: secs, perSecond: executions / Math.max(secs, 1e-9) };
   });
   if (json) {
-    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, rows, allBuiltins, together }) + '\n');
+    process.stdout.write(JSON.stringify({ kind: 'check-workers', version: 1, node: process.version, cpus: os.availableParallelism(), seconds, repeat, rows, allBuiltins, together, togetherRatios }) + '\n');
     return;
   }
   const pad = (x: string | number, n: number): string => String(x).padStart(n);
@@ -323,8 +359,7 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
       )
       .map((x) => x.padEnd(48))
       .join('');
-    const last = r.cells[r.cells.length - 1]!;
-    const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
+    const ratio = ratioText(r.ratios);
     const ceiling = r.independent !== null && one !== undefined ? `; ${most} independent sequential searches at once: ${Math.round(r.independent)}/s (${(r.independent / one.perSecond).toFixed(2)}x)` : '';
     console.log(`${r.scenario.padEnd(28)}${line}${ratio}${ceiling}`);
   }
@@ -336,13 +371,11 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     console.log(`${`the ${builtins.length} built-ins, once each`.padEnd(28)}${line}${ratio}`);
   }
   if (together.length > 0) {
-    const one = together.find((a) => a.workers === 1);
-    const last = together[together.length - 1]!;
     const line = together.map((a) => `${pad(a.executions, 9)} ${pad(a.seconds.toFixed(1), 5)} s ${pad(Math.round(a.perSecond), 6)}/s${a.runs > 1 ? ` ×${a.runs}` : ''}`.padEnd(48)).join('');
-    const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
+    const ratio = ratioText(togetherRatios);
     console.log(`${`the ${together[0]!.scenarios} built-ins together`.padEnd(28)}${line}${ratio}`);
   }
-  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); the built-ins once each: one search's executions of each on ${most} workers, timed at each column's executions/s for it; the built-ins together: measured, each column's searches of them all, whole (no budget), one after the other on one thread, or given at once to the pool as check --all does; ratio: executions/s of the last column over the sequential search's; both searches warm: their code compiled by untimed runs first, repeated as the timed ones are, the split one's on worker threads kept for the whole run)`);
+  console.log(`(each search at most ${seconds} s; ×N: a search over in less than ${minSeconds} s run N times, its figures summed; '!' not exhaustive (budget), '*' a violation found (the search stops there, inc(6) excepted); the built-ins once each: one search's executions of each on ${most} workers, timed at each column's executions/s for it; the built-ins together: measured, each column's searches of them all, whole (no budget), one after the other on one thread, or given at once to the pool as check --all does; ratio: executions/s of the last column over the sequential search's${repeat > 1 ? `, the median of ${repeat} runs of the columns one after the other (their range in brackets; the row shows the run of median ratio)` : ''}; both searches warm: their code compiled by untimed runs first, repeated as the timed ones are, the split one's on worker threads kept for the whole run)`);
 }
 
 function main(): void {
@@ -365,7 +398,14 @@ function main(): void {
     }
     const oi = process.argv.indexOf('--only');
     const only = oi >= 0 ? process.argv[oi + 1]!.split(',').map((x) => x.trim()) : null;
-    void workersTable(counts, seconds, minSeconds, only, process.argv.includes('--json')).catch((e: Error) => {
+    const ri = process.argv.indexOf('--repeat');
+    const repeat = ri >= 0 ? Number(process.argv[ri + 1]) : 1;
+    if (!Number.isInteger(repeat) || repeat < 1) {
+      process.stderr.write(`bench/check: --repeat takes a whole number of runs, 1 or more, not '${process.argv[ri + 1] ?? ''}'\n`);
+      process.exitCode = 2;
+      return;
+    }
+    void workersTable(counts, seconds, minSeconds, only, process.argv.includes('--json'), repeat).catch((e: Error) => {
       process.stderr.write(`bench/check: ${e.message}\n`);
       process.exitCode = 1;
     });

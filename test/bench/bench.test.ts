@@ -336,11 +336,16 @@ test('bench/check.js --workers times a search shorter than --min-seconds over re
   assert.equal(bad.status, 2, bad.stderr);
   assert.match(bad.stderr, /--min-seconds a number of seconds/);
   assert.equal(bad.stdout, '');
-  const r = run('--workers', '1,2', '--only', 'zap-yield-flush,invalid-slot-fault', '--seconds', '5', '--min-seconds', '0.2', '--json');
+  const badRepeat = run('--workers', '1,2', '--repeat', '0');
+  assert.equal(badRepeat.status, 2, badRepeat.stderr);
+  assert.match(badRepeat.stderr, /--repeat takes a whole number of runs/);
+  assert.equal(badRepeat.stdout, '');
+  const r = run('--workers', '1,2', '--only', 'zap-yield-flush,invalid-slot-fault', '--seconds', '5', '--min-seconds', '0.2', '--repeat', '3', '--json');
   assert.equal(r.status, 0, r.stderr);
   type Cell = { workers: number; executions: number; seconds: number; runs: number; complete: boolean };
   const out = JSON.parse(r.stdout) as {
-    rows: { scenario: string; cells: Cell[]; independent: number | null }[];
+    rows: { scenario: string; cells: Cell[]; ratios: number[]; independent: number | null }[];
+    togetherRatios: number[];
     allBuiltins: { workers: number; scenarios: number; executions: number; seconds: number }[];
     together: { workers: number; scenarios: number; executions: number; seconds: number; perSecond: number; runs: number }[];
   };
@@ -353,6 +358,13 @@ test('bench/check.js --workers times a search shorter than --min-seconds over re
   }
   // A process's single search of milliseconds is not timed as the machine's ceiling.
   assert.equal(row.independent, null);
+  // --repeat 3: three runs' ratios, and the row's cells are those of the run of median ratio.
+  for (const x of out.rows) {
+    assert.equal(x.ratios.length, 3, x.scenario);
+    const shown = x.cells[1]!.executions / x.cells[1]!.seconds / (x.cells[0]!.executions / x.cells[0]!.seconds);
+    assert.equal([...x.ratios].sort((a, b) => a - b)[1], x.ratios.find((q) => Math.abs(q - shown) < 1e-9 * q), x.scenario);
+  }
+  assert.equal(out.togetherRatios.length, 3);
   // The built-ins once each, as check --all runs them: 6 + 9 executions (one search of each on 2 workers), each at
   // the column's rate for its scenario.
   const slot = out.rows.find((x) => x.scenario === 'invalid-slot-fault')!;
