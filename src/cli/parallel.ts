@@ -318,9 +318,8 @@ export class CheckPool {
   private readonly flags: Int32Array;
   /** The settings keys each worker has loaded. */
   private readonly loaded: Set<string>[];
-  /** Per worker: the search whose job it runs (null: idle), and the job's id. */
+  /** Per worker: the search whose job it runs (null: idle). */
   private readonly owner: (PoolSearch | null)[];
-  private readonly jobOf: number[];
   private readonly failed: boolean[];
   /** The searches begun and not yet over, oldest first. */
   private readonly searches: PoolSearch[] = [];
@@ -334,7 +333,6 @@ export class CheckPool {
     this.flags = new Int32Array(new SharedArrayBuffer(4 * 2 * size));
     this.loaded = Array.from({ length: size }, () => new Set<string>());
     this.owner = new Array<PoolSearch | null>(size).fill(null);
-    this.jobOf = new Array<number>(size).fill(-1);
     this.failed = new Array<boolean>(size).fill(false);
     for (let i = 0; i < size; i++) {
       const w = new Worker(path.join(__dirname, 'check-worker.js'), { workerData: { flags: this.flags, index: i, size } });
@@ -412,7 +410,6 @@ export class CheckPool {
           x.readyAt = now;
         }
         this.owner[i] = x;
-        this.jobOf[i] = job.id;
         Atomics.store(this.flags, this.size + i, 0);
         const w = this.workers[i]!;
         if (!this.loaded[i]!.has(x.key)) {
@@ -465,10 +462,7 @@ export class CheckPool {
     const jobEnded = x.totals.take(m);
     if (m.type === 'error') this.stop(x);
     if (m.type === 'done' && m.result.violation !== null && x.settings.continueAfterViolation !== true) this.stop(x);
-    if (jobEnded) {
-      this.owner[i] = null;
-      this.jobOf[i] = -1;
-    }
+    if (jobEnded) this.owner[i] = null;
     if (jobEnded || m.type === 'donate' || m.type === 'race') this.dispatch();
   }
 
