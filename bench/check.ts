@@ -144,6 +144,14 @@ function medianIndex(xs: readonly number[]): number {
   return order[(order.length - 1) >> 1]![1];
 }
 
+/** Run `once` (every column of a row, one after the other) `repeat` times: the run of median ratio, and every run's ratio. */
+async function medianRun<C extends { workers: number; perSecond: number }>(repeat: number, once: () => Promise<C[]>): Promise<{ cells: C[]; ratios: number[] }> {
+  const runs: C[][] = [];
+  for (let rep = 0; rep < repeat; rep++) runs.push(await once());
+  const ratios = runs.map(ratioOf);
+  return { cells: runs[medianIndex(ratios)]!, ratios };
+}
+
 /** A row's ratio: the median of its runs, and their range when there are several. */
 function ratioText(ratios: readonly number[]): string {
   if (ratios.length === 0 || ratios.some((x) => Number.isNaN(x))) return '';
@@ -227,47 +235,44 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     await repeated(minSeconds, () => explore(warm, { strategy: 'dpor', reduction: 'source', maxExecutions: 2000, continueAfterViolation: src.all }));
     // --repeat: the columns measured again, one after the other each time, so that each run's ratio is of
     // searches moments apart; the row shows the run of median ratio.
-    const runs: WorkersCell[][] = [];
-    for (let rep = 0; rep < repeat; rep++) {
-    const cells: WorkersCell[] = [];
-    runs.push(cells);
-    for (const n of counts) {
-      if (n === 1) {
-        const engine = new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
-        const t = await repeated(minSeconds, () => explore(engine, { strategy: 'dpor', reduction: 'source', seconds, continueAfterViolation: src.all }));
+    const settings = settingsOf(src, ctx);
+    const { cells, ratios } = await medianRun(repeat, async () => {
+      const cells: WorkersCell[] = [];
+      for (const n of counts) {
+        if (n === 1) {
+          const engine = new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors });
+          const t = await repeated(minSeconds, () => explore(engine, { strategy: 'dpor', reduction: 'source', seconds, continueAfterViolation: src.all }));
+          const r = t.first;
+          const rate = t.executions / Math.max(t.seconds, 1e-9);
+          cells.push({ workers: 1, executions: t.executions, seconds: t.seconds, startSeconds: 0, perSecond: rate, perSecondExploring: rate, jobs: null, complete: r.complete, violation: r.violation?.violation.invariant ?? null, runs: t.runs });
+          continue;
+        }
+        const pool = pools.get(n)!;
+        await repeated(minSeconds, () => exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, maxExecutions: 2000 * n }));
+        let start = 0;
+        let jobs = 0;
+        const t = await repeated(minSeconds, async () => {
+          const r = await exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, seconds });
+          start += r.startSeconds;
+          jobs += r.jobs;
+          return r;
+        });
         const r = t.first;
-        const rate = t.executions / Math.max(t.seconds, 1e-9);
-        cells.push({ workers: 1, executions: t.executions, seconds: t.seconds, startSeconds: 0, perSecond: rate, perSecondExploring: rate, jobs: null, complete: r.complete, violation: r.violation?.violation.invariant ?? null, runs: t.runs });
-        continue;
+        cells.push({
+          workers: n,
+          executions: t.executions,
+          seconds: t.seconds,
+          startSeconds: start,
+          perSecond: t.executions / Math.max(t.seconds, 1e-9),
+          perSecondExploring: t.executions / Math.max(t.seconds - start, 1e-9),
+          jobs,
+          complete: r.complete,
+          violation: r.violation?.violation.invariant ?? null,
+          runs: t.runs,
+        });
       }
-      const settings = settingsOf(src, ctx);
-      const pool = pools.get(n)!;
-      await repeated(minSeconds, () => exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, maxExecutions: 2000 * n }));
-      let start = 0;
-      let jobs = 0;
-      const t = await repeated(minSeconds, async () => {
-        const r = await exploreParallel(settings, Object.keys(spec.threads).length, { workers: n, pool, seconds });
-        start += r.startSeconds;
-        jobs += r.jobs;
-        return r;
-      });
-      const r = t.first;
-      cells.push({
-        workers: n,
-        executions: t.executions,
-        seconds: t.seconds,
-        startSeconds: start,
-        perSecond: t.executions / Math.max(t.seconds, 1e-9),
-        perSecondExploring: t.executions / Math.max(t.seconds - start, 1e-9),
-        jobs,
-        complete: r.complete,
-        violation: r.violation?.violation.invariant ?? null,
-        runs: t.runs,
-      });
-    }
-    }
-    const ratios = runs.map(ratioOf);
-    const cells = runs[medianIndex(ratios)]!;
+      return cells;
+    });
     // The machine's ceiling: as many independent sequential searches as the largest worker count, at once
     // (separate processes, nothing shared): the executions a second the cores give this run, whatever else runs.
     let independent: number | null = null;
@@ -293,18 +298,14 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     }
     rows.push({ scenario: src.label, builtin: src.file === undefined, cells, ratios, independent });
     // An engine made once, as a pool's worker keeps the one it loaded.
-    if (src.file === undefined) kept.push({ spec, engine: new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), settings: settingsOf(src, ctx) });
+    if (src.file === undefined) kept.push({ spec, engine: new Engine(gen, spec, ctx, { monitorsFor: builtinMonitors }), settings });
     if (!json) process.stderr.write(`${src.label} done\n`);
   }
   // The built-ins measured together, as `kvmmu check --all` explores them: one after the other on this thread,
   // and all given at once to each pool, which runs them side by side and splits each once a worker is free. Each
   // search whole, with no budget, so that every column does the same work (a built-in's search is over in seconds).
-  let together: TogetherCell[] = [];
-  const togetherRatios: number[] = [];
-  const togetherRuns: TogetherCell[][] = [];
-  for (let rep = 0; rep < repeat && kept.length > 1; rep++) {
+  const { cells: together, ratios: togetherRatios } = kept.length < 2 ? { cells: [], ratios: [] } : await medianRun(repeat, async () => {
     const cells: TogetherCell[] = [];
-    togetherRuns.push(cells);
     for (const n of counts) {
       const pool = pools.get(n);
       const t = await repeated(minSeconds, async () => {
@@ -322,9 +323,8 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
       });
       cells.push({ workers: n, scenarios: kept.length, executions: t.executions, seconds: t.seconds, perSecond: t.executions / Math.max(t.seconds, 1e-9), runs: t.runs });
     }
-    togetherRatios.push(ratioOf(cells));
-  }
-  if (togetherRuns.length > 0) together = togetherRuns[medianIndex(togetherRatios)]!;
+    return cells;
+  });
   for (const p of pools.values()) await p.close();
   fs.rmSync(tmp, { recursive: true, force: true });
   // Every built-in in the table searched once, as `kvmmu check --all` checks them: the executions of one search of
@@ -364,10 +364,8 @@ async function workersTable(counts: number[], seconds: number, minSeconds: numbe
     console.log(`${r.scenario.padEnd(28)}${line}${ratio}${ceiling}`);
   }
   if (builtins.length > 1) {
-    const one = allBuiltins.find((a) => a.workers === 1);
-    const last = allBuiltins[allBuiltins.length - 1]!;
     const line = allBuiltins.map((a) => `${pad(a.executions, 9)} ${pad(a.seconds.toFixed(1), 5)} s ${pad(Math.round(a.perSecond), 6)}/s`.padEnd(48)).join('');
-    const ratio = one !== undefined && last.workers > 1 ? `${(last.perSecond / one.perSecond).toFixed(2)}x` : '';
+    const ratio = ratioText([ratioOf(allBuiltins)]);
     console.log(`${`the ${builtins.length} built-ins, once each`.padEnd(28)}${line}${ratio}`);
   }
   if (together.length > 0) {
