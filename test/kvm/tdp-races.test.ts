@@ -21,14 +21,19 @@ const without = (g: keyof typeof GUARDS): number => ALL_GUARDS & ~GUARDS[g];
 
 // ---- rcu-deferred-free: a table freed while the fast path walks it ----
 
+/** A TDP-mode VM of one vCPU and 64 data pages, with swap slots for the host to swap pages out if `swap`. */
+function tdpVm(guards: number, swap = false) {
+  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, ...(swap ? { swapSlots: 8 } : {}), guards });
+  return { vm, v: vm.vcpus[0]!, k: vm.host };
+}
+
 /** One vCPU that has read page A, with dirty logging on: A's SPTE is write-protected, so the next write takes the fast path. */
 function fastPathVm(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, guards });
-  const v = vm.vcpus[0]!;
+  const { vm, v, k } = tdpVm(guards);
   const A = 3;
   inGuest(v, () => v.read64(vm.addr(A)));
-  vm.host.dirtyLog.enable(0);
-  return { vm, v, k: vm.host, A, leaf: leafSptep(v, vm.addr(A)) };
+  k.dirtyLog.enable(0);
+  return { vm, v, k, A, leaf: leafSptep(v, vm.addr(A)) };
 }
 
 function rcuFreeRace(guards: number) {
@@ -117,9 +122,7 @@ test('tdp lockless-walk-sync on: the fast path touches no RCU word and is never 
 // ---- write-lock-exclusion: the notifier's zap beside a fault under the read lock ----
 
 function zapVsFaultRace(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, swapSlots: 8, guards });
-  const v = vm.vcpus[0]!;
-  const k = vm.host;
+  const { vm, v, k } = tdpVm(guards, true);
   const X = 9;
   const Z = 12;
   k.host.writeUser64(X, 0, 0x1111n); // present in the host, no SPTE yet
@@ -168,9 +171,7 @@ test('tdp write-lock-exclusion on: the zap cannot run inside the fault, and the 
 // ---- obsolete-root-retry: a fault links tables into a root already invalidated and zapped ----
 
 function obsoleteRootRace(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, guards });
-  const v = vm.vcpus[0]!;
-  const k = vm.host;
+  const { vm, v, k } = tdpVm(guards);
   const B = 6;
   const oldRoot = v.kv.root;
   // The fault has looked up B's pfn (its read of mmu_invalidate_seq came first); a memslot update zaps fast now.
@@ -252,9 +253,7 @@ test('tdp freeze-removed-pt on: the entry is frozen, the fault retries and finds
 // ---- atomic-volatile-clear: the notifier's zap under the write lock beside the fast path (tdp-volatile-xchg, ba3a6120a4e7) ----
 
 function volatileClearRace(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, swapSlots: 8, guards });
-  const v = vm.vcpus[0]!;
-  const k = vm.host;
+  const { vm, v, k } = tdpVm(guards, true);
   const X = 3;
   inGuest(v, () => v.write64(vm.addr(X), 1n));
   k.host.swapOut(X); // written back: the swap copy holds 1
@@ -308,9 +307,7 @@ test('tdp atomic-volatile-clear on: the zap clears an MMU-writable SPTE with xch
 // ---- wrprot-mmu-writable: write-tracking a read-only, MMU-writable SPTE (tdp-pt-wrprot, 7c8a4742c4ab) ----
 
 function wrprotTrackRace(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, guards });
-  const v = vm.vcpus[0]!;
-  const k = vm.host;
+  const { vm, v, k } = tdpVm(guards);
   const X = 5;
   inGuest(v, () => v.write64(vm.addr(X), 1n));
   k.dirtyLog.enable(0); // X's SPTE: no W, MMU-writable
@@ -366,9 +363,7 @@ test('tdp wrprot-mmu-writable on: tracking clears W and MMU-writable, the fast p
 // ---- notifier-retry: a fault maps a pfn an invalidation removed after the fault looked it up (notifier-race, tdp mode) ----
 
 function notifierRetryRace(guards: number) {
-  const vm = makeVm({ mode: 'tdp', vcpus: 1, dataPages: 64, swapSlots: 8, guards });
-  const v = vm.vcpus[0]!;
-  const k = vm.host;
+  const { vm, v, k } = tdpVm(guards, true);
   const X = 9;
   const Z = 12;
   k.host.writeUser64(X, 0, 0x1111n); // present in the host, no SPTE yet
